@@ -1,0 +1,62 @@
+/*
+ * config.h - the daemon configuration, /etc/kvm-ft/kvm-ftd.conf (GKeyFile)
+ *
+ * The grammar is doc/interfaces.md.  Anything config_load() does not
+ * understand is an error, never ignored: an unknown group or key, a key
+ * set twice, a value with an inline "# comment" (GKeyFile would keep it as
+ * part of the value).  Every message is one line that names the file, the
+ * group and the key, and says what is expected, e.g.
+ *   "/etc/kvm-ft/kvm-ftd.conf: [daemon] listen-port: 'abc' is not a port
+ *    number (1-65535)"
+ *
+ * The pre-shared peer key is read from key-file: base64 (line breaks
+ * allowed) of at least CONFIG_KEY_MIN_BYTES bytes, in a regular file that
+ * neither group nor others may access (mode & 077 == 0, like ssh).
+ */
+#pragma once
+
+#include <glib.h>
+
+#define CONFIG_DEFAULT_PATH "/etc/kvm-ft/kvm-ftd.conf"
+
+#define CONFIG_DEFAULT_LISTEN_PORT 7790
+#define CONFIG_DEFAULT_CONTROL_SOCKET "/run/kvm-ftd.sock"
+#define CONFIG_DEFAULT_STATE_DIR "/var/lib/kvm-ft"
+#define CONFIG_DEFAULT_RUN_DIR "/run/kvm-ft"
+#define CONFIG_DEFAULT_LIBVIRT_URI "qemu:///system"
+#define CONFIG_DEFAULT_QMP_MS 5000      /* [timeouts] qmp-ms: 100..600000 */
+#define CONFIG_DEFAULT_PEER_MS 3000     /* [timeouts] peer-ms: 100..600000 */
+#define CONFIG_DEFAULT_START_MS 120000  /* [timeouts] start-ms: 1000..3600000 */
+
+#define CONFIG_KEY_MIN_BYTES 32
+
+typedef struct {
+    char *host_name;        /* [daemon] host-name, required */
+    char *listen_address;   /* [daemon] listen-address, required, IPv4 */
+    guint listen_port;      /* [daemon] listen-port */
+    char *key_file;         /* [daemon] key-file, required, absolute path */
+    GBytes *key;            /* its decoded contents, >= 32 bytes; zeroed on free */
+    char *control_socket;   /* absolute path, fits in sockaddr_un */
+    char *state_dir;        /* absolute path */
+    char *run_dir;          /* absolute path */
+    char *libvirt_uri;
+    char *log_file;         /* absolute path, or NULL for stderr */
+    guint qmp_timeout_ms;   /* [timeouts] qmp-ms */
+    guint peer_timeout_ms;  /* [timeouts] peer-ms */
+    guint start_timeout_ms; /* [timeouts] start-ms */
+} FtConfig;
+
+#define CONFIG_ERROR config_error_quark()
+GQuark config_error_quark(void);
+
+typedef enum {
+    CONFIG_ERROR_READ,    /* the config file itself cannot be read */
+    CONFIG_ERROR_INVALID, /* its contents, or the key file, are wrong */
+} ConfigError;
+
+/* Load and validate @path (CONFIG_DEFAULT_PATH if NULL).  Returns NULL
+ * with @err set (CONFIG_ERROR) on any problem. */
+FtConfig *config_load(const char *path, GError **err);
+
+void config_free(FtConfig *c);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FtConfig, config_free)

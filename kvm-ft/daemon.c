@@ -1,0 +1,486 @@
+/* daemon.c - what one kvm-ftd holds, and how requests reach its guests */
+#include "daemon.h"
+
+#include <string.h>
+
+#include "guest.h"
+#include "log.h"
+
+typedef struct {
+    char *method;
+    JsonObject *params;
+    guint timeout_ms;
+    PeerReplyFunc cb;
+    gpointer opaque;
+} PendingCall;
+
+/* Our outgoing session to one peer address, and calls waiting for it. */
+typedef struct {
+    Daemon *d;
+    char *addr;
+    PeerConn *conn;
+    GQueue pending;
+} PeerLink;
+
+struct Daemon {
+    FtConfig *cfg;
+    Virt *virt;
+    PeerServer *server;
+    ControlServer *control;
+    GMainLoop *loop;
+    GHashTable *guests;   /* name -> FtGuest */
+    GHashTable *links;    /* address -> PeerLink */
+    GPtrArray *sessions;  /* authenticated PeerConn, both directions */
+};
+
+#define DAEMON_ERROR g_quark_from_static_string("kvmft-daemon-error")
+
+static void pending_free(PendingCall *call)
+{
+    g_free(call->method);
+    json_object_unref(call->params);
+    g_free(call);
+}
+
+static void link_free(PeerLink *link)
+{
+    PendingCall *call;
+    g_autoptr(GError) err = g_error_new(PEER_ERROR, PEER_ERROR_CLOSED,
+                                        "kvm-ftd is shutting down");
+
+    while ((call = g_queue_pop_head(&link->pending))) {
+        call->cb(NULL, NULL, err, call->opaque);
+        pending_free(call);
+    }
+    if (link->conn)
+        peer_conn_unref(link->conn);
+    g_free(link->addr);
+    g_free(link);
+}
+
+/* ---- peer requests -------------------------------------------------------- */
+
+static void reply_error(PeerConn *conn, guint64 id, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
+
+static void reply_error(PeerConn *conn, guint64 id, const char *fmt, ...)
+{
+    g_autofree char *msg = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    log_warn(NULL, NULL, "refused request from %s: %s",
+             peer_conn_get_peer_host(conn), msg);
+    peer_conn_reply_error(conn, id, msg);
+}
+
+static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
+                                     JsonObject *params)
+{
+    const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
+    const char *primary = json_object_get_string_member_with_default(params, "primary", NULL);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = NULL;
+    const FtHost *peer;
+    FtGuest *g;
+
+    if (!xml || !primary) {
+        reply_error(conn, id, "prepare-secondary needs domain-xml and primary");
+        return;
+    }
+    def = ftdef_parse(xml, &err);
+    if (!def) {
+        reply_error(conn, id, "invalid FT guest definition: %s", err->message);
+        return;
+    }
+    peer = ftdef_peer(def, d->cfg->host_name);
+    if (!peer) {
+        reply_error(conn, id, "guest '%s' does not name this host (%s) in <ft:hosts>",
+                    def->name, d->cfg->host_name);
+        return;
+    }
+    if (strcmp(peer->name, primary) != 0 ||
+        g_strcmp0(peer_conn_get_peer_host(conn), primary) != 0) {
+        reply_error(conn, id, "guest '%s' pairs this host with %s, not with %s",
+                    def->name, peer->name, primary);
+        return;
+    }
+    g = g_hash_table_lookup(d->guests, def->name);
+    if (g && guest_is_busy(g)) {
+        reply_error(conn, id, "guest '%s' is already %s here as %s", def->name,
+                    guest_state_name(guest_state(g)), ft_role_name(guest_role(g)));
+        return;
+    }
+    g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_SECONDARY);
+    g_hash_table_replace(d->guests, g_strdup(guest_name(g)), g);
+    guest_prepare_secondary(g, conn, id);
+}
+
+static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
+                                  JsonObject *params)
+{
+    const char *name = json_object_get_string_member_with_default(params, "guest", "");
+    const char *reason = json_object_get_string_member_with_default(params, "reason",
+                                                                    "primary gave up");
+    FtGuest *g = g_hash_table_lookup(d->guests, name);
+    g_autoptr(JsonNode) ok = json_node_new(JSON_NODE_NULL);
+    g_autofree char *why = g_strdup_printf("primary %s: %s",
+                                           peer_conn_get_peer_host(conn), reason);
+
+    if (g && guest_role(g) == FT_ROLE_SECONDARY)
+        guest_stop(g, why);
+    peer_conn_reply(conn, id, ok);
+}
+
+static void on_request(PeerConn *conn, guint64 id, const char *method,
+                       JsonObject *params, gpointer opaque)
+{
+    Daemon *d = opaque;
+
+    if (strcmp(method, "prepare-secondary") == 0)
+        handle_prepare_secondary(d, conn, id, params);
+    else if (strcmp(method, "stop-secondary") == 0)
+        handle_stop_secondary(d, conn, id, params);
+    else
+        reply_error(conn, id, "unknown request '%s'", method);
+}
+
+static void session_up(Daemon *d, PeerConn *conn)
+{
+    g_ptr_array_add(d->sessions, peer_conn_ref(conn));
+    log_info(NULL, NULL, "peer %s connected from %s", peer_conn_get_peer_host(conn),
+             peer_conn_get_address(conn));
+}
+
+static void session_down(Daemon *d, PeerConn *conn, const GError *reason)
+{
+    if (g_ptr_array_remove(d->sessions, conn))
+        log_info(NULL, NULL, "peer %s (%s) disconnected: %s",
+                 peer_conn_get_peer_host(conn), peer_conn_get_address(conn),
+                 reason ? reason->message : "closed");
+}
+
+static void on_server_connected(PeerConn *conn, gpointer opaque)
+{
+    session_up(opaque, conn);
+}
+
+static void on_server_closed(PeerConn *conn, const GError *reason, gpointer opaque)
+{
+    session_down(opaque, conn, reason);
+}
+
+static const PeerCallbacks server_callbacks = {
+    .connected = on_server_connected,
+    .closed = on_server_closed,
+    .request = on_request,
+};
+
+static void on_link_connected(PeerConn *conn, gpointer opaque)
+{
+    PeerLink *link = opaque;
+    PendingCall *call;
+
+    session_up(link->d, conn);
+    while ((call = g_queue_pop_head(&link->pending))) {
+        peer_conn_request(conn, call->method, call->params, call->timeout_ms,
+                          call->cb, call->opaque);
+        pending_free(call);
+    }
+}
+
+static gboolean unref_later(gpointer conn)
+{
+    peer_conn_unref(conn);
+    return G_SOURCE_REMOVE;
+}
+
+static void on_link_closed(PeerConn *conn, const GError *reason, gpointer opaque)
+{
+    PeerLink *link = opaque;
+    PendingCall *call;
+
+    session_down(link->d, conn, reason);
+    while ((call = g_queue_pop_head(&link->pending))) {
+        call->cb(conn, NULL, reason, call->opaque);
+        pending_free(call);
+    }
+    /* The next call reconnects; the connection itself is still dispatching. */
+    if (link->conn == conn) {
+        link->conn = NULL;
+        g_idle_add(unref_later, conn);
+    }
+}
+
+static void on_link_request(PeerConn *conn, guint64 id, const char *method,
+                            JsonObject *params, gpointer opaque)
+{
+    PeerLink *link = opaque;
+
+    on_request(conn, id, method, params, link->d);
+}
+
+static const PeerCallbacks link_callbacks = {
+    .connected = on_link_connected,
+    .closed = on_link_closed,
+    .request = on_link_request,
+};
+
+void daemon_peer_call(Daemon *d, const char *addr, const char *method,
+                      JsonObject *params, guint timeout_ms, PeerReplyFunc cb,
+                      gpointer opaque)
+{
+    PeerLink *link = g_hash_table_lookup(d->links, addr);
+    PendingCall *call;
+
+    if (!link) {
+        link = g_new0(PeerLink, 1);
+        link->d = d;
+        link->addr = g_strdup(addr);
+        g_queue_init(&link->pending);
+        g_hash_table_insert(d->links, link->addr, link);
+    }
+    if (link->conn && peer_conn_is_connected(link->conn)) {
+        peer_conn_request(link->conn, method, params, timeout_ms, cb, opaque);
+        return;
+    }
+
+    call = g_new0(PendingCall, 1);
+    call->method = g_strdup(method);
+    call->params = json_object_ref(params);
+    call->timeout_ms = timeout_ms;
+    call->cb = cb;
+    call->opaque = opaque;
+    g_queue_push_tail(&link->pending, call);
+    if (!link->conn) {
+        g_autoptr(GError) err = NULL;
+
+        link->conn = peer_connect(addr, d->cfg->listen_port, d->cfg->key,
+                                  d->cfg->host_name, d->cfg->peer_timeout_ms,
+                                  &link_callbacks, link, &err);
+        if (!link->conn) {
+            while ((call = g_queue_pop_head(&link->pending))) {
+                call->cb(NULL, NULL, err, call->opaque);
+                pending_free(call);
+            }
+        }
+    }
+}
+
+gboolean daemon_peer_connected(Daemon *d, const char *host)
+{
+    for (guint i = 0; i < d->sessions->len; i++) {
+        PeerConn *conn = g_ptr_array_index(d->sessions, i);
+
+        if (peer_conn_is_connected(conn) &&
+            g_strcmp0(peer_conn_get_peer_host(conn), host) == 0)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+/* ---- control socket ------------------------------------------------------- */
+
+static FtGuest *find_guest(Daemon *d, JsonObject *request, GError **err)
+{
+    const char *name = json_object_get_string_member_with_default(request, "guest", NULL);
+    FtGuest *g;
+
+    if (!name) {
+        g_set_error(err, DAEMON_ERROR, 0, "this command needs a guest name");
+        return NULL;
+    }
+    g = g_hash_table_lookup(d->guests, name);
+    if (!g)
+        g_set_error(err, DAEMON_ERROR, 0, "no protected guest '%s' on %s", name,
+                    d->cfg->host_name);
+    return g;
+}
+
+static JsonNode *control_status(Daemon *d, JsonObject *request, GError **err)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    GHashTableIter it;
+    gpointer value;
+
+    if (json_object_has_member(request, "guest") && !find_guest(d, request, err))
+        return NULL;
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "host");
+    json_builder_add_string_value(b, d->cfg->host_name);
+    json_builder_set_member_name(b, "guests");
+    json_builder_begin_array(b);
+    g_hash_table_iter_init(&it, d->guests);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        const char *only = json_object_get_string_member_with_default(request, "guest", NULL);
+
+        if (only && strcmp(only, guest_name(value)) != 0)
+            continue;
+        json_builder_add_value(b, guest_status(value));
+    }
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+    return json_builder_get_root(b);
+}
+
+static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
+{
+    const char *name = json_object_get_string_member_with_default(request, "guest", NULL);
+    g_autofree char *xml = NULL;
+    g_autoptr(FtDef) def = NULL;
+    gboolean active = FALSE;
+    FtGuest *g;
+
+    if (!name) {
+        g_set_error(err, DAEMON_ERROR, 0, "protect needs a guest name");
+        return NULL;
+    }
+    g = g_hash_table_lookup(d->guests, name);
+    if (g && guest_is_busy(g)) {
+        g_set_error(err, DAEMON_ERROR, 0, "guest '%s' is already %s on %s as %s",
+                    name, guest_state_name(guest_state(g)), d->cfg->host_name,
+                    ft_role_name(guest_role(g)));
+        return NULL;
+    }
+    xml = virt_domain_xml(d->virt, name, err);
+    if (!xml)
+        return NULL;
+    def = ftdef_parse(xml, err);
+    if (!def)
+        return NULL;
+    if (!ftdef_self(def, d->cfg->host_name)) {
+        g_set_error(err, DAEMON_ERROR, 0,
+                    "guest '%s' does not name this host (%s) in <ft:hosts>", name,
+                    d->cfg->host_name);
+        return NULL;
+    }
+    if (!virt_domain_is_active(d->virt, name, &active, err))
+        return NULL;
+    if (active) {
+        g_set_error(err, DAEMON_ERROR, 0,
+                    "guest '%s' is already running unprotected; protecting a "
+                    "running guest is not supported yet: shut it down, then protect it",
+                    name);
+        return NULL;
+    }
+    g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
+    g_hash_table_replace(d->guests, g_strdup(name), g);
+    guest_protect(g);
+    return guest_status(g);
+}
+
+static JsonNode *control_list(Daemon *d)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    GHashTableIter it;
+    gpointer value;
+
+    json_builder_begin_array(b);
+    g_hash_table_iter_init(&it, d->guests);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        FtGuest *g = value;
+
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "name");
+        json_builder_add_string_value(b, guest_name(g));
+        json_builder_set_member_name(b, "role");
+        json_builder_add_string_value(b, guest_is_busy(g) ? ft_role_name(guest_role(g))
+                                                          : "none");
+        json_builder_set_member_name(b, "state");
+        json_builder_add_string_value(b, guest_state_name(guest_state(g)));
+        json_builder_end_object(b);
+    }
+    json_builder_end_array(b);
+    return json_builder_get_root(b);
+}
+
+static JsonNode *on_control(const char *command, JsonObject *request,
+                            gpointer opaque, GError **err)
+{
+    Daemon *d = opaque;
+
+    if (strcmp(command, "list") == 0)
+        return control_list(d);
+    if (strcmp(command, "status") == 0)
+        return control_status(d, request, err);
+    if (strcmp(command, "protect") == 0)
+        return control_protect(d, request, err);
+    g_set_error(err, DAEMON_ERROR, 0, "unknown command '%s'", command);
+    return NULL;
+}
+
+void daemon_broadcast(Daemon *d, JsonNode *event)
+{
+    if (d->control)
+        control_server_broadcast_event(d->control, event);
+}
+
+/* ---- lifetime ------------------------------------------------------------- */
+
+Daemon *daemon_new(FtConfig *cfg, GError **err)
+{
+    Daemon *d = g_new0(Daemon, 1);
+
+    d->cfg = cfg;
+    d->loop = g_main_loop_new(NULL, FALSE);
+    d->guests = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                      (GDestroyNotify)guest_free);
+    d->links = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
+                                     (GDestroyNotify)link_free);
+    d->sessions = g_ptr_array_new_with_free_func((GDestroyNotify)peer_conn_unref);
+
+    d->virt = virt_open(cfg->libvirt_uri, err);
+    if (!d->virt)
+        goto fail;
+    d->server = peer_server_new(cfg->listen_address, cfg->listen_port, cfg->key,
+                                cfg->host_name, &server_callbacks, d, err);
+    if (!d->server)
+        goto fail;
+    d->control = control_server_new(cfg->control_socket, on_control, d, err);
+    if (!d->control)
+        goto fail;
+    log_info(NULL, NULL, "kvm-ftd up: peer protocol on %s:%u, control socket %s",
+             cfg->listen_address, cfg->listen_port, cfg->control_socket);
+    return d;
+
+fail:
+    daemon_free(d);
+    return NULL;
+}
+
+void daemon_free(Daemon *d)
+{
+    if (!d)
+        return;
+    g_clear_pointer(&d->control, control_server_free);
+    g_hash_table_destroy(d->guests);
+    g_hash_table_destroy(d->links);
+    g_clear_pointer(&d->server, peer_server_free);
+    g_ptr_array_free(d->sessions, TRUE);
+    g_clear_pointer(&d->virt, virt_close);
+    g_main_loop_unref(d->loop);
+    config_free(d->cfg);
+    g_free(d);
+}
+
+void daemon_run(Daemon *d)
+{
+    g_main_loop_run(d->loop);
+}
+
+void daemon_quit(Daemon *d)
+{
+    g_main_loop_quit(d->loop);
+}
+
+const FtConfig *daemon_config(Daemon *d)
+{
+    return d->cfg;
+}
+
+Virt *daemon_virt(Daemon *d)
+{
+    return d->virt;
+}

@@ -1,0 +1,36 @@
+/*
+ * daemon.h - what one kvm-ftd holds: its config, libvirtd, the peer
+ * link, the control socket and the guests it protects
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "config.h"
+#include "control.h"
+#include "peer.h"
+#include "virt.h"
+
+typedef struct Daemon Daemon;
+
+Daemon *daemon_new(FtConfig *cfg /* taken */, GError **err);
+void daemon_free(Daemon *d);
+void daemon_run(Daemon *d);
+void daemon_quit(Daemon *d);
+
+const FtConfig *daemon_config(Daemon *d);
+Virt *daemon_virt(Daemon *d);
+
+/*
+ * A request to the kvm-ftd at addr, connecting first when needed.  cb runs
+ * exactly once, with the result or the error (connect failure included).
+ */
+void daemon_peer_call(Daemon *d, const char *addr, const char *method,
+                      JsonObject *params, guint timeout_ms, PeerReplyFunc cb,
+                      gpointer opaque);
+
+/* Whether an authenticated session with that host is up. */
+gboolean daemon_peer_connected(Daemon *d, const char *host);
+
+/* Pushes a state change to every `ftctl events` follower. */
+void daemon_broadcast(Daemon *d, JsonNode *event);

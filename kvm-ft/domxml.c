@@ -1,0 +1,227 @@
+/* domxml.c - the libvirt domain XML a protected guest runs with */
+#include "domxml.h"
+
+#include <string.h>
+
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+#include <libxml/xpathInternals.h>
+
+#define QEMU_NS "http://libvirt.org/schemas/domain/qemu/1.0"
+
+/* The first PCI slot we hand out when libvirt assigned none to a disk. */
+#define FALLBACK_PCI_SLOT 0x10
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathContext, xmlXPathFreeContext)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathObject, xmlXPathFreeObject)
+
+char *domxml_disk_node(guint index)
+{
+    return g_strdup_printf("colo-disk%u", index);
+}
+
+char *domxml_parent_node(guint index)
+{
+    return g_strdup_printf("parent%u", index);
+}
+
+/* QEMU's option syntax escapes a comma in a value by doubling it. */
+static char *qemu_opt_escape(const char *value)
+{
+    GString *s = g_string_new(NULL);
+
+    for (const char *p = value; *p; p++) {
+        if (*p == ',')
+            g_string_append_c(s, ',');
+        g_string_append_c(s, *p);
+    }
+    return g_string_free(s, FALSE);
+}
+
+static xmlNodePtr find_disk(xmlXPathContextPtr ctx, const char *target)
+{
+    g_autofree char *expr =
+        g_strdup_printf("/domain/devices/disk[target/@dev='%s']", target);
+    g_autoptr(xmlXPathObject) res = NULL;
+
+    /* ftdef validated the target against the same document. */
+    if (strchr(target, '\''))
+        return NULL;
+    res = xmlXPathEvalExpression((const xmlChar *)expr, ctx);
+    if (!res || !res->nodesetval || res->nodesetval->nodeNr != 1)
+        return NULL;
+    return res->nodesetval->nodeTab[0];
+}
+
+/* The guest must see the disk where libvirt put it, or its device names move. */
+static char *disk_pci_addr(xmlXPathContextPtr ctx, xmlNodePtr disk,
+                           guint index)
+{
+    g_autoptr(xmlXPathObject) res = NULL;
+    xmlNodePtr addr;
+    g_autofree xmlChar *type = NULL;
+    g_autofree xmlChar *slot = NULL;
+    g_autofree xmlChar *function = NULL;
+
+    ctx->node = disk;
+    res = xmlXPathEvalExpression((const xmlChar *)"address", ctx);
+    if (!res || !res->nodesetval || res->nodesetval->nodeNr != 1)
+        return g_strdup_printf("0x%x", FALLBACK_PCI_SLOT + index);
+    addr = res->nodesetval->nodeTab[0];
+    type = xmlGetProp(addr, (const xmlChar *)"type");
+    slot = xmlGetProp(addr, (const xmlChar *)"slot");
+    function = xmlGetProp(addr, (const xmlChar *)"function");
+    if (!type || strcmp((const char *)type, "pci") != 0 || !slot)
+        return g_strdup_printf("0x%x", FALLBACK_PCI_SLOT + index);
+    if (function && strcmp((const char *)function, "0x0") != 0)
+        return g_strdup_printf("%s.%s", (const char *)slot,
+                               (const char *)function + 2);
+    return g_strdup((const char *)slot);
+}
+
+static void add_arg(xmlNodePtr cmdline, xmlNsPtr qns, const char *value)
+{
+    xmlNodePtr arg = xmlNewChild(cmdline, qns, (const xmlChar *)"arg", NULL);
+
+    xmlNewProp(arg, (const xmlChar *)"value", (const xmlChar *)value);
+}
+
+static void add_args(xmlNodePtr cmdline, xmlNsPtr qns, const char *opt,
+                     const char *value)
+{
+    add_arg(cmdline, qns, opt);
+    add_arg(cmdline, qns, value);
+}
+
+static void add_disk_args(xmlNodePtr cmdline, xmlNsPtr qns, const FtDisk *disk,
+                          guint index, FtRole role,
+                          const DomxmlPlumbing *plumbing, const char *pci_addr)
+{
+    g_autofree char *src = qemu_opt_escape(disk->source_path);
+    g_autofree char *node = domxml_disk_node(index);
+    g_autofree char *parent = domxml_parent_node(index);
+    g_autofree char *drive = NULL;
+    g_autofree char *device = NULL;
+
+    if (role == FT_ROLE_PRIMARY) {
+        /* The replication child joins this quorum at runtime (x-blockdev-change). */
+        drive = g_strdup_printf("if=none,id=%s,driver=quorum,read-pattern=fifo,"
+                                "vote-threshold=1,children.0.file.filename=%s,"
+                                "children.0.driver=%s",
+                                node, src, disk->format);
+        add_args(cmdline, qns, "-drive", drive);
+    } else {
+        g_autofree char *active = qemu_opt_escape(plumbing->active_overlays[index]);
+        g_autofree char *hidden = qemu_opt_escape(plumbing->hidden_overlays[index]);
+        g_autofree char *parent_drive = NULL;
+        g_autofree char *child_drive = NULL;
+
+        parent_drive = g_strdup_printf("if=none,id=%s,file.filename=%s,driver=%s",
+                                       parent, src, disk->format);
+        child_drive = g_strdup_printf(
+            "if=none,id=childs%u,driver=replication,mode=secondary,"
+            "file.driver=qcow2,top-id=%s,file.file.filename=%s,"
+            "file.backing.driver=qcow2,file.backing.file.filename=%s,"
+            "file.backing.backing=%s",
+            index, node, active, hidden, parent);
+        drive = g_strdup_printf("if=none,id=%s,driver=quorum,read-pattern=fifo,"
+                                "vote-threshold=1,children.0=childs%u",
+                                node, index);
+        add_args(cmdline, qns, "-drive", parent_drive);
+        add_args(cmdline, qns, "-drive", child_drive);
+        add_args(cmdline, qns, "-drive", drive);
+    }
+    device = g_strdup_printf("virtio-blk-pci,id=kvmft-vblk%u,drive=%s,bus=pci.0,addr=%s",
+                             index, node, pci_addr);
+    add_args(cmdline, qns, "-device", device);
+}
+
+static xmlNodePtr ensure_cmdline(xmlNodePtr root, xmlNsPtr *qns_out)
+{
+    xmlNsPtr qns = xmlSearchNsByHref(root->doc, root, (const xmlChar *)QEMU_NS);
+    xmlNodePtr cur;
+
+    if (!qns)
+        qns = xmlNewNs(root, (const xmlChar *)QEMU_NS, (const xmlChar *)"qemu");
+    *qns_out = qns;
+    for (cur = root->children; cur; cur = cur->next) {
+        if (cur->type == XML_ELEMENT_NODE && cur->ns &&
+            strcmp((const char *)cur->ns->href, QEMU_NS) == 0 &&
+            strcmp((const char *)cur->name, "commandline") == 0)
+            return cur;
+    }
+    return xmlNewChild(root, qns, (const xmlChar *)"commandline", NULL);
+}
+
+/* colo-compare needs an iothread; libvirt names the first one "iothread1". */
+static void ensure_iothread(xmlXPathContextPtr ctx, xmlNodePtr root)
+{
+    g_autoptr(xmlXPathObject) res = NULL;
+
+    ctx->node = root;
+    res = xmlXPathEvalExpression((const xmlChar *)"/domain/iothreads", ctx);
+    if (res && res->nodesetval && res->nodesetval->nodeNr > 0)
+        return;
+    xmlNewTextChild(root, NULL, (const xmlChar *)"iothreads", (const xmlChar *)"1");
+}
+
+char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
+                      const DomxmlPlumbing *plumbing, GError **err)
+{
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autoptr(xmlXPathContext) ctx = NULL;
+    xmlNodePtr root;
+    xmlNodePtr cmdline;
+    xmlNsPtr qns;
+    g_autofree char *qmp = NULL;
+    xmlChar *out = NULL;
+    int out_len = 0;
+    char *result;
+
+    g_return_val_if_fail(role != FT_ROLE_NONE, NULL);
+
+    doc = xmlReadMemory(domain_xml, strlen(domain_xml), "domain.xml", NULL,
+                        XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
+    if (!doc || !(root = xmlDocGetRootElement(doc)) ||
+        strcmp((const char *)root->name, "domain") != 0) {
+        g_set_error(err, G_MARKUP_ERROR, G_MARKUP_ERROR_PARSE,
+                    "domain XML of '%s' cannot be parsed", def->name);
+        return NULL;
+    }
+    ctx = xmlXPathNewContext(doc);
+
+    cmdline = ensure_cmdline(root, &qns);
+    qmp = g_strdup_printf("socket,id=kvmft-qmp,path=%s,server=on,wait=off",
+                          plumbing->qmp_socket);
+    add_args(cmdline, qns, "-chardev", qmp);
+    add_args(cmdline, qns, "-mon", "chardev=kvmft-qmp,mode=control");
+
+    for (guint i = 0; i < def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(def->disks, i);
+        xmlNodePtr node = find_disk(ctx, disk->target);
+        g_autofree char *pci_addr = NULL;
+
+        if (!node) {
+            g_set_error(err, G_MARKUP_ERROR, G_MARKUP_ERROR_INVALID_CONTENT,
+                        "<disk> with <target dev='%s'> not found in '%s'",
+                        disk->target, def->name);
+            return NULL;
+        }
+        pci_addr = disk_pci_addr(ctx, node, i);
+        xmlUnlinkNode(node);
+        xmlFreeNode(node);
+        add_disk_args(cmdline, qns, disk, i, role, plumbing, pci_addr);
+    }
+    ensure_iothread(ctx, root);
+
+    /* COLO's incoming side is started over QMP once the filters are in place. */
+    if (role == FT_ROLE_SECONDARY)
+        add_args(cmdline, qns, "-incoming", "defer");
+
+    xmlDocDumpFormatMemory(doc, &out, &out_len, 1);
+    result = g_strndup((const char *)out, out_len);
+    xmlFree(out);
+    return result;
+}

@@ -1,0 +1,266 @@
+/* engine.c - drives QEMU's COLO checkpointing engine over QMP */
+#include "engine.h"
+
+#include "domxml.h"
+#include "ft.h"
+
+/* libvirt's name for the guest's first (and only supported) NIC backend. */
+#define GUEST_NETDEV "hostnet0"
+/* libvirt's name for the domain's first <iothreads> thread. */
+#define COMPARE_IOTHREAD "iothread1"
+/* Seconds between a secondary's attempts to reach the primary's channels. */
+#define CHANNEL_RECONNECT_S 1
+
+static gboolean run(Qmp *q, const EngineLink *link, const char *command,
+                    JsonObject *args, GError **err)
+{
+    g_autoptr(JsonNode) ret = qmp_call(q, command, args, link->timeout_ms, err);
+
+    if (args)
+        json_object_unref(args);
+    if (!ret) {
+        g_prefix_error(err, "%s: ", command);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static JsonObject *inet_addr(const char *host, guint port)
+{
+    JsonObject *data = json_object_new();
+    JsonObject *addr = json_object_new();
+    g_autofree char *port_s = g_strdup_printf("%u", port);
+
+    json_object_set_string_member(data, "host", host);
+    json_object_set_string_member(data, "port", port_s);
+    json_object_set_string_member(addr, "type", "inet");
+    json_object_set_object_member(addr, "data", data);
+    return addr;
+}
+
+static JsonObject *socket_chardev(const char *id, const char *host, guint port,
+                                  gboolean server)
+{
+    JsonObject *args = json_object_new();
+    JsonObject *backend = json_object_new();
+    JsonObject *data = json_object_new();
+
+    json_object_set_object_member(data, "addr", inet_addr(host, port));
+    json_object_set_boolean_member(data, "server", server);
+    if (server)
+        json_object_set_boolean_member(data, "wait", FALSE);
+    else
+        json_object_set_int_member(data, "reconnect", CHANNEL_RECONNECT_S);
+    json_object_set_string_member(backend, "type", "socket");
+    json_object_set_object_member(backend, "data", data);
+    json_object_set_string_member(args, "id", id);
+    json_object_set_object_member(args, "backend", backend);
+    return args;
+}
+
+/* libvirt opens the tap with a virtio-net header: every filter must expect it. */
+static JsonObject *net_object(const char *type, const char *id)
+{
+    JsonObject *args = json_object_new();
+
+    json_object_set_string_member(args, "qom-type", type);
+    json_object_set_string_member(args, "id", id);
+    json_object_set_string_member(args, "netdev", GUEST_NETDEV);
+    json_object_set_boolean_member(args, "vnet_hdr_support", TRUE);
+    return args;
+}
+
+static JsonObject *filter(const char *type, const char *id, const char *queue,
+                          const char *dir, const char *chardev)
+{
+    JsonObject *args = net_object(type, id);
+
+    json_object_set_string_member(args, "queue", queue);
+    if (dir)
+        json_object_set_string_member(args, dir, chardev);
+    return args;
+}
+
+static JsonObject *colo_capability(void)
+{
+    JsonObject *args = json_object_new();
+    JsonArray *caps = json_array_new();
+    JsonObject *cap = json_object_new();
+
+    json_object_set_string_member(cap, "capability", "x-colo");
+    json_object_set_boolean_member(cap, "state", TRUE);
+    json_array_add_object_element(caps, cap);
+    json_object_set_array_member(args, "capabilities", caps);
+    return args;
+}
+
+static JsonObject *uri_arg(const char *host, guint port)
+{
+    JsonObject *args = json_object_new();
+    g_autofree char *uri = g_strdup_printf("tcp:%s:%u", host, port);
+
+    json_object_set_string_member(args, "uri", uri);
+    return args;
+}
+
+gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
+{
+    const guint base = link->def->port_base;
+    const char *pri = link->primary_addr;
+    const char *sec = link->secondary_addr;
+    JsonObject *nbd;
+
+    if (!run(q, link, "chardev-add",
+             socket_chardev("red0", pri, base + FT_PORT_MIRROR, FALSE), err) ||
+        !run(q, link, "chardev-add",
+             socket_chardev("red1", pri, base + FT_PORT_COMPARE, FALSE), err) ||
+        !run(q, link, "object-add",
+             filter("filter-redirector", "f1", "tx", "indev", "red0"), err) ||
+        !run(q, link, "object-add",
+             filter("filter-redirector", "f2", "rx", "outdev", "red1"), err) ||
+        !run(q, link, "object-add",
+             filter("filter-rewriter", "rew0", "all", NULL, NULL), err) ||
+        !run(q, link, "migrate-set-capabilities", colo_capability(), err))
+        return FALSE;
+
+    nbd = json_object_new();
+    json_object_set_object_member(nbd, "addr", inet_addr(sec, base + FT_PORT_NBD));
+    if (!run(q, link, "nbd-server-start", nbd, err))
+        return FALSE;
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        JsonObject *args = json_object_new();
+        g_autofree char *parent = domxml_parent_node(i);
+
+        json_object_set_string_member(args, "device", parent);
+        json_object_set_boolean_member(args, "writable", TRUE);
+        if (!run(q, link, "nbd-server-add", args, err))
+            return FALSE;
+    }
+    return run(q, link, "migrate-incoming",
+               uri_arg(sec, base + FT_PORT_MIGRATION), err);
+}
+
+/* The replication child has no QMP command in 7.2 other than HMP's drive_add. */
+static gboolean add_replication(Qmp *q, const EngineLink *link, guint index,
+                                GError **err)
+{
+    g_autofree char *parent = domxml_parent_node(index);
+    g_autofree char *quorum = domxml_disk_node(index);
+    g_autofree char *line = g_strdup_printf(
+        "drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,"
+        "file.host=%s,file.port=%u,file.export=%s,node-name=replication%u,"
+        "file.node-name=nbd%u",
+        link->secondary_addr, link->def->port_base + FT_PORT_NBD, parent,
+        index, index);
+    g_autofree char *node = g_strdup_printf("replication%u", index);
+    JsonObject *hmp = json_object_new();
+    JsonObject *change = json_object_new();
+    g_autoptr(JsonNode) out = NULL;
+    const char *text;
+
+    json_object_set_string_member(hmp, "command-line", line);
+    out = qmp_call(q, "human-monitor-command", hmp, link->timeout_ms, err);
+    json_object_unref(hmp);
+    if (!out) {
+        json_object_unref(change);
+        g_prefix_error(err, "drive_add replication%u: ", index);
+        return FALSE;
+    }
+    /* HMP reports failure as text, not as a QMP error. */
+    text = JSON_NODE_HOLDS_VALUE(out) ? json_node_get_string(out) : NULL;
+    if (text && *text) {
+        g_autofree char *msg = g_strstrip(g_strdup(text));
+
+        json_object_unref(change);
+        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND,
+                    "drive_add replication%u: %s", index, msg);
+        return FALSE;
+    }
+    json_object_set_string_member(change, "parent", quorum);
+    json_object_set_string_member(change, "node", node);
+    return run(q, link, "x-blockdev-change", change, err);
+}
+
+gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
+{
+    const guint base = link->def->port_base;
+    const char *pri = link->primary_addr;
+    JsonObject *compare;
+    JsonObject *params;
+
+    if (!run(q, link, "chardev-add",
+             socket_chardev("mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) ||
+        !run(q, link, "chardev-add",
+             socket_chardev("compare1", pri, base + FT_PORT_COMPARE, TRUE), err) ||
+        !run(q, link, "chardev-add",
+             socket_chardev("compare0", "127.0.0.1", base + FT_PORT_COMPARE_IN, TRUE), err) ||
+        !run(q, link, "chardev-add",
+             socket_chardev("compare0-0", "127.0.0.1", base + FT_PORT_COMPARE_IN, FALSE), err) ||
+        !run(q, link, "chardev-add",
+             socket_chardev("compare_out", "127.0.0.1", base + FT_PORT_COMPARE_OUT, TRUE), err) ||
+        !run(q, link, "chardev-add",
+             socket_chardev("compare_out0", "127.0.0.1", base + FT_PORT_COMPARE_OUT, FALSE), err) ||
+        !run(q, link, "object-add",
+             filter("filter-mirror", "m0", "tx", "outdev", "mirror0"), err) ||
+        !run(q, link, "object-add",
+             filter("filter-redirector", "redire0", "rx", "indev", "compare_out"), err) ||
+        !run(q, link, "object-add",
+             filter("filter-redirector", "redire1", "rx", "outdev", "compare0"), err))
+        return FALSE;
+
+    compare = net_object("colo-compare", "comp0");
+    json_object_remove_member(compare, "netdev");
+    json_object_set_string_member(compare, "primary_in", "compare0-0");
+    json_object_set_string_member(compare, "secondary_in", "compare1");
+    json_object_set_string_member(compare, "outdev", "compare_out0");
+    json_object_set_string_member(compare, "iothread", COMPARE_IOTHREAD);
+    if (!run(q, link, "object-add", compare, err))
+        return FALSE;
+
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        if (!add_replication(q, link, i, err))
+            return FALSE;
+    }
+
+    params = json_object_new();
+    json_object_set_int_member(params, "x-checkpoint-delay",
+                               link->def->checkpoint_interval_ms);
+    return run(q, link, "migrate-set-capabilities", colo_capability(), err) &&
+           run(q, link, "migrate-set-parameters", params, err) &&
+           run(q, link, "migrate",
+               uri_arg(link->secondary_addr, base + FT_PORT_MIGRATION), err);
+}
+
+gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
+                            char **reason, GError **err)
+{
+    g_autoptr(JsonNode) ret = qmp_call(q, "query-colo-status", NULL, timeout_ms, err);
+    JsonObject *obj;
+
+    if (!ret)
+        return FALSE;
+    if (!JSON_NODE_HOLDS_OBJECT(ret)) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "query-colo-status: unexpected reply");
+        return FALSE;
+    }
+    obj = json_node_get_object(ret);
+    *mode = g_strdup(json_object_get_string_member_with_default(obj, "mode", "none"));
+    *reason = g_strdup(json_object_get_string_member_with_default(obj, "reason", ""));
+    return TRUE;
+}
+
+char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err)
+{
+    g_autoptr(JsonNode) ret = qmp_call(q, "query-migrate", NULL, timeout_ms, err);
+
+    if (!ret)
+        return NULL;
+    if (!JSON_NODE_HOLDS_OBJECT(ret)) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "query-migrate: unexpected reply");
+        return NULL;
+    }
+    return g_strdup(json_object_get_string_member_with_default(
+        json_node_get_object(ret), "status", "none"));
+}

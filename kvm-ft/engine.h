@@ -1,0 +1,34 @@
+/*
+ * engine.h - drives QEMU's COLO checkpointing engine over QMP
+ *
+ * The QMP sequences that turn two plain QEMUs into a COLO pair live here
+ * and nowhere else.  Each call is synchronous with a per-command timeout:
+ * a stalled QEMU costs at most that timeout, never the daemon.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "ftdef.h"
+#include "qmp.h"
+
+typedef struct {
+    const FtDef *def;
+    const char *primary_addr;   /* dedicated-link address of the primary host */
+    const char *secondary_addr; /* dedicated-link address of the secondary host */
+    guint timeout_ms;           /* per QMP command */
+} EngineLink;
+
+/* Secondary: COLO filters, NBD export of its disks, incoming migration. */
+gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err);
+
+/* Primary: colo-compare and filters, replication to the secondary's NBD
+ * export, then the migration that enters COLO. */
+gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err);
+
+/* query-colo-status: mode is "none", "primary" or "secondary". */
+gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
+                            char **reason, GError **err);
+
+/* query-migrate's status ("colo" once the pair is in COLO). */
+char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err);

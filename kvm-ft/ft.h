@@ -1,0 +1,28 @@
+/* ft.h - vocabulary shared by every kvm-ft module */
+#pragma once
+
+#include <glib.h>
+
+/* The role this host's copy of a guest plays in the pair. */
+typedef enum {
+    FT_ROLE_NONE,
+    FT_ROLE_PRIMARY,
+    FT_ROLE_SECONDARY,
+} FtRole;
+
+const char *ft_role_name(FtRole role);
+
+/*
+ * Port layout on the dedicated link, relative to <ft:ports base>:
+ * the secondary listens for the migration stream and NBD, the primary
+ * for the two COLO network channels; compare0/compare_out are the
+ * primary's loopback pairs between its filters and colo-compare.
+ */
+enum {
+    FT_PORT_MIGRATION = 0,
+    FT_PORT_NBD = 1,
+    FT_PORT_MIRROR = 2,
+    FT_PORT_COMPARE = 3,
+    FT_PORT_COMPARE_IN = 4,
+    FT_PORT_COMPARE_OUT = 5,
+};

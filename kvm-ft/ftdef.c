@@ -1,0 +1,934 @@
+/* ftdef.c - the FT guest definition, read from a libvirt domain XML */
+#include "ftdef.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+#include <gio/gio.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xpath.h>
+#include <libxml/xpathInternals.h>
+
+/* Longest attribute value quoted back in a message. */
+#define SHOW_MAX 64
+
+G_DEFINE_QUARK(ftdef-error-quark, ftdef_error)
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlParserCtxt, xmlFreeParserCtxt)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathContext, xmlXPathFreeContext)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathObject, xmlXPathFreeObject)
+
+static const char *const guest_children =
+    "<ft:hosts>, <ft:checkpoint>, <ft:ports>, <ft:disk>";
+
+static gboolean invalid(GError **err, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+static gboolean invalid(GError **err, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    g_propagate_error(err, g_error_new_valist(FTDEF_ERROR, FTDEF_ERROR_INVALID,
+                                              fmt, ap));
+    va_end(ap);
+    return FALSE;
+}
+
+/* An untrusted value made safe to quote in a one-line message. */
+static char *show(const char *value)
+{
+    g_autofree char *cut = g_strndup(value ? value : "", SHOW_MAX);
+    /* Escapes control characters and non-ASCII bytes: one line, any input. */
+    g_autofree char *esc = g_strescape(cut, NULL);
+    GString *s = g_string_sized_new(strlen(esc) + 4);
+
+    /* Values are shown in '...': escape the quote too. */
+    for (const char *p = esc; *p; p++) {
+        if (*p == '\'')
+            g_string_append_c(s, '\\');
+        g_string_append_c(s, *p);
+    }
+    if (value && strlen(value) > SHOW_MAX)
+        g_string_append(s, "...");
+    return g_string_free(s, FALSE);
+}
+
+/* The element's name as written, e.g. "ft:host". */
+static char *qname(xmlNodePtr node)
+{
+    if (node->ns && node->ns->prefix)
+        return g_strdup_printf("%s:%s", (const char *)node->ns->prefix,
+                               (const char *)node->name);
+    return g_strdup((const char *)node->name);
+}
+
+/* An un-namespaced attribute as a GLib string, NULL if absent. */
+static char *prop(xmlNodePtr node, const char *name)
+{
+    xmlChar *v = xmlGetNoNsProp(node, (const xmlChar *)name);
+    char *s;
+
+    if (!v)
+        return NULL;
+    s = g_strdup((const char *)v);
+    xmlFree(v);
+    return s;
+}
+
+static char *text_of(xmlNodePtr node)
+{
+    xmlChar *v = xmlNodeGetContent(node);
+    char *s = g_strdup(v ? (const char *)v : "");
+
+    xmlFree(v);
+    return g_strstrip(s);
+}
+
+static gboolean is_named(xmlNodePtr node, const char *name)
+{
+    return node->type == XML_ELEMENT_NODE &&
+           strcmp((const char *)node->name, name) == 0;
+}
+
+static gboolean is_ft(xmlNodePtr node)
+{
+    return node->type == XML_ELEMENT_NODE && node->ns && node->ns->href &&
+           strcmp((const char *)node->ns->href, FTDEF_NS) == 0;
+}
+
+static gboolean is_blank_text(xmlNodePtr node)
+{
+    if (node->type != XML_TEXT_NODE && node->type != XML_CDATA_SECTION_NODE)
+        return FALSE;
+    for (const xmlChar *p = node->content; p && *p; p++) {
+        if (!g_ascii_isspace(*p))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/* First child element called @name (no namespace), or NULL. */
+static xmlNodePtr child(xmlNodePtr node, const char *name)
+{
+    for (xmlNodePtr c = node->children; c; c = c->next) {
+        if (is_named(c, name) && !c->ns)
+            return c;
+    }
+    return NULL;
+}
+
+static xmlXPathObjectPtr xpath(xmlXPathContextPtr xp, const char *expr)
+{
+    xmlXPathObjectPtr res = xmlXPathEvalExpression((const xmlChar *)expr, xp);
+
+    if (res && res->type != XPATH_NODESET) {
+        xmlXPathFreeObject(res);
+        return NULL;
+    }
+    return res;
+}
+
+static int nodes_count(xmlXPathObjectPtr res)
+{
+    return res && res->nodesetval ? res->nodesetval->nodeNr : 0;
+}
+
+static xmlNodePtr nodes_at(xmlXPathObjectPtr res, int i)
+{
+    return res->nodesetval->nodeTab[i];
+}
+
+/* Strict unsigned decimal: digits only, no sign, space or trailing junk. */
+static gboolean parse_uint(const char *s, guint min, guint max, guint *out)
+{
+    guint64 v = 0;
+
+    if (!s || !*s || strlen(s) > 10)
+        return FALSE;
+    for (const char *p = s; *p; p++) {
+        if (!g_ascii_isdigit(*p))
+            return FALSE;
+        v = v * 10 + (guint64)(*p - '0');
+    }
+    if (v < min || v > max)
+        return FALSE;
+    *out = (guint)v;
+    return TRUE;
+}
+
+gboolean ftdef_host_name_valid(const char *name)
+{
+    size_t len = name ? strlen(name) : 0;
+
+    if (len == 0 || len > FTDEF_HOST_NAME_MAX)
+        return FALSE;
+    for (const char *p = name; *p; p++) {
+        if (!g_ascii_isalnum(*p) && *p != '.' && *p != '_' && *p != '-')
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean target_valid(const char *t)
+{
+    if (!t || !*t || strlen(t) > 32)
+        return FALSE;
+    for (const char *p = t; *p; p++) {
+        if (!g_ascii_isalnum(*p) && *p != '_' && *p != '-')
+            return FALSE;
+    }
+    return TRUE;
+}
+
+/* Leaf kvm-ft elements: only @allowed attributes, no child elements or text. */
+static gboolean check_leaf(xmlNodePtr node, const char *const *allowed,
+                           const char *allowed_text, GError **err)
+{
+    g_autofree char *qn = qname(node);
+
+    for (xmlAttrPtr a = node->properties; a; a = a->next) {
+        gboolean ok = FALSE;
+
+        for (guint i = 0; allowed[i] && !a->ns; i++)
+            ok = ok || strcmp((const char *)a->name, allowed[i]) == 0;
+        if (!ok) {
+            g_autofree char *an = show((const char *)a->name);
+
+            return invalid(err, "<%s>: unknown attribute '%s'; allowed: %s",
+                           qn, an, allowed_text);
+        }
+    }
+    for (xmlNodePtr c = node->children; c; c = c->next) {
+        if (c->type == XML_ELEMENT_NODE) {
+            g_autofree char *cn = qname(c);
+
+            return invalid(err, "<%s>: unexpected child element <%s>; "
+                           "<%s> must be empty", qn, cn, qn);
+        }
+        if ((c->type == XML_TEXT_NODE || c->type == XML_CDATA_SECTION_NODE) &&
+            !is_blank_text(c))
+            return invalid(err, "<%s>: unexpected text; <%s> must be empty, "
+                           "its settings are attributes", qn, qn);
+    }
+    return TRUE;
+}
+
+/* Container elements: no attributes, no text; children checked by the caller. */
+static gboolean check_container(xmlNodePtr node, GError **err)
+{
+    g_autofree char *qn = qname(node);
+
+    if (node->properties) {
+        g_autofree char *an = show((const char *)node->properties->name);
+
+        return invalid(err, "<%s>: unknown attribute '%s'; <%s> takes no "
+                       "attributes", qn, an, qn);
+    }
+    for (xmlNodePtr c = node->children; c; c = c->next) {
+        if ((c->type == XML_TEXT_NODE || c->type == XML_CDATA_SECTION_NODE) &&
+            !is_blank_text(c))
+            return invalid(err, "<%s>: unexpected text; <%s> holds only "
+                           "elements", qn, qn);
+    }
+    return TRUE;
+}
+
+static void ftdisk_free(gpointer p)
+{
+    FtDisk *d = p;
+
+    if (!d)
+        return;
+    g_free(d->target);
+    g_free(d->source_path);
+    g_free(d->format);
+    g_free(d);
+}
+
+void ftdef_free(FtDef *d)
+{
+    if (!d)
+        return;
+    g_free(d->name);
+    g_free(d->uuid);
+    for (guint i = 0; i < G_N_ELEMENTS(d->hosts); i++) {
+        g_free(d->hosts[i].name);
+        g_free(d->hosts[i].link_address);
+    }
+    if (d->disks)
+        g_ptr_array_unref(d->disks);
+    g_free(d);
+}
+
+/* ---- <ft:guest> ---------------------------------------------------- */
+
+static gboolean parse_host(xmlNodePtr node, FtHost *host, GError **err)
+{
+    static const char *const attrs[] = { "name", "link-address", NULL };
+    g_autofree char *qn = qname(node);
+    g_autofree char *name = NULL;
+    g_autofree char *addr = NULL;
+    g_autoptr(GInetAddress) inet = NULL;
+
+    if (!check_leaf(node, attrs, "name, link-address", err))
+        return FALSE;
+    name = prop(node, "name");
+    if (!name || !*name)
+        return invalid(err, "<%s>: the name attribute is %s; set it to the "
+                       "host-name in that host's kvm-ftd.conf", qn,
+                       name ? "empty" : "missing");
+    if (!ftdef_host_name_valid(name)) {
+        g_autofree char *v = show(name);
+
+        return invalid(err, "<%s name='%s'>: not a valid host name; use 1 to "
+                       "%d letters, digits, '.', '_' or '-' (the host-name in "
+                       "that host's kvm-ftd.conf)", qn, v, FTDEF_HOST_NAME_MAX);
+    }
+    addr = prop(node, "link-address");
+    if (!addr || !*addr)
+        return invalid(err, "<%s name='%s'>: the link-address attribute is %s; "
+                       "set it to the host's IPv4 address on the dedicated link",
+                       qn, name, addr ? "empty" : "missing");
+    inet = g_inet_address_new_from_string(addr);
+    if (!inet || g_inet_address_get_family(inet) != G_SOCKET_FAMILY_IPV4) {
+        g_autofree char *v = show(addr);
+
+        return invalid(err, "<%s name='%s' link-address='%s'>: not an IPv4 "
+                       "address; use the host's dotted-quad address on the "
+                       "dedicated link, e.g. 192.168.100.1", qn, name, v);
+    }
+    if (g_inet_address_get_is_any(inet) || g_inet_address_get_is_multicast(inet) ||
+        strcmp(addr, "255.255.255.255") == 0)
+        return invalid(err, "<%s name='%s' link-address='%s'>: not a unicast "
+                       "address; use the host's own address on the dedicated "
+                       "link", qn, name, addr);
+    host->name = g_steal_pointer(&name);
+    host->link_address = g_steal_pointer(&addr);
+    return TRUE;
+}
+
+static gboolean parse_hosts(xmlNodePtr node, FtDef *def, GError **err)
+{
+    g_autofree char *qn = qname(node);
+    guint n = 0;
+
+    if (!check_container(node, err))
+        return FALSE;
+    for (xmlNodePtr c = node->children; c; c = c->next) {
+        if (c->type != XML_ELEMENT_NODE)
+            continue;
+        if (!is_ft(c) || strcmp((const char *)c->name, "host") != 0) {
+            g_autofree char *cn = qname(c);
+
+            return invalid(err, "<%s>: unexpected element <%s>; <%s> holds "
+                           "exactly two <ft:host> elements", qn, cn, qn);
+        }
+        if (n == 2)
+            return invalid(err, "<%s>: more than two <ft:host> elements; a "
+                           "kvm-ft pair is exactly two hosts", qn);
+        if (!parse_host(c, &def->hosts[n], err))
+            return FALSE;
+        n++;
+    }
+    if (n != 2)
+        return invalid(err, "<%s>: has %u <ft:host>, needs exactly two (this "
+                       "host and its peer), e.g. <ft:host name='hostA' "
+                       "link-address='192.168.100.1'/>", qn, n);
+    if (strcmp(def->hosts[0].name, def->hosts[1].name) == 0)
+        return invalid(err, "<%s>: both <ft:host> elements have name='%s'; "
+                       "each host needs its own name", qn, def->hosts[0].name);
+    if (strcmp(def->hosts[0].link_address, def->hosts[1].link_address) == 0)
+        return invalid(err, "<%s>: both <ft:host> elements have link-address="
+                       "'%s'; each host needs its own address on the dedicated "
+                       "link", qn, def->hosts[0].link_address);
+    return TRUE;
+}
+
+static gboolean parse_checkpoint(xmlNodePtr node, FtDef *def, GError **err)
+{
+    static const char *const attrs[] = { "interval-ms", NULL };
+    g_autofree char *qn = qname(node);
+    g_autofree char *v = NULL;
+
+    if (!check_leaf(node, attrs, "interval-ms", err))
+        return FALSE;
+    v = prop(node, "interval-ms");
+    if (!v)
+        return invalid(err, "<%s>: the interval-ms attribute is missing; set "
+                       "it (%d..%d milliseconds) or remove the element for the "
+                       "default of %d", qn, FTDEF_INTERVAL_MIN, FTDEF_INTERVAL_MAX,
+                       FTDEF_INTERVAL_DEFAULT);
+    if (!parse_uint(v, FTDEF_INTERVAL_MIN, FTDEF_INTERVAL_MAX,
+                    &def->checkpoint_interval_ms)) {
+        g_autofree char *sv = show(v);
+
+        return invalid(err, "<%s interval-ms='%s'>: must be an integer between "
+                       "%d and %d (milliseconds)", qn, sv, FTDEF_INTERVAL_MIN,
+                       FTDEF_INTERVAL_MAX);
+    }
+    return TRUE;
+}
+
+static gboolean parse_ports(xmlNodePtr node, FtDef *def, GError **err)
+{
+    static const char *const attrs[] = { "base", NULL };
+    g_autofree char *qn = qname(node);
+    g_autofree char *v = NULL;
+
+    if (!check_leaf(node, attrs, "base", err))
+        return FALSE;
+    v = prop(node, "base");
+    if (!v)
+        return invalid(err, "<%s>: the base attribute is missing; set it "
+                       "(%d..%d) or remove the element for the default of %d",
+                       qn, FTDEF_PORT_BASE_MIN, FTDEF_PORT_BASE_MAX,
+                       FTDEF_PORT_BASE_DEFAULT);
+    if (!parse_uint(v, FTDEF_PORT_BASE_MIN, FTDEF_PORT_BASE_MAX,
+                    &def->port_base)) {
+        g_autofree char *sv = show(v);
+
+        return invalid(err, "<%s base='%s'>: must be an integer between %d and "
+                       "%d (the first of the TCP ports this guest uses on the "
+                       "dedicated link)", qn, sv, FTDEF_PORT_BASE_MIN,
+                       FTDEF_PORT_BASE_MAX);
+    }
+    return TRUE;
+}
+
+static gboolean parse_ft_disk(xmlNodePtr node, FtDef *def, GError **err)
+{
+    static const char *const attrs[] = { "target", NULL };
+    g_autofree char *qn = qname(node);
+    g_autofree char *target = NULL;
+    FtDisk *disk;
+
+    if (!check_leaf(node, attrs, "target", err))
+        return FALSE;
+    target = prop(node, "target");
+    if (!target || !*target)
+        return invalid(err, "<%s>: the target attribute is %s; set it to the "
+                       "<target dev> of the domain disk to replicate, e.g. "
+                       "<ft:disk target='vda'/>", qn, target ? "empty" : "missing");
+    if (!target_valid(target)) {
+        g_autofree char *v = show(target);
+
+        return invalid(err, "<%s target='%s'>: not a disk target name; use the "
+                       "<target dev> of a domain disk, e.g. 'vda'", qn, v);
+    }
+    for (guint i = 0; i < def->disks->len; i++) {
+        const FtDisk *d = g_ptr_array_index(def->disks, i);
+
+        if (strcmp(d->target, target) == 0)
+            return invalid(err, "<%s target='%s'>: the same target is named "
+                           "twice; list each disk once", qn, target);
+    }
+    disk = g_new0(FtDisk, 1);
+    disk->target = g_steal_pointer(&target);
+    g_ptr_array_add(def->disks, disk);
+    return TRUE;
+}
+
+static gboolean parse_guest(xmlNodePtr guest, FtDef *def, GError **err)
+{
+    g_autofree char *gn = qname(guest);
+    gboolean have_hosts = FALSE, have_checkpoint = FALSE, have_ports = FALSE;
+
+    if (!check_container(guest, err))
+        return FALSE;
+    for (xmlNodePtr c = guest->children; c; c = c->next) {
+        g_autofree char *cn = NULL;
+
+        if (c->type != XML_ELEMENT_NODE)
+            continue;
+        cn = qname(c);
+        if (!is_ft(c))
+            return invalid(err, "<%s>: unexpected element <%s>; allowed "
+                           "children are %s, all in the %s namespace", gn, cn,
+                           guest_children, FTDEF_NS);
+        if (strcmp((const char *)c->name, "hosts") == 0) {
+            if (have_hosts)
+                return invalid(err, "<%s>: duplicate <%s>; give both hosts "
+                               "in one <%s>", gn, cn, cn);
+            have_hosts = TRUE;
+            if (!parse_hosts(c, def, err))
+                return FALSE;
+        } else if (strcmp((const char *)c->name, "checkpoint") == 0) {
+            if (have_checkpoint)
+                return invalid(err, "<%s>: duplicate <%s>; keep one", gn, cn);
+            have_checkpoint = TRUE;
+            if (!parse_checkpoint(c, def, err))
+                return FALSE;
+        } else if (strcmp((const char *)c->name, "ports") == 0) {
+            if (have_ports)
+                return invalid(err, "<%s>: duplicate <%s>; keep one", gn, cn);
+            have_ports = TRUE;
+            if (!parse_ports(c, def, err))
+                return FALSE;
+        } else if (strcmp((const char *)c->name, "disk") == 0) {
+            if (!parse_ft_disk(c, def, err))
+                return FALSE;
+        } else {
+            return invalid(err, "<%s>: unknown element <%s>; allowed children "
+                           "are %s", gn, cn, guest_children);
+        }
+    }
+    if (!have_hosts)
+        return invalid(err, "<%s>: <ft:hosts> is missing; name the two hosts, "
+                       "e.g. <ft:hosts><ft:host name='hostA' link-address="
+                       "'192.168.100.1'/><ft:host name='hostB' link-address="
+                       "'192.168.100.2'/></ft:hosts>", gn);
+    if (def->disks->len == 0)
+        return invalid(err, "<%s>: no <ft:disk>; name each disk to replicate, "
+                       "e.g. <ft:disk target='vda'/>", gn);
+    return TRUE;
+}
+
+/* Find the one <ft:guest>; NOT_FT if the domain has no kvm-ft metadata. */
+static xmlNodePtr find_guest(xmlXPathContextPtr xp, xmlNodePtr root,
+                             GError **err)
+{
+    g_autoptr(xmlXPathObject) other = NULL;
+    g_autoptr(xmlXPathObject) guests = NULL;
+    g_autoptr(xmlXPathObject) stray = NULL;
+    xmlNodePtr guest;
+
+    other = xpath(xp, "//*[starts-with(namespace-uri(), '" FTDEF_NS_FAMILY "')"
+                      " and namespace-uri() != '" FTDEF_NS "']");
+    if (nodes_count(other) > 0) {
+        xmlNodePtr n = nodes_at(other, 0);
+        g_autofree char *qn = qname(n);
+        g_autofree char *href = show((const char *)n->ns->href);
+
+        invalid(err, "<%s> in namespace '%s': unsupported kvm-ft metadata "
+                "version; this kvm-ftd reads %s", qn, href, FTDEF_NS);
+        return NULL;
+    }
+
+    guests = xpath(xp, "//ft:guest");
+    if (nodes_count(guests) == 0) {
+        g_autoptr(xmlXPathObject) any = xpath(xp, "//ft:*");
+
+        if (nodes_count(any) > 0) {
+            g_autofree char *qn = qname(nodes_at(any, 0));
+
+            invalid(err, "<%s>: found outside <ft:guest>; kvm-ft metadata is "
+                    "one <ft:guest> element in <metadata>", qn);
+            return NULL;
+        }
+        g_set_error(err, FTDEF_ERROR, FTDEF_ERROR_NOT_FT,
+                    "the domain has no <ft:guest xmlns:ft='%s'> in its "
+                    "<metadata>", FTDEF_NS);
+        return NULL;
+    }
+    if (nodes_count(guests) > 1) {
+        invalid(err, "duplicate <ft:guest>: the domain has %d; keep exactly one "
+                "in <metadata>", nodes_count(guests));
+        return NULL;
+    }
+    guest = nodes_at(guests, 0);
+    if (!guest->parent || guest->parent->parent != root ||
+        !is_named(guest->parent, "metadata") || guest->parent->ns) {
+        g_autofree char *qn = qname(guest);
+
+        invalid(err, "<%s>: must be a direct child of <domain><metadata>", qn);
+        return NULL;
+    }
+    stray = xpath(xp, "//ft:*[not(ancestor-or-self::ft:guest)]");
+    if (nodes_count(stray) > 0) {
+        g_autofree char *qn = qname(nodes_at(stray, 0));
+
+        invalid(err, "<%s>: found outside <ft:guest>; put it inside "
+                "<ft:guest> or remove it", qn);
+        return NULL;
+    }
+    return guest;
+}
+
+/* ---- the rest of the domain ---------------------------------------- */
+
+static gboolean parse_domain_identity(xmlXPathContextPtr xp, FtDef *def,
+                                      GError **err)
+{
+    g_autoptr(xmlXPathObject) names = xpath(xp, "/domain/name");
+    g_autoptr(xmlXPathObject) uuids = xpath(xp, "/domain/uuid");
+    g_autofree char *name = NULL;
+
+    if (nodes_count(names) != 1)
+        return invalid(err, "<domain>: needs exactly one <name>, has %d",
+                       nodes_count(names));
+    name = text_of(nodes_at(names, 0));
+    if (!*name)
+        return invalid(err, "<domain><name>: is empty; name the guest");
+    if (strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+        g_autofree char *v = show(name);
+
+        return invalid(err, "<domain><name>: '%s' cannot be used as a "
+                       "directory name; rename the guest", v);
+    }
+    for (const char *p = name; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return invalid(err, "<domain><name>: contains a control character; "
+                           "rename the guest");
+    }
+    def->name = g_steal_pointer(&name);
+    if (nodes_count(uuids) > 1)
+        return invalid(err, "<domain>: has %d <uuid> elements; keep one",
+                       nodes_count(uuids));
+    if (nodes_count(uuids) == 1) {
+        def->uuid = text_of(nodes_at(uuids, 0));
+        if (!*def->uuid)
+            g_clear_pointer(&def->uuid, g_free);
+    }
+    return TRUE;
+}
+
+static gboolean resolve_disk(xmlXPathObjectPtr disks, FtDisk *fd, GError **err)
+{
+    g_autoptr(GString) known = g_string_new(NULL);
+    xmlNodePtr node = NULL;
+    g_autofree char *type = NULL;
+    g_autofree char *device = NULL;
+    g_autofree char *format = NULL;
+    g_autofree char *source = NULL;
+    xmlNodePtr drv, src;
+
+    for (int i = 0; i < nodes_count(disks); i++) {
+        xmlNodePtr d = nodes_at(disks, i);
+        xmlNodePtr t = child(d, "target");
+        g_autofree char *dev = t ? prop(t, "dev") : NULL;
+
+        if (!dev)
+            continue;
+        if (strcmp(dev, fd->target) == 0) {
+            if (node)
+                return invalid(err, "<ft:disk target='%s'>: two domain <disk> "
+                               "elements have <target dev='%s'>; give each disk "
+                               "its own target", fd->target, fd->target);
+            node = d;
+        }
+        if (target_valid(dev))
+            g_string_append_printf(known, "%s%s", known->len ? ", " : "", dev);
+    }
+    if (!node)
+        return invalid(err, "<ft:disk target='%s'>: the domain has no <disk> "
+                       "with <target dev='%s'>; name one of its disks (%s)",
+                       fd->target, fd->target,
+                       known->len ? known->str : "it has none");
+
+    /* libvirt's defaults when the attributes are absent. */
+    type = prop(node, "type");
+    device = prop(node, "device");
+    if (device && strcmp(device, "disk") != 0) {
+        g_autofree char *v = show(device);
+
+        return invalid(err, "<ft:disk target='%s'>: its <disk device='%s'> "
+                       "cannot be protected; only <disk type='file' "
+                       "device='disk'> can be replicated: remove this "
+                       "<ft:disk>", fd->target, v);
+    }
+    if (type && strcmp(type, "file") != 0) {
+        g_autofree char *v = show(type);
+
+        return invalid(err, "<ft:disk target='%s'>: its <disk type='%s'> cannot "
+                       "be protected; kvm-ft replicates image files: use "
+                       "<disk type='file' device='disk'> with a qcow2 or raw "
+                       "image", fd->target, v);
+    }
+    if (child(node, "readonly"))
+        return invalid(err, "<ft:disk target='%s'>: its <disk> has <readonly/>; "
+                       "a read-only disk needs no replication: remove this "
+                       "<ft:disk> or the <readonly/>", fd->target);
+    if (child(node, "shareable"))
+        return invalid(err, "<ft:disk target='%s'>: its <disk> has "
+                       "<shareable/>; a disk shared with other guests cannot be "
+                       "replicated: remove <shareable/> and give the guest its "
+                       "own image", fd->target);
+    drv = child(node, "driver");
+    format = drv ? prop(drv, "type") : NULL;
+    if (!format)
+        return invalid(err, "<ft:disk target='%s'>: its <disk> has no <driver "
+                       "type>; add <driver name='qemu' type='qcow2'/> (or "
+                       "type='raw')", fd->target);
+    if (strcmp(format, "qcow2") != 0 && strcmp(format, "raw") != 0) {
+        g_autofree char *v = show(format);
+
+        return invalid(err, "<ft:disk target='%s'>: its <driver type='%s'> is "
+                       "not supported; convert the image to qcow2 or raw",
+                       fd->target, v);
+    }
+    src = child(node, "source");
+    source = src ? prop(src, "file") : NULL;
+    if (!source || !*source)
+        return invalid(err, "<ft:disk target='%s'>: its <disk> has no <source "
+                       "file>; set <source file='/path/to/image'/>", fd->target);
+    if (source[0] != '/') {
+        g_autofree char *v = show(source);
+
+        return invalid(err, "<ft:disk target='%s'>: its <source file='%s'> is "
+                       "not an absolute path; give the full path", fd->target, v);
+    }
+    fd->format = g_steal_pointer(&format);
+    fd->source_path = g_steal_pointer(&source);
+    return TRUE;
+}
+
+static char *describe_interface(xmlNodePtr iface)
+{
+    xmlNodePtr mac = child(iface, "mac");
+    g_autofree char *addr = mac ? prop(mac, "address") : NULL;
+    g_autofree char *v = NULL;
+
+    if (!addr)
+        return g_strdup("<interface>");
+    v = show(addr);
+    return g_strdup_printf("<interface> with <mac address='%s'>", v);
+}
+
+static gboolean check_interfaces(xmlXPathContextPtr xp, FtDef *def, GError **err)
+{
+    g_autoptr(xmlXPathObject) ifaces = xpath(xp, "/domain/devices/interface");
+    int n = nodes_count(ifaces);
+
+    if (n > 1)
+        return invalid(err, "<devices>: the domain has %d <interface> elements; "
+                       "kvm-ft does not yet support more than one: remove the "
+                       "extra <interface> elements", n);
+    for (int i = 0; i < n; i++) {
+        xmlNodePtr iface = nodes_at(ifaces, i);
+        g_autofree char *what = describe_interface(iface);
+        g_autofree char *type = prop(iface, "type");
+        xmlNodePtr model = child(iface, "model");
+        xmlNodePtr drv = child(iface, "driver");
+        g_autofree char *mtype = model ? prop(model, "type") : NULL;
+        g_autofree char *dname = drv ? prop(drv, "name") : NULL;
+        g_autofree char *queues = drv ? prop(drv, "queues") : NULL;
+        guint nq;
+
+        if (type && (strcmp(type, "hostdev") == 0 ||
+                     strcmp(type, "vhostuser") == 0 ||
+                     strcmp(type, "vdpa") == 0))
+            return invalid(err, "%s: <interface type='%s'> cannot be protected: "
+                           "its packets bypass QEMU; use a tap-based type "
+                           "such as 'bridge' or 'network'", what, type);
+        if (!mtype)
+            return invalid(err, "%s: has no <model type>, so libvirt picks an "
+                           "emulated NIC; add <model type='virtio'/>", what);
+        if (strcmp(mtype, "virtio") != 0) {
+            g_autofree char *v = show(mtype);
+
+            return invalid(err, "%s: <model type='%s'> is not supported; use "
+                           "<model type='virtio'/>", what, v);
+        }
+        if (dname && strcmp(dname, "vhost") == 0)
+            return invalid(err, "%s: <driver name='vhost'> cannot be protected: "
+                           "vhost-net bypasses QEMU, so COLO cannot compare its "
+                           "packets; use <driver name='qemu'/>", what);
+        if (!dname)
+            return invalid(err, "%s: <driver name> is not set, so libvirt uses "
+                           "vhost-net where available, which COLO cannot "
+                           "protect; add <driver name='qemu'/>", what);
+        if (strcmp(dname, "qemu") != 0) {
+            g_autofree char *v = show(dname);
+
+            return invalid(err, "%s: <driver name='%s'> is not supported; use "
+                           "<driver name='qemu'/>", what, v);
+        }
+        if (queues && (!parse_uint(queues, 0, G_MAXUINT, &nq) || nq > 1)) {
+            g_autofree char *v = show(queues);
+
+            return invalid(err, "%s: <driver queues='%s'>: multiqueue is not "
+                           "supported by COLO; remove the queues attribute",
+                           what, v);
+        }
+    }
+    def->n_interfaces = (guint)n;
+    return TRUE;
+}
+
+static gboolean check_devices(xmlXPathContextPtr xp, GError **err)
+{
+    g_autoptr(xmlXPathObject) hostdevs = xpath(xp, "/domain/devices/hostdev");
+
+    if (nodes_count(hostdevs) > 0)
+        return invalid(err, "<hostdev>: a host device passed through to the "
+                       "guest cannot be replicated; remove the <hostdev>");
+    return TRUE;
+}
+
+/* ---- parsing the document ------------------------------------------ */
+
+typedef struct {
+    gboolean saw_doctype;
+    char *first_error;  /* libxml2 reports on; the first error is the cause */
+    int first_error_line;
+} ParseState;
+
+static void record_error(void *ctx, xmlErrorPtr e)
+{
+    xmlParserCtxtPtr ctxt = ctx;
+    ParseState *st = ctxt ? ctxt->_private : NULL;
+
+    if (!st || !e || st->first_error || e->level < XML_ERR_ERROR)
+        return;
+    st->first_error = g_strdup(e->message ? e->message : "unknown error");
+    st->first_error_line = e->line;
+}
+
+/* A DTD is where entities are declared: stop before any is. */
+static void refuse_internal_subset(void *ctx, const xmlChar *name,
+                                   const xmlChar *external_id,
+                                   const xmlChar *system_id)
+{
+    xmlParserCtxtPtr ctxt = ctx;
+    ParseState *st = ctxt->_private;
+
+    (void)name;
+    (void)external_id;
+    (void)system_id;
+    st->saw_doctype = TRUE;
+    xmlStopParser(ctxt);
+}
+
+static xmlDocPtr read_doc(const char *xml, size_t len, GError **err)
+{
+    static gsize inited;
+    g_autoptr(xmlParserCtxt) ctxt = NULL;
+    ParseState st = { FALSE, NULL, 0 };
+    xmlDocPtr doc;
+
+    if (g_once_init_enter(&inited)) {
+        xmlInitParser();
+        g_once_init_leave(&inited, 1);
+    }
+    ctxt = xmlNewParserCtxt();
+    if (!ctxt || !ctxt->sax) {
+        invalid(err, "domain XML: cannot create an XML parser (out of memory)");
+        return NULL;
+    }
+    ctxt->_private = &st;
+    ctxt->sax->internalSubset = refuse_internal_subset;
+    ctxt->sax->serror = record_error;
+    /* No XML_PARSE_NOENT (entity substitution), DTDLOAD or HUGE. */
+    doc = xmlCtxtReadMemory(ctxt, xml, (int)len, "domain.xml", NULL,
+                            XML_PARSE_NONET | XML_PARSE_NOERROR |
+                            XML_PARSE_NOWARNING);
+    if (st.saw_doctype) {
+        if (doc)
+            xmlFreeDoc(doc);
+        g_free(st.first_error);
+        invalid(err, "domain XML: has a <!DOCTYPE>; kvm-ft refuses document "
+                "type and entity declarations (libvirt never writes them): "
+                "remove it");
+        return NULL;
+    }
+    /* An undeclared prefix (a forgotten xmlns:ft) is only a namespace error. */
+    if (!doc || !ctxt->wellFormed || !ctxt->nsWellFormed) {
+        g_autofree char *msg = g_steal_pointer(&st.first_error);
+        int line = st.first_error_line;
+
+        if (doc)
+            xmlFreeDoc(doc);
+        if (!msg) {
+            const xmlError *e = xmlCtxtGetLastError(ctxt);
+
+            msg = g_strdup(e && e->message ? e->message : "unknown error");
+            line = e ? e->line : 0;
+        }
+        g_strdelimit(msg, "\r\n\t", ' ');
+        g_strstrip(msg);
+        invalid(err, "domain XML: not well-formed at line %d: %s; fix the XML",
+                line, msg);
+        return NULL;
+    }
+    g_free(st.first_error);
+    return doc;
+}
+
+FtDef *ftdef_parse(const char *domain_xml, GError **err)
+{
+    g_autoptr(xmlDoc) doc = NULL;
+    g_autoptr(xmlXPathContext) xp = NULL;
+    g_autoptr(FtDef) def = NULL;
+    xmlNodePtr root, guest;
+    size_t len;
+
+    g_return_val_if_fail(err == NULL || *err == NULL, NULL);
+
+    if (!domain_xml) {
+        invalid(err, "domain XML: none given");
+        return NULL;
+    }
+    len = strnlen(domain_xml, FTDEF_MAX_XML_SIZE + 1);
+    if (len > FTDEF_MAX_XML_SIZE) {
+        invalid(err, "domain XML: larger than %d MiB; refusing to parse it",
+                FTDEF_MAX_XML_SIZE / (1024 * 1024));
+        return NULL;
+    }
+    if (len == 0) {
+        invalid(err, "domain XML: is empty; expected a libvirt <domain>");
+        return NULL;
+    }
+    doc = read_doc(domain_xml, len, err);
+    if (!doc)
+        return NULL;
+    root = xmlDocGetRootElement(doc);
+    if (!root || !is_named(root, "domain") || root->ns) {
+        g_autofree char *qn = root ? qname(root) : g_strdup("?");
+
+        invalid(err, "<%s>: the root element must be <domain>; kvm-ft reads "
+                "libvirt domain XML", qn);
+        return NULL;
+    }
+    xp = xmlXPathNewContext(doc);
+    if (!xp || xmlXPathRegisterNs(xp, (const xmlChar *)"ft",
+                                  (const xmlChar *)FTDEF_NS) != 0) {
+        invalid(err, "domain XML: cannot evaluate XPath (out of memory)");
+        return NULL;
+    }
+
+    guest = find_guest(xp, root, err);
+    if (!guest)
+        return NULL;
+
+    def = g_new0(FtDef, 1);
+    def->checkpoint_interval_ms = FTDEF_INTERVAL_DEFAULT;
+    def->port_base = FTDEF_PORT_BASE_DEFAULT;
+    def->disks = g_ptr_array_new_with_free_func(ftdisk_free);
+
+    if (!parse_guest(guest, def, err) ||
+        !parse_domain_identity(xp, def, err))
+        return NULL;
+    {
+        g_autoptr(xmlXPathObject) disks = xpath(xp, "/domain/devices/disk");
+
+        for (guint i = 0; i < def->disks->len; i++) {
+            if (!resolve_disk(disks, g_ptr_array_index(def->disks, i), err))
+                return NULL;
+        }
+    }
+    if (!check_interfaces(xp, def, err) || !check_devices(xp, err))
+        return NULL;
+    return g_steal_pointer(&def);
+}
+
+const FtHost *ftdef_self(const FtDef *d, const char *my_host_name)
+{
+    if (!d || !my_host_name)
+        return NULL;
+    for (guint i = 0; i < G_N_ELEMENTS(d->hosts); i++) {
+        if (g_strcmp0(d->hosts[i].name, my_host_name) == 0)
+            return &d->hosts[i];
+    }
+    return NULL;
+}
+
+const FtHost *ftdef_peer(const FtDef *d, const char *my_host_name)
+{
+    const FtHost *self = ftdef_self(d, my_host_name);
+
+    if (!self)
+        return NULL;
+    return self == &d->hosts[0] ? &d->hosts[1] : &d->hosts[0];
+}

@@ -1,0 +1,83 @@
+/*
+ * ftdef.h - the FT guest definition, read from a libvirt domain XML
+ *
+ * A protected guest is an ordinary libvirt domain whose <metadata> carries
+ * one <ft:guest> element in the FTDEF_NS namespace (doc/interfaces.md).
+ * ftdef_parse() reads that element together with the parts of the domain
+ * kvm-ft depends on, and refuses -- with one line naming the element and
+ * the fix -- anything kvm-ft cannot protect.
+ *
+ * The input is untrusted: it is size-limited (FTDEF_MAX_XML_SIZE), parsed
+ * without network access, and a document with a <!DOCTYPE> (the only place
+ * entities can be declared) is refused before any entity exists, so
+ * "billion laughs" documents cannot expand.
+ */
+#pragma once
+
+#include <glib.h>
+
+#define FTDEF_NS "https://kvm-ft.dev/xmlns/1"
+/* Any namespace starting with this is a kvm-ft metadata version. */
+#define FTDEF_NS_FAMILY "https://kvm-ft.dev/xmlns/"
+
+#define FTDEF_MAX_XML_SIZE (4 * 1024 * 1024)
+
+#define FTDEF_INTERVAL_DEFAULT 2000
+#define FTDEF_INTERVAL_MIN 20
+#define FTDEF_INTERVAL_MAX 60000
+#define FTDEF_PORT_BASE_DEFAULT 9100
+#define FTDEF_PORT_BASE_MIN 1024
+#define FTDEF_PORT_BASE_MAX 65000
+#define FTDEF_HOST_NAME_MAX 253
+
+typedef struct {
+    char *target;       /* <target dev>, e.g. "vda": [A-Za-z0-9_-]+ */
+    char *source_path;  /* <source file>, an absolute path */
+    char *format;       /* <driver type>: "qcow2" or "raw" */
+} FtDisk;
+
+typedef struct {
+    char *name;         /* matches kvm-ftd.conf [daemon] host-name */
+    char *link_address; /* IPv4 address on the dedicated link */
+} FtHost;
+
+typedef struct {
+    char *name;                    /* <domain><name>; never contains '/' */
+    char *uuid;                    /* <domain><uuid>, or NULL if absent */
+    FtHost hosts[2];               /* in document order */
+    guint checkpoint_interval_ms;  /* FTDEF_INTERVAL_DEFAULT if absent */
+    guint port_base;               /* FTDEF_PORT_BASE_DEFAULT if absent */
+    GPtrArray *disks;              /* FtDisk *, in <ft:disk> order, >= 1 */
+    guint n_interfaces;            /* 0 or 1 <interface> elements */
+} FtDef;
+
+#define FTDEF_ERROR ftdef_error_quark()
+GQuark ftdef_error_quark(void);
+
+typedef enum {
+    /* The domain has no <ft:guest> in its <metadata>: it is not a kvm-ft
+     * guest.  Callers that scan all domains just skip it. */
+    FTDEF_ERROR_NOT_FT,
+    /* Anything else: the message is for the operator, one line. */
+    FTDEF_ERROR_INVALID,
+} FtDefError;
+
+/*
+ * Parse and validate a domain XML document (NUL-terminated; at most
+ * FTDEF_MAX_XML_SIZE bytes).  Returns a new FtDef, or NULL with @err set
+ * to FTDEF_ERROR_NOT_FT or FTDEF_ERROR_INVALID.  Never crashes on any
+ * input.  Thread-safe.
+ */
+FtDef *ftdef_parse(const char *domain_xml, GError **err);
+
+/* This host's entry / the other host's entry, found by the configured
+ * host-name; NULL if my_host_name is neither of the two hosts. */
+const FtHost *ftdef_self(const FtDef *d, const char *my_host_name);
+const FtHost *ftdef_peer(const FtDef *d, const char *my_host_name);
+
+/* The host-name syntax shared with kvm-ftd.conf: 1..FTDEF_HOST_NAME_MAX
+ * characters from [A-Za-z0-9._-]. */
+gboolean ftdef_host_name_valid(const char *name);
+
+void ftdef_free(FtDef *d);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FtDef, ftdef_free)

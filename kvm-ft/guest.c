@@ -1,0 +1,709 @@
+/* guest.c - one protected guest on this host, and its state machine */
+#include "guest.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <string.h>
+
+#include "domxml.h"
+#include "engine.h"
+#include "log.h"
+#include "qmp.h"
+
+/* How often a guest on its way into COLO is checked. */
+#define ENTER_POLL_MS 200
+/* How often a protected guest's COLO status is refreshed for ftctl. */
+#define STATUS_POLL_MS 1000
+/* Upper bound for qemu-img, which only creates small files here. */
+#define QEMU_IMG_TIMEOUT_S "60"
+
+struct FtGuest {
+    Daemon *d;
+    FtDef *def;
+    char *domain_xml;
+    FtRole role;
+    GuestState state;
+    char *error;
+
+    Qmp *qmp;
+    char *qmp_path;
+    guint poll_id;
+    gint64 deadline_us;
+
+    /* Secondary: the primary's pending prepare-secondary request. */
+    PeerConn *reply_conn;
+    guint64 reply_id;
+
+    char *colo_mode;
+    char *colo_reason;
+    guint64 checkpoints;
+    gint64 stop_us;
+    double last_pause_ms;
+    gint64 last_checkpoint_us;
+
+    char *exit_reason;
+    guint exit_idle_id;
+};
+
+static const char *const state_names[GUEST_N_STATES] = {
+    [GUEST_STOPPED] = "stopped",
+    [GUEST_PREPARING_PEER] = "preparing-peer",
+    [GUEST_STARTING_PRIMARY] = "starting-primary",
+    [GUEST_ENTERING_COLO] = "entering-colo",
+    [GUEST_STARTING_SECONDARY] = "starting-secondary",
+    [GUEST_SECONDARY_WAITING] = "secondary-waiting",
+    [GUEST_PROTECTED] = "protected",
+    [GUEST_FAILED] = "failed",
+};
+
+#define BIT(s) (1u << (s))
+#define ENDINGS (BIT(GUEST_FAILED) | BIT(GUEST_STOPPED))
+
+/* The only transitions there are; anything else is a bug and is refused. */
+static const guint allowed[GUEST_N_STATES] = {
+    [GUEST_STOPPED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY),
+    [GUEST_PREPARING_PEER] = BIT(GUEST_STARTING_PRIMARY) | ENDINGS,
+    [GUEST_STARTING_PRIMARY] = BIT(GUEST_ENTERING_COLO) | ENDINGS,
+    [GUEST_ENTERING_COLO] = BIT(GUEST_PROTECTED) | ENDINGS,
+    [GUEST_STARTING_SECONDARY] = BIT(GUEST_SECONDARY_WAITING) | ENDINGS,
+    [GUEST_SECONDARY_WAITING] = BIT(GUEST_PROTECTED) | ENDINGS,
+    [GUEST_PROTECTED] = ENDINGS,
+    [GUEST_FAILED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
+                     BIT(GUEST_STOPPED),
+};
+
+const char *guest_state_name(GuestState state)
+{
+    return state < GUEST_N_STATES ? state_names[state] : "invalid";
+}
+
+static const char *role_name(FtGuest *g)
+{
+    return ft_role_name(g->role);
+}
+
+static gboolean transition(FtGuest *g, GuestState to, const char *reason)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(JsonNode) event = NULL;
+    GuestState from = g->state;
+
+    if (!(allowed[from] & BIT(to))) {
+        log_err(g->def->name, role_name(g), "refused transition %s -> %s (%s)",
+                guest_state_name(from), guest_state_name(to), reason);
+        return FALSE;
+    }
+    g->state = to;
+    log_info(g->def->name, role_name(g), "%s -> %s: %s",
+             guest_state_name(from), guest_state_name(to), reason);
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "guest");
+    json_builder_add_string_value(b, g->def->name);
+    json_builder_set_member_name(b, "role");
+    json_builder_add_string_value(b, role_name(g));
+    json_builder_set_member_name(b, "from");
+    json_builder_add_string_value(b, guest_state_name(from));
+    json_builder_set_member_name(b, "to");
+    json_builder_add_string_value(b, guest_state_name(to));
+    json_builder_set_member_name(b, "reason");
+    json_builder_add_string_value(b, reason);
+    json_builder_end_object(b);
+    event = json_builder_get_root(b);
+    daemon_broadcast(g->d, event);
+    return TRUE;
+}
+
+static const FtHost *self_host(FtGuest *g)
+{
+    return ftdef_self(g->def, daemon_config(g->d)->host_name);
+}
+
+static const FtHost *peer_host(FtGuest *g)
+{
+    return ftdef_peer(g->def, daemon_config(g->d)->host_name);
+}
+
+static void stop_polling(FtGuest *g)
+{
+    if (g->poll_id) {
+        g_source_remove(g->poll_id);
+        g->poll_id = 0;
+    }
+}
+
+static void answer_primary(FtGuest *g, const char *error)
+{
+    if (!g->reply_conn)
+        return;
+    if (error) {
+        peer_conn_reply_error(g->reply_conn, g->reply_id, error);
+    } else {
+        g_autoptr(JsonNode) ok = json_node_new(JSON_NODE_OBJECT);
+
+        json_node_take_object(ok, json_object_new());
+        peer_conn_reply(g->reply_conn, g->reply_id, ok);
+    }
+    g_clear_pointer(&g->reply_conn, peer_conn_unref);
+}
+
+static char *overlay_path(FtGuest *g, const char *kind, guint index)
+{
+    g_autofree char *file = g_strdup_printf("%s-%u.qcow2", kind, index);
+
+    return g_build_filename(daemon_config(g->d)->state_dir, g->def->name, file,
+                            NULL);
+}
+
+static void remove_overlays(FtGuest *g)
+{
+    for (guint i = 0; i < g->def->disks->len; i++) {
+        g_autofree char *active = overlay_path(g, "active", i);
+        g_autofree char *hidden = overlay_path(g, "hidden", i);
+
+        g_unlink(active);
+        g_unlink(hidden);
+    }
+}
+
+/* Tears down this host's copy; leaves the administrator's definition alone. */
+static void release(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    gboolean active = FALSE;
+
+    stop_polling(g);
+    g_clear_pointer(&g->qmp, qmp_free);
+    if (virt_domain_is_active(daemon_virt(g->d), g->def->name, &active, &err) &&
+        active && !virt_domain_destroy(daemon_virt(g->d), g->def->name, &err))
+        log_warn(g->def->name, role_name(g), "cannot stop the guest: %s",
+                 err->message);
+    if (g->role == FT_ROLE_SECONDARY)
+        remove_overlays(g);
+    g_clear_pointer(&g->colo_mode, g_free);
+    g_clear_pointer(&g->colo_reason, g_free);
+}
+
+static void on_peer_stopped(PeerConn *conn, JsonNode *result,
+                            const GError *error, gpointer opaque)
+{
+    char *name = opaque;
+
+    (void)conn;
+    (void)result;
+    if (error)
+        log_warn(name, "primary", "peer did not confirm stopping the secondary: %s",
+                 error->message);
+    g_free(name);
+}
+
+static void tell_peer_to_stop(FtGuest *g, const char *reason)
+{
+    JsonObject *params = json_object_new();
+
+    json_object_set_string_member(params, "guest", g->def->name);
+    json_object_set_string_member(params, "reason", reason);
+    daemon_peer_call(g->d, peer_host(g)->link_address, "stop-secondary", params,
+                     daemon_config(g->d)->peer_timeout_ms, on_peer_stopped,
+                     g_strdup(g->def->name));
+    json_object_unref(params);
+}
+
+static void fail(FtGuest *g, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+
+static void fail(FtGuest *g, const char *fmt, ...)
+{
+    va_list ap;
+
+    g_free(g->error);
+    va_start(ap, fmt);
+    g->error = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+
+    answer_primary(g, g->error);
+    if (g->role == FT_ROLE_PRIMARY && g->state != GUEST_PREPARING_PEER)
+        tell_peer_to_stop(g, g->error);
+    release(g);
+    transition(g, GUEST_FAILED, g->error);
+}
+
+static gboolean fail_after_colo_exit(gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    g->exit_idle_id = 0;
+    if (guest_is_busy(g))
+        fail(g, "QEMU left COLO (reason: %s); the guest is no longer protected",
+             g->exit_reason);
+    return G_SOURCE_REMOVE;
+}
+
+static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
+                         gint64 timestamp_us, gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    (void)q;
+    /* COLO reports every checkpoint as a stop/resume pair of the guest. */
+    if (strcmp(event, "STOP") == 0) {
+        g->stop_us = timestamp_us;
+    } else if (strcmp(event, "RESUME") == 0) {
+        if (g->stop_us && g->state == GUEST_PROTECTED) {
+            g->checkpoints++;
+            g->last_pause_ms = (timestamp_us - g->stop_us) / 1000.0;
+            g->last_checkpoint_us = timestamp_us;
+            log_debug(g->def->name, role_name(g), "checkpoint %" G_GUINT64_FORMAT
+                      ": paused %.1f ms", g->checkpoints, g->last_pause_ms);
+        }
+        g->stop_us = 0;
+    } else if (strcmp(event, "COLO_EXIT") == 0) {
+        const char *reason = data ? json_object_get_string_member_with_default(
+                                        data, "reason", "unknown")
+                                  : "unknown";
+
+        /* Not from inside the QMP client's dispatch: failing frees it. */
+        g_free(g->exit_reason);
+        g->exit_reason = g_strdup(reason);
+        if (!g->exit_idle_id)
+            g->exit_idle_id = g_idle_add(fail_after_colo_exit, g);
+    }
+}
+
+static void on_qmp_closed(Qmp *q, const GError *reason, gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    (void)q;
+    if (g->state == GUEST_STOPPED || g->state == GUEST_FAILED)
+        return;
+    fail(g, "lost QEMU's QMP socket (%s): QEMU exited",
+         reason ? reason->message : "closed");
+}
+
+static gboolean start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing,
+                           gboolean paused, GError **err)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    g_autofree char *xml = NULL;
+
+    if (g_mkdir_with_parents(cfg->run_dir, 0700) < 0) {
+        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot create %s: %s", cfg->run_dir, g_strerror(errno));
+        return FALSE;
+    }
+    g_unlink(g->qmp_path);
+    xml = domxml_for_role(g->domain_xml, g->def, g->role, plumbing, err);
+    if (!xml || !virt_domain_start(daemon_virt(g->d), xml, paused, err))
+        return FALSE;
+    g->qmp = qmp_connect(g->qmp_path, cfg->qmp_timeout_ms, err);
+    if (!g->qmp)
+        return FALSE;
+    qmp_set_handlers(g->qmp, on_qmp_event, on_qmp_closed, g);
+    qmp_attach(g->qmp, NULL);
+    return TRUE;
+}
+
+static void refresh_colo_status(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    char *mode = NULL;
+    char *reason = NULL;
+
+    if (!engine_colo_status(g->qmp, daemon_config(g->d)->qmp_timeout_ms, &mode,
+                            &reason, &err)) {
+        log_warn(g->def->name, role_name(g), "cannot read COLO status: %s",
+                 err->message);
+        return;
+    }
+    g_free(g->colo_mode);
+    g_free(g->colo_reason);
+    g->colo_mode = mode;
+    g->colo_reason = reason;
+}
+
+static gboolean poll_protected(gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    refresh_colo_status(g);
+    return G_SOURCE_CONTINUE;
+}
+
+static void enter_protected(FtGuest *g, const char *reason)
+{
+    stop_polling(g);
+    if (!transition(g, GUEST_PROTECTED, reason))
+        return;
+    g->poll_id = g_timeout_add(STATUS_POLL_MS, poll_protected, g);
+}
+
+static gboolean past_deadline(FtGuest *g)
+{
+    return g_get_monotonic_time() > g->deadline_us;
+}
+
+static void arm_deadline(FtGuest *g)
+{
+    g->deadline_us = g_get_monotonic_time() +
+                     (gint64)daemon_config(g->d)->start_timeout_ms * 1000;
+}
+
+static gboolean poll_primary_sync(gpointer opaque)
+{
+    FtGuest *g = opaque;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *status =
+        engine_migration_status(g->qmp, daemon_config(g->d)->qmp_timeout_ms, &err);
+
+    if (status && strcmp(status, "colo") == 0) {
+        g->poll_id = 0;
+        refresh_colo_status(g);
+        enter_protected(g, "first checkpoint done; COLO running");
+        return G_SOURCE_REMOVE;
+    }
+    if (status && (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0)) {
+        g->poll_id = 0;
+        fail(g, "the first synchronisation to the secondary %s", status);
+        return G_SOURCE_REMOVE;
+    }
+    if (past_deadline(g)) {
+        g->poll_id = 0;
+        fail(g, "the pair did not enter COLO within %u ms (migration: %s)",
+             daemon_config(g->d)->start_timeout_ms,
+             status ? status : err->message);
+        return G_SOURCE_REMOVE;
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+static EngineLink engine_link(FtGuest *g)
+{
+    gboolean primary = g->role == FT_ROLE_PRIMARY;
+    EngineLink link = {
+        .def = g->def,
+        .primary_addr = (primary ? self_host(g) : peer_host(g))->link_address,
+        .secondary_addr = (primary ? peer_host(g) : self_host(g))->link_address,
+        .timeout_ms = daemon_config(g->d)->qmp_timeout_ms,
+    };
+    return link;
+}
+
+static void start_primary(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
+    EngineLink link = engine_link(g);
+
+    if (!transition(g, GUEST_STARTING_PRIMARY,
+                    "secondary ready; starting the primary paused"))
+        return;
+    /* Paused: not one guest write may happen before replication is attached. */
+    if (!start_qemu(g, &plumbing, TRUE, &err) ||
+        !engine_primary_setup(g->qmp, &link, &err)) {
+        fail(g, "cannot start the primary: %s", err->message);
+        return;
+    }
+    if (!transition(g, GUEST_ENTERING_COLO, "replication attached; first full sync"))
+        return;
+    g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_primary_sync, g);
+}
+
+static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
+                                  const GError *error, gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    (void)conn;
+    (void)result;
+    if (g->state != GUEST_PREPARING_PEER)
+        return;
+    if (error) {
+        fail(g, "peer %s cannot start the secondary: %s", peer_host(g)->name,
+             error->message);
+        return;
+    }
+    start_primary(g);
+}
+
+void guest_protect(FtGuest *g)
+{
+    JsonObject *params;
+
+    g_clear_pointer(&g->error, g_free);
+    g->checkpoints = 0;
+    g->last_checkpoint_us = 0;
+    arm_deadline(g);
+    if (!transition(g, GUEST_PREPARING_PEER, "protect requested"))
+        return;
+    params = json_object_new();
+    json_object_set_string_member(params, "guest", g->def->name);
+    json_object_set_string_member(params, "domain-xml", g->domain_xml);
+    json_object_set_string_member(params, "primary", self_host(g)->name);
+    daemon_peer_call(g->d, peer_host(g)->link_address, "prepare-secondary", params,
+                     daemon_config(g->d)->start_timeout_ms, on_secondary_prepared, g);
+    json_object_unref(params);
+}
+
+static gboolean run_qemu_img(const char *const *argv, char **out, GError **err)
+{
+    g_autofree char *err_text = NULL;
+    int status;
+
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL,
+                      out, &err_text, &status, err))
+        return FALSE;
+    if (!g_spawn_check_wait_status(status, NULL)) {
+        g_set_error(err, G_SPAWN_ERROR, G_SPAWN_ERROR_FAILED, "%s failed: %s",
+                    argv[3], err_text ? g_strstrip(err_text) : "");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean disk_virtual_size(const char *path, gint64 *size, GError **err)
+{
+    const char *argv[] = { "timeout", QEMU_IMG_TIMEOUT_S, "qemu-img", "info", "-U",
+                           "--output=json", path, NULL };
+    g_autofree char *out = NULL;
+    g_autoptr(JsonParser) parser = json_parser_new();
+    JsonNode *root;
+
+    if (!run_qemu_img(argv, &out, err))
+        return FALSE;
+    if (!json_parser_load_from_data(parser, out, -1, err))
+        return FALSE;
+    root = json_parser_get_root(parser);
+    if (!root || !JSON_NODE_HOLDS_OBJECT(root) ||
+        !json_object_has_member(json_node_get_object(root), "virtual-size")) {
+        g_set_error(err, G_SPAWN_ERROR, G_SPAWN_ERROR_FAILED,
+                    "qemu-img info %s: no virtual size", path);
+        return FALSE;
+    }
+    *size = json_object_get_int_member(json_node_get_object(root), "virtual-size");
+    return TRUE;
+}
+
+static gboolean create_overlay(const char *path, gint64 size, GError **err)
+{
+    g_autofree char *size_s = g_strdup_printf("%" G_GINT64_FORMAT, size);
+    const char *argv[] = { "timeout", QEMU_IMG_TIMEOUT_S, "qemu-img", "create",
+                           "-q", "-f", "qcow2", path, size_s, NULL };
+
+    return run_qemu_img(argv, NULL, err);
+}
+
+/* The secondary's replication chain: active and hidden overlays on its copy. */
+static gboolean prepare_overlays(FtGuest *g, GPtrArray *active, GPtrArray *hidden,
+                                 GError **err)
+{
+    g_autofree char *dir = g_build_filename(daemon_config(g->d)->state_dir,
+                                            g->def->name, NULL);
+
+    if (g_mkdir_with_parents(dir, 0700) < 0) {
+        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot create %s: %s", dir, g_strerror(errno));
+        return FALSE;
+    }
+    for (guint i = 0; i < g->def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
+        gint64 size;
+
+        if (!g_file_test(disk->source_path, G_FILE_TEST_IS_REGULAR)) {
+            g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_NOENT,
+                        "disk %s (%s) does not exist on %s: copy the guest's "
+                        "disk there before protecting it",
+                        disk->source_path, disk->target,
+                        daemon_config(g->d)->host_name);
+            return FALSE;
+        }
+        if (!disk_virtual_size(disk->source_path, &size, err))
+            return FALSE;
+        g_ptr_array_add(active, overlay_path(g, "active", i));
+        g_ptr_array_add(hidden, overlay_path(g, "hidden", i));
+        if (!create_overlay(g_ptr_array_index(active, i), size, err) ||
+            !create_overlay(g_ptr_array_index(hidden, i), size, err))
+            return FALSE;
+    }
+    g_ptr_array_add(active, NULL);
+    g_ptr_array_add(hidden, NULL);
+    return TRUE;
+}
+
+static gboolean poll_secondary_sync(gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    refresh_colo_status(g);
+    if (g->colo_mode && strcmp(g->colo_mode, "secondary") == 0) {
+        g->poll_id = 0;
+        enter_protected(g, "primary's first checkpoint loaded; COLO running");
+        return G_SOURCE_REMOVE;
+    }
+    if (past_deadline(g)) {
+        g->poll_id = 0;
+        fail(g, "the primary did not start COLO within %u ms",
+             daemon_config(g->d)->start_timeout_ms);
+        return G_SOURCE_REMOVE;
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) active = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) hidden = g_ptr_array_new_with_free_func(g_free);
+    DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
+    EngineLink link;
+    gboolean defined;
+
+    g_clear_pointer(&g->error, g_free);
+    g->checkpoints = 0;
+    g->last_checkpoint_us = 0;
+    g->reply_conn = peer_conn_ref(conn);
+    g->reply_id = id;
+    arm_deadline(g);
+    if (!transition(g, GUEST_STARTING_SECONDARY, "primary asked for a secondary"))
+        return;
+
+    if (!virt_domain_define_missing(daemon_virt(g->d), g->def->name,
+                                    g->domain_xml, &defined, &err)) {
+        fail(g, "%s", err->message);
+        return;
+    }
+    if (defined)
+        log_info(g->def->name, role_name(g), "defined the guest on this host");
+    if (!prepare_overlays(g, active, hidden, &err)) {
+        fail(g, "cannot prepare replication storage: %s", err->message);
+        return;
+    }
+    plumbing.active_overlays = (const char *const *)active->pdata;
+    plumbing.hidden_overlays = (const char *const *)hidden->pdata;
+    link = engine_link(g);
+    if (!start_qemu(g, &plumbing, FALSE, &err) ||
+        !engine_secondary_setup(g->qmp, &link, &err)) {
+        fail(g, "cannot start the secondary: %s", err->message);
+        return;
+    }
+    if (!transition(g, GUEST_SECONDARY_WAITING, "incoming side ready"))
+        return;
+    answer_primary(g, NULL);
+    g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_secondary_sync, g);
+}
+
+void guest_stop(FtGuest *g, const char *reason)
+{
+    answer_primary(g, reason);
+    release(g);
+    if (g->state != GUEST_STOPPED)
+        transition(g, GUEST_STOPPED, reason);
+}
+
+FtGuest *guest_new(Daemon *d, FtDef *def, const char *domain_xml, FtRole role)
+{
+    FtGuest *g = g_new0(FtGuest, 1);
+    g_autofree char *sock = g_strdup_printf("%s.qmp", def->name);
+
+    g->d = d;
+    g->def = def;
+    g->domain_xml = g_strdup(domain_xml);
+    g->role = role;
+    g->state = GUEST_STOPPED;
+    g->qmp_path = g_build_filename(daemon_config(d)->run_dir, sock, NULL);
+    return g;
+}
+
+void guest_free(FtGuest *g)
+{
+    if (!g)
+        return;
+    stop_polling(g);
+    if (g->exit_idle_id)
+        g_source_remove(g->exit_idle_id);
+    g_free(g->exit_reason);
+    g_clear_pointer(&g->reply_conn, peer_conn_unref);
+    g_clear_pointer(&g->qmp, qmp_free);
+    ftdef_free(g->def);
+    g_free(g->domain_xml);
+    g_free(g->error);
+    g_free(g->qmp_path);
+    g_free(g->colo_mode);
+    g_free(g->colo_reason);
+    g_free(g);
+}
+
+const char *guest_name(FtGuest *g)
+{
+    return g->def->name;
+}
+
+GuestState guest_state(FtGuest *g)
+{
+    return g->state;
+}
+
+FtRole guest_role(FtGuest *g)
+{
+    return g->role;
+}
+
+gboolean guest_is_busy(FtGuest *g)
+{
+    return g->state != GUEST_STOPPED && g->state != GUEST_FAILED;
+}
+
+JsonNode *guest_status(FtGuest *g)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    const FtHost *peer = peer_host(g);
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "name");
+    json_builder_add_string_value(b, g->def->name);
+    json_builder_set_member_name(b, "role");
+    json_builder_add_string_value(b, guest_is_busy(g) ? role_name(g) : "none");
+    json_builder_set_member_name(b, "state");
+    json_builder_add_string_value(b, guest_state_name(g->state));
+
+    json_builder_set_member_name(b, "peer");
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "host");
+    json_builder_add_string_value(b, peer->name);
+    json_builder_set_member_name(b, "connected");
+    json_builder_add_boolean_value(b, daemon_peer_connected(g->d, peer->name));
+    json_builder_end_object(b);
+
+    json_builder_set_member_name(b, "colo");
+    if (g->colo_mode) {
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "mode");
+        json_builder_add_string_value(b, g->colo_mode);
+        json_builder_set_member_name(b, "reason");
+        json_builder_add_string_value(b, g->colo_reason);
+        json_builder_end_object(b);
+    } else {
+        json_builder_add_null_value(b);
+    }
+
+    json_builder_set_member_name(b, "checkpoint_interval_ms");
+    json_builder_add_int_value(b, g->def->checkpoint_interval_ms);
+    json_builder_set_member_name(b, "checkpoints");
+    json_builder_add_int_value(b, (gint64)g->checkpoints);
+    json_builder_set_member_name(b, "last_pause_ms");
+    if (g->checkpoints)
+        json_builder_add_double_value(b, g->last_pause_ms);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "since_last_checkpoint_ms");
+    if (g->last_checkpoint_us)
+        json_builder_add_int_value(b, (g_get_real_time() - g->last_checkpoint_us) / 1000);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "error");
+    if (g->error)
+        json_builder_add_string_value(b, g->error);
+    else
+        json_builder_add_null_value(b);
+    json_builder_end_object(b);
+    return json_builder_get_root(b);
+}

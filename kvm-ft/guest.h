@@ -1,0 +1,51 @@
+/*
+ * guest.h - one protected guest on this host, and its state machine
+ *
+ * Every state change goes through one transition function, which checks
+ * it against the table of allowed transitions and logs it with its reason.
+ */
+#pragma once
+
+#include <glib.h>
+#include <json-glib/json-glib.h>
+
+#include "daemon.h"
+#include "ft.h"
+#include "ftdef.h"
+#include "peer.h"
+
+typedef enum {
+    GUEST_STOPPED,            /* not running under kvm-ft on this host */
+    GUEST_PREPARING_PEER,     /* primary: the peer is starting the secondary */
+    GUEST_STARTING_PRIMARY,   /* primary: QEMU starts paused, COLO plumbing added */
+    GUEST_ENTERING_COLO,      /* primary: first full sync to the secondary */
+    GUEST_STARTING_SECONDARY, /* secondary: QEMU starts, incoming side set up */
+    GUEST_SECONDARY_WAITING,  /* secondary: ready, waiting for the primary's sync */
+    GUEST_PROTECTED,          /* in COLO with the peer */
+    GUEST_FAILED,             /* protection failed; the reason is kept */
+    GUEST_N_STATES
+} GuestState;
+
+typedef struct FtGuest FtGuest;
+
+const char *guest_state_name(GuestState state);
+
+FtGuest *guest_new(Daemon *d, FtDef *def /* taken */, const char *domain_xml,
+                   FtRole role);
+void guest_free(FtGuest *g);
+
+const char *guest_name(FtGuest *g);
+GuestState guest_state(FtGuest *g);
+FtRole guest_role(FtGuest *g);
+gboolean guest_is_busy(FtGuest *g);
+
+/* Primary: start the guest protected (asks the peer for the secondary). */
+void guest_protect(FtGuest *g);
+
+/* Secondary: start the secondary and answer request id on conn when ready. */
+void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id);
+
+/* Stop this host's copy (both roles), e.g. when the other side gave up. */
+void guest_stop(FtGuest *g, const char *reason);
+
+JsonNode *guest_status(FtGuest *g);

@@ -1,0 +1,968 @@
+/* qmp.c - QMP client: commands with deadlines, events from the main loop, out-of-band yank */
+#include "qmp.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "log.h"
+
+/*
+ * QEMU writes each QMP message on one line, so the stream is framed by
+ * newlines; a "line" longer than this is not QEMU and cannot be resynced.
+ * query-qmp-schema, the largest reply, is well under 1 MiB.
+ */
+#define QMP_MAX_LINE (32 * 1024 * 1024)
+#define QMP_READ_CHUNK 65536
+/*
+ * Events wait here until a handler is attached; a client used only for
+ * commands must not grow without bound.
+ */
+#define QMP_MAX_QUEUED_EVENTS 4096
+/* How often a socket that does not accept yet is tried again. */
+#define QMP_CONNECT_RETRY_MS 20
+
+typedef struct {
+    char *name;
+    JsonObject *data;
+    gint64 timestamp_us;
+} QmpEvent;
+
+typedef struct {
+    GSource base;
+    Qmp *q;
+    gpointer fd_tag;
+} QmpSource;
+
+struct Qmp {
+    int refs;
+    gboolean freed;
+    char *path;
+    int fd;                 /* -1 once the connection is lost */
+    GString *in;            /* read but not yet a whole line */
+    GByteArray *out;        /* not yet written: left over after a timeout */
+    gint64 last_id;
+    gboolean oob;
+    char *version;
+
+    QmpEventFunc event_cb;
+    QmpClosedFunc closed_cb;
+    gpointer opaque;
+    gboolean events_unwanted;   /* handlers were set without an event handler */
+    GQueue events;          /* of QmpEvent *, not yet delivered */
+    GError *close_reason;
+    gboolean close_reported;
+    QmpSource *source;
+};
+
+G_DEFINE_QUARK(qmp-error-quark, qmp_error)
+
+static void qmp_event_free(QmpEvent *ev)
+{
+    g_free(ev->name);
+    if (ev->data)
+        json_object_unref(ev->data);
+    g_free(ev);
+}
+
+static gint64 deadline_after(guint timeout_ms)
+{
+    return g_get_monotonic_time() + (gint64)timeout_ms * 1000;
+}
+
+static int remaining_ms(gint64 deadline)
+{
+    gint64 left = deadline - g_get_monotonic_time();
+
+    if (left <= 0)
+        return 0;
+    /* Round up: waking a little early would only spin. */
+    return (int)MIN((left + 999) / 1000, INT_MAX);
+}
+
+static Qmp *qmp_ref(Qmp *q)
+{
+    q->refs++;
+    return q;
+}
+
+static void qmp_unref(Qmp *q)
+{
+    if (--q->refs > 0)
+        return;
+    g_queue_clear_full(&q->events, (GDestroyNotify)qmp_event_free);
+    g_clear_error(&q->close_reason);
+    g_string_free(q->in, TRUE);
+    g_byte_array_unref(q->out);
+    g_free(q->version);
+    g_free(q->path);
+    g_free(q);
+}
+
+static void qmp_drop_fd_watch(Qmp *q)
+{
+    if (q->source && q->source->fd_tag) {
+        g_source_remove_unix_fd(&q->source->base, q->source->fd_tag);
+        q->source->fd_tag = NULL;
+    }
+}
+
+/* Takes reason.  Only the first loss counts: it is what the engine reports. */
+static void qmp_lose(Qmp *q, GError *reason)
+{
+    if (q->fd < 0) {
+        g_error_free(reason);
+        return;
+    }
+    log_info(NULL, NULL, "QMP connection %s lost: %s", q->path,
+             reason->message);
+    qmp_drop_fd_watch(q);
+    close(q->fd);
+    q->fd = -1;
+    g_string_truncate(q->in, 0);
+    g_byte_array_set_size(q->out, 0);
+    q->close_reason = reason;
+}
+
+static void qmp_set_lost_error(Qmp *q, const char *what, GError **err)
+{
+    g_set_error(err, QMP_ERROR, q->close_reason->code, "%s: %s", what,
+                q->close_reason->message);
+}
+
+/* One nonblocking read; FALSE once the connection is lost. */
+static gboolean qmp_read_some(Qmp *q)
+{
+    char buf[QMP_READ_CHUNK];
+    ssize_t n = read(q->fd, buf, sizeof(buf));
+
+    if (n > 0) {
+        g_string_append_len(q->in, buf, n);
+        return TRUE;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return TRUE;
+    if (n == 0)
+        qmp_lose(q, g_error_new(QMP_ERROR, QMP_ERROR_IO, "%s",
+                                q->in->len ?
+                                "QEMU closed the connection in the middle of a message" :
+                                "QEMU closed the connection"));
+    else
+        qmp_lose(q, g_error_new(QMP_ERROR, QMP_ERROR_IO, "read: %s",
+                                g_strerror(errno)));
+    return FALSE;
+}
+
+/* One nonblocking write of what is queued; FALSE once the connection is lost. */
+static gboolean qmp_write_some(Qmp *q)
+{
+    ssize_t n = send(q->fd, q->out->data, q->out->len,
+                     MSG_NOSIGNAL | MSG_DONTWAIT);
+
+    if (n >= 0) {
+        g_byte_array_remove_range(q->out, 0, n);
+        return TRUE;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        return TRUE;
+    qmp_lose(q, g_error_new(QMP_ERROR, QMP_ERROR_IO, "write: %s",
+                            g_strerror(errno)));
+    return FALSE;
+}
+
+/*
+ * Next whole message already read, or NULL: without err if there is none
+ * yet, with err (QMP_ERROR_PROTOCOL) for a line that is not a JSON object,
+ * which is consumed so the stream stays usable.
+ */
+static JsonNode *qmp_take_line(Qmp *q, GError **err)
+{
+    for (;;) {
+        char *nl = memchr(q->in->str, '\n', q->in->len);
+        g_autoptr(JsonParser) parser = NULL;
+        g_autoptr(GError) perr = NULL;
+        g_autofree char *line = NULL;
+        gsize len;
+
+        if (!nl) {
+            if (q->in->len > QMP_MAX_LINE)
+                qmp_lose(q, g_error_new(QMP_ERROR, QMP_ERROR_PROTOCOL,
+                                        "message longer than %d bytes",
+                                        QMP_MAX_LINE));
+            return NULL;
+        }
+        len = nl - q->in->str;
+        line = g_strndup(q->in->str, len);
+        g_string_erase(q->in, 0, len + 1);
+        while (len > 0 && g_ascii_isspace(line[len - 1]))
+            len--;
+        if (len == 0)
+            continue;
+
+        parser = json_parser_new();
+        if (!json_parser_load_from_data(parser, line, len, &perr) ||
+            !json_parser_get_root(parser) ||
+            !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser))) {
+            g_autofree char *shown = g_strndup(line, MIN(len, 80));
+            g_autofree char *escaped = g_strescape(shown, NULL);
+
+            g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                        "not a QMP message: \"%s%s\"%s%s", escaped,
+                        len > 80 ? "..." : "", perr ? ": " : "",
+                        perr ? perr->message : "");
+            return NULL;
+        }
+        return json_node_ref(json_parser_get_root(parser));
+    }
+}
+
+/*
+ * Next message from the socket, flushing queued output meanwhile, or NULL
+ * with err once the deadline passes or the connection is lost.
+ */
+static JsonNode *qmp_next_message(Qmp *q, gint64 deadline, const char *what,
+                                  guint timeout_ms, GError **err)
+{
+    for (;;) {
+        GError *lerr = NULL;
+        JsonNode *msg = q->fd >= 0 ? qmp_take_line(q, &lerr) : NULL;
+        struct pollfd pfd;
+        int timeout, n;
+
+        if (msg)
+            return msg;
+        if (lerr) {
+            g_prefix_error(&lerr, "%s: ", what);
+            g_propagate_error(err, lerr);
+            return NULL;
+        }
+        if (q->fd < 0) {
+            qmp_set_lost_error(q, what, err);
+            return NULL;
+        }
+        if (q->out->len && !qmp_write_some(q))
+            continue;
+        timeout = remaining_ms(deadline);
+        if (timeout == 0) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_TIMEOUT,
+                        "%s: no answer from QEMU within %u ms%s", what,
+                        timeout_ms,
+                        q->out->len ? " (it does not read its socket)" : "");
+            return NULL;
+        }
+        pfd.fd = q->fd;
+        pfd.events = POLLIN | (q->out->len ? POLLOUT : 0);
+        pfd.revents = 0;
+        n = poll(&pfd, 1, timeout);
+        if (n < 0 && errno != EINTR) {
+            qmp_lose(q, g_error_new(QMP_ERROR, QMP_ERROR_IO, "poll: %s",
+                                    g_strerror(errno)));
+            continue;
+        }
+        if (n > 0 && (pfd.revents & (POLLIN | POLLHUP | POLLERR)))
+            qmp_read_some(q);
+    }
+}
+
+static gint64 member_int(JsonObject *o, const char *name, gint64 fallback)
+{
+    JsonNode *n = json_object_get_member(o, name);
+
+    if (!n || json_node_get_value_type(n) != G_TYPE_INT64)
+        return fallback;
+    return json_node_get_int(n);
+}
+
+static const char *member_string(JsonObject *o, const char *name)
+{
+    JsonNode *n = json_object_get_member(o, name);
+
+    if (!n || json_node_get_value_type(n) != G_TYPE_STRING)
+        return NULL;
+    return json_node_get_string(n);
+}
+
+static JsonObject *member_object(JsonObject *o, const char *name)
+{
+    JsonNode *n = json_object_get_member(o, name);
+
+    return n && JSON_NODE_HOLDS_OBJECT(n) ? json_node_get_object(n) : NULL;
+}
+
+static void qmp_queue_event(Qmp *q, JsonObject *msg)
+{
+    const char *name = member_string(msg, "event");
+    JsonObject *ts = member_object(msg, "timestamp");
+    JsonObject *data = member_object(msg, "data");
+    QmpEvent *ev;
+
+    if (!name) {
+        log_warn(NULL, NULL, "QMP %s: event without a name dropped", q->path);
+        return;
+    }
+    if (q->events_unwanted)
+        return;
+    if (q->events.length >= QMP_MAX_QUEUED_EVENTS) {
+        log_warn(NULL, NULL, "QMP %s: nobody handles events, dropped %s",
+                 q->path, ((QmpEvent *)g_queue_peek_head(&q->events))->name);
+        qmp_event_free(g_queue_pop_head(&q->events));
+    }
+    ev = g_new0(QmpEvent, 1);
+    ev->name = g_strdup(name);
+    ev->data = data ? json_object_ref(data) : NULL;
+    ev->timestamp_us = -1;
+    if (ts) {
+        gint64 s = member_int(ts, "seconds", -1);
+        gint64 us = member_int(ts, "microseconds", -1);
+
+        if (s >= 0 && us >= 0 && s < G_MAXINT64 / G_USEC_PER_SEC)
+            ev->timestamp_us = s * G_USEC_PER_SEC + us;
+    }
+    g_queue_push_tail(&q->events, ev);
+}
+
+/*
+ * Queues events and recognises the reply to want_id (0: nothing is
+ * awaited).  An error reply without an id is QEMU rejecting a request it
+ * could not parse, which can only be the one awaited.
+ */
+static gboolean qmp_is_reply(Qmp *q, JsonNode *msg, gint64 want_id,
+                             GError **err)
+{
+    JsonObject *o = json_node_get_object(msg);
+    JsonNode *id;
+
+    if (json_object_has_member(o, "event")) {
+        qmp_queue_event(q, o);
+        return FALSE;
+    }
+    if (!json_object_has_member(o, "return") &&
+        !json_object_has_member(o, "error")) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "unexpected QMP message: neither event nor reply");
+        return FALSE;
+    }
+    id = json_object_get_member(o, "id");
+    if (want_id > 0 && !id)
+        return TRUE;
+    if (want_id > 0 && json_node_get_value_type(id) == G_TYPE_INT64 &&
+        json_node_get_int(id) == want_id)
+        return TRUE;
+    log_debug(NULL, NULL, "QMP %s: dropped a reply nobody waits for (id %" G_GINT64_FORMAT ")",
+              q->path, id && json_node_get_value_type(id) == G_TYPE_INT64 ?
+              json_node_get_int(id) : -1);
+    return FALSE;
+}
+
+static JsonNode *qmp_reply_result(const char *command, JsonNode *reply,
+                                  GError **err)
+{
+    JsonObject *o = json_node_get_object(reply);
+    JsonNode *ret = json_object_get_member(o, "return");
+    JsonObject *error;
+    const char *cls, *desc;
+
+    if (ret)
+        return json_node_copy(ret);
+    error = member_object(o, "error");
+    cls = error ? member_string(error, "class") : NULL;
+    desc = error ? member_string(error, "desc") : NULL;
+    if (!cls || !desc) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "%s: malformed error reply from QEMU", command);
+        return NULL;
+    }
+    g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "%s: %s: %s", command,
+                cls, desc);
+    return NULL;
+}
+
+/* Events and stale replies read after the awaited reply must not wait for more input. */
+static void qmp_drain_lines(Qmp *q)
+{
+    for (;;) {
+        g_autoptr(GError) lerr = NULL;
+        g_autoptr(JsonNode) msg = qmp_take_line(q, &lerr);
+
+        if (!msg && !lerr)
+            return;
+        if (msg)
+            qmp_is_reply(q, msg, 0, &lerr);
+        if (lerr)
+            log_warn(NULL, NULL, "QMP %s: %s", q->path, lerr->message);
+    }
+}
+
+/* req is a request object without id; sends it and waits for its reply. */
+static JsonNode *qmp_request(Qmp *q, JsonObject *req, gint64 deadline,
+                             guint timeout_ms, GError **err)
+{
+    const char *command = member_string(req, "execute");
+    gboolean oob = FALSE;
+    g_autoptr(JsonNode) root = json_node_new(JSON_NODE_OBJECT);
+    g_autofree char *text = NULL;
+    gint64 id;
+
+    if (!command) {
+        command = member_string(req, "exec-oob");
+        oob = TRUE;
+    }
+    if (!command) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "request has no \"execute\" or \"exec-oob\" string");
+        return NULL;
+    }
+    if (oob && !q->oob) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "%s: QEMU did not offer out-of-band execution", command);
+        return NULL;
+    }
+    if (q->fd < 0) {
+        qmp_set_lost_error(q, command, err);
+        return NULL;
+    }
+
+    id = ++q->last_id;
+    json_object_set_int_member(req, "id", id);
+    json_node_set_object(root, req);
+    text = json_to_string(root, FALSE);
+    g_byte_array_append(q->out, (const guint8 *)text, strlen(text));
+    g_byte_array_append(q->out, (const guint8 *)"\n", 1);
+
+    for (;;) {
+        g_autoptr(GError) lerr = NULL;
+        g_autoptr(JsonNode) msg = qmp_next_message(q, deadline, command,
+                                                   timeout_ms, err);
+
+        if (!msg)
+            return NULL;
+        if (qmp_is_reply(q, msg, id, &lerr)) {
+            qmp_drain_lines(q);
+            return qmp_reply_result(command, msg, err);
+        }
+        if (lerr) {
+            g_propagate_prefixed_error(err, g_steal_pointer(&lerr), "%s: ",
+                                       command);
+            return NULL;
+        }
+    }
+}
+
+static JsonNode *qmp_call_kind(Qmp *q, const char *kind, const char *command,
+                               JsonObject *args, guint timeout_ms,
+                               GError **err)
+{
+    g_autoptr(JsonObject) req = json_object_new();
+
+    g_return_val_if_fail(q && command, NULL);
+    json_object_set_string_member(req, kind, command);
+    if (args)
+        json_object_set_object_member(req, "arguments", json_object_ref(args));
+    return qmp_request(q, req, deadline_after(timeout_ms), timeout_ms, err);
+}
+
+JsonNode *qmp_call(Qmp *q, const char *command, JsonObject *args,
+                   guint timeout_ms, GError **err)
+{
+    return qmp_call_kind(q, "execute", command, args, timeout_ms, err);
+}
+
+JsonNode *qmp_call_oob(Qmp *q, const char *command, JsonObject *args,
+                       guint timeout_ms, GError **err)
+{
+    return qmp_call_kind(q, "exec-oob", command, args, timeout_ms, err);
+}
+
+JsonNode *qmp_call_json(Qmp *q, const char *command_json, guint timeout_ms,
+                        GError **err)
+{
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autoptr(GError) perr = NULL;
+    JsonNode *root;
+
+    g_return_val_if_fail(q && command_json, NULL);
+    if (!json_parser_load_from_data(parser, command_json, -1, &perr)) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "request is not JSON: %s", perr->message);
+        return NULL;
+    }
+    root = json_parser_get_root(parser);
+    if (!root || !JSON_NODE_HOLDS_OBJECT(root)) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "request is not a JSON object");
+        return NULL;
+    }
+    return qmp_request(q, json_node_get_object(root),
+                       deadline_after(timeout_ms), timeout_ms, err);
+}
+
+JsonNode *qmp_callf(Qmp *q, guint timeout_ms, GError **err,
+                    const char *fmt, ...)
+{
+    g_autofree char *text = NULL;
+    va_list ap;
+
+    va_start(ap, fmt);
+    text = qmp_formatv(err, fmt, ap);
+    va_end(ap);
+    if (!text)
+        return NULL;
+    return qmp_call_json(q, text, timeout_ms, err);
+}
+
+static Qmp *qmp_new(int fd, const char *path)
+{
+    Qmp *q = g_new0(Qmp, 1);
+
+    q->refs = 1;
+    q->fd = fd;
+    q->path = g_strdup(path);
+    q->in = g_string_new(NULL);
+    q->out = g_byte_array_new();
+    g_queue_init(&q->events);
+    return q;
+}
+
+/* A fresh socket per attempt: a failed connect() leaves it unusable. */
+static int qmp_open_socket(const char *path, gint64 deadline, guint timeout_ms,
+                           GError **err)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_IO,
+                    "QMP socket path too long: %s", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+
+    for (;;) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int e, left;
+
+        if (fd < 0) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_IO, "socket: %s",
+                        g_strerror(errno));
+            return -1;
+        }
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0)
+            return fd;
+        e = errno;
+        if (e == EINPROGRESS) {
+            struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+            socklen_t len = sizeof(e);
+
+            if (poll(&pfd, 1, remaining_ms(deadline)) == 1 &&
+                getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0 && e == 0)
+                return fd;
+            if (e == EINPROGRESS)
+                e = ETIMEDOUT;
+        }
+        close(fd);
+        if (e == EINTR)
+            continue;
+        left = remaining_ms(deadline);
+        if ((e != ENOENT && e != ECONNREFUSED && e != EAGAIN) || left == 0) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_IO,
+                        "cannot connect to QMP socket %s within %u ms: %s",
+                        path, timeout_ms, g_strerror(e));
+            return -1;
+        }
+        g_usleep((gulong)MIN(left, QMP_CONNECT_RETRY_MS) * 1000);
+    }
+}
+
+static gboolean qmp_handshake(Qmp *q, gint64 deadline, guint timeout_ms,
+                              GError **err)
+{
+    g_autoptr(JsonNode) greeting = NULL;
+    g_autoptr(JsonObject) req = json_object_new();
+    g_autoptr(JsonNode) ret = NULL;
+    JsonObject *qmp, *version, *qemu;
+    JsonNode *caps;
+
+    greeting = qmp_next_message(q, deadline, "QMP greeting", timeout_ms, err);
+    if (!greeting)
+        return FALSE;
+    qmp = member_object(json_node_get_object(greeting), "QMP");
+    if (!qmp) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "QMP greeting expected from %s, got something else",
+                    q->path);
+        return FALSE;
+    }
+    version = member_object(qmp, "version");
+    qemu = version ? member_object(version, "qemu") : NULL;
+    if (qemu)
+        q->version = g_strdup_printf("%" G_GINT64_FORMAT ".%" G_GINT64_FORMAT
+                                     ".%" G_GINT64_FORMAT,
+                                     member_int(qemu, "major", 0),
+                                     member_int(qemu, "minor", 0),
+                                     member_int(qemu, "micro", 0));
+    else
+        q->version = g_strdup("unknown");
+
+    caps = json_object_get_member(qmp, "capabilities");
+    if (caps && JSON_NODE_HOLDS_ARRAY(caps)) {
+        JsonArray *a = json_node_get_array(caps);
+
+        for (guint i = 0; i < json_array_get_length(a); i++) {
+            JsonNode *c = json_array_get_element(a, i);
+
+            if (json_node_get_value_type(c) == G_TYPE_STRING &&
+                g_str_equal(json_node_get_string(c), "oob"))
+                q->oob = TRUE;
+        }
+    }
+
+    json_object_set_string_member(req, "execute", "qmp_capabilities");
+    if (q->oob) {
+        JsonObject *args = json_object_new();
+        JsonArray *enable = json_array_new();
+
+        json_array_add_string_element(enable, "oob");
+        json_object_set_array_member(args, "enable", enable);
+        json_object_set_object_member(req, "arguments", args);
+    }
+    ret = qmp_request(q, req, deadline, timeout_ms, err);
+    return ret != NULL;
+}
+
+Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err)
+{
+    gint64 deadline = deadline_after(timeout_ms);
+    g_autoptr(Qmp) q = NULL;
+    int fd;
+
+    g_return_val_if_fail(socket_path, NULL);
+    fd = qmp_open_socket(socket_path, deadline, timeout_ms, err);
+    if (fd < 0)
+        return NULL;
+    q = qmp_new(fd, socket_path);
+    if (!qmp_handshake(q, deadline, timeout_ms, err))
+        return NULL;
+    log_debug(NULL, NULL, "QMP connected to %s: QEMU %s%s", socket_path,
+              q->version, q->oob ? ", out-of-band enabled" : "");
+    return g_steal_pointer(&q);
+}
+
+static gboolean qmp_has_pending(Qmp *q)
+{
+    return (q->event_cb && q->events.length > 0) ||
+           (q->closed_cb && q->close_reason && !q->close_reported);
+}
+
+static gboolean qmp_source_prepare(GSource *s, gint *timeout)
+{
+    *timeout = -1;
+    return qmp_has_pending(((QmpSource *)s)->q);
+}
+
+static gboolean qmp_source_check(GSource *s)
+{
+    QmpSource *qs = (QmpSource *)s;
+
+    if (qmp_has_pending(qs->q))
+        return TRUE;
+    return qs->fd_tag && g_source_query_unix_fd(s, qs->fd_tag) != 0;
+}
+
+static gboolean qmp_source_dispatch(GSource *s, GSourceFunc cb, gpointer data)
+{
+    QmpSource *qs = (QmpSource *)s;
+    Qmp *q = qmp_ref(qs->q);
+
+    (void)cb;
+    (void)data;
+    if (qs->fd_tag && g_source_query_unix_fd(s, qs->fd_tag) != 0 &&
+        qmp_read_some(q))
+        qmp_drain_lines(q);
+
+    /* Popping one at a time: a handler may run commands that queue more. */
+    while (!q->freed && q->event_cb && q->events.length > 0) {
+        QmpEvent *ev = g_queue_pop_head(&q->events);
+
+        q->event_cb(q, ev->name, ev->data, ev->timestamp_us, q->opaque);
+        qmp_event_free(ev);
+    }
+    if (!q->freed && q->closed_cb && q->close_reason && !q->close_reported) {
+        q->close_reported = TRUE;
+        q->closed_cb(q, q->close_reason, q->opaque);
+    }
+    qmp_unref(q);
+    return G_SOURCE_CONTINUE;
+}
+
+static GSourceFuncs qmp_source_funcs = {
+    .prepare = qmp_source_prepare,
+    .check = qmp_source_check,
+    .dispatch = qmp_source_dispatch,
+};
+
+static void qmp_detach(Qmp *q)
+{
+    if (!q->source)
+        return;
+    qmp_drop_fd_watch(q);
+    g_source_destroy(&q->source->base);
+    g_source_unref(&q->source->base);
+    q->source = NULL;
+}
+
+void qmp_attach(Qmp *q, GMainContext *ctx)
+{
+    QmpSource *qs;
+
+    g_return_if_fail(q);
+    qmp_detach(q);
+    qs = (QmpSource *)g_source_new(&qmp_source_funcs, sizeof(QmpSource));
+    qs->q = q;
+    g_source_set_name(&qs->base, "qmp");
+    if (q->fd >= 0)
+        qs->fd_tag = g_source_add_unix_fd(&qs->base, q->fd,
+                                          G_IO_IN | G_IO_HUP | G_IO_ERR);
+    q->source = qs;
+    g_source_attach(&qs->base, ctx);
+}
+
+void qmp_set_handlers(Qmp *q, QmpEventFunc event, QmpClosedFunc closed,
+                      gpointer opaque)
+{
+    g_return_if_fail(q);
+    q->event_cb = event;
+    q->closed_cb = closed;
+    q->opaque = opaque;
+    q->events_unwanted = !event;
+    if (!event)
+        g_queue_clear_full(&q->events, (GDestroyNotify)qmp_event_free);
+}
+
+gboolean qmp_is_open(Qmp *q)
+{
+    return q && q->fd >= 0;
+}
+
+gboolean qmp_has_oob(Qmp *q)
+{
+    return q && q->oob;
+}
+
+const char *qmp_version(Qmp *q)
+{
+    return q ? q->version : NULL;
+}
+
+gboolean qmp_error_is_class(const GError *err, const char *error_class)
+{
+    const char *p;
+    size_t n;
+
+    if (!err || !error_class || !g_error_matches(err, QMP_ERROR, QMP_ERROR_COMMAND))
+        return FALSE;
+    p = strstr(err->message, ": ");
+    if (!p)
+        return FALSE;
+    p += 2;
+    n = strlen(error_class);
+    return strncmp(p, error_class, n) == 0 && p[n] == ':';
+}
+
+void qmp_free(Qmp *q)
+{
+    if (!q || q->freed)
+        return;
+    q->freed = TRUE;
+    qmp_detach(q);
+    if (q->fd >= 0) {
+        close(q->fd);
+        q->fd = -1;
+    }
+    g_queue_clear_full(&q->events, (GDestroyNotify)qmp_event_free);
+    qmp_unref(q);
+}
+
+/* ---- templates ---- */
+
+static void append_json_string(GString *s, const char *str)
+{
+    g_string_append_c(s, '"');
+    for (const unsigned char *p = (const unsigned char *)str; *p; p++) {
+        switch (*p) {
+        case '"':  g_string_append(s, "\\\""); break;
+        case '\\': g_string_append(s, "\\\\"); break;
+        case '\n': g_string_append(s, "\\n"); break;
+        case '\r': g_string_append(s, "\\r"); break;
+        case '\t': g_string_append(s, "\\t"); break;
+        case '\b': g_string_append(s, "\\b"); break;
+        case '\f': g_string_append(s, "\\f"); break;
+        default:
+            if (*p < 0x20 || *p == 0x7f)
+                g_string_append_printf(s, "\\u%04x", *p);
+            else
+                g_string_append_c(s, (char)*p);
+        }
+    }
+    g_string_append_c(s, '"');
+}
+
+/* Expands one conversion at *pp (just after '%'); advances *pp past it. */
+static gboolean format_conversion(GString *s, const char **pp, va_list *ap,
+                                  GError **err)
+{
+    const char *p = *pp;
+    int lmod = 0;   /* 0: none, 1: l, 2: ll, 3: z */
+
+    if (*p == 'l') {
+        lmod = 1;
+        if (*++p == 'l') {
+            lmod = 2;
+            p++;
+        }
+    } else if (*p == 'z') {
+        lmod = 3;
+        p++;
+    }
+
+    switch (*p) {
+    case 's': {
+        const char *str = va_arg(*ap, const char *);
+
+        if (lmod)
+            goto bad;
+        if (!str) {
+            g_string_append(s, "null");
+        } else if (!g_utf8_validate(str, -1, NULL)) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                        "QMP template: string value is not UTF-8");
+            return FALSE;
+        } else {
+            append_json_string(s, str);
+        }
+        break;
+    }
+    case 'd':
+    case 'i': {
+        gint64 v = lmod == 0 ? va_arg(*ap, int) :
+                   lmod == 1 ? va_arg(*ap, long) :
+                   lmod == 2 ? va_arg(*ap, long long) :
+                   va_arg(*ap, ssize_t);
+
+        g_string_append_printf(s, "%" G_GINT64_FORMAT, v);
+        break;
+    }
+    case 'u': {
+        guint64 v = lmod == 0 ? va_arg(*ap, unsigned int) :
+                    lmod == 1 ? va_arg(*ap, unsigned long) :
+                    lmod == 2 ? va_arg(*ap, unsigned long long) :
+                    va_arg(*ap, size_t);
+
+        g_string_append_printf(s, "%" G_GUINT64_FORMAT, v);
+        break;
+    }
+    case 'f':
+    case 'g': {
+        char buf[G_ASCII_DTOSTR_BUF_SIZE];
+        double v;
+
+        if (lmod > 1)
+            goto bad;
+        v = va_arg(*ap, double);
+        if (!isfinite(v)) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                        "QMP template: number is not finite");
+            return FALSE;
+        }
+        g_string_append(s, g_ascii_dtostr(buf, sizeof(buf), v));
+        break;
+    }
+    default:
+        goto bad;
+    }
+    *pp = p + 1;
+    return TRUE;
+
+bad:
+    g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                "QMP template: unsupported conversion at \"%%%.8s\"", *pp);
+    return FALSE;
+}
+
+char *qmp_formatv(GError **err, const char *fmt, va_list ap)
+{
+    g_autoptr(GString) s = g_string_new(NULL);
+    g_autoptr(JsonParser) parser = json_parser_new();
+    g_autoptr(GError) perr = NULL;
+    char quote = 0;     /* the quote of the template string we are in */
+    const char *p = fmt;
+    va_list aq;
+    gboolean ok = TRUE;
+
+    g_return_val_if_fail(fmt, NULL);
+    va_copy(aq, ap);
+    while (ok && *p) {
+        char c = *p++;
+
+        if (quote) {
+            if (c == quote) {
+                g_string_append_c(s, '"');
+                quote = 0;
+            } else if (c == '\\' && *p == '\'') {
+                g_string_append_c(s, '\'');
+                p++;
+            } else if (c == '\\' && *p) {
+                g_string_append_c(s, c);
+                g_string_append_c(s, *p++);
+            } else if (c == '"') {
+                g_string_append(s, "\\\"");
+            } else if (c == '%' && *p == '%') {
+                g_string_append_c(s, '%');
+                p++;
+            } else if (c == '%') {
+                /* Splicing a value into a string would bypass escaping. */
+                g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                            "QMP template: conversion inside a string: %s", fmt);
+                ok = FALSE;
+            } else {
+                g_string_append_c(s, c);
+            }
+        } else if (c == '\'' || c == '"') {
+            quote = c;
+            g_string_append_c(s, '"');
+        } else if (c == '%') {
+            ok = format_conversion(s, &p, &aq, err);
+        } else {
+            g_string_append_c(s, c);
+        }
+    }
+    va_end(aq);
+    if (!ok)
+        return NULL;
+    if (quote) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "QMP template: unterminated string: %s", fmt);
+        return NULL;
+    }
+    if (!json_parser_load_from_data(parser, s->str, s->len, &perr)) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "QMP template is not JSON: %s: %s", perr->message, fmt);
+        return NULL;
+    }
+    return g_string_free(g_steal_pointer(&s), FALSE);
+}
+
+char *qmp_format(GError **err, const char *fmt, ...)
+{
+    char *text;
+    va_list ap;
+
+    va_start(ap, fmt);
+    text = qmp_formatv(err, fmt, ap);
+    va_end(ap);
+    return text;
+}

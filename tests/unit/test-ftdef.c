@@ -1,0 +1,743 @@
+/* test-ftdef.c - the FT guest definition: valid documents, every refusal, hostile input */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ftdef.h"
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static char *read_fixture(const char *name)
+{
+    const char *dir = g_getenv("KVMFT_TEST_DATA");
+    g_autofree char *path = NULL;
+    g_autoptr(GError) err = NULL;
+    char *text = NULL;
+
+    ck_assert_msg(dir != NULL, "KVMFT_TEST_DATA is not set");
+    path = g_build_filename(dir, name, NULL);
+    ck_assert_msg(g_file_get_contents(path, &text, NULL, &err),
+                  "cannot read %s: %s", path, err ? err->message : "?");
+    return text;
+}
+
+#define FT_OPEN "<ft:guest xmlns:ft='https://kvm-ft.dev/xmlns/1'>"
+#define FT_CLOSE "</ft:guest>"
+#define HOST_A "<ft:host name='hostA' link-address='192.168.100.1'/>"
+#define HOST_B "<ft:host name='hostB' link-address='192.168.100.2'/>"
+#define HOSTS "<ft:hosts>" HOST_A HOST_B "</ft:hosts>"
+#define FT_VDA "<ft:disk target='vda'/>"
+#define GUEST(inner) FT_OPEN inner FT_CLOSE
+#define GOOD_GUEST GUEST(HOSTS FT_VDA)
+
+#define DISK(attrs, inner) "<disk " attrs ">" inner "</disk>"
+#define VDA_INNER "<driver name='qemu' type='qcow2'/>" \
+                  "<source file='/var/lib/kvm-ft/g1.qcow2'/>" \
+                  "<target dev='vda' bus='virtio'/>"
+#define DISK_VDA DISK("type='file' device='disk'", VDA_INNER)
+#define NIC(inner) "<interface type='bridge'><mac address='52:54:00:00:00:01'/>" \
+                   "<source bridge='br0'/>" inner "</interface>"
+#define GOOD_NIC NIC("<model type='virtio'/><driver name='qemu'/>")
+
+/* A complete domain: <metadata> and <devices> contents given. */
+static char *domain(const char *metadata, const char *devices)
+{
+    return g_strdup_printf("<domain type='kvm'>\n  <name>g1</name>\n"
+                           "  <uuid>00000000-0000-4000-8000-000000000001</uuid>\n"
+                           "  <metadata>%s</metadata>\n"
+                           "  <devices>%s</devices>\n</domain>\n",
+                           metadata, devices);
+}
+
+static void assert_one_line(const GError *err)
+{
+    ck_assert_msg(strchr(err->message, '\n') == NULL,
+                  "message spans lines: %s", err->message);
+    ck_assert_msg(strlen(err->message) < 600, "message too long: %s",
+                  err->message);
+}
+
+/* Parse @xml; it must be refused as INVALID naming @n1 (and @n2). */
+static void expect_invalid_xml(const char *xml, const char *n1, const char *n2)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+
+    ck_assert_msg(def == NULL, "accepted: %s", xml ? xml : "(null)");
+    ck_assert_ptr_nonnull(err);
+    ck_assert_msg(g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_INVALID),
+                  "wrong error code %d: %s", err->code, err->message);
+    if (g_getenv("KVMFT_TEST_VERBOSE"))
+        g_printerr("%s\n", err->message);
+    assert_one_line(err);
+    ck_assert_msg(strstr(err->message, n1), "message '%s' does not name '%s'",
+                  err->message, n1);
+    if (n2)
+        ck_assert_msg(strstr(err->message, n2),
+                      "message '%s' does not name '%s'", err->message, n2);
+}
+
+static void expect_invalid(const char *metadata, const char *devices,
+                           const char *n1, const char *n2)
+{
+    g_autofree char *xml = domain(metadata, devices);
+
+    expect_invalid_xml(xml, n1, n2);
+}
+
+/* One refusal per test, so a failure names the case. */
+#define INVALID(tname, metadata, devices, n1, n2) \
+    START_TEST(tname) { expect_invalid(metadata, devices, n1, n2); } END_TEST
+
+/* ---- valid documents ---------------------------------------------------- */
+
+START_TEST(valid_all_fields)
+{
+    g_autofree char *xml = read_fixture("ftdef-valid.xml");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+    const FtDisk *d;
+
+    ck_assert_msg(def != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_str_eq(def->name, "web1");
+    ck_assert_str_eq(def->uuid, "8f1c5a4e-3b2d-4c6e-9a1f-0d2e3f4a5b6c");
+    ck_assert_str_eq(def->hosts[0].name, "hostA");
+    ck_assert_str_eq(def->hosts[0].link_address, "192.168.100.1");
+    ck_assert_str_eq(def->hosts[1].name, "hostB");
+    ck_assert_str_eq(def->hosts[1].link_address, "192.168.100.2");
+    ck_assert_uint_eq(def->checkpoint_interval_ms, 500);
+    ck_assert_uint_eq(def->port_base, 9200);
+    ck_assert_uint_eq(def->n_interfaces, 1);
+    ck_assert_uint_eq(def->disks->len, 2);
+    d = g_ptr_array_index(def->disks, 0);
+    ck_assert_str_eq(d->target, "vda");
+    ck_assert_str_eq(d->source_path, "/var/lib/libvirt/images/web1.qcow2");
+    ck_assert_str_eq(d->format, "qcow2");
+    d = g_ptr_array_index(def->disks, 1);
+    ck_assert_str_eq(d->target, "vdb");
+    ck_assert_str_eq(d->source_path, "/var/lib/libvirt/images/web1-data.img");
+    ck_assert_str_eq(d->format, "raw");
+}
+END_TEST
+
+START_TEST(valid_self_and_peer)
+{
+    g_autofree char *xml = read_fixture("ftdef-valid.xml");
+    g_autoptr(FtDef) def = ftdef_parse(xml, NULL);
+
+    ck_assert_ptr_nonnull(def);
+    ck_assert_ptr_eq(ftdef_self(def, "hostA"), &def->hosts[0]);
+    ck_assert_ptr_eq(ftdef_peer(def, "hostA"), &def->hosts[1]);
+    ck_assert_ptr_eq(ftdef_self(def, "hostB"), &def->hosts[1]);
+    ck_assert_ptr_eq(ftdef_peer(def, "hostB"), &def->hosts[0]);
+    ck_assert_ptr_null(ftdef_self(def, "hostC"));
+    ck_assert_ptr_null(ftdef_peer(def, "hostC"));
+    ck_assert_ptr_null(ftdef_self(def, "hosta"));
+    ck_assert_ptr_null(ftdef_self(def, NULL));
+    ck_assert_ptr_null(ftdef_peer(def, NULL));
+    ck_assert_ptr_null(ftdef_self(NULL, "hostA"));
+    ck_assert_ptr_null(ftdef_peer(NULL, "hostA"));
+}
+END_TEST
+
+START_TEST(valid_defaults)
+{
+    g_autofree char *xml = read_fixture("ftdef-defaults.xml");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+    const FtDisk *d;
+
+    ck_assert_msg(def != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_str_eq(def->name, "db1");
+    ck_assert_ptr_null(def->uuid);
+    ck_assert_str_eq(def->hosts[0].name, "node-1.example");
+    ck_assert_str_eq(def->hosts[1].name, "node_2");
+    ck_assert_str_eq(def->hosts[1].link_address, "10.0.0.2");
+    ck_assert_uint_eq(def->checkpoint_interval_ms, FTDEF_INTERVAL_DEFAULT);
+    ck_assert_uint_eq(def->checkpoint_interval_ms, 2000);
+    ck_assert_uint_eq(def->port_base, FTDEF_PORT_BASE_DEFAULT);
+    ck_assert_uint_eq(def->port_base, 9100);
+    ck_assert_uint_eq(def->n_interfaces, 0);
+    ck_assert_uint_eq(def->disks->len, 1);
+    d = g_ptr_array_index(def->disks, 0);
+    /* <disk> without type/device: libvirt's defaults, file and disk. */
+    ck_assert_str_eq(d->target, "sda");
+    ck_assert_str_eq(d->source_path, "/srv/db1.img");
+    ck_assert_str_eq(d->format, "raw");
+}
+END_TEST
+
+START_TEST(valid_bounds)
+{
+    g_autofree char *xml = domain(
+        GUEST(HOSTS "<ft:checkpoint interval-ms='20'/><ft:ports base='65000'/>" FT_VDA),
+        DISK_VDA GOOD_NIC);
+    g_autofree char *xml2 = domain(
+        GUEST(HOSTS "<ft:checkpoint interval-ms='60000'/><ft:ports base='1024'/>"
+              FT_VDA),
+        DISK_VDA NIC("<model type='virtio'/><driver name='qemu' queues='1'/>"));
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) a = ftdef_parse(xml, &err);
+    g_autoptr(FtDef) b = NULL;
+
+    ck_assert_msg(a != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_uint_eq(a->checkpoint_interval_ms, 20);
+    ck_assert_uint_eq(a->port_base, 65000);
+    b = ftdef_parse(xml2, &err);
+    ck_assert_msg(b != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_uint_eq(b->checkpoint_interval_ms, 60000);
+    ck_assert_uint_eq(b->port_base, 1024);
+}
+END_TEST
+
+START_TEST(not_ft_fixture)
+{
+    g_autofree char *xml = read_fixture("ftdef-not-ft.xml");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+
+    ck_assert_ptr_null(def);
+    ck_assert_msg(g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_NOT_FT),
+                  "wrong error: %s", err ? err->message : "none");
+    ck_assert_ptr_nonnull(strstr(err->message, "<ft:guest"));
+}
+END_TEST
+
+START_TEST(not_ft_without_metadata)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(
+        "<domain type='kvm'><name>x</name><devices/></domain>", &err);
+
+    ck_assert_ptr_null(def);
+    ck_assert(g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_NOT_FT));
+}
+END_TEST
+
+/* ---- the document --------------------------------------------------------- */
+
+START_TEST(malformed_xml_has_line)
+{
+    expect_invalid_xml("<domain>\n  <name>x</name>\n  <devices>\n</domain>\n",
+                       "not well-formed", "line 4");
+}
+END_TEST
+
+START_TEST(undeclared_prefix)
+{
+    expect_invalid_xml("<domain><name>g1</name><metadata><ft:guest>" HOSTS FT_VDA
+                       "</ft:guest></metadata></domain>", "not well-formed",
+                       "prefix ft");
+}
+END_TEST
+
+START_TEST(not_a_domain)
+{
+    expect_invalid_xml("<network><name>default</name></network>", "<network>",
+                       "<domain>");
+}
+END_TEST
+
+START_TEST(domain_in_a_namespace)
+{
+    expect_invalid_xml("<d:domain xmlns:d='urn:x'><name>x</name></d:domain>",
+                       "<d:domain>", "root element");
+}
+END_TEST
+
+INVALID(guest_duplicate, GOOD_GUEST GOOD_GUEST, DISK_VDA,
+        "duplicate <ft:guest>", NULL)
+START_TEST(guest_outside_metadata)
+{
+    expect_invalid_xml("<domain><name>g1</name>" GOOD_GUEST
+                       "<devices>" DISK_VDA "</devices></domain>",
+                       "<ft:guest>", "<domain><metadata>");
+}
+END_TEST
+INVALID(stray_ft_element_without_guest, "<ft:hosts xmlns:ft='https://kvm-ft.dev/xmlns/1'/>",
+        DISK_VDA, "<ft:hosts>", "outside <ft:guest>")
+INVALID(stray_ft_element_next_to_guest,
+        GOOD_GUEST "<ft:disk xmlns:ft='https://kvm-ft.dev/xmlns/1' target='vdb'/>",
+        DISK_VDA, "<ft:disk>", "outside <ft:guest>")
+INVALID(namespace_version_2,
+        "<ft:guest xmlns:ft='https://kvm-ft.dev/xmlns/2'>" HOSTS FT_VDA "</ft:guest>",
+        DISK_VDA, "unsupported kvm-ft metadata version", "<ft:guest>")
+INVALID(namespace_version_nested,
+        FT_OPEN HOSTS "<v2:disk xmlns:v2='https://kvm-ft.dev/xmlns/2' target='vda'/>"
+        FT_CLOSE, DISK_VDA, "unsupported kvm-ft metadata version", "<v2:disk>")
+INVALID(guest_unknown_ft_child, GUEST(HOSTS FT_VDA "<ft:disks target='vdb'/>"),
+        DISK_VDA, "<ft:disks>", "unknown element")
+INVALID(guest_child_without_namespace,
+        GUEST("<hosts>" HOST_A HOST_B "</hosts>" FT_VDA), DISK_VDA,
+        "unexpected element <hosts>", "namespace")
+INVALID(guest_text, GUEST(HOSTS FT_VDA "junk"), DISK_VDA, "<ft:guest>",
+        "unexpected text")
+INVALID(guest_attribute, "<ft:guest xmlns:ft='https://kvm-ft.dev/xmlns/1' "
+        "interval='5'>" HOSTS FT_VDA FT_CLOSE, DISK_VDA, "<ft:guest>",
+        "unknown attribute 'interval'")
+INVALID(unknown_attribute, GUEST(HOSTS "<ft:checkpoint interval='500'/>" FT_VDA),
+        DISK_VDA, "<ft:checkpoint>", "unknown attribute 'interval'")
+INVALID(leaf_with_child, GUEST(HOSTS "<ft:ports base='9100'><ft:x/></ft:ports>"
+        FT_VDA), DISK_VDA, "<ft:ports>", "must be empty")
+
+/* ---- hosts ------------------------------------------------------------ */
+
+INVALID(hosts_missing, GUEST(FT_VDA), DISK_VDA, "<ft:hosts> is missing", NULL)
+INVALID(hosts_duplicate, GUEST(HOSTS HOSTS FT_VDA), DISK_VDA,
+        "duplicate <ft:hosts>", NULL)
+INVALID(hosts_one, GUEST("<ft:hosts>" HOST_A "</ft:hosts>" FT_VDA), DISK_VDA,
+        "<ft:hosts>", "exactly two")
+INVALID(hosts_three, GUEST("<ft:hosts>" HOST_A HOST_B
+        "<ft:host name='hostC' link-address='192.168.100.3'/></ft:hosts>" FT_VDA),
+        DISK_VDA, "<ft:hosts>", "more than two")
+INVALID(hosts_other_child, GUEST("<ft:hosts>" HOST_A HOST_B "<ft:peer/></ft:hosts>"
+        FT_VDA), DISK_VDA, "<ft:hosts>", "<ft:peer>")
+INVALID(host_name_missing, GUEST("<ft:hosts>" HOST_A
+        "<ft:host link-address='192.168.100.2'/></ft:hosts>" FT_VDA), DISK_VDA,
+        "<ft:host>", "name attribute is missing")
+INVALID(host_name_empty, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='' link-address='192.168.100.2'/></ft:hosts>" FT_VDA),
+        DISK_VDA, "<ft:host>", "name attribute is empty")
+INVALID(host_name_bad_chars, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='host B' link-address='192.168.100.2'/></ft:hosts>" FT_VDA),
+        DISK_VDA, "<ft:host name='host B'>", "not a valid host name")
+INVALID(host_name_duplicate, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='hostA' link-address='192.168.100.2'/></ft:hosts>" FT_VDA),
+        DISK_VDA, "<ft:hosts>", "name='hostA'")
+INVALID(host_address_missing, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='hostB'/></ft:hosts>" FT_VDA), DISK_VDA,
+        "<ft:host name='hostB'>", "link-address attribute is missing")
+INVALID(host_address_short, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='hostB' link-address='192.168.100'/></ft:hosts>" FT_VDA),
+        DISK_VDA, "link-address='192.168.100'", "IPv4")
+INVALID(host_address_hostname, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='hostB' link-address='hostB.example'/></ft:hosts>" FT_VDA),
+        DISK_VDA, "link-address='hostB.example'", "IPv4")
+INVALID(host_address_ipv6, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='hostB' link-address='fe80::1'/></ft:hosts>" FT_VDA),
+        DISK_VDA, "link-address='fe80::1'", "IPv4")
+INVALID(host_address_trailing_space, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='hostB' link-address='192.168.100.2 '/></ft:hosts>" FT_VDA),
+        DISK_VDA, "<ft:host name='hostB'", "IPv4")
+INVALID(host_address_any, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='hostB' link-address='0.0.0.0'/></ft:hosts>" FT_VDA),
+        DISK_VDA, "link-address='0.0.0.0'", "unicast")
+INVALID(host_address_same, GUEST("<ft:hosts>" HOST_A
+        "<ft:host name='hostB' link-address='192.168.100.1'/></ft:hosts>" FT_VDA),
+        DISK_VDA, "<ft:hosts>", "link-address='192.168.100.1'")
+
+/* ---- checkpoint and ports ------------------------------------------------ */
+
+START_TEST(interval_too_small_exact_message)
+{
+    g_autofree char *xml = domain(
+        GUEST(HOSTS "<ft:checkpoint interval-ms='5'/>" FT_VDA), DISK_VDA);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+
+    ck_assert_ptr_null(def);
+    ck_assert(g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_INVALID));
+    ck_assert_str_eq(err->message, "<ft:checkpoint interval-ms='5'>: must be an "
+                     "integer between 20 and 60000 (milliseconds)");
+}
+END_TEST
+INVALID(interval_too_large, GUEST(HOSTS "<ft:checkpoint interval-ms='60001'/>"
+        FT_VDA), DISK_VDA, "<ft:checkpoint interval-ms='60001'>", "20 and 60000")
+INVALID(interval_negative, GUEST(HOSTS "<ft:checkpoint interval-ms='-100'/>"
+        FT_VDA), DISK_VDA, "<ft:checkpoint interval-ms='-100'>", "20 and 60000")
+INVALID(interval_unit_suffix, GUEST(HOSTS "<ft:checkpoint interval-ms='2s'/>"
+        FT_VDA), DISK_VDA, "<ft:checkpoint interval-ms='2s'>", "integer")
+INVALID(interval_missing, GUEST(HOSTS "<ft:checkpoint/>" FT_VDA), DISK_VDA,
+        "<ft:checkpoint>", "interval-ms attribute is missing")
+INVALID(interval_huge_number, GUEST(HOSTS
+        "<ft:checkpoint interval-ms='99999999999999999999'/>" FT_VDA), DISK_VDA,
+        "<ft:checkpoint interval-ms='99999999999999999999'>", "integer")
+INVALID(checkpoint_duplicate, GUEST(HOSTS "<ft:checkpoint interval-ms='100'/>"
+        "<ft:checkpoint interval-ms='200'/>" FT_VDA), DISK_VDA,
+        "duplicate <ft:checkpoint>", NULL)
+INVALID(ports_too_low, GUEST(HOSTS "<ft:ports base='80'/>" FT_VDA), DISK_VDA,
+        "<ft:ports base='80'>", "1024 and 65000")
+INVALID(ports_too_high, GUEST(HOSTS "<ft:ports base='65001'/>" FT_VDA), DISK_VDA,
+        "<ft:ports base='65001'>", "1024 and 65000")
+INVALID(ports_not_numeric, GUEST(HOSTS "<ft:ports base='abc'/>" FT_VDA), DISK_VDA,
+        "<ft:ports base='abc'>", "integer")
+INVALID(ports_trailing_junk, GUEST(HOSTS "<ft:ports base='9100x'/>" FT_VDA),
+        DISK_VDA, "<ft:ports base='9100x'>", "integer")
+INVALID(ports_hex, GUEST(HOSTS "<ft:ports base='0x2400'/>" FT_VDA), DISK_VDA,
+        "<ft:ports base='0x2400'>", "integer")
+INVALID(ports_empty, GUEST(HOSTS "<ft:ports base=''/>" FT_VDA), DISK_VDA,
+        "<ft:ports base=''>", "integer")
+INVALID(ports_missing, GUEST(HOSTS "<ft:ports/>" FT_VDA), DISK_VDA,
+        "<ft:ports>", "base attribute is missing")
+INVALID(ports_duplicate, GUEST(HOSTS "<ft:ports base='9100'/>"
+        "<ft:ports base='9200'/>" FT_VDA), DISK_VDA, "duplicate <ft:ports>", NULL)
+
+/* ---- disks ---------------------------------------------------------------- */
+
+INVALID(disk_none, GUEST(HOSTS), DISK_VDA, "no <ft:disk>", NULL)
+INVALID(disk_target_missing, GUEST(HOSTS "<ft:disk/>"), DISK_VDA, "<ft:disk>",
+        "target attribute is missing")
+INVALID(disk_target_bad_chars, GUEST(HOSTS "<ft:disk target=\"v'da\"/>"),
+        DISK_VDA, "<ft:disk target='v\\'da'>", "not a disk target name")
+INVALID(disk_target_unknown, GUEST(HOSTS "<ft:disk target='vdz'/>"), DISK_VDA,
+        "<ft:disk target='vdz'>", "no <disk> with <target dev='vdz'>; name one "
+        "of its disks (vda)")
+INVALID(disk_target_twice, GUEST(HOSTS FT_VDA FT_VDA), DISK_VDA,
+        "<ft:disk target='vda'>", "named twice")
+INVALID(disk_two_domain_disks_same_target, GOOD_GUEST, DISK_VDA DISK_VDA,
+        "<ft:disk target='vda'>", "two domain <disk>")
+INVALID(disk_cdrom, GOOD_GUEST, DISK("type='file' device='cdrom'", VDA_INNER),
+        "<ft:disk target='vda'>", "<disk device='cdrom'>")
+INVALID(disk_lun, GOOD_GUEST, DISK("type='block' device='lun'",
+        "<source dev='/dev/sdb'/><target dev='vda'/>"),
+        "<ft:disk target='vda'>", "<disk device='lun'>")
+INVALID(disk_network, GOOD_GUEST, DISK("type='network' device='disk'",
+        "<driver name='qemu' type='raw'/><source protocol='nbd' name='x'>"
+        "<host name='10.0.0.9' port='10809'/></source><target dev='vda'/>"),
+        "<ft:disk target='vda'>", "<disk type='network'>")
+INVALID(disk_block, GOOD_GUEST, DISK("type='block' device='disk'",
+        "<driver name='qemu' type='raw'/><source dev='/dev/sdb'/>"
+        "<target dev='vda'/>"), "<ft:disk target='vda'>", "<disk type='block'>")
+INVALID(disk_readonly, GOOD_GUEST,
+        DISK("type='file' device='disk'", VDA_INNER "<readonly/>"),
+        "<ft:disk target='vda'>", "<readonly/>")
+INVALID(disk_shareable, GOOD_GUEST,
+        DISK("type='file' device='disk'", VDA_INNER "<shareable/>"),
+        "<ft:disk target='vda'>", "<shareable/>")
+INVALID(disk_format_vmdk, GOOD_GUEST, DISK("type='file' device='disk'",
+        "<driver name='qemu' type='vmdk'/><source file='/img/a.vmdk'/>"
+        "<target dev='vda'/>"), "<ft:disk target='vda'>", "<driver type='vmdk'>")
+INVALID(disk_format_missing, GOOD_GUEST, DISK("type='file' device='disk'",
+        "<driver name='qemu'/><source file='/img/a.img'/><target dev='vda'/>"),
+        "<ft:disk target='vda'>", "<driver type>")
+INVALID(disk_source_missing, GOOD_GUEST, DISK("type='file' device='disk'",
+        "<driver name='qemu' type='qcow2'/><target dev='vda'/>"),
+        "<ft:disk target='vda'>", "<source file>")
+INVALID(disk_source_empty, GOOD_GUEST, DISK("type='file' device='disk'",
+        "<driver name='qemu' type='qcow2'/><source file=''/><target dev='vda'/>"),
+        "<ft:disk target='vda'>", "<source file>")
+INVALID(disk_source_relative, GOOD_GUEST, DISK("type='file' device='disk'",
+        "<driver name='qemu' type='qcow2'/><source file='img/a.qcow2'/>"
+        "<target dev='vda'/>"), "<ft:disk target='vda'>", "absolute path")
+
+/* ---- what kvm-ft cannot protect at domain level ----------------------------- */
+
+INVALID(nic_vhost, GOOD_GUEST, DISK_VDA
+        NIC("<model type='virtio'/><driver name='vhost'/>"),
+        "<interface> with <mac address='52:54:00:00:00:01'>",
+        "<driver name='vhost'>")
+INVALID(nic_driver_name_absent, GOOD_GUEST, DISK_VDA NIC("<model type='virtio'/>"),
+        "<interface>", "<driver name='qemu'/>")
+INVALID(nic_multiqueue, GOOD_GUEST, DISK_VDA
+        NIC("<model type='virtio'/><driver name='qemu' queues='4'/>"),
+        "<interface>", "queues='4'>: multiqueue")
+INVALID(nic_queues_junk, GOOD_GUEST, DISK_VDA
+        NIC("<model type='virtio'/><driver name='qemu' queues='two'/>"),
+        "<interface>", "queues='two'")
+INVALID(nic_two, GOOD_GUEST, DISK_VDA GOOD_NIC GOOD_NIC, "<interface>",
+        "more than one")
+INVALID(nic_model_e1000, GOOD_GUEST, DISK_VDA
+        NIC("<model type='e1000'/><driver name='qemu'/>"), "<interface>",
+        "<model type='e1000'>")
+INVALID(nic_model_missing, GOOD_GUEST, DISK_VDA NIC("<driver name='qemu'/>"),
+        "<interface>", "<model type")
+INVALID(nic_vhostuser, GOOD_GUEST, DISK_VDA
+        "<interface type='vhostuser'><model type='virtio'/></interface>",
+        "<interface>", "type='vhostuser'")
+INVALID(hostdev, GOOD_GUEST, DISK_VDA "<hostdev mode='subsystem' type='pci'/>",
+        "<hostdev>", NULL)
+
+START_TEST(domain_name_missing)
+{
+    expect_invalid_xml("<domain><metadata>" GOOD_GUEST "</metadata><devices>"
+                       DISK_VDA "</devices></domain>", "<name>", NULL);
+}
+END_TEST
+
+START_TEST(domain_name_slash)
+{
+    expect_invalid_xml("<domain><name>../etc</name><metadata>" GOOD_GUEST
+                       "</metadata><devices>" DISK_VDA "</devices></domain>",
+                       "<domain><name>", "'../etc'");
+}
+END_TEST
+
+/* ---- hostile input -------------------------------------------------------- */
+
+START_TEST(null_and_empty)
+{
+    expect_invalid_xml(NULL, "domain XML", NULL);
+    expect_invalid_xml("", "empty", NULL);
+    expect_invalid_xml("   \n", "not well-formed", NULL);
+}
+END_TEST
+
+START_TEST(huge_input_refused)
+{
+    gsize n = FTDEF_MAX_XML_SIZE + 1;
+    g_autofree char *xml = g_malloc(n + 1);
+
+    memset(xml, ' ', n);
+    xml[n] = '\0';
+    memcpy(xml, "<domain>", 8);
+    expect_invalid_xml(xml, "larger than 4 MiB", NULL);
+}
+END_TEST
+
+START_TEST(large_input_under_limit)
+{
+    /* Just under the limit: parsed (and found not to be a kvm-ft guest). */
+    g_autoptr(GString) s = g_string_new("<domain><name>big</name><description>");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = NULL;
+
+    while (s->len < FTDEF_MAX_XML_SIZE - 64)
+        g_string_append(s, "0123456789abcdef");
+    g_string_append(s, "</description></domain>");
+    def = ftdef_parse(s->str, &err);
+    ck_assert_ptr_null(def);
+    ck_assert_msg(g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_NOT_FT),
+                  "%s", err->message);
+}
+END_TEST
+
+START_TEST(deep_nesting)
+{
+    g_autoptr(GString) s = g_string_new("<domain>");
+
+    for (int i = 0; i < 100000; i++)
+        g_string_append(s, "<a>");
+    expect_invalid_xml(s->str, "not well-formed", NULL);
+}
+END_TEST
+
+START_TEST(billion_laughs)
+{
+    g_autofree char *xml = read_fixture("ftdef-billion-laughs.xml");
+    gint64 t0 = g_get_monotonic_time();
+
+    expect_invalid_xml(xml, "<!DOCTYPE>", NULL);
+    ck_assert_int_lt(g_get_monotonic_time() - t0, 2 * G_USEC_PER_SEC);
+}
+END_TEST
+
+START_TEST(external_dtd)
+{
+    g_autofree char *xml = read_fixture("ftdef-xxe.xml");
+
+    expect_invalid_xml(xml, "<!DOCTYPE>", NULL);
+}
+END_TEST
+
+START_TEST(undeclared_entity)
+{
+    g_autofree char *xml = domain(GUEST("<ft:hosts><ft:host name='&lol9;' "
+        "link-address='192.168.100.1'/>" HOST_B "</ft:hosts>" FT_VDA), DISK_VDA);
+
+    expect_invalid_xml(xml, "not well-formed", "lol9");
+}
+END_TEST
+
+START_TEST(binary_garbage)
+{
+    g_autoptr(GRand) rng = g_rand_new_with_seed(42);
+
+    for (int i = 0; i < 2000; i++) {
+        guint len = g_rand_int_range(rng, 1, 512);
+        g_autofree char *buf = g_malloc(len + 1);
+        g_autoptr(GError) err = NULL;
+        g_autoptr(FtDef) def = NULL;
+
+        for (guint j = 0; j < len; j++)
+            buf[j] = (char)g_rand_int_range(rng, 1, 256);
+        buf[len] = '\0';
+        if (i % 2)
+            memcpy(buf, "<domain>", MIN(len, 8));
+        def = ftdef_parse(buf, &err);
+        ck_assert_ptr_null(def);
+        ck_assert(g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_INVALID) ||
+                  g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_NOT_FT));
+        assert_one_line(err);
+    }
+}
+END_TEST
+
+/* Byte mutations of a valid document: any outcome but a crash or a bad error. */
+START_TEST(mutated_documents)
+{
+    g_autofree char *orig = read_fixture("ftdef-valid.xml");
+    g_autoptr(GRand) rng = g_rand_new_with_seed(7);
+    static const char pool[] = "<>/='\"&;:x0 \n\x01\xff";
+    gsize len = strlen(orig);
+
+    for (int i = 0; i < 3000; i++) {
+        g_autofree char *buf = g_strdup(orig);
+        g_autoptr(GError) err = NULL;
+        g_autoptr(FtDef) def = NULL;
+        int edits = g_rand_int_range(rng, 1, 6);
+
+        for (int e = 0; e < edits; e++)
+            buf[g_rand_int_range(rng, 0, (gint32)len)] =
+                pool[g_rand_int_range(rng, 0, sizeof(pool) - 1)];
+        def = ftdef_parse(buf, &err);
+        if (def) {
+            ck_assert_uint_eq(def->disks->len >= 1, 1);
+            ck_assert_ptr_nonnull(def->hosts[0].name);
+            ck_assert_ptr_nonnull(def->hosts[1].link_address);
+        } else {
+            ck_assert_ptr_nonnull(err);
+            ck_assert(err->domain == FTDEF_ERROR);
+            assert_one_line(err);
+        }
+    }
+}
+END_TEST
+
+START_TEST(long_value_is_truncated_in_message)
+{
+    g_autoptr(GString) v = g_string_new(NULL);
+    g_autofree char *guest = NULL;
+    g_autofree char *xml = NULL;
+
+    for (int i = 0; i < 1000; i++)
+        g_string_append_c(v, '9');
+    g_string_append(v, "\x7f");
+    guest = g_strdup_printf(GUEST(HOSTS "<ft:ports base='%s'/>" FT_VDA), v->str);
+    xml = domain(guest, DISK_VDA);
+    expect_invalid_xml(xml, "<ft:ports base='9999", "...'>");
+}
+END_TEST
+
+/* ---- runner ----------------------------------------------------------------- */
+
+static Suite *ftdef_suite(void)
+{
+    Suite *s = suite_create("ftdef");
+    TCase *tc;
+
+    tc = tcase_create("valid");
+    tcase_add_test(tc, valid_all_fields);
+    tcase_add_test(tc, valid_self_and_peer);
+    tcase_add_test(tc, valid_defaults);
+    tcase_add_test(tc, valid_bounds);
+    tcase_add_test(tc, not_ft_fixture);
+    tcase_add_test(tc, not_ft_without_metadata);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("document");
+    tcase_add_test(tc, malformed_xml_has_line);
+    tcase_add_test(tc, undeclared_prefix);
+    tcase_add_test(tc, not_a_domain);
+    tcase_add_test(tc, domain_in_a_namespace);
+    tcase_add_test(tc, guest_duplicate);
+    tcase_add_test(tc, guest_outside_metadata);
+    tcase_add_test(tc, stray_ft_element_without_guest);
+    tcase_add_test(tc, stray_ft_element_next_to_guest);
+    tcase_add_test(tc, namespace_version_2);
+    tcase_add_test(tc, namespace_version_nested);
+    tcase_add_test(tc, guest_unknown_ft_child);
+    tcase_add_test(tc, guest_child_without_namespace);
+    tcase_add_test(tc, guest_text);
+    tcase_add_test(tc, guest_attribute);
+    tcase_add_test(tc, unknown_attribute);
+    tcase_add_test(tc, leaf_with_child);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("hosts");
+    tcase_add_test(tc, hosts_missing);
+    tcase_add_test(tc, hosts_duplicate);
+    tcase_add_test(tc, hosts_one);
+    tcase_add_test(tc, hosts_three);
+    tcase_add_test(tc, hosts_other_child);
+    tcase_add_test(tc, host_name_missing);
+    tcase_add_test(tc, host_name_empty);
+    tcase_add_test(tc, host_name_bad_chars);
+    tcase_add_test(tc, host_name_duplicate);
+    tcase_add_test(tc, host_address_missing);
+    tcase_add_test(tc, host_address_short);
+    tcase_add_test(tc, host_address_hostname);
+    tcase_add_test(tc, host_address_ipv6);
+    tcase_add_test(tc, host_address_trailing_space);
+    tcase_add_test(tc, host_address_any);
+    tcase_add_test(tc, host_address_same);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("options");
+    tcase_add_test(tc, interval_too_small_exact_message);
+    tcase_add_test(tc, interval_too_large);
+    tcase_add_test(tc, interval_negative);
+    tcase_add_test(tc, interval_unit_suffix);
+    tcase_add_test(tc, interval_missing);
+    tcase_add_test(tc, interval_huge_number);
+    tcase_add_test(tc, checkpoint_duplicate);
+    tcase_add_test(tc, ports_too_low);
+    tcase_add_test(tc, ports_too_high);
+    tcase_add_test(tc, ports_not_numeric);
+    tcase_add_test(tc, ports_trailing_junk);
+    tcase_add_test(tc, ports_hex);
+    tcase_add_test(tc, ports_empty);
+    tcase_add_test(tc, ports_missing);
+    tcase_add_test(tc, ports_duplicate);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("disks");
+    tcase_add_test(tc, disk_none);
+    tcase_add_test(tc, disk_target_missing);
+    tcase_add_test(tc, disk_target_bad_chars);
+    tcase_add_test(tc, disk_target_unknown);
+    tcase_add_test(tc, disk_target_twice);
+    tcase_add_test(tc, disk_two_domain_disks_same_target);
+    tcase_add_test(tc, disk_cdrom);
+    tcase_add_test(tc, disk_lun);
+    tcase_add_test(tc, disk_network);
+    tcase_add_test(tc, disk_block);
+    tcase_add_test(tc, disk_readonly);
+    tcase_add_test(tc, disk_shareable);
+    tcase_add_test(tc, disk_format_vmdk);
+    tcase_add_test(tc, disk_format_missing);
+    tcase_add_test(tc, disk_source_missing);
+    tcase_add_test(tc, disk_source_empty);
+    tcase_add_test(tc, disk_source_relative);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("domain");
+    tcase_add_test(tc, nic_vhost);
+    tcase_add_test(tc, nic_driver_name_absent);
+    tcase_add_test(tc, nic_multiqueue);
+    tcase_add_test(tc, nic_queues_junk);
+    tcase_add_test(tc, nic_two);
+    tcase_add_test(tc, nic_model_e1000);
+    tcase_add_test(tc, nic_model_missing);
+    tcase_add_test(tc, nic_vhostuser);
+    tcase_add_test(tc, hostdev);
+    tcase_add_test(tc, domain_name_missing);
+    tcase_add_test(tc, domain_name_slash);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("hostile");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, null_and_empty);
+    tcase_add_test(tc, huge_input_refused);
+    tcase_add_test(tc, large_input_under_limit);
+    tcase_add_test(tc, deep_nesting);
+    tcase_add_test(tc, billion_laughs);
+    tcase_add_test(tc, external_dtd);
+    tcase_add_test(tc, undeclared_entity);
+    tcase_add_test(tc, binary_garbage);
+    tcase_add_test(tc, mutated_documents);
+    tcase_add_test(tc, long_value_is_truncated_in_message);
+    suite_add_tcase(s, tc);
+
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(ftdef_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,389 @@
+/*
+ * ftguest: workload helper of the kvm-ft test guest (static; runs in the busybox initramfs).
+ *
+ *   ftguest counter LOG [PERIOD_MS]  every PERIOD_MS (default 100): print "CNT i" on stdout (the serial
+ *                                    console) and append "i\n" to LOG; fsync LOG every 10 ticks.
+ *   ftguest seqd PORT                TCP line service: every line received on any connection gets back
+ *                                    one line with the next number of a single in-memory sequence
+ *                                    (first reply "1"). Deterministic: no time, no randomness.
+ *   ftguest ndet PORT                TCP line service, deliberately non-deterministic: every line gets
+ *                                    back "<line> <CLOCK_REALTIME ns>".
+ *   ftguest busy [N]                 nice 19 CPU loop; prints "W k" after every N iterations.
+ *   ftguest dirty MB SLEEP_MS        rewrites one word in every page of an MB-sized buffer per pass,
+ *                                    checking the value the previous pass left there; prints
+ *                                    "D pass errors" every 100 passes and "DIRTY BAD ..." on a mismatch.
+ *
+ * Output lines are written with one write(2) each so that concurrent writers to the console do not
+ * interleave within a line.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LINE_MAX_BYTES 4096          /* longest request line accepted by the line services */
+#define OUT_BYTES (64 * 1024)        /* per-connection reply buffer */
+#define MAX_CLIENTS 64
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+    while (len > 0) {
+        ssize_t w = write(fd, buf, len);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        buf += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* One line to stdout in a single write. */
+__attribute__((format(printf, 1, 2))) static void say(const char *fmt, ...)
+{
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof buf)
+        n = sizeof buf - 1;
+    (void)write_all(STDOUT_FILENO, buf, (size_t)n);
+}
+
+static int parse_long(const char *s, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+static int usage(void)
+{
+    fprintf(stderr, "usage: ftguest counter LOG [PERIOD_MS] | seqd PORT | ndet PORT | busy [N] |"
+                    " dirty MB SLEEP_MS\n");
+    return 2;
+}
+
+/* ---- counter ------------------------------------------------------------------------------ */
+
+static void ts_add_ms(struct timespec *t, long ms)
+{
+    t->tv_sec += ms / 1000;
+    t->tv_nsec += (ms % 1000) * 1000000L;
+    if (t->tv_nsec >= 1000000000L) {
+        t->tv_sec++;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+static int64_t ts_diff_ns(const struct timespec *a, const struct timespec *b)
+{
+    return ((int64_t)a->tv_sec - b->tv_sec) * 1000000000LL + (a->tv_nsec - b->tv_nsec);
+}
+
+static int cmd_counter(int argc, char **argv)
+{
+    long period = 100;
+    if (argc < 3 || argc > 4 || (argc == 4 && parse_long(argv[3], 1, 60000, &period) < 0))
+        return usage();
+    int fd = open(argv[2], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        say("CNT_ERR open %s: %s\n", argv[2], strerror(errno));
+        return 1;
+    }
+    struct timespec next;
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    int failing = 0;
+    for (uint64_t i = 1;; i++) {
+        char line[32];
+        int n = snprintf(line, sizeof line, "%" PRIu64 "\n", i);
+        say("CNT %" PRIu64 "\n", i);
+        if (write_all(fd, line, (size_t)n) < 0 || (i % 10 == 0 && fsync(fd) < 0)) {
+            if (!failing)
+                say("CNT_ERR %s\n", strerror(errno));
+            failing = 1;
+        } else {
+            failing = 0;
+        }
+        /* Fixed cadence on absolute deadlines, but never a burst of catch-up ticks: when more than a
+         * whole period late (guest paused, clock stepped), start the cadence again from now. */
+        ts_add_ms(&next, period);
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (ts_diff_ns(&now, &next) > period * 1000000LL)
+            next = now;
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
+            ;
+    }
+}
+
+/* ---- line services (seqd, ndet) ----------------------------------------------------------- */
+
+enum mode { MODE_SEQ, MODE_NDET };
+
+struct client {
+    int fd;
+    int eof;
+    size_t inlen;
+    size_t outlen, outoff;
+    char in[LINE_MAX_BYTES];
+    char out[OUT_BYTES];
+};
+
+static uint64_t sequence; /* the one global sequence of seqd, shared by all connections */
+
+/* Answer every complete line in c->in while the reply buffer has room for the worst case. */
+static void consume_lines(struct client *c, enum mode mode)
+{
+    size_t pos = 0;
+    for (;;) {
+        char *nl = memchr(c->in + pos, '\n', c->inlen - pos);
+        if (!nl || OUT_BYTES - c->outlen < LINE_MAX_BYTES + 32)
+            break;
+        size_t linelen = (size_t)(nl - (c->in + pos));
+        char *o = c->out + c->outlen;
+        size_t room = OUT_BYTES - c->outlen;
+        int n;
+        if (mode == MODE_SEQ) {
+            n = snprintf(o, room, "%" PRIu64 "\n", ++sequence);
+        } else {
+            struct timespec t;
+            clock_gettime(CLOCK_REALTIME, &t);
+            memcpy(o, c->in + pos, linelen);
+            n = snprintf(o + linelen, room - linelen, " %lld\n",
+                         (long long)t.tv_sec * 1000000000LL + t.tv_nsec);
+            n += (int)linelen;
+        }
+        c->outlen += (size_t)n;
+        pos += linelen + 1;
+    }
+    if (pos > 0) {
+        memmove(c->in, c->in + pos, c->inlen - pos);
+        c->inlen -= pos;
+    }
+}
+
+/* Returns -1 when the connection must be closed. */
+static int flush_out(struct client *c)
+{
+    while (c->outoff < c->outlen) {
+        ssize_t w = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return 0;
+            return -1;
+        }
+        c->outoff += (size_t)w;
+    }
+    c->outoff = c->outlen = 0;
+    return 0;
+}
+
+/* Read what is there, answer, send. Returns -1 when the connection must be closed. */
+static int service(struct client *c, enum mode mode, int readable)
+{
+    if (readable && !c->eof && c->inlen < sizeof c->in) {
+        ssize_t r = recv(c->fd, c->in + c->inlen, sizeof c->in - c->inlen, MSG_DONTWAIT);
+        if (r > 0)
+            c->inlen += (size_t)r;
+        else if (r == 0)
+            c->eof = 1;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            return -1;
+    }
+    for (;;) {
+        size_t before = c->inlen;
+        consume_lines(c, mode);
+        if (flush_out(c) < 0)
+            return -1;
+        if (c->outlen > 0 || c->inlen == before)
+            break;
+    }
+    if (c->inlen == sizeof c->in && !memchr(c->in, '\n', c->inlen))
+        return -1; /* line too long */
+    if (c->eof && c->outlen == 0)
+        return -1; /* peer finished sending and has all its answers; a partial last line is dropped */
+    return 0;
+}
+
+static int listen_on(long port)
+{
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (s < 0)
+        return -1;
+    int one = 1;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_ANY);
+    if (setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(s, (struct sockaddr *)&a, sizeof a) < 0 || listen(s, 16) < 0) {
+        int e = errno;
+        close(s);
+        errno = e;
+        return -1;
+    }
+    return s;
+}
+
+static int cmd_serve(int argc, char **argv, enum mode mode)
+{
+    long port;
+    if (argc != 3 || parse_long(argv[2], 1, 65535, &port) < 0)
+        return usage();
+    signal(SIGPIPE, SIG_IGN);
+    int ls = listen_on(port);
+    if (ls < 0) {
+        say("%s: cannot listen on %ld: %s\n", argv[1], port, strerror(errno));
+        return 1;
+    }
+    static struct client *clients[MAX_CLIENTS];
+    int n = 0;
+    for (;;) {
+        struct pollfd pfd[MAX_CLIENTS + 1];
+        for (int i = 0; i < n; i++) {
+            struct client *c = clients[i];
+            pfd[i].fd = c->fd;
+            pfd[i].events = 0;
+            pfd[i].revents = 0;
+            /* Back-pressure: stop reading while the reply buffer cannot take another line. */
+            if (!c->eof && c->inlen < sizeof c->in && OUT_BYTES - c->outlen >= LINE_MAX_BYTES + 32)
+                pfd[i].events |= POLLIN;
+            if (c->outlen > c->outoff)
+                pfd[i].events |= POLLOUT;
+        }
+        pfd[n].fd = n < MAX_CLIENTS ? ls : -1;
+        pfd[n].events = POLLIN;
+        pfd[n].revents = 0;
+        if (poll(pfd, (nfds_t)n + 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            say("%s: poll: %s\n", argv[1], strerror(errno));
+            return 1;
+        }
+        for (int i = n - 1; i >= 0; i--) {
+            if (!pfd[i].revents)
+                continue;
+            struct client *c = clients[i];
+            if (service(c, mode, (pfd[i].revents & (POLLIN | POLLHUP | POLLERR)) != 0) < 0) {
+                close(c->fd);
+                free(c);
+                clients[i] = clients[--n];
+            }
+        }
+        if (pfd[n].fd >= 0 && (pfd[n].revents & POLLIN)) {
+            while (n < MAX_CLIENTS) {
+                int fd = accept4(ls, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0)
+                    break;
+                struct client *c = calloc(1, sizeof *c);
+                if (!c) {
+                    close(fd);
+                    break;
+                }
+                int one = 1;
+                (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+                c->fd = fd;
+                clients[n++] = c;
+            }
+        }
+    }
+}
+
+/* ---- busy, dirty -------------------------------------------------------------------------- */
+
+static int cmd_busy(int argc, char **argv)
+{
+    long n = 100000000;
+    if (argc > 3 || (argc == 3 && parse_long(argv[2], 1, 1L << 40, &n) < 0))
+        return usage();
+    errno = 0;
+    if (nice(19) == -1 && errno != 0)
+        say("busy: nice: %s\n", strerror(errno));
+    volatile unsigned long x = 0;
+    for (unsigned long k = 1;; k++) {
+        for (long i = 0; i < n; i++)
+            x += (unsigned long)i;
+        say("W %lu\n", k);
+    }
+}
+
+static uint64_t pattern(uint64_t pass, size_t off)
+{
+    return pass * 0x9E3779B97F4A7C15ULL ^ (uint64_t)off;
+}
+
+static int cmd_dirty(int argc, char **argv)
+{
+    long mb, ms;
+    if (argc != 4 || parse_long(argv[2], 1, 65536, &mb) < 0 || parse_long(argv[3], 0, 600000, &ms) < 0)
+        return usage();
+    const size_t page = 4096, size = (size_t)mb << 20;
+    char *buf = malloc(size);
+    if (!buf) {
+        say("dirty: cannot allocate %ld MiB\n", mb);
+        return 1;
+    }
+    for (size_t off = 0; off < size; off += page)
+        *(uint64_t *)(buf + off) = pattern(0, off);
+    uint64_t errors = 0;
+    for (uint64_t pass = 1;; pass++) {
+        for (size_t off = 0; off < size; off += page) {
+            uint64_t *w = (uint64_t *)(buf + off);
+            if (*w != pattern(pass - 1, off)) {
+                if (++errors <= 20)
+                    say("DIRTY BAD pass=%" PRIu64 " off=%zu got=%016" PRIx64 " want=%016" PRIx64 "\n",
+                        pass, off, *w, pattern(pass - 1, off));
+            }
+            *w = pattern(pass, off);
+        }
+        if (pass % 100 == 0)
+            say("D %" PRIu64 " errors=%" PRIu64 "\n", pass, errors);
+        if (ms > 0) {
+            struct timespec t = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+            while (nanosleep(&t, &t) < 0 && errno == EINTR)
+                ;
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage();
+    if (!strcmp(argv[1], "counter"))
+        return cmd_counter(argc, argv);
+    if (!strcmp(argv[1], "seqd"))
+        return cmd_serve(argc, argv, MODE_SEQ);
+    if (!strcmp(argv[1], "ndet"))
+        return cmd_serve(argc, argv, MODE_NDET);
+    if (!strcmp(argv[1], "busy"))
+        return cmd_busy(argc, argv);
+    if (!strcmp(argv[1], "dirty"))
+        return cmd_dirty(argc, argv);
+    return usage();
+}
