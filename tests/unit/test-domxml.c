@@ -1,0 +1,167 @@
+/* test-domxml.c - the derived XML each role runs with */
+#include <check.h>
+#include <glib.h>
+#include <libxml/parser.h>
+#include <libxml/xpath.h>
+#include <libxml/xpathInternals.h>
+#include <string.h>
+
+#include "domxml.h"
+#include "ftdef.h"
+
+static char *fixture(const char *name)
+{
+    g_autofree char *path = g_build_filename(g_getenv("KVMFT_TEST_DATA"), name, NULL);
+    char *text = NULL;
+
+    ck_assert_msg(g_file_get_contents(path, &text, NULL, NULL), "cannot read %s", path);
+    return text;
+}
+
+/* Counts matches of an XPath expression, with the qemu namespace bound to "q". */
+static int count(const char *xml, const char *expr)
+{
+    xmlDocPtr doc = xmlReadMemory(xml, strlen(xml), "t.xml", NULL, XML_PARSE_NONET);
+    xmlXPathContextPtr ctx;
+    xmlXPathObjectPtr res;
+    int n;
+
+    ck_assert_ptr_nonnull(doc);
+    ctx = xmlXPathNewContext(doc);
+    xmlXPathRegisterNs(ctx, (const xmlChar *)"q",
+                       (const xmlChar *)"http://libvirt.org/schemas/domain/qemu/1.0");
+    res = xmlXPathEvalExpression((const xmlChar *)expr, ctx);
+    ck_assert_ptr_nonnull(res);
+    n = res->nodesetval ? res->nodesetval->nodeNr : 0;
+    xmlXPathFreeObject(res);
+    xmlXPathFreeContext(ctx);
+    xmlFreeDoc(doc);
+    return n;
+}
+
+static char *derive(const char *fixture_name, FtRole role)
+{
+    g_autofree char *xml = fixture(fixture_name);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+    const char *active[] = { "/s/active-0.qcow2", "/s/active,1.qcow2", NULL };
+    const char *hidden[] = { "/s/hidden-0.qcow2", "/s/hidden-1.qcow2", NULL };
+    DomxmlPlumbing p = { .qmp_socket = "/run/kvm-ft/web1.qmp",
+                         .active_overlays = active, .hidden_overlays = hidden };
+    char *out;
+
+    ck_assert_msg(def != NULL, "%s", err ? err->message : "");
+    out = domxml_for_role(xml, def, role, &p, &err);
+    ck_assert_msg(out != NULL, "%s", err ? err->message : "");
+    return out;
+}
+
+START_TEST(primary_moves_disks_to_quorum)
+{
+    g_autofree char *out = derive("ftdef-valid.xml", FT_ROLE_PRIMARY);
+
+    /* Replicated disks leave libvirt's hands; the cdrom stays. */
+    ck_assert_int_eq(count(out, "/domain/devices/disk[target/@dev='vda']"), 0);
+    ck_assert_int_eq(count(out, "/domain/devices/disk[target/@dev='vdb']"), 0);
+    ck_assert_int_eq(count(out, "/domain/devices/disk[target/@dev='hdc']"), 1);
+    ck_assert_int_eq(count(out, "//q:commandline/q:arg[@value='if=none,id=colo-disk0,"
+                                "driver=quorum,read-pattern=fifo,vote-threshold=1,"
+                                "children.0.file.filename=/var/lib/libvirt/images/web1.qcow2,"
+                                "children.0.driver=qcow2']"), 1);
+    /* The guest keeps the PCI slot libvirt gave the disk. */
+    ck_assert_int_eq(count(out, "//q:arg[@value='virtio-blk-pci,id=kvmft-vblk0,"
+                                "drive=colo-disk0,bus=pci.0,addr=0x04']"), 1);
+    ck_assert_int_eq(count(out, "//q:arg[starts-with(@value,'virtio-blk-pci,id=kvmft-vblk1,"
+                                "drive=colo-disk1')]"), 1);
+    ck_assert_int_eq(count(out, "//q:arg[@value='socket,id=kvmft-qmp,"
+                                "path=/run/kvm-ft/web1.qmp,server=on,wait=off']"), 1);
+    ck_assert_int_eq(count(out, "/domain/iothreads[.='1']"), 1);
+    ck_assert_int_eq(count(out, "//q:arg[@value='-incoming']"), 0);
+    /* The metadata travels with the running definition. */
+    ck_assert_int_eq(count(out, "/domain/metadata/*[local-name()='guest']"), 1);
+}
+END_TEST
+
+START_TEST(secondary_gets_replication_chain)
+{
+    g_autofree char *out = derive("ftdef-valid.xml", FT_ROLE_SECONDARY);
+
+    ck_assert_int_eq(count(out, "/domain/devices/disk[target/@dev='vda']"), 0);
+    ck_assert_int_eq(count(out, "//q:arg[@value='if=none,id=parent0,"
+                                "file.filename=/var/lib/libvirt/images/web1.qcow2,driver=qcow2']"), 1);
+    ck_assert_int_eq(count(out, "//q:arg[@value='if=none,id=parent1,"
+                                "file.filename=/var/lib/libvirt/images/web1-data.img,driver=raw']"), 1);
+    /* A comma in a path is doubled, or QEMU would split the option there. */
+    ck_assert_int_eq(count(out, "//q:arg[contains(@value,'file.file.filename=/s/active,,1.qcow2')]"), 1);
+    ck_assert_int_eq(count(out, "//q:arg[contains(@value,'driver=replication,mode=secondary') and "
+                                "contains(@value,'top-id=colo-disk0') and "
+                                "contains(@value,'file.backing.backing=parent0')]"), 1);
+    ck_assert_int_eq(count(out, "//q:arg[@value='-incoming']/following-sibling::q:arg[1]"
+                                "[@value='defer']"), 1);
+}
+END_TEST
+
+START_TEST(existing_commandline_and_iothreads_are_kept)
+{
+    g_autofree char *xml = fixture("ftdef-valid.xml");
+    g_autofree char *edited = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = NULL;
+    g_autofree char *out = NULL;
+    DomxmlPlumbing p = { .qmp_socket = "/q.sock" };
+    GString *s = g_string_new(xml);
+
+    g_string_replace(s, "<domain type='kvm' id='3'>",
+                     "<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>", 1);
+    g_string_replace(s, "</devices>",
+                     "</devices><iothreads>2</iothreads><qemu:commandline>"
+                     "<qemu:arg value='-sandbox'/><qemu:arg value='on'/></qemu:commandline>", 1);
+    edited = g_string_free(s, FALSE);
+    def = ftdef_parse(edited, &err);
+    ck_assert_msg(def != NULL, "%s", err ? err->message : "");
+    out = domxml_for_role(edited, def, FT_ROLE_PRIMARY, &p, &err);
+    ck_assert_ptr_nonnull(out);
+    ck_assert_int_eq(count(out, "//q:commandline"), 1);
+    ck_assert_int_eq(count(out, "//q:arg[@value='-sandbox']"), 1);
+    ck_assert_int_eq(count(out, "/domain/iothreads"), 1);
+    ck_assert_int_eq(count(out, "/domain/iothreads[.='2']"), 1);
+}
+END_TEST
+
+START_TEST(missing_disk_is_an_error)
+{
+    g_autofree char *xml = fixture("ftdef-valid.xml");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+    g_autofree char *out = NULL;
+    DomxmlPlumbing p = { .qmp_socket = "/q.sock" };
+    FtDisk *disk;
+
+    ck_assert_ptr_nonnull(def);
+    disk = g_ptr_array_index(def->disks, 0);
+    g_free(disk->target);
+    disk->target = g_strdup("vdz");
+    out = domxml_for_role(xml, def, FT_ROLE_PRIMARY, &p, &err);
+    ck_assert_ptr_null(out);
+    ck_assert_ptr_nonnull(strstr(err->message, "vdz"));
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("domxml");
+    TCase *tc = tcase_create("derive");
+    SRunner *sr;
+    int failed;
+
+    tcase_add_test(tc, primary_moves_disks_to_quorum);
+    tcase_add_test(tc, secondary_gets_replication_chain);
+    tcase_add_test(tc, existing_commandline_and_iothreads_are_kept);
+    tcase_add_test(tc, missing_disk_is_an_error);
+    suite_add_tcase(s, tc);
+    sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
