@@ -407,6 +407,13 @@ static JsonNode *on_control(const char *command, JsonObject *request,
         return control_status(d, request, err);
     if (strcmp(command, "protect") == 0)
         return control_protect(d, request, err);
+    if (strcmp(command, "checkpoints") == 0) {
+        FtGuest *g = find_guest(d, request, err);
+
+        return g ? guest_checkpoints(g, json_object_get_int_member_with_default(
+                                            request, "since-ms", 0) * 1000)
+                 : NULL;
+    }
     g_set_error(err, DAEMON_ERROR, 0, "unknown command '%s'", command);
     return NULL;
 }

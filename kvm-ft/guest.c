@@ -2,6 +2,7 @@
 #include "guest.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <glib/gstdio.h>
 #include <string.h>
 
@@ -14,6 +15,8 @@
 #define ENTER_POLL_MS 200
 /* How often a protected guest's COLO status is refreshed for ftctl. */
 #define STATUS_POLL_MS 1000
+/* Checkpoints remembered for `ftctl status` figures and benchmarks. */
+#define CHECKPOINT_HISTORY 4096
 /* Upper bound for qemu-img, which only creates small files here. */
 #define QEMU_IMG_TIMEOUT_S "60"
 
@@ -43,6 +46,10 @@ struct FtGuest {
 
     char *exit_reason;
     guint exit_idle_id;
+
+    /* Ring of the latest checkpoints: QEMU wall-clock stamp and pause. */
+    gint64 history_us[CHECKPOINT_HISTORY];
+    double history_pause_ms[CHECKPOINT_HISTORY];
 };
 
 static const char *const state_names[GUEST_N_STATES] = {
@@ -252,6 +259,9 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
             g->checkpoints++;
             g->last_pause_ms = (timestamp_us - g->stop_us) / 1000.0;
             g->last_checkpoint_us = timestamp_us;
+            g->history_us[(g->checkpoints - 1) % CHECKPOINT_HISTORY] = timestamp_us;
+            g->history_pause_ms[(g->checkpoints - 1) % CHECKPOINT_HISTORY] =
+                g->last_pause_ms;
             log_debug(g->def->name, role_name(g), "checkpoint %" G_GUINT64_FORMAT
                       ": paused %.1f ms", g->checkpoints, g->last_pause_ms);
         }
@@ -652,6 +662,63 @@ gboolean guest_is_busy(FtGuest *g)
     return g->state != GUEST_STOPPED && g->state != GUEST_FAILED;
 }
 
+static int compare_double(gconstpointer a, gconstpointer b)
+{
+    double x = *(const double *)a;
+    double y = *(const double *)b;
+
+    return (x > y) - (x < y);
+}
+
+static guint history_len(FtGuest *g)
+{
+    return (guint)MIN(g->checkpoints, (guint64)CHECKPOINT_HISTORY);
+}
+
+/* Nearest-rank percentiles over the remembered checkpoints. */
+static void add_pause_summary(FtGuest *g, JsonBuilder *b)
+{
+    guint n = history_len(g);
+    g_autofree double *sorted = NULL;
+
+    if (!n) {
+        json_builder_add_null_value(b);
+        return;
+    }
+    sorted = g_memdup2(g->history_pause_ms, n * sizeof(double));
+    qsort(sorted, n, sizeof(double), compare_double);
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "count");
+    json_builder_add_int_value(b, n);
+    json_builder_set_member_name(b, "p50");
+    json_builder_add_double_value(b, sorted[(n - 1) / 2]);
+    json_builder_set_member_name(b, "p99");
+    json_builder_add_double_value(b, sorted[(guint)((n - 1) * 0.99)]);
+    json_builder_set_member_name(b, "max");
+    json_builder_add_double_value(b, sorted[n - 1]);
+    json_builder_end_object(b);
+}
+
+JsonNode *guest_checkpoints(FtGuest *g, gint64 since_us)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    guint n = history_len(g);
+
+    json_builder_begin_array(b);
+    for (guint i = 0; i < n; i++) {
+        guint k = (guint)((g->checkpoints - n + i) % CHECKPOINT_HISTORY);
+
+        if (g->history_us[k] < since_us)
+            continue;
+        json_builder_begin_array(b);
+        json_builder_add_int_value(b, g->history_us[k] / 1000);
+        json_builder_add_double_value(b, g->history_pause_ms[k]);
+        json_builder_end_array(b);
+    }
+    json_builder_end_array(b);
+    return json_builder_get_root(b);
+}
+
 JsonNode *guest_status(FtGuest *g)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
@@ -694,6 +761,8 @@ JsonNode *guest_status(FtGuest *g)
         json_builder_add_double_value(b, g->last_pause_ms);
     else
         json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "pause_ms");
+    add_pause_summary(g, b);
     json_builder_set_member_name(b, "since_last_checkpoint_ms");
     if (g->last_checkpoint_us)
         json_builder_add_int_value(b, (g_get_real_time() - g->last_checkpoint_us) / 1000);

@@ -49,3 +49,6 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id);
 void guest_stop(FtGuest *g, const char *reason);
 
 JsonNode *guest_status(FtGuest *g);
+
+/* [[wall-clock ms, pause ms], ...] of the remembered checkpoints since since_us. */
+JsonNode *guest_checkpoints(FtGuest *g, gint64 since_us);

@@ -274,7 +274,7 @@ PeerDecodeStatus peer_frame_decode(const guint8 *buf, gsize len, GBytes *key,
     memset(frame, 0, sizeof(*frame));
     *consumed = 0;
 
-    if (memcmp(buf, frame_magic, MIN(len, sizeof(frame_magic))) != 0) {
+    if (len > 0 && memcmp(buf, frame_magic, MIN(len, sizeof(frame_magic))) != 0) {
         g_set_error(err, PEER_ERROR, PEER_ERROR_BAD_FRAME,
                     "bad magic (not a kvm-ft peer?)");
         return PEER_DECODE_ERROR;
@@ -676,10 +676,11 @@ static void conn_read(PeerConn *conn)
     case CONN_WAIT_WELCOME:
     case CONN_WAIT_CONFIRM:
         reason = g_error_new(PEER_ERROR, PEER_ERROR_REFUSED,
-                             "%s closed the connection during the handshake "
-                             "(wrong key? see its log)%s%s",
+                             "%s hung up during the handshake (wrong key? see the "
+                             "log on that host)%s%s",
                              conn->address, e ? ": " : "", e ? e->message : "");
-        log_warn(NULL, NULL, "peer %s refused: %s", conn->address, reason->message);
+        log_warn(NULL, NULL, "peer %s refused: hung up during the handshake (wrong key? "
+                 "see the log on that host)", conn->address);
         break;
     default:
         reason = g_error_new(PEER_ERROR, PEER_ERROR_IO, "connection to %s lost: %s",

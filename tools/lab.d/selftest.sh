@@ -155,9 +155,17 @@ rstB=$(tcpdump -nr "$T/B.pcap" 'tcp[tcpflags] & (tcp-rst|tcp-fin) != 0' 2>/dev/n
 rstC=$(tcpdump -nr "$T/C.pcap" 'src host 10.0.0.10 and tcp[tcpflags] & (tcp-rst|tcp-fin) != 0' 2>/dev/null | wc -l)
 check "no RST/FIN in hostB's capture ($rstB)" test "$rstB" = 0
 check "no RST/FIN from the guest at the client ($rstC)" test "$rstC" = 0
-echo "last replies seen by hostB (link) and the client, relative to T_POWER_OFF:"
+after() { # after PCAP FILTER: packets captured after T_POWER_OFF
+    tcpdump -tt -nr "$1" "$2" 2>/dev/null | awk -v t="$TOFF" '$1 * 1000 > t' | wc -l
+}
+echo "after T_POWER_OFF: B->A link packets $(after "$T/B.pcap" 'src 192.168.100.2 and dst 192.168.100.1')," \
+     "A->B link packets $(after "$T/B.pcap" 'src 192.168.100.1')," \
+     "client->guest $(after "$T/C.pcap" 'dst 10.0.0.10'), guest->client $(after "$T/C.pcap" 'src 10.0.0.10')"
+check "nothing from hostA or the guest after T_POWER_OFF" \
+    test "$(after "$T/B.pcap" 'src 192.168.100.1 or src 10.0.0.1')/$(after "$T/C.pcap" 'src 10.0.0.10')" = 0/0
+echo "last replies seen by hostB (link, LAN) and the client, relative to T_POWER_OFF:"
 for f in holdB-link holdB-lan holdC; do
-    last=$(awk '$2=="reply"{t=$1} END{printf "%d\n", t}' "$T/$f.log")
+    last=$(awk '$2=="reply"{t=$1} END{printf "%.0f\n", t}' "$T/$f.log")
     errs=$(grep -cv 'reply\|connected' "$T/$f.log" || true)
     echo "  $f: last reply at $(( last - TOFF )) ms, errors/eof: $errs"
     check "$f: no error/EOF after power-off" test "$errs" = 0

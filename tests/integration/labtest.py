@@ -1,0 +1,173 @@
+"""labtest - what every kvm-ft integration test needs: the lab, the guest, a client.
+
+Tests run real QEMU guests under real libvirtd instances in the two-host lab
+(tools/lab).  Everything a test starts is torn down by Lab.down(), which
+tests call from a finally: block, so a failing test leaves nothing behind.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOLS = os.path.join(REPO, "tools")
+BUILD = os.environ.get("KVMFT_BUILD", os.path.join(REPO, "build"))
+ARTIFACTS = os.environ.get("KVMFT_ARTIFACTS", os.path.join(BUILD, "test-artifacts"))
+LINK = {"hostA": "192.168.100.1", "hostB": "192.168.100.2"}
+GUEST = "ftguest"
+
+
+def log(msg):
+    print("[%s] %s" % (time.strftime("%H:%M:%S"), msg), flush=True)
+
+
+def run(*args, check=True, timeout=300, env=None, input=None):
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    res = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
+                         env=full_env, input=input)
+    if check and res.returncode != 0:
+        raise AssertionError("%s failed (%d):\n%s%s" % (" ".join(args), res.returncode,
+                                                         res.stdout[-3000:], res.stderr[-3000:]))
+    return res
+
+
+def last_line(text):
+    lines = [l for l in text.strip().splitlines() if l.strip()]
+    return lines[-1] if lines else ""
+
+
+def qemu_binary(patches=None):
+    """The patched QEMU (built and cached by tools/build-qemu)."""
+    if patches is None and os.environ.get("KVMFT_QEMU"):
+        return os.environ["KVMFT_QEMU"]
+    args = [os.path.join(TOOLS, "build-qemu")]
+    if patches is not None:
+        args += ["--patches", str(patches)]
+    return last_line(run(*args, timeout=3600).stdout)
+
+
+def guest_dir():
+    if os.environ.get("KVMFT_GUEST"):
+        return os.environ["KVMFT_GUEST"]
+    return last_line(run(os.path.join(TOOLS, "build-guest"), timeout=1200).stdout)
+
+
+class Lab:
+    """The two lab hosts (tools/lab), each running libvirtd and kvm-ftd."""
+
+    def __init__(self, name):
+        self.name = name
+        self.artifacts = os.path.join(ARTIFACTS, name)
+        self.env = {"KVMFTD": os.path.join(BUILD, "kvm-ft", "kvm-ftd")}
+        self.ftctl_bin = os.path.join(BUILD, "tools", "ftctl")
+
+    def lab(self, *args, check=True, timeout=180):
+        return run(os.path.join(TOOLS, "lab"), *args, check=check, timeout=timeout, env=self.env)
+
+    def up(self):
+        self.lab("down", check=False)
+        shutil.rmtree(self.artifacts, ignore_errors=True)
+        os.makedirs(self.artifacts, exist_ok=True)
+        self.lab("up")
+
+    def down(self):
+        res = self.lab("down", "--keep", self.artifacts, check=False)
+        log("lab down (logs kept in %s)%s" % (self.artifacts, "" if res.returncode == 0
+                                              else ": " + res.stderr.strip()))
+
+    def path(self, host, rel=""):
+        root = last_line(self.lab("path", host).stdout)
+        return os.path.join(root, rel.lstrip("/")) if rel else root
+
+    def virsh(self, host, *args, check=True, timeout=60):
+        return self.lab("virsh", host, *args, check=check, timeout=timeout)
+
+    def ftctl(self, host, *args, check=True, timeout=300):
+        return self.lab("exec", host, self.ftctl_bin, *args, check=check, timeout=timeout)
+
+    def status(self, host, guest=GUEST):
+        res = self.ftctl(host, "status", guest, "--json", check=False, timeout=30)
+        if res.returncode != 0:
+            return None
+        doc = json.loads(res.stdout)
+        guests = doc.get("guests", [])
+        return guests[0] if guests else None
+
+    def client(self, *args, timeout=600):
+        return self.lab("client", *args, timeout=timeout)
+
+    def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload=""):
+        """Same disk on both hosts (the secondary replicates from an identical copy),
+        the definition on hostA."""
+        for host in ("hostA", "hostB"):
+            images = self.path(host, "/var/lib/libvirt/images")
+            os.makedirs(images, exist_ok=True)
+            shutil.copyfile(os.path.join(gdir, "disk.qcow2"), os.path.join(images, name + ".qcow2"))
+        xml = run(os.path.join(TOOLS, "guest-xml"), "--name", name, "--qemu", qemu,
+                  "--guest-dir", gdir, "--interval-ms", str(interval_ms), "--workload", workload,
+                  "--hosts", "hostA=%s,hostB=%s" % (LINK["hostA"], LINK["hostB"])).stdout
+        xml_path = os.path.join(self.path("hostA", "/var/lib/kvm-ft"), name + ".xml")
+        with open(xml_path, "w") as f:
+            f.write(xml)
+        self.virsh("hostA", "define", "/var/lib/kvm-ft/%s.xml" % name)
+
+    def protect(self, host="hostA", name=GUEST, timeout_s=240):
+        res = self.ftctl(host, "protect", name, "--timeout-s", str(timeout_s), check=False,
+                         timeout=timeout_s + 30)
+        log("ftctl protect: rc=%d\n%s%s" % (res.returncode, res.stdout, res.stderr))
+        return res
+
+    def serial(self, host, name=GUEST):
+        try:
+            with open(self.path(host, "/var/log/libvirt/qemu/%s-serial.log" % name),
+                      errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def daemon_log(self, host):
+        try:
+            with open(self.path(host, "/var/log/kvm-ft/kvm-ftd.log"), errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+class SeqClient:
+    """tools/seqclient in the client namespace: one TCP connection to the guest."""
+
+    def __init__(self, lab, seconds=0, interval=0.1, log_path=None):
+        args = [os.path.join(TOOLS, "lab"), "client", "python3", os.path.join(TOOLS, "seqclient"),
+                "--interval", str(interval), "--seconds", str(seconds)]
+        if log_path:
+            args += ["--log", log_path]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=dict(os.environ, **lab.env))
+
+    def result(self, timeout=600):
+        out, err = self.proc.communicate(timeout=timeout)
+        line = last_line(out)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise AssertionError("seqclient gave no summary:\n%s\n%s" % (out, err))
+
+    def stop(self):
+        if self.proc.poll() is None:
+            # The client runs under 'ip netns exec'; SIGTERM reaches it through
+            # the wrapper, which exec()s.
+            self.proc.terminate()
+        return self.result(timeout=60)
+
+
+def wait_for(what, predicate, timeout, interval=0.5):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
