@@ -1,4 +1,7 @@
 /* config.c - the daemon configuration (GKeyFile) */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* explicit_bzero */
+#endif
 #include "config.h"
 
 #include <errno.h>

@@ -1,4 +1,7 @@
 /* ftdef.c - the FT guest definition, read from a libvirt domain XML */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* strnlen */
+#endif
 #include "ftdef.h"
 
 #include <stdarg.h>
@@ -417,6 +420,10 @@ static gboolean parse_ft_disk(xmlNodePtr node, FtDef *def, GError **err)
         return invalid(err, "<%s target='%s'>: not a disk target name; use the "
                        "<target dev> of a domain disk, e.g. 'vda'", qn, v);
     }
+    if (def->disks->len == FTDEF_MAX_DISKS)
+        return invalid(err, "<%s target='%s'>: more than %d <ft:disk> elements; "
+                       "kvm-ft replicates at most %d disks per guest", qn,
+                       target, FTDEF_MAX_DISKS, FTDEF_MAX_DISKS);
     for (guint i = 0; i < def->disks->len; i++) {
         const FtDisk *d = g_ptr_array_index(def->disks, i);
 
@@ -608,8 +615,10 @@ static gboolean resolve_disk(xmlXPathObjectPtr disks, FtDisk *fd, GError **err)
                                "its own target", fd->target, fd->target);
             node = d;
         }
-        if (target_valid(dev))
+        if (target_valid(dev) && known->len < 200)
             g_string_append_printf(known, "%s%s", known->len ? ", " : "", dev);
+        else if (known->len >= 200 && !g_str_has_suffix(known->str, "..."))
+            g_string_append(known, ", ...");
     }
     if (!node)
         return invalid(err, "<ft:disk target='%s'>: the domain has no <disk> "
@@ -759,6 +768,65 @@ static gboolean check_devices(xmlXPathContextPtr xp, GError **err)
 
 /* ---- parsing the document ------------------------------------------ */
 
+/*
+ * libxml2 checks an element's attributes for duplicates in quadratic time:
+ * a few hundred KiB of attributes on one element take it minutes.  libvirt
+ * elements have a handful, so count them first, in one linear pass: an
+ * '=' outside quotes inside a start tag separates an attribute (or an
+ * xmlns declaration) from its value.  Malformed input is left to the parser.
+ * @xml is NUL-terminated at @len.
+ */
+static gboolean attributes_bounded(const char *xml, size_t len)
+{
+    const char *p = xml, *end = xml + len;
+
+    while (p < end) {
+        guint attrs = 0;
+        char quote = 0;
+
+        p = strchr(p, '<');
+        if (!p)
+            return TRUE;
+        if (end - p >= 4 && memcmp(p, "<!--", 4) == 0) {
+            p = strstr(p + 4, "-->");
+            if (!p)
+                return TRUE;
+            p += 3;
+            continue;
+        }
+        if (end - p >= 9 && memcmp(p, "<![CDATA[", 9) == 0) {
+            p = strstr(p + 9, "]]>");
+            if (!p)
+                return TRUE;
+            p += 3;
+            continue;
+        }
+        if (end - p >= 2 && p[1] == '!')
+            return TRUE; /* a DOCTYPE: the parser refuses it straight away */
+        if (end - p >= 2 && p[1] == '?') {
+            p = strstr(p + 2, "?>");
+            if (!p)
+                return TRUE;
+            p += 2;
+            continue;
+        }
+        for (p++; p < end; p++) {
+            if (quote) {
+                if (*p == quote)
+                    quote = 0;
+            } else if (*p == '"' || *p == '\'') {
+                quote = *p;
+            } else if (*p == '=') {
+                if (++attrs > FTDEF_MAX_ATTRIBUTES)
+                    return FALSE;
+            } else if (*p == '>' || *p == '<') {
+                break;
+            }
+        }
+    }
+    return TRUE;
+}
+
 typedef struct {
     gboolean saw_doctype;
     char *first_error;  /* libxml2 reports on; the first error is the cause */
@@ -868,6 +936,11 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
     }
     if (len == 0) {
         invalid(err, "domain XML: is empty; expected a libvirt <domain>");
+        return NULL;
+    }
+    if (!attributes_bounded(domain_xml, len)) {
+        invalid(err, "domain XML: an element has more than %d attributes; "
+                "refusing to parse it", FTDEF_MAX_ATTRIBUTES);
         return NULL;
     }
     doc = read_doc(domain_xml, len, err);

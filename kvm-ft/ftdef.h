@@ -21,6 +21,9 @@
 #define FTDEF_NS_FAMILY "https://kvm-ft.dev/xmlns/"
 
 #define FTDEF_MAX_XML_SIZE (4 * 1024 * 1024)
+/* libxml2 is quadratic in the attributes of one element: bound them. */
+#define FTDEF_MAX_ATTRIBUTES 256
+#define FTDEF_MAX_DISKS 64
 
 #define FTDEF_INTERVAL_DEFAULT 2000
 #define FTDEF_INTERVAL_MIN 20
@@ -47,7 +50,7 @@ typedef struct {
     FtHost hosts[2];               /* in document order */
     guint checkpoint_interval_ms;  /* FTDEF_INTERVAL_DEFAULT if absent */
     guint port_base;               /* FTDEF_PORT_BASE_DEFAULT if absent */
-    GPtrArray *disks;              /* FtDisk *, in <ft:disk> order, >= 1 */
+    GPtrArray *disks;              /* FtDisk *, in <ft:disk> order, 1..64 */
     guint n_interfaces;            /* 0 or 1 <interface> elements */
 } FtDef;
 

@@ -15,6 +15,14 @@
 #define ENTER_POLL_MS 200
 /* How often a protected guest's COLO status is refreshed for ftctl. */
 #define STATUS_POLL_MS 1000
+/*
+ * The refresh is a synchronous QMP call on the daemon's main loop, so it
+ * gets a short deadline of its own: a stalled QEMU must not keep the
+ * daemon from answering ftctl or its peer.  After a stall it is retried
+ * less often until QEMU answers again.
+ */
+#define STATUS_QMP_TIMEOUT_MS 500
+#define STALLED_POLL_EVERY 5
 /* Checkpoints remembered for `ftctl status` figures and benchmarks. */
 #define CHECKPOINT_HISTORY 4096
 /* Upper bound for qemu-img, which only creates small files here. */
@@ -39,6 +47,8 @@ struct FtGuest {
 
     char *colo_mode;
     char *colo_reason;
+    gboolean qmp_stalled;
+    guint polls_skipped;
     guint64 checkpoints;
     gint64 stop_us;
     double last_pause_ms;
@@ -220,6 +230,8 @@ static void fail(FtGuest *g, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static void fail(FtGuest *g, const char *fmt, ...)
 {
+    gboolean live = g->state == GUEST_PROTECTED;
+    gboolean qemu_up = g->qmp && qmp_is_open(g->qmp);
     va_list ap;
 
     g_free(g->error);
@@ -228,9 +240,24 @@ static void fail(FtGuest *g, const char *fmt, ...)
     va_end(ap);
 
     answer_primary(g, g->error);
-    if (g->role == FT_ROLE_PRIMARY && g->state != GUEST_PREPARING_PEER)
-        tell_peer_to_stop(g, g->error);
-    release(g);
+    if (!live) {
+        /* Nothing ran yet: undo the setup on both hosts. */
+        if (g->role == FT_ROLE_PRIMARY && g->state != GUEST_PREPARING_PEER)
+            tell_peer_to_stop(g, g->error);
+        release(g);
+    } else {
+        /*
+         * A copy that was in COLO may be the only one left: it is never
+         * destroyed on a failure.  A primary whose QEMU still runs carries
+         * on alone, so its useless secondary goes.
+         */
+        stop_polling(g);
+        if (g->role == FT_ROLE_PRIMARY && qemu_up) {
+            tell_peer_to_stop(g, g->error);
+            log_warn(g->def->name, role_name(g),
+                     "the guest keeps running on this host, unprotected");
+        }
+    }
     transition(g, GUEST_FAILED, g->error);
 }
 
@@ -318,13 +345,21 @@ static void refresh_colo_status(FtGuest *g)
     g_autoptr(GError) err = NULL;
     char *mode = NULL;
     char *reason = NULL;
+    guint timeout = MIN(daemon_config(g->d)->qmp_timeout_ms, STATUS_QMP_TIMEOUT_MS);
 
-    if (!engine_colo_status(g->qmp, daemon_config(g->d)->qmp_timeout_ms, &mode,
-                            &reason, &err)) {
-        log_warn(g->def->name, role_name(g), "cannot read COLO status: %s",
-                 err->message);
+    if (g->qmp_stalled && ++g->polls_skipped < STALLED_POLL_EVERY)
+        return;
+    g->polls_skipped = 0;
+    if (!engine_colo_status(g->qmp, timeout, &mode, &reason, &err)) {
+        if (!g->qmp_stalled)
+            log_warn(g->def->name, role_name(g), "QEMU does not answer QMP: %s",
+                     err->message);
+        g->qmp_stalled = g_error_matches(err, QMP_ERROR, QMP_ERROR_TIMEOUT);
         return;
     }
+    if (g->qmp_stalled)
+        log_info(g->def->name, role_name(g), "QEMU answers QMP again");
+    g->qmp_stalled = FALSE;
     g_free(g->colo_mode);
     g_free(g->colo_reason);
     g->colo_mode = mode;
@@ -752,6 +787,9 @@ JsonNode *guest_status(FtGuest *g)
         json_builder_add_null_value(b);
     }
 
+    json_builder_set_member_name(b, "qmp");
+    json_builder_add_string_value(b, !g->qmp ? "closed"
+                                     : g->qmp_stalled ? "not answering" : "ok");
     json_builder_set_member_name(b, "checkpoint_interval_ms");
     json_builder_add_int_value(b, g->def->checkpoint_interval_ms);
     json_builder_set_member_name(b, "checkpoints");

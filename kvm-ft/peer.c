@@ -452,6 +452,7 @@ typedef struct {
 struct PeerConn {
     gint ref;
     ConnState state;
+    gboolean authenticated; /* reached CONN_ESTABLISHED at some point */
     gboolean is_client;
     PeerServer *server; /* weak; server-side connections only */
     GMainContext *ctx;
@@ -1063,6 +1064,7 @@ static void client_on_welcome(PeerConn *conn, PeerFrame *f)
 static void conn_established(PeerConn *conn)
 {
     conn->state = CONN_ESTABLISHED;
+    conn->authenticated = TRUE;
     destroy_source(&conn->hs_timer);
     log_info(NULL, NULL, "peer %s (%s): session established", conn->address,
              conn_host(conn));
@@ -1384,7 +1386,7 @@ gboolean peer_conn_is_connected(PeerConn *conn)
 const char *peer_conn_get_peer_host(PeerConn *conn)
 {
     g_return_val_if_fail(conn != NULL, NULL);
-    return conn->state == CONN_ESTABLISHED ? conn->peer_host : NULL;
+    return conn->authenticated ? conn->peer_host : NULL;
 }
 
 const char *peer_conn_get_address(PeerConn *conn)

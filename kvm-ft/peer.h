@@ -116,7 +116,9 @@ typedef struct PeerConn PeerConn;
 /*
  * All callbacks are optional and run from the main context.  `conn` is
  * borrowed for the duration of the call; any peer_conn_* function may be
- * called from inside a callback, including peer_conn_close().
+ * called from inside a callback, including peer_conn_close().  JSON
+ * handed to callbacks is borrowed and immutable (sealed): it comes straight
+ * from the decoder; ref it to keep it, copy it to change it.
  */
 typedef struct {
     /* The session is authenticated; peer_conn_get_peer_host() is valid. */
@@ -193,7 +195,8 @@ void peer_conn_close(PeerConn *conn);
 gboolean peer_conn_is_connected(PeerConn *conn);
 /*
  * The name the peer announced in HELLO/WELCOME.  Only the PSK vouches for
- * it: any holder of the key can claim any name.  NULL before `connected`.
+ * it: any holder of the key can claim any name.  NULL before `connected`;
+ * still valid in and after `closed`, for the log line.
  */
 const char *peer_conn_get_peer_host(PeerConn *conn);
 /* "ip:port" (IPv6: "[ip]:port") of the other end, for log lines. */

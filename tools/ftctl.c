@@ -261,6 +261,10 @@ static void print_guest(JsonObject *g, const char *host)
     } else {
         printf("  COLO mode:       - (not replicating)\n");
     }
+    if (member_str(g, "qmp"))
+        printf("  QEMU (QMP):      %s\n", member_str(g, "qmp"));
+    if (member_num(g, "checkpoint_interval_ms", &v))
+        printf("  interval:        %.0f ms\n", v);
     if (member_num(g, "checkpoints", &v))
         printf("  checkpoints:     %.0f\n", v);
     else
@@ -269,6 +273,23 @@ static void print_guest(JsonObject *g, const char *host)
         printf("  last pause:      %.1f ms\n", v);
     else
         printf("  last pause:      -\n");
+    {
+        JsonObject *pauses = NULL;
+        JsonNode *pn = json_object_get_member(g, "pause_ms");
+
+        if (pn && JSON_NODE_HOLDS_OBJECT(pn))
+            pauses = json_node_get_object(pn);
+        if (pauses) {
+            double p50 = 0, p99 = 0, max = 0, n = 0;
+
+            member_num(pauses, "p50", &p50);
+            member_num(pauses, "p99", &p99);
+            member_num(pauses, "max", &max);
+            member_num(pauses, "count", &n);
+            printf("  pauses:          p50 %.1f ms, p99 %.1f ms, max %.1f ms (last %.0f)\n",
+                   p50, p99, max, n);
+        }
+    }
     if (member_num(g, "since_last_checkpoint_ms", &v)) {
         g_autofree char *ago = format_ms(v);
 

@@ -190,6 +190,23 @@ START_TEST(valid_bounds)
 }
 END_TEST
 
+START_TEST(valid_default_namespace)
+{
+    g_autofree char *xml = domain(
+        "<guest xmlns='https://kvm-ft.dev/xmlns/1'><hosts>"
+        "<host name='hostA' link-address='192.168.100.1'/>"
+        "<host name='hostB' link-address='192.168.100.2'/></hosts>"
+        "<disk target='vda'/></guest>", DISK_VDA GOOD_NIC);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+
+    ck_assert_msg(def != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_str_eq(def->name, "g1");
+    ck_assert_uint_eq(def->disks->len, 1);
+    ck_assert_uint_eq(def->n_interfaces, 1);
+}
+END_TEST
+
 START_TEST(not_ft_fixture)
 {
     g_autofree char *xml = read_fixture("ftdef-not-ft.xml");
@@ -511,6 +528,58 @@ START_TEST(deep_nesting)
 }
 END_TEST
 
+START_TEST(many_attributes)
+{
+    /* libxml2 alone would take minutes over this (quadratic duplicate check). */
+    g_autoptr(GString) s = g_string_new("<domain><!-- a=1 b=2 --><name a='x>y=z'"
+                                        ">g1</name><devices><disk ");
+    gint64 t0 = g_get_monotonic_time();
+
+    for (int i = 0; s->len < 3 * 1024 * 1024; i++)
+        g_string_append_printf(s, "a%d='' ", i);
+    g_string_append(s, "/></devices></domain>");
+    expect_invalid_xml(s->str, "more than 256 attributes", NULL);
+    ck_assert_int_lt(g_get_monotonic_time() - t0, 2 * G_USEC_PER_SEC);
+}
+END_TEST
+
+START_TEST(attributes_at_the_limit)
+{
+    /* 256 attributes, '=' inside values, comments and CDATA do not count. */
+    g_autoptr(GString) s = g_string_new("<domain><name>g1</name><description>"
+                                        "<![CDATA[<x a=1 b=2 c=3>]]></description>"
+                                        "<!-- <y a=1 b=2> --><devices><x ");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = NULL;
+
+    for (int i = 0; i < FTDEF_MAX_ATTRIBUTES; i++)
+        g_string_append_printf(s, "a%d='k=v' ", i);
+    g_string_append(s, "/></devices></domain>");
+    def = ftdef_parse(s->str, &err);
+    ck_assert_ptr_null(def);
+    ck_assert_msg(g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_NOT_FT), "%s",
+                  err->message);
+}
+END_TEST
+
+START_TEST(many_disks)
+{
+    /* Many <ft:disk> and <disk>: refused at the cap, in linear time. */
+    g_autoptr(GString) s = g_string_new("<domain><name>g1</name><metadata>"
+                                        FT_OPEN HOSTS);
+    gint64 t0 = g_get_monotonic_time();
+
+    for (int i = 0; i < 60000; i++)
+        g_string_append_printf(s, "<ft:disk target='d%d'/>", i);
+    g_string_append(s, FT_CLOSE "</metadata><devices>");
+    for (int i = 0; i < 60000; i++)
+        g_string_append_printf(s, "<disk><target dev='d%d'/></disk>", i);
+    g_string_append(s, "</devices></domain>");
+    expect_invalid_xml(s->str, "<ft:disk target='d64'>", "more than 64");
+    ck_assert_int_lt(g_get_monotonic_time() - t0, 5 * G_USEC_PER_SEC);
+}
+END_TEST
+
 START_TEST(billion_laughs)
 {
     g_autofree char *xml = read_fixture("ftdef-billion-laughs.xml");
@@ -620,6 +689,7 @@ static Suite *ftdef_suite(void)
     tcase_add_test(tc, valid_self_and_peer);
     tcase_add_test(tc, valid_defaults);
     tcase_add_test(tc, valid_bounds);
+    tcase_add_test(tc, valid_default_namespace);
     tcase_add_test(tc, not_ft_fixture);
     tcase_add_test(tc, not_ft_without_metadata);
     suite_add_tcase(s, tc);
@@ -720,6 +790,9 @@ static Suite *ftdef_suite(void)
     tcase_add_test(tc, huge_input_refused);
     tcase_add_test(tc, large_input_under_limit);
     tcase_add_test(tc, deep_nesting);
+    tcase_add_test(tc, many_attributes);
+    tcase_add_test(tc, attributes_at_the_limit);
+    tcase_add_test(tc, many_disks);
     tcase_add_test(tc, billion_laughs);
     tcase_add_test(tc, external_dtd);
     tcase_add_test(tc, undeclared_entity);

@@ -823,6 +823,7 @@ START_TEST(test_session_request_reply)
     ck_assert(g_error_matches(box.error, PEER_ERROR, PEER_ERROR_IO));
     ck_assert(g_error_matches(env.cli.closed_reason, PEER_ERROR, PEER_ERROR_IO));
     ck_assert(!peer_conn_is_connected(env.client));
+    ck_assert_str_eq(peer_conn_get_peer_host(env.client), "hostB");
     ck_assert(!peer_conn_reply(env.srv.conn, env.never_id, NULL));
     ck_assert(!peer_conn_send_event(env.client, "x", NULL));
     peer_conn_close(env.client);
@@ -1232,6 +1233,26 @@ START_TEST(test_lifecycle_edges)
 }
 END_TEST
 
+START_TEST(test_ipv6)
+{
+    g_autoptr(GError) e = NULL;
+    PeerServer *server6 = peer_server_new("::1", 0, env.psk, "hostB", &cbs, &env.srv, &e);
+
+    if (!server6)
+        return; /* no IPv6 loopback on this machine */
+    env.client = peer_connect("::1", peer_server_get_port(server6), env.psk, "hostA", 5000,
+                              &cbs, &env.cli, &e);
+    WAIT_FOR(env.cli.connected == 1 && env.srv.connected == 1, 5000);
+    ck_assert_int_eq(env.cli.connected, 1);
+    ck_assert(g_str_has_prefix(peer_conn_get_address(env.client), "[::1]:"));
+    ck_assert(g_str_has_prefix(peer_conn_get_address(env.srv.conn), "[::1]:"));
+    echo_round_trip(env.client);
+    peer_server_free(server6);
+    WAIT_FOR(env.cli.closed == 1, 5000);
+    ck_assert_int_eq(env.cli.closed, 1);
+}
+END_TEST
+
 static Suite *peer_suite(void)
 {
     Suite *s = suite_create("peer");
@@ -1262,6 +1283,7 @@ static Suite *peer_suite(void)
     tcase_add_test(net, test_connect_refused);
     tcase_add_test(net, test_send_queue_capped);
     tcase_add_test(net, test_lifecycle_edges);
+    tcase_add_test(net, test_ipv6);
     suite_add_tcase(s, net);
     return s;
 }
