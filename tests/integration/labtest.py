@@ -6,6 +6,7 @@ tests call from a finally: block, so a failing test leaves nothing behind.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -160,6 +161,30 @@ class SeqClient:
             # the wrapper, which exec()s.
             self.proc.terminate()
         return self.result(timeout=60)
+
+
+# What a guest kernel prints when it is not healthy (invariant 5 of DESIGN.md).
+KERNEL_TROUBLE = re.compile(r"Kernel panic|Oops|BUG:|kernel BUG|general protection fault|"
+                            r"list_del corruption|list_add corruption|stack-protector|"
+                            r"soft lockup|Call Trace")
+
+
+def kernel_trouble(serial_text):
+    """The first line of a guest serial log that shows kernel trouble, or None."""
+    for line in serial_text.splitlines():
+        if KERNEL_TROUBLE.search(line):
+            return line
+    return None
+
+
+def check_disk(image):
+    """tools/check-guest-disk on an image (may be in use): fsck-clean, gapless log."""
+    res = run(os.path.join(TOOLS, "check-guest-disk"), image, check=False, timeout=300)
+    try:
+        summary = json.loads(last_line(res.stdout))
+    except ValueError:
+        summary = {"error": res.stdout + res.stderr}
+    return res.returncode == 0, summary
 
 
 def wait_for(what, predicate, timeout, interval=0.5):

@@ -12,7 +12,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labtest import GUEST, Lab, SeqClient, guest_dir, log, qemu_binary, wait_for  # noqa: E402
+from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
+                     log, qemu_binary, wait_for)
 
 CLIENT_SECONDS = 30
 INTERVAL_MS = 2000
@@ -73,7 +74,12 @@ def main():
         assert final["since_last_checkpoint_ms"] is not None, final
         assert final["since_last_checkpoint_ms"] < 4 * INTERVAL_MS, final
         assert qmp_worst < 5.0, "primary QMP stalled for %.1f s" % qmp_worst
-        assert "Oops" not in lab.serial("hostA") and "BUG" not in lab.serial("hostA")
+        for host in ("hostA", "hostB"):
+            trouble = kernel_trouble(lab.serial(host))
+            assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
+        ok, disk = check_disk(lab.path("hostA", "/var/lib/libvirt/images/%s.qcow2" % GUEST))
+        log("primary's disk: %s" % disk)
+        assert ok, "primary's disk is not clean and gapless: %s" % disk
         log("PASS: %d checkpoints, last pause %.1f ms, %d replies gapless on one connection"
             % (final["checkpoints"], final["last_pause_ms"], summary["replies"]))
     finally:
