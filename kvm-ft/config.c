@@ -37,6 +37,9 @@ static const struct {
     { "timeouts", "qmp-ms" },
     { "timeouts", "peer-ms" },
     { "timeouts", "start-ms" },
+    { "daemon", "lan-address" },
+    { "failover", "heartbeat-ms" },
+    { "failover", "miss-count" },
 };
 
 /* ---- messages ----------------------------------------------------------- */
@@ -333,15 +336,17 @@ static gboolean check_structure(const char *path, const char *text, GError **err
 
             if (!close)
                 return fail(err, CONFIG_ERROR_INVALID, "%s: line %u: group "
-                            "header without ']'; write [daemon] or [timeouts]",
+                            "header without ']'; write [daemon], [timeouts] or "
+                            "[failover]",
                             path, lineno);
             name = g_strndup(line + 1, close - line - 1);
-            if (strcmp(name, "daemon") != 0 && strcmp(name, "timeouts") != 0) {
+            if (strcmp(name, "daemon") != 0 && strcmp(name, "timeouts") != 0 &&
+                strcmp(name, "failover") != 0) {
                 g_autofree char *v = show(name);
 
                 return fail(err, CONFIG_ERROR_INVALID, "%s: line %u: [%s]: "
-                            "unknown group; the groups are [daemon] and "
-                            "[timeouts]", path, lineno, v);
+                            "unknown group; the groups are [daemon], "
+                            "[timeouts] and [failover]", path, lineno, v);
             }
             g_free(group);
             group = g_steal_pointer(&name);
@@ -534,30 +539,60 @@ static gboolean get_path(GKeyFile *kf, const char *path, const char *group,
     return TRUE;
 }
 
-static gboolean get_ipv4(GKeyFile *kf, const char *path, char **out,
+static gboolean get_ipv4(GKeyFile *kf, const char *path, const char *key,
+                         gboolean required, const char *what, char **out,
                          GError **err)
 {
     g_autoptr(GInetAddress) inet = NULL;
     g_autofree char *v = NULL;
 
-    if (!get_required(kf, path, "daemon", "listen-address",
-                      "this host's IPv4 address on the dedicated link", &v, err))
-        return FALSE;
+    if (required) {
+        if (!get_required(kf, path, "daemon", key, what, &v, err))
+            return FALSE;
+    } else {
+        if (!get_value(kf, path, "daemon", key, &v, err))
+            return FALSE;
+        if (!v)
+            return TRUE;
+    }
     inet = g_inet_address_new_from_string(v);
     if (!inet || g_inet_address_get_family(inet) != G_SOCKET_FAMILY_IPV4) {
         g_autofree char *sv = show(v);
 
-        return bad_key(path, "daemon", "listen-address", err, "'%s' is not an "
-                       "IPv4 address; give this host's dotted-quad address on "
-                       "the dedicated link, e.g. 192.168.100.1", sv);
+        return bad_key(path, "daemon", key, err, "'%s' is not an IPv4 address; "
+                       "give %s as a dotted quad, e.g. 192.168.100.1", sv, what);
     }
     if (g_inet_address_get_is_any(inet) || g_inet_address_get_is_multicast(inet) ||
         strcmp(v, "255.255.255.255") == 0)
-        return bad_key(path, "daemon", "listen-address", err, "'%s' is not a "
-                       "unicast address; give this host's own address on the "
-                       "dedicated link (the peer protocol listens only there)",
-                       v);
+        return bad_key(path, "daemon", key, err, "'%s' is not a unicast "
+                       "address; give %s (the peer protocol listens only there)",
+                       v, what);
     *out = g_steal_pointer(&v);
+    return TRUE;
+}
+
+static gboolean get_count(GKeyFile *kf, const char *path, const char *group,
+                          const char *key, guint def, guint min, guint max,
+                          guint *out, GError **err)
+{
+    g_autofree char *v = NULL;
+    char *end = NULL;
+    guint64 n;
+
+    if (!get_value(kf, path, group, key, &v, err))
+        return FALSE;
+    if (!v) {
+        *out = def;
+        return TRUE;
+    }
+    n = g_ascii_strtoull(v, &end, 10);
+    if (!g_ascii_isdigit(*v) || *end || n < min || n > max) {
+        g_autofree char *sv = show(v);
+
+        return bad_key(path, group, key, err, "'%s' must be a whole number "
+                       "between %u and %u", sv, min, max);
+    }
+    *out = (guint)n;
     return TRUE;
 }
 
@@ -567,6 +602,7 @@ void config_free(FtConfig *c)
         return;
     g_free(c->host_name);
     g_free(c->listen_address);
+    g_free(c->lan_address);
     g_free(c->key_file);
     if (c->key)
         g_bytes_unref(c->key);
@@ -640,7 +676,16 @@ FtConfig *config_load(const char *path, GError **err)
                 FTDEF_HOST_NAME_MAX);
         return NULL;
     }
-    if (!get_ipv4(kf, path, &c->listen_address, err) ||
+    if (!get_ipv4(kf, path, "listen-address", TRUE,
+                  "this host's address on the dedicated link",
+                  &c->listen_address, err) ||
+        !get_ipv4(kf, path, "lan-address", FALSE,
+                  "this host's address on the LAN (second heartbeat path)",
+                  &c->lan_address, err) ||
+        !get_ms(kf, path, "failover", "heartbeat-ms", CONFIG_DEFAULT_HEARTBEAT_MS,
+                5, 10000, &c->heartbeat_ms, err) ||
+        !get_count(kf, path, "failover", "miss-count", CONFIG_DEFAULT_MISS_COUNT,
+                   2, 100, &c->miss_count, err) ||
         !get_port(kf, path, "daemon", "listen-port", CONFIG_DEFAULT_LISTEN_PORT,
                   &c->listen_port, err) ||
         !get_path(kf, path, "daemon", "control-socket",

@@ -29,10 +29,14 @@
 #define CONFIG_DEFAULT_START_MS 120000  /* [timeouts] start-ms: 1000..3600000 */
 
 #define CONFIG_KEY_MIN_BYTES 32
+/* [failover]: a peer is silent after heartbeat-ms * miss-count without a frame. */
+#define CONFIG_DEFAULT_HEARTBEAT_MS 20  /* 5..10000 */
+#define CONFIG_DEFAULT_MISS_COUNT 5     /* 2..100 */
 
 typedef struct {
     char *host_name;        /* [daemon] host-name, required */
     char *listen_address;   /* [daemon] listen-address, required, IPv4 */
+    char *lan_address;      /* [daemon] lan-address, IPv4, or NULL: no LAN path */
     guint listen_port;      /* [daemon] listen-port */
     char *key_file;         /* [daemon] key-file, required, absolute path */
     GBytes *key;            /* its decoded contents, >= 32 bytes; zeroed on free */
@@ -44,6 +48,8 @@ typedef struct {
     guint qmp_timeout_ms;   /* [timeouts] qmp-ms */
     guint peer_timeout_ms;  /* [timeouts] peer-ms */
     guint start_timeout_ms; /* [timeouts] start-ms */
+    guint heartbeat_ms;     /* [failover] heartbeat-ms */
+    guint miss_count;       /* [failover] miss-count */
 } FtConfig;
 
 #define CONFIG_ERROR config_error_quark()

@@ -259,6 +259,7 @@ void ftdef_free(FtDef *d)
     for (guint i = 0; i < G_N_ELEMENTS(d->hosts); i++) {
         g_free(d->hosts[i].name);
         g_free(d->hosts[i].link_address);
+        g_free(d->hosts[i].lan_address);
     }
     if (d->disks)
         g_ptr_array_unref(d->disks);
@@ -267,15 +268,43 @@ void ftdef_free(FtDef *d)
 
 /* ---- <ft:guest> ---------------------------------------------------- */
 
-static gboolean parse_host(xmlNodePtr node, FtHost *host, GError **err)
+/* An optional or required IPv4 unicast attribute of <ft:host>. */
+static gboolean host_address(xmlNodePtr node, const char *qn, const char *name,
+                             const char *attr, const char *what, gboolean required,
+                             char **out, GError **err)
 {
-    static const char *const attrs[] = { "name", "link-address", NULL };
-    g_autofree char *qn = qname(node);
-    g_autofree char *name = NULL;
-    g_autofree char *addr = NULL;
+    g_autofree char *addr = prop(node, attr);
     g_autoptr(GInetAddress) inet = NULL;
 
-    if (!check_leaf(node, attrs, "name, link-address", err))
+    if (!addr && !required)
+        return TRUE;
+    if (!addr || !*addr)
+        return invalid(err, "<%s name='%s'>: the %s attribute is %s; set it to "
+                       "the host's IPv4 address on %s", qn, name, attr,
+                       addr ? "empty" : "missing", what);
+    inet = g_inet_address_new_from_string(addr);
+    if (!inet || g_inet_address_get_family(inet) != G_SOCKET_FAMILY_IPV4) {
+        g_autofree char *v = show(addr);
+
+        return invalid(err, "<%s name='%s' %s='%s'>: not an IPv4 address; use "
+                       "the host's dotted-quad address on %s, e.g. 192.168.100.1",
+                       qn, name, attr, v, what);
+    }
+    if (g_inet_address_get_is_any(inet) || g_inet_address_get_is_multicast(inet) ||
+        strcmp(addr, "255.255.255.255") == 0)
+        return invalid(err, "<%s name='%s' %s='%s'>: not a unicast address; use "
+                       "the host's own address on %s", qn, name, attr, addr, what);
+    *out = g_steal_pointer(&addr);
+    return TRUE;
+}
+
+static gboolean parse_host(xmlNodePtr node, FtHost *host, GError **err)
+{
+    static const char *const attrs[] = { "name", "link-address", "lan-address", NULL };
+    g_autofree char *qn = qname(node);
+    g_autofree char *name = NULL;
+
+    if (!check_leaf(node, attrs, "name, link-address, lan-address", err))
         return FALSE;
     name = prop(node, "name");
     if (!name || !*name)
@@ -289,26 +318,13 @@ static gboolean parse_host(xmlNodePtr node, FtHost *host, GError **err)
                        "%d letters, digits, '.', '_' or '-' (the host-name in "
                        "that host's kvm-ftd.conf)", qn, v, FTDEF_HOST_NAME_MAX);
     }
-    addr = prop(node, "link-address");
-    if (!addr || !*addr)
-        return invalid(err, "<%s name='%s'>: the link-address attribute is %s; "
-                       "set it to the host's IPv4 address on the dedicated link",
-                       qn, name, addr ? "empty" : "missing");
-    inet = g_inet_address_new_from_string(addr);
-    if (!inet || g_inet_address_get_family(inet) != G_SOCKET_FAMILY_IPV4) {
-        g_autofree char *v = show(addr);
-
-        return invalid(err, "<%s name='%s' link-address='%s'>: not an IPv4 "
-                       "address; use the host's dotted-quad address on the "
-                       "dedicated link, e.g. 192.168.100.1", qn, name, v);
-    }
-    if (g_inet_address_get_is_any(inet) || g_inet_address_get_is_multicast(inet) ||
-        strcmp(addr, "255.255.255.255") == 0)
-        return invalid(err, "<%s name='%s' link-address='%s'>: not a unicast "
-                       "address; use the host's own address on the dedicated "
-                       "link", qn, name, addr);
+    if (!host_address(node, qn, name, "link-address", "the dedicated link", TRUE,
+                      &host->link_address, err) ||
+        !host_address(node, qn, name, "lan-address",
+                      "the LAN (the second heartbeat path)", FALSE,
+                      &host->lan_address, err))
+        return FALSE;
     host->name = g_steal_pointer(&name);
-    host->link_address = g_steal_pointer(&addr);
     return TRUE;
 }
 

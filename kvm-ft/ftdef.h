@@ -42,6 +42,7 @@ typedef struct {
 typedef struct {
     char *name;         /* matches kvm-ftd.conf [daemon] host-name */
     char *link_address; /* IPv4 address on the dedicated link */
+    char *lan_address;  /* IPv4 address on the LAN, or NULL: no second path */
 } FtHost;
 
 typedef struct {

@@ -454,6 +454,7 @@ struct PeerConn {
     ConnState state;
     gboolean authenticated; /* reached CONN_ESTABLISHED at some point */
     gboolean is_client;
+    gboolean host_answered; /* set when closed: see peer_conn_host_answered() */
     PeerServer *server; /* weak; server-side connections only */
     GMainContext *ctx;
     PeerCallbacks cb;
@@ -647,6 +648,19 @@ static void conn_flush(PeerConn *conn)
     conn_update_watch(conn);
 }
 
+/*
+ * A refused connection or a reset/closed session means the other host's
+ * kernel answered: the host is up even if no kvm-ftd serves there.  A
+ * powered-off host answers nothing, so failure detection tells the two
+ * apart by this.
+ */
+static gboolean host_answered_error(const GError *e)
+{
+    return e && (g_error_matches(e, G_IO_ERROR, G_IO_ERROR_CONNECTION_REFUSED) ||
+                 g_error_matches(e, G_IO_ERROR, G_IO_ERROR_CONNECTION_CLOSED) ||
+                 g_error_matches(e, G_IO_ERROR, G_IO_ERROR_BROKEN_PIPE));
+}
+
 static void conn_read(PeerConn *conn)
 {
     guint old = conn->inbuf->len;
@@ -667,6 +681,7 @@ static void conn_read(PeerConn *conn)
     }
 
     /* EOF or error: the peer is gone. */
+    conn->host_answered = n == 0 || host_answered_error(e);
     switch (conn->state) {
     case CONN_WAIT_HELLO:
         reason = g_error_new(PEER_ERROR, PEER_ERROR_REFUSED,
@@ -1395,6 +1410,12 @@ const char *peer_conn_get_address(PeerConn *conn)
     return conn->address;
 }
 
+gboolean peer_conn_host_answered(PeerConn *conn)
+{
+    g_return_val_if_fail(conn != NULL, FALSE);
+    return conn->host_answered;
+}
+
 gint64 peer_conn_get_last_rx_time(PeerConn *conn)
 {
     g_return_val_if_fail(conn != NULL, 0);
@@ -1455,7 +1476,10 @@ static void client_connected_cb(GObject *src, GAsyncResult *res, gpointer data)
     conn->connect_op = NULL;
 
     if (!sc) {
-        g_autoptr(GError) reason = g_error_new(PEER_ERROR, PEER_ERROR_IO,
+        g_autoptr(GError) reason = NULL;
+
+        conn->host_answered = host_answered_error(e);
+        reason = g_error_new(PEER_ERROR, PEER_ERROR_IO,
                                                "cannot connect to %s: %s",
                                                conn->address, e->message);
         log_debug(NULL, NULL, "peer %s", reason->message);

@@ -201,6 +201,12 @@ gboolean peer_conn_is_connected(PeerConn *conn);
 const char *peer_conn_get_peer_host(PeerConn *conn);
 /* "ip:port" (IPv6: "[ip]:port") of the other end, for log lines. */
 const char *peer_conn_get_address(PeerConn *conn);
+/*
+ * After a close: whether the other host's kernel answered (refused the
+ * connection, reset or closed it).  A host that answers is up, whatever
+ * happened to its kvm-ftd; a powered-off host never does.
+ */
+gboolean peer_conn_host_answered(PeerConn *conn);
 /* g_get_monotonic_time() of the last authenticated frame: failure detection. */
 gint64 peer_conn_get_last_rx_time(PeerConn *conn);
 

@@ -116,6 +116,27 @@ static void expect_bad(const char *body, const char *n1, const char *n2)
 
 /* ---- valid ----------------------------------------------------------------- */
 
+START_TEST(valid_failover_settings)
+{
+    g_autofree char *path = write_conf(DAEMON "lan-address = 10.0.0.1\n"
+                                       "[failover]\nheartbeat-ms = 30\nmiss-count = 4\n");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtConfig) c = config_load(path, &err);
+
+    ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_str_eq(c->lan_address, "10.0.0.1");
+    ck_assert_uint_eq(c->heartbeat_ms, 30);
+    ck_assert_uint_eq(c->miss_count, 4);
+}
+END_TEST
+
+BAD(lan_address_not_ipv4, DAEMON "lan-address = lan.example\n", "lan-address", "IPv4")
+BAD(lan_address_multicast, DAEMON "lan-address = 224.0.0.1\n", "lan-address", "unicast")
+BAD(heartbeat_too_short, DAEMON "[failover]\nheartbeat-ms = 1\n", "heartbeat-ms", NULL)
+BAD(miss_count_junk, DAEMON "[failover]\nmiss-count = 3x\n", "miss-count", "whole number")
+BAD(miss_count_too_small, DAEMON "[failover]\nmiss-count = 1\n", "miss-count", "between 2")
+BAD(failover_unknown_key, DAEMON "[failover]\nheartbeat = 20\n", "heartbeat", NULL)
+
 START_TEST(valid_defaults)
 {
     g_autofree char *path = write_conf("# comment\n\n" DAEMON);
@@ -137,6 +158,9 @@ START_TEST(valid_defaults)
     ck_assert_uint_eq(c->qmp_timeout_ms, 5000);
     ck_assert_uint_eq(c->peer_timeout_ms, 3000);
     ck_assert_uint_eq(c->start_timeout_ms, 120000);
+    ck_assert_ptr_null(c->lan_address);
+    ck_assert_uint_eq(c->heartbeat_ms, 20);
+    ck_assert_uint_eq(c->miss_count, 5);
     ck_assert_ptr_nonnull(c->key);
     k = g_bytes_get_data(c->key, &len);
     ck_assert_uint_eq(len, sizeof(key_bytes));
@@ -465,6 +489,13 @@ static Suite *config_suite(void)
     tc = tcase_create("valid");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, valid_defaults);
+    tcase_add_test(tc, valid_failover_settings);
+    tcase_add_test(tc, lan_address_not_ipv4);
+    tcase_add_test(tc, lan_address_multicast);
+    tcase_add_test(tc, heartbeat_too_short);
+    tcase_add_test(tc, miss_count_junk);
+    tcase_add_test(tc, miss_count_too_small);
+    tcase_add_test(tc, failover_unknown_key);
     tcase_add_test(tc, valid_full_fixture);
     tcase_add_test(tc, valid_empty_log_file_is_stderr);
     tcase_add_test(tc, valid_wrapped_key);

@@ -153,6 +153,7 @@ START_TEST(valid_defaults)
     ck_assert_str_eq(def->hosts[0].name, "node-1.example");
     ck_assert_str_eq(def->hosts[1].name, "node_2");
     ck_assert_str_eq(def->hosts[1].link_address, "10.0.0.2");
+    ck_assert_ptr_null(def->hosts[0].lan_address);
     ck_assert_uint_eq(def->checkpoint_interval_ms, FTDEF_INTERVAL_DEFAULT);
     ck_assert_uint_eq(def->checkpoint_interval_ms, 2000);
     ck_assert_uint_eq(def->port_base, FTDEF_PORT_BASE_DEFAULT);
@@ -358,6 +359,26 @@ START_TEST(interval_too_small_exact_message)
                      "integer between 20 and 60000 (milliseconds)");
 }
 END_TEST
+START_TEST(valid_lan_addresses)
+{
+    g_autofree char *xml = domain(GUEST("<ft:hosts>"
+        "<ft:host name='hostA' link-address='192.168.100.1' lan-address='10.0.0.1'/>"
+        "<ft:host name='hostB' link-address='192.168.100.2' lan-address='10.0.0.2'/>"
+        "</ft:hosts>" FT_VDA), DISK_VDA);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+
+    ck_assert_msg(def != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_str_eq(def->hosts[0].lan_address, "10.0.0.1");
+    ck_assert_str_eq(def->hosts[1].lan_address, "10.0.0.2");
+}
+END_TEST
+INVALID(lan_address_not_ipv4, GUEST("<ft:hosts>"
+        "<ft:host name='hostA' link-address='192.168.100.1' lan-address='lan-a'/>"
+        HOST_B "</ft:hosts>" FT_VDA), DISK_VDA, "lan-address='lan-a'", "IPv4")
+INVALID(lan_address_empty, GUEST("<ft:hosts>"
+        "<ft:host name='hostA' link-address='192.168.100.1' lan-address=''/>"
+        HOST_B "</ft:hosts>" FT_VDA), DISK_VDA, "lan-address attribute is empty", NULL)
 INVALID(interval_too_large, GUEST(HOSTS "<ft:checkpoint interval-ms='60001'/>"
         FT_VDA), DISK_VDA, "<ft:checkpoint interval-ms='60001'>", "20 and 60000")
 INVALID(interval_negative, GUEST(HOSTS "<ft:checkpoint interval-ms='-100'/>"
@@ -688,6 +709,9 @@ static Suite *ftdef_suite(void)
     tcase_add_test(tc, valid_all_fields);
     tcase_add_test(tc, valid_self_and_peer);
     tcase_add_test(tc, valid_defaults);
+    tcase_add_test(tc, valid_lan_addresses);
+    tcase_add_test(tc, lan_address_not_ipv4);
+    tcase_add_test(tc, lan_address_empty);
     tcase_add_test(tc, valid_bounds);
     tcase_add_test(tc, valid_default_namespace);
     tcase_add_test(tc, not_ft_fixture);
