@@ -14,12 +14,20 @@ typedef struct {
     gpointer opaque;
 } PendingCall;
 
-/* Our outgoing session to one peer address, and calls waiting for it. */
+/*
+ * Our outgoing session to one peer address, and calls waiting for it.  A
+ * watched link is kept connected and is one path of failure detection:
+ * evidence_us is the last time the host at addr showed it was up (a frame
+ * from its kvm-ftd, or its kernel refusing or closing a connection).
+ */
 typedef struct {
     Daemon *d;
     char *addr;
     PeerConn *conn;
     GQueue pending;
+    gboolean watched;
+    gint64 evidence_us;
+    guint reconnect_id;
 } PeerLink;
 
 struct Daemon {
@@ -31,6 +39,8 @@ struct Daemon {
     GHashTable *guests;   /* name -> FtGuest */
     GHashTable *links;    /* address -> PeerLink */
     GPtrArray *sessions;  /* authenticated PeerConn, both directions */
+    PeerServer *lan_server;
+    guint heartbeat_id;
 };
 
 #define DAEMON_ERROR g_quark_from_static_string("kvmft-daemon-error")
@@ -52,6 +62,8 @@ static void link_free(PeerLink *link)
         call->cb(NULL, NULL, err, call->opaque);
         pending_free(call);
     }
+    if (link->reconnect_id)
+        g_source_remove(link->reconnect_id);
     if (link->conn)
         peer_conn_unref(link->conn);
     g_free(link->addr);
@@ -172,10 +184,13 @@ static void on_server_closed(PeerConn *conn, const GError *reason, gpointer opaq
     session_down(opaque, conn, reason);
 }
 
+static void on_event(PeerConn *conn, const char *name, JsonObject *data, gpointer opaque);
+
 static const PeerCallbacks server_callbacks = {
     .connected = on_server_connected,
     .closed = on_server_closed,
     .request = on_request,
+    .event = on_event,
 };
 
 static void on_link_connected(PeerConn *conn, gpointer opaque)
@@ -183,6 +198,7 @@ static void on_link_connected(PeerConn *conn, gpointer opaque)
     PeerLink *link = opaque;
     PendingCall *call;
 
+    link->evidence_us = g_get_monotonic_time();
     session_up(link->d, conn);
     while ((call = g_queue_pop_head(&link->pending))) {
         peer_conn_request(conn, call->method, call->params, call->timeout_ms,
@@ -191,9 +207,15 @@ static void on_link_connected(PeerConn *conn, gpointer opaque)
     }
 }
 
-static gboolean unref_later(gpointer conn)
+static void link_connect(PeerLink *link);
+
+static gboolean reconnect(gpointer opaque)
 {
-    peer_conn_unref(conn);
+    PeerLink *link = opaque;
+
+    link->reconnect_id = 0;
+    if (!link->conn)
+        link_connect(link);
     return G_SOURCE_REMOVE;
 }
 
@@ -203,15 +225,19 @@ static void on_link_closed(PeerConn *conn, const GError *reason, gpointer opaque
     PendingCall *call;
 
     session_down(link->d, conn, reason);
+    if (peer_conn_host_answered(conn))
+        link->evidence_us = g_get_monotonic_time();
     while ((call = g_queue_pop_head(&link->pending))) {
         call->cb(conn, NULL, reason, call->opaque);
         pending_free(call);
     }
-    /* The next call reconnects; the connection itself is still dispatching. */
     if (link->conn == conn) {
         link->conn = NULL;
-        g_idle_add(unref_later, conn);
+        peer_conn_unref(conn);
     }
+    /* Retry well inside the detection window, so a refusal keeps counting. */
+    if (link->watched && !link->reconnect_id)
+        link->reconnect_id = g_timeout_add(link->d->cfg->heartbeat_ms * 2, reconnect, link);
 }
 
 static void on_link_request(PeerConn *conn, guint64 id, const char *method,
@@ -222,26 +248,24 @@ static void on_link_request(PeerConn *conn, guint64 id, const char *method,
     on_request(conn, id, method, params, link->d);
 }
 
+static void on_link_event(PeerConn *conn, const char *name, JsonObject *data,
+                          gpointer opaque);
+static PeerLink *get_link(Daemon *d, const char *addr);
+
 static const PeerCallbacks link_callbacks = {
     .connected = on_link_connected,
     .closed = on_link_closed,
     .request = on_link_request,
+    .event = on_link_event,
 };
 
 void daemon_peer_call(Daemon *d, const char *addr, const char *method,
                       JsonObject *params, guint timeout_ms, PeerReplyFunc cb,
                       gpointer opaque)
 {
-    PeerLink *link = g_hash_table_lookup(d->links, addr);
+    PeerLink *link = get_link(d, addr);
     PendingCall *call;
 
-    if (!link) {
-        link = g_new0(PeerLink, 1);
-        link->d = d;
-        link->addr = g_strdup(addr);
-        g_queue_init(&link->pending);
-        g_hash_table_insert(d->links, link->addr, link);
-    }
     if (link->conn && peer_conn_is_connected(link->conn)) {
         peer_conn_request(link->conn, method, params, timeout_ms, cb, opaque);
         return;
@@ -254,18 +278,141 @@ void daemon_peer_call(Daemon *d, const char *addr, const char *method,
     call->cb = cb;
     call->opaque = opaque;
     g_queue_push_tail(&link->pending, call);
-    if (!link->conn) {
-        g_autoptr(GError) err = NULL;
+    if (!link->conn && !link->reconnect_id)
+        link_connect(link);
+}
 
-        link->conn = peer_connect(addr, d->cfg->listen_port, d->cfg->key,
-                                  d->cfg->host_name, d->cfg->peer_timeout_ms,
-                                  &link_callbacks, link, &err);
-        if (!link->conn) {
-            while ((call = g_queue_pop_head(&link->pending))) {
-                call->cb(NULL, NULL, err, call->opaque);
-                pending_free(call);
-            }
+static void link_connect(PeerLink *link)
+{
+    Daemon *d = link->d;
+    g_autoptr(GError) err = NULL;
+    PendingCall *call;
+
+    link->conn = peer_connect(link->addr, d->cfg->listen_port, d->cfg->key,
+                              d->cfg->host_name, d->cfg->peer_timeout_ms,
+                              &link_callbacks, link, &err);
+    if (!link->conn) {
+        while ((call = g_queue_pop_head(&link->pending))) {
+            call->cb(NULL, NULL, err, call->opaque);
+            pending_free(call);
         }
+    }
+}
+
+static PeerLink *get_link(Daemon *d, const char *addr)
+{
+    PeerLink *link = g_hash_table_lookup(d->links, addr);
+
+    if (!link) {
+        link = g_new0(PeerLink, 1);
+        link->d = d;
+        link->addr = g_strdup(addr);
+        link->evidence_us = g_get_monotonic_time();
+        g_queue_init(&link->pending);
+        g_hash_table_insert(d->links, link->addr, link);
+    }
+    return link;
+}
+
+void daemon_watch_peer(Daemon *d, const char *addr)
+{
+    PeerLink *link;
+
+    if (!addr)
+        return;
+    link = get_link(d, addr);
+    if (!link->watched) {
+        link->watched = TRUE;
+        /* Detection starts now, not from whenever the link was last used. */
+        link->evidence_us = g_get_monotonic_time();
+    }
+    if (!link->conn && !link->reconnect_id)
+        link_connect(link);
+}
+
+PeerPath daemon_peer_path(Daemon *d, const char *addr)
+{
+    gint64 window = (gint64)d->cfg->heartbeat_ms * d->cfg->miss_count * 1000;
+    gint64 now = g_get_monotonic_time();
+    PeerLink *link;
+
+    if (!addr)
+        return PEER_PATH_NONE;
+    link = g_hash_table_lookup(d->links, addr);
+    if (!link)
+        return PEER_PATH_SILENT;
+    if (link->conn && peer_conn_is_connected(link->conn)) {
+        link->evidence_us = MAX(link->evidence_us, peer_conn_get_last_rx_time(link->conn));
+        if (now - link->evidence_us <= window)
+            return PEER_PATH_ALIVE;
+        return PEER_PATH_SILENT;
+    }
+    return now - link->evidence_us <= window ? PEER_PATH_HOST_UP : PEER_PATH_SILENT;
+}
+
+const char *peer_path_name(PeerPath path)
+{
+    switch (path) {
+    case PEER_PATH_ALIVE:
+        return "alive";
+    case PEER_PATH_HOST_UP:
+        return "host up, kvm-ftd down";
+    case PEER_PATH_SILENT:
+        return "silent";
+    case PEER_PATH_NONE:
+        break;
+    }
+    return "not configured";
+}
+
+/* Every session carries heartbeats both ways; then every guest judges its peer. */
+static gboolean heartbeat_tick(gpointer opaque)
+{
+    Daemon *d = opaque;
+    GHashTableIter it;
+    gpointer value;
+
+    for (guint i = 0; i < d->sessions->len; i++)
+        peer_conn_send_heartbeat(g_ptr_array_index(d->sessions, i), NULL);
+    g_hash_table_iter_init(&it, d->guests);
+    while (g_hash_table_iter_next(&it, NULL, &value))
+        guest_check_peer(value);
+    return G_SOURCE_CONTINUE;
+}
+
+/* An event from the peer's kvm-ftd about one of our guests. */
+static void on_event(PeerConn *conn, const char *name, JsonObject *data, gpointer opaque)
+{
+    Daemon *d = opaque;
+    const char *guest = data ? json_object_get_string_member_with_default(data, "guest", "")
+                             : "";
+    FtGuest *g = g_hash_table_lookup(d->guests, guest);
+
+    if (!g) {
+        log_warn(NULL, NULL, "event '%s' from %s for unknown guest '%s'", name,
+                 peer_conn_get_peer_host(conn), guest);
+        return;
+    }
+    guest_peer_event(g, peer_conn_get_peer_host(conn), name, data);
+}
+
+static void on_link_event(PeerConn *conn, const char *name, JsonObject *data,
+                          gpointer opaque)
+{
+    PeerLink *link = opaque;
+
+    on_event(conn, name, data, link->d);
+}
+
+void daemon_peer_event(Daemon *d, const char *host, const char *name, JsonObject *data)
+{
+    /* Any live session to that host will do: the message must get through. */
+    for (guint i = 0; i < d->sessions->len; i++) {
+        PeerConn *conn = g_ptr_array_index(d->sessions, i);
+
+        if (peer_conn_is_connected(conn) &&
+            g_strcmp0(peer_conn_get_peer_host(conn), host) == 0)
+            peer_conn_send_event(conn, name, data);
     }
 }
 
@@ -445,6 +592,13 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
                                 cfg->host_name, &server_callbacks, d, err);
     if (!d->server)
         goto fail;
+    if (cfg->lan_address) {
+        d->lan_server = peer_server_new(cfg->lan_address, cfg->listen_port, cfg->key,
+                                        cfg->host_name, &server_callbacks, d, err);
+        if (!d->lan_server)
+            goto fail;
+    }
+    d->heartbeat_id = g_timeout_add(cfg->heartbeat_ms, heartbeat_tick, d);
     d->control = control_server_new(cfg->control_socket, on_control, d, err);
     if (!d->control)
         goto fail;
@@ -464,7 +618,10 @@ void daemon_free(Daemon *d)
     g_clear_pointer(&d->control, control_server_free);
     g_hash_table_destroy(d->guests);
     g_hash_table_destroy(d->links);
+    if (d->heartbeat_id)
+        g_source_remove(d->heartbeat_id);
     g_clear_pointer(&d->server, peer_server_free);
+    g_clear_pointer(&d->lan_server, peer_server_free);
     g_ptr_array_free(d->sessions, TRUE);
     g_clear_pointer(&d->virt, virt_close);
     g_main_loop_unref(d->loop);

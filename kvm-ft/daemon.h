@@ -29,6 +29,23 @@ void daemon_peer_call(Daemon *d, const char *addr, const char *method,
                       JsonObject *params, guint timeout_ms, PeerReplyFunc cb,
                       gpointer opaque);
 
+/* What one path to a peer host shows, for failure detection. */
+typedef enum {
+    PEER_PATH_NONE,    /* no such path configured */
+    PEER_PATH_ALIVE,   /* its kvm-ftd answers within the detection window */
+    PEER_PATH_HOST_UP, /* its kernel answers, its kvm-ftd does not */
+    PEER_PATH_SILENT,  /* nothing within the window: host down or path cut */
+} PeerPath;
+
+const char *peer_path_name(PeerPath path);
+
+/* Keeps a session to addr (NULL: nothing) up for failure detection. */
+void daemon_watch_peer(Daemon *d, const char *addr);
+PeerPath daemon_peer_path(Daemon *d, const char *addr);
+
+/* One-way message to the peer host's kvm-ftd, over every live session. */
+void daemon_peer_event(Daemon *d, const char *host, const char *name, JsonObject *data);
+
 /* Whether an authenticated session with that host is up. */
 gboolean daemon_peer_connected(Daemon *d, const char *host);
 

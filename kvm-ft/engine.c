@@ -1,8 +1,11 @@
 /* engine.c - drives QEMU's COLO checkpointing engine over QMP */
 #include "engine.h"
 
+#include <string.h>
+
 #include "domxml.h"
 #include "ft.h"
+#include "log.h"
 
 /* libvirt's name for the guest's first (and only supported) NIC backend. */
 #define GUEST_NETDEV "hostnet0"
@@ -263,4 +266,117 @@ char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err)
     }
     return g_strdup(json_object_get_string_member_with_default(
         json_node_get_object(ret), "status", "none"));
+}
+
+static JsonObject *id_arg(const char *key, const char *id)
+{
+    JsonObject *args = json_object_new();
+
+    json_object_set_string_member(args, key, id);
+    return args;
+}
+
+/* Teardown steps tolerate what is already gone: failover may run twice. */
+static gboolean run_gone_ok(Qmp *q, const EngineLink *link, const char *command,
+                            JsonObject *args, GError **err)
+{
+    g_autoptr(GError) e = NULL;
+
+    if (run(q, link, command, args, &e))
+        return TRUE;
+    if (qmp_error_is_class(e, "DeviceNotFound") ||
+        (e->code == QMP_ERROR_COMMAND && strstr(e->message, "not found")))
+        return TRUE;
+    g_propagate_error(err, g_steal_pointer(&e));
+    return FALSE;
+}
+
+/* QEMU may have left COLO on its own already (COLO_EXIT): that is the goal. */
+static gboolean leave_colo(Qmp *q, const EngineLink *link, GError **err)
+{
+    g_autoptr(GError) e = NULL;
+
+    if (run(q, link, "x-colo-lost-heartbeat", NULL, &e))
+        return TRUE;
+    if (e->code == QMP_ERROR_COMMAND && strstr(e->message, "COLO mode"))
+        return TRUE;
+    g_propagate_error(err, g_steal_pointer(&e));
+    return FALSE;
+}
+
+gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
+{
+    return run_gone_ok(q, link, "nbd-server-stop", NULL, err) &&
+           leave_colo(q, link, err) &&
+           run_gone_ok(q, link, "object-del", id_arg("id", "f2"), err) &&
+           run_gone_ok(q, link, "object-del", id_arg("id", "f1"), err) &&
+           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red1"), err) &&
+           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err);
+}
+
+static JsonObject *yank_instance(const char *type, const char *key, const char *id)
+{
+    JsonObject *inst = json_object_new();
+
+    json_object_set_string_member(inst, "type", type);
+    if (key)
+        json_object_set_string_member(inst, key, id);
+    return inst;
+}
+
+static gboolean yank_secondary_channels(Qmp *q, const EngineLink *link, GError **err)
+{
+    JsonObject *args = json_object_new();
+    JsonArray *instances = json_array_new();
+    g_autoptr(JsonNode) ret = NULL;
+
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *nbd = g_strdup_printf("nbd%u", i);
+
+        json_array_add_object_element(instances,
+                                      yank_instance("block-node", "node-name", nbd));
+    }
+    json_array_add_object_element(instances, yank_instance("migration", NULL, NULL));
+    json_array_add_object_element(instances, yank_instance("chardev", "id", "mirror0"));
+    json_array_add_object_element(instances, yank_instance("chardev", "id", "compare1"));
+    json_object_set_array_member(args, "instances", instances);
+    ret = qmp_call_oob(q, "yank", args, link->timeout_ms, err);
+    json_object_unref(args);
+    if (!ret) {
+        g_prefix_error(err, "yank: ");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **err)
+{
+    g_autoptr(GError) yank_err = NULL;
+
+    /*
+     * A yank of something already gone fails as a whole; the steps after
+     * it do not need it then, so it is reported but not fatal.
+     */
+    if (!yank_secondary_channels(q, link, &yank_err))
+        log_warn(link->def->name, "primary", "%s (continuing)", yank_err->message);
+
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *quorum = domxml_disk_node(i);
+        g_autofree char *line = g_strdup_printf("drive_del replication%u", i);
+        JsonObject *change = json_object_new();
+        JsonObject *hmp = json_object_new();
+
+        json_object_set_string_member(change, "parent", quorum);
+        json_object_set_string_member(change, "child", "children.1");
+        json_object_set_string_member(hmp, "command-line", line);
+        if (!run_gone_ok(q, link, "x-blockdev-change", change, err) ||
+            !run(q, link, "human-monitor-command", hmp, err)) {
+            return FALSE;
+        }
+    }
+    return run_gone_ok(q, link, "object-del", id_arg("id", "comp0"), err) &&
+           run_gone_ok(q, link, "object-del", id_arg("id", "m0"), err) &&
+           run_gone_ok(q, link, "object-del", id_arg("id", "redire0"), err) &&
+           run_gone_ok(q, link, "object-del", id_arg("id", "redire1"), err) &&
+           leave_colo(q, link, err);
 }

@@ -32,3 +32,18 @@ gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
 
 /* query-migrate's status ("colo" once the pair is in COLO). */
 char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err);
+
+/*
+ * Failover, secondary side: the primary is gone.  Stops serving NBD,
+ * leaves COLO (the guest resumes from the last checkpoint) and removes
+ * the filters that fed it the primary's packets, so it serves the LAN.
+ */
+gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err);
+
+/*
+ * Failover, primary side: the secondary is gone.  Its channels are yanked
+ * out-of-band first: a dead host sends no RST, and the guest's disk I/O
+ * would otherwise wait minutes on the NBD socket.  Then the replication
+ * child and colo-compare go, and the primary leaves COLO running alone.
+ */
+gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **err);

@@ -13,13 +13,11 @@
 
 /* How often a guest on its way into COLO is checked. */
 #define ENTER_POLL_MS 200
-/* How often a protected guest's COLO status is refreshed for ftctl. */
-#define STATUS_POLL_MS 1000
 /*
- * The refresh is a synchronous QMP call on the daemon's main loop, so it
- * gets a short deadline of its own: a stalled QEMU must not keep the
- * daemon from answering ftctl or its peer.  After a stall it is retried
- * less often until QEMU answers again.
+ * COLO status is read with a synchronous QMP call on the daemon's main
+ * loop, so it gets a short deadline of its own: a stalled QEMU must not
+ * keep the daemon from answering ftctl or its peer.  After a stall it is
+ * retried less often until QEMU answers again.
  */
 #define STATUS_QMP_TIMEOUT_MS 500
 #define STALLED_POLL_EVERY 5
@@ -57,6 +55,12 @@ struct FtGuest {
     char *exit_reason;
     guint exit_idle_id;
 
+    /* Failure detection and the last failover, for the log and ftctl. */
+    gboolean peer_daemon_down_logged;
+    char *failover_reason;
+    gint64 failover_at_us;
+    double failover_ms;
+
     /* Ring of the latest checkpoints: QEMU wall-clock stamp and pause. */
     gint64 history_us[CHECKPOINT_HISTORY];
     double history_pause_ms[CHECKPOINT_HISTORY];
@@ -70,6 +74,9 @@ static const char *const state_names[GUEST_N_STATES] = {
     [GUEST_STARTING_SECONDARY] = "starting-secondary",
     [GUEST_SECONDARY_WAITING] = "secondary-waiting",
     [GUEST_PROTECTED] = "protected",
+    [GUEST_TAKING_OVER] = "taking-over",
+    [GUEST_DROPPING_SECONDARY] = "dropping-secondary",
+    [GUEST_DEGRADED] = "degraded",
     [GUEST_FAILED] = "failed",
 };
 
@@ -84,7 +91,10 @@ static const guint allowed[GUEST_N_STATES] = {
     [GUEST_ENTERING_COLO] = BIT(GUEST_PROTECTED) | ENDINGS,
     [GUEST_STARTING_SECONDARY] = BIT(GUEST_SECONDARY_WAITING) | ENDINGS,
     [GUEST_SECONDARY_WAITING] = BIT(GUEST_PROTECTED) | ENDINGS,
-    [GUEST_PROTECTED] = ENDINGS,
+    [GUEST_PROTECTED] = BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) | ENDINGS,
+    [GUEST_TAKING_OVER] = BIT(GUEST_DEGRADED) | BIT(GUEST_FAILED),
+    [GUEST_DROPPING_SECONDARY] = BIT(GUEST_DEGRADED) | BIT(GUEST_FAILED),
+    [GUEST_DEGRADED] = ENDINGS,
     [GUEST_FAILED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
                      BIT(GUEST_STOPPED),
 };
@@ -261,14 +271,33 @@ static void fail(FtGuest *g, const char *fmt, ...)
     transition(g, GUEST_FAILED, g->error);
 }
 
-static gboolean fail_after_colo_exit(gpointer opaque)
+static void drop_secondary(FtGuest *g, const char *reason);
+
+static gboolean after_colo_exit(gpointer opaque)
 {
     FtGuest *g = opaque;
 
     g->exit_idle_id = 0;
-    if (guest_is_busy(g))
-        fail(g, "QEMU left COLO (reason: %s); the guest is no longer protected",
-             g->exit_reason);
+    g_free(g->colo_mode);
+    g->colo_mode = g_strdup("none");
+    if (g->state != GUEST_PROTECTED)
+        return G_SOURCE_REMOVE;
+    if (g->role == FT_ROLE_PRIMARY) {
+        g_autofree char *why = g_strdup_printf(
+            "QEMU left COLO (reason: %s): the secondary or its stream is gone",
+            g->exit_reason);
+
+        drop_secondary(g, why);
+    } else {
+        /*
+         * The stream from the primary broke.  Whether the primary's QEMU
+         * is dead is for its kvm-ftd (take-over) or failure detection to
+         * say: taking over next to a live primary would make two copies.
+         */
+        log_warn(g->def->name, role_name(g),
+                 "QEMU left COLO (reason: %s); waiting for the primary's word "
+                 "or failure detection", g->exit_reason);
+    }
     return G_SOURCE_REMOVE;
 }
 
@@ -298,23 +327,37 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
                                         data, "reason", "unknown")
                                   : "unknown";
 
-        /* Not from inside the QMP client's dispatch: failing frees it. */
+        /* Not from inside the QMP client's dispatch: failover may free it. */
         g_free(g->exit_reason);
         g->exit_reason = g_strdup(reason);
         if (!g->exit_idle_id)
-            g->exit_idle_id = g_idle_add(fail_after_colo_exit, g);
+            g->exit_idle_id = g_idle_add(after_colo_exit, g);
     }
+}
+
+static void tell_peer(FtGuest *g, const char *event, const char *reason)
+{
+    g_autoptr(JsonObject) data = json_object_new();
+
+    json_object_set_string_member(data, "guest", g->def->name);
+    json_object_set_string_member(data, "reason", reason);
+    daemon_peer_event(g->d, peer_host(g)->name, event, data);
 }
 
 static void on_qmp_closed(Qmp *q, const GError *reason, gpointer opaque)
 {
     FtGuest *g = opaque;
+    g_autofree char *why = g_strdup_printf("QEMU on %s exited (%s)",
+                                           daemon_config(g->d)->host_name,
+                                           reason ? reason->message : "closed");
 
     (void)q;
     if (g->state == GUEST_STOPPED || g->state == GUEST_FAILED)
         return;
-    fail(g, "lost QEMU's QMP socket (%s): QEMU exited",
-         reason ? reason->message : "closed");
+    /* The other copy is the guest now: the peer must hear it at once. */
+    if (g->state == GUEST_PROTECTED)
+        tell_peer(g, g->role == FT_ROLE_PRIMARY ? "take-over" : "secondary-lost", why);
+    fail(g, "%s", why);
 }
 
 static gboolean start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing,
@@ -366,20 +409,19 @@ static void refresh_colo_status(FtGuest *g)
     g->colo_reason = reason;
 }
 
-static gboolean poll_protected(gpointer opaque)
-{
-    FtGuest *g = opaque;
-
-    refresh_colo_status(g);
-    return G_SOURCE_CONTINUE;
-}
-
 static void enter_protected(FtGuest *g, const char *reason)
 {
     stop_polling(g);
     if (!transition(g, GUEST_PROTECTED, reason))
         return;
-    g->poll_id = g_timeout_add(STATUS_POLL_MS, poll_protected, g);
+    /*
+     * No periodic QMP from here on: a QMP call waits while QEMU holds its
+     * lock for a checkpoint, and the heartbeats this daemon owes its peer
+     * must never wait behind one.  COLO_EXIT reports a change.
+     */
+    g->peer_daemon_down_logged = FALSE;
+    daemon_watch_peer(g->d, peer_host(g)->link_address);
+    daemon_watch_peer(g->d, peer_host(g)->lan_address);
 }
 
 static gboolean past_deadline(FtGuest *g)
@@ -636,6 +678,137 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id)
     g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_secondary_sync, g);
 }
 
+static void record_failover(FtGuest *g, const char *reason, gint64 started_us)
+{
+    g_free(g->failover_reason);
+    g->failover_reason = g_strdup(reason);
+    g->failover_at_us = g_get_real_time();
+    g->failover_ms = (g_get_monotonic_time() - started_us) / 1000.0;
+}
+
+/* Primary: the secondary is gone; carry on alone. */
+static void drop_secondary(FtGuest *g, const char *reason)
+{
+    gint64 started = g_get_monotonic_time();
+    g_autoptr(GError) err = NULL;
+    EngineLink link = engine_link(g);
+
+    if (!transition(g, GUEST_DROPPING_SECONDARY, reason))
+        return;
+    if (!engine_primary_drop_secondary(g->qmp, &link, &err)) {
+        fail(g, "cannot drop the secondary: %s", err->message);
+        return;
+    }
+    record_failover(g, reason, started);
+    g_free(g->colo_mode);
+    g->colo_mode = g_strdup("none");
+    /* If its kvm-ftd still listens, the stale secondary goes away. */
+    tell_peer(g, "stand-down", reason);
+    transition(g, GUEST_DEGRADED, "running alone, unprotected");
+}
+
+/* Secondary: the primary is gone; this copy becomes the guest. */
+static void take_over(FtGuest *g, const char *reason)
+{
+    gint64 started = g_get_monotonic_time();
+    g_autoptr(GError) err = NULL;
+    EngineLink link = engine_link(g);
+
+    if (!transition(g, GUEST_TAKING_OVER, reason))
+        return;
+    if (!engine_secondary_takeover(g->qmp, &link, &err)) {
+        fail(g, "cannot take over: %s", err->message);
+        return;
+    }
+    record_failover(g, reason, started);
+    g->role = FT_ROLE_PRIMARY;
+    g_free(g->colo_mode);
+    g->colo_mode = g_strdup("none");
+    transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
+}
+
+/*
+ * Failure detection, run on every heartbeat tick.  The dedicated link is
+ * the pair's heartbeat; the LAN path only tells a cut link from a dead
+ * host, and a host whose kernel still answers is up even when its kvm-ftd
+ * is not (then its QEMU carries on and nothing is done).
+ */
+void guest_check_peer(FtGuest *g)
+{
+    const FtHost *peer;
+    PeerPath link, lan;
+    g_autofree char *why = NULL;
+    guint window;
+
+    if (g->state != GUEST_PROTECTED)
+        return;
+    peer = peer_host(g);
+    link = daemon_peer_path(g->d, peer->link_address);
+    if (link == PEER_PATH_ALIVE) {
+        if (g->peer_daemon_down_logged)
+            log_info(g->def->name, role_name(g), "kvm-ftd on %s answers again",
+                     peer->name);
+        g->peer_daemon_down_logged = FALSE;
+        return;
+    }
+    if (link == PEER_PATH_HOST_UP) {
+        if (!g->peer_daemon_down_logged)
+            log_warn(g->def->name, role_name(g), "kvm-ftd on %s does not answer but "
+                     "its host does: no failover, the pair stays in COLO", peer->name);
+        g->peer_daemon_down_logged = TRUE;
+        return;
+    }
+
+    window = daemon_config(g->d)->heartbeat_ms * daemon_config(g->d)->miss_count;
+    lan = daemon_peer_path(g->d, peer->lan_address);
+    if (lan == PEER_PATH_ALIVE || lan == PEER_PATH_HOST_UP) {
+        why = g_strdup_printf("dedicated link to %s silent for %u ms while %s "
+                              "answers on the LAN", peer->name, window, peer->name);
+        if (g->role == FT_ROLE_PRIMARY) {
+            drop_secondary(g, why);
+        } else {
+            g_autofree char *msg = g_strdup_printf("%s: the primary continues alone; "
+                                                   "standing down", why);
+
+            guest_stop(g, msg);
+        }
+        return;
+    }
+    why = g_strdup_printf("%s silent for %u ms on the dedicated link%s: host down",
+                          peer->name, window,
+                          lan == PEER_PATH_NONE ? "" : " and the LAN");
+    if (g->role == FT_ROLE_PRIMARY)
+        drop_secondary(g, why);
+    else
+        take_over(g, why);
+}
+
+void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject *data)
+{
+    const char *reason = json_object_get_string_member_with_default(data, "reason", "");
+    g_autofree char *why = g_strdup_printf("%s: %s", from, reason);
+
+    if (g_strcmp0(from, peer_host(g)->name) != 0) {
+        log_warn(g->def->name, role_name(g), "ignored '%s' from %s, not this guest's "
+                 "peer", name, from);
+        return;
+    }
+    if (g->state != GUEST_PROTECTED && !(g->role == FT_ROLE_SECONDARY &&
+                                         guest_is_busy(g) && strcmp(name, "stand-down") == 0)) {
+        log_info(g->def->name, role_name(g), "'%s' from %s in state %s: nothing to do",
+                 name, from, guest_state_name(g->state));
+        return;
+    }
+    if (strcmp(name, "take-over") == 0 && g->role == FT_ROLE_SECONDARY)
+        take_over(g, why);
+    else if (strcmp(name, "secondary-lost") == 0 && g->role == FT_ROLE_PRIMARY)
+        drop_secondary(g, why);
+    else if (strcmp(name, "stand-down") == 0 && g->role == FT_ROLE_SECONDARY)
+        guest_stop(g, why);
+    else
+        log_warn(g->def->name, role_name(g), "ignored '%s' from %s", name, from);
+}
+
 void guest_stop(FtGuest *g, const char *reason)
 {
     answer_primary(g, reason);
@@ -666,6 +839,7 @@ void guest_free(FtGuest *g)
     if (g->exit_idle_id)
         g_source_remove(g->exit_idle_id);
     g_free(g->exit_reason);
+    g_free(g->failover_reason);
     g_clear_pointer(&g->reply_conn, peer_conn_unref);
     g_clear_pointer(&g->qmp, qmp_free);
     ftdef_free(g->def);
@@ -773,7 +947,28 @@ JsonNode *guest_status(FtGuest *g)
     json_builder_add_string_value(b, peer->name);
     json_builder_set_member_name(b, "connected");
     json_builder_add_boolean_value(b, daemon_peer_connected(g->d, peer->name));
+    json_builder_set_member_name(b, "link");
+    json_builder_add_string_value(b, peer_path_name(daemon_peer_path(g->d, peer->link_address)));
+    json_builder_set_member_name(b, "lan");
+    json_builder_add_string_value(b, peer_path_name(daemon_peer_path(g->d, peer->lan_address)));
     json_builder_end_object(b);
+
+    json_builder_set_member_name(b, "last_failover");
+    if (g->failover_reason) {
+        g_autoptr(GDateTime) at = g_date_time_new_from_unix_local(g->failover_at_us / G_USEC_PER_SEC);
+        g_autofree char *at_s = g_date_time_format_iso8601(at);
+
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "at");
+        json_builder_add_string_value(b, at_s);
+        json_builder_set_member_name(b, "reason");
+        json_builder_add_string_value(b, g->failover_reason);
+        json_builder_set_member_name(b, "took_ms");
+        json_builder_add_double_value(b, g->failover_ms);
+        json_builder_end_object(b);
+    } else {
+        json_builder_add_null_value(b);
+    }
 
     json_builder_set_member_name(b, "colo");
     if (g->colo_mode) {

@@ -22,6 +22,9 @@ typedef enum {
     GUEST_STARTING_SECONDARY, /* secondary: QEMU starts, incoming side set up */
     GUEST_SECONDARY_WAITING,  /* secondary: ready, waiting for the primary's sync */
     GUEST_PROTECTED,          /* in COLO with the peer */
+    GUEST_TAKING_OVER,        /* secondary: the primary is gone, becoming the guest */
+    GUEST_DROPPING_SECONDARY, /* primary: the secondary is gone, leaving COLO */
+    GUEST_DEGRADED,           /* the only copy: running alone, unprotected */
     GUEST_FAILED,             /* protection failed; the reason is kept */
     GUEST_N_STATES
 } GuestState;
@@ -49,6 +52,12 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id);
 void guest_stop(FtGuest *g, const char *reason);
 
 JsonNode *guest_status(FtGuest *g);
+
+/* Failure detection: called on every heartbeat tick. */
+void guest_check_peer(FtGuest *g);
+
+/* take-over, secondary-lost, stand-down: the peer's kvm-ftd speaking. */
+void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject *data);
 
 /* [[wall-clock ms, pause ms], ...] of the remembered checkpoints since since_us. */
 JsonNode *guest_checkpoints(FtGuest *g, gint64 since_us);

@@ -16,6 +16,7 @@ TOOLS = os.path.join(REPO, "tools")
 BUILD = os.environ.get("KVMFT_BUILD", os.path.join(REPO, "build"))
 ARTIFACTS = os.environ.get("KVMFT_ARTIFACTS", os.path.join(BUILD, "test-artifacts"))
 LINK = {"hostA": "192.168.100.1", "hostB": "192.168.100.2"}
+LAN = {"hostA": "10.0.0.1", "hostB": "10.0.0.2"}
 GUEST = "ftguest"
 
 
@@ -108,7 +109,8 @@ class Lab:
             shutil.copyfile(os.path.join(gdir, "disk.qcow2"), os.path.join(images, name + ".qcow2"))
         xml = run(os.path.join(TOOLS, "guest-xml"), "--name", name, "--qemu", qemu,
                   "--guest-dir", gdir, "--interval-ms", str(interval_ms), "--workload", workload,
-                  "--hosts", "hostA=%s,hostB=%s" % (LINK["hostA"], LINK["hostB"])).stdout
+                  "--hosts", "hostA=%s/%s,hostB=%s/%s" % (LINK["hostA"], LAN["hostA"],
+                                                          LINK["hostB"], LAN["hostB"])).stdout
         xml_path = os.path.join(self.path("hostA", "/var/lib/kvm-ft"), name + ".xml")
         with open(xml_path, "w") as f:
             f.write(xml)
