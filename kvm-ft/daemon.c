@@ -27,6 +27,7 @@ typedef struct {
     GQueue pending;
     gboolean watched;
     gint64 evidence_us;
+    gint64 answered_us; /* last refusal or close by the peer host's kernel */
     guint reconnect_id;
 } PeerLink;
 
@@ -226,7 +227,7 @@ static void on_link_closed(PeerConn *conn, const GError *reason, gpointer opaque
 
     session_down(link->d, conn, reason);
     if (peer_conn_host_answered(conn))
-        link->evidence_us = g_get_monotonic_time();
+        link->answered_us = link->evidence_us = g_get_monotonic_time();
     while ((call = g_queue_pop_head(&link->pending))) {
         call->cb(conn, NULL, reason, call->opaque);
         pending_free(call);
@@ -347,7 +348,10 @@ PeerPath daemon_peer_path(Daemon *d, const char *addr)
             return PEER_PATH_ALIVE;
         return PEER_PATH_SILENT;
     }
-    return now - link->evidence_us <= window ? PEER_PATH_HOST_UP : PEER_PATH_SILENT;
+    if (now - link->answered_us <= window)
+        return PEER_PATH_HOST_UP;
+    /* Still connecting, within the window since watching began. */
+    return now - link->evidence_us <= window ? PEER_PATH_ALIVE : PEER_PATH_SILENT;
 }
 
 const char *peer_path_name(PeerPath path)
@@ -573,6 +577,38 @@ void daemon_broadcast(Daemon *d, JsonNode *event)
 
 /* ---- lifetime ------------------------------------------------------------- */
 
+/*
+ * After a restart (or a crash) of kvm-ftd, its guests are still running:
+ * each running FT guest with our QMP socket is taken back as it is.
+ */
+static void reattach_guests(Daemon *d)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) names = virt_active_domains(d->virt, &err);
+
+    if (!names) {
+        log_warn(NULL, NULL, "cannot look for running guests: %s", err->message);
+        return;
+    }
+    for (guint i = 0; i < names->len; i++) {
+        const char *name = g_ptr_array_index(names, i);
+        g_autoptr(GError) e = NULL;
+        g_autofree char *xml = virt_domain_xml(d->virt, name, &e);
+        g_autofree char *sock = g_strdup_printf("%s.qmp", name);
+        g_autofree char *path = g_build_filename(d->cfg->run_dir, sock, NULL);
+        g_autoptr(FtDef) def = NULL;
+        FtGuest *g;
+
+        if (!xml || !(def = ftdef_parse(xml, &e)) || !ftdef_self(def, d->cfg->host_name) ||
+            !g_file_test(path, G_FILE_TEST_EXISTS))
+            continue;
+        g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
+        g_hash_table_replace(d->guests, g_strdup(name), g);
+        if (!guest_reattach(g, &e))
+            log_err(name, NULL, "cannot re-attach to the running guest: %s", e->message);
+    }
+}
+
 Daemon *daemon_new(FtConfig *cfg, GError **err)
 {
     Daemon *d = g_new0(Daemon, 1);
@@ -604,6 +640,7 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
         goto fail;
     log_info(NULL, NULL, "kvm-ftd up: peer protocol on %s:%u, control socket %s",
              cfg->listen_address, cfg->listen_port, cfg->control_socket);
+    reattach_guests(d);
     return d;
 
 fail:

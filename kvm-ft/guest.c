@@ -85,7 +85,9 @@ static const char *const state_names[GUEST_N_STATES] = {
 
 /* The only transitions there are; anything else is a bug and is refused. */
 static const guint allowed[GUEST_N_STATES] = {
-    [GUEST_STOPPED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY),
+    /* Protected or degraded straight away: a restarted kvm-ftd re-attaching. */
+    [GUEST_STOPPED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
+                      BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED),
     [GUEST_PREPARING_PEER] = BIT(GUEST_STARTING_PRIMARY) | ENDINGS,
     [GUEST_STARTING_PRIMARY] = BIT(GUEST_ENTERING_COLO) | ENDINGS,
     [GUEST_ENTERING_COLO] = BIT(GUEST_PROTECTED) | ENDINGS,
@@ -807,6 +809,26 @@ void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject
         guest_stop(g, why);
     else
         log_warn(g->def->name, role_name(g), "ignored '%s' from %s", name, from);
+}
+
+gboolean guest_reattach(FtGuest *g, GError **err)
+{
+    g->qmp = qmp_connect(g->qmp_path, daemon_config(g->d)->qmp_timeout_ms, err);
+    if (!g->qmp)
+        return FALSE;
+    qmp_set_handlers(g->qmp, on_qmp_event, on_qmp_closed, g);
+    qmp_attach(g->qmp, NULL);
+    refresh_colo_status(g);
+    if (g_strcmp0(g->colo_mode, "primary") == 0 || g_strcmp0(g->colo_mode, "secondary") == 0) {
+        g->role = strcmp(g->colo_mode, "primary") == 0 ? FT_ROLE_PRIMARY : FT_ROLE_SECONDARY;
+        enter_protected(g, "kvm-ftd restarted; re-attached to the running QEMU in COLO");
+    } else {
+        /* Out of COLO but running: whatever it was, it is the only copy now. */
+        g->role = FT_ROLE_PRIMARY;
+        transition(g, GUEST_DEGRADED, "kvm-ftd restarted; re-attached to the running "
+                   "QEMU, which is not in COLO: running alone, unprotected");
+    }
+    return TRUE;
 }
 
 void guest_stop(FtGuest *g, const char *reason)

@@ -48,6 +48,9 @@ void guest_protect(FtGuest *g);
 /* Secondary: start the secondary and answer request id on conn when ready. */
 void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id);
 
+/* A restarted kvm-ftd takes its running guest back, found by its QMP socket. */
+gboolean guest_reattach(FtGuest *g, GError **err);
+
 /* Stop this host's copy (both roles), e.g. when the other side gave up. */
 void guest_stop(FtGuest *g, const char *reason);
 

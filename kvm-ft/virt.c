@@ -139,3 +139,23 @@ gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
     *active = ret == 1;
     return TRUE;
 }
+
+GPtrArray *virt_active_domains(Virt *v, GError **err)
+{
+    virDomainPtr *doms = NULL;
+    int n = virConnectListAllDomains(v->conn, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+    GPtrArray *names;
+
+    if (n < 0) {
+        g_set_error(err, VIRT_ERROR, 0, "cannot list domains: %s",
+                    virGetLastErrorMessage());
+        return NULL;
+    }
+    names = g_ptr_array_new_with_free_func(g_free);
+    for (int i = 0; i < n; i++) {
+        g_ptr_array_add(names, g_strdup(virDomainGetName(doms[i])));
+        virDomainFree(doms[i]);
+    }
+    free(doms);
+    return names;
+}

@@ -28,3 +28,6 @@ gboolean virt_domain_start(Virt *v, const char *runtime_xml, gboolean paused,
 gboolean virt_domain_destroy(Virt *v, const char *name, GError **err);
 gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
                                GError **err);
+
+/* Names of the running domains. */
+GPtrArray *virt_active_domains(Virt *v, GError **err);
