@@ -198,3 +198,11 @@ def wait_for(what, predicate, timeout, interval=0.5):
             return last
         time.sleep(interval)
     raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
+
+
+def wait_state(lab, host, state, timeout=60):
+    """Waits until the guest is in that kvm-ft state on host; returns its status."""
+    def check():
+        st = lab.status(host)
+        return st if st and st["state"] == state else None
+    return wait_for("%s on %s" % (state, host), check, timeout=timeout)

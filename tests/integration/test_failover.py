@@ -28,7 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
-                     log, qemu_binary, wait_for)
+                     log, qemu_binary, wait_for, wait_state)
 
 BEFORE_S = 8
 AFTER_S = 10
@@ -59,9 +59,7 @@ def fault_time(out):
 
 
 def survivor_checks(lab, survivor, expect_state, what):
-    st = wait_for("%s on %s" % (expect_state, survivor),
-                  lambda: (lambda s: s if s and s["state"] == expect_state else None)(
-                      lab.status(survivor)), timeout=30)
+    st = wait_state(lab, survivor, expect_state, timeout=30)
     trouble = kernel_trouble(lab.serial(survivor))
     assert trouble is None, "%s: guest kernel on %s: %s" % (what, survivor, trouble)
     return st
@@ -75,8 +73,7 @@ def run_scenario(name, qemu, gdir):
         lab.install_guest(qemu, gdir)
         res = lab.protect("hostA")
         assert res.returncode == 0, "protect failed: %s" % res.stderr
-        wait_for("secondary protected", lambda: (lambda s: s and s["state"] == "protected")(
-            lab.status("hostB")), timeout=60)
+        wait_state(lab, "hostB", "protected", timeout=60)
         wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
         client_log = os.path.join(lab.artifacts, "client.jsonl")
         client = SeqClient(lab, seconds=BEFORE_S + AFTER_S, log_path=client_log)
@@ -107,9 +104,19 @@ def run_scenario(name, qemu, gdir):
             assert other and other["state"] == "protected", \
                 "the peer reacted to a dead kvm-ftd: %s" % other
             lab.lab("daemon-start", name[-1])
-            st = wait_for("re-attached on %s" % host, lambda: (lambda s: s and s["state"] ==
-                          "protected")(lab.status(host)), timeout=30)
+            st = wait_state(lab, host, "protected", timeout=30)
             assert st["role"] == ("primary" if host == "hostA" else "secondary"), st
+            survivor, state, alive = "hostA", "protected", ["hostA", "hostB"]
+        elif name == "garbage-peer":
+            t = time.time()
+            for addr in ("192.168.100.1", "10.0.0.1"):
+                res = lab.lab("exec", "B", "python3", "-c", ROGUE_PEER, addr, check=False)
+                log("rogue peer -> %s: %s%s" % (addr, res.stdout, res.stderr))
+            time.sleep(1)
+            for host in ("hostA", "hostB"):
+                st = lab.status(host)
+                assert st and st["state"] == "protected", "%s after a rogue peer: %s" % (host, st)
+            assert "refused" in lab.daemon_log("hostA"), "hostA did not log the rogue peer"
             survivor, state, alive = "hostA", "protected", ["hostA", "hostB"]
         else:
             raise AssertionError("unknown scenario %s" % name)
@@ -142,7 +149,30 @@ def run_scenario(name, qemu, gdir):
         lab.down()
 
 
-SCENARIOS = ["power-primary", "power-secondary", "cut-link", "kill-qemu-primary",
+# Speaks to kvm-ftd's peer port like an attacker on the link: random bytes,
+# an oversized frame header, and a well-formed HELLO signed with a wrong key.
+ROGUE_PEER = r"""
+import hashlib, hmac, json, os, socket, struct, sys, time
+addr = sys.argv[1]
+def send(data):
+    s = socket.create_connection((addr, 7790), timeout=2)
+    try:
+        s.sendall(data)
+        time.sleep(0.3)
+        s.recv(4096)
+    except OSError:
+        pass
+    s.close()
+send(os.urandom(4096))
+send(struct.pack(">IHHQI", 0x4B465431, 1, 1, 1, 0xFFFFFFFF))
+payload = json.dumps({"host": "hostB", "nonce": "AAAA", "version": 1}).encode()
+head = struct.pack(">IHHQI", 0x4B465431, 1, 1, 1, len(payload))
+mac = hmac.new(b"not-the-key" * 4, head + payload, hashlib.sha256).digest()
+send(head + payload + mac)
+print("sent garbage, an oversized header and a wrong-key HELLO")
+"""
+
+SCENARIOS = ["garbage-peer", "power-primary", "power-secondary", "cut-link", "kill-qemu-primary",
              "kill-daemon-A", "kill-daemon-B"]
 
 

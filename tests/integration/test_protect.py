@@ -13,7 +13,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
-                     log, qemu_binary, wait_for)
+                     log, qemu_binary, wait_for, wait_state)
 
 CLIENT_SECONDS = 30
 INTERVAL_MS = 2000
@@ -39,9 +39,7 @@ def main():
         assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
 
         a = lab.status("hostA")
-        b = wait_for("secondary protected on hostB",
-                     lambda: (lambda s: s if s and s["state"] == "protected" else None)(
-                         lab.status("hostB")), timeout=60)
+        b = wait_state(lab, "hostB", "protected", timeout=60)
         assert a["role"] == "primary" and a["state"] == "protected", a
         assert b["role"] == "secondary", b
         wait_for("guest up on the primary's serial", lambda: "GUEST UP" in lab.serial("hostA"),
