@@ -250,6 +250,9 @@ static void print_guest(JsonObject *g, const char *host)
             json_node_get_value_type(connected) == G_TYPE_BOOLEAN)
             c = json_node_get_boolean(connected) ? "connected" : "NOT connected";
         printf("  peer:            %s, %s\n", or_unknown(member_str(peer, "host")), c);
+        if (member_str(peer, "link"))
+            printf("  paths:           dedicated link %s, LAN %s\n", member_str(peer, "link"),
+                   or_unknown(member_str(peer, "lan")));
     } else {
         printf("  peer:            -\n");
     }
@@ -296,6 +299,20 @@ static void print_guest(JsonObject *g, const char *host)
         printf("  last checkpoint: %s ago\n", ago);
     } else {
         printf("  last checkpoint: -\n");
+    }
+    {
+        JsonNode *fn = json_object_get_member(g, "last_failover");
+
+        if (fn && JSON_NODE_HOLDS_OBJECT(fn)) {
+            JsonObject *fo = json_node_get_object(fn);
+            double took = 0;
+
+            member_num(fo, "took_ms", &took);
+            printf("  last failover:   %s, %.1f ms: %s\n", or_unknown(member_str(fo, "at")),
+                   took, or_unknown(member_str(fo, "reason")));
+        } else {
+            printf("  last failover:   none\n");
+        }
     }
     printf("  last error:      %s\n", error ? error : "none");
 }
