@@ -1108,6 +1108,8 @@ START_TEST(test_handshake_timeouts)
     ck_assert_int_eq(side.closed, 1);
     ck_assert_int_eq(side.connected, 0);
     ck_assert(g_error_matches(side.closed_reason, PEER_ERROR, PEER_ERROR_TIMEOUT));
+    /* Silence is not an answer: failure detection must not see this host as up. */
+    ck_assert(!peer_conn_host_answered(c));
     ck_assert_int_ge(g_get_monotonic_time() - t0, 300 * 1000);
     ck_assert_int_lt(g_get_monotonic_time() - t0, 2000 * 1000);
     peer_conn_unref(c);
@@ -1128,6 +1130,8 @@ START_TEST(test_connect_refused)
     ck_assert_int_eq(side.closed, 1);
     ck_assert_int_eq(side.connected, 0);
     ck_assert(g_error_matches(side.closed_reason, PEER_ERROR, PEER_ERROR_IO));
+    /* A refusal comes from the peer host's kernel: the host is up. */
+    ck_assert(peer_conn_host_answered(c));
     peer_conn_unref(c);
     side_clear(&side);
 }
