@@ -184,6 +184,55 @@ static gboolean add_replication(Qmp *q, const EngineLink *link, guint index,
     return run(q, link, "x-blockdev-change", change, err);
 }
 
+/* How long the secondary's channels get to (re)connect to the primary. */
+#define CHANNEL_CONNECT_TIMEOUT_MS ((CHANNEL_RECONNECT_S + 4) * 1000)
+#define CHANNEL_POLL_MS 50
+
+static gboolean chardev_connected(JsonArray *devs, const char *label)
+{
+    for (guint i = 0; i < json_array_get_length(devs); i++) {
+        JsonObject *dev = json_array_get_object_element(devs, i);
+
+        if (dev && g_strcmp0(json_object_get_string_member_with_default(dev, "label", ""),
+                             label) == 0)
+            return !g_str_has_prefix(json_object_get_string_member_with_default(
+                                         dev, "filename", "disconnected:"),
+                                     "disconnected:");
+    }
+    return FALSE;
+}
+
+/*
+ * COLO must not start before the secondary's filters are connected to the
+ * primary's mirror and compare channels: until then colo-compare has
+ * nothing to compare with, holds every reply until a checkpoint, and the
+ * secondary's guest misses the packets that the primary's received.
+ */
+static gboolean wait_secondary_channels(Qmp *q, const EngineLink *link, GError **err)
+{
+    gint64 deadline = g_get_monotonic_time() + CHANNEL_CONNECT_TIMEOUT_MS * 1000;
+
+    for (;;) {
+        g_autoptr(JsonNode) ret = qmp_call(q, "query-chardev", NULL, link->timeout_ms, err);
+
+        if (!ret)
+            return FALSE;
+        if (JSON_NODE_HOLDS_ARRAY(ret) &&
+            chardev_connected(json_node_get_array(ret), "mirror0") &&
+            chardev_connected(json_node_get_array(ret), "compare1"))
+            return TRUE;
+        if (g_get_monotonic_time() > deadline) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_TIMEOUT,
+                        "the secondary's COLO channels did not connect to ports "
+                        "%u and %u within %d ms (firewall on the dedicated link?)",
+                        link->def->port_base + FT_PORT_MIRROR,
+                        link->def->port_base + FT_PORT_COMPARE, CHANNEL_CONNECT_TIMEOUT_MS);
+            return FALSE;
+        }
+        g_usleep(CHANNEL_POLL_MS * 1000);
+    }
+}
+
 gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
 {
     const guint base = link->def->port_base;
@@ -224,6 +273,9 @@ gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
         if (!add_replication(q, link, i, err))
             return FALSE;
     }
+
+    if (!wait_secondary_channels(q, link, err))
+        return FALSE;
 
     params = json_object_new();
     json_object_set_int_member(params, "x-checkpoint-delay",

@@ -75,10 +75,11 @@ def check_invariants(facts):
     assert facts["disk_ok"], "%s: survivor's disk not clean and gapless: %s" % (name, facts["disk"])
 
 
-def run_scenario(name, qemu, gdir, strict=True):
+def run_scenario(name, qemu, gdir, strict=True, label=None):
     """One fault in a fresh lab; returns what was observed.  strict: assert the
-    invariants (tests); otherwise the caller counts them (tools/bench)."""
-    lab = Lab("test_failover-" + name)
+    invariants (tests); otherwise the caller counts them (tools/bench).  The
+    lab's logs are kept under the label (default test_failover-NAME)."""
+    lab = Lab(label or "test_failover-" + name)
     try:
         lab.up()
         lab.install_guest(qemu, gdir)
