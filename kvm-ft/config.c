@@ -40,6 +40,7 @@ static const struct {
     { "daemon", "lan-address" },
     { "failover", "heartbeat-ms" },
     { "failover", "miss-count" },
+    { "failover", "realtime-priority" },
 };
 
 /* ---- messages ----------------------------------------------------------- */
@@ -686,6 +687,8 @@ FtConfig *config_load(const char *path, GError **err)
                 5, 10000, &c->heartbeat_ms, err) ||
         !get_count(kf, path, "failover", "miss-count", CONFIG_DEFAULT_MISS_COUNT,
                    2, 100, &c->miss_count, err) ||
+        !get_count(kf, path, "failover", "realtime-priority",
+                   CONFIG_DEFAULT_RT_PRIORITY, 0, 99, &c->rt_priority, err) ||
         !get_port(kf, path, "daemon", "listen-port", CONFIG_DEFAULT_LISTEN_PORT,
                   &c->listen_port, err) ||
         !get_path(kf, path, "daemon", "control-socket",

@@ -32,6 +32,8 @@
 /* [failover]: a peer is silent after heartbeat-ms * miss-count without a frame. */
 #define CONFIG_DEFAULT_HEARTBEAT_MS 20  /* 5..10000 */
 #define CONFIG_DEFAULT_MISS_COUNT 5     /* 2..100 */
+/* [failover] realtime-priority: SCHED_RR priority of kvm-ftd, 0 = off (0..99) */
+#define CONFIG_DEFAULT_RT_PRIORITY 10
 
 typedef struct {
     char *host_name;        /* [daemon] host-name, required */
@@ -50,6 +52,7 @@ typedef struct {
     guint start_timeout_ms; /* [timeouts] start-ms */
     guint heartbeat_ms;     /* [failover] heartbeat-ms */
     guint miss_count;       /* [failover] miss-count */
+    guint rt_priority;      /* [failover] realtime-priority, 0 = normal scheduling */
 } FtConfig;
 
 #define CONFIG_ERROR config_error_quark()

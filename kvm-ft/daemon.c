@@ -42,6 +42,8 @@ struct Daemon {
     GPtrArray *sessions;  /* authenticated PeerConn, both directions */
     PeerServer *lan_server;
     guint heartbeat_id;
+    guint judge_id;
+    gint64 last_judge_us;
 };
 
 #define DAEMON_ERROR g_quark_from_static_string("kvmft-daemon-error")
@@ -331,9 +333,9 @@ void daemon_watch_peer(Daemon *d, const char *addr)
         link_connect(link);
 }
 
-PeerPath daemon_peer_path(Daemon *d, const char *addr)
+PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows)
 {
-    gint64 window = (gint64)d->cfg->heartbeat_ms * d->cfg->miss_count * 1000;
+    gint64 window = (gint64)d->cfg->heartbeat_ms * d->cfg->miss_count * windows * 1000;
     gint64 now = g_get_monotonic_time();
     PeerLink *link;
 
@@ -369,15 +371,36 @@ const char *peer_path_name(PeerPath path)
     return "not configured";
 }
 
-/* Every session carries heartbeats both ways; then every guest judges its peer. */
+/* Every session carries heartbeats both ways, sent ahead of other work. */
 static gboolean heartbeat_tick(gpointer opaque)
 {
     Daemon *d = opaque;
-    GHashTableIter it;
-    gpointer value;
 
     for (guint i = 0; i < d->sessions->len; i++)
         peer_conn_send_heartbeat(g_ptr_array_index(d->sessions, i), NULL);
+    return G_SOURCE_CONTINUE;
+}
+
+/*
+ * Every guest judges its peer, at low priority so that frames already
+ * waiting in our sockets are read first.  When this daemon itself was not
+ * scheduled for a while, silence proves nothing about the peer: that round
+ * is skipped, and the next one judges on fresh input.
+ */
+static gboolean judge_tick(gpointer opaque)
+{
+    Daemon *d = opaque;
+    gint64 now = g_get_monotonic_time();
+    gint64 late = now - d->last_judge_us - (gint64)d->cfg->heartbeat_ms * 1000;
+    GHashTableIter it;
+    gpointer value;
+
+    d->last_judge_us = now;
+    if (late > (gint64)d->cfg->heartbeat_ms * 1000 * 2) {
+        log_warn(NULL, NULL, "kvm-ftd was not scheduled for %" G_GINT64_FORMAT
+                 " ms: failure detection skips a round", late / 1000);
+        return G_SOURCE_CONTINUE;
+    }
     g_hash_table_iter_init(&it, d->guests);
     while (g_hash_table_iter_next(&it, NULL, &value))
         guest_check_peer(value);
@@ -634,7 +657,10 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
         if (!d->lan_server)
             goto fail;
     }
-    d->heartbeat_id = g_timeout_add(cfg->heartbeat_ms, heartbeat_tick, d);
+    d->heartbeat_id = g_timeout_add_full(G_PRIORITY_HIGH, cfg->heartbeat_ms,
+                                         heartbeat_tick, d, NULL);
+    d->last_judge_us = g_get_monotonic_time();
+    d->judge_id = g_timeout_add_full(G_PRIORITY_LOW, cfg->heartbeat_ms, judge_tick, d, NULL);
     d->control = control_server_new(cfg->control_socket, on_control, d, err);
     if (!d->control)
         goto fail;
@@ -657,6 +683,8 @@ void daemon_free(Daemon *d)
     g_hash_table_destroy(d->links);
     if (d->heartbeat_id)
         g_source_remove(d->heartbeat_id);
+    if (d->judge_id)
+        g_source_remove(d->judge_id);
     g_clear_pointer(&d->server, peer_server_free);
     g_clear_pointer(&d->lan_server, peer_server_free);
     g_ptr_array_free(d->sessions, TRUE);

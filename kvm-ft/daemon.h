@@ -41,7 +41,8 @@ const char *peer_path_name(PeerPath path);
 
 /* Keeps a session to addr (NULL: nothing) up for failure detection. */
 void daemon_watch_peer(Daemon *d, const char *addr);
-PeerPath daemon_peer_path(Daemon *d, const char *addr);
+/* The path's state, judged over that many detection windows. */
+PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows);
 
 /* One-way message to the peer host's kvm-ftd, over every live session. */
 void daemon_peer_event(Daemon *d, const char *host, const char *name, JsonObject *data);

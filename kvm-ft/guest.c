@@ -740,12 +740,18 @@ void guest_check_peer(FtGuest *g)
     const FtHost *peer;
     PeerPath link, lan;
     g_autofree char *why = NULL;
-    guint window;
+    guint windows, window;
 
     if (g->state != GUEST_PROTECTED)
         return;
     peer = peer_host(g);
-    link = daemon_peer_path(g->d, peer->link_address);
+    /*
+     * The secondary waits twice as long as the primary: a primary that is
+     * alive acts first (drops the secondary and tells it to stand down),
+     * so a transient silence never leaves two copies running.
+     */
+    windows = g->role == FT_ROLE_SECONDARY ? 2 : 1;
+    link = daemon_peer_path(g->d, peer->link_address, windows);
     if (link == PEER_PATH_ALIVE) {
         if (g->peer_daemon_down_logged)
             log_info(g->def->name, role_name(g), "kvm-ftd on %s answers again",
@@ -761,8 +767,8 @@ void guest_check_peer(FtGuest *g)
         return;
     }
 
-    window = daemon_config(g->d)->heartbeat_ms * daemon_config(g->d)->miss_count;
-    lan = daemon_peer_path(g->d, peer->lan_address);
+    window = daemon_config(g->d)->heartbeat_ms * daemon_config(g->d)->miss_count * windows;
+    lan = daemon_peer_path(g->d, peer->lan_address, windows);
     if (lan == PEER_PATH_ALIVE || lan == PEER_PATH_HOST_UP) {
         why = g_strdup_printf("dedicated link to %s silent for %u ms while %s "
                               "answers on the LAN", peer->name, window, peer->name);
@@ -970,9 +976,9 @@ JsonNode *guest_status(FtGuest *g)
     json_builder_set_member_name(b, "connected");
     json_builder_add_boolean_value(b, daemon_peer_connected(g->d, peer->name));
     json_builder_set_member_name(b, "link");
-    json_builder_add_string_value(b, peer_path_name(daemon_peer_path(g->d, peer->link_address)));
+    json_builder_add_string_value(b, peer_path_name(daemon_peer_path(g->d, peer->link_address, 1)));
     json_builder_set_member_name(b, "lan");
-    json_builder_add_string_value(b, peer_path_name(daemon_peer_path(g->d, peer->lan_address)));
+    json_builder_add_string_value(b, peer_path_name(daemon_peer_path(g->d, peer->lan_address, 1)));
     json_builder_end_object(b);
 
     json_builder_set_member_name(b, "last_failover");

@@ -1,11 +1,34 @@
 /* kvm-ftd - the kvm-ft daemon: one per host, protects the guests of that host */
+#include <errno.h>
 #include <glib-unix.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
 
 #include "config.h"
 #include "daemon.h"
 #include "log.h"
+
+/*
+ * Heartbeats must go out on time even when the host is busy running
+ * guests: like corosync, kvm-ftd runs with a real-time priority and keeps
+ * its memory resident.  A late heartbeat looks like a dead host.
+ */
+static void go_realtime(guint priority)
+{
+    struct sched_param sp = { .sched_priority = (int)priority };
+
+    if (!priority)
+        return;
+    /* Children (qemu-img) must not inherit it. */
+    if (sched_setscheduler(0, SCHED_RR | SCHED_RESET_ON_FORK, &sp) < 0)
+        log_warn(NULL, NULL, "cannot run with real-time priority %u: %s; heartbeats "
+                 "may be late on a busy host", priority, strerror(errno));
+    if (mlockall(MCL_CURRENT | MCL_FUTURE) < 0)
+        log_warn(NULL, NULL, "cannot lock kvm-ftd in memory: %s", strerror(errno));
+}
 
 static gboolean on_signal(gpointer opaque)
 {
@@ -52,6 +75,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
+    go_realtime(cfg->rt_priority);
     d = daemon_new(cfg, &err);
     if (!d) {
         log_err(NULL, NULL, "cannot start: %s", err->message);

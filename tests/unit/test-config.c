@@ -135,6 +135,7 @@ BAD(lan_address_multicast, DAEMON "lan-address = 224.0.0.1\n", "lan-address", "u
 BAD(heartbeat_too_short, DAEMON "[failover]\nheartbeat-ms = 1\n", "heartbeat-ms", NULL)
 BAD(miss_count_junk, DAEMON "[failover]\nmiss-count = 3x\n", "miss-count", "whole number")
 BAD(miss_count_too_small, DAEMON "[failover]\nmiss-count = 1\n", "miss-count", "between 2")
+BAD(rt_priority_too_high, DAEMON "[failover]\nrealtime-priority = 100\n", "realtime-priority", "99")
 BAD(failover_unknown_key, DAEMON "[failover]\nheartbeat = 20\n", "heartbeat", NULL)
 
 START_TEST(valid_defaults)
@@ -161,6 +162,7 @@ START_TEST(valid_defaults)
     ck_assert_ptr_null(c->lan_address);
     ck_assert_uint_eq(c->heartbeat_ms, 20);
     ck_assert_uint_eq(c->miss_count, 5);
+    ck_assert_uint_eq(c->rt_priority, 10);
     ck_assert_ptr_nonnull(c->key);
     k = g_bytes_get_data(c->key, &len);
     ck_assert_uint_eq(len, sizeof(key_bytes));
@@ -496,6 +498,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, miss_count_junk);
     tcase_add_test(tc, miss_count_too_small);
     tcase_add_test(tc, failover_unknown_key);
+    tcase_add_test(tc, rt_priority_too_high);
     tcase_add_test(tc, valid_full_fixture);
     tcase_add_test(tc, valid_empty_log_file_is_stderr);
     tcase_add_test(tc, valid_wrapped_key);
