@@ -397,8 +397,8 @@ static gboolean judge_tick(gpointer opaque)
 
     d->last_judge_us = now;
     if (late > (gint64)d->cfg->heartbeat_ms * 1000 * 2) {
-        log_warn(NULL, NULL, "kvm-ftd was not scheduled for %" G_GINT64_FORMAT
-                 " ms: failure detection skips a round", late / 1000);
+        log_warn(NULL, NULL, "failure detection ran %" G_GINT64_FORMAT " ms late "
+                 "(kvm-ftd busy or not scheduled): it skips a round", late / 1000);
         return G_SOURCE_CONTINUE;
     }
     g_hash_table_iter_init(&it, d->guests);
