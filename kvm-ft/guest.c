@@ -688,22 +688,36 @@ static void record_failover(FtGuest *g, const char *reason, gint64 started_us)
     g->failover_ms = (g_get_monotonic_time() - started_us) / 1000.0;
 }
 
-/* Primary: the secondary is gone; carry on alone. */
-static void drop_secondary(FtGuest *g, const char *reason)
+/*
+ * The common part of both failovers: QEMU's teardown for this role, then
+ * this copy is the only one, hence the primary.
+ */
+static gboolean fail_over(FtGuest *g, GuestState during,
+                          gboolean (*step)(Qmp *, const EngineLink *, GError **),
+                          const char *reason)
 {
     gint64 started = g_get_monotonic_time();
     g_autoptr(GError) err = NULL;
     EngineLink link = engine_link(g);
 
-    if (!transition(g, GUEST_DROPPING_SECONDARY, reason))
-        return;
-    if (!engine_primary_drop_secondary(g->qmp, &link, &err)) {
-        fail(g, "cannot drop the secondary: %s", err->message);
-        return;
+    if (!transition(g, during, reason))
+        return FALSE;
+    if (!step(g->qmp, &link, &err)) {
+        fail(g, "%s failed: %s", guest_state_name(during), err->message);
+        return FALSE;
     }
     record_failover(g, reason, started);
+    g->role = FT_ROLE_PRIMARY;
     g_free(g->colo_mode);
     g->colo_mode = g_strdup("none");
+    return TRUE;
+}
+
+/* Primary: the secondary is gone; carry on alone. */
+static void drop_secondary(FtGuest *g, const char *reason)
+{
+    if (!fail_over(g, GUEST_DROPPING_SECONDARY, engine_primary_drop_secondary, reason))
+        return;
     /* If its kvm-ftd still listens, the stale secondary goes away. */
     tell_peer(g, "stand-down", reason);
     transition(g, GUEST_DEGRADED, "running alone, unprotected");
@@ -712,21 +726,8 @@ static void drop_secondary(FtGuest *g, const char *reason)
 /* Secondary: the primary is gone; this copy becomes the guest. */
 static void take_over(FtGuest *g, const char *reason)
 {
-    gint64 started = g_get_monotonic_time();
-    g_autoptr(GError) err = NULL;
-    EngineLink link = engine_link(g);
-
-    if (!transition(g, GUEST_TAKING_OVER, reason))
-        return;
-    if (!engine_secondary_takeover(g->qmp, &link, &err)) {
-        fail(g, "cannot take over: %s", err->message);
-        return;
-    }
-    record_failover(g, reason, started);
-    g->role = FT_ROLE_PRIMARY;
-    g_free(g->colo_mode);
-    g->colo_mode = g_strdup("none");
-    transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
+    if (fail_over(g, GUEST_TAKING_OVER, engine_secondary_takeover, reason))
+        transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
 }
 
 /*
