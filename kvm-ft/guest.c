@@ -974,8 +974,11 @@ JsonNode *guest_status(FtGuest *g)
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "host");
     json_builder_add_string_value(b, peer->name);
+    /* A session to a powered-off host looks open until TCP gives up. */
     json_builder_set_member_name(b, "connected");
-    json_builder_add_boolean_value(b, daemon_peer_connected(g->d, peer->name));
+    json_builder_add_boolean_value(b, daemon_peer_connected(g->d, peer->name) &&
+                                      daemon_peer_path(g->d, peer->link_address, 1) !=
+                                          PEER_PATH_SILENT);
     json_builder_set_member_name(b, "link");
     json_builder_add_string_value(b, peer_path_name(daemon_peer_path(g->d, peer->link_address, 1)));
     json_builder_set_member_name(b, "lan");
