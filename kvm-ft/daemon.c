@@ -617,8 +617,7 @@ static void reattach_guests(Daemon *d)
         const char *name = g_ptr_array_index(names, i);
         g_autoptr(GError) e = NULL;
         g_autofree char *xml = virt_domain_xml(d->virt, name, &e);
-        g_autofree char *sock = g_strdup_printf("%s.qmp", name);
-        g_autofree char *path = g_build_filename(d->cfg->run_dir, sock, NULL);
+        g_autofree char *path = guest_qmp_socket(d->cfg, name);
         g_autoptr(FtDef) def = NULL;
         FtGuest *g;
 

@@ -846,17 +846,23 @@ void guest_stop(FtGuest *g, const char *reason)
         transition(g, GUEST_STOPPED, reason);
 }
 
+char *guest_qmp_socket(const FtConfig *cfg, const char *name)
+{
+    g_autofree char *sock = g_strdup_printf("%s.qmp", name);
+
+    return g_build_filename(cfg->run_dir, sock, NULL);
+}
+
 FtGuest *guest_new(Daemon *d, FtDef *def, const char *domain_xml, FtRole role)
 {
     FtGuest *g = g_new0(FtGuest, 1);
-    g_autofree char *sock = g_strdup_printf("%s.qmp", def->name);
 
     g->d = d;
     g->def = def;
     g->domain_xml = g_strdup(domain_xml);
     g->role = role;
     g->state = GUEST_STOPPED;
-    g->qmp_path = g_build_filename(daemon_config(d)->run_dir, sock, NULL);
+    g->qmp_path = guest_qmp_socket(daemon_config(d), def->name);
     return g;
 }
 

@@ -33,6 +33,9 @@ typedef struct FtGuest FtGuest;
 
 const char *guest_state_name(GuestState state);
 
+/* kvm-ftd's own QMP socket of a guest: a restarted daemon finds its guests by it. */
+char *guest_qmp_socket(const FtConfig *cfg, const char *name);
+
 FtGuest *guest_new(Daemon *d, FtDef *def /* taken */, const char *domain_xml,
                    FtRole role);
 void guest_free(FtGuest *g);
