@@ -106,6 +106,28 @@ static JsonObject *uri_arg(const char *host, guint port)
     return args;
 }
 
+static JsonObject *null_chardev(const char *id)
+{
+    JsonObject *args = json_object_new();
+    JsonObject *backend = json_object_new();
+
+    json_object_set_string_member(backend, "type", "null");
+    json_object_set_object_member(backend, "data", json_object_new());
+    json_object_set_string_member(args, "id", id);
+    json_object_set_object_member(args, "backend", backend);
+    return args;
+}
+
+/*
+ * Where the secondary's guest output goes: to the primary's colo-compare,
+ * or, in passive mode, nowhere -- the primary releases its own output at
+ * each checkpoint without comparing, and the secondary's must never leave.
+ */
+static const char *secondary_output(const EngineLink *link)
+{
+    return link->def->output_mode == FTDEF_OUTPUT_PASSIVE ? "sink0" : "red1";
+}
+
 gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
 {
     const guint base = link->def->port_base;
@@ -113,6 +135,9 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
     const char *sec = link->secondary_addr;
     JsonObject *nbd;
 
+    if (link->def->output_mode == FTDEF_OUTPUT_PASSIVE &&
+        !run(q, link, "chardev-add", null_chardev("sink0"), err))
+        return FALSE;
     if (!run(q, link, "chardev-add",
              socket_chardev("red0", pri, base + FT_PORT_MIRROR, FALSE), err) ||
         !run(q, link, "chardev-add",
@@ -120,7 +145,8 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
         !run(q, link, "object-add",
              filter("filter-redirector", "f1", "tx", "indev", "red0"), err) ||
         !run(q, link, "object-add",
-             filter("filter-redirector", "f2", "rx", "outdev", "red1"), err) ||
+             filter("filter-redirector", "f2", "rx", "outdev", secondary_output(link)),
+             err) ||
         !run(q, link, "object-add",
              filter("filter-rewriter", "rew0", "all", NULL, NULL), err) ||
         !run(q, link, "migrate-set-capabilities", colo_capability(), err))
@@ -363,7 +389,9 @@ gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
            run_gone_ok(q, link, "object-del", id_arg("id", "f2"), err) &&
            run_gone_ok(q, link, "object-del", id_arg("id", "f1"), err) &&
            run_gone_ok(q, link, "chardev-remove", id_arg("id", "red1"), err) &&
-           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err);
+           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err) &&
+           (link->def->output_mode != FTDEF_OUTPUT_PASSIVE ||
+            run_gone_ok(q, link, "chardev-remove", id_arg("id", "sink0"), err));
 }
 
 static JsonObject *yank_instance(const char *type, const char *key, const char *id)

@@ -365,28 +365,56 @@ static gboolean parse_hosts(xmlNodePtr node, FtDef *def, GError **err)
     return TRUE;
 }
 
+static const char *const output_mode_names[] = {
+    [FTDEF_OUTPUT_COMPARE] = "compare",
+    [FTDEF_OUTPUT_PASSIVE] = "passive",
+};
+
+const char *ftdef_output_mode_name(FtOutputMode mode)
+{
+    return output_mode_names[mode];
+}
+
 static gboolean parse_checkpoint(xmlNodePtr node, FtDef *def, GError **err)
 {
-    static const char *const attrs[] = { "interval-ms", NULL };
+    static const char *const attrs[] = { "interval-ms", "output", NULL };
     g_autofree char *qn = qname(node);
     g_autofree char *v = NULL;
+    g_autofree char *output = NULL;
 
-    if (!check_leaf(node, attrs, "interval-ms", err))
+    if (!check_leaf(node, attrs, "interval-ms, output", err))
         return FALSE;
     v = prop(node, "interval-ms");
-    if (!v)
-        return invalid(err, "<%s>: the interval-ms attribute is missing; set "
-                       "it (%d..%d milliseconds) or remove the element for the "
-                       "default of %d", qn, FTDEF_INTERVAL_MIN, FTDEF_INTERVAL_MAX,
-                       FTDEF_INTERVAL_DEFAULT);
-    if (!parse_uint(v, FTDEF_INTERVAL_MIN, FTDEF_INTERVAL_MAX,
-                    &def->checkpoint_interval_ms)) {
+    if (v && !parse_uint(v, FTDEF_INTERVAL_MIN, FTDEF_INTERVAL_MAX,
+                         &def->checkpoint_interval_ms)) {
         g_autofree char *sv = show(v);
 
         return invalid(err, "<%s interval-ms='%s'>: must be an integer between "
                        "%d and %d (milliseconds)", qn, sv, FTDEF_INTERVAL_MIN,
                        FTDEF_INTERVAL_MAX);
     }
+    output = prop(node, "output");
+    if (output) {
+        guint m;
+
+        for (m = 0; m < G_N_ELEMENTS(output_mode_names); m++) {
+            if (strcmp(output, output_mode_names[m]) == 0)
+                break;
+        }
+        if (m == G_N_ELEMENTS(output_mode_names)) {
+            g_autofree char *sv = show(output);
+
+            return invalid(err, "<%s output='%s'>: must be 'compare' (release "
+                           "a reply when both copies sent the same) or 'passive' "
+                           "(release it at the next checkpoint; for outputs that "
+                           "never match, such as TLS)", qn, sv);
+        }
+        def->output_mode = (FtOutputMode)m;
+    }
+    if (!v && !output)
+        return invalid(err, "<%s>: has neither interval-ms nor output; set one "
+                       "or remove the element for the defaults (%d ms, compare)",
+                       qn, FTDEF_INTERVAL_DEFAULT);
     return TRUE;
 }
 
@@ -983,6 +1011,7 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
 
     def = g_new0(FtDef, 1);
     def->checkpoint_interval_ms = FTDEF_INTERVAL_DEFAULT;
+    def->output_mode = FTDEF_OUTPUT_COMPARE;
     def->port_base = FTDEF_PORT_BASE_DEFAULT;
     def->disks = g_ptr_array_new_with_free_func(ftdisk_free);
 

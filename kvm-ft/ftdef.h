@@ -33,6 +33,18 @@
 #define FTDEF_PORT_BASE_MAX 65000
 #define FTDEF_HOST_NAME_MAX 253
 
+/* How the primary's network output is released to the outside world. */
+typedef enum {
+    /* COLO: released when the secondary's copy produced the same packet;
+     * a difference forces a checkpoint. */
+    FTDEF_OUTPUT_COMPARE,
+    /* Remus-style: held until the checkpoint covering it has reached the
+     * secondary; never compared. */
+    FTDEF_OUTPUT_PASSIVE,
+} FtOutputMode;
+
+const char *ftdef_output_mode_name(FtOutputMode mode);
+
 typedef struct {
     char *target;       /* <target dev>, e.g. "vda": [A-Za-z0-9_-]+ */
     char *source_path;  /* <source file>, an absolute path */
@@ -50,6 +62,7 @@ typedef struct {
     char *uuid;                    /* <domain><uuid>, or NULL if absent */
     FtHost hosts[2];               /* in document order */
     guint checkpoint_interval_ms;  /* FTDEF_INTERVAL_DEFAULT if absent */
+    FtOutputMode output_mode;      /* FTDEF_OUTPUT_COMPARE if absent */
     guint port_base;               /* FTDEF_PORT_BASE_DEFAULT if absent */
     GPtrArray *disks;              /* FtDisk *, in <ft:disk> order, 1..64 */
     guint n_interfaces;            /* 0 or 1 <interface> elements */

@@ -1025,6 +1025,8 @@ JsonNode *guest_status(FtGuest *g)
                                      : g->qmp_stalled ? "not answering" : "ok");
     json_builder_set_member_name(b, "checkpoint_interval_ms");
     json_builder_add_int_value(b, g->def->checkpoint_interval_ms);
+    json_builder_set_member_name(b, "output_mode");
+    json_builder_add_string_value(b, ftdef_output_mode_name(g->def->output_mode));
     json_builder_set_member_name(b, "checkpoints");
     json_builder_add_int_value(b, (gint64)g->checkpoints);
     json_builder_set_member_name(b, "last_pause_ms");

@@ -268,6 +268,8 @@ static void print_guest(JsonObject *g, const char *host)
         printf("  QEMU (QMP):      %s\n", member_str(g, "qmp"));
     if (member_num(g, "checkpoint_interval_ms", &v))
         printf("  interval:        %.0f ms\n", v);
+    if (member_str(g, "output_mode"))
+        printf("  output:          %s\n", member_str(g, "output_mode"));
     if (member_num(g, "checkpoints", &v))
         printf("  checkpoints:     %.0f\n", v);
     else

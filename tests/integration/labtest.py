@@ -100,7 +100,8 @@ class Lab:
     def client(self, *args, timeout=600):
         return self.lab("client", *args, timeout=timeout)
 
-    def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload=""):
+    def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload="",
+                      output="compare"):
         """Same disk on both hosts (the secondary replicates from an identical copy),
         the definition on hostA."""
         for host in ("hostA", "hostB"):
@@ -109,6 +110,7 @@ class Lab:
             shutil.copyfile(os.path.join(gdir, "disk.qcow2"), os.path.join(images, name + ".qcow2"))
         xml = run(os.path.join(TOOLS, "guest-xml"), "--name", name, "--qemu", qemu,
                   "--guest-dir", gdir, "--interval-ms", str(interval_ms), "--workload", workload,
+                  "--output", output,
                   "--hosts", "hostA=%s/%s,hostB=%s/%s" % (LINK["hostA"], LAN["hostA"],
                                                           LINK["hostB"], LAN["hostB"])).stdout
         xml_path = os.path.join(self.path("hostA", "/var/lib/kvm-ft"), name + ".xml")
@@ -141,9 +143,11 @@ class Lab:
 class SeqClient:
     """tools/seqclient in the client namespace: one TCP connection to the guest."""
 
-    def __init__(self, lab, seconds=0, interval=0.1, log_path=None):
+    def __init__(self, lab, seconds=0, interval=0.1, log_path=None, port=7000, echo=False):
         args = [os.path.join(TOOLS, "lab"), "client", "python3", os.path.join(TOOLS, "seqclient"),
-                "--interval", str(interval), "--seconds", str(seconds)]
+                "--interval", str(interval), "--seconds", str(seconds), "--port", str(port)]
+        if echo:
+            args.append("--echo")
         if log_path:
             args += ["--log", log_path]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -13,6 +13,10 @@ guest before, during and after the fault):
   kill-daemon-A      kvm-ftd SIGKILLed on the primary and restarted: nothing
   kill-daemon-B      happens to the guest, the daemon re-attaches, the pair
                      stays protected (same on the secondary)
+  resume-window      QEMU SIGKILLed on the primary after it resumed from a
+                     checkpoint that the secondary had received but not yet
+                     loaded (qemu-patches 0006); proven from both QEMUs' COLO
+                     trace events, retried if the kill missed the window
 
 Every scenario asserts the invariants of DESIGN.md: the client's sequence is
 gapless and never rewound, on the same TCP connection; the survivor's disk
@@ -23,10 +27,12 @@ client's next answer is reported, not asserted.
 import json
 import os
 import re
+import signal
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import colotrace  # noqa: E402
 from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
                      log, qemu_binary, wait_for, wait_state)
 
@@ -58,6 +64,61 @@ def fault_time(out):
     return int(m.group(1)) / 1000.0 if m else time.time()
 
 
+# Scenarios that need a guest workload: a dirtying guest makes the
+# secondary's load, and so the resume window, tens of milliseconds long.
+WORKLOADS = {"resume-window": "dirty:64:10"}
+RESUME_WINDOW_ATTEMPTS = 3
+
+
+def kill_in_resume_window(lab, timeout=60):
+    """SIGKILL the primary's QEMU once its trace shows it running again after a
+    checkpoint the secondary has received but not confirmed loaded.  Returns
+    the kill time and the primary's trace after the kill."""
+    for host in ("hostA", "hostB"):
+        colotrace.enable(lab, host, GUEST)
+    with open(lab.path("hostA", "/run/libvirt/qemu/%s.pid" % GUEST)) as f:
+        pid = int(f.read().strip())
+    log_path = lab.path("hostA", "/var/log/libvirt/qemu/%s.log" % GUEST)
+    state = None  # None, "received", "resumed"
+    deadline = time.time() + timeout
+    with open(log_path, errors="replace") as f:
+        f.seek(0, os.SEEK_END)
+        pending = ""
+        while time.time() < deadline:
+            pending += f.read()
+            lines = pending.split("\n")
+            pending = lines.pop()
+            for line in lines:
+                if "Receive 'vmstate-received'" in line:
+                    state = "received"
+                elif "Receive 'vmstate-loaded'" in line:
+                    state = None
+                elif state == "received" and "'stop' => 'run'" in line:
+                    state = "resumed"
+            if state == "resumed" and not pending:
+                t = time.time()
+                os.kill(pid, signal.SIGKILL)
+                return t
+            time.sleep(0.0005)
+    raise AssertionError("no checkpoint in the primary's trace within %d s" % timeout)
+
+
+def resume_window_evidence(lab):
+    """From both QEMUs' traces: did the primary die resumed from a checkpoint it had
+    not seen loaded, and did the secondary finish loading that checkpoint?"""
+    with open(lab.path("hostA", "/var/log/libvirt/qemu/%s.log" % GUEST), errors="replace") as f:
+        primary = [e for e in colotrace.events(f.read()) if e[1].startswith("colo_")]
+    with open(lab.path("hostB", "/var/log/libvirt/qemu/%s.log" % GUEST), errors="replace") as f:
+        secondary = [e for e in colotrace.events(f.read()) if e[1] == "colo_send_message"]
+    last = [a for _, _, a in primary[-3:]]
+    died_in_window = (len(last) >= 2 and "'vmstate-received'" in last[-2] and
+                      "'stop' => 'run'" in last[-1])
+    received = sum("'vmstate-received'" in a for _, _, a in secondary)
+    loaded = sum("'vmstate-loaded'" in a for _, _, a in secondary)
+    return {"primary_last_events": last, "died_in_window": died_in_window,
+            "secondary_received": received, "secondary_loaded": loaded}
+
+
 def check_invariants(facts):
     name, summary, st = facts["scenario"], facts["client"], facts["status"]
     assert facts["kernel_trouble"] is None, \
@@ -69,6 +130,11 @@ def check_invariants(facts):
         assert st["last_failover"], st
         assert facts["live_copies"] == [facts["survivor"]], \
             "live copies after %s: %s" % (name, facts["live_copies"])
+    if name == "resume-window":
+        ev = facts["window"]
+        assert ev["died_in_window"], "the primary did not die in the resume window: %s" % ev
+        assert ev["secondary_loaded"] == ev["secondary_received"], \
+            "the secondary did not finish loading the last checkpoint: %s" % ev
     if name == "cut-link":
         other = facts["peer_after_cut"]
         assert other and other["state"] == "stopped", "secondary did not stand down: %s" % other
@@ -82,7 +148,7 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
     lab = Lab(label or "test_failover-" + name)
     try:
         lab.up()
-        lab.install_guest(qemu, gdir)
+        lab.install_guest(qemu, gdir, workload=WORKLOADS.get(name, ""))
         res = lab.protect("hostA")
         assert res.returncode == 0, "protect failed: %s" % res.stderr
         wait_state(lab, "hostB", "protected", timeout=60)
@@ -106,6 +172,9 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
             assert len(pids) == 1, pids
             t = time.time()
             lab.lab("exec", "A", "kill", "-9", pids[0])
+            survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
+        elif name == "resume-window":
+            t = kill_in_resume_window(lab)
             survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
         elif name.startswith("kill-daemon-"):
             host = "host" + name[-1]
@@ -148,6 +217,7 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
             "peer_after_cut": lab.status("hostB") if name == "cut-link" else None,
             "disk_ok": disk_ok, "disk": disk,
             "answer_after_fault_ms": client_answer_after(client_log, t),
+            "window": resume_window_evidence(lab) if name == "resume-window" else None,
         }
         if strict:
             check_invariants(facts)
@@ -182,7 +252,20 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 """
 
 SCENARIOS = ["garbage-peer", "power-primary", "power-secondary", "cut-link", "kill-qemu-primary",
-             "kill-daemon-A", "kill-daemon-B"]
+             "kill-daemon-A", "kill-daemon-B", "resume-window"]
+
+
+def run_resume_window(qemu, gdir):
+    """The kill may land just after the secondary's confirmation: try again then."""
+    for attempt in range(1, RESUME_WINDOW_ATTEMPTS + 1):
+        facts = run_scenario("resume-window", qemu, gdir, strict=False)
+        log("resume-window attempt %d: %s" % (attempt, facts["window"]))
+        if facts["window"]["died_in_window"] or attempt == RESUME_WINDOW_ATTEMPTS:
+            check_invariants(facts)
+            log("PASS resume-window: client answered %.0f ms after the kill"
+                % (facts["answer_after_fault_ms"] or -1))
+            return facts
+    return None
 
 
 def main():
@@ -191,7 +274,10 @@ def main():
     failed = []
     for name in wanted:
         try:
-            run_scenario(name, qemu, gdir)
+            if name == "resume-window":
+                run_resume_window(qemu, gdir)
+            else:
+                run_scenario(name, qemu, gdir)
         except AssertionError as e:
             log("FAIL %s: %s" % (name, e))
             failed.append(name)

@@ -191,6 +191,32 @@ START_TEST(valid_bounds)
 }
 END_TEST
 
+START_TEST(output_modes)
+{
+    g_autofree char *passive = domain(
+        GUEST(HOSTS "<ft:checkpoint interval-ms='100' output='passive'/>" FT_VDA), DISK_VDA);
+    g_autofree char *compare = domain(
+        GUEST(HOSTS "<ft:checkpoint output='compare'/>" FT_VDA), DISK_VDA);
+    g_autofree char *absent = domain(GUEST(HOSTS FT_VDA), DISK_VDA);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) p = ftdef_parse(passive, &err);
+    g_autoptr(FtDef) c = NULL;
+    g_autoptr(FtDef) a = NULL;
+
+    ck_assert_msg(p != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_int_eq(p->output_mode, FTDEF_OUTPUT_PASSIVE);
+    ck_assert_uint_eq(p->checkpoint_interval_ms, 100);
+    c = ftdef_parse(compare, &err);
+    ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_int_eq(c->output_mode, FTDEF_OUTPUT_COMPARE);
+    ck_assert_uint_eq(c->checkpoint_interval_ms, FTDEF_INTERVAL_DEFAULT);
+    a = ftdef_parse(absent, &err);
+    ck_assert_msg(a != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_int_eq(a->output_mode, FTDEF_OUTPUT_COMPARE);
+    ck_assert_str_eq(ftdef_output_mode_name(p->output_mode), "passive");
+}
+END_TEST
+
 START_TEST(valid_default_namespace)
 {
     g_autofree char *xml = domain(
@@ -385,8 +411,12 @@ INVALID(interval_negative, GUEST(HOSTS "<ft:checkpoint interval-ms='-100'/>"
         FT_VDA), DISK_VDA, "<ft:checkpoint interval-ms='-100'>", "20 and 60000")
 INVALID(interval_unit_suffix, GUEST(HOSTS "<ft:checkpoint interval-ms='2s'/>"
         FT_VDA), DISK_VDA, "<ft:checkpoint interval-ms='2s'>", "integer")
-INVALID(interval_missing, GUEST(HOSTS "<ft:checkpoint/>" FT_VDA), DISK_VDA,
-        "<ft:checkpoint>", "interval-ms attribute is missing")
+INVALID(checkpoint_empty, GUEST(HOSTS "<ft:checkpoint/>" FT_VDA), DISK_VDA,
+        "<ft:checkpoint>", "neither interval-ms nor output")
+INVALID(output_unknown, GUEST(HOSTS "<ft:checkpoint output='buffered'/>" FT_VDA),
+        DISK_VDA, "<ft:checkpoint output='buffered'>", "'compare'")
+INVALID(output_case, GUEST(HOSTS "<ft:checkpoint output='Passive'/>" FT_VDA),
+        DISK_VDA, "<ft:checkpoint output='Passive'>", "'passive'")
 INVALID(interval_huge_number, GUEST(HOSTS
         "<ft:checkpoint interval-ms='99999999999999999999'/>" FT_VDA), DISK_VDA,
         "<ft:checkpoint interval-ms='99999999999999999999'>", "integer")
@@ -761,7 +791,10 @@ static Suite *ftdef_suite(void)
     tcase_add_test(tc, interval_too_large);
     tcase_add_test(tc, interval_negative);
     tcase_add_test(tc, interval_unit_suffix);
-    tcase_add_test(tc, interval_missing);
+    tcase_add_test(tc, checkpoint_empty);
+    tcase_add_test(tc, output_unknown);
+    tcase_add_test(tc, output_case);
+    tcase_add_test(tc, output_modes);
     tcase_add_test(tc, interval_huge_number);
     tcase_add_test(tc, checkpoint_duplicate);
     tcase_add_test(tc, ports_too_low);

@@ -12,6 +12,17 @@
  *   ftguest dirty MB SLEEP_MS        rewrites one word in every page of an MB-sized buffer per pass,
  *                                    checking the value the previous pass left there; prints
  *                                    "D pass errors" every 100 passes and "DIRTY BAD ..." on a mismatch.
+ *   ftguest soak MB                  (x86-64) self-checking loop for COLO secondaries, forever, ~20 ms
+ *                                    sleep between passes. Prints "SOAK START mb=MB", then per pass:
+ *                                    rewrites a pseudo-random quarter of the 4 KiB pages of an MB
+ *                                    buffer and verifies every page against its stored checksum
+ *                                    ("SOAK BAD mem pass=P page=I", at most 10 lines a pass); generates
+ *                                    machine code into a fresh page, runs it, and re-runs the code of
+ *                                    the last 8 passes ("SOAK BAD code pass=P"); a fatal signal prints
+ *                                    "SOAK BAD signal=S pass=P". At least 1 s (CLOCK_MONOTONIC) apart:
+ *                                    "SOAK n=PASS bad=TOTAL mono_ms=MONO real_ms=REAL tsc=TSC"
+ *                                    (TOTAL: corrupted pages, each counted once, plus wrong results of
+ *                                    generated code).
  *
  * Output lines are written with one write(2) each so that concurrent writers to the console do not
  * interleave within a line.
@@ -29,6 +40,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -81,7 +93,7 @@ static int parse_long(const char *s, long min, long max, long *out)
 static int usage(void)
 {
     fprintf(stderr, "usage: ftguest counter LOG [PERIOD_MS] | seqd PORT | ndet PORT | busy [N] |"
-                    " dirty MB SLEEP_MS\n");
+                    " dirty MB SLEEP_MS | soak MB\n");
     return 2;
 }
 
@@ -371,6 +383,225 @@ static int cmd_dirty(int argc, char **argv)
     }
 }
 
+/* ---- soak --------------------------------------------------------------------------------- */
+
+#if defined(__x86_64__)
+
+#define SOAK_PAGE 4096
+#define SOAK_WORDS (SOAK_PAGE / sizeof(uint64_t))
+#define SOAK_RING 8 /* code pages of the last passes kept alive and re-run */
+
+typedef uint64_t (*soak_fn)(uint64_t);
+
+struct soak_code {
+    unsigned char *page; /* NULL: empty slot */
+    uint64_t pass, k1, k2;
+};
+
+static volatile uint64_t soak_pass; /* for the fatal-signal line (one aligned 64-bit store) */
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ULL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+/* 64-bit FNV-1a over words: each step is a bijection of h, so any single changed word changes it. */
+static uint64_t soak_hash_step(uint64_t h, uint64_t w)
+{
+    return (h ^ w) * 0x100000001B3ULL;
+}
+#define SOAK_HASH_INIT 0xCBF29CE484222325ULL
+
+static uint64_t soak_page_hash(const uint64_t *p)
+{
+    uint64_t h = SOAK_HASH_INIT;
+    for (size_t k = 0; k < SOAK_WORDS; k++)
+        h = soak_hash_step(h, p[k]);
+    return h;
+}
+
+/* Fill page i with content derived from (pass, i); returns its checksum. */
+static uint64_t soak_fill(uint64_t *p, uint64_t pass, uint64_t i)
+{
+    uint64_t x = splitmix64(pass ^ splitmix64(i)) | 1, h = SOAK_HASH_INIT;
+    for (size_t k = 0; k < SOAK_WORDS; k++) {
+        x ^= x << 13; /* xorshift64 */
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[k] = x;
+        h = soak_hash_step(h, x);
+    }
+    return h;
+}
+
+static size_t put_u64(char *b, uint64_t v)
+{
+    char t[20];
+    size_t n = 0, m = 0;
+    do
+        t[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    while (n > 0)
+        b[m++] = t[--n];
+    return m;
+}
+
+/* Async-signal-safe: one line, then SA_RESETHAND lets the re-executed fault kill the process. */
+static void soak_fatal(int sig)
+{
+    char b[80];
+    size_t n = 0;
+    memcpy(b, "SOAK BAD signal=", 16);
+    n = 16;
+    n += put_u64(b + n, (uint64_t)sig);
+    memcpy(b + n, " pass=", 6);
+    n += 6;
+    n += put_u64(b + n, soak_pass);
+    b[n++] = '\n';
+    (void)write(STDOUT_FILENO, b, n);
+}
+
+/* movabs rax, k1; imul rax, rdi; movabs rdx, k2; add rax, rdx; ret. Rest of the page: int3. */
+static unsigned char *soak_make_code(uint64_t k1, uint64_t k2)
+{
+    unsigned char *p = mmap(NULL, SOAK_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    memset(p, 0xCC, SOAK_PAGE);
+    unsigned char *c = p;
+    *c++ = 0x48, *c++ = 0xB8;
+    memcpy(c, &k1, 8), c += 8;
+    *c++ = 0x48, *c++ = 0x0F, *c++ = 0xAF, *c++ = 0xC7;
+    *c++ = 0x48, *c++ = 0xBA;
+    memcpy(c, &k2, 8), c += 8;
+    *c++ = 0x48, *c++ = 0x01, *c++ = 0xD0;
+    *c++ = 0xC3;
+    __builtin___clear_cache((char *)p, (char *)c);
+    if (mprotect(p, SOAK_PAGE, PROT_READ | PROT_EXEC) < 0) {
+        munmap(p, SOAK_PAGE);
+        return NULL;
+    }
+    return p;
+}
+
+/* Number of inputs for which the code computes something else than x * k1 + k2. */
+static unsigned soak_run_code(const struct soak_code *c, uint64_t pass)
+{
+    const uint64_t in[4] = { 0, 1, pass, splitmix64(pass ^ c->k1) };
+    soak_fn f = (soak_fn)(uintptr_t)c->page;
+    unsigned bad = 0;
+    for (size_t k = 0; k < sizeof in / sizeof in[0]; k++)
+        if (f(in[k]) != in[k] * c->k1 + c->k2)
+            bad++;
+    return bad;
+}
+
+static int64_t clock_ms(clockid_t id)
+{
+    struct timespec t;
+    clock_gettime(id, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int cmd_soak(int argc, char **argv)
+{
+    long mb;
+    if (argc != 3 || parse_long(argv[2], 1, 1024, &mb) < 0)
+        return usage();
+    const size_t npages = (size_t)mb << 20 >> 12;
+    uint64_t *buf =
+        mmap(NULL, npages * SOAK_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    uint64_t *sums = calloc(npages, sizeof *sums);
+    if (buf == MAP_FAILED || !sums) {
+        say("soak: cannot allocate %ld MiB: %s\n", mb, strerror(errno));
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = soak_fatal;
+    sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    const int fatal[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP };
+    for (size_t k = 0; k < sizeof fatal / sizeof fatal[0]; k++)
+        sigaction(fatal[k], &sa, NULL);
+
+    say("SOAK START mb=%ld\n", mb);
+    for (size_t i = 0; i < npages; i++)
+        sums[i] = soak_fill(buf + i * SOAK_WORDS, 0, i);
+    struct soak_code ring[SOAK_RING];
+    memset(ring, 0, sizeof ring);
+    uint64_t bad = 0;
+    int64_t last_status = clock_ms(CLOCK_MONOTONIC);
+    for (uint64_t pass = 1;; pass++) {
+        soak_pass = pass;
+        /* 1. memory: rewrite about a quarter of the pages, then verify all of them */
+        for (size_t i = 0; i < npages; i++)
+            if ((splitmix64(pass * 0xD1B54A32D192ED03ULL ^ i) >> 62) == 0)
+                sums[i] = soak_fill(buf + i * SOAK_WORDS, pass, i);
+        __asm__ volatile("" ::: "memory"); /* verify what memory holds, not what the compiler knows */
+        unsigned shown = 0;
+        for (size_t i = 0; i < npages; i++) {
+            uint64_t h = soak_page_hash(buf + i * SOAK_WORDS);
+            if (h != sums[i]) {
+                bad++;
+                if (shown++ < 10)
+                    say("SOAK BAD mem pass=%" PRIu64 " page=%zu\n", pass, i);
+                sums[i] = h; /* count one corruption once, not again on every later pass */
+            }
+        }
+        /* 2. code: a fresh page with per-pass constants, then the code of the last SOAK_RING passes */
+        struct soak_code *slot = &ring[pass % SOAK_RING];
+        if (slot->page)
+            munmap(slot->page, SOAK_PAGE);
+        slot->pass = pass;
+        slot->k1 = splitmix64(pass ^ 0x5EED0001ULL) | 1;
+        slot->k2 = splitmix64(pass ^ 0x5EED0002ULL);
+        slot->page = soak_make_code(slot->k1, slot->k2);
+        if (!slot->page)
+            say("soak: code page: %s\n", strerror(errno));
+        unsigned code_bad = 0;
+        for (size_t k = 0; k < SOAK_RING; k++) {
+            if (!ring[k].page)
+                continue;
+            unsigned b = soak_run_code(&ring[k], pass);
+            if (b) {
+                code_bad += b;
+                munmap(ring[k].page, SOAK_PAGE); /* count a broken page once */
+                ring[k].page = NULL;
+            }
+        }
+        if (code_bad) {
+            bad += code_bad;
+            say("SOAK BAD code pass=%" PRIu64 "\n", pass);
+        }
+        /* 3. status, at least 1 s apart */
+        int64_t mono = clock_ms(CLOCK_MONOTONIC);
+        if (mono - last_status >= 1000) {
+            last_status = mono;
+            say("SOAK n=%" PRIu64 " bad=%" PRIu64 " mono_ms=%" PRId64 " real_ms=%" PRId64 " tsc=%llu\n", pass,
+                bad, mono, clock_ms(CLOCK_REALTIME), (unsigned long long)__builtin_ia32_rdtsc());
+        }
+        struct timespec t = { .tv_sec = 0, .tv_nsec = 20 * 1000000L };
+        while (nanosleep(&t, &t) < 0 && errno == EINTR)
+            ;
+    }
+}
+
+#else
+
+static int cmd_soak(int argc, char **argv)
+{
+    (void)argc;
+    (void)argv;
+    say("soak: x86-64 only\n");
+    return 1;
+}
+
+#endif
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -385,5 +616,7 @@ int main(int argc, char **argv)
         return cmd_busy(argc, argv);
     if (!strcmp(argv[1], "dirty"))
         return cmd_dirty(argc, argv);
+    if (!strcmp(argv[1], "soak"))
+        return cmd_soak(argc, argv);
     return usage();
 }

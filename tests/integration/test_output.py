@@ -1,0 +1,120 @@
+#!/usr/bin/env python3
+"""Each output mode releases the guest's replies correctly.
+
+For each mode, protects the test guest with <ft:checkpoint output=MODE> and
+runs two clients for CLIENT_SECONDS, each on one TCP connection: one to the
+deterministic sequence service (port 7000) and one to the non-deterministic
+ndet service (port 7002, replies carry the guest's clock, so the two copies
+never agree).  The primary's COLO trace events (tests/integration/colotrace.py)
+give the time each checkpoint reached the secondary ("vmstate-received").
+
+compare: both sequences gapless; every ndet reply differs between the copies,
+  so each must have been released by a checkpoint that the mismatch forced:
+  a checkpoint reached the secondary between the request and the reply, and
+  far more checkpoints happen than the periodic ones.
+passive: both sequences gapless, and no reply -- deterministic or not -- reached
+  the client before a checkpoint taken after its request had reached the
+  secondary (the checkpoint covering the reply was committed first).
+"""
+import bisect
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import colotrace  # noqa: E402
+from labtest import (GUEST, Lab, SeqClient, guest_dir, kernel_trouble, log,  # noqa: E402
+                     qemu_binary, wait_for, wait_state)
+
+CLIENT_SECONDS = 20
+INTERVAL_MS = {"compare": 2000, "passive": 200}
+
+
+def replies(path):
+    """(sent, received) wall-clock seconds of each reply in a seqclient log."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            out.append((r["t"] - r["rtt_ms"] / 1000.0, r["t"]))
+    return out
+
+
+def uncovered(reps, ckpts):
+    """The replies with no checkpoint both started after the request and committed
+    (received by the secondary) before the reply arrived."""
+    ckpts = sorted(ckpts, key=lambda c: c["stopped"])
+    stops = [c["stopped"] for c in ckpts]
+    bad = []
+    for sent, got in reps:
+        i = bisect.bisect_right(stops, sent)
+        if i >= len(ckpts) or ckpts[i]["received"] >= got:
+            bad.append((sent, got))
+    return bad
+
+
+def run_mode(mode, qemu, gdir):
+    lab = Lab("test_output_%s" % mode)
+    try:
+        lab.up()
+        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS[mode], workload="ndet",
+                          output=mode)
+        res = lab.protect("hostA")
+        assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
+        a = lab.status("hostA")
+        assert a["output_mode"] == mode, a
+        wait_state(lab, "hostB", "protected", timeout=60)
+        wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        colotrace.enable(lab, "hostA", GUEST)
+        before = lab.status("hostA")["checkpoints"]
+        seq_log = os.path.join(lab.artifacts, "client-seq.jsonl")
+        ndet_log = os.path.join(lab.artifacts, "client-ndet.jsonl")
+        seq = SeqClient(lab, seconds=CLIENT_SECONDS, interval=0.25, log_path=seq_log)
+        ndet = SeqClient(lab, seconds=CLIENT_SECONDS, interval=0.5, log_path=ndet_log,
+                         port=7002, echo=True)
+        s, n = seq.result(timeout=CLIENT_SECONDS + 120), ndet.result(timeout=CLIENT_SECONDS + 120)
+        after = lab.status("hostA")
+        log("%s: seq client %s" % (mode, s))
+        log("%s: ndet client %s" % (mode, n))
+        with open(lab.path("hostA", "/var/log/libvirt/qemu/%s.log" % GUEST),
+                  errors="replace") as f:
+            ckpts = colotrace.checkpoints(f.read())
+        log("%s: %d checkpoints (%d traced) while the clients ran"
+            % (mode, after["checkpoints"] - before, len(ckpts)))
+
+        for name, summary in (("sequence", s), ("ndet", n)):
+            assert summary["connection_broken"] is None, (name, summary)
+            assert summary["replies"] >= CLIENT_SECONDS, (name, summary)
+            assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], \
+                (name, summary)
+        assert ckpts, "no checkpoint in the primary's trace"
+        ndet_bad = uncovered(replies(ndet_log), ckpts)
+        assert not ndet_bad, "%d of %d ndet replies were released without a committed " \
+            "checkpoint: first %s" % (len(ndet_bad), n["replies"], ndet_bad[:3])
+        if mode == "passive":
+            seq_bad = uncovered(replies(seq_log), ckpts)
+            assert not seq_bad, "%d of %d replies reached the client before the checkpoint " \
+                "covering them was committed: first %s" % (len(seq_bad), s["replies"], seq_bad[:3])
+        else:
+            periodic = CLIENT_SECONDS * 1000 // INTERVAL_MS[mode]
+            assert after["checkpoints"] - before >= n["replies"] * 0.8, \
+                "only %d checkpoints for %d mismatching replies (periodic alone: ~%d)" % (
+                    after["checkpoints"] - before, n["replies"], periodic)
+        for host in ("hostA", "hostB"):
+            trouble = kernel_trouble(lab.serial(host))
+            assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
+        log("PASS %s: %d + %d replies gapless, ndet rtt p50 %s ms, sequence rtt p50 %s ms"
+            % (mode, s["replies"], n["replies"], n["rtt_ms"]["p50"], s["rtt_ms"]["p50"]))
+    finally:
+        lab.down()
+
+
+def main():
+    qemu, gdir = qemu_binary(), guest_dir()
+    modes = sys.argv[1:] or ["compare", "passive"]
+    for mode in modes:
+        run_mode(mode, qemu, gdir)
+
+
+if __name__ == "__main__":
+    main()
