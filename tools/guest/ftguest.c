@@ -7,7 +7,7 @@
  *                                    one line with the next number of a single in-memory sequence
  *                                    (first reply "1"). Deterministic: no time, no randomness.
  *   ftguest ndet PORT                TCP line service, deliberately non-deterministic: every line gets
- *                                    back "<line> <CLOCK_REALTIME ns>".
+ *                                    back "<line> <CLOCK_REALTIME ns> <cycle counter>".
  *   ftguest busy [N]                 nice 19 CPU loop; prints "W k" after every N iterations.
  *   ftguest dirty MB SLEEP_MS        rewrites one word in every page of an MB-sized buffer per pass,
  *                                    checking the value the previous pass left there; prints
@@ -154,6 +154,22 @@ static int cmd_counter(int argc, char **argv)
 
 enum mode { MODE_SEQ, MODE_NDET };
 
+/*
+ * The guest's clock can be as coarse as a jiffy (TCG guests run on
+ * refined-jiffies), so two copies often read the same time; the cycle
+ * counter follows the host's and never agrees between them.
+ */
+static unsigned long long cycle_counter(void)
+{
+#if defined(__x86_64__)
+    return __builtin_ia32_rdtsc();
+#else
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC_RAW, &t);
+    return (unsigned long long)t.tv_sec * 1000000000ULL + (unsigned long long)t.tv_nsec;
+#endif
+}
+
 struct client {
     int fd;
     int eof;
@@ -183,8 +199,8 @@ static void consume_lines(struct client *c, enum mode mode)
             struct timespec t;
             clock_gettime(CLOCK_REALTIME, &t);
             memcpy(o, c->in + pos, linelen);
-            n = snprintf(o + linelen, room - linelen, " %lld\n",
-                         (long long)t.tv_sec * 1000000000LL + t.tv_nsec);
+            n = snprintf(o + linelen, room - linelen, " %lld %llu\n",
+                         (long long)t.tv_sec * 1000000000LL + t.tv_nsec, cycle_counter());
             n += (int)linelen;
         }
         c->outlen += (size_t)n;
