@@ -3,7 +3,7 @@
 
 Protects the test guest at a 100 ms checkpoint interval while it runs the
 soak workload (tools/guest/ftguest.c "soak": rewrites memory, generates and
-runs fresh code, verifies checksums of both, prints its clocks every second)
+runs fresh code, verifies checksums of both, prints its clocks five times a second)
 and a client talks to it; then pulls the power on the primary.  Asserts:
 
 - hundreds of checkpoints (thousands with tools/soak) completed;
@@ -142,13 +142,13 @@ def main():
             trouble = kernel_trouble(text)
             assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
         assert all(v[0] == 0 for v in pri.values()), "primary's workload counted bad passes"
-        assert common >= 5, "the copies printed only %d status lines in common" % common
+        assert common >= 20, "the copies printed only %d status lines in common" % common
         assert mono < CLOCK_TOLERANCE_MS, "secondary's CLOCK_MONOTONIC off by %s ms" % mono
         assert tsc is not None and tsc < CLOCK_TOLERANCE_MS, \
             "secondary's TSC off by %.0f ms" % tsc
 
         # After the failover: the workload goes on verifying, the clock did not jump.
-        assert len(after) >= AFTER_FAILOVER_S // 2, \
+        assert len(after) >= AFTER_FAILOVER_S * 2, \
             "the guest printed %d status lines in %d s after the failover" % (len(after),
                                                                               AFTER_FAILOVER_S)
         assert all(v[0] == 0 for v in after.values()), after
