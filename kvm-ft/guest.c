@@ -10,6 +10,7 @@
 #include "engine.h"
 #include "log.h"
 #include "qmp.h"
+#include "status.h"
 
 /* How often a guest on its way into COLO is checked. */
 #define ENTER_POLL_MS 200
@@ -25,6 +26,10 @@
 #define CHECKPOINT_HISTORY 4096
 /* Upper bound for qemu-img, which only creates small files here. */
 #define QEMU_IMG_TIMEOUT_S "60"
+/* The secondary's overlays in STATE-DIR/GUEST/: KIND-INDEX.qcow2 */
+#define OVERLAY_ACTIVE "active"
+#define OVERLAY_HIDDEN "hidden"
+#define OVERLAY_SUFFIX ".qcow2"
 
 struct FtGuest {
     Daemon *d;
@@ -54,6 +59,13 @@ struct FtGuest {
 
     char *exit_reason;
     guint exit_idle_id;
+
+    /* Primary: QEMU announced it exits on purpose (its SHUTDOWN cause). */
+    char *shutdown_cause;
+
+    /* The status element in the domain's metadata follows the state. */
+    char *status_reason;
+    guint status_idle_id;
 
     /* Failure detection and the last failover, for the log and ftctl. */
     gboolean peer_daemon_down_logged;
@@ -111,6 +123,23 @@ static const char *role_name(FtGuest *g)
     return ft_role_name(g->role);
 }
 
+/*
+ * Writing the status is a libvirt call, which waits for the domain's job
+ * lock: it must never delay a failover.  It is written from an idle
+ * callback, once the failover the transition belongs to has run to its
+ * end, and never in a state a failover passes through.
+ */
+static gboolean write_status(gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    g->status_idle_id = 0;
+    if (g->state == GUEST_TAKING_OVER || g->state == GUEST_DROPPING_SECONDARY)
+        return G_SOURCE_REMOVE; /* the transition out of it writes */
+    daemon_set_status(g->d, g->def->name, guest_state_name(g->state), g->status_reason);
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean transition(FtGuest *g, GuestState to, const char *reason)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
@@ -125,6 +154,10 @@ static gboolean transition(FtGuest *g, GuestState to, const char *reason)
     g->state = to;
     log_info(g->def->name, role_name(g), "%s -> %s: %s",
              guest_state_name(from), guest_state_name(to), reason);
+    g_free(g->status_reason);
+    g->status_reason = g_strdup(reason);
+    if (!g->status_idle_id)
+        g->status_idle_id = g_idle_add(write_status, g);
 
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "guest");
@@ -178,21 +211,45 @@ static void answer_primary(FtGuest *g, const char *error)
 
 static char *overlay_path(FtGuest *g, const char *kind, guint index)
 {
-    g_autofree char *file = g_strdup_printf("%s-%u.qcow2", kind, index);
+    g_autofree char *file = g_strdup_printf("%s-%u" OVERLAY_SUFFIX, kind, index);
 
     return g_build_filename(daemon_config(g->d)->state_dir, g->def->name, file,
                             NULL);
 }
 
-static void remove_overlays(FtGuest *g)
+static gboolean is_overlay(const char *file)
 {
-    for (guint i = 0; i < g->def->disks->len; i++) {
-        g_autofree char *active = overlay_path(g, "active", i);
-        g_autofree char *hidden = overlay_path(g, "hidden", i);
+    return (g_str_has_prefix(file, OVERLAY_ACTIVE "-") ||
+            g_str_has_prefix(file, OVERLAY_HIDDEN "-")) &&
+           g_str_has_suffix(file, OVERLAY_SUFFIX);
+}
 
-        g_unlink(active);
-        g_unlink(hidden);
+/* By what is on disk, not by the current definition: it may have had more disks. */
+void guest_remove_overlays(const FtConfig *cfg, const char *name)
+{
+    g_autofree char *dir = g_build_filename(cfg->state_dir, name, NULL);
+    g_autoptr(GDir) listing = g_dir_open(dir, 0, NULL);
+    const char *file;
+
+    if (!listing)
+        return;
+    while ((file = g_dir_read_name(listing))) {
+        g_autofree char *path = g_build_filename(dir, file, NULL);
+
+        if (is_overlay(file) && g_unlink(path) < 0)
+            log_warn(name, NULL, "cannot remove %s: %s", path, g_strerror(errno));
     }
+    /* Only if nothing else is in there. */
+    g_rmdir(dir);
+}
+
+/* Lets go of this host's QEMU without touching it. */
+static void detach(FtGuest *g)
+{
+    stop_polling(g);
+    g_clear_pointer(&g->qmp, qmp_free);
+    g_clear_pointer(&g->colo_mode, g_free);
+    g_clear_pointer(&g->colo_reason, g_free);
 }
 
 /* Tears down this host's copy; leaves the administrator's definition alone. */
@@ -201,16 +258,13 @@ static void release(FtGuest *g)
     g_autoptr(GError) err = NULL;
     gboolean active = FALSE;
 
-    stop_polling(g);
-    g_clear_pointer(&g->qmp, qmp_free);
+    detach(g);
     if (virt_domain_is_active(daemon_virt(g->d), g->def->name, &active, &err) &&
         active && !virt_domain_destroy(daemon_virt(g->d), g->def->name, &err))
         log_warn(g->def->name, role_name(g), "cannot stop the guest: %s",
                  err->message);
     if (g->role == FT_ROLE_SECONDARY)
-        remove_overlays(g);
-    g_clear_pointer(&g->colo_mode, g_free);
-    g_clear_pointer(&g->colo_reason, g_free);
+        guest_remove_overlays(daemon_config(g->d), g->def->name);
 }
 
 static void on_peer_stopped(PeerConn *conn, JsonNode *result,
@@ -303,6 +357,29 @@ static gboolean after_colo_exit(gpointer opaque)
     return G_SOURCE_REMOVE;
 }
 
+/*
+ * QEMU announces why it is about to exit.  The guest powering off (virsh
+ * shutdown) and SIGTERM (virsh destroy) are planned stops: the QMP socket
+ * closing next is no failure to fail over from.  A reset is no stop, and
+ * libvirt's reboot, which powers the guest off and then resets it rather
+ * than letting QEMU exit, takes back what the power-off announced.  Only
+ * the primary's own stop counts: a secondary whose QEMU goes away is
+ * reported to the primary as ever (secondary-lost).
+ */
+static void note_shutdown(FtGuest *g, JsonObject *data)
+{
+    const char *cause = data ? json_object_get_string_member_with_default(
+                                   data, "reason", "unknown")
+                             : "unknown";
+
+    if (g->role != FT_ROLE_PRIMARY || g->shutdown_cause ||
+        strcmp(cause, "guest-reset") == 0 || strcmp(cause, "host-qmp-system-reset") == 0)
+        return;
+    g->shutdown_cause = g_strdup(cause);
+    log_info(g->def->name, role_name(g), "QEMU shuts down (%s): a planned stop, "
+             "no failover when it exits", cause);
+}
+
 static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
                          gint64 timestamp_us, gpointer opaque)
 {
@@ -334,7 +411,52 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
         g->exit_reason = g_strdup(reason);
         if (!g->exit_idle_id)
             g->exit_idle_id = g_idle_add(after_colo_exit, g);
+    } else if (strcmp(event, "SHUTDOWN") == 0) {
+        note_shutdown(g, data);
+    } else if (strcmp(event, "RESET") == 0 && g->shutdown_cause) {
+        log_info(g->def->name, role_name(g), "guest reset after the shutdown (%s): "
+                 "it runs on", g->shutdown_cause);
+        g_clear_pointer(&g->shutdown_cause, g_free);
     }
+}
+
+/*
+ * The primary's QEMU, which was running, stops on purpose (how says why):
+ * its secondary goes too, nothing fails over.  FALSE if this copy is not a
+ * primary past its setup (a setup that fails undoes both hosts already).
+ */
+static gboolean stop_planned(FtGuest *g, const char *how)
+{
+    if (g->role != FT_ROLE_PRIMARY ||
+        (g->state != GUEST_PROTECTED && g->state != GUEST_DEGRADED &&
+         g->state != GUEST_FAILED))
+        return FALSE;
+    if (g->state == GUEST_PROTECTED)
+        tell_peer_to_stop(g, how);
+    /* QEMU is gone or on its way out: nothing left to destroy. */
+    detach(g);
+    transition(g, GUEST_STOPPED, how);
+    return TRUE;
+}
+
+static char *planned_stop_reason(const char *cause)
+{
+    if (strcmp(cause, "guest-shutdown") == 0)
+        return g_strdup_printf("shut down (%s)", cause);
+    if (strcmp(cause, "host-signal") == 0)
+        return g_strdup_printf("destroyed (%s)", cause);
+    return g_strdup_printf("stopped (%s)", cause);
+}
+
+void guest_domain_stopped(FtGuest *g, VirtStopped how)
+{
+    /* Only while QEMU is ours: when its QMP socket closed first, that was it. */
+    if (!g->qmp || !qmp_is_open(g->qmp))
+        return;
+    if (how == VIRT_STOPPED_SHUTDOWN)
+        stop_planned(g, "shut down (libvirt)");
+    else if (how == VIRT_STOPPED_DESTROYED)
+        stop_planned(g, "destroyed (libvirt)");
 }
 
 static void tell_peer(FtGuest *g, const char *event, const char *reason)
@@ -354,6 +476,12 @@ static void on_qmp_closed(Qmp *q, const GError *reason, gpointer opaque)
                                            reason ? reason->message : "closed");
 
     (void)q;
+    if (g->shutdown_cause) {
+        g_autofree char *how = planned_stop_reason(g->shutdown_cause);
+
+        if (stop_planned(g, how))
+            return;
+    }
     if (g->state == GUEST_STOPPED || g->state == GUEST_FAILED)
         return;
     /* The other copy is the guest now: the peer must hear it at once. */
@@ -607,8 +735,8 @@ static gboolean prepare_overlays(FtGuest *g, GPtrArray *active, GPtrArray *hidde
         }
         if (!disk_virtual_size(disk->source_path, &size, err))
             return FALSE;
-        g_ptr_array_add(active, overlay_path(g, "active", i));
-        g_ptr_array_add(hidden, overlay_path(g, "hidden", i));
+        g_ptr_array_add(active, overlay_path(g, OVERLAY_ACTIVE, i));
+        g_ptr_array_add(hidden, overlay_path(g, OVERLAY_HIDDEN, i));
         if (!create_overlay(g_ptr_array_index(active, i), size, err) ||
             !create_overlay(g_ptr_array_index(hidden, i), size, err))
             return FALSE;
@@ -873,7 +1001,11 @@ void guest_free(FtGuest *g)
     stop_polling(g);
     if (g->exit_idle_id)
         g_source_remove(g->exit_idle_id);
+    if (g->status_idle_id)
+        g_source_remove(g->status_idle_id);
     g_free(g->exit_reason);
+    g_free(g->shutdown_cause);
+    g_free(g->status_reason);
     g_free(g->failover_reason);
     g_clear_pointer(&g->reply_conn, peer_conn_unref);
     g_clear_pointer(&g->qmp, qmp_free);

@@ -4,13 +4,36 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include "log.h"
+#include "status.h"
+
+/* libvirtd silent for KEEPALIVE_S * KEEPALIVE_COUNT seconds: the connection is dropped. */
+#define KEEPALIVE_S 5
+#define KEEPALIVE_COUNT 3
+
+/*
+ * Who gets the domain events.  Events are on their way to the main
+ * context while the Virt may go away: each holds a reference, and
+ * virt_close() clears cb so that late ones are dropped.
+ */
+typedef struct {
+    GMainContext *context;
+    VirtEventFunc cb; /* only touched on the main context's thread */
+    gpointer opaque;
+} VirtWatch;
+
 struct Virt {
     virConnectPtr conn;
+    GThread *event_thread;
+    gint quit;
+    VirtWatch *watch;
+    int lifecycle_id;
+    int metadata_id;
 };
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomain, virDomainFree)
 
-#define VIRT_ERROR g_quark_from_static_string("kvmft-virt-error")
+G_DEFINE_QUARK(kvmft-virt-error-quark, virt_error)
 
 /* libvirt prints every error to stderr by default; ours go through GError. */
 static void silence(void *opaque, virErrorPtr error)
@@ -21,9 +44,226 @@ static void silence(void *opaque, virErrorPtr error)
 
 static void set_virt_error(GError **err, const char *what, const char *name)
 {
-    g_set_error(err, VIRT_ERROR, 0, "%s '%s': %s", what, name,
-                virGetLastErrorMessage());
+    g_set_error(err, VIRT_ERROR,
+                virGetLastErrorCode() == VIR_ERR_NO_DOMAIN ? VIRT_ERROR_NO_DOMAIN
+                                                           : VIRT_ERROR_FAILED,
+                "%s '%s': %s", what, name, virGetLastErrorMessage());
 }
+
+/* ---- events ----------------------------------------------------------- */
+
+/*
+ * libvirt's event loop is process-wide and must exist before the first
+ * connection is opened, or that connection has neither events nor
+ * keepalive.
+ */
+static gboolean register_event_loop(GError **err)
+{
+    static gsize once;
+    static int result;
+
+    if (g_once_init_enter(&once)) {
+        result = virEventRegisterDefaultImpl();
+        g_once_init_leave(&once, 1);
+    }
+    if (result < 0) {
+        g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
+                    "cannot set up libvirt's event loop: %s", virGetLastErrorMessage());
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gpointer run_event_loop(gpointer opaque)
+{
+    Virt *v = opaque;
+
+    while (!g_atomic_int_get(&v->quit)) {
+        if (virEventRunDefaultImpl() < 0) {
+            log_err(NULL, NULL, "libvirt's event loop failed: %s; kvm-ftd no longer "
+                    "follows libvirt's domain events", virGetLastErrorMessage());
+            break;
+        }
+    }
+    return NULL;
+}
+
+/* A timer that fires at once gets the event loop out of poll() to see quit. */
+static void wake_event_loop(int timer, void *opaque)
+{
+    (void)opaque;
+    virEventRemoveTimeout(timer);
+}
+
+static gboolean stop_event_loop(Virt *v)
+{
+    g_atomic_int_set(&v->quit, 1);
+    if (virEventAddTimeout(0, wake_event_loop, NULL, NULL) < 0) {
+        log_warn(NULL, NULL, "cannot stop libvirt's event loop: %s",
+                 virGetLastErrorMessage());
+        return FALSE;
+    }
+    g_thread_join(v->event_thread);
+    return TRUE;
+}
+
+static void watch_clear(VirtWatch *w)
+{
+    g_main_context_unref(w->context);
+}
+
+static void watch_release(void *w)
+{
+    g_atomic_rc_box_release_full(w, (GDestroyNotify)watch_clear);
+}
+
+typedef struct {
+    VirtWatch *watch;
+    VirtEvent event;
+} PostedEvent;
+
+static gboolean deliver(gpointer opaque)
+{
+    PostedEvent *p = opaque;
+
+    if (p->watch->cb)
+        p->watch->cb(&p->event, p->watch->opaque);
+    return G_SOURCE_REMOVE;
+}
+
+static void posted_free(gpointer opaque)
+{
+    PostedEvent *p = opaque;
+
+    watch_release(p->watch);
+    g_free(p->event.domain);
+    g_free(p->event.nsuri);
+    g_free(p);
+}
+
+/*
+ * From libvirt's event thread to the watcher's main context.  An idle
+ * source rather than g_main_context_invoke(), which would run the callback
+ * right here, in the wrong thread, whenever the main context happens to
+ * be free (before or after the main loop runs).
+ */
+static void post(VirtWatch *w, const VirtEvent *event)
+{
+    PostedEvent *p = g_new0(PostedEvent, 1);
+    GSource *source = g_idle_source_new();
+
+    p->watch = g_atomic_rc_box_acquire(w);
+    p->event = *event;
+    p->event.domain = g_strdup(event->domain);
+    p->event.nsuri = g_strdup(event->nsuri);
+    g_source_set_priority(source, G_PRIORITY_DEFAULT);
+    g_source_set_callback(source, deliver, p, posted_free);
+    g_source_attach(source, w->context);
+    g_source_unref(source);
+}
+
+static VirtStopped stopped_how(int detail)
+{
+    switch (detail) {
+    case VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN:
+        return VIRT_STOPPED_SHUTDOWN;
+    case VIR_DOMAIN_EVENT_STOPPED_DESTROYED:
+        return VIRT_STOPPED_DESTROYED;
+    default:
+        return VIRT_STOPPED_OTHER;
+    }
+}
+
+static int on_lifecycle(virConnectPtr conn, virDomainPtr dom, int event, int detail,
+                        void *opaque)
+{
+    VirtEvent ev = { .domain = (char *)virDomainGetName(dom) };
+
+    (void)conn;
+    switch (event) {
+    case VIR_DOMAIN_EVENT_DEFINED:
+        ev.type = VIRT_EVENT_DEFINED;
+        break;
+    case VIR_DOMAIN_EVENT_UNDEFINED:
+        ev.type = VIRT_EVENT_UNDEFINED;
+        break;
+    case VIR_DOMAIN_EVENT_STOPPED:
+        ev.type = VIRT_EVENT_STOPPED;
+        ev.stopped = stopped_how(detail);
+        break;
+    default:
+        return 0;
+    }
+    post(opaque, &ev);
+    return 0;
+}
+
+static void on_metadata(virConnectPtr conn, virDomainPtr dom, int type,
+                        const char *nsuri, void *opaque)
+{
+    VirtEvent ev = {
+        .type = VIRT_EVENT_METADATA,
+        .domain = (char *)virDomainGetName(dom),
+        .nsuri = type == VIR_DOMAIN_METADATA_ELEMENT ? (char *)nsuri : NULL,
+    };
+
+    (void)conn;
+    post(opaque, &ev);
+}
+
+/* Runs in libvirt's event thread. */
+static void on_connection_closed(virConnectPtr conn, int reason, void *opaque)
+{
+    static const char *const reasons[] = {
+        [VIR_CONNECT_CLOSE_REASON_ERROR] = "error",
+        [VIR_CONNECT_CLOSE_REASON_EOF] = "libvirtd went away",
+        [VIR_CONNECT_CLOSE_REASON_KEEPALIVE] = "libvirtd stopped answering keepalives",
+        [VIR_CONNECT_CLOSE_REASON_CLIENT] = "closed by kvm-ftd",
+    };
+
+    (void)conn;
+    (void)opaque;
+    if (reason == VIR_CONNECT_CLOSE_REASON_CLIENT)
+        return;
+    log_err(NULL, NULL, "connection to libvirtd lost (%s): kvm-ftd can neither manage "
+            "guests nor follow domain events until it is restarted",
+            reason >= 0 && reason < (int)G_N_ELEMENTS(reasons) ? reasons[reason] : "unknown");
+}
+
+gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **err)
+{
+    VirtWatch *w;
+
+    g_return_val_if_fail(!v->watch, FALSE);
+    w = g_atomic_rc_box_new0(VirtWatch);
+    w->context = g_main_context_ref_thread_default();
+    w->cb = cb;
+    w->opaque = opaque;
+    v->watch = w;
+    /* Each registration holds its own reference, dropped when libvirt lets go. */
+    v->lifecycle_id = virConnectDomainEventRegisterAny(
+        v->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle),
+        g_atomic_rc_box_acquire(w), watch_release);
+    if (v->lifecycle_id < 0) {
+        watch_release(w);
+        goto fail;
+    }
+    v->metadata_id = virConnectDomainEventRegisterAny(
+        v->conn, NULL, VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
+        VIR_DOMAIN_EVENT_CALLBACK(on_metadata), g_atomic_rc_box_acquire(w), watch_release);
+    if (v->metadata_id < 0) {
+        watch_release(w);
+        goto fail;
+    }
+    return TRUE;
+
+fail:
+    g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
+                "cannot follow libvirt's domain events: %s", virGetLastErrorMessage());
+    return FALSE;
+}
+
+/* ---- connection ------------------------------------------------------- */
 
 Virt *virt_open(const char *uri, GError **err)
 {
@@ -31,14 +271,25 @@ Virt *virt_open(const char *uri, GError **err)
     virConnectPtr conn;
 
     virSetErrorFunc(NULL, silence);
+    if (!register_event_loop(err))
+        return NULL;
     conn = virConnectOpen(uri);
     if (!conn) {
-        g_set_error(err, VIRT_ERROR, 0, "cannot connect to libvirt at %s: %s",
-                    uri, virGetLastErrorMessage());
+        g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
+                    "cannot connect to libvirt at %s: %s", uri, virGetLastErrorMessage());
         return NULL;
     }
     v = g_new0(Virt, 1);
     v->conn = conn;
+    v->lifecycle_id = v->metadata_id = -1;
+    v->event_thread = g_thread_new("libvirt-events", run_event_loop, v);
+    /* A hung libvirtd must not go unnoticed: calls to it would just wait. */
+    if (virConnectSetKeepAlive(conn, KEEPALIVE_S, KEEPALIVE_COUNT) < 0)
+        log_warn(NULL, NULL, "no keepalive on the libvirt connection: %s",
+                 virGetLastErrorMessage());
+    if (virConnectRegisterCloseCallback(conn, on_connection_closed, NULL, NULL) < 0)
+        log_warn(NULL, NULL, "cannot watch the libvirt connection: %s",
+                 virGetLastErrorMessage());
     return v;
 }
 
@@ -46,9 +297,25 @@ void virt_close(Virt *v)
 {
     if (!v)
         return;
+    if (v->lifecycle_id >= 0)
+        virConnectDomainEventDeregisterAny(v->conn, v->lifecycle_id);
+    if (v->metadata_id >= 0)
+        virConnectDomainEventDeregisterAny(v->conn, v->metadata_id);
+    virConnectUnregisterCloseCallback(v->conn, on_connection_closed);
     virConnectClose(v->conn);
-    g_free(v);
+    if (v->watch) {
+        v->watch->cb = NULL;
+        watch_release(v->watch);
+    }
+    /*
+     * After the close, so that the loop releases what the connection had
+     * in it.  A loop that cannot be woken keeps v: it still reads v->quit.
+     */
+    if (stop_event_loop(v))
+        g_free(v);
 }
+
+/* ---- domains ---------------------------------------------------------- */
 
 static virDomainPtr lookup(Virt *v, const char *name, GError **err)
 {
@@ -63,7 +330,7 @@ char *virt_domain_xml(Virt *v, const char *name, GError **err)
 {
     g_autoptr(virDomain) dom = lookup(v, name, err);
     char *xml;
-    char *copy;
+    char *stripped;
 
     if (!dom)
         return NULL;
@@ -73,9 +340,9 @@ char *virt_domain_xml(Virt *v, const char *name, GError **err)
         return NULL;
     }
     /* libvirt's strings are malloc()ed; callers free with g_free. */
-    copy = g_strdup(xml);
+    stripped = status_strip(xml, err);
     free(xml);
-    return copy;
+    return stripped;
 }
 
 gboolean virt_domain_define_missing(Virt *v, const char *name, const char *xml,
@@ -95,6 +362,24 @@ gboolean virt_domain_define_missing(Virt *v, const char *name, const char *xml,
     return TRUE;
 }
 
+gboolean virt_domain_undefine(Virt *v, const char *name, GError **err)
+{
+    g_autoptr(virDomain) dom = lookup(v, name, err);
+
+    if (!dom)
+        return FALSE;
+    if (virDomainIsActive(dom) != 0) {
+        g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
+                    "'%s' is running (or its state is unknown): not undefining it", name);
+        return FALSE;
+    }
+    if (virDomainUndefineFlags(dom, VIR_DOMAIN_UNDEFINE_KEEP_NVRAM) < 0) {
+        set_virt_error(err, "cannot undefine", name);
+        return FALSE;
+    }
+    return TRUE;
+}
+
 gboolean virt_domain_start(Virt *v, const char *runtime_xml, gboolean paused,
                            GError **err)
 {
@@ -103,7 +388,7 @@ gboolean virt_domain_start(Virt *v, const char *runtime_xml, gboolean paused,
                            paused ? VIR_DOMAIN_START_PAUSED : 0);
 
     if (!dom) {
-        g_set_error(err, VIRT_ERROR, 0, "libvirt cannot start the guest: %s",
+        g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED, "libvirt cannot start the guest: %s",
                     virGetLastErrorMessage());
         return FALSE;
     }
@@ -140,14 +425,40 @@ gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
     return TRUE;
 }
 
-GPtrArray *virt_active_domains(Virt *v, GError **err)
+static int set_status(virDomainPtr dom, const char *status_xml, unsigned int flags)
+{
+    return virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, status_xml,
+                                status_xml ? STATUS_KEY : NULL, STATUS_NS, flags);
+}
+
+gboolean virt_domain_set_status(Virt *v, const char *name, const char *status_xml,
+                                GError **err)
+{
+    g_autoptr(virDomain) dom = lookup(v, name, err);
+    unsigned int flags = VIR_DOMAIN_AFFECT_CONFIG;
+
+    if (!dom)
+        return FALSE;
+    if (virDomainIsActive(dom) == 1)
+        flags |= VIR_DOMAIN_AFFECT_LIVE;
+    /* A domain that stopped meanwhile has no live definition any more. */
+    if (set_status(dom, status_xml, flags) < 0 &&
+        (!(flags & VIR_DOMAIN_AFFECT_LIVE) || virDomainIsActive(dom) != 0 ||
+         set_status(dom, status_xml, VIR_DOMAIN_AFFECT_CONFIG) < 0)) {
+        set_virt_error(err, "cannot write kvm-ftd's status into", name);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static GPtrArray *list_domains(Virt *v, unsigned int flags, GError **err)
 {
     virDomainPtr *doms = NULL;
-    int n = virConnectListAllDomains(v->conn, &doms, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+    int n = virConnectListAllDomains(v->conn, &doms, flags);
     GPtrArray *names;
 
     if (n < 0) {
-        g_set_error(err, VIRT_ERROR, 0, "cannot list domains: %s",
+        g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED, "cannot list domains: %s",
                     virGetLastErrorMessage());
         return NULL;
     }
@@ -158,4 +469,27 @@ GPtrArray *virt_active_domains(Virt *v, GError **err)
     }
     free(doms);
     return names;
+}
+
+GPtrArray *virt_active_domains(Virt *v, GError **err)
+{
+    return list_domains(v, VIR_CONNECT_LIST_DOMAINS_ACTIVE, err);
+}
+
+GPtrArray *virt_defined_domains(Virt *v, GError **err)
+{
+    return list_domains(v, VIR_CONNECT_LIST_DOMAINS_PERSISTENT, err);
+}
+
+char *virt_qemu_version(Virt *v, GError **err)
+{
+    unsigned long version;
+
+    if (virConnectGetVersion(v->conn, &version) < 0) {
+        g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
+                    "cannot read the hypervisor's version: %s", virGetLastErrorMessage());
+        return NULL;
+    }
+    return g_strdup_printf("%lu.%lu.%lu", version / 1000000, version / 1000 % 1000,
+                           version % 1000);
 }

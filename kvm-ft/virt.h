@@ -4,11 +4,26 @@
  * The administrator's persistent definition is never rewritten: a protected
  * guest is started with virDomainCreateXML() on its role's derived XML,
  * which libvirt runs as the live config of the persistent domain and drops
- * again when the guest stops.
+ * again when the guest stops.  The one thing kvm-ftd writes into it is its
+ * status element in <metadata> (status.h).
+ *
+ * Calls are synchronous.  The connection's keepalive bounds how long a hung
+ * libvirtd can hold one (15 s), but a libvirtd that waits for a domain's
+ * job lock answers keepalives and holds the call for up to its job timeout.
+ * One Virt per process: its domain events come from libvirt's default event
+ * loop, which runs in a thread of its own.
  */
 #pragma once
 
 #include <glib.h>
+
+#define VIRT_ERROR (virt_error_quark())
+GQuark virt_error_quark(void);
+
+typedef enum {
+    VIRT_ERROR_FAILED,
+    VIRT_ERROR_NO_DOMAIN, /* no domain of that name (any more) */
+} VirtError;
 
 typedef struct Virt Virt;
 
@@ -16,12 +31,50 @@ Virt *virt_open(const char *uri, GError **err);
 void virt_close(Virt *v);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(Virt, virt_close)
 
-/* The persistent (inactive) definition, as the administrator wrote it. */
+/* What happened to a domain, as far as kvm-ftd cares. */
+typedef enum {
+    VIRT_EVENT_DEFINED,   /* defined, or its definition replaced */
+    VIRT_EVENT_UNDEFINED,
+    VIRT_EVENT_STOPPED,   /* it stopped running: see stopped */
+    VIRT_EVENT_METADATA,  /* an element of its <metadata> changed: see nsuri */
+} VirtEventType;
+
+typedef enum {
+    VIRT_STOPPED_SHUTDOWN,  /* the guest powered off (virsh shutdown) */
+    VIRT_STOPPED_DESTROYED, /* virsh destroy */
+    VIRT_STOPPED_OTHER,     /* crashed, failed, saved, migrated, snapshot */
+} VirtStopped;
+
+typedef struct {
+    VirtEventType type;
+    char *domain;
+    VirtStopped stopped; /* VIRT_EVENT_STOPPED only */
+    char *nsuri;         /* VIRT_EVENT_METADATA: the element's namespace; NULL
+                          * when <title> or <description> changed */
+} VirtEvent;
+
+/* event is borrowed for the duration of the call. */
+typedef void (*VirtEventFunc)(const VirtEvent *event, gpointer opaque);
+
+/*
+ * From now until virt_close(), cb runs for each domain event, on the main
+ * context that is thread-default for the caller, in the order libvirt sent
+ * them.  Once per Virt.
+ */
+gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **err);
+
+/*
+ * The persistent (inactive) definition, as the administrator wrote it:
+ * without kvm-ftd's status element.
+ */
 char *virt_domain_xml(Virt *v, const char *name, GError **err);
 
 /* Defines the domain unless one of that name exists; TRUE if it defined it. */
 gboolean virt_domain_define_missing(Virt *v, const char *name, const char *xml,
                                     gboolean *defined, GError **err);
+
+/* Refuses a running domain.  Its NVRAM file, if any, stays. */
+gboolean virt_domain_undefine(Virt *v, const char *name, GError **err);
 
 gboolean virt_domain_start(Virt *v, const char *runtime_xml, gboolean paused,
                            GError **err);
@@ -29,5 +82,23 @@ gboolean virt_domain_destroy(Virt *v, const char *name, GError **err);
 gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
                                GError **err);
 
+/*
+ * Writes status_xml (status_xml()) as the domain's status element, in its
+ * persistent definition and, when it runs, in its live one; NULL removes
+ * the element.  Blocks while libvirt waits for the domain's job lock:
+ * keep it off the main loop.
+ */
+gboolean virt_domain_set_status(Virt *v, const char *name, const char *status_xml,
+                                GError **err);
+
 /* Names of the running domains. */
 GPtrArray *virt_active_domains(Virt *v, GError **err);
+/* Names of the defined (persistent) domains, running or not. */
+GPtrArray *virt_defined_domains(Virt *v, GError **err);
+
+/*
+ * The version of the QEMU libvirt runs on this host, e.g. "7.2.0": two
+ * hosts whose versions differ cannot run the two copies of one guest.
+ * (That of libvirt's default emulator; the builds are not told apart.)
+ */
+char *virt_qemu_version(Virt *v, GError **err);

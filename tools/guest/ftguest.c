@@ -22,7 +22,8 @@
  *                                    "SOAK BAD signal=S pass=P". At least 200 ms (CLOCK_MONOTONIC) apart:
  *                                    "SOAK n=PASS bad=TOTAL mono_ms=MONO real_ms=REAL tsc=TSC"
  *                                    (TOTAL: corrupted pages, each counted once, plus wrong results of
- *                                    generated code).
+ *                                    generated code); and from a second process, every 50 ms:
+ *                                    "SOAK CLK k=K mono_ms=MONO real_ms=REAL tsc=TSC".
  *
  * Output lines are written with one write(2) each so that concurrent writers to the console do not
  * interleave within a line.
@@ -409,6 +410,7 @@ static int cmd_dirty(int argc, char **argv)
 /* Often enough that a COLO secondary, reset to the primary's state every
  * checkpoint, still prints some status lines of its own between two. */
 #define SOAK_STATUS_MS 200
+#define SOAK_CLOCK_MS 50
 
 typedef uint64_t (*soak_fn)(uint64_t);
 
@@ -525,6 +527,23 @@ static int64_t clock_ms(clockid_t id)
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
+/*
+ * The guest's clocks on a fixed schedule, in a process of its own: a COLO
+ * secondary, reset to the primary's state at every checkpoint, runs the
+ * memory passes too slowly to reach many status lines of its own, but
+ * wakes up for these.
+ */
+static void soak_clock(void)
+{
+    for (uint64_t k = 1;; k++) {
+        struct timespec t = { .tv_sec = 0, .tv_nsec = SOAK_CLOCK_MS * 1000000L };
+        nanosleep(&t, NULL);
+        say("SOAK CLK k=%" PRIu64 " mono_ms=%" PRId64 " real_ms=%" PRId64 " tsc=%llu\n", k,
+            clock_ms(CLOCK_MONOTONIC), clock_ms(CLOCK_REALTIME),
+            (unsigned long long)__builtin_ia32_rdtsc());
+    }
+}
+
 static int cmd_soak(int argc, char **argv)
 {
     long mb;
@@ -548,6 +567,13 @@ static int cmd_soak(int argc, char **argv)
         sigaction(fatal[k], &sa, NULL);
 
     say("SOAK START mb=%ld\n", mb);
+    pid_t clock_pid = fork();
+    if (clock_pid == 0) {
+        soak_clock();
+        _exit(1);
+    }
+    if (clock_pid < 0)
+        say("soak: fork: %s\n", strerror(errno));
     for (size_t i = 0; i < npages; i++)
         sums[i] = soak_fill(buf + i * SOAK_WORDS, 0, i);
     struct soak_code ring[SOAK_RING];
