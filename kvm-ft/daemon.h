@@ -52,3 +52,11 @@ gboolean daemon_peer_connected(Daemon *d, const char *host);
 
 /* Pushes a state change to every `ftctl events` follower. */
 void daemon_broadcast(Daemon *d, JsonNode *event);
+
+/*
+ * Records state (STATUS_READY, STATUS_REFUSED or a guest state name) and
+ * reason as the status element in the domain's metadata (status.h), or
+ * removes the element when state is NULL.  Returns at once: the libvirt
+ * calls run in a thread of their own, one after the other, in order.
+ */
+void daemon_set_status(Daemon *d, const char *name, const char *state, const char *reason);

@@ -10,7 +10,6 @@
 #include "engine.h"
 #include "log.h"
 #include "qmp.h"
-#include "status.h"
 
 /* How often a guest on its way into COLO is checked. */
 #define ENTER_POLL_MS 200
@@ -450,13 +449,18 @@ static char *planned_stop_reason(const char *cause)
 
 void guest_domain_stopped(FtGuest *g, VirtStopped how)
 {
+    g_autofree char *why = NULL;
+
     /* Only while QEMU is ours: when its QMP socket closed first, that was it. */
-    if (!g->qmp || !qmp_is_open(g->qmp))
+    if (how == VIRT_STOPPED_OTHER || !g->qmp || !qmp_is_open(g->qmp))
         return;
-    if (how == VIRT_STOPPED_SHUTDOWN)
-        stop_planned(g, "shut down (libvirt)");
-    else if (how == VIRT_STOPPED_DESTROYED)
-        stop_planned(g, "destroyed (libvirt)");
+    /* QEMU's own word, when it came, says more. */
+    if (g->shutdown_cause)
+        why = planned_stop_reason(g->shutdown_cause);
+    else
+        why = g_strdup(how == VIRT_STOPPED_SHUTDOWN ? "shut down (libvirt)"
+                                                    : "destroyed (libvirt)");
+    stop_planned(g, why);
 }
 
 static void tell_peer(FtGuest *g, const char *event, const char *reason)
@@ -1021,6 +1025,11 @@ void guest_free(FtGuest *g)
 const char *guest_name(FtGuest *g)
 {
     return g->def->name;
+}
+
+const FtDef *guest_def(FtGuest *g)
+{
+    return g->def;
 }
 
 GuestState guest_state(FtGuest *g)

@@ -2,7 +2,8 @@
  * guest.h - one protected guest on this host, and its state machine
  *
  * Every state change goes through one transition function, which checks
- * it against the table of allowed transitions and logs it with its reason.
+ * it against the table of allowed transitions and logs it with its reason;
+ * the guest's status element in libvirt (status.h) follows it.
  */
 #pragma once
 
@@ -36,11 +37,15 @@ const char *guest_state_name(GuestState state);
 /* kvm-ftd's own QMP socket of a guest: a restarted daemon finds its guests by it. */
 char *guest_qmp_socket(const FtConfig *cfg, const char *name);
 
+/* Removes the replication overlays a secondary of that guest left in the state dir. */
+void guest_remove_overlays(const FtConfig *cfg, const char *name);
+
 FtGuest *guest_new(Daemon *d, FtDef *def /* taken */, const char *domain_xml,
                    FtRole role);
 void guest_free(FtGuest *g);
 
 const char *guest_name(FtGuest *g);
+const FtDef *guest_def(FtGuest *g);
 GuestState guest_state(FtGuest *g);
 FtRole guest_role(FtGuest *g);
 gboolean guest_is_busy(FtGuest *g);
@@ -56,6 +61,13 @@ gboolean guest_reattach(FtGuest *g, GError **err);
 
 /* Stop this host's copy (both roles), e.g. when the other side gave up. */
 void guest_stop(FtGuest *g, const char *reason);
+
+/*
+ * libvirt reports the domain stopped.  Shut down or destroyed, a running
+ * primary stops the pair (its secondary too) instead of failing over,
+ * unless QEMU's own word on it came first.
+ */
+void guest_domain_stopped(FtGuest *g, VirtStopped how);
 
 JsonNode *guest_status(FtGuest *g);
 

@@ -12,20 +12,18 @@
 #define KEEPALIVE_COUNT 3
 
 /*
- * Who gets the domain events.  Events are on their way to the main
- * context while the Virt may go away: each holds a reference, and
+ * Who gets the domain events.  Events are on their way to the watcher's
+ * main context while the Virt may go away: each holds a reference, and
  * virt_close() clears cb so that late ones are dropped.
  */
 typedef struct {
     GMainContext *context;
-    VirtEventFunc cb; /* only touched on the main context's thread */
+    VirtEventFunc cb;
     gpointer opaque;
 } VirtWatch;
 
 struct Virt {
     virConnectPtr conn;
-    GThread *event_thread;
-    gint quit;
     VirtWatch *watch;
     int lifecycle_id;
     int metadata_id;
@@ -55,7 +53,9 @@ static void set_virt_error(GError **err, const char *what, const char *name)
 /*
  * libvirt's event loop is process-wide and must exist before the first
  * connection is opened, or that connection has neither events nor
- * keepalive.
+ * keepalive.  Since libvirt 6.1 the default implementation is GLib's
+ * default main context: kvm-ftd's main loop runs it, and no thread of its
+ * own may (it would dispatch kvm-ftd's sources too, in the wrong thread).
  */
 static gboolean register_event_loop(GError **err)
 {
@@ -74,39 +74,6 @@ static gboolean register_event_loop(GError **err)
     return TRUE;
 }
 
-static gpointer run_event_loop(gpointer opaque)
-{
-    Virt *v = opaque;
-
-    while (!g_atomic_int_get(&v->quit)) {
-        if (virEventRunDefaultImpl() < 0) {
-            log_err(NULL, NULL, "libvirt's event loop failed: %s; kvm-ftd no longer "
-                    "follows libvirt's domain events", virGetLastErrorMessage());
-            break;
-        }
-    }
-    return NULL;
-}
-
-/* A timer that fires at once gets the event loop out of poll() to see quit. */
-static void wake_event_loop(int timer, void *opaque)
-{
-    (void)opaque;
-    virEventRemoveTimeout(timer);
-}
-
-static gboolean stop_event_loop(Virt *v)
-{
-    g_atomic_int_set(&v->quit, 1);
-    if (virEventAddTimeout(0, wake_event_loop, NULL, NULL) < 0) {
-        log_warn(NULL, NULL, "cannot stop libvirt's event loop: %s",
-                 virGetLastErrorMessage());
-        return FALSE;
-    }
-    g_thread_join(v->event_thread);
-    return TRUE;
-}
-
 static void watch_clear(VirtWatch *w)
 {
     g_main_context_unref(w->context);
@@ -114,7 +81,7 @@ static void watch_clear(VirtWatch *w)
 
 static void watch_release(void *w)
 {
-    g_atomic_rc_box_release_full(w, (GDestroyNotify)watch_clear);
+    g_rc_box_release_full(w, (GDestroyNotify)watch_clear);
 }
 
 typedef struct {
@@ -142,17 +109,16 @@ static void posted_free(gpointer opaque)
 }
 
 /*
- * From libvirt's event thread to the watcher's main context.  An idle
- * source rather than g_main_context_invoke(), which would run the callback
- * right here, in the wrong thread, whenever the main context happens to
- * be free (before or after the main loop runs).
+ * Out of libvirt's dispatch, whose connection the callback is about to use,
+ * onto the watcher's main context.  An idle source rather than
+ * g_main_context_invoke(), which would run the callback right here.
  */
 static void post(VirtWatch *w, const VirtEvent *event)
 {
     PostedEvent *p = g_new0(PostedEvent, 1);
     GSource *source = g_idle_source_new();
 
-    p->watch = g_atomic_rc_box_acquire(w);
+    p->watch = g_rc_box_acquire(w);
     p->event = *event;
     p->event.domain = g_strdup(event->domain);
     p->event.nsuri = g_strdup(event->nsuri);
@@ -211,7 +177,6 @@ static void on_metadata(virConnectPtr conn, virDomainPtr dom, int type,
     post(opaque, &ev);
 }
 
-/* Runs in libvirt's event thread. */
 static void on_connection_closed(virConnectPtr conn, int reason, void *opaque)
 {
     static const char *const reasons[] = {
@@ -235,7 +200,7 @@ gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **
     VirtWatch *w;
 
     g_return_val_if_fail(!v->watch, FALSE);
-    w = g_atomic_rc_box_new0(VirtWatch);
+    w = g_rc_box_new0(VirtWatch);
     w->context = g_main_context_ref_thread_default();
     w->cb = cb;
     w->opaque = opaque;
@@ -243,14 +208,14 @@ gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **
     /* Each registration holds its own reference, dropped when libvirt lets go. */
     v->lifecycle_id = virConnectDomainEventRegisterAny(
         v->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle),
-        g_atomic_rc_box_acquire(w), watch_release);
+        g_rc_box_acquire(w), watch_release);
     if (v->lifecycle_id < 0) {
         watch_release(w);
         goto fail;
     }
     v->metadata_id = virConnectDomainEventRegisterAny(
         v->conn, NULL, VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
-        VIR_DOMAIN_EVENT_CALLBACK(on_metadata), g_atomic_rc_box_acquire(w), watch_release);
+        VIR_DOMAIN_EVENT_CALLBACK(on_metadata), g_rc_box_acquire(w), watch_release);
     if (v->metadata_id < 0) {
         watch_release(w);
         goto fail;
@@ -282,7 +247,6 @@ Virt *virt_open(const char *uri, GError **err)
     v = g_new0(Virt, 1);
     v->conn = conn;
     v->lifecycle_id = v->metadata_id = -1;
-    v->event_thread = g_thread_new("libvirt-events", run_event_loop, v);
     /* A hung libvirtd must not go unnoticed: calls to it would just wait. */
     if (virConnectSetKeepAlive(conn, KEEPALIVE_S, KEEPALIVE_COUNT) < 0)
         log_warn(NULL, NULL, "no keepalive on the libvirt connection: %s",
@@ -307,12 +271,7 @@ void virt_close(Virt *v)
         v->watch->cb = NULL;
         watch_release(v->watch);
     }
-    /*
-     * After the close, so that the loop releases what the connection had
-     * in it.  A loop that cannot be woken keeps v: it still reads v->quit.
-     */
-    if (stop_event_loop(v))
-        g_free(v);
+    g_free(v);
 }
 
 /* ---- domains ---------------------------------------------------------- */
@@ -425,13 +384,13 @@ gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
     return TRUE;
 }
 
-static int set_status(virDomainPtr dom, const char *status_xml, unsigned int flags)
+static int set_status(virDomainPtr dom, const char *element, unsigned int flags)
 {
-    return virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, status_xml,
-                                status_xml ? STATUS_KEY : NULL, STATUS_NS, flags);
+    return virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, element,
+                                element ? STATUS_KEY : NULL, STATUS_NS, flags);
 }
 
-gboolean virt_domain_set_status(Virt *v, const char *name, const char *status_xml,
+gboolean virt_domain_set_status(Virt *v, const char *name, const char *element,
                                 GError **err)
 {
     g_autoptr(virDomain) dom = lookup(v, name, err);
@@ -442,9 +401,9 @@ gboolean virt_domain_set_status(Virt *v, const char *name, const char *status_xm
     if (virDomainIsActive(dom) == 1)
         flags |= VIR_DOMAIN_AFFECT_LIVE;
     /* A domain that stopped meanwhile has no live definition any more. */
-    if (set_status(dom, status_xml, flags) < 0 &&
+    if (set_status(dom, element, flags) < 0 &&
         (!(flags & VIR_DOMAIN_AFFECT_LIVE) || virDomainIsActive(dom) != 0 ||
-         set_status(dom, status_xml, VIR_DOMAIN_AFFECT_CONFIG) < 0)) {
+         set_status(dom, element, VIR_DOMAIN_AFFECT_CONFIG) < 0)) {
         set_virt_error(err, "cannot write kvm-ftd's status into", name);
         return FALSE;
     }

@@ -10,8 +10,9 @@
  * Calls are synchronous.  The connection's keepalive bounds how long a hung
  * libvirtd can hold one (15 s), but a libvirtd that waits for a domain's
  * job lock answers keepalives and holds the call for up to its job timeout.
- * One Virt per process: its domain events come from libvirt's default event
- * loop, which runs in a thread of its own.
+ * libvirt's default event loop, which carries the domain events and the
+ * keepalive, is GLib's default main context: the daemon's main loop runs
+ * it.  One Virt per process.
  */
 #pragma once
 
@@ -83,12 +84,12 @@ gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
                                GError **err);
 
 /*
- * Writes status_xml (status_xml()) as the domain's status element, in its
- * persistent definition and, when it runs, in its live one; NULL removes
- * the element.  Blocks while libvirt waits for the domain's job lock:
- * keep it off the main loop.
+ * Writes element (from status_xml()) as the domain's status element, in
+ * its persistent definition and, when it runs, in its live one; NULL
+ * removes it.  Blocks while libvirt waits for the domain's job lock: keep
+ * it off the main loop.
  */
-gboolean virt_domain_set_status(Virt *v, const char *name, const char *status_xml,
+gboolean virt_domain_set_status(Virt *v, const char *name, const char *element,
                                 GError **err);
 
 /* Names of the running domains. */

@@ -8,6 +8,7 @@
 #include <json-glib/json-glib.h>
 
 #include "control.h"
+#include "status.h"
 
 enum {
     EXIT_OK = 0,
@@ -219,12 +220,14 @@ static int cmd_list(char **args)
             const char *name = or_unknown(member_str(g, "name"));
             const char *role = or_unknown(member_str(g, "role"));
             const char *state = or_unknown(member_str(g, "state"));
+            const char *error = member_str(g, "error");
 
             if (pass == 0) {
                 wname = MAX(wname, (int)strlen(name));
                 wrole = MAX(wrole, (int)strlen(role));
             } else {
-                printf("%-*s  %-*s  %s\n", wname, name, wrole, role, state);
+                printf("%-*s  %-*s  %s%s%s\n", wname, name, wrole, role, state,
+                       error ? ": " : "", error ? error : "");
             }
         }
     }
@@ -243,6 +246,11 @@ static void print_guest(JsonObject *g, const char *host)
     printf("  role:            %s (on %s)\n", or_unknown(member_str(g, "role")),
            or_unknown(host));
     printf("  state:           %s\n", or_unknown(member_str(g, "state")));
+    /* Nothing runs or was prepared for a refused guest: only why matters. */
+    if (g_strcmp0(member_str(g, "state"), STATUS_REFUSED) == 0) {
+        printf("  refused because: %s\n", error ? error : "?");
+        return;
+    }
     if (peer) {
         const char *c = "link state unknown";
 
@@ -462,12 +470,14 @@ typedef struct {
 static const Command commands[] = {
     { "list", "list", "List guests: name, role, state",
       "List the fault-tolerant guests kvm-ftd knows, one per line:\n"
-      "name, role on this host, state.",
+      "name, role on this host, state; for a guest kvm-ftd refused,\n"
+      "\"refused: \" and why.",
       NULL, 0, 0, cmd_list },
     { "status", "status [GUEST]", "Show guests' replication status",
       "Show each guest's role on this host, state, peer host and link,\n"
       "COLO mode, checkpoints taken, last checkpoint pause and age, and\n"
-      "last error.  --json prints kvm-ftd's status result unchanged.",
+      "last error; for a guest kvm-ftd refused, why.  --json prints\n"
+      "kvm-ftd's status result unchanged.",
       status_entries, 0, 1, cmd_status },
     { "protect", "protect GUEST", "Protect a guest and follow progress",
       "Ask kvm-ftd to protect GUEST, then poll its status every 500 ms,\n"
