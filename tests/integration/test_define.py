@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""The libvirt-native workflow: virsh define, lifecycle, undefine.
+
+Everything goes through `virsh` against the lab hosts' real libvirtd; kvm-ftd
+follows libvirt's domain events.  Asserts, in one lab:
+
+- each kind of definition kvm-ft cannot protect is refused on the host where it
+  was defined: `ftctl status` shows state "refused" with a message naming the
+  offending element, the status element in the domain's metadata says the same,
+  and nothing is prepared on the peer (no domain of that name there);
+- a valid definition becomes "ready" on both hosts: kvm-ftd defines it on the
+  peer by itself;
+- `virsh reset` (the guest reboots) keeps it protected, the secondary following;
+- `virsh destroy` of a protected guest stops it on both hosts with no failover
+  (`virsh shutdown` takes the same path, QEMU's SHUTDOWN event, with another
+  reason; the test guest has no ACPI to power itself off with);
+- `virsh undefine` removes it from both hosts.
+"""
+import os
+import re
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from labtest import (GUEST, LAN, LINK, TOOLS, Lab, guest_dir, log, qemu_binary,  # noqa: E402
+                     run, wait_for, wait_state)
+
+STATUS_NS = "https://kvm-ft.dev/xmlns/status/1"
+
+# name -> (how to break a valid definition, text the refusal must contain)
+INVALID = {
+    "vhost": (lambda d: d.find("devices/interface/driver").set("name", "vhost"), "vhost"),
+    "multiqueue": (lambda d: d.find("devices/interface/driver").set("queues", "4"), "queues"),
+    "shareable": (lambda d: ET.SubElement(d.find("devices/disk"), "shareable"), "shareable"),
+    "readonly": (lambda d: ET.SubElement(d.find("devices/disk"), "readonly"), "readonly"),
+    "vmdk": (lambda d: d.find("devices/disk/driver").set("type", "vmdk"), "vmdk"),
+    "hostdev": (lambda d: ET.SubElement(d.find("devices"), "hostdev", mode="subsystem",
+                                        type="usb"), "hostdev"),
+    "bad-metadata": (lambda d: d.find(".//{https://kvm-ft.dev/xmlns/1}checkpoint")
+                     .set("interval-ms", "5"), "interval-ms"),
+}
+
+
+def base_xml(qemu, gdir, name):
+    return run(os.path.join(TOOLS, "guest-xml"), "--name", name, "--qemu", qemu,
+               "--guest-dir", gdir, "--interval-ms", "2000",
+               "--hosts", "hostA=%s/%s,hostB=%s/%s" % (LINK["hostA"], LAN["hostA"],
+                                                       LINK["hostB"], LAN["hostB"])).stdout
+
+
+def define(lab, host, name, xml_text):
+    path = os.path.join(lab.path(host, "/var/lib/kvm-ft"), name + ".xml")
+    with open(path, "w") as f:
+        f.write(xml_text)
+    lab.virsh(host, "define", "/var/lib/kvm-ft/%s.xml" % name)
+
+
+def domain_exists(lab, host, name):
+    return lab.virsh(host, "dominfo", name, check=False).returncode == 0
+
+
+def status_element(lab, host, name):
+    res = lab.virsh(host, "metadata", name, STATUS_NS, check=False)
+    return res.stdout.strip() if res.returncode == 0 else ""
+
+
+def wait_status(lab, host, name, state, timeout=30):
+    def check():
+        st = lab.status(host, name)
+        return st if st and st["state"] == state else None
+    return wait_for("%s %s on %s" % (name, state, host), check, timeout=timeout)
+
+
+def check_refusals(lab, qemu, gdir):
+    for kind, (breaker, needle) in INVALID.items():
+        name = "bad-" + kind
+        ET.register_namespace("ft", "https://kvm-ft.dev/xmlns/1")
+        doc = ET.fromstring(base_xml(qemu, gdir, name))
+        breaker(doc)
+        define(lab, "hostA", name, ET.tostring(doc, encoding="unicode"))
+        st = wait_status(lab, "hostA", name, "refused")
+        log("%s: %s" % (name, st["error"]))
+        assert needle in st["error"], "%s: refusal does not mention %r: %s" % (
+            name, needle, st["error"])
+        meta = wait_for("the status element of %s" % name,
+                        lambda: status_element(lab, "hostA", name), timeout=10)
+        assert 'state="refused"' in meta and needle in meta, meta
+        time.sleep(1)
+        assert not domain_exists(lab, "hostB", name), "%s was prepared on hostB" % name
+        assert not os.path.exists(lab.path("hostB", "/var/lib/kvm-ft/%s" % name)), name
+        lab.virsh("hostA", "undefine", name)
+        wait_for("%s forgotten" % name, lambda: lab.status("hostA", name) is None, timeout=10)
+
+
+def check_peer_unreachable(lab, qemu, gdir):
+    name = "lonely"
+    lab.lab("daemon-stop", "B")
+    try:
+        define(lab, "hostA", name, base_xml(qemu, gdir, name))
+        st = wait_status(lab, "hostA", name, "refused")
+        log("%s: %s" % (name, st["error"]))
+        assert "hostB" in st["error"], st
+        assert not domain_exists(lab, "hostB", name)
+    finally:
+        lab.lab("daemon-start", "B")
+    lab.virsh("hostA", "undefine", name)
+
+
+def no_failover(lab):
+    for host in ("hostA", "hostB"):
+        st = lab.status(host)
+        assert st and not st.get("last_failover"), "%s failed over: %s" % (host, st)
+
+
+def main():
+    qemu, gdir = qemu_binary(), guest_dir()
+    lab = Lab("test_define")
+    try:
+        lab.up()
+        check_refusals(lab, qemu, gdir)
+        check_peer_unreachable(lab, qemu, gdir)
+
+        lab.install_guest(qemu, gdir)  # virsh define on hostA, same disk copied to both
+        wait_status(lab, "hostA", GUEST, "stopped")
+        wait_for("the definition on hostB", lambda: domain_exists(lab, "hostB", GUEST),
+                 timeout=30)
+        for host in ("hostA", "hostB"):
+            meta = wait_for("ready on %s" % host, lambda h=host: re.search(
+                r'state="ready"', status_element(lab, h, GUEST)), timeout=30)
+            assert meta, host
+
+        res = lab.protect("hostA")
+        assert res.returncode == 0, res.stderr
+        wait_state(lab, "hostB", "protected", timeout=60)
+        wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        boots = lab.serial("hostA").count("GUEST UP")
+        lab.virsh("hostA", "reset", GUEST)
+        wait_for("the guest to boot again", lambda: lab.serial("hostA").count("GUEST UP") > boots,
+                 timeout=120)
+        time.sleep(5)
+        for host in ("hostA", "hostB"):
+            st = lab.status(host)
+            assert st["state"] == "protected", "after a reboot on %s: %s" % (host, st)
+        no_failover(lab)
+        log("reset: the guest rebooted and stayed protected")
+
+        lab.virsh("hostA", "destroy", GUEST)
+        for host in ("hostA", "hostB"):
+            wait_state(lab, host, "stopped", timeout=30)
+            wait_for("%s not running on %s" % (GUEST, host), lambda h=host: lab.virsh(
+                h, "domstate", GUEST, check=False).stdout.strip() == "shut off", timeout=30)
+        no_failover(lab)
+        log("destroy: stopped on both hosts, no failover")
+
+        lab.virsh("hostA", "undefine", GUEST)
+        for host in ("hostA", "hostB"):
+            wait_for("%s gone from %s" % (GUEST, host),
+                     lambda h=host: not domain_exists(lab, h, GUEST), timeout=30)
+            assert lab.status(host) is None, lab.status(host)
+        log("PASS: %d kinds of refusal, peer unreachable, ready on both, destroy "
+            "without failover, reboot kept protected, undefine on both" % len(INVALID))
+    finally:
+        lab.down()
+
+
+if __name__ == "__main__":
+    main()
