@@ -295,7 +295,9 @@ static void fail(FtGuest *g, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static void fail(FtGuest *g, const char *fmt, ...)
 {
-    gboolean live = g->state == GUEST_PROTECTED;
+    /* The guest ran in COLO or alone here: this copy may be the only one. */
+    gboolean live = g->state == GUEST_PROTECTED || g->state == GUEST_TAKING_OVER ||
+                    g->state == GUEST_DROPPING_SECONDARY || g->state == GUEST_DEGRADED;
     gboolean qemu_up = g->qmp && qmp_is_open(g->qmp);
     va_list ap;
 
