@@ -3,9 +3,9 @@
 
 #include <string.h>
 
+#include "definitions.h"
 #include "guest.h"
 #include "log.h"
-#include "status.h"
 
 typedef struct {
     char *method;
@@ -32,22 +32,6 @@ typedef struct {
     guint reconnect_id;
 } PeerLink;
 
-/*
- * A defined FT guest this host does not protect, and why.  A name is
- * either a guest or refused, never both.
- */
-typedef struct {
-    char *message;
-    char *peer; /* the peer host that refused it or did not answer; NULL: refused here */
-} Refusal;
-
-/* A request to the peer about a guest, by name: the guest may be gone when it returns. */
-typedef struct {
-    Daemon *d;
-    char *guest;
-    char *peer;
-} PeerCall;
-
 struct Daemon {
     FtConfig *cfg;
     Virt *virt;
@@ -55,8 +39,7 @@ struct Daemon {
     ControlServer *control;
     GMainLoop *loop;
     GHashTable *guests;   /* name -> FtGuest */
-    GHashTable *refused;  /* name -> Refusal */
-    GThreadPool *status_writer;
+    Definitions *defs;
     gboolean quitting;
     GHashTable *links;    /* address -> PeerLink */
     GPtrArray *sessions;  /* authenticated PeerConn, both directions */
@@ -68,30 +51,6 @@ struct Daemon {
 
 #define DAEMON_ERROR g_quark_from_static_string("kvmft-daemon-error")
 
-static void refusal_free(Refusal *r)
-{
-    g_free(r->message);
-    g_free(r->peer);
-    g_free(r);
-}
-
-static PeerCall *peer_call_new(Daemon *d, const char *guest, const char *peer)
-{
-    PeerCall *call = g_new0(PeerCall, 1);
-
-    call->d = d;
-    call->guest = g_strdup(guest);
-    call->peer = g_strdup(peer);
-    return call;
-}
-
-static void peer_call_free(PeerCall *call)
-{
-    g_free(call->guest);
-    g_free(call->peer);
-    g_free(call);
-}
-
 static void pending_free(PendingCall *call)
 {
     g_free(call->method);
@@ -99,11 +58,16 @@ static void pending_free(PendingCall *call)
     g_free(call);
 }
 
+/* What a peer call gets that daemon_free() ends or that comes after it began. */
+static GError *shutting_down(void)
+{
+    return g_error_new(PEER_ERROR, PEER_ERROR_CLOSED, "kvm-ftd is shutting down");
+}
+
 static void link_free(PeerLink *link)
 {
     PendingCall *call;
-    g_autoptr(GError) err = g_error_new(PEER_ERROR, PEER_ERROR_CLOSED,
-                                        "kvm-ftd is shutting down");
+    g_autoptr(GError) err = shutting_down();
 
     while ((call = g_queue_pop_head(&link->pending))) {
         call->cb(NULL, NULL, err, call->opaque);
@@ -117,294 +81,9 @@ static void link_free(PeerLink *link)
     g_free(link);
 }
 
-/* ---- the status element in libvirt ---------------------------------------- */
-
-typedef struct {
-    char *name;
-    char *xml; /* NULL: remove the element */
-} StatusWrite;
-
-static void status_write_free(StatusWrite *w)
-{
-    g_free(w->name);
-    g_free(w->xml);
-    g_free(w);
-}
-
-/* In the writer thread. */
-static void status_writer_run(gpointer data, gpointer opaque)
-{
-    StatusWrite *w = data;
-    Daemon *d = opaque;
-    g_autoptr(GError) err = NULL;
-
-    if (!virt_domain_set_status(d->virt, w->name, w->xml, &err))
-        log_warn(w->name, NULL, "%s", err->message);
-    status_write_free(w);
-}
-
-/*
- * libvirt makes a metadata write wait for the domain's job lock, which a
- * start, a destroy or any monitor command may hold for seconds: on the
- * main loop that would starve heartbeats.  One writer thread keeps the
- * writes in order.
- */
-void daemon_set_status(Daemon *d, const char *name, const char *state, const char *reason)
-{
-    StatusWrite *w = g_new0(StatusWrite, 1);
-
-    w->name = g_strdup(name);
-    /* Stamped now, when it happened, not when the writer gets to it. */
-    w->xml = state ? status_xml(state, reason, g_get_real_time()) : NULL;
-    g_thread_pool_push(d->status_writer, w, NULL);
-}
-
-/* ---- FT guests defined in libvirt ----------------------------------------- */
-
-/* NULL if def pairs this host with host (with any host if NULL); else why not. */
-static char *pairing_error(Daemon *d, const FtDef *def, const char *host)
-{
-    const FtHost *peer = ftdef_peer(def, d->cfg->host_name);
-
-    if (!peer)
-        return g_strdup_printf("guest '%s' does not name this host (%s) in <ft:hosts>",
-                               def->name, d->cfg->host_name);
-    if (host && strcmp(peer->name, host) != 0)
-        return g_strdup_printf("guest '%s' pairs this host with %s, not with %s",
-                               def->name, peer->name, host);
-    return NULL;
-}
-
-/*
- * The FT guest defined here under that name: its definition (into *xml)
- * must be valid and pair this host with `with` (any host if NULL).
- * Errors: VIRT_ERROR, FTDEF_ERROR (NOT_FT; INVALID, also for the pairing).
- */
-static FtDef *read_guest(Daemon *d, const char *name, const char *with, char **xml,
-                         GError **err)
-{
-    g_autofree char *text = virt_domain_xml(d->virt, name, err);
-    g_autoptr(FtDef) def = NULL;
-    g_autofree char *why = NULL;
-
-    if (!text || !(def = ftdef_parse(text, err)))
-        return NULL;
-    why = pairing_error(d, def, with);
-    if (why) {
-        g_set_error_literal(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, why);
-        return NULL;
-    }
-    if (xml)
-        *xml = g_steal_pointer(&text);
-    return g_steal_pointer(&def);
-}
-
-/* Not to be protected, nothing prepared for it: only the refusal remains. */
-static void refuse(Daemon *d, const char *name, const char *peer, const char *message)
-{
-    Refusal *r = g_new0(Refusal, 1);
-
-    r->message = g_strdup(message);
-    r->peer = g_strdup(peer);
-    g_hash_table_remove(d->guests, name);
-    g_hash_table_replace(d->refused, g_strdup(name), r);
-    log_err(name, "none", "refused: %s", message);
-    daemon_set_status(d, name, STATUS_REFUSED, message);
-}
-
-/* The name is no kvm-ft guest here any more; TRUE if it was one. */
-static gboolean forget(Daemon *d, const char *name)
-{
-    gboolean guest = g_hash_table_remove(d->guests, name);
-    gboolean refused = g_hash_table_remove(d->refused, name);
-
-    return guest || refused;
-}
-
-static void on_peer_defined(PeerConn *conn, JsonNode *result, const GError *error,
-                            gpointer opaque)
-{
-    PeerCall *call = opaque;
-    Daemon *d = call->d;
-    FtGuest *g = d->quitting ? NULL : g_hash_table_lookup(d->guests, call->guest);
-
-    (void)conn;
-    /* Forgotten, refused or started meanwhile (or quitting): that decided already. */
-    if (!g || guest_is_busy(g)) {
-        peer_call_free(call);
-        return;
-    }
-    if (error) {
-        g_autofree char *msg = g_strdup_printf("peer %s: %s", call->peer, error->message);
-
-        refuse(d, call->guest, call->peer, msg);
-    } else {
-        gboolean defined = JSON_NODE_HOLDS_OBJECT(result) &&
-                           json_object_get_boolean_member_with_default(
-                               json_node_get_object(result), "defined", FALSE);
-        g_autofree char *reason = g_strdup_printf("defined here and on %s", call->peer);
-
-        log_info(call->guest, "none", "ready: %s %s", call->peer,
-                 defined ? "defined it too" : "has it defined");
-        daemon_set_status(d, call->guest, STATUS_READY, reason);
-    }
-    peer_call_free(call);
-}
-
-/*
- * A domain was defined, redefined, or its kvm-ft metadata changed (or
- * kvm-ftd starts): an FT guest is validated here, then the peer is asked
- * to define it too; anything wrong, here or there, refuses it.  A guest
- * that runs here keeps running as it is.
- */
-static void consider_domain(Daemon *d, const char *name)
-{
-    FtGuest *g = g_hash_table_lookup(d->guests, name);
-    g_autoptr(GError) err = NULL;
-    g_autofree char *xml = NULL;
-    g_autofree char *version = NULL;
-    g_autoptr(FtDef) def = NULL;
-    gboolean active = FALSE;
-    JsonObject *params;
-    const FtHost *peer;
-
-    if (g && guest_is_busy(g)) {
-        log_info(name, ft_role_name(guest_role(g)), "its definition changed while it "
-                 "runs here: kvm-ftd reads it again at the next protect");
-        return;
-    }
-    def = read_guest(d, name, NULL, &xml, &err);
-    if (!def) {
-        if (g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_NOT_FT)) {
-            if (forget(d, name)) {
-                log_info(name, "none", "no kvm-ft metadata any more: not a kvm-ft guest");
-                daemon_set_status(d, name, NULL, NULL);
-            }
-        } else if (g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_INVALID)) {
-            refuse(d, name, NULL, err->message);
-        } else {
-            /* Undefined meanwhile (its event follows), or libvirt failing. */
-            log_warn(name, "none", "cannot read its definition: %s", err->message);
-        }
-        return;
-    }
-    g_hash_table_remove(d->refused, name);
-    if (virt_domain_is_active(d->virt, name, &active, &err) && active) {
-        /* Started outside kvm-ft, or failed and carrying on alone: not ready. */
-        log_info(name, "none", "valid, but it runs unprotected: kvm-ftd reads its "
-                 "definition again when it is protected");
-        return;
-    }
-    g_clear_error(&err);
-    version = virt_qemu_version(d->virt, &err);
-    if (!version) {
-        refuse(d, name, NULL, err->message);
-        return;
-    }
-    g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
-    g_hash_table_replace(d->guests, g_strdup(name), g);
-    peer = ftdef_peer(guest_def(g), d->cfg->host_name);
-    params = json_object_new();
-    json_object_set_string_member(params, "domain-xml", xml);
-    json_object_set_string_member(params, "qemu-version", version);
-    daemon_peer_call(d, peer->link_address, "define-guest", params, d->cfg->peer_timeout_ms,
-                     on_peer_defined, peer_call_new(d, name, peer->name));
-    json_object_unref(params);
-}
-
-/* The peer is back: what it refused or left unanswered gets another go. */
-static void reconsider_refused_by(Daemon *d, const char *host)
-{
-    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
-    GHashTableIter it;
-    gpointer key, value;
-
-    g_hash_table_iter_init(&it, d->refused);
-    while (g_hash_table_iter_next(&it, &key, &value)) {
-        Refusal *r = value;
-
-        if (g_strcmp0(r->peer, host) == 0)
-            g_ptr_array_add(names, g_strdup(key));
-    }
-    for (guint i = 0; i < names->len; i++)
-        consider_domain(d, g_ptr_array_index(names, i));
-}
-
-static void on_peer_undefined(PeerConn *conn, JsonNode *result, const GError *error,
-                              gpointer opaque)
-{
-    PeerCall *call = opaque;
-
-    (void)conn;
-    (void)result;
-    if (error)
-        log_warn(call->guest, "none", "%s did not undefine its copy: %s", call->peer,
-                 error->message);
-    else
-        log_info(call->guest, "none", "%s undefined its copy", call->peer);
-    peer_call_free(call);
-}
-
-/* Undefined here: forgotten here, and the peer's copy goes too. */
-static void domain_undefined(Daemon *d, const char *name)
-{
-    FtGuest *g = g_hash_table_lookup(d->guests, name);
-    const FtHost *peer;
-    JsonObject *params;
-
-    if (!g) {
-        g_hash_table_remove(d->refused, name);
-        return;
-    }
-    if (guest_is_busy(g)) {
-        log_warn(name, ft_role_name(guest_role(g)), "undefined in libvirt while it runs "
-                 "here as %s: kvm-ftd keeps it as it is", guest_state_name(guest_state(g)));
-        return;
-    }
-    peer = ftdef_peer(guest_def(g), d->cfg->host_name);
-    log_info(name, "none", "undefined: forgotten here; asking %s to undefine its copy",
-             peer->name);
-    guest_remove_overlays(d->cfg, name);
-    params = json_object_new();
-    json_object_set_string_member(params, "guest", name);
-    daemon_peer_call(d, peer->link_address, "undefine-guest", params, d->cfg->peer_timeout_ms,
-                     on_peer_undefined, peer_call_new(d, name, peer->name));
-    json_object_unref(params);
-    forget(d, name);
-}
-
-static void on_virt_event(const VirtEvent *ev, gpointer opaque)
-{
-    Daemon *d = opaque;
-    FtGuest *g;
-
-    switch (ev->type) {
-    case VIRT_EVENT_DEFINED:
-        consider_domain(d, ev->domain);
-        break;
-    case VIRT_EVENT_METADATA:
-        /* Not our status element: each write of it would come back here. */
-        if (ev->nsuri && g_str_has_prefix(ev->nsuri, FTDEF_NS_FAMILY) &&
-            strcmp(ev->nsuri, STATUS_NS) != 0)
-            consider_domain(d, ev->domain);
-        break;
-    case VIRT_EVENT_UNDEFINED:
-        domain_undefined(d, ev->domain);
-        break;
-    case VIRT_EVENT_STOPPED:
-        g = g_hash_table_lookup(d->guests, ev->domain);
-        if (g)
-            guest_domain_stopped(g, ev->stopped);
-        break;
-    }
-}
-
 /* ---- peer requests -------------------------------------------------------- */
 
-static void reply_error(PeerConn *conn, guint64 id, const char *fmt, ...)
-    G_GNUC_PRINTF(3, 4);
-
-static void reply_error(PeerConn *conn, guint64 id, const char *fmt, ...)
+void daemon_reply_error(PeerConn *conn, guint64 id, const char *fmt, ...)
 {
     g_autofree char *msg = NULL;
     va_list ap;
@@ -422,180 +101,41 @@ static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
 {
     const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
     const char *primary = json_object_get_string_member_with_default(params, "primary", NULL);
-    g_autoptr(GError) err = NULL;
-    g_autoptr(FtDef) def = NULL;
-    g_autofree char *why = NULL;
-    FtGuest *g;
-
-    if (!xml || !primary) {
-        reply_error(conn, id, "prepare-secondary needs domain-xml and primary");
-        return;
-    }
-    def = ftdef_parse(xml, &err);
-    if (!def) {
-        reply_error(conn, id, "invalid FT guest definition: %s", err->message);
-        return;
-    }
-    why = pairing_error(d, def, primary);
-    if (!why && g_strcmp0(peer_conn_get_peer_host(conn), primary) != 0)
-        why = pairing_error(d, def, peer_conn_get_peer_host(conn));
-    if (why) {
-        reply_error(conn, id, "%s", why);
-        return;
-    }
-    g = g_hash_table_lookup(d->guests, def->name);
-    if (g && guest_is_busy(g)) {
-        reply_error(conn, id, "guest '%s' is already %s here as %s", def->name,
-                    guest_state_name(guest_state(g)), ft_role_name(guest_role(g)));
-        return;
-    }
-    g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_SECONDARY);
-    g_hash_table_replace(d->guests, g_strdup(guest_name(g)), g);
-    g_hash_table_remove(d->refused, guest_name(g));
-    guest_prepare_secondary(g, conn, id);
-}
-
-/*
- * The peer has a new FT guest: it is defined here too, unless this host
- * cannot run its copy.  Answers {"defined": whether it was defined now}.
- */
-static void handle_define_guest(Daemon *d, PeerConn *conn, guint64 id,
-                                JsonObject *params)
-{
-    const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
     const char *version = json_object_get_string_member_with_default(params, "qemu-version",
                                                                      NULL);
     const char *sender = peer_conn_get_peer_host(conn);
     g_autoptr(GError) err = NULL;
     g_autoptr(FtDef) def = NULL;
-    g_autoptr(FtDef) local = NULL;
-    g_autofree char *local_xml = NULL;
     g_autofree char *why = NULL;
-    g_autofree char *mine = NULL;
-    g_autofree char *reason = NULL;
-    g_autoptr(JsonNode) answer = json_node_new(JSON_NODE_OBJECT);
-    JsonObject *result;
-    gboolean defined = FALSE;
-    gboolean active = FALSE;
-    Refusal *r;
     FtGuest *g;
 
-    if (!xml || !version) {
-        reply_error(conn, id, "define-guest needs domain-xml and qemu-version");
+    if (!xml || !primary || !version) {
+        daemon_reply_error(conn, id, "prepare-secondary needs domain-xml, primary and "
+                           "qemu-version");
         return;
     }
-    def = ftdef_parse(xml, &err);
+    /* The secondary loads the primary's state: the same QEMU must run both. */
+    def = definitions_from_peer(d->defs, xml, version, sender, &err);
     if (!def) {
-        reply_error(conn, id, "invalid FT guest definition: %s", err->message);
+        daemon_reply_error(conn, id, "%s", err->message);
         return;
     }
-    why = pairing_error(d, def, sender);
+    /* The primary it names must be this host's peer too. */
+    why = definitions_pairing_error(d->defs, def, primary);
     if (why) {
-        reply_error(conn, id, "%s", why);
+        daemon_reply_error(conn, id, "%s", why);
         return;
     }
-    mine = virt_qemu_version(d->virt, &err);
-    if (!mine) {
-        reply_error(conn, id, "%s", err->message);
-        return;
-    }
-    if (strcmp(mine, version) != 0) {
-        reply_error(conn, id, "QEMU %s on %s but %s on %s: both copies of a guest "
-                    "must run the same QEMU", version, sender, mine, d->cfg->host_name);
-        return;
-    }
-    /* E.g. after a failover the guest runs here alone: not ready over there. */
     g = g_hash_table_lookup(d->guests, def->name);
     if (g && guest_is_busy(g)) {
-        reply_error(conn, id, "guest '%s' is %s on %s as %s", def->name,
-                    guest_state_name(guest_state(g)), d->cfg->host_name,
-                    ft_role_name(guest_role(g)));
+        daemon_reply_error(conn, id, "guest '%s' is already %s here as %s", def->name,
+                           guest_state_name(guest_state(g)), ft_role_name(guest_role(g)));
         return;
     }
-    r = g_hash_table_lookup(d->refused, def->name);
-    if (r && !r->peer) {
-        reply_error(conn, id, "guest '%s' is refused on %s: %s", def->name,
-                    d->cfg->host_name, r->message);
-        return;
-    }
-    if (!virt_domain_define_missing(d->virt, def->name, xml, &defined, &err)) {
-        reply_error(conn, id, "%s", err->message);
-        return;
-    }
-    if (defined)
-        log_info(def->name, "none", "defined at the request of %s", sender);
-    /* Whatever had the name here already must be the same pair's guest, stopped. */
-    local = read_guest(d, def->name, sender, &local_xml, &err);
-    if (!local || !virt_domain_is_active(d->virt, def->name, &active, &err)) {
-        reply_error(conn, id, "the domain '%s' on %s: %s", def->name, d->cfg->host_name,
-                    err->message);
-        return;
-    }
-    if (active) {
-        reply_error(conn, id, "guest '%s' runs on %s, unprotected", def->name,
-                    d->cfg->host_name);
-        return;
-    }
-    g_hash_table_remove(d->refused, local->name);
-    g = guest_new(d, g_steal_pointer(&local), local_xml, FT_ROLE_PRIMARY);
+    g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_SECONDARY);
     g_hash_table_replace(d->guests, g_strdup(guest_name(g)), g);
-    reason = g_strdup_printf("defined here and on %s", sender);
-    daemon_set_status(d, guest_name(g), STATUS_READY, reason);
-    result = json_object_new();
-    json_object_set_boolean_member(result, "defined", defined);
-    json_node_take_object(answer, result);
-    peer_conn_reply(conn, id, answer);
-}
-
-/*
- * The guest was undefined on the peer: its copy here goes too, with its
- * replication overlays; never a running one, nor a domain that is not this
- * pair's guest.
- */
-static void handle_undefine_guest(Daemon *d, PeerConn *conn, guint64 id,
-                                  JsonObject *params)
-{
-    const char *name = json_object_get_string_member_with_default(params, "guest", NULL);
-    const char *sender = peer_conn_get_peer_host(conn);
-    g_autoptr(GError) err = NULL;
-    g_autoptr(FtDef) def = NULL;
-    FtGuest *g;
-
-    if (!name) {
-        reply_error(conn, id, "undefine-guest needs guest");
-        return;
-    }
-    g = g_hash_table_lookup(d->guests, name);
-    if (g && guest_is_busy(g)) {
-        reply_error(conn, id, "guest '%s' is %s on %s as %s: not undefining it", name,
-                    guest_state_name(guest_state(g)), d->cfg->host_name,
-                    ft_role_name(guest_role(g)));
-        return;
-    }
-    def = read_guest(d, name, sender, NULL, &err);
-    if (!def && g_error_matches(err, VIRT_ERROR, VIRT_ERROR_NO_DOMAIN)) {
-        /* Nothing defined here; what a secondary left behind still goes. */
-        if (g)
-            guest_remove_overlays(d->cfg, guest_name(g));
-        forget(d, name);
-        peer_conn_reply(conn, id, NULL);
-        return;
-    }
-    if (!def) {
-        reply_error(conn, id, "the domain '%s' on %s: %s", name, d->cfg->host_name,
-                    err->message);
-        return;
-    }
-    g_clear_error(&err);
-    if (!virt_domain_undefine(d->virt, def->name, &err)) {
-        reply_error(conn, id, "%s", err->message);
-        return;
-    }
-    guest_remove_overlays(d->cfg, def->name);
-    forget(d, def->name);
-    log_info(def->name, "none", "undefined at the request of %s, where it was undefined",
-             sender);
-    peer_conn_reply(conn, id, NULL);
+    definitions_forget_refusal(d->defs, guest_name(g));
+    guest_prepare_secondary(g, conn, id);
 }
 
 static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
@@ -623,12 +163,8 @@ static void on_request(PeerConn *conn, guint64 id, const char *method,
         handle_prepare_secondary(d, conn, id, params);
     else if (strcmp(method, "stop-secondary") == 0)
         handle_stop_secondary(d, conn, id, params);
-    else if (strcmp(method, "define-guest") == 0)
-        handle_define_guest(d, conn, id, params);
-    else if (strcmp(method, "undefine-guest") == 0)
-        handle_undefine_guest(d, conn, id, params);
-    else
-        reply_error(conn, id, "unknown request '%s'", method);
+    else if (!definitions_peer_request(d->defs, conn, id, method, params))
+        daemon_reply_error(conn, id, "unknown request '%s'", method);
 }
 
 static void session_up(Daemon *d, PeerConn *conn)
@@ -636,7 +172,7 @@ static void session_up(Daemon *d, PeerConn *conn)
     g_ptr_array_add(d->sessions, peer_conn_ref(conn));
     log_info(NULL, NULL, "peer %s connected from %s", peer_conn_get_peer_host(conn),
              peer_conn_get_address(conn));
-    reconsider_refused_by(d, peer_conn_get_peer_host(conn));
+    definitions_peer_up(d->defs, peer_conn_get_peer_host(conn));
 }
 
 static void session_down(Daemon *d, PeerConn *conn, const GError *reason)
@@ -736,9 +272,20 @@ void daemon_peer_call(Daemon *d, const char *addr, const char *method,
                       JsonObject *params, guint timeout_ms, PeerReplyFunc cb,
                       gpointer opaque)
 {
-    PeerLink *link = get_link(d, addr);
+    PeerLink *link;
     PendingCall *call;
 
+    /*
+     * From a callback daemon_free() runs: the links are being freed or
+     * gone, so no call starts.
+     */
+    if (d->quitting) {
+        g_autoptr(GError) err = shutting_down();
+
+        cb(NULL, NULL, err, opaque);
+        return;
+    }
+    link = get_link(d, addr);
     if (link->conn && peer_conn_is_connected(link->conn)) {
         peer_conn_request(link->conn, method, params, timeout_ms, cb, opaque);
         return;
@@ -943,48 +490,15 @@ static FtGuest *find_guest(Daemon *d, JsonObject *request, GError **err)
     return g;
 }
 
-/*
- * A refused guest in a list result (name, role, state, error) or, with
- * status, as a GuestStatus (doc/interfaces.md) in which nothing runs.
- */
-static void add_refusal(JsonBuilder *b, const char *name, const Refusal *r, gboolean status)
-{
-    static const char *const nothing[] = {
-        "peer", "last_failover", "colo", "checkpoint_interval_ms", "output_mode",
-        "last_pause_ms", "pause_ms", "since_last_checkpoint_ms",
-    };
-
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "name");
-    json_builder_add_string_value(b, name);
-    json_builder_set_member_name(b, "role");
-    json_builder_add_string_value(b, "none");
-    json_builder_set_member_name(b, "state");
-    json_builder_add_string_value(b, STATUS_REFUSED);
-    if (status) {
-        for (gsize i = 0; i < G_N_ELEMENTS(nothing); i++) {
-            json_builder_set_member_name(b, nothing[i]);
-            json_builder_add_null_value(b);
-        }
-        json_builder_set_member_name(b, "qmp");
-        json_builder_add_string_value(b, "closed");
-        json_builder_set_member_name(b, "checkpoints");
-        json_builder_add_int_value(b, 0);
-    }
-    json_builder_set_member_name(b, "error");
-    json_builder_add_string_value(b, r->message);
-    json_builder_end_object(b);
-}
-
 static JsonNode *control_status(Daemon *d, JsonObject *request, GError **err)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
     const char *only = json_object_get_string_member_with_default(request, "guest", NULL);
     GHashTableIter it;
-    gpointer key, value;
+    gpointer value;
 
     if (json_object_has_member(request, "guest") &&
-        !(only && g_hash_table_contains(d->refused, only)) && !find_guest(d, request, err))
+        !(only && definitions_refusal(d->defs, only)) && !find_guest(d, request, err))
         return NULL;
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "host");
@@ -997,11 +511,7 @@ static JsonNode *control_status(Daemon *d, JsonObject *request, GError **err)
             continue;
         json_builder_add_value(b, guest_status(value));
     }
-    g_hash_table_iter_init(&it, d->refused);
-    while (g_hash_table_iter_next(&it, &key, &value)) {
-        if (!only || strcmp(only, key) == 0)
-            add_refusal(b, key, value, TRUE);
-    }
+    definitions_add_refused(d->defs, b, only, TRUE);
     json_builder_end_array(b);
     json_builder_end_object(b);
     return json_builder_get_root(b);
@@ -1013,7 +523,7 @@ static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
     g_autofree char *xml = NULL;
     g_autoptr(FtDef) def = NULL;
     gboolean active = FALSE;
-    Refusal *r;
+    const char *refusal;
     FtGuest *g;
 
     if (!name) {
@@ -1027,13 +537,13 @@ static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
                     ft_role_name(guest_role(g)));
         return NULL;
     }
-    r = g_hash_table_lookup(d->refused, name);
-    if (r) {
+    refusal = definitions_refusal(d->defs, name);
+    if (refusal) {
         g_set_error(err, DAEMON_ERROR, 0, "guest '%s' is refused on %s: %s", name,
-                    d->cfg->host_name, r->message);
+                    d->cfg->host_name, refusal);
         return NULL;
     }
-    def = read_guest(d, name, NULL, &xml, err);
+    def = definitions_read(d->defs, name, NULL, &xml, err);
     if (!def)
         return NULL;
     if (!virt_domain_is_active(d->virt, name, &active, err))
@@ -1055,7 +565,7 @@ static JsonNode *control_list(Daemon *d)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
     GHashTableIter it;
-    gpointer key, value;
+    gpointer value;
 
     json_builder_begin_array(b);
     g_hash_table_iter_init(&it, d->guests);
@@ -1072,9 +582,7 @@ static JsonNode *control_list(Daemon *d)
         json_builder_add_string_value(b, guest_state_name(guest_state(g)));
         json_builder_end_object(b);
     }
-    g_hash_table_iter_init(&it, d->refused);
-    while (g_hash_table_iter_next(&it, &key, &value))
-        add_refusal(b, key, value, FALSE);
+    definitions_add_refused(d->defs, b, NULL, FALSE);
     json_builder_end_array(b);
     return json_builder_get_root(b);
 }
@@ -1131,32 +639,12 @@ static void reattach_guests(Daemon *d)
         FtGuest *g;
 
         if (!g_file_test(path, G_FILE_TEST_EXISTS) ||
-            !(def = read_guest(d, name, NULL, &xml, &e)))
+            !(def = definitions_read(d->defs, name, NULL, &xml, &e)))
             continue;
         g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
         g_hash_table_replace(d->guests, g_strdup(name), g);
         if (!guest_reattach(g, &e))
             log_err(name, NULL, "cannot re-attach to the running guest: %s", e->message);
-    }
-}
-
-/* Each FT guest defined here, as if it had just been defined. */
-static void consider_defined_domains(Daemon *d)
-{
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GPtrArray) names = virt_defined_domains(d->virt, &err);
-
-    if (!names) {
-        log_warn(NULL, NULL, "cannot look for defined guests: %s", err->message);
-        return;
-    }
-    for (guint i = 0; i < names->len; i++) {
-        const char *name = g_ptr_array_index(names, i);
-        FtGuest *g = g_hash_table_lookup(d->guests, name);
-
-        /* Re-attached ones carry on as they are. */
-        if (!g || !guest_is_busy(g))
-            consider_domain(d, name);
     }
 }
 
@@ -1168,8 +656,6 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
     d->loop = g_main_loop_new(NULL, FALSE);
     d->guests = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                       (GDestroyNotify)guest_free);
-    d->refused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
-                                       (GDestroyNotify)refusal_free);
     d->links = g_hash_table_new_full(g_str_hash, g_str_equal, NULL,
                                      (GDestroyNotify)link_free);
     d->sessions = g_ptr_array_new_with_free_func((GDestroyNotify)peer_conn_unref);
@@ -1177,11 +663,11 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
     d->virt = virt_open(cfg->libvirt_uri, err);
     if (!d->virt)
         goto fail;
-    d->status_writer = g_thread_pool_new(status_writer_run, d, 1, FALSE, err);
-    if (!d->status_writer)
+    d->defs = definitions_new(d, d->guests, err);
+    if (!d->defs)
         goto fail;
     /* Before looking at the domains: what changes meanwhile is seen again. */
-    if (!virt_watch_events(d->virt, on_virt_event, d, err))
+    if (!virt_watch_events(d->virt, definitions_on_virt_event, d->defs, err))
         goto fail;
     d->server = peer_server_new(cfg->listen_address, cfg->listen_port, cfg->key,
                                 cfg->host_name, &server_callbacks, d, err);
@@ -1203,7 +689,7 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
     log_info(NULL, NULL, "kvm-ftd up: peer protocol on %s:%u, control socket %s",
              cfg->listen_address, cfg->listen_port, cfg->control_socket);
     reattach_guests(d);
-    consider_defined_domains(d);
+    definitions_consider_all(d->defs);
     return d;
 
 fail:
@@ -1218,7 +704,15 @@ void daemon_free(Daemon *d)
     /* Answers still on their way change nothing now. */
     d->quitting = TRUE;
     g_clear_pointer(&d->control, control_server_free);
-    g_hash_table_destroy(d->guests);
+    /*
+     * The peer calls end before the guests go.  Freeing the links, then
+     * the servers and sessions (whose last reference closes each link's
+     * connection), fails every call still waiting or on its way, and each
+     * callback holds what made the call: on_secondary_prepared() its
+     * FtGuest, a definitions call its Definitions.  So the callbacks run
+     * while all of that still exists, and none can start a call on the
+     * links being freed (daemon_peer_call()).
+     */
     g_hash_table_destroy(d->links);
     if (d->heartbeat_id)
         g_source_remove(d->heartbeat_id);
@@ -1227,10 +721,8 @@ void daemon_free(Daemon *d)
     g_clear_pointer(&d->server, peer_server_free);
     g_clear_pointer(&d->lan_server, peer_server_free);
     g_ptr_array_free(d->sessions, TRUE);
-    g_hash_table_destroy(d->refused);
-    /* The writes already queued still go out. */
-    if (d->status_writer)
-        g_thread_pool_free(d->status_writer, FALSE, TRUE);
+    g_hash_table_destroy(d->guests);
+    g_clear_pointer(&d->defs, definitions_free);
     g_clear_pointer(&d->virt, virt_close);
     g_main_loop_unref(d->loop);
     config_free(d->cfg);
@@ -1255,4 +747,14 @@ const FtConfig *daemon_config(Daemon *d)
 Virt *daemon_virt(Daemon *d)
 {
     return d->virt;
+}
+
+Definitions *daemon_definitions(Daemon *d)
+{
+    return d->defs;
+}
+
+gboolean daemon_quitting(Daemon *d)
+{
+    return d->quitting;
 }

@@ -1,6 +1,7 @@
 /*
  * daemon.h - what one kvm-ftd holds: its config, libvirtd, the peer
- * link, the control socket and the guests it protects
+ * link, the control socket and the guests it protects, and how requests
+ * reach them; the guests' definitions in libvirt are definitions.h's
  */
 #pragma once
 
@@ -12,22 +13,31 @@
 #include "virt.h"
 
 typedef struct Daemon Daemon;
+typedef struct Definitions Definitions; /* definitions.h */
 
 Daemon *daemon_new(FtConfig *cfg /* taken */, GError **err);
 void daemon_free(Daemon *d);
 void daemon_run(Daemon *d);
 void daemon_quit(Daemon *d);
+/* daemon_free() has begun: answers still on their way change nothing now. */
+gboolean daemon_quitting(Daemon *d);
 
 const FtConfig *daemon_config(Daemon *d);
 Virt *daemon_virt(Daemon *d);
+Definitions *daemon_definitions(Daemon *d);
 
 /*
  * A request to the kvm-ftd at addr, connecting first when needed.  cb runs
- * exactly once, with the result or the error (connect failure included).
+ * exactly once, with the result or the error (connect failure included);
+ * once daemon_free() has begun, at once, with an error.
  */
 void daemon_peer_call(Daemon *d, const char *addr, const char *method,
                       JsonObject *params, guint timeout_ms, PeerReplyFunc cb,
                       gpointer opaque);
+
+/* Answers the peer's request id with an error, and logs the refusal. */
+void daemon_reply_error(PeerConn *conn, guint64 id, const char *fmt, ...)
+    G_GNUC_PRINTF(3, 4);
 
 /* What one path to a peer host shows, for failure detection. */
 typedef enum {
@@ -52,11 +62,3 @@ gboolean daemon_peer_connected(Daemon *d, const char *host);
 
 /* Pushes a state change to every `ftctl events` follower. */
 void daemon_broadcast(Daemon *d, JsonNode *event);
-
-/*
- * Records state (STATUS_READY, STATUS_REFUSED or a guest state name) and
- * reason as the status element in the domain's metadata (status.h), or
- * removes the element when state is NULL.  Returns at once: the libvirt
- * calls run in a thread of their own, one after the other, in order.
- */
-void daemon_set_status(Daemon *d, const char *name, const char *state, const char *reason);

@@ -6,6 +6,7 @@
 #include <glib/gstdio.h>
 #include <string.h>
 
+#include "definitions.h"
 #include "domxml.h"
 #include "engine.h"
 #include "log.h"
@@ -135,7 +136,8 @@ static gboolean write_status(gpointer opaque)
     g->status_idle_id = 0;
     if (g->state == GUEST_TAKING_OVER || g->state == GUEST_DROPPING_SECONDARY)
         return G_SOURCE_REMOVE; /* the transition out of it writes */
-    daemon_set_status(g->d, g->def->name, guest_state_name(g->state), g->status_reason);
+    definitions_set_status(daemon_definitions(g->d), g->def->name,
+                           guest_state_name(g->state), g->status_reason);
     return G_SOURCE_REMOVE;
 }
 
@@ -650,6 +652,8 @@ static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
 
 void guest_protect(FtGuest *g)
 {
+    g_autoptr(GError) err = NULL;
+    g_autofree char *version = NULL;
     JsonObject *params;
 
     g_clear_pointer(&g->error, g_free);
@@ -658,10 +662,17 @@ void guest_protect(FtGuest *g)
     arm_deadline(g);
     if (!transition(g, GUEST_PREPARING_PEER, "protect requested"))
         return;
+    /* The peer refuses a secondary on another QEMU than the primary's. */
+    version = virt_qemu_version(daemon_virt(g->d), &err);
+    if (!version) {
+        fail(g, "%s", err->message);
+        return;
+    }
     params = json_object_new();
     json_object_set_string_member(params, "guest", g->def->name);
     json_object_set_string_member(params, "domain-xml", g->domain_xml);
     json_object_set_string_member(params, "primary", self_host(g)->name);
+    json_object_set_string_member(params, "qemu-version", version);
     daemon_peer_call(g->d, peer_host(g)->link_address, "prepare-secondary", params,
                      daemon_config(g->d)->start_timeout_ms, on_secondary_prepared, g);
     json_object_unref(params);

@@ -1,6 +1,7 @@
 /* test-peer.c - peer protocol: framing, handshake, sessions over real sockets */
 #include "log.h"
 #include "peer.h"
+#include "wait.h"
 
 #include <check.h>
 #include <gio/gio.h>
@@ -349,22 +350,6 @@ START_TEST(test_frame_not_object)
 END_TEST
 
 /* ---- main loop helpers ---------------------------------------------------------- */
-
-static gboolean wake_cb(gpointer data)
-{
-    (void)data;
-    return G_SOURCE_CONTINUE;
-}
-
-/* Runs the default main context until cond holds or ms pass. */
-#define WAIT_FOR(cond, ms)                                                     \
-    do {                                                                       \
-        gint64 end_ = g_get_monotonic_time() + (gint64)(ms) * 1000;            \
-        guint w_ = g_timeout_add(5, wake_cb, NULL);                            \
-        while (!(cond) && g_get_monotonic_time() < end_)                       \
-            g_main_context_iteration(NULL, TRUE);                              \
-        g_source_remove(w_);                                                   \
-    } while (0)
 
 static void spin(guint ms)
 {

@@ -1,0 +1,611 @@
+/* definitions.c - the FT guests defined in libvirt on this host */
+#include "definitions.h"
+
+#include <string.h>
+
+#include "guest.h"
+#include "log.h"
+#include "status.h"
+
+#define DEFINITIONS_ERROR g_quark_from_static_string("kvmft-definitions-error")
+
+/* A defined FT guest this host does not protect, and why. */
+typedef struct {
+    char *message;
+    char *peer; /* the peer host that refused it or did not answer; NULL: refused here */
+} Refusal;
+
+/* A request to the peer about a guest, by name: the guest may be gone when it returns. */
+typedef struct {
+    Definitions *defs;
+    char *guest;
+    char *peer;
+} PeerCall;
+
+struct Definitions {
+    Daemon *d;
+    const FtConfig *cfg;
+    Virt *virt;
+    GHashTable *guests;  /* the daemon's: name -> FtGuest */
+    GHashTable *refused; /* name -> Refusal */
+    GThreadPool *status_writer;
+};
+
+static void refusal_free(Refusal *r)
+{
+    g_free(r->message);
+    g_free(r->peer);
+    g_free(r);
+}
+
+static PeerCall *peer_call_new(Definitions *defs, const char *guest, const char *peer)
+{
+    PeerCall *call = g_new0(PeerCall, 1);
+
+    call->defs = defs;
+    call->guest = g_strdup(guest);
+    call->peer = g_strdup(peer);
+    return call;
+}
+
+static void peer_call_free(PeerCall *call)
+{
+    g_free(call->guest);
+    g_free(call->peer);
+    g_free(call);
+}
+
+/* ---- the status element in libvirt ---------------------------------------- */
+
+typedef struct {
+    char *name;
+    char *xml; /* NULL: remove the element */
+} StatusWrite;
+
+static void status_write_free(StatusWrite *w)
+{
+    g_free(w->name);
+    g_free(w->xml);
+    g_free(w);
+}
+
+/* In the writer thread. */
+static void status_writer_run(gpointer data, gpointer opaque)
+{
+    StatusWrite *w = data;
+    Definitions *defs = opaque;
+    g_autoptr(GError) err = NULL;
+
+    if (!virt_domain_set_status(defs->virt, w->name, w->xml, &err))
+        log_warn(w->name, NULL, "%s", err->message);
+    status_write_free(w);
+}
+
+/*
+ * libvirt makes a metadata write wait for the domain's job lock, which a
+ * start, a destroy or any monitor command may hold for seconds: on the
+ * main loop that would starve heartbeats.  One writer thread keeps the
+ * writes in order.
+ */
+void definitions_set_status(Definitions *defs, const char *name, const char *state,
+                            const char *reason)
+{
+    StatusWrite *w = g_new0(StatusWrite, 1);
+
+    w->name = g_strdup(name);
+    /* Stamped now, when it happened, not when the writer gets to it. */
+    w->xml = state ? status_xml(state, reason, g_get_real_time()) : NULL;
+    g_thread_pool_push(defs->status_writer, w, NULL);
+}
+
+/* ---- reading and checking definitions -------------------------------------- */
+
+char *definitions_pairing_error(Definitions *defs, const FtDef *def, const char *host)
+{
+    const FtHost *peer = ftdef_peer(def, defs->cfg->host_name);
+
+    if (!peer)
+        return g_strdup_printf("guest '%s' does not name this host (%s) in <ft:hosts>",
+                               def->name, defs->cfg->host_name);
+    if (host && strcmp(peer->name, host) != 0)
+        return g_strdup_printf("guest '%s' pairs this host with %s, not with %s",
+                               def->name, peer->name, host);
+    return NULL;
+}
+
+FtDef *definitions_read(Definitions *defs, const char *name, const char *with, char **xml,
+                        GError **err)
+{
+    g_autofree char *text = virt_domain_xml(defs->virt, name, err);
+    g_autoptr(FtDef) def = NULL;
+    g_autofree char *why = NULL;
+
+    if (!text || !(def = ftdef_parse(text, err)))
+        return NULL;
+    why = definitions_pairing_error(defs, def, with);
+    if (why) {
+        g_set_error_literal(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, why);
+        return NULL;
+    }
+    if (xml)
+        *xml = g_steal_pointer(&text);
+    return g_steal_pointer(&def);
+}
+
+FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *version,
+                             const char *sender, GError **err)
+{
+    g_autoptr(FtDef) def = ftdef_parse(xml, err);
+    g_autofree char *why = NULL;
+    g_autofree char *mine = NULL;
+
+    if (!def) {
+        g_prefix_error(err, "invalid FT guest definition: ");
+        return NULL;
+    }
+    why = definitions_pairing_error(defs, def, sender);
+    if (why) {
+        g_set_error_literal(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, why);
+        return NULL;
+    }
+    mine = virt_qemu_version(defs->virt, err);
+    if (!mine)
+        return NULL;
+    if (strcmp(mine, version) != 0) {
+        g_set_error(err, DEFINITIONS_ERROR, 0,
+                    "QEMU %s on %s but %s on %s: both copies of a guest must run the "
+                    "same QEMU", version, sender, mine, defs->cfg->host_name);
+        return NULL;
+    }
+    return g_steal_pointer(&def);
+}
+
+/* ---- following libvirt's domain events -------------------------------------- */
+
+/* Not to be protected, nothing prepared for it: only the refusal remains. */
+static void refuse(Definitions *defs, const char *name, const char *peer, const char *message)
+{
+    Refusal *r = g_new0(Refusal, 1);
+
+    r->message = g_strdup(message);
+    r->peer = g_strdup(peer);
+    g_hash_table_remove(defs->guests, name);
+    g_hash_table_replace(defs->refused, g_strdup(name), r);
+    log_err(name, "none", "refused: %s", message);
+    definitions_set_status(defs, name, STATUS_REFUSED, message);
+}
+
+/* The name is no kvm-ft guest here any more; TRUE if it was one. */
+static gboolean forget(Definitions *defs, const char *name)
+{
+    gboolean guest = g_hash_table_remove(defs->guests, name);
+    gboolean refused = g_hash_table_remove(defs->refused, name);
+
+    return guest || refused;
+}
+
+static void on_peer_defined(PeerConn *conn, JsonNode *result, const GError *error,
+                            gpointer opaque)
+{
+    PeerCall *call = opaque;
+    Definitions *defs = call->defs;
+    FtGuest *g = daemon_quitting(defs->d) ? NULL
+                                          : g_hash_table_lookup(defs->guests, call->guest);
+
+    (void)conn;
+    /* Forgotten, refused or started meanwhile (or quitting): that decided already. */
+    if (!g || guest_is_busy(g)) {
+        peer_call_free(call);
+        return;
+    }
+    if (error) {
+        g_autofree char *msg = g_strdup_printf("peer %s: %s", call->peer, error->message);
+
+        refuse(defs, call->guest, call->peer, msg);
+    } else {
+        gboolean defined = JSON_NODE_HOLDS_OBJECT(result) &&
+                           json_object_get_boolean_member_with_default(
+                               json_node_get_object(result), "defined", FALSE);
+        g_autofree char *reason = g_strdup_printf("defined here and on %s", call->peer);
+
+        log_info(call->guest, "none", "ready: %s %s", call->peer,
+                 defined ? "defined it too" : "has it defined");
+        definitions_set_status(defs, call->guest, STATUS_READY, reason);
+    }
+    peer_call_free(call);
+}
+
+/*
+ * A domain was defined, redefined, or its kvm-ft metadata changed (or
+ * kvm-ftd starts): an FT guest is validated here, then the peer is asked
+ * to define it too; anything wrong, here or there, refuses it.  A guest
+ * that runs here keeps running as it is.
+ */
+static void consider_domain(Definitions *defs, const char *name)
+{
+    FtGuest *g = g_hash_table_lookup(defs->guests, name);
+    g_autoptr(GError) err = NULL;
+    g_autofree char *xml = NULL;
+    g_autofree char *version = NULL;
+    g_autoptr(FtDef) def = NULL;
+    gboolean active = FALSE;
+    JsonObject *params;
+    const FtHost *peer;
+
+    if (g && guest_is_busy(g)) {
+        log_info(name, ft_role_name(guest_role(g)), "its definition changed while it "
+                 "runs here: kvm-ftd reads it again at the next protect");
+        return;
+    }
+    def = definitions_read(defs, name, NULL, &xml, &err);
+    if (!def) {
+        if (g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_NOT_FT)) {
+            if (forget(defs, name)) {
+                log_info(name, "none", "no kvm-ft metadata any more: not a kvm-ft guest");
+                definitions_set_status(defs, name, NULL, NULL);
+            }
+        } else if (g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_INVALID)) {
+            refuse(defs, name, NULL, err->message);
+        } else {
+            /* Undefined meanwhile (its event follows), or libvirt failing. */
+            log_warn(name, "none", "cannot read its definition: %s", err->message);
+        }
+        return;
+    }
+    g_hash_table_remove(defs->refused, name);
+    if (virt_domain_is_active(defs->virt, name, &active, &err) && active) {
+        /* Started outside kvm-ft, or failed and carrying on alone: not ready. */
+        log_info(name, "none", "valid, but it runs unprotected: kvm-ftd reads its "
+                 "definition again when it is protected");
+        return;
+    }
+    g_clear_error(&err);
+    version = virt_qemu_version(defs->virt, &err);
+    if (!version) {
+        refuse(defs, name, NULL, err->message);
+        return;
+    }
+    g = guest_new(defs->d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
+    g_hash_table_replace(defs->guests, g_strdup(name), g);
+    peer = ftdef_peer(guest_def(g), defs->cfg->host_name);
+    params = json_object_new();
+    json_object_set_string_member(params, "domain-xml", xml);
+    json_object_set_string_member(params, "qemu-version", version);
+    daemon_peer_call(defs->d, peer->link_address, "define-guest", params,
+                     defs->cfg->peer_timeout_ms, on_peer_defined,
+                     peer_call_new(defs, name, peer->name));
+    json_object_unref(params);
+}
+
+void definitions_peer_up(Definitions *defs, const char *host)
+{
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    GHashTableIter it;
+    gpointer key, value;
+
+    g_hash_table_iter_init(&it, defs->refused);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        Refusal *r = value;
+
+        if (g_strcmp0(r->peer, host) == 0)
+            g_ptr_array_add(names, g_strdup(key));
+    }
+    for (guint i = 0; i < names->len; i++)
+        consider_domain(defs, g_ptr_array_index(names, i));
+}
+
+static void on_peer_undefined(PeerConn *conn, JsonNode *result, const GError *error,
+                              gpointer opaque)
+{
+    PeerCall *call = opaque;
+
+    (void)conn;
+    (void)result;
+    if (error)
+        log_warn(call->guest, "none", "%s did not undefine its copy: %s", call->peer,
+                 error->message);
+    else
+        log_info(call->guest, "none", "%s undefined its copy", call->peer);
+    peer_call_free(call);
+}
+
+/* Undefined here: forgotten here, and the peer's copy goes too. */
+static void domain_undefined(Definitions *defs, const char *name)
+{
+    FtGuest *g = g_hash_table_lookup(defs->guests, name);
+    const FtHost *peer;
+    JsonObject *params;
+
+    if (!g) {
+        g_hash_table_remove(defs->refused, name);
+        return;
+    }
+    if (guest_is_busy(g)) {
+        log_warn(name, ft_role_name(guest_role(g)), "undefined in libvirt while it runs "
+                 "here as %s: kvm-ftd keeps it as it is", guest_state_name(guest_state(g)));
+        return;
+    }
+    peer = ftdef_peer(guest_def(g), defs->cfg->host_name);
+    log_info(name, "none", "undefined: forgotten here; asking %s to undefine its copy",
+             peer->name);
+    guest_remove_overlays(defs->cfg, name);
+    params = json_object_new();
+    json_object_set_string_member(params, "guest", name);
+    daemon_peer_call(defs->d, peer->link_address, "undefine-guest", params,
+                     defs->cfg->peer_timeout_ms, on_peer_undefined,
+                     peer_call_new(defs, name, peer->name));
+    json_object_unref(params);
+    forget(defs, name);
+}
+
+void definitions_on_virt_event(const VirtEvent *ev, gpointer opaque)
+{
+    Definitions *defs = opaque;
+    FtGuest *g;
+
+    switch (ev->type) {
+    case VIRT_EVENT_DEFINED:
+        consider_domain(defs, ev->domain);
+        break;
+    case VIRT_EVENT_METADATA:
+        /* Not our status element: each write of it would come back here. */
+        if (ev->nsuri && g_str_has_prefix(ev->nsuri, FTDEF_NS_FAMILY) &&
+            strcmp(ev->nsuri, STATUS_NS) != 0)
+            consider_domain(defs, ev->domain);
+        break;
+    case VIRT_EVENT_UNDEFINED:
+        domain_undefined(defs, ev->domain);
+        break;
+    case VIRT_EVENT_STOPPED:
+        g = g_hash_table_lookup(defs->guests, ev->domain);
+        if (g)
+            guest_domain_stopped(g, ev->stopped);
+        break;
+    }
+}
+
+void definitions_consider_all(Definitions *defs)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) names = virt_defined_domains(defs->virt, &err);
+
+    if (!names) {
+        log_warn(NULL, NULL, "cannot look for defined guests: %s", err->message);
+        return;
+    }
+    for (guint i = 0; i < names->len; i++) {
+        const char *name = g_ptr_array_index(names, i);
+        FtGuest *g = g_hash_table_lookup(defs->guests, name);
+
+        /* Re-attached ones carry on as they are. */
+        if (!g || !guest_is_busy(g))
+            consider_domain(defs, name);
+    }
+}
+
+/* ---- the peer's requests ---------------------------------------------------- */
+
+/*
+ * The peer has a new FT guest: it is defined here too, unless this host
+ * cannot run its copy.  Answers {"defined": whether it was defined now}.
+ */
+static void handle_define_guest(Definitions *defs, PeerConn *conn, guint64 id,
+                                JsonObject *params)
+{
+    const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
+    const char *version = json_object_get_string_member_with_default(params, "qemu-version",
+                                                                     NULL);
+    const char *sender = peer_conn_get_peer_host(conn);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = NULL;
+    g_autoptr(FtDef) local = NULL;
+    g_autofree char *local_xml = NULL;
+    g_autofree char *reason = NULL;
+    g_autoptr(JsonNode) answer = json_node_new(JSON_NODE_OBJECT);
+    JsonObject *result;
+    gboolean defined = FALSE;
+    gboolean active = FALSE;
+    Refusal *r;
+    FtGuest *g;
+
+    if (!xml || !version) {
+        daemon_reply_error(conn, id, "define-guest needs domain-xml and qemu-version");
+        return;
+    }
+    def = definitions_from_peer(defs, xml, version, sender, &err);
+    if (!def) {
+        daemon_reply_error(conn, id, "%s", err->message);
+        return;
+    }
+    /* E.g. after a failover the guest runs here alone: not ready over there. */
+    g = g_hash_table_lookup(defs->guests, def->name);
+    if (g && guest_is_busy(g)) {
+        daemon_reply_error(conn, id, "guest '%s' is %s on %s as %s", def->name,
+                           guest_state_name(guest_state(g)), defs->cfg->host_name,
+                           ft_role_name(guest_role(g)));
+        return;
+    }
+    r = g_hash_table_lookup(defs->refused, def->name);
+    if (r && !r->peer) {
+        daemon_reply_error(conn, id, "guest '%s' is refused on %s: %s", def->name,
+                           defs->cfg->host_name, r->message);
+        return;
+    }
+    if (!virt_domain_define_missing(defs->virt, def->name, xml, &defined, &err)) {
+        daemon_reply_error(conn, id, "%s", err->message);
+        return;
+    }
+    if (defined)
+        log_info(def->name, "none", "defined at the request of %s", sender);
+    /* Whatever had the name here already must be the same pair's guest, stopped. */
+    local = definitions_read(defs, def->name, sender, &local_xml, &err);
+    if (!local || !virt_domain_is_active(defs->virt, def->name, &active, &err)) {
+        daemon_reply_error(conn, id, "the domain '%s' on %s: %s", def->name,
+                           defs->cfg->host_name, err->message);
+        return;
+    }
+    if (active) {
+        daemon_reply_error(conn, id, "guest '%s' runs on %s, unprotected", def->name,
+                           defs->cfg->host_name);
+        return;
+    }
+    g_hash_table_remove(defs->refused, local->name);
+    g = guest_new(defs->d, g_steal_pointer(&local), local_xml, FT_ROLE_PRIMARY);
+    g_hash_table_replace(defs->guests, g_strdup(guest_name(g)), g);
+    reason = g_strdup_printf("defined here and on %s", sender);
+    definitions_set_status(defs, guest_name(g), STATUS_READY, reason);
+    result = json_object_new();
+    json_object_set_boolean_member(result, "defined", defined);
+    json_node_take_object(answer, result);
+    peer_conn_reply(conn, id, answer);
+}
+
+/*
+ * The guest was undefined on the peer: its copy here goes too, with its
+ * replication overlays; never a running one, nor a domain that is not this
+ * pair's guest.
+ */
+static void handle_undefine_guest(Definitions *defs, PeerConn *conn, guint64 id,
+                                  JsonObject *params)
+{
+    const char *name = json_object_get_string_member_with_default(params, "guest", NULL);
+    const char *sender = peer_conn_get_peer_host(conn);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = NULL;
+    FtGuest *g;
+
+    if (!name) {
+        daemon_reply_error(conn, id, "undefine-guest needs guest");
+        return;
+    }
+    g = g_hash_table_lookup(defs->guests, name);
+    if (g && guest_is_busy(g)) {
+        daemon_reply_error(conn, id, "guest '%s' is %s on %s as %s: not undefining it",
+                           name, guest_state_name(guest_state(g)), defs->cfg->host_name,
+                           ft_role_name(guest_role(g)));
+        return;
+    }
+    def = definitions_read(defs, name, sender, NULL, &err);
+    if (!def && g_error_matches(err, VIRT_ERROR, VIRT_ERROR_NO_DOMAIN)) {
+        /* Nothing defined here; what a secondary left behind still goes. */
+        if (g)
+            guest_remove_overlays(defs->cfg, guest_name(g));
+        forget(defs, name);
+        peer_conn_reply(conn, id, NULL);
+        return;
+    }
+    if (!def) {
+        daemon_reply_error(conn, id, "the domain '%s' on %s: %s", name,
+                           defs->cfg->host_name, err->message);
+        return;
+    }
+    g_clear_error(&err);
+    if (!virt_domain_undefine(defs->virt, def->name, &err)) {
+        daemon_reply_error(conn, id, "%s", err->message);
+        return;
+    }
+    guest_remove_overlays(defs->cfg, def->name);
+    forget(defs, def->name);
+    log_info(def->name, "none", "undefined at the request of %s, where it was undefined",
+             sender);
+    peer_conn_reply(conn, id, NULL);
+}
+
+gboolean definitions_peer_request(Definitions *defs, PeerConn *conn, guint64 id,
+                                  const char *method, JsonObject *params)
+{
+    if (strcmp(method, "define-guest") == 0)
+        handle_define_guest(defs, conn, id, params);
+    else if (strcmp(method, "undefine-guest") == 0)
+        handle_undefine_guest(defs, conn, id, params);
+    else
+        return FALSE;
+    return TRUE;
+}
+
+/* ---- refusals, for the control socket --------------------------------------- */
+
+const char *definitions_refusal(Definitions *defs, const char *name)
+{
+    Refusal *r = g_hash_table_lookup(defs->refused, name);
+
+    return r ? r->message : NULL;
+}
+
+void definitions_forget_refusal(Definitions *defs, const char *name)
+{
+    g_hash_table_remove(defs->refused, name);
+}
+
+static void add_refusal(JsonBuilder *b, const char *name, const Refusal *r, gboolean status)
+{
+    static const char *const nothing[] = {
+        "peer", "last_failover", "colo", "checkpoint_interval_ms", "output_mode",
+        "last_pause_ms", "pause_ms", "since_last_checkpoint_ms",
+    };
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "name");
+    json_builder_add_string_value(b, name);
+    json_builder_set_member_name(b, "role");
+    json_builder_add_string_value(b, "none");
+    json_builder_set_member_name(b, "state");
+    json_builder_add_string_value(b, STATUS_REFUSED);
+    if (status) {
+        for (gsize i = 0; i < G_N_ELEMENTS(nothing); i++) {
+            json_builder_set_member_name(b, nothing[i]);
+            json_builder_add_null_value(b);
+        }
+        json_builder_set_member_name(b, "qmp");
+        json_builder_add_string_value(b, "closed");
+        json_builder_set_member_name(b, "checkpoints");
+        json_builder_add_int_value(b, 0);
+    }
+    json_builder_set_member_name(b, "error");
+    json_builder_add_string_value(b, r->message);
+    json_builder_end_object(b);
+}
+
+void definitions_add_refused(Definitions *defs, JsonBuilder *b, const char *only,
+                             gboolean status)
+{
+    GHashTableIter it;
+    gpointer key, value;
+
+    g_hash_table_iter_init(&it, defs->refused);
+    while (g_hash_table_iter_next(&it, &key, &value)) {
+        if (!only || strcmp(only, key) == 0)
+            add_refusal(b, key, value, status);
+    }
+}
+
+/* ---- lifetime --------------------------------------------------------------- */
+
+Definitions *definitions_new(Daemon *d, GHashTable *guests, GError **err)
+{
+    Definitions *defs = g_new0(Definitions, 1);
+
+    defs->d = d;
+    defs->cfg = daemon_config(d);
+    defs->virt = daemon_virt(d);
+    defs->guests = guests;
+    defs->refused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
+                                          (GDestroyNotify)refusal_free);
+    defs->status_writer = g_thread_pool_new(status_writer_run, defs, 1, FALSE, err);
+    if (!defs->status_writer) {
+        definitions_free(defs);
+        return NULL;
+    }
+    return defs;
+}
+
+void definitions_free(Definitions *defs)
+{
+    if (!defs)
+        return;
+    g_hash_table_destroy(defs->refused);
+    /* The writes already queued still go out. */
+    if (defs->status_writer)
+        g_thread_pool_free(defs->status_writer, FALSE, TRUE);
+    g_free(defs);
+}

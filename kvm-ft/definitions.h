@@ -1,0 +1,87 @@
+/*
+ * definitions.h - the FT guests defined in libvirt on this host
+ *
+ * kvm-ftd follows libvirt's domain events.  An FT guest is validated when
+ * it is defined, redefined, or its kvm-ft metadata changes (and when
+ * kvm-ftd starts); then the peer's kvm-ftd is asked to define it too.
+ * Anything wrong, here or there, refuses it.  Undefined here, its copy on
+ * the peer goes too.  The outcome, and later the guest's state, is written
+ * into the domain's metadata as the status element (status.h).
+ *
+ * A name is either a guest (in the daemon's table of guests, which this
+ * module adds to and removes from) or refused, never both.
+ */
+#pragma once
+
+#include <glib.h>
+#include <json-glib/json-glib.h>
+
+#include "daemon.h"
+#include "ftdef.h"
+#include "peer.h"
+#include "virt.h"
+
+/* guests: the daemon's, name -> FtGuest, borrowed; it outlives the Definitions. */
+Definitions *definitions_new(Daemon *d, GHashTable *guests, GError **err);
+/* The status writes already queued still go out first. */
+void definitions_free(Definitions *defs);
+
+/* A VirtEventFunc: opaque is the Definitions. */
+void definitions_on_virt_event(const VirtEvent *ev, gpointer opaque);
+
+/* Each FT guest defined here, as if it had just been defined (kvm-ftd starts). */
+void definitions_consider_all(Definitions *defs);
+
+/* A session with that peer host is up: what it refused or left unanswered gets another go. */
+void definitions_peer_up(Definitions *defs, const char *host);
+
+/*
+ * The peer's requests about definitions, define-guest and undefine-guest:
+ * TRUE if method is one of them (it is answered, now); FALSE otherwise.
+ */
+gboolean definitions_peer_request(Definitions *defs, PeerConn *conn, guint64 id,
+                                  const char *method, JsonObject *params);
+
+/*
+ * Records state (STATUS_READY, STATUS_REFUSED or a guest state name) and
+ * reason as the status element in the domain's metadata (status.h), or
+ * removes the element when state is NULL.  Returns at once: the libvirt
+ * calls run in a thread of their own, one after the other, in order.
+ */
+void definitions_set_status(Definitions *defs, const char *name, const char *state,
+                            const char *reason);
+
+/* NULL if def pairs this host with host (with any host if NULL); else why not. */
+char *definitions_pairing_error(Definitions *defs, const FtDef *def, const char *host);
+
+/*
+ * The FT guest defined here under that name: its definition (into *xml,
+ * unless NULL) must be valid and pair this host with `with` (any host if
+ * NULL).  Errors: VIRT_ERROR, FTDEF_ERROR (NOT_FT; INVALID, also for the
+ * pairing).
+ */
+FtDef *definitions_read(Definitions *defs, const char *name, const char *with, char **xml,
+                        GError **err);
+
+/*
+ * The guest whose definition (xml) the peer host sender sent, saying it
+ * runs QEMU version: valid, pairing this host with sender, and this host
+ * runs the same QEMU (the two copies of a guest must).  Else NULL, and why
+ * not, as the answer to sender's request.
+ */
+FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *version,
+                             const char *sender, GError **err);
+
+/* Why the guest of that name is refused here; NULL if it is not. */
+const char *definitions_refusal(Definitions *defs, const char *name);
+
+/* The name is about to be a guest here after all: it is refused no more. */
+void definitions_forget_refusal(Definitions *defs, const char *name);
+
+/*
+ * Each refused guest (only the one named only, unless NULL) into b's open
+ * array: as in a list result (name, role, state, error) or, with status,
+ * as a GuestStatus (doc/interfaces.md) in which nothing runs.
+ */
+void definitions_add_refused(Definitions *defs, JsonBuilder *b, const char *only,
+                             gboolean status);

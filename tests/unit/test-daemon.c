@@ -1,0 +1,373 @@
+/*
+ * test-daemon.c - one kvm-ftd on libvirt's in-process test driver, with the
+ * test playing its peer: the peer requests' QEMU check, and shutdown while
+ * calls to the peer are on their way
+ */
+#include <check.h>
+#include <gio/gio.h>
+#include <glib.h>
+#include <glib/gstdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "control.h"
+#include "daemon.h"
+#include "peer.h"
+#include "virt.h"
+#include "wait.h"
+
+/* 40 bytes, base64 in the key file. */
+static const char psk_text[] = "kvm-ft test-daemon key 0123456789abcdef!";
+
+/* The FT guest: this daemon is hostA at 127.0.0.1, its peer hostB at 127.0.0.2. */
+static const char guest_xml[] =
+    "<domain type='test'>"
+    "  <name>web1</name>"
+    "  <metadata>"
+    "    <ft:guest xmlns:ft='https://kvm-ft.dev/xmlns/1'>"
+    "      <ft:hosts>"
+    "        <ft:host name='hostA' link-address='127.0.0.1'/>"
+    "        <ft:host name='hostB' link-address='127.0.0.2'/>"
+    "      </ft:hosts>"
+    "      <ft:disk target='vda'/>"
+    "    </ft:guest>"
+    "  </metadata>"
+    "  <memory unit='KiB'>262144</memory>"
+    "  <os><type arch='x86_64'>hvm</type></os>"
+    "  <devices>"
+    "    <disk type='file' device='disk'>"
+    "      <driver name='qemu' type='qcow2'/>"
+    "      <source file='/nonexistent/kvm-ft-test/web1.qcow2'/>"
+    "      <target dev='vda' bus='virtio'/>"
+    "    </disk>"
+    "  </devices>"
+    "</domain>";
+
+typedef struct {
+    char *dir;
+    char *control_socket;
+    GBytes *psk;
+    /* hostB's address: a kvm-ftd that takes requests and never answers... */
+    PeerServer *peer;
+    /* ...or a socket that takes connections and never says a word. */
+    GSocket *mute;
+    guint port;
+    JsonObject *define;  /* the last define-guest hostB got */
+    JsonObject *prepare; /* the last prepare-secondary hostB got */
+    Daemon *d;
+} Lab;
+
+static Lab lab;
+
+/* ---- hostB, as the test plays it ---------------------------------------------- */
+
+static void on_peer_request(PeerConn *conn, guint64 id, const char *method,
+                            JsonObject *params, gpointer opaque)
+{
+    (void)conn;
+    (void)id;
+    (void)opaque;
+    if (strcmp(method, "define-guest") == 0) {
+        g_clear_pointer(&lab.define, json_object_unref);
+        lab.define = json_object_ref(params);
+    } else if (strcmp(method, "prepare-secondary") == 0) {
+        g_clear_pointer(&lab.prepare, json_object_unref);
+        lab.prepare = json_object_ref(params);
+    }
+}
+
+static const PeerCallbacks peer_callbacks = {
+    .request = on_peer_request,
+};
+
+/* hostB's kvm-ftd, or (mute) a socket that never completes the handshake. */
+static void start_peer(gboolean mute)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GInetAddress) any = NULL;
+    g_autoptr(GSocketAddress) addr = NULL;
+    g_autoptr(GSocketAddress) bound = NULL;
+
+    if (!mute) {
+        lab.peer = peer_server_new("127.0.0.2", 0, lab.psk, "hostB", &peer_callbacks, NULL,
+                                   &err);
+        ck_assert_msg(lab.peer != NULL, "hostB: %s", err ? err->message : "?");
+        lab.port = peer_server_get_port(lab.peer);
+        return;
+    }
+    lab.mute = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                            G_SOCKET_PROTOCOL_TCP, &err);
+    ck_assert_msg(lab.mute != NULL, "socket: %s", err ? err->message : "?");
+    any = g_inet_address_new_from_string("127.0.0.2");
+    addr = g_inet_socket_address_new(any, 0);
+    ck_assert_msg(g_socket_bind(lab.mute, addr, TRUE, &err) &&
+                  g_socket_listen(lab.mute, &err), "listen: %s", err ? err->message : "?");
+    bound = g_socket_get_local_address(lab.mute, &err);
+    lab.port = g_inet_socket_address_get_port(G_INET_SOCKET_ADDRESS(bound));
+}
+
+/* ---- hostA: the daemon under test ----------------------------------------- */
+
+static void start_daemon(void)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *key_file = g_build_filename(lab.dir, "peer.key", NULL);
+    g_autofree char *key = g_base64_encode((const guchar *)psk_text, strlen(psk_text));
+    g_autofree char *state = g_build_filename(lab.dir, "state", NULL);
+    g_autofree char *run = g_build_filename(lab.dir, "run", NULL);
+    g_autofree char *conf_file = g_build_filename(lab.dir, "kvm-ftd.conf", NULL);
+    g_autofree char *conf = NULL;
+    FtConfig *cfg;
+
+    ck_assert(g_file_set_contents_full(key_file, key, -1, G_FILE_SET_CONTENTS_NONE, 0600,
+                                       &err));
+    ck_assert_int_eq(g_mkdir(state, 0700), 0);
+    ck_assert_int_eq(g_mkdir(run, 0700), 0);
+    lab.control_socket = g_build_filename(lab.dir, "kvm-ftd.sock", NULL);
+    /* Calls to the peer stay on their way for as long as a test may take. */
+    conf = g_strdup_printf("[daemon]\n"
+                           "host-name = hostA\n"
+                           "listen-address = 127.0.0.1\n"
+                           "listen-port = %u\n"
+                           "key-file = %s\n"
+                           "control-socket = %s\n"
+                           "state-dir = %s\n"
+                           "run-dir = %s\n"
+                           "libvirt-uri = test:///default\n"
+                           "[timeouts]\n"
+                           "peer-ms = 600000\n"
+                           "start-ms = 3600000\n",
+                           lab.port, key_file, lab.control_socket, state, run);
+    ck_assert(g_file_set_contents(conf_file, conf, -1, &err));
+    cfg = config_load(conf_file, &err);
+    ck_assert_msg(cfg != NULL, "config: %s", err ? err->message : "?");
+    lab.d = daemon_new(cfg, &err);
+    ck_assert_msg(lab.d != NULL, "kvm-ftd: %s", err ? err->message : "?");
+}
+
+static void setup(void)
+{
+    g_autoptr(GError) err = NULL;
+
+    memset(&lab, 0, sizeof(lab));
+    lab.dir = g_dir_make_tmp("kvmft-daemon-XXXXXX", &err);
+    ck_assert_msg(lab.dir != NULL, "tmp: %s", err ? err->message : "?");
+    lab.psk = g_bytes_new_static(psk_text, strlen(psk_text));
+}
+
+static void remove_tree(const char *path)
+{
+    g_autoptr(GDir) dir = g_dir_open(path, 0, NULL);
+    const char *name;
+
+    while (dir && (name = g_dir_read_name(dir))) {
+        g_autofree char *child = g_build_filename(path, name, NULL);
+
+        if (g_file_test(child, G_FILE_TEST_IS_DIR))
+            remove_tree(child);
+        else
+            g_unlink(child);
+    }
+    g_rmdir(path);
+}
+
+static void teardown(void)
+{
+    daemon_free(lab.d);
+    g_clear_pointer(&lab.peer, peer_server_free);
+    g_clear_object(&lab.mute);
+    g_clear_pointer(&lab.define, json_object_unref);
+    g_clear_pointer(&lab.prepare, json_object_unref);
+    g_bytes_unref(lab.psk);
+    remove_tree(lab.dir);
+    g_free(lab.dir);
+    g_free(lab.control_socket);
+}
+
+/* ---- ftctl protect, from a thread of its own: the daemon's loop runs here --------- */
+
+typedef struct {
+    JsonNode *result;
+    GError *error;
+    gint done;
+} Protect;
+
+static gpointer protect_thread(gpointer opaque)
+{
+    Protect *p = opaque;
+    g_autoptr(JsonObject) req = json_object_new();
+
+    json_object_set_string_member(req, "command", "protect");
+    json_object_set_string_member(req, "guest", "web1");
+    p->result = control_request(lab.control_socket, req, 10000, &p->error);
+    g_atomic_int_set(&p->done, 1);
+    return NULL;
+}
+
+static void protect_web1(void)
+{
+    Protect p = { 0 };
+    GThread *t = g_thread_new("ftctl", protect_thread, &p);
+
+    WAIT_FOR(g_atomic_int_get(&p.done), 10000);
+    g_thread_join(t);
+    ck_assert_msg(p.result != NULL, "protect: %s", p.error ? p.error->message : "?");
+    json_node_unref(p.result);
+}
+
+static void define_web1(void)
+{
+    g_autoptr(GError) err = NULL;
+    gboolean defined = FALSE;
+
+    ck_assert_msg(virt_domain_define_missing(daemon_virt(lab.d), "web1", guest_xml,
+                                             &defined, &err),
+                  "define: %s", err ? err->message : "?");
+    ck_assert(defined);
+}
+
+/* ---- the tests ------------------------------------------------------------------- */
+
+/*
+ * A protect whose prepare-secondary the peer has not answered yet, then
+ * kvm-ftd stops: the call's callback, which holds the guest, runs while the
+ * guest still exists (ASan tells otherwise).
+ */
+START_TEST(quit_while_prepare_secondary_is_on_its_way)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *mine = NULL;
+
+    start_peer(FALSE);
+    start_daemon();
+    define_web1();
+    WAIT_FOR(lab.define != NULL, 10000);
+    ck_assert_msg(lab.define != NULL, "no define-guest reached hostB");
+    protect_web1();
+    WAIT_FOR(lab.prepare != NULL, 10000);
+    ck_assert_msg(lab.prepare != NULL, "no prepare-secondary reached hostB");
+    mine = virt_qemu_version(daemon_virt(lab.d), &err);
+    ck_assert_ptr_nonnull(mine);
+    ck_assert_str_eq(json_object_get_string_member_with_default(lab.prepare, "qemu-version",
+                                                                ""), mine);
+    ck_assert_str_eq(json_object_get_string_member_with_default(lab.prepare, "primary", ""),
+                     "hostA");
+    g_clear_pointer(&lab.d, daemon_free);
+}
+END_TEST
+
+/* The same with the calls still waiting for the connection to the peer. */
+START_TEST(quit_while_prepare_secondary_waits_for_the_peer)
+{
+    start_peer(TRUE);
+    start_daemon();
+    define_web1();
+    protect_web1();
+    g_clear_pointer(&lab.d, daemon_free);
+}
+END_TEST
+
+typedef struct {
+    gboolean connected;
+    gboolean answered;
+    char *error;
+} Client;
+
+static void on_client_connected(PeerConn *conn, gpointer opaque)
+{
+    (void)conn;
+    ((Client *)opaque)->connected = TRUE;
+}
+
+static const PeerCallbacks client_callbacks = {
+    .connected = on_client_connected,
+};
+
+static void on_reply(PeerConn *conn, JsonNode *result, const GError *error, gpointer opaque)
+{
+    Client *c = opaque;
+
+    (void)conn;
+    (void)result;
+    c->answered = TRUE;
+    c->error = error ? g_strdup(error->message) : NULL;
+}
+
+/* What hostA answers hostB's prepare-secondary for web1 (NULL: success). */
+static char *prepare_secondary(const char *qemu_version)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(PeerConn) conn = NULL;
+    g_autoptr(JsonObject) params = json_object_new();
+    Client c = { 0 };
+
+    conn = peer_connect("127.0.0.1", lab.port, lab.psk, "hostB", 5000, &client_callbacks, &c,
+                        &err);
+    ck_assert_ptr_nonnull(conn);
+    WAIT_FOR(c.connected, 5000);
+    ck_assert(c.connected);
+    json_object_set_string_member(params, "guest", "web1");
+    json_object_set_string_member(params, "domain-xml", guest_xml);
+    json_object_set_string_member(params, "primary", "hostB");
+    if (qemu_version)
+        json_object_set_string_member(params, "qemu-version", qemu_version);
+    peer_conn_request(conn, "prepare-secondary", params, 5000, on_reply, &c);
+    WAIT_FOR(c.answered, 5000);
+    ck_assert(c.answered);
+    return c.error;
+}
+
+START_TEST(prepare_secondary_needs_the_same_qemu)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *mine = NULL;
+    g_autofree char *other = NULL;
+    g_autofree char *missing = NULL;
+    g_autofree char *same = NULL;
+    g_autofree char *expected = NULL;
+
+    start_peer(FALSE);
+    start_daemon();
+    mine = virt_qemu_version(daemon_virt(lab.d), &err);
+    ck_assert_ptr_nonnull(mine);
+
+    other = prepare_secondary("0.0.1-other");
+    expected = g_strdup_printf("QEMU 0.0.1-other on hostB but %s on hostA: both copies of a "
+                               "guest must run the same QEMU", mine);
+    ck_assert_str_eq(other, expected);
+
+    missing = prepare_secondary(NULL);
+    ck_assert_str_eq(missing, "prepare-secondary needs domain-xml, primary and qemu-version");
+
+    /* Past the check, it fails further on: the disk is nowhere. */
+    same = prepare_secondary(mine);
+    ck_assert_ptr_nonnull(same);
+    ck_assert_msg(strstr(same, "does not exist on hostA") != NULL, "%s", same);
+}
+END_TEST
+
+static Suite *daemon_suite(void)
+{
+    Suite *s = suite_create("daemon");
+    TCase *tc = tcase_create("daemon");
+
+    tcase_add_checked_fixture(tc, setup, teardown);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, quit_while_prepare_secondary_is_on_its_way);
+    tcase_add_test(tc, quit_while_prepare_secondary_waits_for_the_peer);
+    tcase_add_test(tc, prepare_secondary_needs_the_same_qemu);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(daemon_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
