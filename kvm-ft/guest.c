@@ -409,6 +409,9 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
                                         data, "reason", "unknown")
                                   : "unknown";
 
+        /* QEMU on its way out breaks its COLO stream: the planned stop follows. */
+        if (g->shutdown_cause)
+            return;
         /* Not from inside the QMP client's dispatch: failover may free it. */
         g_free(g->exit_reason);
         g->exit_reason = g_strdup(reason);

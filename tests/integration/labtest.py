@@ -101,7 +101,7 @@ class Lab:
         return self.lab("client", *args, timeout=timeout)
 
     def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload="",
-                      output="compare"):
+                      output="compare", on_reboot="destroy"):
         """Same disk on both hosts (the secondary replicates from an identical copy),
         the definition on hostA."""
         for host in ("hostA", "hostB"):
@@ -110,7 +110,7 @@ class Lab:
             shutil.copyfile(os.path.join(gdir, "disk.qcow2"), os.path.join(images, name + ".qcow2"))
         xml = run(os.path.join(TOOLS, "guest-xml"), "--name", name, "--qemu", qemu,
                   "--guest-dir", gdir, "--interval-ms", str(interval_ms), "--workload", workload,
-                  "--output", output,
+                  "--output", output, "--on-reboot", on_reboot,
                   "--hosts", "hostA=%s/%s,hostB=%s/%s" % (LINK["hostA"], LAN["hostA"],
                                                           LINK["hostB"], LAN["hostB"])).stdout
         xml_path = os.path.join(self.path("hostA", "/var/lib/kvm-ft"), name + ".xml")

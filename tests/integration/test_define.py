@@ -28,15 +28,30 @@ from labtest import (GUEST, LAN, LINK, TOOLS, Lab, guest_dir, log, qemu_binary, 
 
 STATUS_NS = "https://kvm-ft.dev/xmlns/status/1"
 
+def add_pci_hostdev(domain):
+    hostdev = ET.SubElement(domain.find("devices"), "hostdev", mode="subsystem", type="pci",
+                            managed="no")
+    source = ET.SubElement(hostdev, "source")
+    ET.SubElement(source, "address", domain="0x0000", bus="0x00", slot="0x1f", function="0x0")
+
+
+def add_second_nic(domain):
+    devices = domain.find("devices")
+    devices.append(ET.fromstring(ET.tostring(devices.find("interface"))))
+    devices.findall("interface")[-1].find("mac").set("address", "52:54:00:c0:10:99")
+
+
 # name -> (how to break a valid definition, text the refusal must contain)
 INVALID = {
     "vhost": (lambda d: d.find("devices/interface/driver").set("name", "vhost"), "vhost"),
     "multiqueue": (lambda d: d.find("devices/interface/driver").set("queues", "4"), "queues"),
-    "shareable": (lambda d: ET.SubElement(d.find("devices/disk"), "shareable"), "shareable"),
+    # libvirt itself refuses a shareable qcow2
+    "shareable": (lambda d: (d.find("devices/disk/driver").set("type", "raw"),
+                             ET.SubElement(d.find("devices/disk"), "shareable")), "shareable"),
     "readonly": (lambda d: ET.SubElement(d.find("devices/disk"), "readonly"), "readonly"),
     "vmdk": (lambda d: d.find("devices/disk/driver").set("type", "vmdk"), "vmdk"),
-    "hostdev": (lambda d: ET.SubElement(d.find("devices"), "hostdev", mode="subsystem",
-                                        type="usb"), "hostdev"),
+    "hostdev": (add_pci_hostdev, "hostdev"),
+    "two-nics": (add_second_nic, "interface"),
     "bad-metadata": (lambda d: d.find(".//{https://kvm-ft.dev/xmlns/1}checkpoint")
                      .set("interval-ms", "5"), "interval-ms"),
 }
@@ -121,7 +136,8 @@ def main():
         check_refusals(lab, qemu, gdir)
         check_peer_unreachable(lab, qemu, gdir)
 
-        lab.install_guest(qemu, gdir)  # virsh define on hostA, same disk copied to both
+        # virsh define on hostA (the same disk copied to both); a reboot is a reboot
+        lab.install_guest(qemu, gdir, on_reboot="restart")
         wait_status(lab, "hostA", GUEST, "stopped")
         wait_for("the definition on hostB", lambda: domain_exists(lab, "hostB", GUEST),
                  timeout=30)
