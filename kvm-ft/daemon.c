@@ -520,6 +520,9 @@ static JsonNode *control_status(Daemon *d, JsonObject *request, GError **err)
 static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
 {
     const char *name = json_object_get_string_member_with_default(request, "guest", NULL);
+    /* From libvirt's qemu hook: `virsh start` launched it, paused. */
+    const gboolean started = json_object_get_boolean_member_with_default(request, "started",
+                                                                          FALSE);
     g_autofree char *xml = NULL;
     g_autoptr(FtDef) def = NULL;
     gboolean active = FALSE;
@@ -543,12 +546,15 @@ static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
                     d->cfg->host_name, refusal);
         return NULL;
     }
-    def = definitions_read(d->defs, name, NULL, &xml, err);
+    def = started ? definitions_read_started(d->defs, name, &xml, err)
+                  : definitions_read(d->defs, name, NULL, &xml, err);
     if (!def)
         return NULL;
-    if (!virt_domain_is_active(d->virt, name, &active, err))
+    if (started)
+        active = TRUE;
+    else if (!virt_domain_is_active(d->virt, name, &active, err))
         return NULL;
-    if (active) {
+    if (active && !started) {
         g_set_error(err, DAEMON_ERROR, 0,
                     "guest '%s' is already running unprotected; protecting a "
                     "running guest is not supported yet: shut it down, then protect it",
@@ -557,7 +563,7 @@ static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
     }
     g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
     g_hash_table_replace(d->guests, g_strdup(name), g);
-    guest_protect(g);
+    guest_protect(g, started);
     return guest_status(g);
 }
 

@@ -3,6 +3,10 @@
 
 #include <string.h>
 
+#include <errno.h>
+#include <glib/gstdio.h>
+
+#include "domxml.h"
 #include "guest.h"
 #include "log.h"
 #include "status.h"
@@ -113,14 +117,77 @@ char *definitions_pairing_error(Definitions *defs, const FtDef *def, const char 
     return NULL;
 }
 
-FtDef *definitions_read(Definitions *defs, const char *name, const char *with, char **xml,
-                        GError **err)
+/* The administrator's definition, kept while libvirt holds the derived one. */
+static char *original_path(Definitions *defs, const char *name)
 {
-    g_autofree char *text = virt_domain_xml(defs->virt, name, err);
+    g_autofree char *file = g_strdup_printf("%s.xml", name);
+
+    return g_build_filename(defs->cfg->state_dir, file, NULL);
+}
+
+/*
+ * `virsh start` must start the guest with kvm-ft's plumbing (its disks in
+ * COLO's drive chain, kvm-ftd's QMP socket), so the persistent definition
+ * becomes the derived primary one; the administrator's stays in the state
+ * dir, and kvm-ftd reads that one whenever it reads the definition.
+ * libvirt's qemu hook (dist/libvirt-hook-qemu) then has the pair protected
+ * before the guest's CPUs run.
+ */
+static void install_plumbing(Definitions *defs, const char *name, const char *xml,
+                             const FtDef *def)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *current = virt_domain_xml(defs->virt, name, &err);
+    g_autofree char *path = original_path(defs, name);
+    g_autofree char *qmp = guest_qmp_socket(defs->cfg, name);
+    DomxmlPlumbing plumbing = { .qmp_socket = qmp };
+    g_autofree char *derived = NULL;
+
+    if (current && domxml_is_derived(current))
+        return;
+    if (!current || g_mkdir_with_parents(defs->cfg->state_dir, 0700) < 0 ||
+        !g_file_set_contents_full(path, xml, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600,
+                                  &err) ||
+        !(derived = domxml_for_role(xml, def, FT_ROLE_PRIMARY, &plumbing, &err)) ||
+        !virt_domain_define(defs->virt, name, derived, &err)) {
+        log_warn(name, "none", "cannot install kvm-ft's plumbing in its definition (%s): "
+                 "protect it with ftctl protect", err ? err->message : g_strerror(errno));
+        return;
+    }
+    log_info(name, "none", "its persistent definition now carries kvm-ft's plumbing "
+             "(the original is kept in %s): virsh start protects it", path);
+}
+
+/* What kvm-ft keeps of a guest on this host, for a guest that is gone. */
+static void forget_storage(Definitions *defs, const char *name)
+{
+    g_autofree char *path = original_path(defs, name);
+
+    guest_remove_overlays(defs->cfg, name);
+    if (g_unlink(path) < 0 && errno != ENOENT)
+        log_warn(name, "none", "cannot remove %s: %s", path, g_strerror(errno));
+}
+
+static char *read_original(Definitions *defs, const char *name, GError **err)
+{
+    g_autofree char *path = original_path(defs, name);
+    char *original = NULL;
+
+    if (!g_file_get_contents(path, &original, NULL, NULL))
+        g_set_error(err, FTDEF_ERROR, FTDEF_ERROR_INVALID,
+                    "its definition carries kvm-ft's plumbing but the original it was "
+                    "derived from (%s) is gone: define the original again", path);
+    return original;
+}
+
+static FtDef *parse_paired(Definitions *defs, char *text /* taken */, const char *with,
+                           char **xml, GError **err)
+{
+    g_autofree char *owned = text;
     g_autoptr(FtDef) def = NULL;
     g_autofree char *why = NULL;
 
-    if (!text || !(def = ftdef_parse(text, err)))
+    if (!owned || !(def = ftdef_parse(owned, err)))
         return NULL;
     why = definitions_pairing_error(defs, def, with);
     if (why) {
@@ -128,8 +195,34 @@ FtDef *definitions_read(Definitions *defs, const char *name, const char *with, c
         return NULL;
     }
     if (xml)
-        *xml = g_steal_pointer(&text);
+        *xml = g_steal_pointer(&owned);
     return g_steal_pointer(&def);
+}
+
+FtDef *definitions_read(Definitions *defs, const char *name, const char *with, char **xml,
+                        GError **err)
+{
+    g_autofree char *text = virt_domain_xml(defs->virt, name, err);
+
+    if (text && domxml_is_derived(text)) {
+        g_autofree char *path = original_path(defs, name);
+        g_autofree char *original = read_original(defs, name, err);
+        g_autofree char *derived = g_steal_pointer(&text);
+
+        if (!original || !(text = domxml_with_ft_metadata_of(original, derived, err)))
+            return NULL;
+        if (strcmp(text, original) != 0 &&
+            !g_file_set_contents_full(path, text, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600,
+                                      err))
+            return NULL;
+    }
+    return parse_paired(defs, g_steal_pointer(&text), with, xml, err);
+}
+
+FtDef *definitions_read_started(Definitions *defs, const char *name, char **xml,
+                                GError **err)
+{
+    return parse_paired(defs, read_original(defs, name, err), NULL, xml, err);
 }
 
 FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *version,
@@ -211,6 +304,7 @@ static void on_peer_defined(PeerConn *conn, JsonNode *result, const GError *erro
         log_info(call->guest, "none", "ready: %s %s", call->peer,
                  defined ? "defined it too" : "has it defined");
         definitions_set_status(defs, call->guest, STATUS_READY, reason);
+        install_plumbing(defs, call->guest, guest_domain_xml(g), guest_def(g));
     }
     peer_call_free(call);
 }
@@ -233,8 +327,20 @@ static void consider_domain(Definitions *defs, const char *name)
     const FtHost *peer;
 
     if (g && guest_is_busy(g)) {
-        log_info(name, ft_role_name(guest_role(g)), "its definition changed while it "
-                 "runs here: kvm-ftd reads it again at the next protect");
+        g_autofree char *later = NULL;
+
+        def = definitions_read(defs, name, NULL, NULL, &err);
+        if (!def) {
+            log_warn(name, ft_role_name(guest_role(g)), "its new definition cannot be "
+                     "used (%s); it keeps running as it was", err->message);
+            return;
+        }
+        later = guest_definition_changed(g, def);
+        if (later) {
+            log_info(name, ft_role_name(guest_role(g)), "definition changed while it "
+                     "runs: %s", later);
+            definitions_set_status(defs, name, guest_state_name(guest_state(g)), later);
+        }
         return;
     }
     def = definitions_read(defs, name, NULL, &xml, &err);
@@ -328,7 +434,7 @@ static void domain_undefined(Definitions *defs, const char *name)
     peer = ftdef_peer(guest_def(g), defs->cfg->host_name);
     log_info(name, "none", "undefined: forgotten here; asking %s to undefine its copy",
              peer->name);
-    guest_remove_overlays(defs->cfg, name);
+    forget_storage(defs, name);
     params = json_object_new();
     json_object_set_string_member(params, "guest", name);
     daemon_peer_call(defs->d, peer->link_address, "undefine-guest", params,
@@ -454,6 +560,7 @@ static void handle_define_guest(Definitions *defs, PeerConn *conn, guint64 id,
     g_hash_table_replace(defs->guests, g_strdup(guest_name(g)), g);
     reason = g_strdup_printf("defined here and on %s", sender);
     definitions_set_status(defs, guest_name(g), STATUS_READY, reason);
+    install_plumbing(defs, guest_name(g), local_xml, guest_def(g));
     result = json_object_new();
     json_object_set_boolean_member(result, "defined", defined);
     json_node_take_object(answer, result);
@@ -489,7 +596,7 @@ static void handle_undefine_guest(Definitions *defs, PeerConn *conn, guint64 id,
     if (!def && g_error_matches(err, VIRT_ERROR, VIRT_ERROR_NO_DOMAIN)) {
         /* Nothing defined here; what a secondary left behind still goes. */
         if (g)
-            guest_remove_overlays(defs->cfg, guest_name(g));
+            forget_storage(defs, guest_name(g));
         forget(defs, name);
         peer_conn_reply(conn, id, NULL);
         return;
@@ -504,7 +611,7 @@ static void handle_undefine_guest(Definitions *defs, PeerConn *conn, guint64 id,
         daemon_reply_error(conn, id, "%s", err->message);
         return;
     }
-    guest_remove_overlays(defs->cfg, def->name);
+    forget_storage(defs, def->name);
     forget(defs, def->name);
     log_info(def->name, "none", "undefined at the request of %s, where it was undefined",
              sender);

@@ -64,6 +64,14 @@ FtDef *definitions_read(Definitions *defs, const char *name, const char *with, c
                         GError **err);
 
 /*
+ * The same for a guest libvirt is starting (`virsh start`, from its qemu
+ * hook): libvirt keeps the domain locked until the hook returns, so this
+ * reads only the original kvm-ftd kept, not libvirt.
+ */
+FtDef *definitions_read_started(Definitions *defs, const char *name, char **xml,
+                                GError **err);
+
+/*
  * The guest whose definition (xml) the peer host sender sent, saying it
  * runs QEMU version: valid, pairing this host with sender, and this host
  * runs the same QEMU (the two copies of a guest must).  Else NULL, and why

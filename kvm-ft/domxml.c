@@ -197,6 +197,12 @@ char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
                           plumbing->qmp_socket);
     add_args(cmdline, qns, "-chardev", qmp);
     add_args(cmdline, qns, "-mon", "chardev=kvmft-qmp,mode=control");
+    if (plumbing->own_start) {
+        xmlNodePtr env = xmlNewChild(cmdline, qns, (const xmlChar *)"env", NULL);
+
+        xmlNewProp(env, (const xmlChar *)"name", (const xmlChar *)DOMXML_OWN_START_ENV);
+        xmlNewProp(env, (const xmlChar *)"value", (const xmlChar *)"kvm-ftd");
+    }
 
     for (guint i = 0; i < def->disks->len; i++) {
         const FtDisk *disk = g_ptr_array_index(def->disks, i);
@@ -221,6 +227,64 @@ char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
         add_args(cmdline, qns, "-incoming", "defer");
 
     xmlDocDumpFormatMemory(doc, &out, &out_len, 1);
+    result = g_strndup((const char *)out, out_len);
+    xmlFree(out);
+    return result;
+}
+
+gboolean domxml_is_derived(const char *domain_xml)
+{
+    g_autoptr(xmlDoc) doc = xmlReadMemory(domain_xml, strlen(domain_xml), "domain.xml", NULL,
+                                          XML_PARSE_NONET | XML_PARSE_NOERROR |
+                                          XML_PARSE_NOWARNING);
+    g_autoptr(xmlXPathContext) ctx = NULL;
+    g_autoptr(xmlXPathObject) res = NULL;
+
+    if (!doc)
+        return FALSE;
+    ctx = xmlXPathNewContext(doc);
+    xmlXPathRegisterNs(ctx, (const xmlChar *)"q", (const xmlChar *)QEMU_NS);
+    res = xmlXPathEvalExpression(
+        (const xmlChar *)"/domain/q:commandline/q:arg[starts-with(@value, 'socket,id=kvmft-qmp,')]",
+        ctx);
+    return res && res->nodesetval && res->nodesetval->nodeNr > 0;
+}
+
+static xmlNodePtr ft_metadata(xmlDocPtr doc)
+{
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+
+    for (xmlNodePtr m = root ? root->children : NULL; m; m = m->next) {
+        if (m->type != XML_ELEMENT_NODE || strcmp((const char *)m->name, "metadata") != 0)
+            continue;
+        for (xmlNodePtr c = m->children; c; c = c->next) {
+            if (c->type == XML_ELEMENT_NODE && c->ns &&
+                strcmp((const char *)c->ns->href, FTDEF_NS) == 0)
+                return c;
+        }
+    }
+    return NULL;
+}
+
+char *domxml_with_ft_metadata_of(const char *original, const char *current, GError **err)
+{
+    const int opts = XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING;
+    g_autoptr(xmlDoc) orig = xmlReadMemory(original, strlen(original), "original.xml", NULL, opts);
+    g_autoptr(xmlDoc) cur = xmlReadMemory(current, strlen(current), "current.xml", NULL, opts);
+    xmlNodePtr old_el, new_el, copy;
+    xmlChar *out = NULL;
+    int out_len = 0;
+    char *result;
+
+    if (!orig || !cur || !(old_el = ft_metadata(orig)) || !(new_el = ft_metadata(cur))) {
+        g_set_error(err, G_MARKUP_ERROR, G_MARKUP_ERROR_PARSE,
+                    "cannot carry the kvm-ft metadata over to the original definition");
+        return NULL;
+    }
+    copy = xmlDocCopyNode(new_el, orig, 1);
+    xmlReplaceNode(old_el, copy);
+    xmlFreeNode(old_el);
+    xmlDocDumpFormatMemory(orig, &out, &out_len, 1);
     result = g_strndup((const char *)out, out_len);
     xmlFree(out);
     return result;

@@ -17,6 +17,9 @@
 
 typedef struct {
     const char *qmp_socket;
+    /* Started by kvm-ftd itself (virDomainCreateXML), not by `virsh start`:
+     * marked so that kvm-ft's libvirt hook lets it through at once. */
+    gboolean own_start;
     /* Secondary only: per replicated disk, in FtDef.disks order. */
     const char *const *active_overlays;
     const char *const *hidden_overlays;
@@ -28,3 +31,19 @@ char *domxml_parent_node(guint index);    /* "parent0": secondary's copy, NBD ex
 
 char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
                       const DomxmlPlumbing *plumbing, GError **err);
+
+/* The environment variable that marks kvm-ftd's own starts (see own_start). */
+#define DOMXML_OWN_START_ENV "KVMFT_STARTED_BY"
+
+/*
+ * Is this a definition kvm-ftd derived (it carries kvm-ftd's QMP socket)
+ * rather than one the administrator wrote?
+ */
+gboolean domxml_is_derived(const char *domain_xml);
+
+/*
+ * The original definition with the kvm-ft metadata element of the derived
+ * one in its place: `virsh metadata --set` changes the derived definition,
+ * which libvirt holds, while kvm-ftd reads the original.
+ */
+char *domxml_with_ft_metadata_of(const char *original, const char *current, GError **err);

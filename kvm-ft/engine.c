@@ -312,6 +312,15 @@ gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
                uri_arg(link->secondary_addr, base + FT_PORT_MIGRATION), err);
 }
 
+gboolean engine_set_checkpoint_interval(Qmp *q, const EngineLink *link, guint interval_ms,
+                                        GError **err)
+{
+    JsonObject *params = json_object_new();
+
+    json_object_set_int_member(params, "x-checkpoint-delay", interval_ms);
+    return run(q, link, "migrate-set-parameters", params, err);
+}
+
 gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
                             char **reason, GError **err)
 {

@@ -27,6 +27,10 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err);
 gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err);
 
 /* query-colo-status: mode is "none", "primary" or "secondary". */
+/* The primary's longest time between two checkpoints, changed while in COLO. */
+gboolean engine_set_checkpoint_interval(Qmp *q, const EngineLink *link, guint interval_ms,
+                                        GError **err);
+
 gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
                             char **reason, GError **err);
 

@@ -62,6 +62,8 @@ struct FtGuest {
 
     /* Primary: QEMU announced it exits on purpose (its SHUTDOWN cause). */
     char *shutdown_cause;
+    /* This protect adopts a QEMU that `virsh start` launched (paused). */
+    gboolean started_by_libvirt;
 
     /* The status element in the domain's metadata follows the state. */
     char *status_reason;
@@ -313,7 +315,11 @@ static void fail(FtGuest *g, const char *fmt, ...)
         /* Nothing ran yet: undo the setup on both hosts. */
         if (g->role == FT_ROLE_PRIMARY && g->state != GUEST_PREPARING_PEER)
             tell_peer_to_stop(g, g->error);
-        release(g);
+        /* libvirt stops what it started once its hook reports the failure. */
+        if (g->started_by_libvirt)
+            detach(g);
+        else
+            release(g);
     } else {
         /*
          * A copy that was in COLO may be the only one left: it is never
@@ -501,10 +507,21 @@ static void on_qmp_closed(Qmp *q, const GError *reason, gpointer opaque)
     fail(g, "%s", why);
 }
 
+static gboolean attach_qemu(FtGuest *g, GError **err)
+{
+    g->qmp = qmp_connect(g->qmp_path, daemon_config(g->d)->qmp_timeout_ms, err);
+    if (!g->qmp)
+        return FALSE;
+    qmp_set_handlers(g->qmp, on_qmp_event, on_qmp_closed, g);
+    qmp_attach(g->qmp, NULL);
+    return TRUE;
+}
+
 static gboolean start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing,
                            gboolean paused, GError **err)
 {
     const FtConfig *cfg = daemon_config(g->d);
+    DomxmlPlumbing own = *plumbing;
     g_autofree char *xml = NULL;
 
     if (g_mkdir_with_parents(cfg->run_dir, 0700) < 0) {
@@ -513,15 +530,11 @@ static gboolean start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing,
         return FALSE;
     }
     g_unlink(g->qmp_path);
-    xml = domxml_for_role(g->domain_xml, g->def, g->role, plumbing, err);
+    own.own_start = TRUE;
+    xml = domxml_for_role(g->domain_xml, g->def, g->role, &own, err);
     if (!xml || !virt_domain_start(daemon_virt(g->d), xml, paused, err))
         return FALSE;
-    g->qmp = qmp_connect(g->qmp_path, cfg->qmp_timeout_ms, err);
-    if (!g->qmp)
-        return FALSE;
-    qmp_set_handlers(g->qmp, on_qmp_event, on_qmp_closed, g);
-    qmp_attach(g->qmp, NULL);
-    return TRUE;
+    return attach_qemu(g, err);
 }
 
 static void refresh_colo_status(FtGuest *g)
@@ -616,6 +629,51 @@ static EngineLink engine_link(FtGuest *g)
     return link;
 }
 
+static gboolean same_pair_and_storage(const FtDef *a, const FtDef *b)
+{
+    if (a->output_mode != b->output_mode || a->port_base != b->port_base ||
+        a->disks->len != b->disks->len)
+        return FALSE;
+    for (guint i = 0; i < 2; i++) {
+        if (g_strcmp0(a->hosts[i].name, b->hosts[i].name) ||
+            g_strcmp0(a->hosts[i].link_address, b->hosts[i].link_address) ||
+            g_strcmp0(a->hosts[i].lan_address, b->hosts[i].lan_address))
+            return FALSE;
+    }
+    for (guint i = 0; i < a->disks->len; i++) {
+        const FtDisk *da = g_ptr_array_index(a->disks, i);
+        const FtDisk *db = g_ptr_array_index(b->disks, i);
+
+        if (g_strcmp0(da->target, db->target))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+char *guest_definition_changed(FtGuest *g, const FtDef *def)
+{
+    g_autoptr(GError) err = NULL;
+    EngineLink link = engine_link(g);
+    const gboolean rest_same = same_pair_and_storage(g->def, def);
+
+    if (def->checkpoint_interval_ms != g->def->checkpoint_interval_ms) {
+        if (g->role != FT_ROLE_PRIMARY || g->state != GUEST_PROTECTED || !g->qmp)
+            return g_strdup("the new checkpoint interval applies at the next start");
+        if (!engine_set_checkpoint_interval(g->qmp, &link, def->checkpoint_interval_ms, &err))
+            return g_strdup_printf("the new checkpoint interval could not be applied (%s); "
+                                   "it applies at the next start", err->message);
+        log_info(g->def->name, role_name(g), "checkpoint interval %u -> %u ms, applied to "
+                 "the running guest", g->def->checkpoint_interval_ms,
+                 def->checkpoint_interval_ms);
+        g->def->checkpoint_interval_ms = def->checkpoint_interval_ms;
+        if (rest_same)
+            return NULL;
+    }
+    return rest_same ? NULL
+                     : g_strdup("the output mode, hosts, ports or disks changed: that "
+                                "applies at the next start");
+}
+
 static void start_primary(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
@@ -623,10 +681,12 @@ static void start_primary(FtGuest *g)
     EngineLink link = engine_link(g);
 
     if (!transition(g, GUEST_STARTING_PRIMARY,
-                    "secondary ready; starting the primary paused"))
+                    g->started_by_libvirt
+                        ? "secondary ready; the primary was started paused by libvirt"
+                        : "secondary ready; starting the primary paused"))
         return;
     /* Paused: not one guest write may happen before replication is attached. */
-    if (!start_qemu(g, &plumbing, TRUE, &err) ||
+    if (!(g->started_by_libvirt ? attach_qemu(g, &err) : start_qemu(g, &plumbing, TRUE, &err)) ||
         !engine_primary_setup(g->qmp, &link, &err)) {
         fail(g, "cannot start the primary: %s", err->message);
         return;
@@ -653,11 +713,13 @@ static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
     start_primary(g);
 }
 
-void guest_protect(FtGuest *g)
+void guest_protect(FtGuest *g, gboolean started_by_libvirt)
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *version = NULL;
     JsonObject *params;
+
+    g->started_by_libvirt = started_by_libvirt;
 
     g_clear_pointer(&g->error, g_free);
     g->checkpoints = 0;
@@ -992,6 +1054,11 @@ void guest_stop(FtGuest *g, const char *reason)
     release(g);
     if (g->state != GUEST_STOPPED)
         transition(g, GUEST_STOPPED, reason);
+}
+
+const char *guest_domain_xml(FtGuest *g)
+{
+    return g->domain_xml;
 }
 
 char *guest_qmp_socket(const FtConfig *cfg, const char *name)

@@ -39,6 +39,8 @@ char *guest_qmp_socket(const FtConfig *cfg, const char *name);
 
 /* Removes the replication overlays a secondary of that guest left in the state dir. */
 void guest_remove_overlays(const FtConfig *cfg, const char *name);
+/* The administrator's domain XML the guest was created from. */
+const char *guest_domain_xml(FtGuest *g);
 
 FtGuest *guest_new(Daemon *d, FtDef *def /* taken */, const char *domain_xml,
                    FtRole role);
@@ -50,8 +52,13 @@ GuestState guest_state(FtGuest *g);
 FtRole guest_role(FtGuest *g);
 gboolean guest_is_busy(FtGuest *g);
 
-/* Primary: start the guest protected (asks the peer for the secondary). */
-void guest_protect(FtGuest *g);
+/*
+ * Primary: start the guest protected (asks the peer for the secondary).
+ * started_by_libvirt: `virsh start` has launched QEMU, paused, with the
+ * plumbing of the derived definition; kvm-ftd adopts it instead of
+ * starting one (libvirt's qemu hook waits for the outcome).
+ */
+void guest_protect(FtGuest *g, gboolean started_by_libvirt);
 
 /* Secondary: start the secondary and answer request id on conn when ready. */
 void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id);
@@ -68,6 +75,14 @@ void guest_stop(FtGuest *g, const char *reason);
  * unless QEMU's own word on it came first.
  */
 void guest_domain_stopped(FtGuest *g, VirtStopped how);
+
+/*
+ * The definition of a guest that runs here changed (virsh metadata --set):
+ * what can change live (the checkpoint interval, on a protected primary) is
+ * applied now.  Returns NULL if everything was, or what waits for the next
+ * start, for the operator.
+ */
+char *guest_definition_changed(FtGuest *g, const FtDef *def);
 
 JsonNode *guest_status(FtGuest *g);
 

@@ -304,6 +304,17 @@ char *virt_domain_xml(Virt *v, const char *name, GError **err)
     return stripped;
 }
 
+gboolean virt_domain_define(Virt *v, const char *name, const char *xml, GError **err)
+{
+    g_autoptr(virDomain) dom = virDomainDefineXML(v->conn, xml);
+
+    if (!dom) {
+        set_virt_error(err, "cannot define", name);
+        return FALSE;
+    }
+    return TRUE;
+}
+
 gboolean virt_domain_define_missing(Virt *v, const char *name, const char *xml,
                                     gboolean *defined, GError **err)
 {

@@ -70,6 +70,9 @@ gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **
  */
 char *virt_domain_xml(Virt *v, const char *name, GError **err);
 
+/* Defines (or redefines) the persistent domain. */
+gboolean virt_domain_define(Virt *v, const char *name, const char *xml, GError **err);
+
 /* Defines the domain unless one of that name exists; TRUE if it defined it. */
 gboolean virt_domain_define_missing(Virt *v, const char *name, const char *xml,
                                     gboolean *defined, GError **err);

@@ -90,13 +90,20 @@ static const char *socket_path(void)
     return env && *env ? env : CONTROL_DEFAULT_SOCKET;
 }
 
-static JsonNode *request(const char *command, const char *guest, GError **err)
+static JsonObject *new_request(const char *command, const char *guest)
 {
-    g_autoptr(JsonObject) req = json_object_new();
+    JsonObject *req = json_object_new();
 
     json_object_set_string_member(req, "command", command);
     if (guest)
         json_object_set_string_member(req, "guest", guest);
+    return req;
+}
+
+static JsonNode *request(const char *command, const char *guest, GError **err)
+{
+    g_autoptr(JsonObject) req = new_request(command, guest);
+
     return control_request(socket_path(), req, (guint)opt_timeout_ms, err);
 }
 
@@ -194,6 +201,7 @@ static char *format_ms(double ms)
 
 static gboolean opt_json;
 static gboolean opt_no_wait;
+static gboolean opt_started;
 static gint opt_protect_timeout_s = DEFAULT_PROTECT_TIMEOUT_S;
 
 static int cmd_list(char **args)
@@ -373,10 +381,14 @@ static int cmd_protect(char **args)
 {
     const char *guest = args[0];
     g_autoptr(GError) e = NULL;
-    g_autoptr(JsonNode) ack = request("protect", guest, &e);
+    g_autoptr(JsonObject) req = new_request("protect", guest);
+    g_autoptr(JsonNode) ack = NULL;
     g_autofree char *last_state = NULL;
     gint64 deadline;
 
+    if (opt_started)
+        json_object_set_boolean_member(req, "started", TRUE);
+    ack = control_request(socket_path(), req, (guint)opt_timeout_ms, &e);
     if (!ack)
         return fail(e);
     if (opt_no_wait)
@@ -453,6 +465,9 @@ static const GOptionEntry protect_entries[] = {
       "Return once kvm-ftd accepted the request", NULL },
     { "timeout-s", 0, 0, G_OPTION_ARG_INT, &opt_protect_timeout_s,
       "Give up waiting for \"protected\" after N seconds (default 180)", "N" },
+    { "started", 0, 0, G_OPTION_ARG_NONE, &opt_started,
+      "GUEST was just started, paused, by libvirt (virsh start): adopt its QEMU "
+      "(used by kvm-ft's libvirt hook)", NULL },
     { NULL, 0, 0, 0, NULL, NULL, NULL },
 };
 

@@ -11,6 +11,12 @@ follows libvirt's domain events.  Asserts, in one lab:
 - a valid definition becomes "ready" on both hosts: kvm-ftd defines it on the
   peer by itself;
 - `virsh reset` (the guest reboots) keeps it protected, the secondary following;
+- `virsh metadata --set` of a new checkpoint interval changes the running
+  pair's checkpoint rate; a new output mode is reported to apply at the next
+  start (status element);
+- `virsh start` starts it protected: the persistent definition carries kvm-ft's
+  plumbing, libvirt's qemu hook has kvm-ftd set the pair up while QEMU is
+  still paused, and a client's sequence is gapless;
 - `virsh destroy` of a protected guest stops it on both hosts with no failover
   (`virsh shutdown` takes the same path, QEMU's SHUTDOWN event, with another
   reason; the test guest has no ACPI to power itself off with);
@@ -23,8 +29,8 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labtest import (GUEST, LAN, LINK, TOOLS, Lab, guest_dir, log, qemu_binary,  # noqa: E402
-                     run, wait_for, wait_state)
+from labtest import (GUEST, LAN, LINK, TOOLS, Lab, SeqClient, guest_dir, log,  # noqa: E402
+                     qemu_binary, run, wait_for, wait_state)
 
 STATUS_NS = "https://kvm-ft.dev/xmlns/status/1"
 
@@ -161,6 +167,28 @@ def main():
         no_failover(lab)
         log("reset: the guest rebooted and stayed protected")
 
+        # The checkpoint interval changes live; other changes wait for the next start.
+        ft = lab.virsh("hostA", "metadata", GUEST, "https://kvm-ft.dev/xmlns/1").stdout.strip()
+        faster = re.sub(r"interval-ms=['\"]\d+['\"]", 'interval-ms="200"', ft)
+        assert faster != ft, ft
+        before = lab.status("hostA")["checkpoints"]
+        lab.virsh("hostA", "metadata", GUEST, "https://kvm-ft.dev/xmlns/1", "--key", "ft",
+                  "--set", faster, "--config")
+        wait_for("the new interval", lambda: lab.status("hostA")["checkpoint_interval_ms"] == 200,
+                 timeout=10)
+        time.sleep(3)
+        taken = lab.status("hostA")["checkpoints"] - before
+        assert taken >= 8, "%d checkpoints in 3 s after the interval became 200 ms" % taken
+        passive = re.sub(r"output=['\"]compare['\"]", 'output="passive"', faster)
+        assert passive != faster, faster
+        lab.virsh("hostA", "metadata", GUEST, "https://kvm-ft.dev/xmlns/1", "--key", "ft",
+                  "--set", passive, "--config")
+        meta = wait_for("the status to say what waits", lambda: re.search(
+            r"next start", status_element(lab, "hostA", GUEST)), timeout=10)
+        assert lab.status("hostA")["output_mode"] == "compare"
+        log("metadata --set: interval applied live (%d checkpoints in 3 s); output mode "
+            "change reported for the next start" % taken)
+
         lab.virsh("hostA", "destroy", GUEST)
         for host in ("hostA", "hostB"):
             wait_state(lab, host, "stopped", timeout=30)
@@ -168,6 +196,27 @@ def main():
                 h, "domstate", GUEST, check=False).stdout.strip() == "shut off", timeout=30)
         no_failover(lab)
         log("destroy: stopped on both hosts, no failover")
+
+        # virsh start: libvirt starts the derived definition paused, its qemu hook
+        # has kvm-ftd protect it, and only then do the guest's CPUs run.
+        assert "kvmft-qmp" in lab.virsh("hostA", "dumpxml", "--inactive", GUEST).stdout
+        open(lab.path("hostA", "/var/log/libvirt/qemu/%s-serial.log" % GUEST), "w").close()
+        res = lab.virsh("hostA", "start", GUEST, timeout=240, check=False)
+        log("virsh start: rc=%d %s%s" % (res.returncode, res.stdout.strip(), res.stderr.strip()))
+        assert res.returncode == 0, res.stderr
+        a = lab.status("hostA")
+        assert a["state"] == "protected" and a["role"] == "primary", a
+        wait_state(lab, "hostB", "protected", timeout=30)
+        wait_for("the guest to boot", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        client = SeqClient(lab, seconds=8)
+        summary = client.result(timeout=120)
+        assert summary["connection_broken"] is None and summary["replies"] >= 40, summary
+        assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
+        lab.virsh("hostA", "destroy", GUEST)
+        for host in ("hostA", "hostB"):
+            wait_state(lab, host, "stopped", timeout=30)
+        log("virsh start: protected on both hosts before the guest ran; %d replies gapless"
+            % summary["replies"])
 
         lab.virsh("hostA", "undefine", GUEST)
         for host in ("hostA", "hostB"):
