@@ -1,9 +1,10 @@
 /*
  * domxml.h - the libvirt domain XML a protected guest runs with
  *
- * The administrator's definition stays as written.  Each role runs a
- * derived definition (started with virDomainCreateXML, which libvirt
- * applies as the live config of the persistent domain): the replicated
+ * Each role runs a definition derived from the administrator's (started
+ * with virDomainCreateXML, which libvirt applies as the live config of the
+ * persistent domain, or, for `virsh start`, installed as the persistent
+ * definition itself; see definitions.c): the replicated
  * disks move from <disk> to QEMU's COLO drive chain, and the daemon gets a
  * QMP socket of its own.  All COLO network plumbing is added later over
  * that socket, so nothing here depends on the peer being up.

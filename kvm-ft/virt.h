@@ -1,11 +1,12 @@
 /*
  * virt.h - the host's libvirtd, as kvm-ft uses it
  *
- * The administrator's persistent definition is never rewritten: a protected
- * guest is started with virDomainCreateXML() on its role's derived XML,
+ * kvm-ftd starts each role with virDomainCreateXML() on its derived XML,
  * which libvirt runs as the live config of the persistent domain and drops
- * again when the guest stops.  The one thing kvm-ftd writes into it is its
- * status element in <metadata> (status.h).
+ * again when the guest stops.  Into the persistent definition it writes its
+ * status element in <metadata> (status.h) and, once both hosts accepted the
+ * guest, the derived primary definition that `virsh start` runs
+ * (definitions.c keeps the administrator's original).
  *
  * Calls are synchronous.  The connection's keepalive bounds how long a hung
  * libvirtd can hold one (15 s), but a libvirtd that waits for a domain's
@@ -65,8 +66,8 @@ typedef void (*VirtEventFunc)(const VirtEvent *event, gpointer opaque);
 gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **err);
 
 /*
- * The persistent (inactive) definition, as the administrator wrote it:
- * without kvm-ftd's status element.
+ * The persistent (inactive) definition, without kvm-ftd's status element
+ * (possibly the derived one: definitions_read() finds the original).
  */
 char *virt_domain_xml(Virt *v, const char *name, GError **err);
 
