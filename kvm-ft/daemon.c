@@ -1,6 +1,7 @@
 /* daemon.c - what one kvm-ftd holds, and how requests reach its guests */
 #include "daemon.h"
 
+#include <errno.h>
 #include <string.h>
 
 #include "definitions.h"
@@ -666,6 +667,12 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
                                      (GDestroyNotify)link_free);
     d->sessions = g_ptr_array_new_with_free_func((GDestroyNotify)peer_conn_unref);
 
+    /* `virsh start` binds the guests' QMP sockets there without asking us first. */
+    if (g_mkdir_with_parents(cfg->run_dir, 0700) < 0) {
+        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot create the run-dir %s: %s", cfg->run_dir, g_strerror(errno));
+        goto fail;
+    }
     d->virt = virt_open(cfg->libvirt_uri, err);
     if (!d->virt)
         goto fail;
