@@ -147,6 +147,51 @@ START_TEST(missing_disk_is_an_error)
 }
 END_TEST
 
+START_TEST(derived_is_recognised_and_marks_only_own_starts)
+{
+    g_autofree char *original = fixture("ftdef-valid.xml");
+    g_autofree char *derived = derive("ftdef-valid.xml", FT_ROLE_PRIMARY);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(original, &err);
+    DomxmlPlumbing own = { .qmp_socket = "/run/kvm-ft/web1.qmp", .own_start = TRUE };
+    g_autofree char *started = domxml_for_role(original, def, FT_ROLE_PRIMARY, &own, &err);
+
+    ck_assert(!domxml_is_derived(original));
+    ck_assert(domxml_is_derived(derived));
+    ck_assert(!domxml_is_derived("not xml"));
+    ck_assert_int_eq(count(derived, "//q:env[@name='" DOMXML_OWN_START_ENV "']"), 0);
+    ck_assert_ptr_nonnull(started);
+    ck_assert_int_eq(count(started, "//q:env[@name='" DOMXML_OWN_START_ENV "']"), 1);
+}
+END_TEST
+
+START_TEST(metadata_carried_over_to_the_original)
+{
+    g_autofree char *original = fixture("ftdef-valid.xml");
+    g_autofree char *derived = derive("ftdef-valid.xml", FT_ROLE_PRIMARY);
+    g_autoptr(GError) err = NULL;
+    g_autofree char *changed = NULL;
+    g_autofree char *merged = NULL;
+    g_autoptr(FtDef) def = NULL;
+    GRegex *re = g_regex_new("interval-ms=['\"][0-9]+['\"]", 0, 0, NULL);
+
+    changed = g_regex_replace_literal(re, derived, -1, 0, "interval-ms='700'", 0, NULL);
+    g_regex_unref(re);
+    merged = domxml_with_ft_metadata_of(original, changed, &err);
+    ck_assert_msg(merged != NULL, "%s", err ? err->message : "");
+    ck_assert(!domxml_is_derived(merged));
+    def = ftdef_parse(merged, &err);
+    ck_assert_msg(def != NULL, "%s", err ? err->message : "");
+    ck_assert_uint_eq(def->checkpoint_interval_ms, 700);
+    {
+        g_autofree char *bad = domxml_with_ft_metadata_of(original, "<domain/>", &err);
+
+        ck_assert_ptr_null(bad);
+        ck_assert_ptr_nonnull(err);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("domxml");
@@ -158,6 +203,8 @@ int main(void)
     tcase_add_test(tc, secondary_gets_replication_chain);
     tcase_add_test(tc, existing_commandline_and_iothreads_are_kept);
     tcase_add_test(tc, missing_disk_is_an_error);
+    tcase_add_test(tc, derived_is_recognised_and_marks_only_own_starts);
+    tcase_add_test(tc, metadata_carried_over_to_the_original);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
