@@ -391,18 +391,6 @@ static gboolean leave_colo(Qmp *q, const EngineLink *link, GError **err)
     return FALSE;
 }
 
-gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
-{
-    return run_gone_ok(q, link, "nbd-server-stop", NULL, err) &&
-           leave_colo(q, link, err) &&
-           run_gone_ok(q, link, "object-del", id_arg("id", "f2"), err) &&
-           run_gone_ok(q, link, "object-del", id_arg("id", "f1"), err) &&
-           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red1"), err) &&
-           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err) &&
-           (link->def->output_mode != FTDEF_OUTPUT_PASSIVE ||
-            run_gone_ok(q, link, "chardev-remove", id_arg("id", "sink0"), err));
-}
-
 static JsonObject *yank_instance(const char *type, const char *key, const char *id)
 {
     JsonObject *inst = json_object_new();
@@ -413,11 +401,30 @@ static JsonObject *yank_instance(const char *type, const char *key, const char *
     return inst;
 }
 
-static gboolean yank_secondary_channels(Qmp *q, const EngineLink *link, GError **err)
+/*
+ * Out of band, so it runs even while QEMU's main loop is blocked: a peer
+ * that lost power sends no RST, and whichever thread reads from it would
+ * wait for ever -- on the secondary, the COLO thread reading a checkpoint
+ * with the BQL held, so no ordinary QMP command would run either.
+ */
+static gboolean yank(Qmp *q, const EngineLink *link, JsonArray *instances, GError **err)
 {
     JsonObject *args = json_object_new();
-    JsonArray *instances = json_array_new();
     g_autoptr(JsonNode) ret = NULL;
+
+    json_object_set_array_member(args, "instances", instances);
+    ret = qmp_call_oob(q, "yank", args, link->timeout_ms, err);
+    json_object_unref(args);
+    if (!ret) {
+        g_prefix_error(err, "yank: ");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean yank_secondary_channels(Qmp *q, const EngineLink *link, GError **err)
+{
+    JsonArray *instances = json_array_new();
 
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *nbd = g_strdup_printf("nbd%u", i);
@@ -428,14 +435,37 @@ static gboolean yank_secondary_channels(Qmp *q, const EngineLink *link, GError *
     json_array_add_object_element(instances, yank_instance("migration", NULL, NULL));
     json_array_add_object_element(instances, yank_instance("chardev", "id", "mirror0"));
     json_array_add_object_element(instances, yank_instance("chardev", "id", "compare1"));
-    json_object_set_array_member(args, "instances", instances);
-    ret = qmp_call_oob(q, "yank", args, link->timeout_ms, err);
-    json_object_unref(args);
-    if (!ret) {
-        g_prefix_error(err, "yank: ");
-        return FALSE;
-    }
-    return TRUE;
+    return yank(q, link, instances, err);
+}
+
+static gboolean yank_primary_channels(Qmp *q, const EngineLink *link, GError **err)
+{
+    JsonArray *instances = json_array_new();
+
+    json_array_add_object_element(instances, yank_instance("migration", NULL, NULL));
+    json_array_add_object_element(instances, yank_instance("chardev", "id", "red0"));
+    json_array_add_object_element(instances, yank_instance("chardev", "id", "red1"));
+    return yank(q, link, instances, err);
+}
+
+gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
+{
+    g_autoptr(GError) yank_err = NULL;
+
+    /*
+     * COLO's incoming side keeps the checkpoint it is reading in a cache:
+     * cutting it short leaves the guest at the last complete checkpoint.
+     */
+    if (!yank_primary_channels(q, link, &yank_err))
+        log_warn(link->def->name, "secondary", "%s (continuing)", yank_err->message);
+    return run_gone_ok(q, link, "nbd-server-stop", NULL, err) &&
+           leave_colo(q, link, err) &&
+           run_gone_ok(q, link, "object-del", id_arg("id", "f2"), err) &&
+           run_gone_ok(q, link, "object-del", id_arg("id", "f1"), err) &&
+           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red1"), err) &&
+           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err) &&
+           (link->def->output_mode != FTDEF_OUTPUT_PASSIVE ||
+            run_gone_ok(q, link, "chardev-remove", id_arg("id", "sink0"), err));
 }
 
 gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **err)

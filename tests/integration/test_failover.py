@@ -13,6 +13,10 @@ guest before, during and after the fault):
   kill-daemon-A      kvm-ftd SIGKILLed on the primary and restarted: nothing
   kill-daemon-B      happens to the guest, the daemon re-attaches, the pair
                      stays protected (same on the secondary)
+  power-mid-checkpoint  power pulled on the primary while it sends a checkpoint's
+                     RAM (frozen there first with SIGSTOP, proven from both
+                     traces): the secondary, blocked reading it with QEMU's
+                     lock held, must still take over
   resume-window      QEMU SIGKILLed on the primary after it resumed from a
                      checkpoint that the secondary had received but not yet
                      loaded (qemu-patches 0006); proven from both QEMUs' COLO
@@ -66,8 +70,39 @@ def fault_time(out):
 
 # Scenarios that need a guest workload: a dirtying guest makes the
 # secondary's load, and so the resume window, tens of milliseconds long.
-WORKLOADS = {"resume-window": "dirty:64:10"}
+WORKLOADS = {"resume-window": "dirty:64:10", "power-mid-checkpoint": "dirty:64:10"}
 RESUME_WINDOW_ATTEMPTS = 3
+
+
+def primary_qemu_pid(lab):
+    with open(lab.path("hostA", "/run/libvirt/qemu/%s.pid" % GUEST)) as f:
+        return int(f.read().strip())
+
+
+def freeze_mid_checkpoint(lab, timeout=60):
+    """SIGSTOP the primary's QEMU as soon as its trace shows a checkpoint's RAM
+    on its way ("vmstate-send"), then pull the power on its host."""
+    for host in ("hostA", "hostB"):
+        colotrace.enable(lab, host, GUEST)
+    pid = primary_qemu_pid(lab)
+    deadline = time.time() + timeout
+    with open(lab.path("hostA", "/var/log/libvirt/qemu/%s.log" % GUEST), errors="replace") as f:
+        f.seek(0, os.SEEK_END)
+        while time.time() < deadline:
+            if "Send 'vmstate-send'" in f.read():
+                os.kill(pid, signal.SIGSTOP)
+                return fault_time(lab.lab("power-off", "A").stdout)
+            time.sleep(0.0005)
+    raise AssertionError("no checkpoint in the primary's trace within %d s" % timeout)
+
+
+def mid_checkpoint_evidence(lab):
+    """Was the secondary in the middle of reading a checkpoint when the primary died?"""
+    with open(lab.path("hostB", "/var/log/libvirt/qemu/%s.log" % GUEST), errors="replace") as f:
+        secondary = [a for _, ev, a in colotrace.events(f.read()) if ev == "colo_receive_message"]
+    last = secondary[-1] if secondary else ""
+    return {"secondary_last_received": last,
+            "mid_checkpoint": "'vmstate-send'" in last}
 
 
 def kill_in_resume_window(lab, timeout=60):
@@ -76,8 +111,7 @@ def kill_in_resume_window(lab, timeout=60):
     the kill time and the primary's trace after the kill."""
     for host in ("hostA", "hostB"):
         colotrace.enable(lab, host, GUEST)
-    with open(lab.path("hostA", "/run/libvirt/qemu/%s.pid" % GUEST)) as f:
-        pid = int(f.read().strip())
+    pid = primary_qemu_pid(lab)
     log_path = lab.path("hostA", "/var/log/libvirt/qemu/%s.log" % GUEST)
     state = None  # None, "received", "resumed"
     deadline = time.time() + timeout
@@ -138,6 +172,9 @@ def check_invariants(facts):
         assert ev["died_in_window"], "the primary did not die in the resume window: %s" % ev
         assert ev["secondary_loaded_last"], \
             "the secondary did not finish loading the last checkpoint: %s" % ev
+    if name == "power-mid-checkpoint":
+        ev = facts["window"]
+        assert ev["mid_checkpoint"], "the secondary was not reading a checkpoint: %s" % ev
     if name == "cut-link":
         other = facts["peer_after_cut"]
         assert other and other["state"] == "stopped", "secondary did not stand down: %s" % other
@@ -176,6 +213,9 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
             t = time.time()
             lab.lab("exec", "A", "kill", "-9", pids[0])
             survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
+        elif name == "power-mid-checkpoint":
+            t = freeze_mid_checkpoint(lab)
+            survivor, state, alive = "hostB", "degraded", ["hostB"]
         elif name == "resume-window":
             t = kill_in_resume_window(lab)
             survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
@@ -220,7 +260,8 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
             "peer_after_cut": lab.status("hostB") if name == "cut-link" else None,
             "disk_ok": disk_ok, "disk": disk,
             "answer_after_fault_ms": client_answer_after(client_log, t),
-            "window": resume_window_evidence(lab) if name == "resume-window" else None,
+            "window": (resume_window_evidence(lab) if name == "resume-window" else
+                       mid_checkpoint_evidence(lab) if name == "power-mid-checkpoint" else None),
         }
         if strict:
             check_invariants(facts)
@@ -255,7 +296,7 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 """
 
 SCENARIOS = ["garbage-peer", "power-primary", "power-secondary", "cut-link", "kill-qemu-primary",
-             "kill-daemon-A", "kill-daemon-B", "resume-window"]
+             "kill-daemon-A", "kill-daemon-B", "resume-window", "power-mid-checkpoint"]
 
 
 def run_resume_window(qemu, gdir):
