@@ -175,7 +175,7 @@ def main():
         assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
         ok, disk = check_disk(lab.path("hostB", "/var/lib/libvirt/images/%s.qcow2" % GUEST))
         assert ok, "survivor's disk is not clean and gapless: %s" % disk
-        log("PASS: %d checkpoints at %d ms, %d status lines compared (clock within %d ms mono, "
+        log("PASS: %d checkpoints at %d ms, %d clock lines compared (clock within %d ms mono, "
             "%.0f ms tsc), failover onto the secondary verified, its clock moved %d ms in %.0f ms"
             % (before["checkpoints"], INTERVAL_MS, common, mono, tsc, guest_step, host_step))
     finally:
