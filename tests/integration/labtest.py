@@ -101,18 +101,19 @@ class Lab:
         return self.lab("client", *args, timeout=timeout)
 
     def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload="",
-                      output="compare", on_reboot="destroy"):
+                      output="compare", on_reboot="destroy", ft=True):
         """Same disk on both hosts (the secondary replicates from an identical copy),
         the definition on hostA."""
         for host in ("hostA", "hostB"):
             images = self.path(host, "/var/lib/libvirt/images")
             os.makedirs(images, exist_ok=True)
             shutil.copyfile(os.path.join(gdir, "disk.qcow2"), os.path.join(images, name + ".qcow2"))
+        ft_args = ["--interval-ms", str(interval_ms), "--output", output,
+                   "--hosts", "hostA=%s/%s,hostB=%s/%s" % (LINK["hostA"], LAN["hostA"],
+                                                           LINK["hostB"], LAN["hostB"])]
         xml = run(os.path.join(TOOLS, "guest-xml"), "--name", name, "--qemu", qemu,
-                  "--guest-dir", gdir, "--interval-ms", str(interval_ms), "--workload", workload,
-                  "--output", output, "--on-reboot", on_reboot,
-                  "--hosts", "hostA=%s/%s,hostB=%s/%s" % (LINK["hostA"], LAN["hostA"],
-                                                          LINK["hostB"], LAN["hostB"])).stdout
+                  "--guest-dir", gdir, "--workload", workload, "--on-reboot", on_reboot,
+                  *(ft_args if ft else [])).stdout
         xml_path = os.path.join(self.path("hostA", "/var/lib/kvm-ft"), name + ".xml")
         with open(xml_path, "w") as f:
             f.write(xml)
