@@ -37,15 +37,33 @@ INTERVAL_MS = 100
 SOAK_MB = 16
 CLOCK_TOLERANCE_MS = 1000
 AFTER_FAILOVER_S = 15
-CLOCK = re.compile(r"^SOAK CLK k=(\d+) mono_ms=(\d+) real_ms=(\d+) tsc=(\d+)", re.M)
-STATUS = re.compile(r"^SOAK n=(\d+) bad=(\d+) mono_ms=(\d+) real_ms=(\d+) tsc=(\d+)", re.M)
+CLOCK = re.compile(r"^SOAK CLK k=(\d+) mono_ms=(\d+) real_ms=(\d+) tsc=(\d+) sum=(\d+)$",
+                   re.M)
+STATUS = re.compile(r"^SOAK n=(\d+) bad=(\d+) mono_ms=(\d+) real_ms=(\d+) tsc=(\d+) "
+                    r"sum=(\d+)$", re.M)
+M64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    x = (x + 0x9E3779B97F4A7C15) & M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
+    return x ^ (x >> 31)
+
+
+def line_sum(a, b, c, d):
+    """ftguest.c's line_sum(): a secondary's console can run two lines' digits
+    together (a line cut by a checkpoint, completed from the primary's state)."""
+    return splitmix64(a ^ splitmix64(b ^ splitmix64(c ^ splitmix64(d)))) % 1000000007
 
 
 def soak_lines(serial):
     """n -> (bad, mono_ms, real_ms, tsc) of the first status line for each n."""
     out = {}
     for m in STATUS.finditer(serial):
-        out.setdefault(int(m.group(1)), tuple(int(x) for x in m.group(2, 3, 4, 5)))
+        n, bad, mono, real, tsc, total = (int(x) for x in m.groups())
+        if line_sum(n + bad, mono, real, tsc) == total:
+            out.setdefault(n, (bad, mono, real, tsc))
     return out
 
 
@@ -53,7 +71,9 @@ def clock_lines(serial):
     """k -> (mono_ms, real_ms, tsc) of the first clock line for each k."""
     out = {}
     for m in CLOCK.finditer(serial):
-        out.setdefault(int(m.group(1)), tuple(int(x) for x in m.group(2, 3, 4)))
+        k, mono, real, tsc, total = (int(x) for x in m.groups())
+        if line_sum(k, mono, real, tsc) == total:
+            out.setdefault(k, (mono, real, tsc))
     return out
 
 

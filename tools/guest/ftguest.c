@@ -20,10 +20,11 @@
  *                                    machine code into a fresh page, runs it, and re-runs the code of
  *                                    the last 8 passes ("SOAK BAD code pass=P"); a fatal signal prints
  *                                    "SOAK BAD signal=S pass=P". At least 200 ms (CLOCK_MONOTONIC) apart:
- *                                    "SOAK n=PASS bad=TOTAL mono_ms=MONO real_ms=REAL tsc=TSC"
+ *                                    "SOAK n=PASS bad=TOTAL mono_ms=MONO real_ms=REAL tsc=TSC sum=S"
  *                                    (TOTAL: corrupted pages, each counted once, plus wrong results of
  *                                    generated code); and from a second process, every 50 ms:
- *                                    "SOAK CLK k=K mono_ms=MONO real_ms=REAL tsc=TSC".
+ *                                    "SOAK CLK k=K mono_ms=MONO real_ms=REAL tsc=TSC sum=S".  SUM checks
+ *                                    the line (tests/integration/test_soak.py: line_sum).
  *
  * Output lines are written with one write(2) each so that concurrent writers to the console do not
  * interleave within a line.
@@ -533,14 +534,28 @@ static int64_t clock_ms(clockid_t id)
  * memory passes too slowly to reach many status lines of its own, but
  * wakes up for these.
  */
+/*
+ * A check value for a status line.  A COLO secondary's console can show a
+ * line cut short by a checkpoint and completed by the primary's state
+ * (digits of two different lines run together): the host keeps only lines
+ * whose sum matches.
+ */
+static uint64_t line_sum(uint64_t a, uint64_t b, uint64_t c, uint64_t d)
+{
+    return splitmix64(a ^ splitmix64(b ^ splitmix64(c ^ splitmix64(d)))) % 1000000007ULL;
+}
+
 static void soak_clock(void)
 {
     for (uint64_t k = 1;; k++) {
         struct timespec t = { .tv_sec = 0, .tv_nsec = SOAK_CLOCK_MS * 1000000L };
         nanosleep(&t, NULL);
-        say("SOAK CLK k=%" PRIu64 " mono_ms=%" PRId64 " real_ms=%" PRId64 " tsc=%llu\n", k,
-            clock_ms(CLOCK_MONOTONIC), clock_ms(CLOCK_REALTIME),
-            (unsigned long long)__builtin_ia32_rdtsc());
+        int64_t mono = clock_ms(CLOCK_MONOTONIC), real = clock_ms(CLOCK_REALTIME);
+        uint64_t tsc = __builtin_ia32_rdtsc();
+
+        say("SOAK CLK k=%" PRIu64 " mono_ms=%" PRId64 " real_ms=%" PRId64 " tsc=%" PRIu64
+            " sum=%" PRIu64 "\n", k, mono, real, tsc,
+            line_sum(k, (uint64_t)mono, (uint64_t)real, tsc));
     }
 }
 
@@ -626,8 +641,12 @@ static int cmd_soak(int argc, char **argv)
         int64_t mono = clock_ms(CLOCK_MONOTONIC);
         if (mono - last_status >= SOAK_STATUS_MS) {
             last_status = mono;
-            say("SOAK n=%" PRIu64 " bad=%" PRIu64 " mono_ms=%" PRId64 " real_ms=%" PRId64 " tsc=%llu\n", pass,
-                bad, mono, clock_ms(CLOCK_REALTIME), (unsigned long long)__builtin_ia32_rdtsc());
+            int64_t real = clock_ms(CLOCK_REALTIME);
+            uint64_t tsc = __builtin_ia32_rdtsc();
+
+            say("SOAK n=%" PRIu64 " bad=%" PRIu64 " mono_ms=%" PRId64 " real_ms=%" PRId64
+                " tsc=%" PRIu64 " sum=%" PRIu64 "\n", pass, bad, mono, real, tsc,
+                line_sum(pass + bad, (uint64_t)mono, (uint64_t)real, tsc));
         }
         struct timespec t = { .tv_sec = 0, .tv_nsec = 20 * 1000000L };
         while (nanosleep(&t, &t) < 0 && errno == EINTR)
