@@ -551,16 +551,16 @@ static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
                   : definitions_read(d->defs, name, NULL, &xml, err);
     if (!def)
         return NULL;
-    if (started)
-        active = TRUE;
-    else if (!virt_domain_is_active(d->virt, name, &active, err))
-        return NULL;
-    if (active && !started) {
-        g_set_error(err, DAEMON_ERROR, 0,
-                    "guest '%s' is already running unprotected; protecting a "
-                    "running guest is not supported yet: shut it down, then protect it",
-                    name);
-        return NULL;
+    if (!started) {
+        if (!virt_domain_is_active(d->virt, name, &active, err))
+            return NULL;
+        if (active) {
+            g_set_error(err, DAEMON_ERROR, 0,
+                        "guest '%s' is already running unprotected; protecting a "
+                        "running guest is not supported yet: shut it down, then protect it",
+                        name);
+            return NULL;
+        }
     }
     g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
     g_hash_table_replace(d->guests, g_strdup(name), g);

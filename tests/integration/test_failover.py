@@ -79,21 +79,34 @@ def primary_qemu_pid(lab):
         return int(f.read().strip())
 
 
-def freeze_mid_checkpoint(lab, timeout=60):
-    """SIGSTOP the primary's QEMU as soon as its trace shows a checkpoint's RAM
-    on its way ("vmstate-send"), then pull the power on its host."""
+def primary_trace(lab, timeout=60):
+    """Turns the COLO trace events on on both hosts, then yields, every 0.5 ms
+    from now on, the complete new lines of the primary's QEMU log and whether
+    nothing more is pending."""
     for host in ("hostA", "hostB"):
         colotrace.enable(lab, host, GUEST)
-    pid = primary_qemu_pid(lab)
     deadline = time.time() + timeout
     with open(lab.path("hostA", "/var/log/libvirt/qemu/%s.log" % GUEST), errors="replace") as f:
         f.seek(0, os.SEEK_END)
+        pending = ""
         while time.time() < deadline:
-            if "Send 'vmstate-send'" in f.read():
-                os.kill(pid, signal.SIGSTOP)
-                return fault_time(lab.lab("power-off", "A").stdout)
+            pending += f.read()
+            lines = pending.split("\n")
+            pending = lines.pop()
+            yield lines, not pending
             time.sleep(0.0005)
     raise AssertionError("no checkpoint in the primary's trace within %d s" % timeout)
+
+
+def freeze_mid_checkpoint(lab):
+    """SIGSTOP the primary's QEMU as soon as its trace shows a checkpoint's RAM
+    on its way ("vmstate-send"), then pull the power on its host."""
+    pid = primary_qemu_pid(lab)
+    for lines, _ in primary_trace(lab):
+        if any("Send 'vmstate-send'" in line for line in lines):
+            os.kill(pid, signal.SIGSTOP)
+            return fault_time(lab.lab("power-off", "A").stdout)
+    raise AssertionError("unreachable: primary_trace() ends by raising")
 
 
 def mid_checkpoint_evidence(lab):
@@ -105,36 +118,25 @@ def mid_checkpoint_evidence(lab):
             "mid_checkpoint": "'vmstate-send'" in last}
 
 
-def kill_in_resume_window(lab, timeout=60):
+def kill_in_resume_window(lab):
     """SIGKILL the primary's QEMU once its trace shows it running again after a
     checkpoint the secondary has received but not confirmed loaded.  Returns
-    the kill time and the primary's trace after the kill."""
-    for host in ("hostA", "hostB"):
-        colotrace.enable(lab, host, GUEST)
+    the kill time."""
     pid = primary_qemu_pid(lab)
-    log_path = lab.path("hostA", "/var/log/libvirt/qemu/%s.log" % GUEST)
     state = None  # None, "received", "resumed"
-    deadline = time.time() + timeout
-    with open(log_path, errors="replace") as f:
-        f.seek(0, os.SEEK_END)
-        pending = ""
-        while time.time() < deadline:
-            pending += f.read()
-            lines = pending.split("\n")
-            pending = lines.pop()
-            for line in lines:
-                if "Receive 'vmstate-received'" in line:
-                    state = "received"
-                elif "Receive 'vmstate-loaded'" in line:
-                    state = None
-                elif state == "received" and "'stop' => 'run'" in line:
-                    state = "resumed"
-            if state == "resumed" and not pending:
-                t = time.time()
-                os.kill(pid, signal.SIGKILL)
-                return t
-            time.sleep(0.0005)
-    raise AssertionError("no checkpoint in the primary's trace within %d s" % timeout)
+    for lines, complete in primary_trace(lab):
+        for line in lines:
+            if "Receive 'vmstate-received'" in line:
+                state = "received"
+            elif "Receive 'vmstate-loaded'" in line:
+                state = None
+            elif state == "received" and "'stop' => 'run'" in line:
+                state = "resumed"
+        if state == "resumed" and complete:
+            t = time.time()
+            os.kill(pid, signal.SIGKILL)
+            return t
+    raise AssertionError("unreachable: primary_trace() ends by raising")
 
 
 def resume_window_evidence(lab):
