@@ -41,6 +41,7 @@ static const struct {
     { "failover", "heartbeat-ms" },
     { "failover", "miss-count" },
     { "failover", "realtime-priority" },
+    { "resync", "rate-mb-per-s" },
 };
 
 /* ---- messages ----------------------------------------------------------- */
@@ -295,6 +296,33 @@ static gboolean key_known(const char *group, const char *key)
     return FALSE;
 }
 
+static gboolean group_known(const char *group)
+{
+    for (guint i = 0; i < G_N_ELEMENTS(known_keys); i++) {
+        if (strcmp(known_keys[i].group, group) == 0)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+/* "[daemon], [timeouts], [failover] LAST [resync]", in the table's order. */
+static char *known_groups(const char *last)
+{
+    g_autoptr(GPtrArray) groups = g_ptr_array_new();
+    GString *s = g_string_new(NULL);
+
+    for (guint i = 0; i < G_N_ELEMENTS(known_keys); i++) {
+        if (!g_ptr_array_find_with_equal_func(groups, known_keys[i].group,
+                                              g_str_equal, NULL))
+            g_ptr_array_add(groups, (gpointer)known_keys[i].group);
+    }
+    for (guint i = 0; i < groups->len; i++)
+        g_string_append_printf(s, "%s[%s]",
+                               i == 0 ? "" : i + 1 < groups->len ? ", " : last,
+                               (const char *)g_ptr_array_index(groups, i));
+    return g_string_free(s, FALSE);
+}
+
 static char *valid_keys_of(const char *group)
 {
     GString *s = g_string_new(NULL);
@@ -335,19 +363,21 @@ static gboolean check_structure(const char *path, const char *text, GError **err
             const char *close = strchr(line, ']');
             g_autofree char *name = NULL;
 
-            if (!close)
+            if (!close) {
+                g_autofree char *groups = known_groups(" or ");
+
                 return fail(err, CONFIG_ERROR_INVALID, "%s: line %u: group "
-                            "header without ']'; write [daemon], [timeouts] or "
-                            "[failover]",
-                            path, lineno);
+                            "header without ']'; write %s", path, lineno,
+                            groups);
+            }
             name = g_strndup(line + 1, close - line - 1);
-            if (strcmp(name, "daemon") != 0 && strcmp(name, "timeouts") != 0 &&
-                strcmp(name, "failover") != 0) {
+            if (!group_known(name)) {
                 g_autofree char *v = show(name);
+                g_autofree char *groups = known_groups(" and ");
 
                 return fail(err, CONFIG_ERROR_INVALID, "%s: line %u: [%s]: "
-                            "unknown group; the groups are [daemon], "
-                            "[timeouts] and [failover]", path, lineno, v);
+                            "unknown group; the groups are %s", path, lineno,
+                            v, groups);
             }
             g_free(group);
             group = g_steal_pointer(&name);
@@ -597,6 +627,26 @@ static gboolean get_count(GKeyFile *kf, const char *path, const char *group,
     return TRUE;
 }
 
+/* A rate in MiB/s (0: no cap), stored in bytes per second. */
+static gboolean get_rate(GKeyFile *kf, const char *path, const char *group,
+                         const char *key, guint def, guint max, guint64 *out,
+                         GError **err)
+{
+    g_autofree char *v = NULL;
+    guint mib = def;
+
+    if (!get_value(kf, path, group, key, &v, err))
+        return FALSE;
+    if (v && !parse_uint(v, 0, max, &mib)) {
+        g_autofree char *sv = show(v);
+
+        return bad_key(path, group, key, err, "'%s' must be a whole number of "
+                       "MiB/s from 0 to %u (0: no limit)", sv, max);
+    }
+    *out = (guint64)mib * 1024 * 1024;
+    return TRUE;
+}
+
 void config_free(FtConfig *c)
 {
     if (!c)
@@ -689,6 +739,8 @@ FtConfig *config_load(const char *path, GError **err)
                    2, 100, &c->miss_count, err) ||
         !get_count(kf, path, "failover", "realtime-priority",
                    CONFIG_DEFAULT_RT_PRIORITY, 0, 99, &c->rt_priority, err) ||
+        !get_rate(kf, path, "resync", "rate-mb-per-s", CONFIG_DEFAULT_RESYNC_MIB_S,
+                  CONFIG_MAX_RESYNC_MIB_S, &c->resync_rate_bytes, err) ||
         !get_port(kf, path, "daemon", "listen-port", CONFIG_DEFAULT_LISTEN_PORT,
                   &c->listen_port, err) ||
         !get_path(kf, path, "daemon", "control-socket",

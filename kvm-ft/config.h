@@ -34,6 +34,9 @@
 #define CONFIG_DEFAULT_MISS_COUNT 5     /* 2..100 */
 /* [failover] realtime-priority: SCHED_RR priority of kvm-ftd, 0 = off (0..99) */
 #define CONFIG_DEFAULT_RT_PRIORITY 10
+/* [resync] rate-mb-per-s: cap of a disk copy to a new secondary, MiB/s, 0 = no cap */
+#define CONFIG_DEFAULT_RESYNC_MIB_S 100
+#define CONFIG_MAX_RESYNC_MIB_S 10000
 
 typedef struct {
     char *host_name;        /* [daemon] host-name, required */
@@ -53,6 +56,7 @@ typedef struct {
     guint heartbeat_ms;     /* [failover] heartbeat-ms */
     guint miss_count;       /* [failover] miss-count */
     guint rt_priority;      /* [failover] realtime-priority, 0 = normal scheduling */
+    guint64 resync_rate_bytes; /* [resync] rate-mb-per-s in bytes/s, 0 = unlimited */
 } FtConfig;
 
 #define CONFIG_ERROR config_error_quark()

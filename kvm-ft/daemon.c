@@ -136,7 +136,7 @@ static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
     g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_SECONDARY);
     g_hash_table_replace(d->guests, g_strdup(guest_name(g)), g);
     definitions_forget_refusal(d->defs, guest_name(g));
-    guest_prepare_secondary(g, conn, id);
+    guest_prepare_secondary(g, conn, id, params);
 }
 
 static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
@@ -605,6 +605,11 @@ static JsonNode *on_control(const char *command, JsonObject *request,
         return control_status(d, request, err);
     if (strcmp(command, "protect") == 0)
         return control_protect(d, request, err);
+    if (strcmp(command, "failover") == 0) {
+        FtGuest *g = find_guest(d, request, err);
+
+        return g && guest_hand_over(g, err) ? guest_status(g) : NULL;
+    }
     if (strcmp(command, "checkpoints") == 0) {
         FtGuest *g = find_guest(d, request, err);
 

@@ -27,6 +27,16 @@ char *domxml_parent_node(guint index)
     return g_strdup_printf("parent%u", index);
 }
 
+char *domxml_quorum_node(guint index)
+{
+    return g_strdup_printf("kvmft-quorum%u", index);
+}
+
+char *domxml_data_node(guint index)
+{
+    return g_strdup_printf("kvmft-data%u", index);
+}
+
 /* QEMU's option syntax escapes a comma in a value by doubling it. */
 static char *qemu_opt_escape(const char *value)
 {
@@ -102,15 +112,18 @@ static void add_disk_args(xmlNodePtr cmdline, xmlNsPtr qns, const FtDisk *disk,
     g_autofree char *src = qemu_opt_escape(disk->source_path);
     g_autofree char *node = domxml_disk_node(index);
     g_autofree char *parent = domxml_parent_node(index);
+    g_autofree char *data = domxml_data_node(index);
+    g_autofree char *quorum = domxml_quorum_node(index);
     g_autofree char *drive = NULL;
     g_autofree char *device = NULL;
 
     if (role == FT_ROLE_PRIMARY) {
         /* The replication child joins this quorum at runtime (x-blockdev-change). */
-        drive = g_strdup_printf("if=none,id=%s,driver=quorum,read-pattern=fifo,"
-                                "vote-threshold=1,children.0.file.filename=%s,"
-                                "children.0.driver=%s",
-                                node, src, disk->format);
+        drive = g_strdup_printf("if=none,id=%s,node-name=%s,driver=quorum,"
+                                "read-pattern=fifo,vote-threshold=1,"
+                                "children.0.file.filename=%s,children.0.driver=%s,"
+                                "children.0.node-name=%s",
+                                node, quorum, src, disk->format, data);
         add_args(cmdline, qns, "-drive", drive);
     } else {
         g_autofree char *active = qemu_opt_escape(plumbing->active_overlays[index]);
@@ -118,17 +131,18 @@ static void add_disk_args(xmlNodePtr cmdline, xmlNsPtr qns, const FtDisk *disk,
         g_autofree char *parent_drive = NULL;
         g_autofree char *child_drive = NULL;
 
-        parent_drive = g_strdup_printf("if=none,id=%s,file.filename=%s,driver=%s",
-                                       parent, src, disk->format);
+        parent_drive = g_strdup_printf("if=none,id=%s,file.filename=%s,driver=%s,"
+                                       "node-name=%s",
+                                       parent, src, disk->format, data);
         child_drive = g_strdup_printf(
             "if=none,id=childs%u,driver=replication,mode=secondary,"
             "file.driver=qcow2,top-id=%s,file.file.filename=%s,"
             "file.backing.driver=qcow2,file.backing.file.filename=%s,"
             "file.backing.backing=%s",
             index, node, active, hidden, parent);
-        drive = g_strdup_printf("if=none,id=%s,driver=quorum,read-pattern=fifo,"
-                                "vote-threshold=1,children.0=childs%u",
-                                node, index);
+        drive = g_strdup_printf("if=none,id=%s,node-name=%s,driver=quorum,"
+                                "read-pattern=fifo,vote-threshold=1,children.0=childs%u",
+                                node, quorum, index);
         add_args(cmdline, qns, "-drive", parent_drive);
         add_args(cmdline, qns, "-drive", child_drive);
         add_args(cmdline, qns, "-drive", drive);

@@ -29,6 +29,14 @@ typedef struct {
 /* QEMU block node names, shared with the engine's QMP sequences. */
 char *domxml_disk_node(guint index);      /* "colo-disk0": the quorum the guest sees */
 char *domxml_parent_node(guint index);    /* "parent0": secondary's copy, NBD export */
+/*
+ * "kvmft-quorum0": the quorum's own node.  The device name above resolves to
+ * whatever filter a block job put on top of it.
+ */
+char *domxml_quorum_node(guint index);
+/* "kvmft-data0": the format node of the guest's own disk, in either role;
+ * its dirty bitmap says what a returning peer's copy lacks. */
+char *domxml_data_node(guint index);
 
 char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
                       const DomxmlPlumbing *plumbing, GError **err);

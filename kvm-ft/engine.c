@@ -11,6 +11,8 @@
 #define GUEST_NETDEV "hostnet0"
 /* libvirt's name for the domain's first <iothreads> thread. */
 #define COMPARE_IOTHREAD "iothread1"
+/* The secondary's filter that maps TCP sequence numbers to the primary's. */
+#define REWRITER "rew0"
 /* Seconds between a secondary's attempts to reach the primary's channels. */
 #define CHANNEL_RECONNECT_S 1
 
@@ -84,6 +86,46 @@ static JsonObject *filter(const char *type, const char *id, const char *queue,
     return args;
 }
 
+/*
+ * A primary that was a secondary keeps its filter-rewriter for good: the
+ * guest's TCP connections from then carry the sequence numbers it maps.
+ * The primary's filters must see packets as the guest sends them, so they
+ * go in front of it.
+ */
+static JsonObject *primary_filter(const char *type, const char *id, const char *queue,
+                                  const char *dir, const char *chardev,
+                                  gboolean before_rewriter)
+{
+    JsonObject *args = filter(type, id, queue, dir, chardev);
+
+    if (before_rewriter) {
+        json_object_set_string_member(args, "insert", "before");
+        json_object_set_string_member(args, "position", "id=" REWRITER);
+    }
+    return args;
+}
+
+static gboolean has_object(Qmp *q, const EngineLink *link, const char *id,
+                           gboolean *found, GError **err)
+{
+    g_autoptr(JsonNode) ret = qmp_callf(q, link->timeout_ms, err,
+                                        "{'execute': 'qom-list', 'arguments': "
+                                        "{'path': '/objects'}}");
+    JsonArray *props;
+
+    if (!ret)
+        return FALSE;
+    *found = FALSE;
+    props = JSON_NODE_HOLDS_ARRAY(ret) ? json_node_get_array(ret) : NULL;
+    for (guint i = 0; props && i < json_array_get_length(props); i++) {
+        JsonObject *p = json_array_get_object_element(props, i);
+
+        if (p && g_strcmp0(json_object_get_string_member_with_default(p, "name", ""), id) == 0)
+            *found = TRUE;
+    }
+    return TRUE;
+}
+
 static JsonObject *colo_capability(void)
 {
     JsonObject *args = json_object_new();
@@ -148,7 +190,7 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
              filter("filter-redirector", "f2", "rx", "outdev", secondary_output(link)),
              err) ||
         !run(q, link, "object-add",
-             filter("filter-rewriter", "rew0", "all", NULL, NULL), err) ||
+             filter("filter-rewriter", REWRITER, "all", NULL, NULL), err) ||
         !run(q, link, "migrate-set-capabilities", colo_capability(), err))
         return FALSE;
 
@@ -174,7 +216,7 @@ static gboolean add_replication(Qmp *q, const EngineLink *link, guint index,
                                 GError **err)
 {
     g_autofree char *parent = domxml_parent_node(index);
-    g_autofree char *quorum = domxml_disk_node(index);
+    g_autofree char *quorum = domxml_quorum_node(index);
     g_autofree char *line = g_strdup_printf(
         "drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,"
         "file.host=%s,file.port=%u,file.export=%s,node-name=replication%u,"
@@ -265,7 +307,10 @@ gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
     const char *pri = link->primary_addr;
     JsonObject *compare;
     JsonObject *params;
+    gboolean rewriter;
 
+    if (!has_object(q, link, REWRITER, &rewriter, err))
+        return FALSE;
     if (!run(q, link, "chardev-add",
              socket_chardev("mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) ||
         !run(q, link, "chardev-add",
@@ -279,11 +324,13 @@ gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
         !run(q, link, "chardev-add",
              socket_chardev("compare_out0", "127.0.0.1", base + FT_PORT_COMPARE_OUT, FALSE), err) ||
         !run(q, link, "object-add",
-             filter("filter-mirror", "m0", "tx", "outdev", "mirror0"), err) ||
+             primary_filter("filter-mirror", "m0", "tx", "outdev", "mirror0", rewriter), err) ||
         !run(q, link, "object-add",
-             filter("filter-redirector", "redire0", "rx", "indev", "compare_out"), err) ||
+             primary_filter("filter-redirector", "redire0", "rx", "indev", "compare_out",
+                            rewriter), err) ||
         !run(q, link, "object-add",
-             filter("filter-redirector", "redire1", "rx", "outdev", "compare0"), err))
+             primary_filter("filter-redirector", "redire1", "rx", "outdev", "compare0",
+                            rewriter), err))
         return FALSE;
 
     compare = net_object("colo-compare", "comp0");
@@ -372,7 +419,8 @@ static gboolean run_gone_ok(Qmp *q, const EngineLink *link, const char *command,
     if (run(q, link, command, args, &e))
         return TRUE;
     if (qmp_error_is_class(e, "DeviceNotFound") ||
-        (e->code == QMP_ERROR_COMMAND && strstr(e->message, "not found")))
+        (e->code == QMP_ERROR_COMMAND &&
+         (strstr(e->message, "not found") || strstr(e->message, "does not have child"))))
         return TRUE;
     g_propagate_error(err, g_steal_pointer(&e));
     return FALSE;
@@ -385,7 +433,9 @@ static gboolean leave_colo(Qmp *q, const EngineLink *link, GError **err)
 
     if (run(q, link, "x-colo-lost-heartbeat", NULL, &e))
         return TRUE;
-    if (e->code == QMP_ERROR_COMMAND && strstr(e->message, "COLO mode"))
+    /* Not in COLO, or (a copy that was never a secondary) COLO never set up. */
+    if (e->code == QMP_ERROR_COMMAND &&
+        (strstr(e->message, "COLO mode") || strstr(e->message, "not enabled")))
         return TRUE;
     g_propagate_error(err, g_steal_pointer(&e));
     return FALSE;
@@ -421,6 +471,10 @@ static gboolean yank(Qmp *q, const EngineLink *link, JsonArray *instances, GErro
     }
     return TRUE;
 }
+
+static const char *const primary_chardevs[] = {
+    "mirror0", "compare1", "compare0", "compare0-0", "compare_out", "compare_out0",
+};
 
 static gboolean yank_secondary_channels(Qmp *q, const EngineLink *link, GError **err)
 {
@@ -480,7 +534,7 @@ gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **
         log_warn(link->def->name, "primary", "%s (continuing)", yank_err->message);
 
     for (guint i = 0; i < link->def->disks->len; i++) {
-        g_autofree char *quorum = domxml_disk_node(i);
+        g_autofree char *quorum = domxml_quorum_node(i);
         g_autofree char *line = g_strdup_printf("drive_del replication%u", i);
         JsonObject *change = json_object_new();
         JsonObject *hmp = json_object_new();
@@ -493,9 +547,16 @@ gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **
             return FALSE;
         }
     }
-    return run_gone_ok(q, link, "object-del", id_arg("id", "comp0"), err) &&
-           run_gone_ok(q, link, "object-del", id_arg("id", "m0"), err) &&
-           run_gone_ok(q, link, "object-del", id_arg("id", "redire0"), err) &&
-           run_gone_ok(q, link, "object-del", id_arg("id", "redire1"), err) &&
-           leave_colo(q, link, err);
+    if (!run_gone_ok(q, link, "object-del", id_arg("id", "comp0"), err) ||
+        !run_gone_ok(q, link, "object-del", id_arg("id", "m0"), err) ||
+        !run_gone_ok(q, link, "object-del", id_arg("id", "redire0"), err) ||
+        !run_gone_ok(q, link, "object-del", id_arg("id", "redire1"), err) ||
+        !leave_colo(q, link, err))
+        return FALSE;
+    /* Re-protection adds them anew. */
+    for (guint i = 0; i < G_N_ELEMENTS(primary_chardevs); i++) {
+        if (!run_gone_ok(q, link, "chardev-remove", id_arg("id", primary_chardevs[i]), err))
+            return FALSE;
+    }
+    return TRUE;
 }

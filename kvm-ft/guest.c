@@ -11,6 +11,7 @@
 #include "engine.h"
 #include "log.h"
 #include "qmp.h"
+#include "resync.h"
 
 /* How often a guest on its way into COLO is checked. */
 #define ENTER_POLL_MS 200
@@ -24,6 +25,14 @@
 #define STALLED_POLL_EVERY 5
 /* Checkpoints remembered for `ftctl status` figures and benchmarks. */
 #define CHECKPOINT_HISTORY 4096
+/* How often a disk copy reports progress. */
+#define RESYNC_POLL_MS 1000
+/* A peer silent this long during a re-protection is gone. */
+#define REJOIN_SILENCE_MS 5000
+/* After a failed re-protection, the next attempt waits this long. */
+#define REJOIN_BACKOFF_S 10
+/* A secondary waits for its primary's copy as if it came at least this fast. */
+#define RESYNC_SLOWEST_BYTES (8 << 20)
 /* Upper bound for qemu-img, which only creates small files here. */
 #define QEMU_IMG_TIMEOUT_S "60"
 /* The secondary's overlays in STATE-DIR/GUEST/: KIND-INDEX.qcow2 */
@@ -47,6 +56,25 @@ struct FtGuest {
     /* Secondary: the primary's pending prepare-secondary request. */
     PeerConn *reply_conn;
     guint64 reply_id;
+    /* Secondary: the generation its disks had before the primary asked. */
+    char *found_generation;
+
+    /* The generation the pair enters protection with (resync.h). */
+    char *generation;
+    /* This protection started from a guest running alone: failing leaves it so. */
+    gboolean rejoin;
+    gint64 rejoin_after_us;
+    /* Primary: the disk copy this protection needs, and how it goes. */
+    gboolean resync_needed;
+    gboolean resync_incremental;
+    gboolean resync_running;
+    ResyncProgress resync;
+    guint64 disk_bytes;
+    gint64 resync_started_us;
+    double resync_rate;
+    guint64 rate_done;
+    gint64 rate_us;
+    JsonNode *last_resync;
 
     char *colo_mode;
     char *colo_reason;
@@ -91,6 +119,9 @@ static const char *const state_names[GUEST_N_STATES] = {
     [GUEST_TAKING_OVER] = "taking-over",
     [GUEST_DROPPING_SECONDARY] = "dropping-secondary",
     [GUEST_DEGRADED] = "degraded",
+    [GUEST_REJOINING] = "rejoining",
+    [GUEST_RESYNCING] = "resyncing",
+    [GUEST_HANDING_OVER] = "handing-over",
     [GUEST_FAILED] = "failed",
 };
 
@@ -103,14 +134,20 @@ static const guint allowed[GUEST_N_STATES] = {
     [GUEST_STOPPED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
                       BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED),
     [GUEST_PREPARING_PEER] = BIT(GUEST_STARTING_PRIMARY) | ENDINGS,
-    [GUEST_STARTING_PRIMARY] = BIT(GUEST_ENTERING_COLO) | ENDINGS,
-    [GUEST_ENTERING_COLO] = BIT(GUEST_PROTECTED) | ENDINGS,
+    [GUEST_STARTING_PRIMARY] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) | ENDINGS,
+    /* Back to degraded: a re-protection that failed leaves the guest running alone. */
+    [GUEST_RESYNCING] = BIT(GUEST_ENTERING_COLO) | BIT(GUEST_DEGRADED) | ENDINGS,
+    [GUEST_ENTERING_COLO] = BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED) | ENDINGS,
     [GUEST_STARTING_SECONDARY] = BIT(GUEST_SECONDARY_WAITING) | ENDINGS,
     [GUEST_SECONDARY_WAITING] = BIT(GUEST_PROTECTED) | ENDINGS,
-    [GUEST_PROTECTED] = BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) | ENDINGS,
+    [GUEST_PROTECTED] = BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) |
+                        BIT(GUEST_HANDING_OVER) | ENDINGS,
     [GUEST_TAKING_OVER] = BIT(GUEST_DEGRADED) | BIT(GUEST_FAILED),
     [GUEST_DROPPING_SECONDARY] = BIT(GUEST_DEGRADED) | BIT(GUEST_FAILED),
-    [GUEST_DEGRADED] = ENDINGS,
+    [GUEST_DEGRADED] = BIT(GUEST_REJOINING) | ENDINGS,
+    [GUEST_REJOINING] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) |
+                        BIT(GUEST_DEGRADED) | ENDINGS,
+    [GUEST_HANDING_OVER] = BIT(GUEST_STOPPED) | BIT(GUEST_FAILED),
     [GUEST_FAILED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
                      BIT(GUEST_STOPPED),
 };
@@ -205,8 +242,14 @@ static void answer_primary(FtGuest *g, const char *error)
         peer_conn_reply_error(g->reply_conn, g->reply_id, error);
     } else {
         g_autoptr(JsonNode) ok = json_node_new(JSON_NODE_OBJECT);
+        JsonObject *result = json_object_new();
 
-        json_node_take_object(ok, json_object_new());
+        /* What the primary's disk copy has to bring this host's disks up to. */
+        if (g->found_generation)
+            json_object_set_string_member(result, "generation", g->found_generation);
+        else
+            json_object_set_null_member(result, "generation");
+        json_node_take_object(ok, result);
         peer_conn_reply(g->reply_conn, g->reply_id, ok);
     }
     g_clear_pointer(&g->reply_conn, peer_conn_unref);
@@ -295,13 +338,61 @@ static void tell_peer_to_stop(FtGuest *g, const char *reason)
     json_object_unref(params);
 }
 
+static EngineLink engine_link(FtGuest *g);
+
+/* This copy ran on without its peer: the peer's disks lack its writes. */
+static void mark_diverged(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    g_autoptr(GError) err = NULL;
+    gboolean diverged;
+    g_autofree char *gen = resync_generation_read(cfg, g->def->name, &diverged);
+
+    if (gen && !diverged &&
+        !resync_generation_write(cfg, g->def->name, gen, TRUE, &err))
+        log_warn(g->def->name, role_name(g), "cannot record that the copies diverged "
+                 "(the next re-protection copies the whole disk): %s", err->message);
+}
+
+/*
+ * A re-protection that did not work out: everything it added to the
+ * running guest goes, the secondary too, and the guest runs on alone as
+ * before.  The next attempt comes by itself.
+ */
+static void abort_rejoin(FtGuest *g, const char *reason)
+{
+    EngineLink link = engine_link(g);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonNode) ret = NULL;
+    g_autofree char *why = g_strdup_printf("re-protection failed: %s; the guest runs "
+                                           "on alone, next attempt in %d s", reason,
+                                           REJOIN_BACKOFF_S);
+
+    stop_polling(g);
+    /* A first sync still running would otherwise enter COLO after all. */
+    ret = qmp_callf(g->qmp, link.timeout_ms, &err, "{'execute': 'migrate_cancel'}");
+    g_clear_error(&err);
+    if (g->resync_running)
+        resync_abort(g->qmp, &link);
+    g->resync_running = FALSE;
+    if (!engine_primary_drop_secondary(g->qmp, &link, &err))
+        log_warn(g->def->name, role_name(g), "removing the replication: %s", err->message);
+    tell_peer_to_stop(g, reason);
+    g_free(g->error);
+    g->error = g_strdup(why);
+    g->rejoin = FALSE;
+    g->rejoin_after_us = g_get_monotonic_time() + REJOIN_BACKOFF_S * G_USEC_PER_SEC;
+    transition(g, GUEST_DEGRADED, why);
+}
+
 static void fail(FtGuest *g, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 static void fail(FtGuest *g, const char *fmt, ...)
 {
     /* The guest ran in COLO or alone here: this copy may be the only one. */
     gboolean live = g->state == GUEST_PROTECTED || g->state == GUEST_TAKING_OVER ||
-                    g->state == GUEST_DROPPING_SECONDARY || g->state == GUEST_DEGRADED;
+                    g->state == GUEST_DROPPING_SECONDARY || g->state == GUEST_DEGRADED ||
+                    g->rejoin;
     gboolean qemu_up = g->qmp && qmp_is_open(g->qmp);
     va_list ap;
 
@@ -310,6 +401,13 @@ static void fail(FtGuest *g, const char *fmt, ...)
     g->error = g_strdup_vprintf(fmt, ap);
     va_end(ap);
 
+    if (g->rejoin && qemu_up) {
+        g_autofree char *reason = g_strdup(g->error);
+
+        abort_rejoin(g, reason);
+        return;
+    }
+    g->rejoin = FALSE;
     answer_primary(g, g->error);
     if (!live) {
         /* Nothing ran yet: undo the setup on both hosts. */
@@ -329,6 +427,7 @@ static void fail(FtGuest *g, const char *fmt, ...)
         stop_polling(g);
         if (g->role == FT_ROLE_PRIMARY && qemu_up) {
             tell_peer_to_stop(g, g->error);
+            mark_diverged(g);
             log_warn(g->def->name, role_name(g),
                      "the guest keeps running on this host, unprotected");
         }
@@ -501,8 +600,12 @@ static void on_qmp_closed(Qmp *q, const GError *reason, gpointer opaque)
     }
     if (g->state == GUEST_STOPPED || g->state == GUEST_FAILED)
         return;
-    /* The other copy is the guest now: the peer must hear it at once. */
-    if (g->state == GUEST_PROTECTED)
+    /*
+     * The other copy is the guest now: the peer must hear it at once.  A
+     * secondary that has not entered COLO yet ignores it.
+     */
+    if (g->state == GUEST_PROTECTED ||
+        (g->state == GUEST_ENTERING_COLO && g->role == FT_ROLE_PRIMARY))
         tell_peer(g, g->role == FT_ROLE_PRIMARY ? "take-over" : "secondary-lost", why);
     fail(g, "%s", why);
 }
@@ -563,9 +666,60 @@ static void refresh_colo_status(FtGuest *g)
     g->colo_reason = reason;
 }
 
-static void enter_protected(FtGuest *g, const char *reason)
+/* What `ftctl status` and benchmarks show of the last disk copy. */
+static void record_resync(FtGuest *g)
 {
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    guint64 rate = daemon_config(g->d)->resync_rate_bytes;
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "mode");
+    json_builder_add_string_value(b, g->resync_incremental ? "incremental" : "full");
+    json_builder_set_member_name(b, "disk_bytes");
+    json_builder_add_int_value(b, (gint64)g->disk_bytes);
+    json_builder_set_member_name(b, "bytes_moved");
+    json_builder_add_int_value(b, (gint64)g->resync.total);
+    json_builder_set_member_name(b, "seconds");
+    json_builder_add_double_value(b, (g_get_monotonic_time() - g->resync_started_us) /
+                                         (double)G_USEC_PER_SEC);
+    json_builder_set_member_name(b, "rate_limit_bytes_per_s");
+    if (rate)
+        json_builder_add_int_value(b, (gint64)rate);
+    else
+        json_builder_add_null_value(b);
+    json_builder_end_object(b);
+    g_clear_pointer(&g->last_resync, json_node_unref);
+    g->last_resync = json_builder_get_root(b);
+}
+
+/*
+ * new_epoch: the two copies are the same from here on -- write tracking
+ * starts afresh and both hosts record the pair's new generation.
+ */
+static void enter_protected(FtGuest *g, const char *reason, gboolean new_epoch)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    EngineLink link = engine_link(g);
+    g_autoptr(GError) err = NULL;
+
     stop_polling(g);
+    /* COLO's replication carries the guest's writes now, the mirror no more. */
+    if (g->resync_running && !resync_finish(g->qmp, &link, &err)) {
+        log_warn(g->def->name, role_name(g), "ending the disk copy: %s", err->message);
+        g_clear_error(&err);
+    }
+    g->resync_running = FALSE;
+    /* Without tracking, the next re-protection copies the whole disk: safe, slow. */
+    if (!resync_track_writes(g->qmp, &link, new_epoch, &err)) {
+        log_warn(g->def->name, role_name(g), "%s", err->message);
+        g_clear_error(&err);
+    }
+    if (new_epoch && g->generation &&
+        !resync_generation_write(cfg, g->def->name, g->generation, FALSE, &err))
+        log_warn(g->def->name, role_name(g), "cannot record the pair's generation: %s",
+                 err->message);
+    g->rejoin = FALSE;
+    g_clear_pointer(&g->error, g_free);
     if (!transition(g, GUEST_PROTECTED, reason))
         return;
     /*
@@ -599,7 +753,7 @@ static gboolean poll_primary_sync(gpointer opaque)
     if (status && strcmp(status, "colo") == 0) {
         g->poll_id = 0;
         refresh_colo_status(g);
-        enter_protected(g, "first checkpoint done; COLO running");
+        enter_protected(g, "first checkpoint done; COLO running", TRUE);
         return G_SOURCE_REMOVE;
     }
     if (status && (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0)) {
@@ -674,75 +828,6 @@ char *guest_definition_changed(FtGuest *g, const FtDef *def)
                                 "applies at the next start");
 }
 
-static void start_primary(FtGuest *g)
-{
-    g_autoptr(GError) err = NULL;
-    DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
-    EngineLink link = engine_link(g);
-
-    if (!transition(g, GUEST_STARTING_PRIMARY,
-                    g->started_by_libvirt
-                        ? "secondary ready; the primary was started paused by libvirt"
-                        : "secondary ready; starting the primary paused"))
-        return;
-    /* Paused: not one guest write may happen before replication is attached. */
-    if (!(g->started_by_libvirt ? attach_qemu(g, &err) : start_qemu(g, &plumbing, TRUE, &err)) ||
-        !engine_primary_setup(g->qmp, &link, &err)) {
-        fail(g, "cannot start the primary: %s", err->message);
-        return;
-    }
-    if (!transition(g, GUEST_ENTERING_COLO, "replication attached; first full sync"))
-        return;
-    g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_primary_sync, g);
-}
-
-static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
-                                  const GError *error, gpointer opaque)
-{
-    FtGuest *g = opaque;
-
-    (void)conn;
-    (void)result;
-    if (g->state != GUEST_PREPARING_PEER)
-        return;
-    if (error) {
-        fail(g, "peer %s cannot start the secondary: %s", peer_host(g)->name,
-             error->message);
-        return;
-    }
-    start_primary(g);
-}
-
-void guest_protect(FtGuest *g, gboolean started_by_libvirt)
-{
-    g_autoptr(GError) err = NULL;
-    g_autofree char *version = NULL;
-    JsonObject *params;
-
-    g->started_by_libvirt = started_by_libvirt;
-
-    g_clear_pointer(&g->error, g_free);
-    g->checkpoints = 0;
-    g->last_checkpoint_us = 0;
-    arm_deadline(g);
-    if (!transition(g, GUEST_PREPARING_PEER, "protect requested"))
-        return;
-    /* The peer refuses a secondary on another QEMU than the primary's. */
-    version = virt_qemu_version(daemon_virt(g->d), &err);
-    if (!version) {
-        fail(g, "%s", err->message);
-        return;
-    }
-    params = json_object_new();
-    json_object_set_string_member(params, "guest", g->def->name);
-    json_object_set_string_member(params, "domain-xml", g->domain_xml);
-    json_object_set_string_member(params, "primary", self_host(g)->name);
-    json_object_set_string_member(params, "qemu-version", version);
-    daemon_peer_call(g->d, peer_host(g)->link_address, "prepare-secondary", params,
-                     daemon_config(g->d)->start_timeout_ms, on_secondary_prepared, g);
-    json_object_unref(params);
-}
-
 static gboolean run_qemu_img(const char *const *argv, char **out, GError **err)
 {
     g_autofree char *err_text = NULL;
@@ -782,6 +867,277 @@ static gboolean disk_virtual_size(const char *path, gint64 *size, GError **err)
     return TRUE;
 }
 
+/* The guest's disks' sizes, for a peer that has to create blank ones. */
+static JsonArray *disk_sizes(FtGuest *g, GError **err)
+{
+    g_autoptr(JsonArray) sizes = json_array_new();
+
+    g->disk_bytes = 0;
+    for (guint i = 0; i < g->def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
+        gint64 size;
+
+        if (!disk_virtual_size(disk->source_path, &size, err))
+            return NULL;
+        json_array_add_int_element(sizes, size);
+        g->disk_bytes += size;
+    }
+    return g_steal_pointer(&sizes);
+}
+
+static void add_progress(FtGuest *g, JsonBuilder *b)
+{
+    guint64 left = g->resync.total - MIN(g->resync.done, g->resync.total);
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "phase");
+    json_builder_add_string_value(b, "resync");
+    json_builder_set_member_name(b, "mode");
+    json_builder_add_string_value(b, g->resync_incremental ? "incremental" : "full");
+    json_builder_set_member_name(b, "disk_bytes");
+    json_builder_add_int_value(b, (gint64)g->disk_bytes);
+    json_builder_set_member_name(b, "bytes_done");
+    json_builder_add_int_value(b, (gint64)g->resync.done);
+    json_builder_set_member_name(b, "bytes_total");
+    json_builder_add_int_value(b, (gint64)g->resync.total);
+    json_builder_set_member_name(b, "rate_bytes_per_s");
+    json_builder_add_int_value(b, (gint64)g->resync_rate);
+    json_builder_set_member_name(b, "eta_s");
+    if (g->resync_rate > 0)
+        json_builder_add_int_value(b, (gint64)(left / g->resync_rate + 0.5));
+    else
+        json_builder_add_null_value(b);
+    json_builder_end_object(b);
+}
+
+static void broadcast_progress(FtGuest *g)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(JsonNode) event = NULL;
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "guest");
+    json_builder_add_string_value(b, g->def->name);
+    json_builder_set_member_name(b, "role");
+    json_builder_add_string_value(b, role_name(g));
+    json_builder_set_member_name(b, "progress");
+    add_progress(g, b);
+    json_builder_end_object(b);
+    event = json_builder_get_root(b);
+    daemon_broadcast(g->d, event);
+}
+
+static void setup_colo(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    EngineLink link = engine_link(g);
+
+    if (!engine_primary_setup(g->qmp, &link, &err)) {
+        fail(g, "cannot set up replication: %s", err->message);
+        return;
+    }
+    arm_deadline(g);
+    if (!transition(g, GUEST_ENTERING_COLO, "replication attached; first full sync"))
+        return;
+    g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_primary_sync, g);
+}
+
+static gboolean poll_resync(gpointer opaque)
+{
+    FtGuest *g = opaque;
+    g_autoptr(GError) err = NULL;
+    EngineLink link = engine_link(g);
+    gint64 now = g_get_monotonic_time();
+
+    if (!resync_poll(g->qmp, &link, &g->resync, &err)) {
+        g->poll_id = 0;
+        fail(g, "the disk copy to %s failed: %s", peer_host(g)->name, err->message);
+        return G_SOURCE_REMOVE;
+    }
+    if (now > g->rate_us && g->resync.done >= g->rate_done) {
+        double rate = (g->resync.done - g->rate_done) * (double)G_USEC_PER_SEC /
+                      (now - g->rate_us);
+
+        /* Smoothed: a copy moves in bursts of a job's chunk size. */
+        g->resync_rate = g->resync_rate > 0 ? 0.5 * g->resync_rate + 0.5 * rate : rate;
+    }
+    g->rate_done = g->resync.done;
+    g->rate_us = now;
+    broadcast_progress(g);
+    if (!g->resync.finished)
+        return G_SOURCE_CONTINUE;
+    g->poll_id = 0;
+    record_resync(g);
+    log_info(g->def->name, role_name(g), "disk copy to %s done: %" G_GUINT64_FORMAT
+             " of %" G_GUINT64_FORMAT " bytes in %.1f s (%s)", peer_host(g)->name,
+             g->resync.total, g->disk_bytes,
+             (now - g->resync_started_us) / (double)G_USEC_PER_SEC,
+             g->resync_incremental ? "incremental" : "full");
+    setup_colo(g);
+    return G_SOURCE_REMOVE;
+}
+
+/* With this host's QEMU up and the secondary waiting: copy what it lacks, if anything. */
+static void continue_protection(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *why = NULL;
+    EngineLink link = engine_link(g);
+    gboolean tracking = FALSE;
+
+    if (!g->resync_needed) {
+        setup_colo(g);
+        return;
+    }
+    /* Only the blocks written since the split, if this QEMU knows them all. */
+    if (g->resync_incremental &&
+        (!resync_is_tracking(g->qmp, &link, &tracking, &err) || !tracking)) {
+        log_warn(g->def->name, role_name(g), "writes since the split are not known%s%s: "
+                 "copying the whole disk", err ? ": " : "", err ? err->message : "");
+        g->resync_incremental = FALSE;
+    }
+    if (!resync_start(g->qmp, &link, g->resync_incremental,
+                      daemon_config(g->d)->resync_rate_bytes, &err)) {
+        fail(g, "cannot start the disk copy to %s: %s", peer_host(g)->name, err->message);
+        return;
+    }
+    g->resync_running = TRUE;
+    memset(&g->resync, 0, sizeof(g->resync));
+    g->resync_rate = 0;
+    g->rate_done = 0;
+    g->resync_started_us = g->rate_us = g_get_monotonic_time();
+    why = g_strdup_printf("copying %s to %s (%s)",
+                          g->resync_incremental ? "the blocks written since the split"
+                                                : "the whole disk",
+                          peer_host(g)->name,
+                          g->resync_incremental ? "incremental" : "full");
+    if (!transition(g, GUEST_RESYNCING, why))
+        return;
+    g->poll_id = g_timeout_add(RESYNC_POLL_MS, poll_resync, g);
+}
+
+static void start_primary(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
+
+    if (!transition(g, GUEST_STARTING_PRIMARY,
+                    g->started_by_libvirt
+                        ? "secondary ready; the primary was started paused by libvirt"
+                        : "secondary ready; starting the primary paused"))
+        return;
+    /* Paused: not one guest write may happen before replication is attached. */
+    if (!(g->started_by_libvirt ? attach_qemu(g, &err) : start_qemu(g, &plumbing, TRUE, &err))) {
+        fail(g, "cannot start the primary: %s", err->message);
+        return;
+    }
+    continue_protection(g);
+}
+
+/*
+ * The secondary's disks are up to date if both hosts hold the same
+ * generation and this copy has not run alone since.  A pair that never
+ * had one starts from the disks the administrator copied.
+ */
+static void judge_peer_disks(FtGuest *g, const char *peer_generation)
+{
+    gboolean diverged;
+    g_autofree char *own = resync_generation_read(daemon_config(g->d), g->def->name,
+                                                  &diverged);
+    gboolean same = own && g_strcmp0(own, peer_generation) == 0;
+
+    g->resync_needed = (own || peer_generation) && !(same && !diverged);
+    g->resync_incremental = same;
+}
+
+static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
+                                  const GError *error, gpointer opaque)
+{
+    FtGuest *g = opaque;
+    JsonObject *obj = result && JSON_NODE_HOLDS_OBJECT(result) ? json_node_get_object(result)
+                                                                : NULL;
+
+    (void)conn;
+    if (g->state != GUEST_PREPARING_PEER && g->state != GUEST_REJOINING)
+        return;
+    if (error) {
+        fail(g, "peer %s cannot start the secondary: %s", peer_host(g)->name,
+             error->message);
+        return;
+    }
+    judge_peer_disks(g, obj ? json_object_get_string_member_with_default(obj, "generation",
+                                                                         NULL)
+                            : NULL);
+    if (g->rejoin)
+        continue_protection(g);
+    else
+        start_primary(g);
+}
+
+/* Asks the peer for a secondary: the same QEMU, disks ready to be written. */
+static void ask_for_secondary(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    g_autoptr(GError) err = NULL;
+    g_autofree char *version = NULL;
+    g_autoptr(JsonArray) sizes = NULL;
+    guint64 speed = cfg->resync_rate_bytes ? MIN(cfg->resync_rate_bytes, RESYNC_SLOWEST_BYTES)
+                                           : RESYNC_SLOWEST_BYTES;
+    JsonObject *params;
+
+    /* The peer refuses a secondary on another QEMU than the primary's. */
+    version = virt_qemu_version(daemon_virt(g->d), &err);
+    if (!version) {
+        fail(g, "%s", err->message);
+        return;
+    }
+    /* Without them the peer cannot create blank disks, nothing else. */
+    sizes = disk_sizes(g, &err);
+    if (!sizes) {
+        log_warn(g->def->name, role_name(g), "disk sizes unknown: %s", err->message);
+        g_clear_error(&err);
+        sizes = json_array_new();
+    }
+    g_free(g->generation);
+    g->generation = g_uuid_string_random();
+    params = json_object_new();
+    json_object_set_string_member(params, "guest", g->def->name);
+    json_object_set_string_member(params, "domain-xml", g->domain_xml);
+    json_object_set_string_member(params, "primary", self_host(g)->name);
+    json_object_set_string_member(params, "qemu-version", version);
+    json_object_set_string_member(params, "generation", g->generation);
+    json_object_set_array_member(params, "disk-bytes", json_array_ref(sizes));
+    /* The secondary waits for COLO through the disk copy, however long it takes. */
+    json_object_set_int_member(params, "wait-ms",
+                               (gint64)(g->disk_bytes * 2000 / speed) + cfg->start_timeout_ms);
+    daemon_peer_call(g->d, peer_host(g)->link_address, "prepare-secondary", params,
+                     cfg->start_timeout_ms, on_secondary_prepared, g);
+    json_object_unref(params);
+}
+
+void guest_protect(FtGuest *g, gboolean started_by_libvirt)
+{
+    g->started_by_libvirt = started_by_libvirt;
+    g->rejoin = FALSE;
+    g_clear_pointer(&g->error, g_free);
+    g->checkpoints = 0;
+    g->last_checkpoint_us = 0;
+    arm_deadline(g);
+    if (!transition(g, GUEST_PREPARING_PEER, "protect requested"))
+        return;
+    ask_for_secondary(g);
+}
+
+/* The peer is back: the guest, running alone here, gets a secondary again. */
+static void start_rejoin(FtGuest *g)
+{
+    g->rejoin = TRUE;
+    arm_deadline(g);
+    if (!transition(g, GUEST_REJOINING, "peer is back; starting a new secondary there"))
+        return;
+    ask_for_secondary(g);
+}
+
 static gboolean create_overlay(const char *path, gint64 size, GError **err)
 {
     g_autofree char *size_s = g_strdup_printf("%" G_GINT64_FORMAT, size);
@@ -791,9 +1147,46 @@ static gboolean create_overlay(const char *path, gint64 size, GError **err)
     return run_qemu_img(argv, NULL, err);
 }
 
+/*
+ * A replacement host has no copy yet: a blank disk of the primary's size
+ * takes the full copy.  Only where nothing is: an existing file of the
+ * wrong size is the administrator's to sort out.
+ */
+static gboolean create_blank_disk(FtGuest *g, const FtDisk *disk, JsonArray *sizes,
+                                  guint index, GError **err)
+{
+    g_autofree char *size_s = NULL;
+    g_autofree char *dir = g_path_get_dirname(disk->source_path);
+    gint64 size = sizes && index < json_array_get_length(sizes)
+                      ? json_array_get_int_element(sizes, index)
+                      : 0;
+    const char *argv[] = { "timeout", QEMU_IMG_TIMEOUT_S, "qemu-img", "create", "-q",
+                           "-f", disk->format, disk->source_path, NULL, NULL };
+
+    if (size <= 0) {
+        g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_NOENT,
+                    "disk %s (%s) does not exist on %s: copy the guest's disk there "
+                    "before protecting it", disk->source_path, disk->target,
+                    daemon_config(g->d)->host_name);
+        return FALSE;
+    }
+    if (g_mkdir_with_parents(dir, 0755) < 0) {
+        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot create %s: %s", dir, g_strerror(errno));
+        return FALSE;
+    }
+    size_s = g_strdup_printf("%" G_GINT64_FORMAT, size);
+    argv[8] = size_s;
+    if (!run_qemu_img(argv, NULL, err))
+        return FALSE;
+    log_info(g->def->name, role_name(g), "created blank disk %s (%s, %" G_GINT64_FORMAT
+             " bytes) for the primary's full copy", disk->source_path, disk->format, size);
+    return TRUE;
+}
+
 /* The secondary's replication chain: active and hidden overlays on its copy. */
-static gboolean prepare_overlays(FtGuest *g, GPtrArray *active, GPtrArray *hidden,
-                                 GError **err)
+static gboolean prepare_overlays(FtGuest *g, JsonArray *sizes, GPtrArray *active,
+                                 GPtrArray *hidden, GError **err)
 {
     g_autofree char *dir = g_build_filename(daemon_config(g->d)->state_dir,
                                             g->def->name, NULL);
@@ -807,12 +1200,13 @@ static gboolean prepare_overlays(FtGuest *g, GPtrArray *active, GPtrArray *hidde
         const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
         gint64 size;
 
+        if (!g_file_test(disk->source_path, G_FILE_TEST_EXISTS) &&
+            !create_blank_disk(g, disk, sizes, i, err))
+            return FALSE;
         if (!g_file_test(disk->source_path, G_FILE_TEST_IS_REGULAR)) {
-            g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_NOENT,
-                        "disk %s (%s) does not exist on %s: copy the guest's "
-                        "disk there before protecting it",
-                        disk->source_path, disk->target,
-                        daemon_config(g->d)->host_name);
+            g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                        "disk %s (%s) on %s is not a regular file",
+                        disk->source_path, disk->target, daemon_config(g->d)->host_name);
             return FALSE;
         }
         if (!disk_virtual_size(disk->source_path, &size, err))
@@ -835,7 +1229,7 @@ static gboolean poll_secondary_sync(gpointer opaque)
     refresh_colo_status(g);
     if (g->colo_mode && strcmp(g->colo_mode, "secondary") == 0) {
         g->poll_id = 0;
-        enter_protected(g, "primary's first checkpoint loaded; COLO running");
+        enter_protected(g, "primary's first checkpoint loaded; COLO running", TRUE);
         return G_SOURCE_REMOVE;
     }
     if (past_deadline(g)) {
@@ -847,8 +1241,15 @@ static gboolean poll_secondary_sync(gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
-void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id)
+void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject *params)
 {
+    const FtConfig *cfg = daemon_config(g->d);
+    JsonArray *sizes = json_object_has_member(params, "disk-bytes") &&
+                               JSON_NODE_HOLDS_ARRAY(json_object_get_member(params, "disk-bytes"))
+                           ? json_object_get_array_member(params, "disk-bytes")
+                           : NULL;
+    gint64 wait_ms = json_object_get_int_member_with_default(params, "wait-ms", 0);
+    gboolean diverged;
     g_autoptr(GError) err = NULL;
     g_autoptr(GPtrArray) active = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GPtrArray) hidden = g_ptr_array_new_with_free_func(g_free);
@@ -862,8 +1263,28 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id)
     g->reply_conn = peer_conn_ref(conn);
     g->reply_id = id;
     arm_deadline(g);
+    /* Through the primary's disk copy, which it sized; within reason. */
+    g->deadline_us += CLAMP(wait_ms, 0, 24 * 3600 * 1000LL) * 1000;
+    g_free(g->generation);
+    g->generation = g_strdup(json_object_get_string_member_with_default(params, "generation",
+                                                                        NULL));
+    if (g->generation && !g_uuid_string_is_valid(g->generation))
+        g_clear_pointer(&g->generation, g_free);
     if (!transition(g, GUEST_STARTING_SECONDARY, "primary asked for a secondary"))
         return;
+    /*
+     * From here the disks are rewritten by the primary: until the pair is
+     * in sync again, they belong to no generation.  (A diverged copy here
+     * would mean two copies ran alone; the primary's wins.)
+     */
+    g_free(g->found_generation);
+    g->found_generation = resync_generation_read(cfg, g->def->name, &diverged);
+    if (diverged) {
+        log_warn(g->def->name, role_name(g), "this host's copy had run alone too; the "
+                 "primary on %s overwrites it with a full copy", peer_host(g)->name);
+        g_clear_pointer(&g->found_generation, g_free);
+    }
+    resync_generation_forget(cfg, g->def->name);
 
     if (!virt_domain_define_missing(daemon_virt(g->d), g->def->name,
                                     g->domain_xml, &defined, &err)) {
@@ -872,7 +1293,7 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id)
     }
     if (defined)
         log_info(g->def->name, role_name(g), "defined the guest on this host");
-    if (!prepare_overlays(g, active, hidden, &err)) {
+    if (!prepare_overlays(g, sizes, active, hidden, &err)) {
         fail(g, "cannot prepare replication storage: %s", err->message);
         return;
     }
@@ -930,14 +1351,17 @@ static void drop_secondary(FtGuest *g, const char *reason)
         return;
     /* If its kvm-ftd still listens, the stale secondary goes away. */
     tell_peer(g, "stand-down", reason);
+    mark_diverged(g);
     transition(g, GUEST_DEGRADED, "running alone, unprotected");
 }
 
 /* Secondary: the primary is gone; this copy becomes the guest. */
 static void take_over(FtGuest *g, const char *reason)
 {
-    if (fail_over(g, GUEST_TAKING_OVER, engine_secondary_takeover, reason))
-        transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
+    if (!fail_over(g, GUEST_TAKING_OVER, engine_secondary_takeover, reason))
+        return;
+    mark_diverged(g);
+    transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
 }
 
 /*
@@ -946,6 +1370,62 @@ static void take_over(FtGuest *g, const char *reason)
  * host, and a host whose kernel still answers is up even when its kvm-ftd
  * is not (then its QEMU carries on and nothing is done).
  */
+/* Whether the peer's kvm-ftd answers on the dedicated link right now. */
+static gboolean peer_answers(FtGuest *g)
+{
+    const FtHost *peer = peer_host(g);
+
+    return daemon_peer_connected(g->d, peer->name) &&
+           daemon_peer_path(g->d, peer->link_address, 1) == PEER_PATH_ALIVE;
+}
+
+/*
+ * Silence windows that tell a dead peer from one busy re-protecting: its
+ * kvm-ftd waits on its QEMU, which is loading the first sync, for a second
+ * or more.  Until then, a dead peer costs the guest's disk writes that
+ * long (the mirror carries them synchronously).
+ */
+static guint rejoin_windows(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    guint window_ms = cfg->heartbeat_ms * cfg->miss_count;
+
+    return MAX(2, (REJOIN_SILENCE_MS + window_ms - 1) / window_ms);
+}
+
+/*
+ * A guest running alone asks its peer for a new secondary as soon as the
+ * peer's kvm-ftd answers again; a re-protection under way gives up when
+ * the peer goes silent (the guest carries on alone and tries again).
+ */
+static void check_rejoin(FtGuest *g)
+{
+    const FtHost *peer = peer_host(g);
+
+    if (g->state == GUEST_DEGRADED) {
+        if (g->role != FT_ROLE_PRIMARY || !g->qmp || !qmp_is_open(g->qmp))
+            return;
+        /* Keeps a session to the peer open, so its return is noticed. */
+        daemon_watch_peer(g->d, peer->link_address);
+        if (g_get_monotonic_time() >= g->rejoin_after_us && peer_answers(g))
+            start_rejoin(g);
+        return;
+    }
+    /*
+     * While it starts the secondary, the peer's kvm-ftd may not be heard for
+     * a while (its answer has a deadline of its own); after that it only
+     * waits, and silence means it is gone.  A dead secondary has nothing the
+     * guest needs: giving up early costs only another attempt.
+     */
+    if (g->rejoin && g->state != GUEST_REJOINING &&
+        daemon_peer_path(g->d, peer->link_address, rejoin_windows(g)) == PEER_PATH_SILENT) {
+        g_autofree char *why = g_strdup_printf("%s went silent on the dedicated link",
+                                               peer->name);
+
+        abort_rejoin(g, why);
+    }
+}
+
 void guest_check_peer(FtGuest *g)
 {
     const FtHost *peer;
@@ -953,8 +1433,10 @@ void guest_check_peer(FtGuest *g)
     g_autofree char *why = NULL;
     guint windows, window;
 
-    if (g->state != GUEST_PROTECTED)
+    if (g->state != GUEST_PROTECTED) {
+        check_rejoin(g);
         return;
+    }
     peer = peer_host(g);
     /*
      * The secondary waits twice as long as the primary: a primary that is
@@ -1028,6 +1510,50 @@ void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject
         log_warn(g->def->name, role_name(g), "ignored '%s' from %s", name, from);
 }
 
+gboolean guest_hand_over(FtGuest *g, GError **err)
+{
+    const FtHost *peer = peer_host(g);
+    g_autoptr(GError) e = NULL;
+    g_autofree char *why = NULL;
+
+    if (g->role != FT_ROLE_PRIMARY || g->state != GUEST_PROTECTED) {
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED,
+                    g->role == FT_ROLE_SECONDARY && g->state == GUEST_PROTECTED
+                        ? "'%s' runs on %s; this host is its secondary: run the failover "
+                          "there"
+                        : "'%s' is %s here: a planned failover needs the protected primary",
+                    g->def->name,
+                    g->role == FT_ROLE_SECONDARY && g->state == GUEST_PROTECTED
+                        ? peer->name
+                        : guest_state_name(g->state));
+        return FALSE;
+    }
+    if (!peer_answers(g)) {
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "kvm-ftd on %s does not answer: "
+                    "no planned failover to it now", peer->name);
+        return FALSE;
+    }
+    why = g_strdup_printf("planned failover to %s requested", peer->name);
+    if (!transition(g, GUEST_HANDING_OVER, why))
+        return FALSE;
+    /*
+     * This copy stops first, so the two never run at once.  What it sent
+     * since the last checkpoint is what the secondary replays, as in any
+     * failover: nothing released to the outside is lost.  Its QMP goes
+     * first, so the exit is not taken for a failure.
+     */
+    detach(g);
+    if (!virt_domain_destroy(daemon_virt(g->d), g->def->name, &e)) {
+        fail(g, "cannot stop this copy for the planned failover: %s", e->message);
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "%s", g->error);
+        return FALSE;
+    }
+    tell_peer(g, "take-over", why);
+    transition(g, GUEST_STOPPED, "handed over; the new primary re-protects the guest "
+               "onto this host");
+    return TRUE;
+}
+
 gboolean guest_reattach(FtGuest *g, GError **err)
 {
     g->qmp = qmp_connect(g->qmp_path, daemon_config(g->d)->qmp_timeout_ms, err);
@@ -1038,7 +1564,8 @@ gboolean guest_reattach(FtGuest *g, GError **err)
     refresh_colo_status(g);
     if (g_strcmp0(g->colo_mode, "primary") == 0 || g_strcmp0(g->colo_mode, "secondary") == 0) {
         g->role = strcmp(g->colo_mode, "primary") == 0 ? FT_ROLE_PRIMARY : FT_ROLE_SECONDARY;
-        enter_protected(g, "kvm-ftd restarted; re-attached to the running QEMU in COLO");
+        enter_protected(g, "kvm-ftd restarted; re-attached to the running QEMU in COLO",
+                        FALSE);
     } else {
         /* Out of COLO but running: whatever it was, it is the only copy now. */
         g->role = FT_ROLE_PRIMARY;
@@ -1096,6 +1623,9 @@ void guest_free(FtGuest *g)
     g_free(g->failover_reason);
     g_clear_pointer(&g->reply_conn, peer_conn_unref);
     g_clear_pointer(&g->qmp, qmp_free);
+    g_clear_pointer(&g->last_resync, json_node_unref);
+    g_free(g->found_generation);
+    g_free(g->generation);
     ftdef_free(g->def);
     g_free(g->domain_xml);
     g_free(g->error);
@@ -1263,6 +1793,16 @@ JsonNode *guest_status(FtGuest *g)
     json_builder_set_member_name(b, "since_last_checkpoint_ms");
     if (g->last_checkpoint_us)
         json_builder_add_int_value(b, (g_get_real_time() - g->last_checkpoint_us) / 1000);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "resync");
+    if (g->state == GUEST_RESYNCING)
+        add_progress(g, b);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "last_resync");
+    if (g->last_resync)
+        json_builder_add_value(b, json_node_copy(g->last_resync));
     else
         json_builder_add_null_value(b);
     json_builder_set_member_name(b, "error");

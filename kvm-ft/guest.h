@@ -26,6 +26,9 @@ typedef enum {
     GUEST_TAKING_OVER,        /* secondary: the primary is gone, becoming the guest */
     GUEST_DROPPING_SECONDARY, /* primary: the secondary is gone, leaving COLO */
     GUEST_DEGRADED,           /* the only copy: running alone, unprotected */
+    GUEST_REJOINING,          /* primary, running alone: the peer starts a new secondary */
+    GUEST_RESYNCING,          /* primary: copying what the secondary's disks lack */
+    GUEST_HANDING_OVER,       /* primary: stopping so that the secondary takes over */
     GUEST_FAILED,             /* protection failed; the reason is kept */
     GUEST_N_STATES
 } GuestState;
@@ -60,11 +63,24 @@ gboolean guest_is_busy(FtGuest *g);
  */
 void guest_protect(FtGuest *g, gboolean started_by_libvirt);
 
-/* Secondary: start the secondary and answer request id on conn when ready. */
-void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id);
+/*
+ * Secondary: start the secondary and answer request id on conn when ready.
+ * params: the primary's prepare-secondary request (generation, disk-bytes,
+ * wait-ms: see doc/interfaces.md).
+ */
+void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject *params);
 
 /* A restarted kvm-ftd takes its running guest back, found by its QMP socket. */
 gboolean guest_reattach(FtGuest *g, GError **err);
+
+/*
+ * Planned switch of roles: this protected primary stops and its secondary
+ * takes over from the last checkpoint, as in a failover, so nothing
+ * released to the outside is lost; the new primary then re-protects the
+ * guest onto this host.  FALSE with a message if the pair is not in a
+ * state to do it.
+ */
+gboolean guest_hand_over(FtGuest *g, GError **err);
 
 /* Stop this host's copy (both roles), e.g. when the other side gave up. */
 void guest_stop(FtGuest *g, const char *reason);

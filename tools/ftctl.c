@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include <gio/gio.h>
 #include <glib.h>
 #include <json-glib/json-glib.h>
 
@@ -18,15 +20,20 @@ enum {
     EXIT_TIMEOUT = 4,       /* the daemon did not answer in time */
 };
 
-#define POLL_INTERVAL_MS 500
 #define DEFAULT_TIMEOUT_MS 10000
 #define DEFAULT_PROTECT_TIMEOUT_S 180
+#define DEFAULT_SWITCH_TIMEOUT_S 600    /* failover, migrate */
+/* While waiting, the guest's status is read at least this often (events may be missed
+ * while ftctl is not subscribed). */
+#define RECHECK_US (5 * G_USEC_PER_SEC)
+/* Progress not on a terminal: a line at most this often. */
+#define PROGRESS_PLAIN_EVERY_US (5 * G_USEC_PER_SEC)
 
 #define EXIT_CODES_HELP \
     "Exit status:\n" \
     "  0  success\n" \
     "  1  the operation failed (kvm-ftd refused it, the guest reports an error,\n" \
-    "     or protect did not complete within --timeout-s)\n" \
+    "     or protect, failover or migrate did not complete within --timeout-s)\n" \
     "  2  usage error\n" \
     "  3  kvm-ftd is unreachable (not running, no socket, no permission)\n" \
     "  4  kvm-ftd did not answer within --timeout\n"
@@ -44,9 +51,86 @@ static const GOptionEntry global_entries[] = {
 };
 
 /* ------------------------------------------------------------------ */
-/* helpers                                                            */
+/* output                                                             */
+
+/* A progress line: rewritten in place on a terminal, else a plain line now and then. */
+static struct {
+    int tty;            /* stdout is a terminal; -1: not asked yet */
+    gsize shown;        /* length of the progress line on the terminal; 0: none */
+    gint64 printed_us;  /* when the last plain progress line was printed */
+} progress = { -1, 0, 0 };
+
+static gboolean stdout_is_tty(void)
+{
+    if (progress.tty < 0)
+        progress.tty = isatty(STDOUT_FILENO);
+    return progress.tty;
+}
+
+/* Ends a progress line left on the terminal, so that the next line starts afresh. */
+static void progress_break(void)
+{
+    if (progress.shown) {
+        fputc('\n', stdout);
+        fflush(stdout);
+        progress.shown = 0;
+    }
+}
+
+static void progress_show(const char *line)
+{
+    gsize len = strlen(line);
+    gint64 now = g_get_monotonic_time();
+
+    if (stdout_is_tty()) {
+        /* Blanks cover the rest of a longer previous line. */
+        printf("\r%s%*s", line, (int)(progress.shown > len ? progress.shown - len : 0), "");
+        progress.shown = len;
+    } else if (!progress.printed_us || now - progress.printed_us >= PROGRESS_PLAIN_EVERY_US) {
+        printf("%s\n", line);
+        progress.printed_us = now;
+    }
+    fflush(stdout);
+}
+
+/* A line of results on stdout. */
+static G_GNUC_PRINTF(1, 2) void say(const char *fmt, ...)
+{
+    va_list ap;
+
+    progress_break();
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    fputc('\n', stdout);
+    fflush(stdout);
+}
 
 static G_GNUC_PRINTF(1, 2) void msg(const char *fmt, ...)
+{
+    va_list ap;
+
+    progress_break();
+    fputs("ftctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+typedef struct {
+    const char *name;
+    const char *params;
+    const char *brief;          /* one line, for "ftctl --help" */
+    const char *summary;        /* for "ftctl COMMAND --help" */
+    const GOptionEntry *entries;
+    int min_args;
+    int max_args;
+    int (*run)(char **args);
+    int wait_s;                 /* default of its --timeout-s; 0: no such option */
+} Command;
+
+static G_GNUC_PRINTF(2, 3) int usage_error(const Command *cmd, const char *fmt, ...)
 {
     va_list ap;
 
@@ -54,8 +138,11 @@ static G_GNUC_PRINTF(1, 2) void msg(const char *fmt, ...)
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    fprintf(stderr, "\nTry 'ftctl %s%s--help'.\n", cmd ? cmd->name : "", cmd ? " " : "");
+    return EXIT_USAGE;
 }
+
+static const Command *find_command(const char *name);
 
 static int exit_code_for(const GError *e)
 {
@@ -196,13 +283,70 @@ static char *format_ms(double ms)
                            s / 3600, (s / 60) % 60);
 }
 
+/* "20.0 MiB" (g_format_size() puts a no-break space before the unit: keep to ASCII). */
+static char *format_bytes(double bytes)
+{
+    static const char *const units[] = { "KiB", "MiB", "GiB", "TiB", "PiB" };
+    guint u = 0;
+
+    if (bytes < 1024)
+        return g_strdup_printf("%.0f bytes", MAX(bytes, 0));
+    bytes /= 1024;
+    while (bytes >= 1024 && u + 1 < G_N_ELEMENTS(units)) {
+        bytes /= 1024;
+        u++;
+    }
+    return g_strdup_printf("%.1f %s", bytes, units[u]);
+}
+
+/* "8.3 MiB/s", or "no limit" for 0 or null. */
+static char *format_rate(JsonObject *o, const char *key, const char *none)
+{
+    g_autofree char *size = NULL;
+    double rate;
+
+    if (!member_num(o, key, &rate) || rate <= 0)
+        return g_strdup(none);
+    size = format_bytes(rate);
+    return g_strdup_printf("%s/s", size);
+}
+
+/* "12.0 MiB of 20.0 MiB, 8.3 MiB/s, ETA 1 s": a progress event's or status's "resync". */
+static char *format_progress(JsonObject *p)
+{
+    double done = 0, total = 0, eta;
+    g_autofree char *d = NULL, *t = NULL, *rate = NULL, *left = NULL;
+
+    member_num(p, "bytes_done", &done);
+    member_num(p, "bytes_total", &total);
+    d = format_bytes(done);
+    t = format_bytes(total);
+    rate = format_rate(p, "rate_bytes_per_s", "rate not known yet");
+    if (!member_num(p, "eta_s", &eta))
+        left = g_strdup("?");
+    else
+        left = eta < 60 ? g_strdup_printf("%.0f s", eta) : format_ms(eta * 1000);
+    return g_strdup_printf("%s of %s, %s, ETA %s", d, t, rate, left);
+}
+
+/* "web1: resync (incremental) 12.0 MiB of 20.0 MiB, 8.3 MiB/s, ETA 1 s" */
+static void show_progress(const char *guest, JsonObject *p)
+{
+    const char *phase = member_str(p, "phase");
+    g_autofree char *amounts = format_progress(p);
+    g_autofree char *line = g_strdup_printf("%s: %s (%s) %s", guest, phase ? phase : "resync",
+                                            or_unknown(member_str(p, "mode")), amounts);
+
+    progress_show(line);
+}
+
 /* ------------------------------------------------------------------ */
 /* commands                                                           */
 
 static gboolean opt_json;
 static gboolean opt_no_wait;
 static gboolean opt_started;
-static gint opt_protect_timeout_s = DEFAULT_PROTECT_TIMEOUT_S;
+static gint opt_wait_s;           /* --timeout-s; its default is the command's */
 
 static int cmd_list(char **args)
 {
@@ -240,6 +384,36 @@ static int cmd_list(char **args)
         }
     }
     return EXIT_OK;
+}
+
+/* The disk copy to a new secondary under way, and the last one. */
+static void print_resync(JsonObject *g)
+{
+    JsonObject *now = member_obj(g, "resync");
+    JsonObject *last = member_obj(g, "last_resync");
+    double disk = 0, moved = 0, seconds = 0;
+
+    if (now) {
+        g_autofree char *amounts = format_progress(now);
+        g_autofree char *size = NULL;
+
+        member_num(now, "disk_bytes", &disk);
+        size = format_bytes(disk);
+        printf("  resync:          %s, %s (disks: %s)\n", or_unknown(member_str(now, "mode")),
+               amounts, size);
+    }
+    if (last) {
+        g_autofree char *m = NULL, *size = NULL;
+        g_autofree char *limit = format_rate(last, "rate_limit_bytes_per_s", "no limit");
+
+        member_num(last, "disk_bytes", &disk);
+        member_num(last, "bytes_moved", &moved);
+        member_num(last, "seconds", &seconds);
+        m = format_bytes(moved);
+        size = format_bytes(disk);
+        printf("  last resync:     %s, %s of %s copied in %.1f s (rate limit: %s)\n",
+               or_unknown(member_str(last, "mode")), m, size, seconds, limit);
+    }
 }
 
 static void print_guest(JsonObject *g, const char *host)
@@ -318,6 +492,7 @@ static void print_guest(JsonObject *g, const char *host)
     } else {
         printf("  last checkpoint: -\n");
     }
+    print_resync(g);
     {
         JsonNode *fn = json_object_get_member(g, "last_failover");
 
@@ -377,14 +552,246 @@ static int cmd_status(char **args)
     return EXIT_OK;
 }
 
+/* ---- waiting for a guest's state ---------------------------------- */
+
+/*
+ * The guest's status is the truth; kvm-ftd's events wake ftctl up at once
+ * and show each transition and a disk copy's progress.  The status is read
+ * again whenever the events say the wait is over, and at least every
+ * RECHECK_US, which also covers events sent while ftctl was not subscribed.
+ */
+
+typedef struct {
+    const char *what;         /* the goal, for messages: "protected" */
+    const char *state;        /* the state waited for ... */
+    const char *role;         /* ... in this role on this host (NULL: any) */
+    const char *give_up[3];   /* states that end the wait as a failure */
+    gboolean error_fails;     /* so does an "error" in the status */
+} Goal;
+
+/* protect: as before events, any error reported ends it. */
+static const Goal goal_protected = { "protected", "protected", NULL, { NULL }, TRUE };
+
+/* migrate, before the switch: this primary may still be re-protecting the guest. */
+static const Goal goal_protected_primary = {
+    "protected", "protected", "primary", { "failed", "stopped", NULL }, FALSE
+};
+
+/* failover: the peer runs the guest and re-protects it onto this host. */
+static const Goal goal_reprotected = {
+    "protected again with this host as its secondary", "protected", "secondary",
+    { "failed", NULL }, FALSE
+};
+
+typedef struct {
+    const char *guest;
+    const Goal *goal;
+    char *host;               /* this host, from the status */
+    char *state;              /* the last state seen ... */
+    char *role;               /* ... and role */
+    char *failure;            /* why the wait failed, or NULL */
+} Watch;
+
+/* "hostA: web1: resyncing (primary) - REASON" */
+static void print_state(const Watch *w, const char *role, const char *state,
+                        const char *reason)
+{
+    g_autoptr(GString) line = g_string_new(NULL);
+
+    g_string_printf(line, "%s: %s: %s", or_unknown(w->host), w->guest, state);
+    if (role && strcmp(role, "none") != 0)
+        g_string_append_printf(line, " (%s)", role);
+    if (reason && *reason)
+        g_string_append_printf(line, " - %s", reason);
+    say("%s", line->str);
+}
+
+static void watch_fail(Watch *w, const char *why)
+{
+    if (!w->failure)
+        w->failure = g_strdup(why);
+}
+
+/* A state seen in an event or the status: printed when it changed, then judged. */
+static void watch_saw(Watch *w, const char *role, const char *state, const char *reason)
+{
+    if (g_strcmp0(state, w->state) != 0 || g_strcmp0(role, w->role) != 0) {
+        print_state(w, role, state, reason);
+        g_free(w->state);
+        w->state = g_strdup(state);
+        g_free(w->role);
+        w->role = g_strdup(role);
+    }
+    for (guint i = 0; w->goal->give_up[i]; i++)
+        if (strcmp(state, w->goal->give_up[i]) == 0)
+            watch_fail(w, reason && *reason ? reason : state);
+}
+
+static gboolean watch_reached(const Watch *w)
+{
+    return g_strcmp0(w->state, w->goal->state) == 0 &&
+           (!w->goal->role || g_strcmp0(w->role, w->goal->role) == 0);
+}
+
+static gboolean watch_over(const Watch *w)
+{
+    return watch_reached(w) || w->failure;
+}
+
+/* FALSE with err only if kvm-ftd does not answer. */
+static gboolean watch_poll(Watch *w, GError **err)
+{
+    g_autoptr(JsonNode) result = request("status", w->guest, err);
+    JsonObject *g;
+    const char *error;
+
+    if (!result)
+        return FALSE;
+    g_free(w->host);
+    w->host = g_strdup(result_host(result));
+    g = find_guest(result_guests(result), w->guest);
+    if (!g) {
+        g_autofree char *why = g_strdup_printf("no longer known to kvm-ftd on %s",
+                                               or_unknown(w->host));
+
+        watch_fail(w, why);
+        return TRUE;
+    }
+    watch_saw(w, member_str(g, "role"), or_unknown(member_str(g, "state")), NULL);
+    error = member_str(g, "error");
+    if (error && w->goal->error_fails)
+        watch_fail(w, error);
+    if (member_obj(g, "resync") && !watch_over(w))
+        show_progress(w->guest, member_obj(g, "resync"));
+    return TRUE;
+}
+
+static gboolean watch_event(JsonNode *event, gpointer opaque)
+{
+    Watch *w = opaque;
+    JsonObject *ev = JSON_NODE_HOLDS_OBJECT(event) ? json_node_get_object(event) : NULL;
+    JsonObject *p = member_obj(ev, "progress");
+
+    if (g_strcmp0(member_str(ev, "guest"), w->guest) != 0)
+        return TRUE;
+    if (p)
+        show_progress(w->guest, p);
+    else if (member_str(ev, "to"))
+        watch_saw(w, member_str(ev, "role"), member_str(ev, "to"), member_str(ev, "reason"));
+    return !watch_over(w);
+}
+
+/* Cancels a blocking call at a given time (on a thread of its own). */
+typedef struct {
+    GMutex lock;
+    GCond cond;
+    gboolean stop;
+    gint64 until;             /* monotonic */
+    GCancellable *cancellable;
+} Alarm;
+
+static gpointer alarm_run(gpointer opaque)
+{
+    Alarm *a = opaque;
+
+    g_mutex_lock(&a->lock);
+    while (!a->stop && g_cond_wait_until(&a->cond, &a->lock, a->until))
+        ;
+    if (!a->stop)
+        g_cancellable_cancel(a->cancellable);
+    g_mutex_unlock(&a->lock);
+    return NULL;
+}
+
+/*
+ * Follow kvm-ftd's events with func until it returns FALSE or the
+ * monotonic time until comes (both TRUE); FALSE with err if kvm-ftd
+ * cannot be followed.
+ */
+static gboolean follow_until(ControlEventFunc func, gpointer opaque, gint64 until,
+                             GError **err)
+{
+    g_autoptr(GCancellable) cancellable = g_cancellable_new();
+    g_autoptr(GError) e = NULL;
+    Alarm alarm = { .until = until, .cancellable = cancellable };
+    GThread *thread;
+    gboolean ok;
+
+    g_mutex_init(&alarm.lock);
+    g_cond_init(&alarm.cond);
+    thread = g_thread_new("ftctl-alarm", alarm_run, &alarm);
+    ok = control_follow_events(socket_path(), (guint)opt_timeout_ms, func, opaque,
+                               cancellable, &e);
+    g_mutex_lock(&alarm.lock);
+    alarm.stop = TRUE;
+    g_cond_signal(&alarm.cond);
+    g_mutex_unlock(&alarm.lock);
+    g_thread_join(thread);
+    g_cond_clear(&alarm.cond);
+    g_mutex_clear(&alarm.lock);
+    if (ok || g_error_matches(e, G_IO_ERROR, G_IO_ERROR_CANCELLED))
+        return TRUE;
+    g_propagate_error(err, g_steal_pointer(&e));
+    return FALSE;
+}
+
+static int watch_run(Watch *w, gint64 deadline)
+{
+    for (;;) {
+        g_autoptr(GError) e = NULL;
+        gint64 now;
+
+        if (!watch_poll(w, &e))
+            return fail(e);
+        if (watch_reached(w)) {
+            progress_break();
+            return EXIT_OK;
+        }
+        if (w->failure) {
+            msg("%s: %s", w->guest, w->failure);
+            return EXIT_FAILED;
+        }
+        now = g_get_monotonic_time();
+        if (now >= deadline) {
+            msg("%s: not %s after %d s (state: %s)", w->guest, w->goal->what, opt_wait_s,
+                or_unknown(w->state));
+            return EXIT_FAILED;
+        }
+        if (!follow_until(watch_event, w, MIN(deadline, now + RECHECK_US), &e))
+            return fail(e);
+    }
+}
+
+/*
+ * Print GUEST's state at each change, and a disk copy's progress, until it
+ * reaches goal (EXIT_OK), fails, or the monotonic deadline passes.
+ */
+static int wait_for(const char *guest, const Goal *goal, gint64 deadline)
+{
+    Watch w = { .guest = guest, .goal = goal };
+    int rc = watch_run(&w, deadline);
+
+    g_free(w.host);
+    g_free(w.state);
+    g_free(w.role);
+    g_free(w.failure);
+    return rc;
+}
+
+/* The end of --timeout-s from now. */
+static gint64 wait_deadline(void)
+{
+    return g_get_monotonic_time() + (gint64)opt_wait_s * G_USEC_PER_SEC;
+}
+
+/* ---- commands that wait ------------------------------------------- */
+
 static int cmd_protect(char **args)
 {
     const char *guest = args[0];
     g_autoptr(GError) e = NULL;
     g_autoptr(JsonObject) req = new_request("protect", guest);
     g_autoptr(JsonNode) ack = NULL;
-    g_autofree char *last_state = NULL;
-    gint64 deadline;
 
     if (opt_started)
         json_object_set_boolean_member(req, "started", TRUE);
@@ -393,53 +800,112 @@ static int cmd_protect(char **args)
         return fail(e);
     if (opt_no_wait)
         return EXIT_OK;
+    return wait_for(guest, &goal_protected, wait_deadline());
+}
 
-    deadline = g_get_monotonic_time() + (gint64)opt_protect_timeout_s * G_USEC_PER_SEC;
-    for (;;) {
-        g_autoptr(JsonNode) result = request("status", guest, &e);
-        JsonObject *g;
-        const char *state, *error;
-        gint64 left;
+/*
+ * The planned switch: this protected primary hands GUEST over to the
+ * peer, which takes over and re-protects it onto this host.
+ */
+static int hand_over(const char *guest, gint64 deadline)
+{
+    g_autoptr(GError) e = NULL;
+    g_autoptr(JsonNode) ack = request("failover", guest, &e);
+    JsonObject *g;
+    const char *peer;
+    int rc;
 
-        if (!result)
-            return fail(e);
-        g = find_guest(result_guests(result), guest);
-        if (!g) {
-            msg("%s: no longer known to kvm-ftd on %s", guest,
-                or_unknown(result_host(result)));
-            return EXIT_FAILED;
-        }
-        state = or_unknown(member_str(g, "state"));
-        error = member_str(g, "error");
-        if (g_strcmp0(state, last_state) != 0) {
-            printf("%s: %s: %s\n", or_unknown(result_host(result)), guest, state);
-            fflush(stdout);
-            g_free(last_state);
-            last_state = g_strdup(state);
-        }
-        if (strcmp(state, "protected") == 0)
-            return EXIT_OK;
-        if (error) {
-            msg("%s: %s", guest, error);
-            return EXIT_FAILED;
-        }
-        left = deadline - g_get_monotonic_time();
-        if (left <= 0) {
-            msg("%s: not protected after %d s (state: %s)", guest,
-                opt_protect_timeout_s, state);
-            return EXIT_FAILED;
-        }
-        g_usleep(MIN(left, (gint64)POLL_INTERVAL_MS * 1000));
+    if (!ack)
+        return fail(e);
+    g = JSON_NODE_HOLDS_OBJECT(ack) ? json_node_get_object(ack) : NULL;
+    peer = or_unknown(member_str(member_obj(g, "peer"), "host"));
+    say("%s: handed over to %s; waiting until %s has re-protected it onto this host",
+        guest, peer, peer);
+    rc = wait_for(guest, &goal_reprotected, deadline);
+    if (rc == EXIT_OK)
+        say("%s now runs on %s; this host is its secondary (protected)", guest, peer);
+    return rc;
+}
+
+static int cmd_failover(char **args)
+{
+    return hand_over(args[0], wait_deadline());
+}
+
+/* Whether this host's copy of the guest runs, in whatever role and protection. */
+static gboolean copy_runs(JsonObject *g)
+{
+    static const char *const not_running[] = { "stopped", "failed", STATUS_REFUSED };
+    const char *state = member_str(g, "state");
+
+    for (gsize i = 0; i < G_N_ELEMENTS(not_running); i++)
+        if (g_strcmp0(state, not_running[i]) == 0)
+            return FALSE;
+    return state != NULL;
+}
+
+/* The host that runs GUEST as its primary, as far as this host knows; NULL: unknown. */
+static const char *primary_host(JsonObject *g, const char *host, const char *peer)
+{
+    const char *role = member_str(g, "role");
+
+    if (!copy_runs(g))
+        return NULL;
+    if (g_strcmp0(role, "primary") == 0)
+        return host;
+    return g_strcmp0(role, "secondary") == 0 ? peer : NULL;
+}
+
+static int cmd_migrate(char **args)
+{
+    const char *guest = args[0], *target = args[1];
+    gint64 deadline = wait_deadline();
+    g_autoptr(GError) e = NULL;
+    g_autoptr(JsonNode) result = request("status", guest, &e);
+    const char *host, *peer, *runs_on;
+    JsonObject *g;
+    int rc;
+
+    if (!result)
+        return fail(e);
+    host = or_unknown(result_host(result));
+    g = find_guest(result_guests(result), guest);
+    peer = member_str(member_obj(g, "peer"), "host");
+    if (!g || !peer) {
+        msg("%s: %s on %s", guest, g ? "its pair of hosts is not known" : "no such guest",
+            host);
+        return EXIT_FAILED;
     }
+    if (strcmp(target, host) != 0 && strcmp(target, peer) != 0)
+        return usage_error(find_command("migrate"), "%s is not one of %s's hosts: %s, %s",
+                           target, guest, host, peer);
+    runs_on = primary_host(g, host, peer);
+    if (g_strcmp0(runs_on, target) == 0) {
+        say("%s already runs on %s", guest, target);
+        return EXIT_OK;
+    }
+    if (g_strcmp0(runs_on, host) != 0) {
+        msg("run ftctl migrate on the host that runs %s (%s)", guest, peer);
+        return EXIT_FAILED;
+    }
+    rc = wait_for(guest, &goal_protected_primary, deadline);
+    return rc == EXIT_OK ? hand_over(guest, deadline) : rc;
 }
 
 static gboolean print_event(JsonNode *event, gpointer opaque)
 {
-    g_autofree char *text = json_to_string(event, FALSE);
+    JsonObject *ev = JSON_NODE_HOLDS_OBJECT(event) ? json_node_get_object(event) : NULL;
+    JsonObject *p = member_obj(ev, "progress");
+    g_autofree char *text = NULL;
 
     (void)opaque;
-    printf("%s\n", text);
-    fflush(stdout);
+    /* A person watching: a disk copy's progress (about once a second) rewrites one line. */
+    if (p && stdout_is_tty()) {
+        show_progress(or_unknown(member_str(ev, "guest")), p);
+        return TRUE;
+    }
+    text = json_to_string(event, FALSE);
+    say("%s", text);
     return TRUE;
 }
 
@@ -463,47 +929,68 @@ static const GOptionEntry status_entries[] = {
 static const GOptionEntry protect_entries[] = {
     { "no-wait", 'n', 0, G_OPTION_ARG_NONE, &opt_no_wait,
       "Return once kvm-ftd accepted the request", NULL },
-    { "timeout-s", 0, 0, G_OPTION_ARG_INT, &opt_protect_timeout_s,
-      "Give up waiting for \"protected\" after N seconds (default 180)", "N" },
+    { "timeout-s", 0, 0, G_OPTION_ARG_INT, &opt_wait_s,
+      "Give up waiting for \"protected\" after N seconds (default "
+      G_STRINGIFY(DEFAULT_PROTECT_TIMEOUT_S) ")", "N" },
     { "started", 0, 0, G_OPTION_ARG_NONE, &opt_started,
       "GUEST was just started, paused, by libvirt (virsh start): adopt its QEMU "
       "(used by kvm-ft's libvirt hook)", NULL },
     { NULL, 0, 0, 0, NULL, NULL, NULL },
 };
 
-typedef struct {
-    const char *name;
-    const char *params;
-    const char *brief;          /* one line, for "ftctl --help" */
-    const char *summary;        /* for "ftctl COMMAND --help" */
-    const GOptionEntry *entries;
-    int min_args;
-    int max_args;
-    int (*run)(char **args);
-} Command;
+/* failover, migrate */
+static const GOptionEntry switch_entries[] = {
+    { "timeout-s", 0, 0, G_OPTION_ARG_INT, &opt_wait_s,
+      "Give up waiting after N seconds, counted from the start (default "
+      G_STRINGIFY(DEFAULT_SWITCH_TIMEOUT_S) ")", "N" },
+    { NULL, 0, 0, 0, NULL, NULL, NULL },
+};
 
 static const Command commands[] = {
     { "list", "list", "List guests: name, role, state",
       "List the fault-tolerant guests kvm-ftd knows, one per line:\n"
       "name, role on this host, state; for a guest kvm-ftd refused,\n"
       "\"refused: \" and why.",
-      NULL, 0, 0, cmd_list },
+      NULL, 0, 0, cmd_list, 0 },
     { "status", "status [GUEST]", "Show guests' replication status",
       "Show each guest's role on this host, state, peer host and link,\n"
       "COLO mode, checkpoints taken, last checkpoint pause and age, and\n"
       "last error; for a guest kvm-ftd refused, why.  --json prints\n"
       "kvm-ftd's status result unchanged.",
-      status_entries, 0, 1, cmd_status },
+      status_entries, 0, 1, cmd_status, 0 },
     { "protect", "protect GUEST", "Protect a guest and follow progress",
-      "Ask kvm-ftd to protect GUEST, then poll its status every 500 ms,\n"
-      "printing \"HOST: GUEST: STATE\" at each state change, until it is\n"
-      "protected (exit 0), reports an error (exit 1) or --timeout-s\n"
-      "passes (exit 1).",
-      protect_entries, 1, 1, cmd_protect },
+      "Ask kvm-ftd to protect GUEST, then follow its events, printing\n"
+      "\"HOST: GUEST: STATE\" at each state change (with the role and\n"
+      "the reason) and a disk copy's progress, until it is protected\n"
+      "(exit 0), reports an error (exit 1) or --timeout-s passes (exit 1).",
+      protect_entries, 1, 1, cmd_protect, DEFAULT_PROTECT_TIMEOUT_S },
+    { "failover", "failover GUEST", "Switch roles with the peer (planned failover)",
+      "Planned switch of roles, run on the host that runs GUEST protected\n"
+      "(its primary): this copy stops and the secondary on the peer takes\n"
+      "over from the last checkpoint, as in a failover, so nothing the guest\n"
+      "sent is lost; the peer then re-protects GUEST onto this host.\n"
+      "ftctl follows it, printing \"HOST: GUEST: STATE\" at each state change\n"
+      "and a disk copy's progress, until this host is GUEST's protected\n"
+      "secondary (exit 0).  Exit 1 if kvm-ftd refuses (this host is not\n"
+      "GUEST's protected primary: its message says where to run it), the\n"
+      "guest fails, or --timeout-s passes.",
+      switch_entries, 1, 1, cmd_failover, DEFAULT_SWITCH_TIMEOUT_S },
+    { "migrate", "migrate GUEST HOST", "Move GUEST to HOST: wait until protected, then failover",
+      "Run on the host that runs GUEST: make HOST, one of GUEST's two hosts,\n"
+      "run it.  If HOST runs it already, say so (exit 0).  Otherwise wait,\n"
+      "showing states and progress, until GUEST is protected (it may be\n"
+      "re-protecting the peer), then switch roles as \"ftctl failover\" does.\n"
+      "Exit 1 if this host does not run GUEST (the message names the host\n"
+      "that does), the guest fails or stops, or --timeout-s passes; exit 2\n"
+      "if HOST is not one of GUEST's hosts.",
+      switch_entries, 2, 2, cmd_migrate, DEFAULT_SWITCH_TIMEOUT_S },
     { "events", "events", "Follow kvm-ftd's events",
       "Print kvm-ftd's events as JSON lines, one per line, until\n"
-      "interrupted or the daemon goes away (exit 3).",
-      NULL, 0, 0, cmd_events },
+      "interrupted or the daemon goes away (exit 3).  On a terminal, a\n"
+      "disk copy's progress events (about one a second) are shown as one\n"
+      "line that rewrites itself: \"GUEST: resync (MODE) DONE of TOTAL,\n"
+      "RATE, ETA S\".",
+      NULL, 0, 0, cmd_events, 0 },
 };
 
 static gboolean opt_help;
@@ -542,9 +1029,10 @@ static GOptionContext *global_context(void)
                                               "Commands:\n");
 
     for (gsize i = 0; i < G_N_ELEMENTS(commands); i++)
-        g_string_append_printf(summary, "  %-16s %s\n", commands[i].params, commands[i].brief);
-    g_string_append(summary, "  help [COMMAND]   Show help for ftctl or a command\n\n"
-                    "Options may be given before or after the command; \"ftctl COMMAND\n"
+        g_string_append_printf(summary, "  %-20s %s\n", commands[i].params, commands[i].brief);
+    g_string_append_printf(summary, "  %-20s %s\n\n", "help [COMMAND]",
+                           "Show help for ftctl or a command");
+    g_string_append(summary, "Options may be given before or after the command; \"ftctl COMMAND\n"
                     "--help\" describes a command and its options.");
     g_option_context_set_summary(ctx, summary->str);
     g_option_context_set_description(ctx, EXIT_CODES_HELP
@@ -556,18 +1044,6 @@ static GOptionContext *global_context(void)
     g_option_context_add_main_entries(ctx, global_entries, NULL);
     g_option_context_add_main_entries(ctx, help_entries, NULL);
     return ctx;
-}
-
-static G_GNUC_PRINTF(2, 3) int usage_error(const Command *cmd, const char *fmt, ...)
-{
-    va_list ap;
-
-    fputs("ftctl: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fprintf(stderr, "\nTry 'ftctl %s%s--help'.\n", cmd ? cmd->name : "", cmd ? " " : "");
-    return EXIT_USAGE;
 }
 
 /* GLib's help text says "[OPTION…]": keep the output plain ASCII. */
@@ -615,6 +1091,7 @@ int main(int argc, char **argv)
 
     /* argv[1] (the command) stands in for the program name. */
     cctx = command_context(cmd);
+    opt_wait_s = cmd->wait_s;
     cargc = argc - 1;
     cargv = argv + 1;
     if (!g_option_context_parse(cctx, &cargc, &cargv, &e))
@@ -627,12 +1104,14 @@ int main(int argc, char **argv)
         return usage_error(cmd, "%s: too many arguments", cmd->name);
     if (opt_timeout_ms <= 0)
         return usage_error(cmd, "--timeout must be a positive number of milliseconds");
-    if (opt_protect_timeout_s <= 0)
+    if (cmd->wait_s && opt_wait_s <= 0)
         return usage_error(cmd, "--timeout-s must be a positive number of seconds");
 
     {
-        char *args[2] = { cargc > 1 ? cargv[1] : NULL, NULL };
+        g_autofree char **args = g_new0(char *, cmd->max_args + 1);
 
+        for (int i = 1; i < cargc; i++)
+            args[i - 1] = cargv[i];
         return cmd->run(args);
     }
 }

@@ -138,6 +138,59 @@ BAD(miss_count_too_small, DAEMON "[failover]\nmiss-count = 1\n", "miss-count", "
 BAD(rt_priority_too_high, DAEMON "[failover]\nrealtime-priority = 100\n", "realtime-priority", "99")
 BAD(failover_unknown_key, DAEMON "[failover]\nheartbeat = 20\n", "heartbeat", NULL)
 
+/* [resync] rate-mb-per-s = MB (MiB/s) loaded as bytes/s: 0 is no cap. */
+static guint64 load_resync_rate(const char *mb)
+{
+    g_autofree char *body = g_strdup_printf(DAEMON "[resync]\nrate-mb-per-s = %s\n", mb);
+    g_autofree char *path = write_conf(body);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtConfig) c = config_load(path, &err);
+
+    ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
+    return c->resync_rate_bytes;
+}
+
+START_TEST(valid_resync_rate)
+{
+    ck_assert_uint_eq(load_resync_rate("250"), 250ULL * 1024 * 1024);
+    ck_assert_uint_eq(load_resync_rate("10000"), 10000ULL * 1024 * 1024);
+}
+END_TEST
+
+START_TEST(valid_resync_rate_unlimited)
+{
+    ck_assert_uint_eq(load_resync_rate("0"), 0);
+}
+END_TEST
+
+START_TEST(resync_rate_exact)
+{
+    g_autofree char *path = write_conf(DAEMON "[resync]\nrate-mb-per-s = fast\n");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtConfig) c = config_load(path, &err);
+    g_autofree char *want = g_strdup_printf(
+        "%s: [resync] rate-mb-per-s: 'fast' must be a whole number of MiB/s "
+        "from 0 to 10000 (0: no limit)", path);
+
+    ck_assert_ptr_null(c);
+    ck_assert_str_eq(err->message, want);
+}
+END_TEST
+
+#define RATE_BAD(tname, value) \
+    BAD(tname, DAEMON "[resync]\nrate-mb-per-s = " value "\n", \
+        "[resync] rate-mb-per-s: '" value "'", "whole number of MiB/s from 0 to 10000")
+RATE_BAD(resync_rate_negative, "-1")
+RATE_BAD(resync_rate_unit, "100M")
+RATE_BAD(resync_rate_fraction, "1.5")
+RATE_BAD(resync_rate_too_big, "10001")
+RATE_BAD(resync_rate_huge, "99999999999999999999")
+RATE_BAD(resync_rate_empty, "")
+BAD(resync_unknown_key, DAEMON "[resync]\nrate = 100\n", "[resync] rate",
+    "the keys of [resync] are rate-mb-per-s")
+BAD(resync_key_in_failover, DAEMON "[failover]\nrate-mb-per-s = 100\n",
+    "[failover] rate-mb-per-s", "unknown key")
+
 START_TEST(valid_defaults)
 {
     g_autofree char *path = write_conf("# comment\n\n" DAEMON);
@@ -163,6 +216,7 @@ START_TEST(valid_defaults)
     ck_assert_uint_eq(c->heartbeat_ms, 20);
     ck_assert_uint_eq(c->miss_count, 5);
     ck_assert_uint_eq(c->rt_priority, 10);
+    ck_assert_uint_eq(c->resync_rate_bytes, 100 * 1024 * 1024);
     ck_assert_ptr_nonnull(c->key);
     k = g_bytes_get_data(c->key, &len);
     ck_assert_uint_eq(len, sizeof(key_bytes));
@@ -263,7 +317,8 @@ BAD(syntax_not_key_value, DAEMON "listen-port 7790\n", "line 5",
 BAD(syntax_group_unclosed, "[daemon\n", "line 1", "without ']'")
 BAD(syntax_key_before_group, "host-name = hostA\n" DAEMON, "line 1",
     "host-name: the key comes before any group")
-BAD(unknown_group, DAEMON "[deamon]\n", "[deamon]", "unknown group")
+BAD(unknown_group, DAEMON "[deamon]\n", "[deamon]",
+    "unknown group; the groups are [daemon], [timeouts], [failover] and [resync]")
 BAD(unknown_key, DAEMON "listen-prot = 7790\n", "[daemon] listen-prot",
     "unknown key (line 5)")
 BAD(unknown_key_underscore, DAEMON "listen_port = 7790\n", "[daemon] listen_port",
@@ -499,6 +554,17 @@ static Suite *config_suite(void)
     tcase_add_test(tc, miss_count_too_small);
     tcase_add_test(tc, failover_unknown_key);
     tcase_add_test(tc, rt_priority_too_high);
+    tcase_add_test(tc, valid_resync_rate);
+    tcase_add_test(tc, valid_resync_rate_unlimited);
+    tcase_add_test(tc, resync_rate_exact);
+    tcase_add_test(tc, resync_rate_negative);
+    tcase_add_test(tc, resync_rate_unit);
+    tcase_add_test(tc, resync_rate_fraction);
+    tcase_add_test(tc, resync_rate_too_big);
+    tcase_add_test(tc, resync_rate_huge);
+    tcase_add_test(tc, resync_rate_empty);
+    tcase_add_test(tc, resync_unknown_key);
+    tcase_add_test(tc, resync_key_in_failover);
     tcase_add_test(tc, valid_full_fixture);
     tcase_add_test(tc, valid_empty_log_file_is_stderr);
     tcase_add_test(tc, valid_wrapped_key);

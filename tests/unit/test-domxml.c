@@ -65,9 +65,10 @@ START_TEST(primary_moves_disks_to_quorum)
     ck_assert_int_eq(count(out, "/domain/devices/disk[target/@dev='vdb']"), 0);
     ck_assert_int_eq(count(out, "/domain/devices/disk[target/@dev='hdc']"), 1);
     ck_assert_int_eq(count(out, "//q:commandline/q:arg[@value='if=none,id=colo-disk0,"
-                                "driver=quorum,read-pattern=fifo,vote-threshold=1,"
+                                "node-name=kvmft-quorum0,driver=quorum,read-pattern=fifo,"
+                                "vote-threshold=1,"
                                 "children.0.file.filename=/var/lib/libvirt/images/web1.qcow2,"
-                                "children.0.driver=qcow2']"), 1);
+                                "children.0.driver=qcow2,children.0.node-name=kvmft-data0']"), 1);
     /* The guest keeps the PCI slot libvirt gave the disk. */
     ck_assert_int_eq(count(out, "//q:arg[@value='virtio-blk-pci,id=kvmft-vblk0,"
                                 "drive=colo-disk0,bus=pci.0,addr=0x04']"), 1);
@@ -88,9 +89,11 @@ START_TEST(secondary_gets_replication_chain)
 
     ck_assert_int_eq(count(out, "/domain/devices/disk[target/@dev='vda']"), 0);
     ck_assert_int_eq(count(out, "//q:arg[@value='if=none,id=parent0,"
-                                "file.filename=/var/lib/libvirt/images/web1.qcow2,driver=qcow2']"), 1);
+                                "file.filename=/var/lib/libvirt/images/web1.qcow2,driver=qcow2,"
+                                "node-name=kvmft-data0']"), 1);
     ck_assert_int_eq(count(out, "//q:arg[@value='if=none,id=parent1,"
-                                "file.filename=/var/lib/libvirt/images/web1-data.img,driver=raw']"), 1);
+                                "file.filename=/var/lib/libvirt/images/web1-data.img,driver=raw,"
+                                "node-name=kvmft-data1']"), 1);
     /* A comma in a path is doubled, or QEMU would split the option there. */
     ck_assert_int_eq(count(out, "//q:arg[contains(@value,'file.file.filename=/s/active,,1.qcow2')]"), 1);
     ck_assert_int_eq(count(out, "//q:arg[contains(@value,'driver=replication,mode=secondary') and "

@@ -8,6 +8,15 @@
  *                                    (first reply "1"). Deterministic: no time, no randomness.
  *   ftguest ndet PORT                TCP line service, deliberately non-deterministic: every line gets
  *                                    back "<line> <CLOCK_REALTIME ns> <cycle counter>".
+ *   ftguest writer PORT [DIR]        TCP disk writer on DIR (default /mnt), one connection at a time, one
+ *                                    reply line per request line: "write N" (N MiB, 1..48) writes N MiB of
+ *                                    fresh pseudo-random data (never the same twice) to a new file
+ *                                    DIR/blob-K (K above every blob-K there and every K given before),
+ *                                    deleting the oldest blobs first when the disk lacks room, fsyncs the
+ *                                    file and DIR, then replies "done N K". "free" replies "free BYTES"
+ *                                    (statvfs: f_bavail * f_frsize). A bad request or a failure: "err
+ *                                    MESSAGE" (a failed write leaves no blob). Replies carry no time and no
+ *                                    randomness: both COLO copies give the same ones.
  *   ftguest busy [N]                 nice 19 CPU loop; prints "W k" after every N iterations.
  *   ftguest dirty MB SLEEP_MS        rewrites one word in every page of an MB-sized buffer per pass,
  *                                    checking the value the previous pass left there; prints
@@ -30,9 +39,11 @@
  * interleave within a line.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -44,6 +55,8 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -94,8 +107,8 @@ static int parse_long(const char *s, long min, long max, long *out)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: ftguest counter LOG [PERIOD_MS] | seqd PORT | ndet PORT | busy [N] |"
-                    " dirty MB SLEEP_MS | soak MB\n");
+    fprintf(stderr, "usage: ftguest counter LOG [PERIOD_MS] | seqd PORT | ndet PORT | writer PORT [DIR] |"
+                    " busy [N] | dirty MB SLEEP_MS | soak MB\n");
     return 2;
 }
 
@@ -401,6 +414,337 @@ static int cmd_dirty(int argc, char **argv)
     }
 }
 
+/* ---- writer ------------------------------------------------------------------------------- */
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ULL;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+    return x ^ (x >> 31);
+}
+
+/*
+ * Disk writes on demand, for the resynchronisation tests: every "write N" puts N MiB that no copy
+ * of the disk has held before into a new file, so that a copy made afterwards has at least N MiB
+ * to move, and a test knows how much the guest wrote while it ran alone.
+ */
+#define MIB (1024 * 1024)
+#define WRITER_MAX_MB 48              /* the data disk is 64 MiB: about 51 MiB available to files */
+#define WRITER_MARGIN_BYTES (1 * MIB) /* left free beyond each write: extent blocks, the counter log */
+#define WRITER_IDLE_S 300             /* a silent connection must not hold the (serial) service forever */
+#define WRITER_NONE UINT64_MAX        /* no blob index */
+
+static uint64_t writer_calls;      /* part of every seed: two calls never write the same data */
+static uint64_t writer_next;       /* K of the next blob; never reused while the service runs */
+static uint64_t writer_buf[MIB / sizeof(uint64_t)];
+
+/* Formats a reply; a long one is cut, but always ends with its newline. */
+__attribute__((format(printf, 3, 4))) static void reply_fmt(char *buf, size_t size, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, size, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        snprintf(buf, size, "err internal\n");
+    else if ((size_t)n >= size)
+        buf[size - 2] = '\n';
+}
+
+/* K of a file named blob-K (K: decimal digits only); -1 for any other name. */
+static int blob_index(const char *name, uint64_t *k)
+{
+    if (strncmp(name, "blob-", 5) != 0 || name[5] < '0' || name[5] > '9')
+        return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(name + 5, &end, 10);
+    if (errno != 0 || *end != '\0' || v >= WRITER_NONE)
+        return -1;
+    *k = v;
+    return 0;
+}
+
+/* The smallest and largest K of the blobs in dir, ignoring `skip`; returns how many, -1 on error.
+ * The directory, not memory, is the truth: the guest may have rebooted, the service restarted. */
+static long blob_scan(const char *dir, uint64_t skip, uint64_t *oldest, uint64_t *newest)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    long n = 0;
+    int err = 0;
+    for (;;) {
+        errno = 0;
+        struct dirent *e = readdir(d);
+        if (!e) {
+            err = errno;
+            break;
+        }
+        uint64_t k;
+        if (blob_index(e->d_name, &k) < 0 || k == skip)
+            continue;
+        if (n == 0 || k < *oldest)
+            *oldest = k;
+        if (n == 0 || k > *newest)
+            *newest = k;
+        n++;
+    }
+    closedir(d);
+    if (err) {
+        errno = err;
+        return -1;
+    }
+    return n;
+}
+
+/* Deletes the oldest blob but `keep`: 0 deleted, 1 none left to delete, -1 error (errno). */
+static int blob_delete_oldest(const char *dir, uint64_t keep)
+{
+    uint64_t oldest = 0, newest = 0;
+    long n = blob_scan(dir, keep, &oldest, &newest);
+    if (n <= 0)
+        return n < 0 ? -1 : 1;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/blob-%" PRIu64, dir, oldest);
+    return unlink(path) < 0 && errno != ENOENT ? -1 : 0;
+}
+
+static int sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int r = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return r;
+}
+
+/* What a file may still use (statvfs f_bavail: blocks reserved for root stay a safety margin). */
+static int free_bytes(const char *dir, uint64_t *out)
+{
+    struct statvfs s;
+    if (statvfs(dir, &s) < 0)
+        return -1;
+    *out = (uint64_t)s.f_bavail * s.f_frsize;
+    return 0;
+}
+
+static void fill_random(uint64_t *p, size_t words, uint64_t *state)
+{
+    uint64_t x = *state;
+    for (size_t i = 0; i < words; i++) {
+        x ^= x << 13; /* xorshift64: x never becomes 0 */
+        x ^= x >> 7;
+        x ^= x << 17;
+        p[i] = x;
+    }
+    *state = x;
+}
+
+/* "write MB": a new blob-K of MB MiB, on disk (file and directory entry) before the reply. */
+static void writer_write(const char *dir, long mb, char *reply, size_t size)
+{
+    const uint64_t need = (uint64_t)mb * MIB + WRITER_MARGIN_BYTES;
+    uint64_t avail, oldest = 0, newest = 0;
+    int deleted = 0;
+    for (;;) {
+        if (free_bytes(dir, &avail) < 0) {
+            reply_fmt(reply, size, "err statvfs %s: %s\n", dir, strerror(errno));
+            return;
+        }
+        if (avail >= need)
+            break;
+        int r = blob_delete_oldest(dir, WRITER_NONE);
+        if (r != 0) {
+            if (r < 0)
+                reply_fmt(reply, size, "err deleting an old blob: %s\n", strerror(errno));
+            else
+                reply_fmt(reply, size, "err no space: %" PRIu64 " bytes free, %" PRIu64 " needed\n",
+                          avail, need);
+            return;
+        }
+        deleted = 1;
+    }
+    /* ext4 hands out freed blocks again only once the deleting transaction is committed. */
+    if (deleted && sync_dir(dir) < 0) {
+        reply_fmt(reply, size, "err fsync %s: %s\n", dir, strerror(errno));
+        return;
+    }
+    long n = blob_scan(dir, WRITER_NONE, &oldest, &newest);
+    if (n < 0) {
+        reply_fmt(reply, size, "err reading %s: %s\n", dir, strerror(errno));
+        return;
+    }
+    uint64_t k = writer_next > 0 ? writer_next : 1;
+    if (n > 0 && newest >= k)
+        k = newest + 1;
+    writer_next = k + 1;
+
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/blob-%" PRIu64, dir, k);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        reply_fmt(reply, size, "err create %s: %s\n", path, strerror(errno));
+        return;
+    }
+    /* Data no earlier call wrote (a counter, as two calls may read the same coarse clock). */
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    uint64_t now_ns = (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+    uint64_t x = splitmix64(++writer_calls ^ splitmix64(now_ns ^ cycle_counter())) | 1;
+    const char *what = "write";
+    for (long m = 0; m < mb; m++) {
+        fill_random(writer_buf, sizeof writer_buf / sizeof writer_buf[0], &x);
+        const char *b = (const char *)writer_buf;
+        size_t off = 0;
+        while (off < sizeof writer_buf) {
+            ssize_t w = write(fd, b + off, sizeof writer_buf - off);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                /* The margin fell short (metadata): make room from older blobs and go on. */
+                if (errno == ENOSPC && blob_delete_oldest(dir, k) == 0)
+                    continue;
+                goto fail;
+            }
+            off += (size_t)w;
+        }
+    }
+    what = "fsync";
+    if (fsync(fd) < 0)
+        goto fail;
+    close(fd);
+    fd = -1;
+    if (sync_dir(dir) < 0)
+        goto fail;
+    reply_fmt(reply, size, "done %ld %" PRIu64 "\n", mb, k);
+    return;
+
+fail:;
+    int e = errno;
+    if (fd >= 0)
+        close(fd);
+    /* No half-written blob left behind: the next write's room and the file list stay right. */
+    unlink(path);
+    (void)sync_dir(dir);
+    reply_fmt(reply, size, "err %s %s: %s\n", what, path, strerror(e));
+}
+
+/* One request line (without its newline). */
+static void writer_request(char *line, size_t len, const char *dir, char *reply, size_t size)
+{
+    if (memchr(line, '\0', len)) {
+        reply_fmt(reply, size, "err NUL byte in request\n");
+        return;
+    }
+    if (len > 0 && line[len - 1] == '\r')
+        line[--len] = '\0';
+    char *save = NULL;
+    char *cmd = strtok_r(line, " \t", &save);
+    char *arg = cmd ? strtok_r(NULL, " \t", &save) : NULL;
+    char *extra = arg ? strtok_r(NULL, " \t", &save) : NULL;
+    long mb;
+    uint64_t avail;
+    if (!cmd) {
+        reply_fmt(reply, size, "err empty request (write N | free)\n");
+    } else if (!strcmp(cmd, "free") && !arg) {
+        if (free_bytes(dir, &avail) < 0)
+            reply_fmt(reply, size, "err statvfs %s: %s\n", dir, strerror(errno));
+        else
+            reply_fmt(reply, size, "free %" PRIu64 "\n", avail);
+    } else if (!strcmp(cmd, "write")) {
+        if (!arg || extra || parse_long(arg, 1, WRITER_MAX_MB, &mb) < 0)
+            reply_fmt(reply, size, "err write N: N is MiB, 1..%d\n", WRITER_MAX_MB);
+        else
+            writer_write(dir, mb, reply, size);
+    } else {
+        reply_fmt(reply, size, "err unknown request (write N | free)\n");
+    }
+}
+
+/* One connection, request by request, until it closes, fails or idles out. */
+static void writer_session(int fd, const char *dir)
+{
+    char in[LINE_MAX_BYTES];
+    size_t len = 0;
+    int overlong = 0; /* dropping the rest of a line longer than `in` */
+    for (;;) {
+        ssize_t r = recv(fd, in + len, sizeof in - len, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return; /* closed, reset, or silent for WRITER_IDLE_S */
+        len += (size_t)r;
+        size_t pos = 0;
+        char *nl;
+        while ((nl = memchr(in + pos, '\n', len - pos)) != NULL) {
+            char reply[512];
+            *nl = '\0';
+            if (overlong) {
+                overlong = 0;
+                reply_fmt(reply, sizeof reply, "err request line longer than %d bytes\n",
+                          LINE_MAX_BYTES - 1);
+            } else {
+                writer_request(in + pos, (size_t)(nl - (in + pos)), dir, reply, sizeof reply);
+            }
+            pos = (size_t)(nl - in) + 1;
+            if (write_all(fd, reply, strlen(reply)) < 0)
+                return;
+        }
+        memmove(in, in + pos, len - pos);
+        len -= pos;
+        if (len == sizeof in) {
+            overlong = 1;
+            len = 0;
+        }
+    }
+}
+
+static int cmd_writer(int argc, char **argv)
+{
+    long port;
+    const char *dir = argc == 4 ? argv[3] : "/mnt";
+    if (argc < 3 || argc > 4 || parse_long(argv[2], 1, 65535, &port) < 0 ||
+        strlen(dir) > PATH_MAX - 32)
+        return usage();
+    signal(SIGPIPE, SIG_IGN);
+    int ls = listen_on(port);
+    if (ls < 0) {
+        say("writer: cannot listen on %ld: %s\n", port, strerror(errno));
+        return 1;
+    }
+    /* One connection at a time: writes to one small disk are serial anyway, and the blob indexes
+     * and the room made for a write must not race with another connection's write. */
+    for (;;) {
+        struct pollfd p = { .fd = ls, .events = POLLIN, .revents = 0 };
+        if (poll(&p, 1, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            say("writer: poll: %s\n", strerror(errno));
+            return 1;
+        }
+        int fd = accept4(ls, NULL, NULL, SOCK_CLOEXEC); /* blocking, unlike the listening socket */
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED) {
+                struct timespec t = { .tv_sec = 0, .tv_nsec = 100 * 1000000L }; /* EMFILE, ENOMEM: no spin */
+                nanosleep(&t, NULL);
+            }
+            continue;
+        }
+        int one = 1;
+        struct timeval idle = { .tv_sec = WRITER_IDLE_S, .tv_usec = 0 };
+        (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &idle, sizeof idle);
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &idle, sizeof idle);
+        writer_session(fd, dir);
+        close(fd);
+    }
+}
+
 /* ---- soak --------------------------------------------------------------------------------- */
 
 #if defined(__x86_64__)
@@ -421,14 +765,6 @@ struct soak_code {
 };
 
 static volatile uint64_t soak_pass; /* for the fatal-signal line (one aligned 64-bit store) */
-
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9E3779B97F4A7C15ULL;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-    return x ^ (x >> 31);
-}
 
 /* 64-bit FNV-1a over words: each step is a bijection of h, so any single changed word changes it. */
 static uint64_t soak_hash_step(uint64_t h, uint64_t w)
@@ -676,6 +1012,8 @@ int main(int argc, char **argv)
         return cmd_serve(argc, argv, MODE_SEQ);
     if (!strcmp(argv[1], "ndet"))
         return cmd_serve(argc, argv, MODE_NDET);
+    if (!strcmp(argv[1], "writer"))
+        return cmd_writer(argc, argv);
     if (!strcmp(argv[1], "busy"))
         return cmd_busy(argc, argv);
     if (!strcmp(argv[1], "dirty"))

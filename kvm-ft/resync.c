@@ -1,0 +1,437 @@
+/* resync.c - bringing a returning peer's disks up to date while the guest runs */
+#include "resync.h"
+
+#include <errno.h>
+#include <string.h>
+#include <glib/gstdio.h>
+
+#include "domxml.h"
+#include "ft.h"
+#include "log.h"
+
+#define TRACKING_BITMAP "kvmft-dirty"
+#define GENERATION_DIVERGED "diverged"
+/* How long a cancelled job gets to wind down before its nodes are removed. */
+#define JOB_END_TIMEOUT_MS 10000
+#define JOB_END_POLL_MS 50
+
+static char *mirror_job(guint i)
+{
+    return g_strdup_printf("kvmft-mirror%u", i);
+}
+
+static char *copy_job(guint i)
+{
+    return g_strdup_printf("kvmft-copy%u", i);
+}
+
+/* Each job writes through a connection of its own to the peer's export. */
+static char *target_node(const char *job)
+{
+    return g_strdup_printf("%s-to", job);
+}
+
+static gboolean call_ok(JsonNode *ret)
+{
+    if (ret)
+        json_node_unref(ret);
+    return ret != NULL;
+}
+
+static gboolean is_qcow2(const EngineLink *link, guint i)
+{
+    const FtDisk *disk = g_ptr_array_index(link->def->disks, i);
+
+    return g_strcmp0(disk->format, "qcow2") == 0;
+}
+
+gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
+                             GError **err)
+{
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *node = domxml_data_node(i);
+        g_autoptr(GError) e = NULL;
+        /* In the image where the format can hold it: a QEMU restart keeps it. */
+        JsonNode *ret = qmp_callf(q, link->timeout_ms, &e,
+                                  is_qcow2(link, i)
+                                      ? "{'execute': 'block-dirty-bitmap-add', 'arguments': "
+                                        "{'node': %s, 'name': %s, 'persistent': true}}"
+                                      : "{'execute': 'block-dirty-bitmap-add', 'arguments': "
+                                        "{'node': %s, 'name': %s}}",
+                                  node, TRACKING_BITMAP);
+
+        if (call_ok(ret))
+            continue;
+        if (!(e->code == QMP_ERROR_COMMAND && strstr(e->message, "already exists"))) {
+            g_propagate_prefixed_error(err, g_steal_pointer(&e), "tracking writes to %s: ",
+                                       node);
+            return FALSE;
+        }
+        if (new_epoch &&
+            !call_ok(qmp_callf(q, link->timeout_ms, err,
+                               "{'execute': 'block-dirty-bitmap-clear', 'arguments': "
+                               "{'node': %s, 'name': %s}}", node, TRACKING_BITMAP)))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static JsonObject *find_node(JsonArray *nodes, const char *name)
+{
+    for (guint i = 0; i < json_array_get_length(nodes); i++) {
+        JsonObject *n = json_array_get_object_element(nodes, i);
+
+        if (n && g_strcmp0(json_object_get_string_member_with_default(n, "node-name", ""),
+                           name) == 0)
+            return n;
+    }
+    return NULL;
+}
+
+static JsonArray *named_nodes(Qmp *q, const EngineLink *link, JsonNode **holder,
+                              GError **err)
+{
+    *holder = qmp_callf(q, link->timeout_ms, err,
+                        "{'execute': 'query-named-block-nodes', 'arguments': {'flat': true}}");
+    if (!*holder)
+        return NULL;
+    if (!JSON_NODE_HOLDS_ARRAY(*holder)) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                    "query-named-block-nodes: unexpected reply");
+        return NULL;
+    }
+    return json_node_get_array(*holder);
+}
+
+static gboolean has_bitmap(JsonObject *node, const char *name)
+{
+    JsonArray *maps = json_object_has_member(node, "dirty-bitmaps")
+                          ? json_object_get_array_member(node, "dirty-bitmaps")
+                          : NULL;
+
+    for (guint i = 0; maps && i < json_array_get_length(maps); i++) {
+        JsonObject *m = json_array_get_object_element(maps, i);
+
+        if (m && g_strcmp0(json_object_get_string_member_with_default(m, "name", ""),
+                           name) == 0)
+            return TRUE;
+    }
+    return FALSE;
+}
+
+gboolean resync_is_tracking(Qmp *q, const EngineLink *link, gboolean *tracking,
+                            GError **err)
+{
+    g_autoptr(JsonNode) holder = NULL;
+    JsonArray *nodes = named_nodes(q, link, &holder, err);
+
+    if (!nodes)
+        return FALSE;
+    *tracking = TRUE;
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *name = domxml_data_node(i);
+        JsonObject *node = find_node(nodes, name);
+
+        if (!node || !has_bitmap(node, TRACKING_BITMAP))
+            *tracking = FALSE;
+    }
+    return TRUE;
+}
+
+GArray *resync_disk_sizes(Qmp *q, const EngineLink *link, GError **err)
+{
+    g_autoptr(JsonNode) holder = NULL;
+    JsonArray *nodes = named_nodes(q, link, &holder, err);
+    g_autoptr(GArray) sizes = g_array_new(FALSE, FALSE, sizeof(gint64));
+
+    if (!nodes)
+        return NULL;
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *name = domxml_data_node(i);
+        JsonObject *node = find_node(nodes, name);
+        JsonObject *image = node && json_object_has_member(node, "image")
+                                ? json_object_get_object_member(node, "image")
+                                : NULL;
+        gint64 size = image ? json_object_get_int_member_with_default(image, "virtual-size", 0)
+                            : 0;
+
+        if (size <= 0) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
+                        "QEMU does not report the size of disk node %s", name);
+            return NULL;
+        }
+        g_array_append_val(sizes, size);
+    }
+    return g_steal_pointer(&sizes);
+}
+
+static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *job,
+                           GError **err)
+{
+    g_autofree char *node = target_node(job);
+    g_autofree char *export = domxml_parent_node(i);
+    g_autofree char *port = g_strdup_printf("%u", link->def->port_base + FT_PORT_NBD);
+
+    return call_ok(qmp_callf(q, link->timeout_ms, err,
+                             "{'execute': 'blockdev-add', 'arguments': {'driver': 'nbd', "
+                             "'node-name': %s, 'export': %s, 'server': {'type': 'inet', "
+                             "'host': %s, 'port': %s}}}",
+                             node, export, link->secondary_addr, port));
+}
+
+static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean incremental,
+                           guint64 rate_bytes, GError **err)
+{
+    g_autofree char *mirror = mirror_job(i);
+    g_autofree char *copy = copy_job(i);
+    g_autofree char *mirror_to = target_node(mirror);
+    g_autofree char *copy_to = target_node(copy);
+    g_autofree char *device = domxml_disk_node(i);
+    g_autofree char *data = domxml_data_node(i);
+
+    if (!add_target(q, link, i, mirror, err) || !add_target(q, link, i, copy, err))
+        return FALSE;
+    /* First the mirror: from here on the peer gets every new write. */
+    if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+                           "{'execute': 'blockdev-mirror', 'arguments': {'job-id': %s, "
+                           "'device': %s, 'target': %s, 'sync': 'none', "
+                           "'copy-mode': 'write-blocking', 'auto-dismiss': false}}",
+                           mirror, device, mirror_to)))
+        return FALSE;
+    if (incremental)
+        return call_ok(qmp_callf(q, link->timeout_ms, err,
+                                 "{'execute': 'blockdev-backup', 'arguments': {'job-id': %s, "
+                                 "'device': %s, 'target': %s, 'sync': 'bitmap', "
+                                 "'bitmap': %s, 'bitmap-mode': 'never', "
+                                 "'speed': %" G_GUINT64_FORMAT ", 'auto-dismiss': false}}",
+                                 copy, data, copy_to, TRACKING_BITMAP, rate_bytes));
+    return call_ok(qmp_callf(q, link->timeout_ms, err,
+                             "{'execute': 'blockdev-backup', 'arguments': {'job-id': %s, "
+                             "'device': %s, 'target': %s, 'sync': 'full', "
+                             "'speed': %" G_GUINT64_FORMAT ", 'auto-dismiss': false}}",
+                             copy, data, copy_to, rate_bytes));
+}
+
+gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
+                      guint64 rate_bytes, GError **err)
+{
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        if (!start_disk(q, link, i, incremental, rate_bytes, err)) {
+            g_prefix_error(err, "disk %u: ", i);
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+static JsonArray *block_jobs(Qmp *q, const EngineLink *link, JsonNode **holder,
+                             GError **err)
+{
+    *holder = qmp_callf(q, link->timeout_ms, err, "{'execute': 'query-block-jobs'}");
+    if (!*holder)
+        return NULL;
+    if (!JSON_NODE_HOLDS_ARRAY(*holder)) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL, "query-block-jobs: unexpected reply");
+        return NULL;
+    }
+    return json_node_get_array(*holder);
+}
+
+static JsonObject *find_job(JsonArray *jobs, const char *id)
+{
+    for (guint i = 0; i < json_array_get_length(jobs); i++) {
+        JsonObject *j = json_array_get_object_element(jobs, i);
+
+        if (j && g_strcmp0(json_object_get_string_member_with_default(j, "device", ""),
+                           id) == 0)
+            return j;
+    }
+    return NULL;
+}
+
+static const char *job_status(JsonObject *job)
+{
+    return json_object_get_string_member_with_default(job, "status", "");
+}
+
+/* A job that ended with an error, or vanished: the copy cannot be trusted. */
+static gboolean job_failed(JsonObject *job, const char *id, GError **err)
+{
+    if (!job) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "block job %s is gone", id);
+        return TRUE;
+    }
+    if (json_object_has_member(job, "error")) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "block job %s failed: %s", id,
+                    json_object_get_string_member_with_default(job, "error", "?"));
+        return TRUE;
+    }
+    return FALSE;
+}
+
+gboolean resync_poll(Qmp *q, const EngineLink *link, ResyncProgress *progress,
+                     GError **err)
+{
+    g_autoptr(JsonNode) holder = NULL;
+    JsonArray *jobs = block_jobs(q, link, &holder, err);
+
+    if (!jobs)
+        return FALSE;
+    progress->done = progress->total = 0;
+    progress->finished = TRUE;
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+        JsonObject *m = find_job(jobs, mirror);
+        JsonObject *c = find_job(jobs, copy);
+
+        if (job_failed(m, mirror, err) || job_failed(c, copy, err))
+            return FALSE;
+        /* The mirror never ends by itself: if it did, new writes are not carried. */
+        if (strcmp(job_status(m), "concluded") == 0) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "block job %s ended", mirror);
+            return FALSE;
+        }
+        progress->done += json_object_get_int_member_with_default(c, "offset", 0);
+        progress->total += json_object_get_int_member_with_default(c, "len", 0);
+        if (strcmp(job_status(c), "concluded") != 0)
+            progress->finished = FALSE;
+    }
+    return TRUE;
+}
+
+/* Waits until the job has concluded, then dismisses it. */
+static gboolean end_job(Qmp *q, const EngineLink *link, const char *id, GError **err)
+{
+    gint64 deadline = g_get_monotonic_time() + JOB_END_TIMEOUT_MS * 1000;
+
+    for (;;) {
+        g_autoptr(JsonNode) holder = NULL;
+        JsonArray *jobs = block_jobs(q, link, &holder, err);
+        JsonObject *job;
+
+        if (!jobs)
+            return FALSE;
+        job = find_job(jobs, id);
+        if (!job)
+            return TRUE;
+        if (strcmp(job_status(job), "concluded") == 0)
+            return call_ok(qmp_callf(q, link->timeout_ms, err,
+                                     "{'execute': 'job-dismiss', 'arguments': {'id': %s}}", id));
+        if (g_get_monotonic_time() > deadline) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_TIMEOUT,
+                        "block job %s did not end within %d ms (status %s)", id,
+                        JOB_END_TIMEOUT_MS, job_status(job));
+            return FALSE;
+        }
+        g_usleep(JOB_END_POLL_MS * 1000);
+    }
+}
+
+static gboolean del_node(Qmp *q, const EngineLink *link, const char *job, GError **err)
+{
+    g_autofree char *node = target_node(job);
+
+    return call_ok(qmp_callf(q, link->timeout_ms, err,
+                             "{'execute': 'blockdev-del', 'arguments': {'node-name': %s}}",
+                             node));
+}
+
+gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err)
+{
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+
+        /* Cancelling a mirror that is in sync completes it, without a pivot. */
+        if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+                               "{'execute': 'block-job-cancel', 'arguments': {'device': %s}}",
+                               mirror)) ||
+            !end_job(q, link, mirror, err) || !end_job(q, link, copy, err) ||
+            !del_node(q, link, mirror, err) || !del_node(q, link, copy, err))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+static void abort_job(Qmp *q, const EngineLink *link, const char *job)
+{
+    g_autofree char *node = target_node(job);
+    g_autoptr(GError) e = NULL;
+
+    /* Out of band: the main loop may be stuck on the dead connection itself. */
+    if (!call_ok(qmp_callf(q, link->timeout_ms, &e,
+                           "{'exec-oob': 'yank', 'arguments': {'instances': "
+                           "[{'type': 'block-node', 'node-name': %s}]}}", node)))
+        g_clear_error(&e);
+    if (!call_ok(qmp_callf(q, link->timeout_ms, &e,
+                           "{'execute': 'block-job-cancel', 'arguments': "
+                           "{'device': %s, 'force': true}}", job)))
+        g_clear_error(&e);
+    if (!end_job(q, link, job, &e)) {
+        log_warn(link->def->name, "primary", "giving up the disk copy: %s", e->message);
+        g_clear_error(&e);
+    }
+    if (!del_node(q, link, job, &e) && !strstr(e->message, "not found") &&
+        !strstr(e->message, "Cannot find"))
+        log_warn(link->def->name, "primary", "giving up the disk copy: %s", e->message);
+}
+
+void resync_abort(Qmp *q, const EngineLink *link)
+{
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+
+        abort_job(q, link, copy);
+        abort_job(q, link, mirror);
+    }
+}
+
+static char *generation_path(const FtConfig *cfg, const char *name)
+{
+    g_autofree char *file = g_strdup_printf("%s.generation", name);
+
+    return g_build_filename(cfg->state_dir, file, NULL);
+}
+
+/* The file holds the id, and "diverged" once this copy ran without the other. */
+char *resync_generation_read(const FtConfig *cfg, const char *name, gboolean *diverged)
+{
+    g_autofree char *path = generation_path(cfg, name);
+    g_autofree char *text = NULL;
+    g_auto(GStrv) words = NULL;
+
+    *diverged = FALSE;
+    if (!g_file_get_contents(path, &text, NULL, NULL))
+        return NULL;
+    words = g_strsplit_set(g_strstrip(text), " \n", -1);
+    if (!words[0] || !g_uuid_string_is_valid(words[0]))
+        return NULL;
+    *diverged = words[1] && strcmp(words[1], GENERATION_DIVERGED) == 0;
+    return g_strdup(words[0]);
+}
+
+gboolean resync_generation_write(const FtConfig *cfg, const char *name,
+                                 const char *generation, gboolean diverged, GError **err)
+{
+    g_autofree char *path = generation_path(cfg, name);
+    g_autofree char *text = g_strdup_printf("%s%s\n", generation,
+                                            diverged ? " " GENERATION_DIVERGED : "");
+
+    if (g_mkdir_with_parents(cfg->state_dir, 0700) < 0) {
+        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot create %s: %s", cfg->state_dir, g_strerror(errno));
+        return FALSE;
+    }
+    /* Atomically: a half-written id would be taken for a stranger's disk. */
+    return g_file_set_contents(path, text, -1, err);
+}
+
+void resync_generation_forget(const FtConfig *cfg, const char *name)
+{
+    g_autofree char *path = generation_path(cfg, name);
+
+    if (g_unlink(path) < 0 && errno != ENOENT)
+        log_warn(name, NULL, "cannot remove %s: %s", path, g_strerror(errno));
+}

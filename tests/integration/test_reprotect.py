@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Replace the hardware: a host comes back, the guest is protected again without stopping.
+
+  test_reprotect.py [SCENARIO...]     default: all of them
+
+Scenarios (each in a fresh lab, one client connection talking to the guest
+from start to end):
+  returning-host   power pulled on the primary; the survivor runs alone and the
+                   guest writes W MiB; the old host comes back with its disk:
+                   the survivor copies only what changed (bytes moved close to
+                   W, far below the disk size) and the pair is protected again
+                   with the roles swapped.  Then the same with the other host,
+                   and finally the power is pulled on the current primary: the
+                   copy made by the resync takes over, nothing lost.
+  blank-host       the same, but the returning host's disk is gone (a
+                   replacement): a full copy, then protected, then a power
+                   pull on the primary proves the copy.
+  role-switch      `ftctl failover` while protected: the roles switch, the
+                   new primary re-protects onto the old one (incremental),
+                   then a power pull on the new primary proves the copy.
+  secondary-dies-mid-resync
+                   the returning host loses power again while the survivor
+                   copies to it (copy rate capped to make the window wide):
+                   the guest carries on alone; when the host returns once
+                   more the pair re-protects by itself.
+
+Every scenario asserts: the client's sequence is gapless and never rewound
+on one TCP connection; exactly one copy runs outside COLO's secondary role
+after every fault; the final survivor's disk is e2fsck-clean with a gapless
+on-disk log; its guest kernel log is clean.
+"""
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from labtest import (GUEST, TOOLS, Lab, SeqClient, check_disk, guest_dir,  # noqa: E402
+                     kernel_trouble, last_line, log, qemu_binary, wait_for, wait_state)
+
+OTHER = {"hostA": "hostB", "hostB": "hostA"}
+MIB = 1 << 20
+WRITE_MIB = 8
+# Bytes a copy may move beyond the guest's own writes: the filesystem's
+# journal and metadata, and what the guest wrote while protected.
+SLACK_BYTES = 12 * MIB
+CAPPED_MIB_PER_S = 4
+
+
+def image(lab, host):
+    return lab.path(host, "/var/lib/libvirt/images/%s.qcow2" % GUEST)
+
+
+def guest_write(lab, mib):
+    """Writes mib MiB of fresh data to the guest's disk, from inside the guest."""
+    res = lab.client("python3", os.path.join(TOOLS, "guestwrite"), "--mb", str(mib),
+                     timeout=300)
+    out = json.loads(last_line(res.stdout))
+    log("guest wrote %s" % out)
+    return out["bytes_written"]
+
+
+def running_copies(lab):
+    """Hosts whose libvirt runs the guest outside COLO's secondary role."""
+    live = []
+    for host in ("hostA", "hostB"):
+        res = lab.virsh(host, "domstate", GUEST, check=False)
+        if res.returncode == 0 and res.stdout.strip() in ("running", "paused"):
+            st = lab.status(host)
+            if not st or st["state"] != "protected" or st["role"] != "secondary":
+                live.append(host)
+    return live
+
+
+def power_pull(lab, host):
+    lab.lab("power-off", host[-1])
+    survivor = OTHER[host]
+    st = wait_state(lab, survivor, "degraded", timeout=60)
+    assert running_copies(lab) == [survivor], running_copies(lab)
+    log("power pulled on %s; %s runs alone: %s" % (host, survivor, st["last_failover"]))
+    return survivor
+
+
+def wait_protected(lab, primary, timeout=300):
+    """Both hosts protected, primary where expected; returns the primary's status."""
+    st = wait_state(lab, primary, "protected", timeout=timeout)
+    assert st["role"] == "primary", st
+    sec = wait_state(lab, OTHER[primary], "protected", timeout=60)
+    assert sec["role"] == "secondary", sec
+    return st
+
+
+def check_resync(st, mode, written):
+    last = st["last_resync"]
+    log("last resync on the primary: %s" % last)
+    assert last and last["mode"] == mode, "expected a %s copy: %s" % (mode, last)
+    if mode == "incremental":
+        if written is not None:
+            assert written * 0.9 <= last["bytes_moved"] <= written + SLACK_BYTES, \
+                "moved %d bytes for %d written since the split" % (last["bytes_moved"], written)
+        assert last["bytes_moved"] < last["disk_bytes"] / 2, last
+    else:
+        assert last["bytes_moved"] == last["disk_bytes"], last
+
+
+def return_host(lab, host, blank=False):
+    if blank:
+        os.unlink(image(lab, host))
+        log("%s's disk removed: it comes back as a blank replacement" % host)
+    lab.lab("power-on", host[-1])
+
+
+def set_rate_cap(lab, host, mib_per_s):
+    """Caps the disk copy on host's kvm-ftd (restarted to read it; its guest runs on)."""
+    conf = lab.path(host, "/etc/kvm-ft/kvm-ftd.conf")
+    with open(conf, "a") as f:
+        f.write("\n[resync]\nrate-mb-per-s = %d\n" % mib_per_s)
+    lab.lab("daemon-kill", host[-1])
+    lab.lab("daemon-start", host[-1])
+
+
+def finish(lab, client, survivor):
+    summary = client.stop()
+    log("client: %s" % summary)
+    assert summary["connection_broken"] is None, "connection broke: %s" % summary
+    assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
+    time.sleep(2)  # the takeover's commit of the replication overlays
+    ok, disk = check_disk(image(lab, survivor))
+    log("survivor %s's disk: %s" % (survivor, disk))
+    assert ok, "survivor's disk not clean and gapless: %s" % disk
+    trouble = kernel_trouble(lab.serial(survivor))
+    assert trouble is None, "guest kernel on %s: %s" % (survivor, trouble)
+
+
+def scenario_returning_host(lab, blank=False):
+    primary = "hostA"
+    for cycle in range(1 if blank else 2):
+        survivor = power_pull(lab, primary)
+        written = guest_write(lab, WRITE_MIB)
+        return_host(lab, primary, blank=blank)
+        st = wait_protected(lab, survivor)
+        check_resync(st, "full" if blank else "incremental", written)
+        log("cycle %d: protected again, %s primary" % (cycle + 1, survivor))
+        primary = survivor
+        time.sleep(3)
+    return power_pull(lab, primary)
+
+
+def scenario_role_switch(lab):
+    # Written while protected: must be on the old primary after the switch too.
+    guest_write(lab, WRITE_MIB)
+    res = lab.ftctl("hostA", "failover", GUEST, "--timeout-s", "240", check=False)
+    log("ftctl failover: rc=%d\n%s%s" % (res.returncode, res.stdout, res.stderr))
+    assert res.returncode == 0, res.stderr
+    st = wait_protected(lab, "hostB")
+    # The old primary lacks at most what was written since the pair was last in sync.
+    check_resync(st, "incremental", None)
+    time.sleep(3)
+    return power_pull(lab, "hostB")
+
+
+def scenario_mid_resync(lab):
+    survivor = power_pull(lab, "hostA")
+    set_rate_cap(lab, survivor, CAPPED_MIB_PER_S)
+    wait_state(lab, survivor, "degraded", timeout=30)
+    return_host(lab, "hostA", blank=True)
+    st = wait_state(lab, survivor, "resyncing", timeout=120)
+    log("copy under way: %s" % st["resync"])
+    lab.lab("power-off", "A")
+    st = wait_state(lab, survivor, "degraded", timeout=60)
+    assert "re-protection failed" in (st["error"] or ""), st
+    assert running_copies(lab) == [survivor], running_copies(lab)
+    log("the copy was given up: %s" % st["error"])
+    return_host(lab, "hostA")
+    st = wait_protected(lab, survivor, timeout=300)
+    check_resync(st, "full", 0)
+    time.sleep(3)
+    return power_pull(lab, survivor)
+
+
+SCENARIOS = {
+    "returning-host": scenario_returning_host,
+    "blank-host": lambda lab: scenario_returning_host(lab, blank=True),
+    "role-switch": scenario_role_switch,
+    "secondary-dies-mid-resync": scenario_mid_resync,
+}
+
+
+def run_scenario(name, qemu, gdir):
+    lab = Lab("test_reprotect-" + name)
+    client = None
+    try:
+        lab.up()
+        lab.install_guest(qemu, gdir)
+        res = lab.protect("hostA")
+        assert res.returncode == 0, "protect failed: %s" % res.stderr
+        wait_state(lab, "hostB", "protected", timeout=60)
+        wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        client = SeqClient(lab, seconds=0, log_path=os.path.join(lab.artifacts, "client.jsonl"))
+        time.sleep(3)
+        survivor = SCENARIOS[name](lab)
+        time.sleep(3)
+        finish(lab, client, survivor)
+        client = None
+        log("PASS %s" % name)
+    finally:
+        if client:
+            client.stop()
+        lab.down()
+
+
+def main():
+    wanted = sys.argv[1:] or list(SCENARIOS)
+    unknown = [n for n in wanted if n not in SCENARIOS]
+    if unknown:
+        sys.exit("unknown scenario(s): %s (known: %s)" % (" ".join(unknown), " ".join(SCENARIOS)))
+    qemu, gdir = qemu_binary(), guest_dir()
+    failed = []
+    for name in wanted:
+        try:
+            run_scenario(name, qemu, gdir)
+        except AssertionError as e:
+            log("FAIL %s: %s" % (name, e))
+            failed.append(name)
+    if failed:
+        sys.exit("failed: %s" % " ".join(failed))
+
+
+if __name__ == "__main__":
+    main()
