@@ -301,29 +301,44 @@ static gboolean wait_secondary_channels(Qmp *q, const EngineLink *link, GError *
     }
 }
 
-gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
+gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **err)
 {
     const guint base = link->def->port_base;
     const char *pri = link->primary_addr;
+
+    return run(q, link, "chardev-add",
+               socket_chardev("mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) &&
+           run(q, link, "chardev-add",
+               socket_chardev("compare1", pri, base + FT_PORT_COMPARE, TRUE), err) &&
+           run(q, link, "chardev-add",
+               socket_chardev("compare0", "127.0.0.1", base + FT_PORT_COMPARE_IN, TRUE), err) &&
+           run(q, link, "chardev-add",
+               socket_chardev("compare0-0", "127.0.0.1", base + FT_PORT_COMPARE_IN, FALSE),
+               err) &&
+           run(q, link, "chardev-add",
+               socket_chardev("compare_out", "127.0.0.1", base + FT_PORT_COMPARE_OUT, TRUE),
+               err) &&
+           run(q, link, "chardev-add",
+               socket_chardev("compare_out0", "127.0.0.1", base + FT_PORT_COMPARE_OUT, FALSE),
+               err) &&
+           wait_secondary_channels(q, link, err);
+}
+
+gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
+{
+    const guint base = link->def->port_base;
     JsonObject *compare;
     JsonObject *params;
     gboolean rewriter;
 
     if (!has_object(q, link, REWRITER, &rewriter, err))
         return FALSE;
-    if (!run(q, link, "chardev-add",
-             socket_chardev("mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) ||
-        !run(q, link, "chardev-add",
-             socket_chardev("compare1", pri, base + FT_PORT_COMPARE, TRUE), err) ||
-        !run(q, link, "chardev-add",
-             socket_chardev("compare0", "127.0.0.1", base + FT_PORT_COMPARE_IN, TRUE), err) ||
-        !run(q, link, "chardev-add",
-             socket_chardev("compare0-0", "127.0.0.1", base + FT_PORT_COMPARE_IN, FALSE), err) ||
-        !run(q, link, "chardev-add",
-             socket_chardev("compare_out", "127.0.0.1", base + FT_PORT_COMPARE_OUT, TRUE), err) ||
-        !run(q, link, "chardev-add",
-             socket_chardev("compare_out0", "127.0.0.1", base + FT_PORT_COMPARE_OUT, FALSE), err) ||
-        !run(q, link, "object-add",
+    /*
+     * From the first of these on, the guest's output waits in colo-compare
+     * for the first checkpoint: nothing slow may come between them and
+     * the migration that makes it.
+     */
+    if (!run(q, link, "object-add",
              primary_filter("filter-mirror", "m0", "tx", "outdev", "mirror0", rewriter), err) ||
         !run(q, link, "object-add",
              primary_filter("filter-redirector", "redire0", "rx", "indev", "compare_out",
@@ -346,9 +361,6 @@ gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
         if (!add_replication(q, link, i, err))
             return FALSE;
     }
-
-    if (!wait_secondary_channels(q, link, err))
-        return FALSE;
 
     params = json_object_new();
     json_object_set_int_member(params, "x-checkpoint-delay",

@@ -22,6 +22,13 @@ typedef struct {
 /* Secondary: COLO filters, NBD export of its disks, incoming migration. */
 gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err);
 
+/*
+ * Primary: the channels the secondary's filters connect to, once they
+ * have.  Before anything holds the guest's output: the secondary retries
+ * only every second.
+ */
+gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **err);
+
 /* Primary: colo-compare and filters, replication to the secondary's NBD
  * export, then the migration that enters COLO. */
 gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err);

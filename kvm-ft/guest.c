@@ -985,6 +985,10 @@ static void continue_protection(FtGuest *g)
     EngineLink link = engine_link(g);
     gboolean tracking = FALSE;
 
+    if (!engine_primary_open_channels(g->qmp, &link, &err)) {
+        fail(g, "cannot set up replication: %s", err->message);
+        return;
+    }
     if (!g->resync_needed) {
         setup_colo(g);
         return;
@@ -1241,6 +1245,18 @@ static gboolean poll_secondary_sync(gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
+/* A generation speaks for the disks it was recorded with, not for replacements. */
+static gboolean disks_present(FtGuest *g)
+{
+    for (guint i = 0; i < g->def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
+
+        if (!g_file_test(disk->source_path, G_FILE_TEST_IS_REGULAR))
+            return FALSE;
+    }
+    return TRUE;
+}
+
 void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject *params)
 {
     const FtConfig *cfg = daemon_config(g->d);
@@ -1279,6 +1295,11 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
      */
     g_free(g->found_generation);
     g->found_generation = resync_generation_read(cfg, g->def->name, &diverged);
+    if (g->found_generation && !disks_present(g)) {
+        log_warn(g->def->name, role_name(g), "a disk of the guest is missing: the primary "
+                 "copies all of them in full");
+        g_clear_pointer(&g->found_generation, g_free);
+    }
     if (diverged) {
         log_warn(g->def->name, role_name(g), "this host's copy had run alone too; the "
                  "primary on %s overwrites it with a full copy", peer_host(g)->name);
