@@ -11,13 +11,19 @@ from start to end):
                    W, far below the disk size) and the pair is protected again
                    with the roles swapped.  Then the same with the other host,
                    and finally the power is pulled on the current primary: the
-                   copy made by the resync takes over, nothing lost.
+                   copy made by the resync takes over, nothing lost.  After
+                   every power pull the survivor's disk is checked.
+                   KVMFT_REPROTECT_CYCLES sets the number of cycles (2).
   blank-host       the same, but the returning host's disk is gone (a
                    replacement): a full copy, then protected, then a power
                    pull on the primary proves the copy.
   role-switch      `ftctl failover` while protected: the roles switch, the
                    new primary re-protects onto the old one (incremental),
                    then a power pull on the new primary proves the copy.
+  link-returns     the dedicated link is cut (the primary runs alone, the
+                   secondary stands down) and restored: the primary
+                   re-protects by itself, incrementally; a power pull on it
+                   proves the copy.
   secondary-dies-mid-resync
                    the returning host loses power again while the survivor
                    copies to it (copy rate capped to make the window wide):
@@ -45,6 +51,8 @@ WRITE_MIB = 8
 # journal and metadata, and what the guest wrote while protected.
 SLACK_BYTES = 12 * MIB
 CAPPED_MIB_PER_S = 4
+# Power pull / return / re-protect cycles of returning-host (tools/soak runs many).
+CYCLES = int(os.environ.get("KVMFT_REPROTECT_CYCLES", "2"))
 
 
 def image(lab, host):
@@ -132,10 +140,18 @@ def finish(lab, client, survivor):
     assert trouble is None, "guest kernel on %s: %s" % (survivor, trouble)
 
 
+def check_survivor_disk(lab, host):
+    """The running survivor's disk, read as it is (e2fsck -n): clean, gapless log."""
+    ok, disk = check_disk(image(lab, host))
+    assert ok, "survivor %s's disk not clean and gapless: %s" % (host, disk)
+
+
 def scenario_returning_host(lab, blank=False):
     primary = "hostA"
-    for cycle in range(1 if blank else 2):
+    for cycle in range(1 if blank else CYCLES):
         survivor = power_pull(lab, primary)
+        time.sleep(2)  # the takeover's commit of the replication overlays
+        check_survivor_disk(lab, survivor)
         written = guest_write(lab, WRITE_MIB)
         return_host(lab, primary, blank=blank)
         st = wait_protected(lab, survivor)
@@ -157,6 +173,20 @@ def scenario_role_switch(lab):
     check_resync(st, "incremental", None)
     time.sleep(3)
     return power_pull(lab, "hostB")
+
+
+def scenario_link_returns(lab):
+    lab.lab("cut-link")
+    st = wait_state(lab, "hostA", "degraded", timeout=60)
+    wait_state(lab, "hostB", "stopped", timeout=60)
+    assert running_copies(lab) == ["hostA"], running_copies(lab)
+    log("dedicated link cut: hostA runs alone (%s), hostB stood down" % st["last_failover"])
+    written = guest_write(lab, WRITE_MIB)
+    lab.lab("restore-link")
+    st = wait_protected(lab, "hostA")
+    check_resync(st, "incremental", written)
+    time.sleep(3)
+    return power_pull(lab, "hostA")
 
 
 def scenario_mid_resync(lab):
@@ -182,6 +212,7 @@ SCENARIOS = {
     "returning-host": scenario_returning_host,
     "blank-host": lambda lab: scenario_returning_host(lab, blank=True),
     "role-switch": scenario_role_switch,
+    "link-returns": scenario_link_returns,
     "secondary-dies-mid-resync": scenario_mid_resync,
 }
 
