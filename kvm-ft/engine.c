@@ -13,6 +13,8 @@
 #define COMPARE_IOTHREAD "iothread1"
 /* The secondary's filter that maps TCP sequence numbers to the primary's. */
 #define REWRITER "rew0"
+/* The first sync's rate: the link's, not QEMU's cautious default. */
+#define SYNC_BANDWIDTH (10LL << 30)
 /* Seconds between a secondary's attempts to reach the primary's channels. */
 #define CHANNEL_RECONNECT_S 1
 
@@ -324,20 +326,17 @@ gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **e
            wait_secondary_channels(q, link, err);
 }
 
-gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
+/*
+ * From the first of these on, the guest's output waits in colo-compare for
+ * the first checkpoint: nothing slow may come between them and it.
+ */
+static gboolean add_filters(Qmp *q, const EngineLink *link, GError **err)
 {
-    const guint base = link->def->port_base;
     JsonObject *compare;
-    JsonObject *params;
     gboolean rewriter;
 
     if (!has_object(q, link, REWRITER, &rewriter, err))
         return FALSE;
-    /*
-     * From the first of these on, the guest's output waits in colo-compare
-     * for the first checkpoint: nothing slow may come between them and
-     * the migration that makes it.
-     */
     if (!run(q, link, "object-add",
              primary_filter("filter-mirror", "m0", "tx", "outdev", "mirror0", rewriter), err) ||
         !run(q, link, "object-add",
@@ -354,21 +353,67 @@ gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
     json_object_set_string_member(compare, "secondary_in", "compare1");
     json_object_set_string_member(compare, "outdev", "compare_out0");
     json_object_set_string_member(compare, "iothread", COMPARE_IOTHREAD);
-    if (!run(q, link, "object-add", compare, err))
-        return FALSE;
+    return run(q, link, "object-add", compare, err);
+}
+
+static JsonObject *capabilities(gboolean pause)
+{
+    JsonObject *args = colo_capability();
+    JsonArray *caps = json_object_get_array_member(args, "capabilities");
+    JsonObject *cap = json_object_new();
+
+    json_object_set_string_member(cap, "capability", "pause-before-switchover");
+    json_object_set_boolean_member(cap, "state", pause);
+    json_array_add_object_element(caps, cap);
+    /* The pause is announced by a MIGRATION event. */
+    cap = json_object_new();
+    json_object_set_string_member(cap, "capability", "events");
+    json_object_set_boolean_member(cap, "state", pause);
+    json_array_add_object_element(caps, cap);
+    return args;
+}
+
+/* The first sync: a precopy that becomes COLO's first checkpoint. */
+static gboolean start_sync(Qmp *q, const EngineLink *link, gboolean pause, GError **err)
+{
+    JsonObject *params = json_object_new();
 
     for (guint i = 0; i < link->def->disks->len; i++) {
-        if (!add_replication(q, link, i, err))
+        if (!add_replication(q, link, i, err)) {
+            json_object_unref(params);
             return FALSE;
+        }
     }
-
-    params = json_object_new();
     json_object_set_int_member(params, "x-checkpoint-delay",
                                link->def->checkpoint_interval_ms);
-    return run(q, link, "migrate-set-capabilities", colo_capability(), err) &&
+    /* QEMU's default of 128 MiB/s would make the first sync take seconds. */
+    json_object_set_int_member(params, "max-bandwidth", SYNC_BANDWIDTH);
+    return run(q, link, "migrate-set-capabilities", capabilities(pause), err) &&
            run(q, link, "migrate-set-parameters", params, err) &&
            run(q, link, "migrate",
-               uri_arg(link->secondary_addr, base + FT_PORT_MIGRATION), err);
+               uri_arg(link->secondary_addr, link->def->port_base + FT_PORT_MIGRATION), err);
+}
+
+gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)
+{
+    return add_filters(q, link, err) && start_sync(q, link, FALSE, err);
+}
+
+gboolean engine_primary_setup_live(Qmp *q, const EngineLink *link, GError **err)
+{
+    return start_sync(q, link, TRUE, err);
+}
+
+gboolean engine_primary_switch_over(Qmp *q, const EngineLink *link, GError **err)
+{
+    JsonObject *args = json_object_new();
+
+    json_object_set_string_member(args, "state", "pre-switchover");
+    if (!add_filters(q, link, err)) {
+        json_object_unref(args);
+        return FALSE;
+    }
+    return run(q, link, "migrate-continue", args, err);
 }
 
 gboolean engine_set_checkpoint_interval(Qmp *q, const EngineLink *link, guint interval_ms,

@@ -29,9 +29,19 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err);
  */
 gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **err);
 
-/* Primary: colo-compare and filters, replication to the secondary's NBD
- * export, then the migration that enters COLO. */
+/* Primary, paused: colo-compare and filters, replication to the
+ * secondary's NBD export, then the migration that enters COLO. */
 gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err);
+
+/*
+ * Primary, running: replication and the migration, which pauses before
+ * its switchover (status "pre-switchover", VM stopped) for
+ * engine_primary_switch_over() to add the filters and go on.  The guest's
+ * output is held only from then on, not through the whole precopy.  Needs
+ * qemu-patches 0007.
+ */
+gboolean engine_primary_setup_live(Qmp *q, const EngineLink *link, GError **err);
+gboolean engine_primary_switch_over(Qmp *q, const EngineLink *link, GError **err);
 
 /* query-colo-status: mode is "none", "primary" or "secondary". */
 /* The primary's longest time between two checkpoints, changed while in COLO. */

@@ -75,6 +75,12 @@ struct FtGuest {
     guint64 rate_done;
     gint64 rate_us;
     JsonNode *last_resync;
+    /* Primary re-protecting: how long entering COLO stopped the running guest. */
+    gboolean entry_pending;
+    double entry_pause_ms;
+    /* Primary re-protecting: the first sync's pause before switchover is handled. */
+    gboolean switched_over;
+    guint switchover_idle_id;
 
     char *colo_mode;
     char *colo_reason;
@@ -488,6 +494,8 @@ static void note_shutdown(FtGuest *g, JsonObject *data)
              "no failover when it exits", cause);
 }
 
+static gboolean on_pre_switchover(gpointer opaque);
+
 static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
                          gint64 timestamp_us, gpointer opaque)
 {
@@ -498,7 +506,13 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
     if (strcmp(event, "STOP") == 0) {
         g->stop_us = timestamp_us;
     } else if (strcmp(event, "RESUME") == 0) {
-        if (g->stop_us && g->state == GUEST_PROTECTED) {
+        if (g->stop_us && g->entry_pending) {
+            /* The first sync's stop-and-copy and COLO's start: not a checkpoint. */
+            g->entry_pending = FALSE;
+            g->entry_pause_ms = (timestamp_us - g->stop_us) / 1000.0;
+            log_info(g->def->name, role_name(g), "entering COLO paused the guest for "
+                     "%.1f ms", g->entry_pause_ms);
+        } else if (g->stop_us && g->state == GUEST_PROTECTED) {
             g->checkpoints++;
             g->last_pause_ms = (timestamp_us - g->stop_us) / 1000.0;
             g->last_checkpoint_us = timestamp_us;
@@ -522,6 +536,12 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
         g->exit_reason = g_strdup(reason);
         if (!g->exit_idle_id)
             g->exit_idle_id = g_idle_add(after_colo_exit, g);
+    } else if (strcmp(event, "MIGRATION") == 0) {
+        /* The guest is stopped until the switchover: not a poll interval more. */
+        if (g->state == GUEST_ENTERING_COLO && data &&
+            g_strcmp0(json_object_get_string_member_with_default(data, "status", ""),
+                      "pre-switchover") == 0 && !g->switchover_idle_id)
+            g->switchover_idle_id = g_idle_add(on_pre_switchover, g);
     } else if (strcmp(event, "SHUTDOWN") == 0) {
         note_shutdown(g, data);
     } else if (strcmp(event, "RESET") == 0 && g->shutdown_cause) {
@@ -743,12 +763,43 @@ static void arm_deadline(FtGuest *g)
                      (gint64)daemon_config(g->d)->start_timeout_ms * 1000;
 }
 
+/* A running guest's first sync paused before its switchover: now the filters. */
+static void switch_over(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    EngineLink link = engine_link(g);
+
+    if (g->switched_over)
+        return;
+    g->switched_over = TRUE;
+    if (!engine_primary_switch_over(g->qmp, &link, &err)) {
+        stop_polling(g);
+        fail(g, "cannot switch over to COLO: %s", err->message);
+    }
+}
+
+static gboolean on_pre_switchover(gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    g->switchover_idle_id = 0;
+    if (g->state == GUEST_ENTERING_COLO)
+        switch_over(g);
+    return G_SOURCE_REMOVE;
+}
+
 static gboolean poll_primary_sync(gpointer opaque)
 {
     FtGuest *g = opaque;
     g_autoptr(GError) err = NULL;
     g_autofree char *status =
         engine_migration_status(g->qmp, daemon_config(g->d)->qmp_timeout_ms, &err);
+
+    /* In case QEMU's MIGRATION event was missed. */
+    if (status && strcmp(status, "pre-switchover") == 0) {
+        switch_over(g);
+        return G_SOURCE_CONTINUE;
+    }
 
     if (status && strcmp(status, "colo") == 0) {
         g->poll_id = 0;
@@ -932,7 +983,11 @@ static void setup_colo(FtGuest *g)
     g_autoptr(GError) err = NULL;
     EngineLink link = engine_link(g);
 
-    if (!engine_primary_setup(g->qmp, &link, &err)) {
+    g->switched_over = FALSE;
+    g->entry_pending = g->rejoin;
+    g->entry_pause_ms = 0;
+    if (!(g->rejoin ? engine_primary_setup_live(g->qmp, &link, &err)
+                    : engine_primary_setup(g->qmp, &link, &err))) {
         fail(g, "cannot set up replication: %s", err->message);
         return;
     }
@@ -1638,6 +1693,8 @@ void guest_free(FtGuest *g)
         g_source_remove(g->exit_idle_id);
     if (g->status_idle_id)
         g_source_remove(g->status_idle_id);
+    if (g->switchover_idle_id)
+        g_source_remove(g->switchover_idle_id);
     g_free(g->exit_reason);
     g_free(g->shutdown_cause);
     g_free(g->status_reason);
@@ -1822,9 +1879,17 @@ JsonNode *guest_status(FtGuest *g)
     else
         json_builder_add_null_value(b);
     json_builder_set_member_name(b, "last_resync");
-    if (g->last_resync)
-        json_builder_add_value(b, json_node_copy(g->last_resync));
-    else
+    if (g->last_resync) {
+        JsonNode *last = json_node_copy(g->last_resync);
+
+        /* Known once COLO has started, after the copy. */
+        if (g->entry_pause_ms > 0)
+            json_object_set_double_member(json_node_get_object(last), "entry_pause_ms",
+                                          g->entry_pause_ms);
+        else
+            json_object_set_null_member(json_node_get_object(last), "entry_pause_ms");
+        json_builder_add_value(b, last);
+    } else
         json_builder_add_null_value(b);
     json_builder_set_member_name(b, "error");
     if (g->error)
