@@ -686,6 +686,14 @@ static void refresh_colo_status(FtGuest *g)
     g->colo_reason = reason;
 }
 
+static void add_copy_kind(FtGuest *g, JsonBuilder *b)
+{
+    json_builder_set_member_name(b, "mode");
+    json_builder_add_string_value(b, g->resync_incremental ? "incremental" : "full");
+    json_builder_set_member_name(b, "disk_bytes");
+    json_builder_add_int_value(b, (gint64)g->disk_bytes);
+}
+
 /* What `ftctl status` and benchmarks show of the last disk copy. */
 static void record_resync(FtGuest *g)
 {
@@ -693,10 +701,7 @@ static void record_resync(FtGuest *g)
     guint64 rate = daemon_config(g->d)->resync_rate_bytes;
 
     json_builder_begin_object(b);
-    json_builder_set_member_name(b, "mode");
-    json_builder_add_string_value(b, g->resync_incremental ? "incremental" : "full");
-    json_builder_set_member_name(b, "disk_bytes");
-    json_builder_add_int_value(b, (gint64)g->disk_bytes);
+    add_copy_kind(g, b);
     json_builder_set_member_name(b, "bytes_moved");
     json_builder_add_int_value(b, (gint64)g->resync.total);
     json_builder_set_member_name(b, "seconds");
@@ -943,10 +948,7 @@ static void add_progress(FtGuest *g, JsonBuilder *b)
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "phase");
     json_builder_add_string_value(b, "resync");
-    json_builder_set_member_name(b, "mode");
-    json_builder_add_string_value(b, g->resync_incremental ? "incremental" : "full");
-    json_builder_set_member_name(b, "disk_bytes");
-    json_builder_add_int_value(b, (gint64)g->disk_bytes);
+    add_copy_kind(g, b);
     json_builder_set_member_name(b, "bytes_done");
     json_builder_add_int_value(b, (gint64)g->resync.done);
     json_builder_set_member_name(b, "bytes_total");
@@ -1369,6 +1371,10 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
     }
     if (defined)
         log_info(g->def->name, role_name(g), "defined the guest on this host");
+    if (!virt_room_for(daemon_virt(g->d), g->def->name, &err)) {
+        fail(g, "%s", err->message);
+        return;
+    }
     if (!prepare_overlays(g, sizes, active, hidden, &err)) {
         fail(g, "cannot prepare replication storage: %s", err->message);
         return;

@@ -88,19 +88,25 @@ static JsonObject *find_node(JsonArray *nodes, const char *name)
     return NULL;
 }
 
-static JsonArray *named_nodes(Qmp *q, const EngineLink *link, JsonNode **holder,
-                              GError **err)
+/* A query whose answer is an array; *holder keeps it alive. */
+static JsonArray *query_array(Qmp *q, const EngineLink *link, const char *request,
+                              JsonNode **holder, GError **err)
 {
-    *holder = qmp_callf(q, link->timeout_ms, err,
-                        "{'execute': 'query-named-block-nodes', 'arguments': {'flat': true}}");
+    *holder = qmp_call_json(q, request, link->timeout_ms, err);
     if (!*holder)
         return NULL;
     if (!JSON_NODE_HOLDS_ARRAY(*holder)) {
-        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
-                    "query-named-block-nodes: unexpected reply");
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL, "%s: unexpected reply", request);
         return NULL;
     }
     return json_node_get_array(*holder);
+}
+
+static JsonArray *named_nodes(Qmp *q, const EngineLink *link, JsonNode **holder,
+                              GError **err)
+{
+    return query_array(q, link, "{\"execute\": \"query-named-block-nodes\", "
+                       "\"arguments\": {\"flat\": true}}", holder, err);
 }
 
 static gboolean has_bitmap(JsonObject *node, const char *name)
@@ -227,14 +233,7 @@ gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
 static JsonArray *block_jobs(Qmp *q, const EngineLink *link, JsonNode **holder,
                              GError **err)
 {
-    *holder = qmp_callf(q, link->timeout_ms, err, "{'execute': 'query-block-jobs'}");
-    if (!*holder)
-        return NULL;
-    if (!JSON_NODE_HOLDS_ARRAY(*holder)) {
-        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL, "query-block-jobs: unexpected reply");
-        return NULL;
-    }
-    return json_node_get_array(*holder);
+    return query_array(q, link, "{\"execute\": \"query-block-jobs\"}", holder, err);
 }
 
 static JsonObject *find_job(JsonArray *jobs, const char *id)

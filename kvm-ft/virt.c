@@ -463,3 +463,25 @@ char *virt_qemu_version(Virt *v, GError **err)
     return g_strdup_printf("%lu.%lu.%lu", version / 1000000, version / 1000 % 1000,
                            version % 1000);
 }
+
+gboolean virt_room_for(Virt *v, const char *name, GError **err)
+{
+    g_autoptr(virDomain) dom = lookup(v, name, err);
+    unsigned long long free_bytes;
+    unsigned long need_kib;
+
+    if (!dom)
+        return FALSE;
+    need_kib = virDomainGetMaxMemory(dom);
+    free_bytes = virNodeGetFreeMemory(v->conn);
+    /* Unknown either way: libvirt's start will say what is wrong. */
+    if (need_kib == 0 || free_bytes == 0)
+        return TRUE;
+    if ((unsigned long long)need_kib * 1024 > free_bytes) {
+        g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED, "no room for '%s' on this host: it needs %lu MiB "
+                    "of memory, %llu MiB are free", name, need_kib / 1024,
+                    free_bytes >> 20);
+        return FALSE;
+    }
+    return TRUE;
+}

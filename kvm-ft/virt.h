@@ -84,6 +84,9 @@ gboolean virt_domain_undefine(Virt *v, const char *name, GError **err);
 gboolean virt_domain_start(Virt *v, const char *runtime_xml, gboolean paused,
                            GError **err);
 gboolean virt_domain_destroy(Virt *v, const char *name, GError **err);
+
+/* Whether this host has the free memory the defined domain needs. */
+gboolean virt_room_for(Virt *v, const char *name, GError **err);
 gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
                                GError **err);
 

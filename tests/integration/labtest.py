@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -192,6 +193,20 @@ def check_disk(image):
     except ValueError:
         summary = {"error": res.stdout + res.stderr}
     return res.returncode == 0, summary
+
+
+def run_all(names, run_one):
+    """Runs each named scenario; a failed one is logged and the others still run.
+    Exits non-zero naming the failed ones."""
+    failed = []
+    for name in names:
+        try:
+            run_one(name)
+        except AssertionError as e:
+            log("FAIL %s: %s" % (name, e))
+            failed.append(name)
+    if failed:
+        sys.exit("failed: %s" % " ".join(failed))
 
 
 def wait_for(what, predicate, timeout, interval=0.5):

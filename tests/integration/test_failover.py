@@ -38,7 +38,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import colotrace  # noqa: E402
 from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
-                     log, qemu_binary, wait_for, wait_state)
+                     log, qemu_binary, run_all, wait_for, wait_state)
 
 BEFORE_S = 8
 AFTER_S = 10
@@ -317,18 +317,8 @@ def run_resume_window(qemu, gdir):
 def main():
     wanted = sys.argv[1:] or SCENARIOS
     qemu, gdir = qemu_binary(), guest_dir()
-    failed = []
-    for name in wanted:
-        try:
-            if name == "resume-window":
-                run_resume_window(qemu, gdir)
-            else:
-                run_scenario(name, qemu, gdir)
-        except AssertionError as e:
-            log("FAIL %s: %s" % (name, e))
-            failed.append(name)
-    if failed:
-        sys.exit("failed: %s" % " ".join(failed))
+    run_all(wanted, lambda name: (run_resume_window(qemu, gdir) if name == "resume-window"
+                                  else run_scenario(name, qemu, gdir)))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, TOOLS, Lab, SeqClient, check_disk, guest_dir,  # noqa: E402
-                     kernel_trouble, last_line, log, qemu_binary, wait_for, wait_state)
+                     kernel_trouble, last_line, log, qemu_binary, run_all, wait_for,
+                     wait_state)
 
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 MIB = 1 << 20
@@ -246,15 +247,7 @@ def main():
     if unknown:
         sys.exit("unknown scenario(s): %s (known: %s)" % (" ".join(unknown), " ".join(SCENARIOS)))
     qemu, gdir = qemu_binary(), guest_dir()
-    failed = []
-    for name in wanted:
-        try:
-            run_scenario(name, qemu, gdir)
-        except AssertionError as e:
-            log("FAIL %s: %s" % (name, e))
-            failed.append(name)
-    if failed:
-        sys.exit("failed: %s" % " ".join(failed))
+    run_all(wanted, lambda name: run_scenario(name, qemu, gdir))
 
 
 if __name__ == "__main__":
