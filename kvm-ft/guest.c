@@ -26,7 +26,7 @@
 /* Checkpoints remembered for `ftctl status` figures and benchmarks. */
 #define CHECKPOINT_HISTORY 4096
 /* How often a disk copy reports progress. */
-#define RESYNC_POLL_MS 1000
+#define RESYNC_POLL_MS 500
 /* A peer silent this long during a re-protection is gone. */
 #define REJOIN_SILENCE_MS 5000
 /* After a failed re-protection, the next attempt waits this long. */
@@ -70,7 +70,8 @@ struct FtGuest {
     gboolean resync_running;
     ResyncProgress resync;
     guint64 disk_bytes;
-    gint64 resync_started_us;
+    gint64 resync_started_us; /* wall clock */
+    gint64 resync_ended_us;
     double resync_rate;
     guint64 rate_done;
     gint64 rate_us;
@@ -536,6 +537,12 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
         g->exit_reason = g_strdup(reason);
         if (!g->exit_idle_id)
             g->exit_idle_id = g_idle_add(after_colo_exit, g);
+    } else if (strcmp(event, "BLOCK_JOB_COMPLETED") == 0) {
+        /* The copy's own end, not the next poll's: what its rate is measured on. */
+        if (g->state == GUEST_RESYNCING && data &&
+            g_str_has_prefix(json_object_get_string_member_with_default(data, "device", ""),
+                             RESYNC_COPY_JOB_PREFIX))
+            g->resync_ended_us = MAX(g->resync_ended_us, timestamp_us);
     } else if (strcmp(event, "MIGRATION") == 0) {
         /* The guest is stopped until the switchover: not a poll interval more. */
         if (g->state == GUEST_ENTERING_COLO && data &&
@@ -686,6 +693,14 @@ static void refresh_colo_status(FtGuest *g)
     g->colo_reason = reason;
 }
 
+/* From the start of the copy to QEMU's stamp of its end (or now, if none came). */
+static double copy_seconds(FtGuest *g)
+{
+    gint64 end = g->resync_ended_us ? g->resync_ended_us : g_get_real_time();
+
+    return (end - g->resync_started_us) / (double)G_USEC_PER_SEC;
+}
+
 static void add_copy_kind(FtGuest *g, JsonBuilder *b)
 {
     json_builder_set_member_name(b, "mode");
@@ -705,8 +720,7 @@ static void record_resync(FtGuest *g)
     json_builder_set_member_name(b, "bytes_moved");
     json_builder_add_int_value(b, (gint64)g->resync.total);
     json_builder_set_member_name(b, "seconds");
-    json_builder_add_double_value(b, (g_get_monotonic_time() - g->resync_started_us) /
-                                         (double)G_USEC_PER_SEC);
+    json_builder_add_double_value(b, copy_seconds(g));
     json_builder_set_member_name(b, "rate_limit_bytes_per_s");
     if (rate)
         json_builder_add_int_value(b, (gint64)rate);
@@ -1027,8 +1041,7 @@ static gboolean poll_resync(gpointer opaque)
     record_resync(g);
     log_info(g->def->name, role_name(g), "disk copy to %s done: %" G_GUINT64_FORMAT
              " of %" G_GUINT64_FORMAT " bytes in %.1f s (%s)", peer_host(g)->name,
-             g->resync.total, g->disk_bytes,
-             (now - g->resync_started_us) / (double)G_USEC_PER_SEC,
+             g->resync.total, g->disk_bytes, copy_seconds(g),
              g->resync_incremental ? "incremental" : "full");
     setup_colo(g);
     return G_SOURCE_REMOVE;
@@ -1066,7 +1079,10 @@ static void continue_protection(FtGuest *g)
     memset(&g->resync, 0, sizeof(g->resync));
     g->resync_rate = 0;
     g->rate_done = 0;
-    g->resync_started_us = g->rate_us = g_get_monotonic_time();
+    g->rate_us = g_get_monotonic_time();
+    /* Wall clock, as QEMU's event stamps. */
+    g->resync_started_us = g_get_real_time();
+    g->resync_ended_us = 0;
     why = g_strdup_printf("copying %s to %s (%s)",
                           g->resync_incremental ? "the blocks written since the split"
                                                 : "the whole disk",

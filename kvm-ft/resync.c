@@ -22,7 +22,7 @@ static char *mirror_job(guint i)
 
 static char *copy_job(guint i)
 {
-    return g_strdup_printf("kvmft-copy%u", i);
+    return g_strdup_printf(RESYNC_COPY_JOB_PREFIX "%u", i);
 }
 
 /* Each job writes through a connection of its own to the peer's export. */

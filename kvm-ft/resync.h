@@ -23,6 +23,9 @@
 #include "engine.h"
 #include "qmp.h"
 
+/* The background copy's block jobs are named this plus the disk's index. */
+#define RESYNC_COPY_JOB_PREFIX "kvmft-copy"
+
 typedef struct {
     guint64 done;   /* bytes the copy has dealt with */
     guint64 total;  /* bytes it has to deal with */
