@@ -33,7 +33,9 @@ from start to end):
 Every scenario asserts: the client's sequence is gapless and never rewound
 on one TCP connection; exactly one copy runs outside COLO's secondary role
 after every fault; the final survivor's disk is e2fsck-clean with a gapless
-on-disk log; its guest kernel log is clean.
+on-disk log; its guest kernel log is clean; while the guest was being
+re-protected, the client never waited MAX_STALL_MS or more for an answer and
+entering COLO stopped the guest for less than that.
 """
 import json
 import os
@@ -52,6 +54,9 @@ WRITE_MIB = 8
 # journal and metadata, and what the guest wrote while protected.
 SLACK_BYTES = 12 * MIB
 CAPPED_MIB_PER_S = 4
+# The longest the client may wait for an answer while its guest is re-protected
+# (the reference stalled 4 s); the copy and the precopy run with the guest live.
+MAX_STALL_MS = 1000
 # Power pull / return / re-protect cycles of returning-host (tools/soak runs many).
 CYCLES = int(os.environ.get("KVMFT_REPROTECT_CYCLES", "2"))
 
@@ -103,6 +108,8 @@ def check_resync(st, mode, written):
     last = st["last_resync"]
     log("last resync on the primary: %s" % last)
     assert last and last["mode"] == mode, "expected a %s copy: %s" % (mode, last)
+    # Entering COLO stops the running guest once, for the last precopy pass.
+    assert last["entry_pause_ms"] is not None and last["entry_pause_ms"] < MAX_STALL_MS, last
     if mode == "incremental":
         if written is not None:
             assert written * 0.9 <= last["bytes_moved"] <= written + SLACK_BYTES, \
@@ -119,6 +126,15 @@ def return_host(lab, host, blank=False):
     lab.lab("power-on", host[-1])
 
 
+def reprotected(lab, primary, mode, written, since):
+    """Waits for the pair to be protected again; checks the copy and the client's
+    longest wait since the host came back (`since`)."""
+    st = wait_protected(lab, primary)
+    check_resync(st, mode, written)
+    lab.reprotect_windows.append((since, time.time()))
+    return st
+
+
 def set_rate_cap(lab, host, mib_per_s):
     """Caps the disk copy on host's kvm-ftd (restarted to read it; its guest runs on)."""
     conf = lab.path(host, "/etc/kvm-ft/kvm-ftd.conf")
@@ -128,11 +144,23 @@ def set_rate_cap(lab, host, mib_per_s):
     lab.lab("daemon-start", host[-1])
 
 
+def longest_wait_ms(client_log, since, until):
+    """The client's longest time without an answer between since and until."""
+    stamps = [json.loads(line)["t"] for line in open(client_log)]
+    inside = [since] + [t for t in stamps if since <= t <= until] + [until]
+    return max(b - a for a, b in zip(inside, inside[1:])) * 1000
+
+
 def finish(lab, client, survivor):
     summary = client.stop()
     log("client: %s" % summary)
     assert summary["connection_broken"] is None, "connection broke: %s" % summary
     assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
+    for since, until in lab.reprotect_windows:
+        wait = longest_wait_ms(lab.client_log, since, until)
+        log("longest wait for an answer while re-protecting: %.0f ms" % wait)
+        assert wait < MAX_STALL_MS, "the client waited %.0f ms while the guest was " \
+            "re-protected" % wait
     time.sleep(2)  # the takeover's commit of the replication overlays
     ok, disk = check_disk(image(lab, survivor))
     log("survivor %s's disk: %s" % (survivor, disk))
@@ -154,9 +182,9 @@ def scenario_returning_host(lab, blank=False):
         time.sleep(2)  # the takeover's commit of the replication overlays
         check_survivor_disk(lab, survivor)
         written = guest_write(lab, WRITE_MIB)
+        since = time.time()
         return_host(lab, primary, blank=blank)
-        st = wait_protected(lab, survivor)
-        check_resync(st, "full" if blank else "incremental", written)
+        reprotected(lab, survivor, "full" if blank else "incremental", written, since)
         log("cycle %d: protected again, %s primary" % (cycle + 1, survivor))
         primary = survivor
         time.sleep(3)
@@ -166,12 +194,12 @@ def scenario_returning_host(lab, blank=False):
 def scenario_role_switch(lab):
     # Written while protected: must be on the old primary after the switch too.
     guest_write(lab, WRITE_MIB)
+    since = time.time()
     res = lab.ftctl("hostA", "failover", GUEST, "--timeout-s", "240", check=False)
     log("ftctl failover: rc=%d\n%s%s" % (res.returncode, res.stdout, res.stderr))
     assert res.returncode == 0, res.stderr
-    st = wait_protected(lab, "hostB")
     # The old primary lacks at most what was written since the pair was last in sync.
-    check_resync(st, "incremental", None)
+    reprotected(lab, "hostB", "incremental", None, since)
     time.sleep(3)
     return power_pull(lab, "hostB")
 
@@ -183,9 +211,9 @@ def scenario_link_returns(lab):
     assert running_copies(lab) == ["hostA"], running_copies(lab)
     log("dedicated link cut: hostA runs alone (%s), hostB stood down" % st["last_failover"])
     written = guest_write(lab, WRITE_MIB)
+    since = time.time()
     lab.lab("restore-link")
-    st = wait_protected(lab, "hostA")
-    check_resync(st, "incremental", written)
+    reprotected(lab, "hostA", "incremental", written, since)
     time.sleep(3)
     return power_pull(lab, "hostA")
 
@@ -202,9 +230,9 @@ def scenario_mid_resync(lab):
     assert "re-protection failed" in (st["error"] or ""), st
     assert running_copies(lab) == [survivor], running_copies(lab)
     log("the copy was given up: %s" % st["error"])
+    since = time.time()
     return_host(lab, "hostA")
-    st = wait_protected(lab, survivor, timeout=300)
-    check_resync(st, "full", 0)
+    reprotected(lab, survivor, "full", 0, since)
     time.sleep(3)
     return power_pull(lab, survivor)
 
@@ -228,7 +256,9 @@ def run_scenario(name, qemu, gdir):
         assert res.returncode == 0, "protect failed: %s" % res.stderr
         wait_state(lab, "hostB", "protected", timeout=60)
         wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
-        client = SeqClient(lab, seconds=0, log_path=os.path.join(lab.artifacts, "client.jsonl"))
+        lab.client_log = os.path.join(lab.artifacts, "client.jsonl")
+        lab.reprotect_windows = []
+        client = SeqClient(lab, seconds=0, log_path=lab.client_log)
         time.sleep(3)
         survivor = SCENARIOS[name](lab)
         time.sleep(3)
