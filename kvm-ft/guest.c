@@ -187,10 +187,28 @@ static gboolean write_status(gpointer opaque)
     return G_SOURCE_REMOVE;
 }
 
+/* An event for ftctl: about this guest, in this role. */
+static void begin_event(FtGuest *g, JsonBuilder *b)
+{
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "guest");
+    json_builder_add_string_value(b, g->def->name);
+    json_builder_set_member_name(b, "role");
+    json_builder_add_string_value(b, role_name(g));
+}
+
+static void broadcast_event(FtGuest *g, JsonBuilder *b)
+{
+    g_autoptr(JsonNode) event = NULL;
+
+    json_builder_end_object(b);
+    event = json_builder_get_root(b);
+    daemon_broadcast(g->d, event);
+}
+
 static gboolean transition(FtGuest *g, GuestState to, const char *reason)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonNode) event = NULL;
     GuestState from = g->state;
 
     if (!(allowed[from] & BIT(to))) {
@@ -206,20 +224,14 @@ static gboolean transition(FtGuest *g, GuestState to, const char *reason)
     if (!g->status_idle_id)
         g->status_idle_id = g_idle_add(write_status, g);
 
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "guest");
-    json_builder_add_string_value(b, g->def->name);
-    json_builder_set_member_name(b, "role");
-    json_builder_add_string_value(b, role_name(g));
+    begin_event(g, b);
     json_builder_set_member_name(b, "from");
     json_builder_add_string_value(b, guest_state_name(from));
     json_builder_set_member_name(b, "to");
     json_builder_add_string_value(b, guest_state_name(to));
     json_builder_set_member_name(b, "reason");
     json_builder_add_string_value(b, reason);
-    json_builder_end_object(b);
-    event = json_builder_get_root(b);
-    daemon_broadcast(g->d, event);
+    broadcast_event(g, b);
     return TRUE;
 }
 
@@ -980,18 +992,11 @@ static void add_progress(FtGuest *g, JsonBuilder *b)
 static void broadcast_progress(FtGuest *g)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonNode) event = NULL;
 
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "guest");
-    json_builder_add_string_value(b, g->def->name);
-    json_builder_set_member_name(b, "role");
-    json_builder_add_string_value(b, role_name(g));
+    begin_event(g, b);
     json_builder_set_member_name(b, "progress");
     add_progress(g, b);
-    json_builder_end_object(b);
-    event = json_builder_get_root(b);
-    daemon_broadcast(g->d, event);
+    broadcast_event(g, b);
 }
 
 static void setup_colo(FtGuest *g)

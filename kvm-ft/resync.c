@@ -76,16 +76,22 @@ gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
     return TRUE;
 }
 
-static JsonObject *find_node(JsonArray *nodes, const char *name)
+/* The element of a QMP answer's array whose member key is value. */
+static JsonObject *find_by(JsonArray *array, const char *key, const char *value)
 {
-    for (guint i = 0; i < json_array_get_length(nodes); i++) {
-        JsonObject *n = json_array_get_object_element(nodes, i);
+    for (guint i = 0; array && i < json_array_get_length(array); i++) {
+        JsonObject *o = json_array_get_object_element(array, i);
 
-        if (n && g_strcmp0(json_object_get_string_member_with_default(n, "node-name", ""),
-                           name) == 0)
-            return n;
+        if (o && g_strcmp0(json_object_get_string_member_with_default(o, key, ""),
+                           value) == 0)
+            return o;
     }
     return NULL;
+}
+
+static JsonObject *find_node(JsonArray *nodes, const char *name)
+{
+    return find_by(nodes, "node-name", name);
 }
 
 /* A query whose answer is an array; *holder keeps it alive. */
@@ -115,14 +121,7 @@ static gboolean has_bitmap(JsonObject *node, const char *name)
                           ? json_object_get_array_member(node, "dirty-bitmaps")
                           : NULL;
 
-    for (guint i = 0; maps && i < json_array_get_length(maps); i++) {
-        JsonObject *m = json_array_get_object_element(maps, i);
-
-        if (m && g_strcmp0(json_object_get_string_member_with_default(m, "name", ""),
-                           name) == 0)
-            return TRUE;
-    }
-    return FALSE;
+    return find_by(maps, "name", name) != NULL;
 }
 
 gboolean resync_is_tracking(Qmp *q, const EngineLink *link, gboolean *tracking,
@@ -238,14 +237,7 @@ static JsonArray *block_jobs(Qmp *q, const EngineLink *link, JsonNode **holder,
 
 static JsonObject *find_job(JsonArray *jobs, const char *id)
 {
-    for (guint i = 0; i < json_array_get_length(jobs); i++) {
-        JsonObject *j = json_array_get_object_element(jobs, i);
-
-        if (j && g_strcmp0(json_object_get_string_member_with_default(j, "device", ""),
-                           id) == 0)
-            return j;
-    }
-    return NULL;
+    return find_by(jobs, "device", id);
 }
 
 static const char *job_status(JsonObject *job)
