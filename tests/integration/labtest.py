@@ -220,6 +220,33 @@ def wait_for(what, predicate, timeout, interval=0.5):
     raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
 
 
+def running_copies(lab, hosts=("hostA", "hostB")):
+    """Hosts whose libvirt runs the guest as the guest: anything but a secondary
+    (which only replays the primary, in COLO or on its way there)."""
+    live = []
+    for host in hosts:
+        res = lab.virsh(host, "domstate", GUEST, check=False)
+        if res.returncode == 0 and res.stdout.strip() in ("running", "paused"):
+            st = lab.status(host)
+            if not st or st["role"] != "secondary":
+                live.append(host)
+    return live
+
+
+# Where a survivor goes after a failover: alone, then (if its peer's kvm-ftd
+# answers) re-protected by itself.
+AFTER_FAILOVER = ("degraded", "rejoining", "resyncing", "entering-colo", "protected")
+
+
+def wait_failed_over(lab, host, timeout=60):
+    """Waits until host runs the guest as primary after a failover; returns its status."""
+    def check():
+        st = lab.status(host)
+        return (st if st and st["last_failover"] and st["role"] == "primary" and
+                st["state"] in AFTER_FAILOVER else None)
+    return wait_for("a failover to %s" % host, check, timeout=timeout)
+
+
 def wait_state(lab, host, state, timeout=60):
     """Waits until the guest is in that kvm-ft state on host; returns its status."""
     def check():

@@ -44,8 +44,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, TOOLS, Lab, SeqClient, check_disk, guest_dir,  # noqa: E402
-                     kernel_trouble, last_line, log, qemu_binary, run_all, wait_for,
-                     wait_state)
+                     kernel_trouble, last_line, log, qemu_binary, run_all, running_copies,
+                     wait_for, wait_state)
 
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 MIB = 1 << 20
@@ -72,18 +72,6 @@ def guest_write(lab, mib):
     out = json.loads(last_line(res.stdout))
     log("guest wrote %s" % out)
     return out["bytes_written"]
-
-
-def running_copies(lab):
-    """Hosts whose libvirt runs the guest outside COLO's secondary role."""
-    live = []
-    for host in ("hostA", "hostB"):
-        res = lab.virsh(host, "domstate", GUEST, check=False)
-        if res.returncode == 0 and res.stdout.strip() in ("running", "paused"):
-            st = lab.status(host)
-            if not st or st["state"] != "protected" or st["role"] != "secondary":
-                live.append(host)
-    return live
 
 
 def power_pull(lab, host):
