@@ -135,12 +135,16 @@ def resume_window_evidence(lab):
         primary = [e for e in colotrace.events(f.read()) if e[1].startswith("colo_")]
     with open(lab.path("hostB", "/var/log/libvirt/qemu/%s.log" % GUEST), errors="replace") as f:
         secondary = [a for _, ev, a in colotrace.events(f.read()) if ev.startswith("colo_")]
+    # Only its time as the secondary: after the takeover it re-protects as a primary.
+    became_primary = [i for i, a in enumerate(secondary) if "Receive 'checkpoint-ready'" in a]
+    if became_primary:
+        secondary = secondary[:became_primary[0]]
     last = [a for _, _, a in primary[-3:]]
     died_in_window = (len(last) >= 2 and "'vmstate-received'" in last[-2] and
                       "'stop' => 'run'" in last[-1])
     # The secondary resumes its VM only once a checkpoint is loaded; it may
     # skip "vmstate-loaded" when the takeover request came first.
-    received = [i for i, a in enumerate(secondary) if "'vmstate-received'" in a]
+    received = [i for i, a in enumerate(secondary) if "Send 'vmstate-received'" in a]
     loaded = bool(received) and any("'stop' => 'run'" in a or "'vmstate-loaded'" in a
                                     for a in secondary[received[-1] + 1:])
     return {"primary_last_events": last, "died_in_window": died_in_window,

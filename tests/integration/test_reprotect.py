@@ -18,8 +18,9 @@ from start to end):
                    replacement): a full copy, then protected, then a power
                    pull on the primary proves the copy.
   role-switch      `ftctl failover` while protected: the roles switch, the
-                   new primary re-protects onto the old one (incremental),
-                   then a power pull on the new primary proves the copy.
+                   new primary re-protects onto the old one (incremental);
+                   `ftctl migrate` moves it back the same way; then a power
+                   pull on the primary proves the copy.
   link-returns     the dedicated link is cut (the primary runs alone, the
                    secondary stands down) and restored: the primary
                    re-protects by itself, incrementally; a power pull on it
@@ -189,7 +190,17 @@ def scenario_role_switch(lab):
     # The old primary lacks at most what was written since the pair was last in sync.
     reprotected(lab, "hostB", "incremental", None, since)
     time.sleep(3)
-    return power_pull(lab, "hostB")
+    # And back, as the one-command move to (replaced) hardware, run where it runs.
+    since = time.time()
+    res = lab.ftctl("hostB", "migrate", GUEST, "hostA", "--timeout-s", "240", check=False)
+    log("ftctl migrate: rc=%d\n%s%s" % (res.returncode, res.stdout, res.stderr))
+    assert res.returncode == 0, res.stderr
+    reprotected(lab, "hostA", "incremental", None, since)
+    res = lab.ftctl("hostB", "migrate", GUEST, "hostA", check=False)
+    assert res.returncode == 1 and "hostA" in res.stderr, \
+        "migrate run where the guest does not run: %d %s" % (res.returncode, res.stderr)
+    time.sleep(3)
+    return power_pull(lab, "hostA")
 
 
 def scenario_link_returns(lab):
