@@ -197,8 +197,13 @@ def scenario_role_switch(lab):
     assert res.returncode == 0, res.stderr
     reprotected(lab, "hostA", "incremental", None, since)
     res = lab.ftctl("hostB", "migrate", GUEST, "hostA", check=False)
+    assert res.returncode == 0, "migrate to where it runs: %d %s" % (res.returncode, res.stderr)
+    res = lab.ftctl("hostB", "migrate", GUEST, "hostB", check=False)
     assert res.returncode == 1 and "hostA" in res.stderr, \
         "migrate run where the guest does not run: %d %s" % (res.returncode, res.stderr)
+    res = lab.ftctl("hostA", "migrate", GUEST, "hostC", check=False)
+    assert res.returncode == 2, "migrate to a host outside the pair: %d %s" % (res.returncode,
+                                                                              res.stderr)
     time.sleep(3)
     return power_pull(lab, "hostA")
 
