@@ -27,6 +27,8 @@
 #define CHECKPOINT_HISTORY 4096
 /* How often a disk copy reports progress. */
 #define RESYNC_POLL_MS 500
+/* How long a handed-over QEMU gets to quit before libvirt destroys it. */
+#define HANDOVER_QUIT_TIMEOUT_MS 10000
 /* A peer silent this long during a re-protection is gone. */
 #define REJOIN_SILENCE_MS 5000
 /* After a failed re-protection, the next attempt waits this long. */
@@ -82,6 +84,8 @@ struct FtGuest {
     /* Primary re-protecting: the first sync's pause before switchover is handled. */
     gboolean switched_over;
     guint switchover_idle_id;
+    /* Planned failover: QEMU was asked to quit; libvirt destroys it if it does not. */
+    guint handover_timer;
 
     char *colo_mode;
     char *colo_reason;
@@ -411,7 +415,7 @@ static void fail(FtGuest *g, const char *fmt, ...)
     /* The guest ran in COLO or alone here: this copy may be the only one. */
     gboolean live = g->state == GUEST_PROTECTED || g->state == GUEST_TAKING_OVER ||
                     g->state == GUEST_DROPPING_SECONDARY || g->state == GUEST_DEGRADED ||
-                    g->rejoin;
+                    g->state == GUEST_HANDING_OVER || g->rejoin;
     gboolean qemu_up = g->qmp && qmp_is_open(g->qmp);
     va_list ap;
 
@@ -623,6 +627,8 @@ static void tell_peer(FtGuest *g, const char *event, const char *reason)
     daemon_peer_event(g->d, peer_host(g)->name, event, data);
 }
 
+static void finish_hand_over(FtGuest *g);
+
 static void on_qmp_closed(Qmp *q, const GError *reason, gpointer opaque)
 {
     FtGuest *g = opaque;
@@ -631,6 +637,10 @@ static void on_qmp_closed(Qmp *q, const GError *reason, gpointer opaque)
                                            reason ? reason->message : "closed");
 
     (void)q;
+    if (g->state == GUEST_HANDING_OVER) {
+        finish_hand_over(g);
+        return;
+    }
     if (g->shutdown_cause) {
         g_autofree char *how = planned_stop_reason(g->shutdown_cause);
 
@@ -1613,6 +1623,45 @@ void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject
         log_warn(g->def->name, role_name(g), "ignored '%s' from %s", name, from);
 }
 
+static gboolean call_ok(JsonNode *ret)
+{
+    if (ret)
+        json_node_unref(ret);
+    return ret != NULL;
+}
+
+/* This copy's QEMU is gone: the secondary takes over from its last checkpoint. */
+static void finish_hand_over(FtGuest *g)
+{
+    g_autofree char *why = g_strdup_printf("planned failover to %s", peer_host(g)->name);
+
+    if (g->handover_timer) {
+        g_source_remove(g->handover_timer);
+        g->handover_timer = 0;
+    }
+    detach(g);
+    tell_peer(g, "take-over", why);
+    transition(g, GUEST_STOPPED, "handed over; the new primary re-protects the guest "
+               "onto this host");
+}
+
+static gboolean hand_over_timed_out(gpointer opaque)
+{
+    FtGuest *g = opaque;
+    g_autoptr(GError) err = NULL;
+
+    g->handover_timer = 0;
+    log_warn(g->def->name, role_name(g), "QEMU did not quit within %d ms: libvirt "
+             "destroys it", HANDOVER_QUIT_TIMEOUT_MS);
+    detach(g);
+    if (!virt_domain_destroy(daemon_virt(g->d), g->def->name, &err)) {
+        fail(g, "cannot stop this copy for the planned failover: %s", err->message);
+        return G_SOURCE_REMOVE;
+    }
+    finish_hand_over(g);
+    return G_SOURCE_REMOVE;
+}
+
 gboolean guest_hand_over(FtGuest *g, GError **err)
 {
     const FtHost *peer = peer_host(g);
@@ -1640,20 +1689,20 @@ gboolean guest_hand_over(FtGuest *g, GError **err)
     if (!transition(g, GUEST_HANDING_OVER, why))
         return FALSE;
     /*
-     * This copy stops first, so the two never run at once.  What it sent
-     * since the last checkpoint is what the secondary replays, as in any
-     * failover: nothing released to the outside is lost.  Its QMP goes
-     * first, so the exit is not taken for a failure.
+     * This copy stops first, so the two never run at once; the secondary
+     * hears of it only once its QEMU is gone.  QEMU quits cleanly: disk
+     * writes under way complete on both copies (the secondary still serves
+     * NBD), so this host's disks hold nothing the secondary lacks.  What it
+     * sent since the last checkpoint is what the secondary replays, as in
+     * any failover: nothing released to the outside is lost.  kvm-ftd does
+     * not wait for it -- a daemon blocked here would fall silent, and its
+     * peer would take that for a dead host.
      */
-    detach(g);
-    if (!virt_domain_destroy(daemon_virt(g->d), g->def->name, &e)) {
-        fail(g, "cannot stop this copy for the planned failover: %s", e->message);
-        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "%s", g->error);
-        return FALSE;
-    }
-    tell_peer(g, "take-over", why);
-    transition(g, GUEST_STOPPED, "handed over; the new primary re-protects the guest "
-               "onto this host");
+    if (!call_ok(qmp_call(g->qmp, "quit", NULL, daemon_config(g->d)->qmp_timeout_ms, &e)) &&
+        qmp_is_open(g->qmp))
+        log_warn(g->def->name, role_name(g), "QEMU did not take 'quit' (%s): libvirt "
+                 "destroys it in %d ms", e->message, HANDOVER_QUIT_TIMEOUT_MS);
+    g->handover_timer = g_timeout_add(HANDOVER_QUIT_TIMEOUT_MS, hand_over_timed_out, g);
     return TRUE;
 }
 
@@ -1722,6 +1771,8 @@ void guest_free(FtGuest *g)
         g_source_remove(g->status_idle_id);
     if (g->switchover_idle_id)
         g_source_remove(g->switchover_idle_id);
+    if (g->handover_timer)
+        g_source_remove(g->handover_timer);
     g_free(g->exit_reason);
     g_free(g->shutdown_cause);
     g_free(g->status_reason);

@@ -819,7 +819,7 @@ static int hand_over(const char *guest, gint64 deadline)
         return fail(e);
     g = JSON_NODE_HOLDS_OBJECT(ack) ? json_node_get_object(ack) : NULL;
     peer = or_unknown(member_str(member_obj(g, "peer"), "host"));
-    say("%s: handed over to %s; waiting until %s has re-protected it onto this host",
+    say("%s: handing over to %s; waiting until %s has re-protected it onto this host",
         guest, peer, peer);
     rc = wait_for(guest, &goal_reprotected, deadline);
     if (rc == EXIT_OK)
