@@ -1126,20 +1126,15 @@ static void start_primary(FtGuest *g)
     continue_protection(g);
 }
 
-/*
- * The secondary's disks are up to date if both hosts hold the same
- * generation and this copy has not run alone since.  A pair that never
- * had one starts from the disks the administrator copied.
- */
 static void judge_peer_disks(FtGuest *g, const char *peer_generation)
 {
     gboolean diverged;
     g_autofree char *own = resync_generation_read(daemon_config(g->d), g->def->name,
                                                   &diverged);
-    gboolean same = own && g_strcmp0(own, peer_generation) == 0;
+    ResyncPlan plan = resync_plan(own, diverged, peer_generation);
 
-    g->resync_needed = (own || peer_generation) && !(same && !diverged);
-    g->resync_incremental = same;
+    g->resync_needed = plan != RESYNC_NONE;
+    g->resync_incremental = plan == RESYNC_INCREMENTAL;
 }
 
 static void on_secondary_prepared(PeerConn *conn, JsonNode *result,

@@ -379,6 +379,15 @@ void resync_abort(Qmp *q, const EngineLink *link)
     }
 }
 
+ResyncPlan resync_plan(const char *own, gboolean own_diverged, const char *peer)
+{
+    if (!own && !peer)
+        return RESYNC_NONE;
+    if (!own || g_strcmp0(own, peer) != 0)
+        return RESYNC_FULL;
+    return own_diverged ? RESYNC_INCREMENTAL : RESYNC_NONE;
+}
+
 static char *generation_path(const FtConfig *cfg, const char *name)
 {
     g_autofree char *file = g_strdup_printf("%s.generation", name);

@@ -68,6 +68,21 @@ gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err);
  */
 void resync_abort(Qmp *q, const EngineLink *link);
 
+typedef enum {
+    RESYNC_NONE,        /* the secondary's disks are the primary's */
+    RESYNC_INCREMENTAL, /* they lack the blocks written since the pair was in sync */
+    RESYNC_FULL,        /* nothing is known of them */
+} ResyncPlan;
+
+/*
+ * What a new secondary's disks need, from the generations both hosts hold
+ * (NULL: none).  A pair that never had one starts from the disks the
+ * administrator copied; the same generation on a copy that has not run
+ * alone since needs nothing; the same generation otherwise, the tracked
+ * blocks; anything else, everything.
+ */
+ResyncPlan resync_plan(const char *own, gboolean own_diverged, const char *peer);
+
 /*
  * The generation of the pair this host's disks belong to: a random id both
  * hosts store when they enter protection together.  NULL if unknown (a
