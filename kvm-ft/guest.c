@@ -1372,23 +1372,27 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
     if (!transition(g, GUEST_STARTING_SECONDARY, "primary asked for a secondary"))
         return;
     /*
-     * From here the disks are rewritten by the primary: until the pair is
-     * in sync again, they belong to no generation.  (A diverged copy here
-     * would mean two copies ran alone; the primary's wins.)
+     * The generation stays through the primary's copy: a copy cut short
+     * leaves the disks at that generation plus some of the blocks the
+     * primary tracks, which the next incremental copy sends again; a full
+     * copy is only asked for when the generations differ anyway.  A disk
+     * created blank belongs to none.  (A diverged copy here means two
+     * copies ran alone; the primary's wins.)
      */
     g_free(g->found_generation);
     g->found_generation = resync_generation_read(cfg, g->def->name, &diverged);
-    if (g->found_generation && !disks_present(g)) {
-        log_warn(g->def->name, role_name(g), "a disk of the guest is missing: the primary "
-                 "copies all of them in full");
+    if (!disks_present(g)) {
+        if (g->found_generation)
+            log_warn(g->def->name, role_name(g), "a disk of the guest is missing: the "
+                     "primary copies all of them in full");
         g_clear_pointer(&g->found_generation, g_free);
+        resync_generation_forget(cfg, g->def->name);
     }
     if (diverged) {
         log_warn(g->def->name, role_name(g), "this host's copy had run alone too; the "
                  "primary on %s overwrites it with a full copy", peer_host(g)->name);
         g_clear_pointer(&g->found_generation, g_free);
     }
-    resync_generation_forget(cfg, g->def->name);
 
     if (!virt_domain_define_missing(daemon_virt(g->d), g->def->name,
                                     g->domain_xml, &defined, &err)) {
