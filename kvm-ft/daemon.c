@@ -97,6 +97,34 @@ void daemon_reply_error(PeerConn *conn, guint64 id, const char *fmt, ...)
     peer_conn_reply_error(conn, id, msg);
 }
 
+static gboolean is_int(JsonNode *node, gint64 min)
+{
+    return JSON_NODE_HOLDS_VALUE(node) && json_node_get_value_type(node) == G_TYPE_INT64 &&
+           json_node_get_int(node) >= min;
+}
+
+/* What the primary says of its disk copy (all optional): well-formed or refused. */
+static gboolean copy_params_valid(JsonObject *params)
+{
+    JsonNode *sizes = json_object_get_member(params, "disk-bytes");
+    JsonNode *wait = json_object_get_member(params, "wait-ms");
+    JsonNode *gen = json_object_get_member(params, "generation");
+
+    if (sizes) {
+        if (!JSON_NODE_HOLDS_ARRAY(sizes))
+            return FALSE;
+        for (guint i = 0; i < json_array_get_length(json_node_get_array(sizes)); i++) {
+            if (!is_int(json_array_get_element(json_node_get_array(sizes), i), 1))
+                return FALSE;
+        }
+    }
+    if (wait && !is_int(wait, 0))
+        return FALSE;
+    return !gen || (JSON_NODE_HOLDS_VALUE(gen) &&
+                    json_node_get_value_type(gen) == G_TYPE_STRING &&
+                    g_uuid_string_is_valid(json_node_get_string(gen)));
+}
+
 static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
                                      JsonObject *params)
 {
@@ -113,6 +141,12 @@ static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
     if (!xml || !primary || !version) {
         daemon_reply_error(conn, id, "prepare-secondary needs domain-xml, primary and "
                            "qemu-version");
+        return;
+    }
+    if (!copy_params_valid(params)) {
+        daemon_reply_error(conn, id, "prepare-secondary: disk-bytes must be a list of "
+                           "positive sizes, wait-ms a number of milliseconds, generation "
+                           "a UUID");
         return;
     }
     /* The secondary loads the primary's state: the same QEMU must run both. */

@@ -1298,6 +1298,17 @@ static gboolean prepare_overlays(FtGuest *g, JsonArray *sizes, GPtrArray *active
         }
         if (!disk_virtual_size(disk->source_path, &size, err))
             return FALSE;
+        /* The primary's copy and replication write its blocks one for one. */
+        if (sizes && i < json_array_get_length(sizes) &&
+            json_array_get_int_element(sizes, i) != size) {
+            g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                        "disk %s (%s) on %s is %" G_GINT64_FORMAT " bytes, the primary's "
+                        "is %" G_GINT64_FORMAT ": remove it (a blank one of the right size "
+                        "is created and copied in full) or resize it",
+                        disk->source_path, disk->target, daemon_config(g->d)->host_name,
+                        size, json_array_get_int_element(sizes, i));
+            return FALSE;
+        }
         g_ptr_array_add(active, overlay_path(g, OVERLAY_ACTIVE, i));
         g_ptr_array_add(hidden, overlay_path(g, OVERLAY_HIDDEN, i));
         if (!create_overlay(g_ptr_array_index(active, i), size, err) ||

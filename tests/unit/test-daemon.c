@@ -296,12 +296,21 @@ static void on_reply(PeerConn *conn, JsonNode *result, const GError *error, gpoi
 }
 
 /* What hostA answers hostB's prepare-secondary for web1 (NULL: success). */
-static char *prepare_secondary(const char *qemu_version)
+/* ... with one more member, given as JSON text (NULL: none). */
+static char *prepare_secondary_with(const char *qemu_version, const char *member,
+                                    const char *json)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(PeerConn) conn = NULL;
     g_autoptr(JsonObject) params = json_object_new();
     Client c = { 0 };
+
+    if (member) {
+        JsonNode *value = json_from_string(json, &err);
+
+        ck_assert_msg(value != NULL, "%s", json);
+        json_object_set_member(params, member, value);
+    }
 
     conn = peer_connect("127.0.0.1", lab.port, lab.psk, "hostB", 5000, &client_callbacks, &c,
                         &err);
@@ -317,6 +326,11 @@ static char *prepare_secondary(const char *qemu_version)
     WAIT_FOR(c.answered, 5000);
     ck_assert(c.answered);
     return c.error;
+}
+
+static char *prepare_secondary(const char *qemu_version)
+{
+    return prepare_secondary_with(qemu_version, NULL, NULL);
 }
 
 START_TEST(prepare_secondary_needs_the_same_qemu)
@@ -348,6 +362,34 @@ START_TEST(prepare_secondary_needs_the_same_qemu)
 }
 END_TEST
 
+START_TEST(prepare_secondary_refuses_malformed_copy_params)
+{
+    static const char *const bad[][2] = {
+        { "disk-bytes", "[\"64M\"]" },
+        { "disk-bytes", "[0]" },
+        { "disk-bytes", "{\"vda\": 1}" },
+        { "wait-ms", "-1" },
+        { "wait-ms", "\"soon\"" },
+        { "generation", "\"not-a-uuid\"" },
+        { "generation", "7" },
+    };
+    g_autoptr(GError) err = NULL;
+    g_autofree char *mine = NULL;
+
+    start_peer(FALSE);
+    start_daemon();
+    mine = virt_qemu_version(daemon_virt(lab.d), &err);
+    ck_assert_ptr_nonnull(mine);
+    for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_autofree char *answer = prepare_secondary_with(mine, bad[i][0], bad[i][1]);
+
+        ck_assert_msg(answer && g_str_has_prefix(answer, "prepare-secondary: disk-bytes must "
+                                                          "be a list of positive sizes"),
+                      "%s = %s: %s", bad[i][0], bad[i][1], answer ? answer : "accepted");
+    }
+}
+END_TEST
+
 static Suite *daemon_suite(void)
 {
     Suite *s = suite_create("daemon");
@@ -358,6 +400,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, quit_while_prepare_secondary_is_on_its_way);
     tcase_add_test(tc, quit_while_prepare_secondary_waits_for_the_peer);
     tcase_add_test(tc, prepare_secondary_needs_the_same_qemu);
+    tcase_add_test(tc, prepare_secondary_refuses_malformed_copy_params);
     suite_add_tcase(s, tc);
     return s;
 }
