@@ -189,6 +189,24 @@ static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
     peer_conn_reply(conn, id, ok);
 }
 
+static void handle_receive_copy(Daemon *d, PeerConn *conn, guint64 id, JsonObject *params)
+{
+    const char *name = json_object_get_string_member_with_default(params, "guest", "");
+    FtGuest *g = g_hash_table_lookup(d->guests, name);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonNode) ok = json_node_new(JSON_NODE_NULL);
+
+    if (!g) {
+        daemon_reply_error(conn, id, "no guest '%s' on %s", name, d->cfg->host_name);
+        return;
+    }
+    if (!guest_receive_copy(g, &err)) {
+        daemon_reply_error(conn, id, "%s", err->message);
+        return;
+    }
+    peer_conn_reply(conn, id, ok);
+}
+
 static void on_request(PeerConn *conn, guint64 id, const char *method,
                        JsonObject *params, gpointer opaque)
 {
@@ -198,6 +216,8 @@ static void on_request(PeerConn *conn, guint64 id, const char *method,
         handle_prepare_secondary(d, conn, id, params);
     else if (strcmp(method, "stop-secondary") == 0)
         handle_stop_secondary(d, conn, id, params);
+    else if (strcmp(method, "receive-copy") == 0)
+        handle_receive_copy(d, conn, id, params);
     else if (!definitions_peer_request(d->defs, conn, id, method, params))
         daemon_reply_error(conn, id, "unknown request '%s'", method);
 }

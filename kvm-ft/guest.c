@@ -60,6 +60,7 @@ struct FtGuest {
     guint64 reply_id;
     /* Secondary: the generation its disks had before the primary asked. */
     char *found_generation;
+    GenerationMark found_mark;
 
     /* The generation the pair enters protection with (resync.h). */
     char *generation;
@@ -272,6 +273,7 @@ static void answer_primary(FtGuest *g, const char *error)
             json_object_set_string_member(result, "generation", g->found_generation);
         else
             json_object_set_null_member(result, "generation");
+        json_object_set_string_member(result, "mark", resync_mark_name(g->found_mark));
         json_node_take_object(ok, result);
         peer_conn_reply(g->reply_conn, g->reply_id, ok);
     }
@@ -368,11 +370,11 @@ static void mark_diverged(FtGuest *g)
 {
     const FtConfig *cfg = daemon_config(g->d);
     g_autoptr(GError) err = NULL;
-    gboolean diverged;
-    g_autofree char *gen = resync_generation_read(cfg, g->def->name, &diverged);
+    GenerationMark mark;
+    g_autofree char *gen = resync_generation_read(cfg, g->def->name, &mark);
 
-    if (gen && !diverged &&
-        !resync_generation_write(cfg, g->def->name, gen, TRUE, &err))
+    if (gen && mark == GENERATION_IN_SYNC &&
+        !resync_generation_write(cfg, g->def->name, gen, GENERATION_DIVERGED, &err))
         log_warn(g->def->name, role_name(g), "cannot record that the copies diverged "
                  "(the next re-protection copies the whole disk): %s", err->message);
 }
@@ -776,7 +778,7 @@ static void enter_protected(FtGuest *g, const char *reason, gboolean new_epoch)
         g_clear_error(&err);
     }
     if (new_epoch && g->generation &&
-        !resync_generation_write(cfg, g->def->name, g->generation, FALSE, &err))
+        !resync_generation_write(cfg, g->def->name, g->generation, GENERATION_IN_SYNC, &err))
         log_warn(g->def->name, role_name(g), "cannot record the pair's generation: %s",
                  err->message);
     g->rejoin = FALSE;
@@ -1063,26 +1065,20 @@ static gboolean poll_resync(gpointer opaque)
 }
 
 /* With this host's QEMU up and the secondary waiting: copy what it lacks, if anything. */
-static void continue_protection(FtGuest *g)
+/* The secondary has marked its disks as receiving: the copy starts. */
+static void start_copy(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *why = NULL;
     EngineLink link = engine_link(g);
     gboolean tracking = FALSE;
 
-    if (!engine_primary_open_channels(g->qmp, &link, &err)) {
-        fail(g, "cannot set up replication: %s", err->message);
-        return;
-    }
-    if (!g->resync_needed) {
-        setup_colo(g);
-        return;
-    }
     /* Only the blocks written since the split, if this QEMU knows them all. */
     if (g->resync_incremental &&
         (!resync_is_tracking(g->qmp, &link, &tracking, &err) || !tracking)) {
         log_warn(g->def->name, role_name(g), "writes since the split are not known%s%s: "
                  "copying the whole disk", err ? ": " : "", err ? err->message : "");
+        g_clear_error(&err);
         g->resync_incremental = FALSE;
     }
     if (!resync_start(g->qmp, &link, g->resync_incremental,
@@ -1108,6 +1104,45 @@ static void continue_protection(FtGuest *g)
     g->poll_id = g_timeout_add(RESYNC_POLL_MS, poll_resync, g);
 }
 
+static void on_peer_receiving(PeerConn *conn, JsonNode *result, const GError *error,
+                              gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    (void)conn;
+    (void)result;
+    if (g->state != GUEST_STARTING_PRIMARY && g->state != GUEST_REJOINING)
+        return;
+    if (error) {
+        fail(g, "%s cannot take the disk copy: %s", peer_host(g)->name, error->message);
+        return;
+    }
+    start_copy(g);
+}
+
+/* With this host's QEMU up and the secondary waiting: copy what it lacks, if anything. */
+static void continue_protection(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    EngineLink link = engine_link(g);
+    JsonObject *params;
+
+    if (!engine_primary_open_channels(g->qmp, &link, &err)) {
+        fail(g, "cannot set up replication: %s", err->message);
+        return;
+    }
+    if (!g->resync_needed) {
+        setup_colo(g);
+        return;
+    }
+    /* First the peer marks its disks: a copy cut short must never be a source. */
+    params = json_object_new();
+    json_object_set_string_member(params, "guest", g->def->name);
+    daemon_peer_call(g->d, peer_host(g)->link_address, "receive-copy", params,
+                     daemon_config(g->d)->peer_timeout_ms, on_peer_receiving, g);
+    json_object_unref(params);
+}
+
 static void start_primary(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
@@ -1126,15 +1161,59 @@ static void start_primary(FtGuest *g)
     continue_protection(g);
 }
 
-static void judge_peer_disks(FtGuest *g, const char *peer_generation)
+/* FALSE if this host's disks cannot be the source of the guest. */
+static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
+                                 GenerationMark peer_mark)
 {
-    gboolean diverged;
-    g_autofree char *own = resync_generation_read(daemon_config(g->d), g->def->name,
-                                                  &diverged);
-    ResyncPlan plan = resync_plan(own, diverged, peer_generation);
+    const char *self = daemon_config(g->d)->host_name;
+    const char *peer = peer_host(g)->name;
+    GenerationMark mark;
+    g_autofree char *own = resync_generation_read(daemon_config(g->d), g->def->name, &mark);
 
-    g->resync_needed = plan != RESYNC_NONE;
-    g->resync_incremental = plan == RESYNC_INCREMENTAL;
+    switch (resync_plan(own, mark, peer_generation, peer_mark)) {
+    case RESYNC_OWN_PARTIAL:
+        fail(g, "the disks of '%s' on %s are a copy from %s that was cut short: start the "
+             "guest on %s, which copies them again", g->def->name, self, peer, peer);
+        return FALSE;
+    case RESYNC_PEER_NEWER:
+        fail(g, "the disks of '%s' on %s hold writes that %s's lack (it ran alone, or %s's "
+             "are unknown): start the guest on %s", g->def->name, peer, self, self, peer);
+        return FALSE;
+    case RESYNC_FULL:
+        if (own && peer_generation && mark == GENERATION_DIVERGED &&
+            peer_mark == GENERATION_DIVERGED)
+            log_warn(g->def->name, role_name(g), "both copies ran alone since they split: "
+                     "this host's overwrites %s's", peer);
+        g->resync_needed = TRUE;
+        g->resync_incremental = FALSE;
+        return TRUE;
+    case RESYNC_INCREMENTAL:
+        g->resync_needed = g->resync_incremental = TRUE;
+        return TRUE;
+    case RESYNC_NONE:
+        break;
+    }
+    g->resync_needed = g->resync_incremental = FALSE;
+    return TRUE;
+}
+
+/* The secondary's answer: its disks' generation (may be null) and mark. */
+static gboolean peer_disks_reported(JsonObject *obj, const char **generation,
+                                    GenerationMark *mark)
+{
+    JsonNode *gen = obj ? json_object_get_member(obj, "generation") : NULL;
+    JsonNode *m = obj ? json_object_get_member(obj, "mark") : NULL;
+
+    *generation = NULL;
+    *mark = GENERATION_IN_SYNC;
+    if (gen && !JSON_NODE_HOLDS_NULL(gen)) {
+        if (!JSON_NODE_HOLDS_VALUE(gen) || json_node_get_value_type(gen) != G_TYPE_STRING ||
+            !g_uuid_string_is_valid(json_node_get_string(gen)))
+            return FALSE;
+        *generation = json_node_get_string(gen);
+    }
+    return !m || (JSON_NODE_HOLDS_VALUE(m) && json_node_get_value_type(m) == G_TYPE_STRING &&
+                  resync_mark_parse(json_node_get_string(m), mark));
 }
 
 static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
@@ -1143,6 +1222,8 @@ static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
     FtGuest *g = opaque;
     JsonObject *obj = result && JSON_NODE_HOLDS_OBJECT(result) ? json_node_get_object(result)
                                                                 : NULL;
+    const char *peer_generation;
+    GenerationMark peer_mark;
 
     (void)conn;
     if (g->state != GUEST_PREPARING_PEER && g->state != GUEST_REJOINING)
@@ -1152,9 +1233,13 @@ static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
              error->message);
         return;
     }
-    judge_peer_disks(g, obj ? json_object_get_string_member_with_default(obj, "generation",
-                                                                         NULL)
-                            : NULL);
+    if (!peer_disks_reported(obj, &peer_generation, &peer_mark)) {
+        fail(g, "peer %s answered prepare-secondary without a valid generation and mark",
+             peer_host(g)->name);
+        return;
+    }
+    if (!judge_peer_disks(g, peer_generation, peer_mark))
+        return;
     if (g->rejoin)
         continue_protection(g);
     else
@@ -1359,7 +1444,6 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
                            ? json_object_get_array_member(params, "disk-bytes")
                            : NULL;
     gint64 wait_ms = json_object_get_int_member_with_default(params, "wait-ms", 0);
-    gboolean diverged;
     g_autoptr(GError) err = NULL;
     g_autoptr(GPtrArray) active = g_ptr_array_new_with_free_func(g_free);
     g_autoptr(GPtrArray) hidden = g_ptr_array_new_with_free_func(g_free);
@@ -1383,26 +1467,19 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
     if (!transition(g, GUEST_STARTING_SECONDARY, "primary asked for a secondary"))
         return;
     /*
-     * The generation stays through the primary's copy: a copy cut short
-     * leaves the disks at that generation plus some of the blocks the
-     * primary tracks, which the next incremental copy sends again; a full
-     * copy is only asked for when the generations differ anyway.  A disk
-     * created blank belongs to none.  (A diverged copy here means two
-     * copies ran alone; the primary's wins.)
+     * What the primary needs to know of these disks to copy only what
+     * they lack -- or to refuse to overwrite them.  A disk created blank
+     * belongs to no generation.
      */
     g_free(g->found_generation);
-    g->found_generation = resync_generation_read(cfg, g->def->name, &diverged);
+    g->found_generation = resync_generation_read(cfg, g->def->name, &g->found_mark);
     if (!disks_present(g)) {
         if (g->found_generation)
             log_warn(g->def->name, role_name(g), "a disk of the guest is missing: the "
                      "primary copies all of them in full");
         g_clear_pointer(&g->found_generation, g_free);
+        g->found_mark = GENERATION_IN_SYNC;
         resync_generation_forget(cfg, g->def->name);
-    }
-    if (diverged) {
-        log_warn(g->def->name, role_name(g), "this host's copy had run alone too; the "
-                 "primary on %s overwrites it with a full copy", peer_host(g)->name);
-        g_clear_pointer(&g->found_generation, g_free);
     }
 
     if (!virt_domain_define_missing(daemon_virt(g->d), g->def->name,
@@ -1670,6 +1747,27 @@ static gboolean hand_over_timed_out(gpointer opaque)
     }
     finish_hand_over(g);
     return G_SOURCE_REMOVE;
+}
+
+gboolean guest_receive_copy(FtGuest *g, GError **err)
+{
+    if (g->role != FT_ROLE_SECONDARY ||
+        (g->state != GUEST_STARTING_SECONDARY && g->state != GUEST_SECONDARY_WAITING)) {
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "'%s' is %s here, not a secondary "
+                    "waiting for its primary", g->def->name, guest_state_name(g->state));
+        return FALSE;
+    }
+    /*
+     * Until the pair is protected these disks may be a mix of old and new
+     * blocks: never the source of the guest.  The generation stays, so a
+     * copy cut short is followed by an incremental one again.
+     */
+    if (g->found_generation &&
+        !resync_generation_write(daemon_config(g->d), g->def->name, g->found_generation,
+                                 GENERATION_RECEIVING, err))
+        return FALSE;
+    log_info(g->def->name, role_name(g), "the primary copies to this host's disks");
+    return TRUE;
 }
 
 gboolean guest_hand_over(FtGuest *g, GError **err)

@@ -70,6 +70,9 @@ void guest_protect(FtGuest *g, gboolean started_by_libvirt);
  */
 void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject *params);
 
+/* Secondary: the primary is about to copy to this host's disks (mark them). */
+gboolean guest_receive_copy(FtGuest *g, GError **err);
+
 /* A restarted kvm-ftd takes its running guest back, found by its QMP socket. */
 gboolean guest_reattach(FtGuest *g, GError **err);
 

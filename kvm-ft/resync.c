@@ -10,7 +10,6 @@
 #include "log.h"
 
 #define TRACKING_BITMAP "kvmft-dirty"
-#define GENERATION_DIVERGED "diverged"
 /* How long a cancelled job gets to wind down before its nodes are removed. */
 #define JOB_END_TIMEOUT_MS 10000
 #define JOB_END_POLL_MS 50
@@ -379,13 +378,22 @@ void resync_abort(Qmp *q, const EngineLink *link)
     }
 }
 
-ResyncPlan resync_plan(const char *own, gboolean own_diverged, const char *peer)
+ResyncPlan resync_plan(const char *own, GenerationMark own_mark, const char *peer,
+                       GenerationMark peer_mark)
 {
+    if (own_mark == GENERATION_RECEIVING)
+        return RESYNC_OWN_PARTIAL;
     if (!own && !peer)
         return RESYNC_NONE;
-    if (!own || g_strcmp0(own, peer) != 0)
+    if (!own)
+        return RESYNC_PEER_NEWER;
+    if (!peer || strcmp(own, peer) != 0)
         return RESYNC_FULL;
-    return own_diverged ? RESYNC_INCREMENTAL : RESYNC_NONE;
+    if (peer_mark == GENERATION_DIVERGED)
+        return own_mark == GENERATION_DIVERGED ? RESYNC_FULL : RESYNC_PEER_NEWER;
+    if (own_mark == GENERATION_DIVERGED || peer_mark == GENERATION_RECEIVING)
+        return RESYNC_INCREMENTAL;
+    return RESYNC_NONE;
 }
 
 static char *generation_path(const FtConfig *cfg, const char *name)
@@ -395,29 +403,55 @@ static char *generation_path(const FtConfig *cfg, const char *name)
     return g_build_filename(cfg->state_dir, file, NULL);
 }
 
-/* The file holds the id, and "diverged" once this copy ran without the other. */
-char *resync_generation_read(const FtConfig *cfg, const char *name, gboolean *diverged)
+static const char *const mark_words[] = {
+    [GENERATION_IN_SYNC] = NULL,
+    [GENERATION_DIVERGED] = "diverged",
+    [GENERATION_RECEIVING] = "receiving",
+};
+
+const char *resync_mark_name(GenerationMark mark)
+{
+    return mark_words[mark] ? mark_words[mark] : "in-sync";
+}
+
+gboolean resync_mark_parse(const char *name, GenerationMark *mark)
+{
+    for (guint m = 0; name && m < G_N_ELEMENTS(mark_words); m++) {
+        if (g_strcmp0(resync_mark_name(m), name) == 0) {
+            *mark = m;
+            return TRUE;
+        }
+    }
+    return FALSE;
+}
+
+/* The file holds the id, then the mark as a word unless in sync. */
+char *resync_generation_read(const FtConfig *cfg, const char *name, GenerationMark *mark)
 {
     g_autofree char *path = generation_path(cfg, name);
     g_autofree char *text = NULL;
     g_auto(GStrv) words = NULL;
 
-    *diverged = FALSE;
+    *mark = GENERATION_IN_SYNC;
     if (!g_file_get_contents(path, &text, NULL, NULL))
         return NULL;
     words = g_strsplit_set(g_strstrip(text), " \n", -1);
     if (!words[0] || !g_uuid_string_is_valid(words[0]))
         return NULL;
-    *diverged = words[1] && strcmp(words[1], GENERATION_DIVERGED) == 0;
+    for (guint m = 0; words[1] && m < G_N_ELEMENTS(mark_words); m++) {
+        if (mark_words[m] && strcmp(words[1], mark_words[m]) == 0)
+            *mark = m;
+    }
     return g_strdup(words[0]);
 }
 
 gboolean resync_generation_write(const FtConfig *cfg, const char *name,
-                                 const char *generation, gboolean diverged, GError **err)
+                                 const char *generation, GenerationMark mark, GError **err)
 {
     g_autofree char *path = generation_path(cfg, name);
-    g_autofree char *text = g_strdup_printf("%s%s\n", generation,
-                                            diverged ? " " GENERATION_DIVERGED : "");
+    g_autofree char *text = g_strdup_printf("%s%s%s\n", generation,
+                                            mark_words[mark] ? " " : "",
+                                            mark_words[mark] ? mark_words[mark] : "");
 
     if (g_mkdir_with_parents(cfg->state_dir, 0700) < 0) {
         g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),

@@ -68,28 +68,45 @@ gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err);
  */
 void resync_abort(Qmp *q, const EngineLink *link);
 
+/* What a host's generation file says of its disks besides the generation. */
+typedef enum {
+    GENERATION_IN_SYNC,   /* the same as the other copy's when last protected */
+    GENERATION_DIVERGED,  /* this copy has run alone since: the other lacks writes */
+    GENERATION_RECEIVING, /* a copy to these disks began and may have been cut short */
+} GenerationMark;
+
 typedef enum {
     RESYNC_NONE,        /* the secondary's disks are the primary's */
     RESYNC_INCREMENTAL, /* they lack the blocks written since the pair was in sync */
-    RESYNC_FULL,        /* nothing is known of them */
+    RESYNC_FULL,        /* nothing is known of them, or the primary's copy wins */
+    RESYNC_OWN_PARTIAL, /* this host's disks are a copy cut short: never a source */
+    RESYNC_PEER_NEWER,  /* the peer's disks hold what this host's lack: start it there */
 } ResyncPlan;
 
 /*
- * What a new secondary's disks need, from the generations both hosts hold
- * (NULL: none).  A pair that never had one starts from the disks the
- * administrator copied; the same generation on a copy that has not run
- * alone since needs nothing; the same generation otherwise, the tracked
- * blocks; anything else, everything.
+ * What a new secondary's disks need, from the generations and marks both
+ * hosts hold (NULL: none).  A pair that never had one starts from the
+ * disks the administrator copied.  Disks a copy to them was writing are
+ * never the source of one, nor are disks the peer's generation does not
+ * know when the peer's does.  Of the same generation: nothing if neither
+ * ran alone, the tracked blocks if this copy did (or the peer's was being
+ * written), and the peer's copy wins if it alone ran alone.  Of different
+ * generations, or both having run alone: this copy wins (the guest runs
+ * here, or the administrator started it here).
  */
-ResyncPlan resync_plan(const char *own, gboolean own_diverged, const char *peer);
+ResyncPlan resync_plan(const char *own, GenerationMark own_mark, const char *peer,
+                       GenerationMark peer_mark);
+
+/* The mark's name in the peer protocol, and back (FALSE if unknown). */
+const char *resync_mark_name(GenerationMark mark);
+gboolean resync_mark_parse(const char *name, GenerationMark *mark);
 
 /*
  * The generation of the pair this host's disks belong to: a random id both
  * hosts store when they enter protection together.  NULL if unknown (a
- * blank host, or one whose copy was being rewritten when it stopped).
- * diverged: this copy has run alone since, so the other one lacks writes.
+ * blank host, a stranger's file).
  */
-char *resync_generation_read(const FtConfig *cfg, const char *name, gboolean *diverged);
+char *resync_generation_read(const FtConfig *cfg, const char *name, GenerationMark *mark);
 gboolean resync_generation_write(const FtConfig *cfg, const char *name,
-                                 const char *generation, gboolean diverged, GError **err);
+                                 const char *generation, GenerationMark mark, GError **err);
 void resync_generation_forget(const FtConfig *cfg, const char *name);

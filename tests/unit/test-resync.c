@@ -9,42 +9,89 @@
 #define GEN_A "0b3c8a44-6a4f-4e34-9d55-3f6f3f0f6f01"
 #define GEN_B "7d1e2f30-1c2d-4b5e-8f90-a1b2c3d4e5f6"
 
+#define IN_SYNC GENERATION_IN_SYNC
+#define DIVERGED GENERATION_DIVERGED
+#define RECEIVING GENERATION_RECEIVING
+
 START_TEST(fresh_pair_copies_nothing)
 {
     /* The administrator copied the disks before the first protection. */
-    ck_assert_int_eq(resync_plan(NULL, FALSE, NULL), RESYNC_NONE);
+    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, NULL, IN_SYNC), RESYNC_NONE);
 }
 END_TEST
 
 START_TEST(same_generation_in_sync_copies_nothing)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, FALSE, GEN_A), RESYNC_NONE);
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, IN_SYNC), RESYNC_NONE);
 }
 END_TEST
 
 START_TEST(same_generation_after_running_alone_copies_the_changes)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, TRUE, GEN_A), RESYNC_INCREMENTAL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, IN_SYNC), RESYNC_INCREMENTAL);
+}
+END_TEST
+
+START_TEST(copy_cut_short_on_the_peer_is_finished_incrementally)
+{
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, RECEIVING), RESYNC_INCREMENTAL);
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, RECEIVING), RESYNC_INCREMENTAL);
 }
 END_TEST
 
 START_TEST(other_generation_copies_everything)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, TRUE, GEN_B), RESYNC_FULL);
-    ck_assert_int_eq(resync_plan(GEN_A, FALSE, GEN_B), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_B, IN_SYNC), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_B, DIVERGED), RESYNC_FULL);
 }
 END_TEST
 
 START_TEST(blank_peer_copies_everything)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, TRUE, NULL), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, NULL, IN_SYNC), RESYNC_FULL);
 }
 END_TEST
 
-START_TEST(unknown_own_generation_copies_everything)
+START_TEST(both_ran_alone_this_copy_wins)
 {
-    /* This host's copy was being rewritten when it stopped. */
-    ck_assert_int_eq(resync_plan(NULL, FALSE, GEN_A), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, DIVERGED), RESYNC_FULL);
+}
+END_TEST
+
+START_TEST(peer_that_ran_alone_is_never_overwritten)
+{
+    /* It holds writes this host's disks lack: the guest must start there. */
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, DIVERGED), RESYNC_PEER_NEWER);
+}
+END_TEST
+
+START_TEST(unknown_own_disks_never_overwrite_the_pairs)
+{
+    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, GEN_A, IN_SYNC), RESYNC_PEER_NEWER);
+    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, GEN_A, DIVERGED), RESYNC_PEER_NEWER);
+}
+END_TEST
+
+START_TEST(copy_cut_short_is_never_a_source)
+{
+    /* Whatever the peer holds: these disks may be a mix of old and new blocks. */
+    ck_assert_int_eq(resync_plan(GEN_A, RECEIVING, GEN_A, IN_SYNC), RESYNC_OWN_PARTIAL);
+    ck_assert_int_eq(resync_plan(GEN_A, RECEIVING, NULL, IN_SYNC), RESYNC_OWN_PARTIAL);
+}
+END_TEST
+
+START_TEST(marks_travel_by_name)
+{
+    static const GenerationMark marks[] = { IN_SYNC, DIVERGED, RECEIVING };
+    GenerationMark back;
+
+    for (gsize i = 0; i < G_N_ELEMENTS(marks); i++) {
+        ck_assert(resync_mark_parse(resync_mark_name(marks[i]), &back));
+        ck_assert_int_eq(back, marks[i]);
+    }
+    ck_assert_str_eq(resync_mark_name(IN_SYNC), "in-sync");
+    ck_assert(!resync_mark_parse("sync", &back));
+    ck_assert(!resync_mark_parse(NULL, &back));
 }
 END_TEST
 
@@ -76,58 +123,58 @@ static void write_raw(const char *text)
 
 START_TEST(generation_round_trip)
 {
-    g_autoptr(GError) err = NULL;
-    g_autofree char *in_sync = NULL;
-    g_autofree char *alone = NULL;
-    gboolean diverged = TRUE;
+    static const GenerationMark marks[] = {
+        GENERATION_IN_SYNC, GENERATION_DIVERGED, GENERATION_RECEIVING,
+    };
 
-    ck_assert(resync_generation_write(&cfg, "web1", GEN_A, FALSE, &err));
-    in_sync = resync_generation_read(&cfg, "web1", &diverged);
-    ck_assert_str_eq(in_sync, GEN_A);
-    ck_assert(!diverged);
+    for (gsize i = 0; i < G_N_ELEMENTS(marks); i++) {
+        g_autoptr(GError) err = NULL;
+        g_autofree char *gen = NULL;
+        GenerationMark mark = (marks[i] + 1) % G_N_ELEMENTS(marks);
 
-    ck_assert(resync_generation_write(&cfg, "web1", GEN_A, TRUE, &err));
-    alone = resync_generation_read(&cfg, "web1", &diverged);
-    ck_assert_str_eq(alone, GEN_A);
-    ck_assert(diverged);
+        ck_assert(resync_generation_write(&cfg, "web1", GEN_A, marks[i], &err));
+        gen = resync_generation_read(&cfg, "web1", &mark);
+        ck_assert_str_eq(gen, GEN_A);
+        ck_assert_int_eq(mark, marks[i]);
+    }
 }
 END_TEST
 
 START_TEST(missing_or_forgotten_generation_is_unknown)
 {
-    gboolean diverged = TRUE;
+    GenerationMark mark = GENERATION_DIVERGED;
 
-    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &diverged));
-    ck_assert(!diverged);
-    ck_assert(resync_generation_write(&cfg, "web1", GEN_B, FALSE, NULL));
+    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &mark));
+    ck_assert_int_eq(mark, GENERATION_IN_SYNC);
+    ck_assert(resync_generation_write(&cfg, "web1", GEN_B, GENERATION_IN_SYNC, NULL));
     resync_generation_forget(&cfg, "web1");
-    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &diverged));
+    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &mark));
 }
 END_TEST
 
 START_TEST(garbage_generation_is_unknown)
 {
-    gboolean diverged;
+    GenerationMark mark;
 
     /* A stranger's or damaged file must never pass for the pair's. */
     write_raw("not-a-generation\n");
-    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &diverged));
+    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &mark));
     write_raw("");
-    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &diverged));
+    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &mark));
     write_raw(GEN_A "x diverged\n");
-    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &diverged));
+    ck_assert_ptr_null(resync_generation_read(&cfg, "web1", &mark));
 }
 END_TEST
 
-START_TEST(unknown_marker_is_not_diverged)
+START_TEST(unknown_mark_reads_as_in_sync)
 {
     g_autofree char *gen = NULL;
-    gboolean diverged = TRUE;
+    GenerationMark mark = GENERATION_RECEIVING;
 
     write_raw(GEN_A " something-else\n");
-    gen = resync_generation_read(&cfg, "web1", &diverged);
+    gen = resync_generation_read(&cfg, "web1", &mark);
     ck_assert_str_eq(gen, GEN_A);
-    ck_assert(!diverged);
+    ck_assert_int_eq(mark, GENERATION_IN_SYNC);
 }
 END_TEST
 
@@ -140,16 +187,21 @@ static Suite *resync_suite(void)
     tcase_add_test(plan, fresh_pair_copies_nothing);
     tcase_add_test(plan, same_generation_in_sync_copies_nothing);
     tcase_add_test(plan, same_generation_after_running_alone_copies_the_changes);
+    tcase_add_test(plan, copy_cut_short_on_the_peer_is_finished_incrementally);
     tcase_add_test(plan, other_generation_copies_everything);
     tcase_add_test(plan, blank_peer_copies_everything);
-    tcase_add_test(plan, unknown_own_generation_copies_everything);
+    tcase_add_test(plan, both_ran_alone_this_copy_wins);
+    tcase_add_test(plan, peer_that_ran_alone_is_never_overwritten);
+    tcase_add_test(plan, unknown_own_disks_never_overwrite_the_pairs);
+    tcase_add_test(plan, copy_cut_short_is_never_a_source);
+    tcase_add_test(plan, marks_travel_by_name);
     suite_add_tcase(s, plan);
 
     tcase_add_checked_fixture(gen, make_state_dir, remove_state_dir);
     tcase_add_test(gen, generation_round_trip);
     tcase_add_test(gen, missing_or_forgotten_generation_is_unknown);
     tcase_add_test(gen, garbage_generation_is_unknown);
-    tcase_add_test(gen, unknown_marker_is_not_diverged);
+    tcase_add_test(gen, unknown_mark_reads_as_in_sync);
     suite_add_tcase(s, gen);
     return s;
 }
