@@ -9,6 +9,7 @@
 #include "domxml.h"
 #include "guest.h"
 #include "log.h"
+#include "resync.h"
 #include "status.h"
 
 #define DEFINITIONS_ERROR g_quark_from_static_string("kvmft-definitions-error")
@@ -164,6 +165,8 @@ static void forget_storage(Definitions *defs, const char *name)
     g_autofree char *path = original_path(defs, name);
 
     guest_remove_overlays(defs->cfg, name);
+    /* A guest defined again under this name starts as a new pair. */
+    resync_generation_forget(defs->cfg, name);
     if (g_unlink(path) < 0 && errno != ENOENT)
         log_warn(name, "none", "cannot remove %s: %s", path, g_strerror(errno));
 }
