@@ -438,9 +438,10 @@ char *resync_generation_read(const FtConfig *cfg, const char *name, GenerationMa
     words = g_strsplit_set(g_strstrip(text), " \n", -1);
     if (!words[0] || !g_uuid_string_is_valid(words[0]))
         return NULL;
-    for (guint m = 0; words[1] && m < G_N_ELEMENTS(mark_words); m++) {
-        if (mark_words[m] && strcmp(words[1], mark_words[m]) == 0)
-            *mark = m;
+    /* An unknown mark might be "receiving" damaged: the generation is unknown then. */
+    if (words[1] && (!resync_mark_parse(words[1], mark) || *mark == GENERATION_IN_SYNC)) {
+        *mark = GENERATION_IN_SYNC;
+        return NULL;
     }
     return g_strdup(words[0]);
 }
