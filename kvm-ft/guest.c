@@ -1507,6 +1507,8 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
     }
     if (!transition(g, GUEST_SECONDARY_WAITING, "incoming side ready"))
         return;
+    /* Silence from the primary from here on means it is gone (check_rejoin()). */
+    daemon_watch_peer(g->d, peer_host(g)->link_address);
     answer_primary(g, NULL);
     g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_secondary_sync, g);
 }
@@ -1594,9 +1596,10 @@ static guint rejoin_windows(FtGuest *g)
 }
 
 /*
- * A guest running alone asks its peer for a new secondary as soon as the
- * peer's kvm-ftd answers again; a re-protection under way gives up when
- * the peer goes silent (the guest carries on alone and tries again).
+ * Outside COLO: a guest running alone asks its peer for a new secondary as
+ * soon as the peer's kvm-ftd answers again; a re-protection under way
+ * gives up when the peer goes silent (the guest carries on alone and tries
+ * again), and so does a secondary still waiting for its primary.
  */
 static void check_rejoin(FtGuest *g)
 {
@@ -1623,6 +1626,14 @@ static void check_rejoin(FtGuest *g)
                                                peer->name);
 
         abort_rejoin(g, why);
+    }
+    /* A secondary whose primary died before COLO began has nothing to wait for. */
+    if (g->state == GUEST_SECONDARY_WAITING &&
+        daemon_peer_path(g->d, peer->link_address, rejoin_windows(g)) == PEER_PATH_SILENT) {
+        g_autofree char *why = g_strdup_printf("primary %s went silent on the dedicated "
+                                               "link before COLO began", peer->name);
+
+        guest_stop(g, why);
     }
 }
 

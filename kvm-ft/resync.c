@@ -66,10 +66,19 @@ gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
                                        node);
             return FALSE;
         }
-        if (new_epoch &&
-            !call_ok(qmp_callf(q, link->timeout_ms, err,
-                               "{'execute': 'block-dirty-bitmap-clear', 'arguments': "
-                               "{'node': %s, 'name': %s}}", node, TRACKING_BITMAP)))
+        if (!new_epoch)
+            continue;
+        g_clear_error(&e);
+        if (call_ok(qmp_callf(q, link->timeout_ms, &e,
+                              "{'execute': 'block-dirty-bitmap-clear', 'arguments': "
+                              "{'node': %s, 'name': %s}}", node, TRACKING_BITMAP)))
+            continue;
+        /* One left inconsistent by a power loss cannot be cleared, only replaced. */
+        g_clear_error(&e);
+        if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+                               "{'execute': 'block-dirty-bitmap-remove', 'arguments': "
+                               "{'node': %s, 'name': %s}}", node, TRACKING_BITMAP)) ||
+            !resync_track_writes(q, link, FALSE, err))
             return FALSE;
     }
     return TRUE;
@@ -114,13 +123,18 @@ static JsonArray *named_nodes(Qmp *q, const EngineLink *link, JsonNode **holder,
                        "\"arguments\": {\"flat\": true}}", holder, err);
 }
 
+/*
+ * A persistent bitmap of an image whose QEMU did not close it (power loss)
+ * comes back marked inconsistent: it says nothing of the writes.
+ */
 static gboolean has_bitmap(JsonObject *node, const char *name)
 {
     JsonArray *maps = json_object_has_member(node, "dirty-bitmaps")
                           ? json_object_get_array_member(node, "dirty-bitmaps")
                           : NULL;
+    JsonObject *map = find_by(maps, "name", name);
 
-    return find_by(maps, "name", name) != NULL;
+    return map && !json_object_get_boolean_member_with_default(map, "inconsistent", FALSE);
 }
 
 gboolean resync_is_tracking(Qmp *q, const EngineLink *link, gboolean *tracking,

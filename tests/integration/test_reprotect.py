@@ -30,6 +30,13 @@ from start to end):
                    copies to it (copy rate capped to make the window wide):
                    the guest carries on alone; when the host returns once
                    more the pair re-protects by itself.
+  survivor-dies-mid-resync
+                   the survivor, the guest's only copy, loses power while it
+                   copies to the returning host (the client is stopped first:
+                   nothing can keep its connection): the returning host's
+                   secondary gives up by itself, its half-copied disks are
+                   refused as the guest ("cut short"), and the guest starts
+                   protected from the survivor's disks when it is back.
 
 Every scenario asserts: the client's sequence is gapless and never rewound
 on one TCP connection; exactly one copy runs outside COLO's secondary role
@@ -140,8 +147,9 @@ def longest_wait_ms(client_log, since, until):
     return max(b - a for a, b in zip(inside, inside[1:])) * 1000
 
 
-def finish(lab, client, survivor):
-    summary = client.stop()
+def finish(lab, survivor):
+    summary = lab.client_summary or lab.client.stop()
+    lab.client = None
     log("client: %s" % summary)
     assert summary["connection_broken"] is None, "connection broke: %s" % summary
     assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
@@ -241,18 +249,55 @@ def scenario_mid_resync(lab):
     return power_pull(lab, survivor)
 
 
+def stop_client(lab):
+    """Ends the client's connection now; finish() checks what it saw."""
+    lab.client_summary = lab.client.stop()
+    lab.client = None
+
+
+def scenario_survivor_dies_mid_resync(lab):
+    survivor = power_pull(lab, "hostA")
+    set_rate_cap(lab, survivor, CAPPED_MIB_PER_S)
+    wait_state(lab, survivor, "degraded", timeout=30)
+    guest_write(lab, 2 * WRITE_MIB)
+    return_host(lab, "hostA")
+    st = wait_state(lab, survivor, "resyncing", timeout=120)
+    log("copy under way: %s" % st["resync"])
+    # The guest's only copy dies: nothing can keep the client's connection.
+    stop_client(lab)
+    lab.lab("power-off", "B")
+    st = wait_state(lab, "hostA", "stopped", timeout=60)
+    log("hostA's secondary gave up: %s" % st["error"])
+    lab.lab("power-on", "B")
+    # hostA's disks are a copy cut short: they must never become the guest.
+    res = lab.protect("hostA", timeout_s=120)
+    said = res.stdout + res.stderr + ((lab.status("hostA") or {}).get("error") or "")
+    assert res.returncode != 0 and "cut short" in said, "hostA protected from a half copy"
+    assert running_copies(lab) == [], running_copies(lab)
+    # hostB's disks hold the guest: it starts there and copies to hostA again.
+    console_before = len(lab.serial("hostB"))
+    res = lab.protect("hostB")
+    assert res.returncode == 0, "protect on hostB failed: %s" % res.stderr
+    st = wait_protected(lab, "hostB")
+    log("protected again from hostB: %s" % st["last_resync"])
+    assert st["last_resync"] and st["last_resync"]["mode"] in ("incremental", "full"), st
+    wait_for("the guest to boot on hostB",
+             lambda: "GUEST UP" in lab.serial("hostB")[console_before:], timeout=180)
+    return "hostB"
+
+
 SCENARIOS = {
     "returning-host": scenario_returning_host,
     "blank-host": lambda lab: scenario_returning_host(lab, blank=True),
     "role-switch": scenario_role_switch,
     "link-returns": scenario_link_returns,
     "secondary-dies-mid-resync": scenario_mid_resync,
+    "survivor-dies-mid-resync": scenario_survivor_dies_mid_resync,
 }
 
 
 def run_scenario(name, qemu, gdir):
     lab = Lab("test_reprotect-" + name)
-    client = None
     try:
         lab.up()
         lab.install_guest(qemu, gdir)
@@ -262,16 +307,16 @@ def run_scenario(name, qemu, gdir):
         wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
         lab.client_log = os.path.join(lab.artifacts, "client.jsonl")
         lab.reprotect_windows = []
-        client = SeqClient(lab, seconds=0, log_path=lab.client_log)
+        lab.client_summary = None
+        lab.client = SeqClient(lab, seconds=0, log_path=lab.client_log)
         time.sleep(3)
         survivor = SCENARIOS[name](lab)
         time.sleep(3)
-        finish(lab, client, survivor)
-        client = None
+        finish(lab, survivor)
         log("PASS %s" % name)
     finally:
-        if client:
-            client.stop()
+        if getattr(lab, "client", None):
+            lab.client.stop()
         lab.down()
 
 
