@@ -148,8 +148,8 @@ def longest_wait_ms(client_log, since, until):
 
 
 def finish(lab, survivor):
-    summary = lab.client_summary or lab.client.stop()
-    lab.client = None
+    summary = lab.client_summary or lab.seq_client.stop()
+    lab.seq_client = None
     log("client: %s" % summary)
     assert summary["connection_broken"] is None, "connection broke: %s" % summary
     assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
@@ -251,8 +251,8 @@ def scenario_mid_resync(lab):
 
 def stop_client(lab):
     """Ends the client's connection now; finish() checks what it saw."""
-    lab.client_summary = lab.client.stop()
-    lab.client = None
+    lab.client_summary = lab.seq_client.stop()
+    lab.seq_client = None
 
 
 def scenario_survivor_dies_mid_resync(lab):
@@ -308,15 +308,15 @@ def run_scenario(name, qemu, gdir):
         lab.client_log = os.path.join(lab.artifacts, "client.jsonl")
         lab.reprotect_windows = []
         lab.client_summary = None
-        lab.client = SeqClient(lab, seconds=0, log_path=lab.client_log)
+        lab.seq_client = SeqClient(lab, seconds=0, log_path=lab.client_log)
         time.sleep(3)
         survivor = SCENARIOS[name](lab)
         time.sleep(3)
         finish(lab, survivor)
         log("PASS %s" % name)
     finally:
-        if getattr(lab, "client", None):
-            lab.client.stop()
+        if getattr(lab, "seq_client", None):
+            lab.seq_client.stop()
         lab.down()
 
 
