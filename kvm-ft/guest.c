@@ -1170,15 +1170,19 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
     GenerationMark mark;
     g_autofree char *own = resync_generation_read(daemon_config(g->d), g->def->name, &mark);
 
+    g_autofree char *refusal = NULL;
+
     switch (resync_plan(own, mark, peer_generation, peer_mark)) {
     case RESYNC_OWN_PARTIAL:
-        fail(g, "the disks of '%s' on %s are a copy from %s that was cut short: start the "
-             "guest on %s, which copies them again", g->def->name, self, peer, peer);
-        return FALSE;
+        refusal = g_strdup_printf("the disks of '%s' on %s are a copy from %s that was cut "
+                                  "short: start the guest on %s, which copies them again",
+                                  g->def->name, self, peer, peer);
+        break;
     case RESYNC_PEER_NEWER:
-        fail(g, "the disks of '%s' on %s hold writes that %s's lack (it ran alone, or %s's "
-             "are unknown): start the guest on %s", g->def->name, peer, self, self, peer);
-        return FALSE;
+        refusal = g_strdup_printf("the disks of '%s' on %s hold writes that %s's lack (it "
+                                  "ran alone, or %s's are unknown): start the guest on %s",
+                                  g->def->name, peer, self, self, peer);
+        break;
     case RESYNC_FULL:
         if (own && peer_generation && mark == GENERATION_DIVERGED &&
             peer_mark == GENERATION_DIVERGED)
@@ -1191,10 +1195,13 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
         g->resync_needed = g->resync_incremental = TRUE;
         return TRUE;
     case RESYNC_NONE:
-        break;
+        g->resync_needed = g->resync_incremental = FALSE;
+        return TRUE;
     }
-    g->resync_needed = g->resync_incremental = FALSE;
-    return TRUE;
+    /* The secondary it started is of no use. */
+    tell_peer_to_stop(g, refusal);
+    fail(g, "%s", refusal);
+    return FALSE;
 }
 
 /* The secondary's answer: its disks' generation (may be null) and mark. */

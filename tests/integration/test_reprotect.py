@@ -274,6 +274,8 @@ def scenario_survivor_dies_mid_resync(lab):
     said = res.stdout + res.stderr + ((lab.status("hostA") or {}).get("error") or "")
     assert res.returncode != 0 and "cut short" in said, "hostA protected from a half copy"
     assert running_copies(lab) == [], running_copies(lab)
+    # Nothing half-prepared is left: the secondary hostA asked for is stopped again.
+    wait_state(lab, "hostB", "stopped", timeout=30)
     # hostB's disks hold the guest: it starts there and copies to hostA again.
     console_before = len(lab.serial("hostB"))
     res = lab.protect("hostB")
