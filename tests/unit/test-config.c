@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "run-suite.h"
 
 /* ---- fixture: a private temp dir with a valid key file ------------------- */
 
@@ -647,11 +648,5 @@ static Suite *config_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(config_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(config_suite());
 }

@@ -16,6 +16,7 @@
 #include "peer.h"
 #include "virt.h"
 #include "wait.h"
+#include "run-suite.h"
 
 /* 40 bytes, base64 in the key file. */
 static const char psk_text[] = "kvm-ft test-daemon key 0123456789abcdef!";
@@ -407,11 +408,5 @@ static Suite *daemon_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(daemon_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(daemon_suite());
 }

@@ -8,6 +8,7 @@
 
 #include "domxml.h"
 #include "ftdef.h"
+#include "run-suite.h"
 
 static char *fixture(const char *name)
 {
@@ -199,8 +200,6 @@ int main(void)
 {
     Suite *s = suite_create("domxml");
     TCase *tc = tcase_create("derive");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, primary_moves_disks_to_quorum);
     tcase_add_test(tc, secondary_gets_replication_chain);
@@ -209,9 +208,5 @@ int main(void)
     tcase_add_test(tc, derived_is_recognised_and_marks_only_own_starts);
     tcase_add_test(tc, metadata_carried_over_to_the_original);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(s);
 }

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "ftdef.h"
+#include "run-suite.h"
 
 /* ---- helpers ---------------------------------------------------------- */
 
@@ -863,11 +864,5 @@ static Suite *ftdef_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(ftdef_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(ftdef_suite());
 }

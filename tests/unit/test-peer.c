@@ -2,6 +2,7 @@
 #include "log.h"
 #include "peer.h"
 #include "wait.h"
+#include "run-suite.h"
 
 #include <check.h>
 #include <gio/gio.h>
@@ -1279,11 +1280,5 @@ static Suite *peer_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(peer_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return run_suite(peer_suite());
 }

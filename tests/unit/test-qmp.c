@@ -16,6 +16,7 @@
 #include <glib/gstdio.h>
 
 #include "qmp.h"
+#include "run-suite.h"
 
 #define QEMU_TIMEOUT_MS 5000
 #define GREETING_OOB \
@@ -1150,11 +1151,5 @@ static Suite *qmp_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(qmp_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(qmp_suite());
 }

@@ -5,6 +5,7 @@
 
 #include "config.h"
 #include "resync.h"
+#include "run-suite.h"
 
 #define GEN_A "0b3c8a44-6a4f-4e34-9d55-3f6f3f0f6f01"
 #define GEN_B "7d1e2f30-1c2d-4b5e-8f90-a1b2c3d4e5f6"
@@ -209,11 +210,5 @@ static Suite *resync_suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(resync_suite());
-    int failed;
-
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(resync_suite());
 }

@@ -8,6 +8,7 @@
 #include "ftdef.h"
 #include "guest.h"
 #include "status.h"
+#include "run-suite.h"
 
 /* 2026-01-02T03:04:05.678Z */
 #define SOME_TIME_US (G_GINT64_CONSTANT(1767323045) * G_USEC_PER_SEC + 678000)
@@ -169,8 +170,6 @@ int main(void)
 {
     Suite *s = suite_create("status");
     TCase *tc = tcase_create("element");
-    SRunner *sr;
-    int failed;
 
     tcase_add_test(tc, reason_is_escaped);
     tcase_add_test(tc, unwritable_characters_are_replaced);
@@ -180,9 +179,5 @@ int main(void)
     tcase_add_test(tc, strip_without_status_is_identity);
     tcase_add_test(tc, strip_refuses_garbage);
     suite_add_tcase(s, tc);
-    sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(s);
 }
