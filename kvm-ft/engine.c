@@ -617,3 +617,13 @@ gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **
     }
     return TRUE;
 }
+
+gboolean engine_cancel_first_sync(Qmp *q, const EngineLink *link, GError **err)
+{
+    return run(q, link, "migrate_cancel", NULL, err);
+}
+
+gboolean engine_quit(Qmp *q, const EngineLink *link, GError **err)
+{
+    return run(q, link, "quit", NULL, err);
+}

@@ -68,8 +68,7 @@ struct FtGuest {
     gboolean rejoin;
     gint64 rejoin_after_us;
     /* Primary: the disk copy this protection needs, and how it goes. */
-    gboolean resync_needed;
-    gboolean resync_incremental;
+    ResyncPlan resync_plan;   /* none, incremental or full */
     gboolean resync_running;
     ResyncProgress resync;
     guint64 disk_bytes;
@@ -388,15 +387,14 @@ static void abort_rejoin(FtGuest *g, const char *reason)
 {
     EngineLink link = engine_link(g);
     g_autoptr(GError) err = NULL;
-    g_autoptr(JsonNode) ret = NULL;
     g_autofree char *why = g_strdup_printf("re-protection failed: %s; the guest runs "
                                            "on alone, next attempt in %d s", reason,
                                            REJOIN_BACKOFF_S);
 
     stop_polling(g);
     /* A first sync still running would otherwise enter COLO after all. */
-    ret = qmp_callf(g->qmp, link.timeout_ms, &err, "{'execute': 'migrate_cancel'}");
-    g_clear_error(&err);
+    if (!engine_cancel_first_sync(g->qmp, &link, &err))
+        g_clear_error(&err);
     if (g->resync_running)
         resync_abort(g->qmp, &link);
     g->resync_running = FALSE;
@@ -728,7 +726,7 @@ static double copy_seconds(FtGuest *g)
 static void add_copy_kind(FtGuest *g, JsonBuilder *b)
 {
     json_builder_set_member_name(b, "mode");
-    json_builder_add_string_value(b, g->resync_incremental ? "incremental" : "full");
+    json_builder_add_string_value(b, g->resync_plan == RESYNC_INCREMENTAL ? "incremental" : "full");
     json_builder_set_member_name(b, "disk_bytes");
     json_builder_add_int_value(b, (gint64)g->disk_bytes);
 }
@@ -1059,7 +1057,7 @@ static gboolean poll_resync(gpointer opaque)
     log_info(g->def->name, role_name(g), "disk copy to %s done: %" G_GUINT64_FORMAT
              " of %" G_GUINT64_FORMAT " bytes in %.1f s (%s)", peer_host(g)->name,
              g->resync.total, g->disk_bytes, copy_seconds(g),
-             g->resync_incremental ? "incremental" : "full");
+             g->resync_plan == RESYNC_INCREMENTAL ? "incremental" : "full");
     setup_colo(g);
     return G_SOURCE_REMOVE;
 }
@@ -1074,14 +1072,14 @@ static void start_copy(FtGuest *g)
     gboolean tracking = FALSE;
 
     /* Only the blocks written since the split, if this QEMU knows them all. */
-    if (g->resync_incremental &&
+    if (g->resync_plan == RESYNC_INCREMENTAL &&
         (!resync_is_tracking(g->qmp, &link, &tracking, &err) || !tracking)) {
         log_warn(g->def->name, role_name(g), "writes since the split are not known%s%s: "
                  "copying the whole disk", err ? ": " : "", err ? err->message : "");
         g_clear_error(&err);
-        g->resync_incremental = FALSE;
+        g->resync_plan = RESYNC_FULL;
     }
-    if (!resync_start(g->qmp, &link, g->resync_incremental,
+    if (!resync_start(g->qmp, &link, g->resync_plan == RESYNC_INCREMENTAL,
                       daemon_config(g->d)->resync_rate_bytes, &err)) {
         fail(g, "cannot start the disk copy to %s: %s", peer_host(g)->name, err->message);
         return;
@@ -1095,10 +1093,10 @@ static void start_copy(FtGuest *g)
     g->resync_started_us = g_get_real_time();
     g->resync_ended_us = 0;
     why = g_strdup_printf("copying %s to %s (%s)",
-                          g->resync_incremental ? "the blocks written since the split"
+                          g->resync_plan == RESYNC_INCREMENTAL ? "the blocks written since the split"
                                                 : "the whole disk",
                           peer_host(g)->name,
-                          g->resync_incremental ? "incremental" : "full");
+                          g->resync_plan == RESYNC_INCREMENTAL ? "incremental" : "full");
     if (!transition(g, GUEST_RESYNCING, why))
         return;
     g->poll_id = g_timeout_add(RESYNC_POLL_MS, poll_resync, g);
@@ -1131,7 +1129,7 @@ static void continue_protection(FtGuest *g)
         fail(g, "cannot set up replication: %s", err->message);
         return;
     }
-    if (!g->resync_needed) {
+    if (g->resync_plan == RESYNC_NONE) {
         setup_colo(g);
         return;
     }
@@ -1172,7 +1170,8 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
 
     g_autofree char *refusal = NULL;
 
-    switch (resync_plan(own, mark, peer_generation, peer_mark)) {
+    g->resync_plan = resync_plan(own, mark, peer_generation, peer_mark);
+    switch (g->resync_plan) {
     case RESYNC_OWN_PARTIAL:
         refusal = g_strdup_printf("the disks of '%s' on %s are a copy from %s that was cut "
                                   "short: start the guest on %s, which copies them again",
@@ -1188,14 +1187,9 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
             peer_mark == GENERATION_DIVERGED)
             log_warn(g->def->name, role_name(g), "both copies ran alone since they split: "
                      "this host's overwrites %s's", peer);
-        g->resync_needed = TRUE;
-        g->resync_incremental = FALSE;
         return TRUE;
     case RESYNC_INCREMENTAL:
-        g->resync_needed = g->resync_incremental = TRUE;
-        return TRUE;
     case RESYNC_NONE:
-        g->resync_needed = g->resync_incremental = FALSE;
         return TRUE;
     }
     /* The secondary it started is of no use. */
@@ -1728,13 +1722,6 @@ void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject
         log_warn(g->def->name, role_name(g), "ignored '%s' from %s", name, from);
 }
 
-static gboolean call_ok(JsonNode *ret)
-{
-    if (ret)
-        json_node_unref(ret);
-    return ret != NULL;
-}
-
 /* This copy's QEMU is gone: the secondary takes over from its last checkpoint. */
 static void finish_hand_over(FtGuest *g)
 {
@@ -1791,6 +1778,7 @@ gboolean guest_receive_copy(FtGuest *g, GError **err)
 gboolean guest_hand_over(FtGuest *g, GError **err)
 {
     const FtHost *peer = peer_host(g);
+    EngineLink link = engine_link(g);
     g_autoptr(GError) e = NULL;
     g_autofree char *why = NULL;
 
@@ -1824,8 +1812,7 @@ gboolean guest_hand_over(FtGuest *g, GError **err)
      * not wait for it -- a daemon blocked here would fall silent, and its
      * peer would take that for a dead host.
      */
-    if (!call_ok(qmp_call(g->qmp, "quit", NULL, daemon_config(g->d)->qmp_timeout_ms, &e)) &&
-        qmp_is_open(g->qmp))
+    if (!engine_quit(g->qmp, &link, &e) && qmp_is_open(g->qmp))
         log_warn(g->def->name, role_name(g), "QEMU did not take 'quit' (%s): libvirt "
                  "destroys it in %d ms", e->message, HANDOVER_QUIT_TIMEOUT_MS);
     g->handover_timer = g_timeout_add(HANDOVER_QUIT_TIMEOUT_MS, hand_over_timed_out, g);

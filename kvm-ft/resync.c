@@ -156,33 +156,6 @@ gboolean resync_is_tracking(Qmp *q, const EngineLink *link, gboolean *tracking,
     return TRUE;
 }
 
-GArray *resync_disk_sizes(Qmp *q, const EngineLink *link, GError **err)
-{
-    g_autoptr(JsonNode) holder = NULL;
-    JsonArray *nodes = named_nodes(q, link, &holder, err);
-    g_autoptr(GArray) sizes = g_array_new(FALSE, FALSE, sizeof(gint64));
-
-    if (!nodes)
-        return NULL;
-    for (guint i = 0; i < link->def->disks->len; i++) {
-        g_autofree char *name = domxml_data_node(i);
-        JsonObject *node = find_node(nodes, name);
-        JsonObject *image = node && json_object_has_member(node, "image")
-                                ? json_object_get_object_member(node, "image")
-                                : NULL;
-        gint64 size = image ? json_object_get_int_member_with_default(image, "virtual-size", 0)
-                            : 0;
-
-        if (size <= 0) {
-            g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
-                        "QEMU does not report the size of disk node %s", name);
-            return NULL;
-        }
-        g_array_append_val(sizes, size);
-    }
-    return g_steal_pointer(&sizes);
-}
-
 static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *job,
                            GError **err)
 {

@@ -43,9 +43,6 @@ gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
 gboolean resync_is_tracking(Qmp *q, const EngineLink *link, gboolean *tracking,
                             GError **err);
 
-/* Virtual size of each disk, from QEMU (the peer creates blank disks this size). */
-GArray *resync_disk_sizes(Qmp *q, const EngineLink *link, GError **err);
-
 /*
  * Starts copying to the secondary's NBD export (engine_secondary_setup):
  * the tracked blocks if incremental, else everything.  rate_bytes caps the
