@@ -4,6 +4,7 @@ Tests run real QEMU guests under real libvirtd instances in the two-host lab
 (tools/lab).  Everything a test starts is torn down by Lab.down(), which
 tests call from a finally: block, so a failing test leaves nothing behind.
 """
+import fcntl
 import json
 import os
 import re
@@ -19,6 +20,9 @@ ARTIFACTS = os.environ.get("KVMFT_ARTIFACTS", os.path.join(BUILD, "test-artifact
 LINK = {"hostA": "192.168.100.1", "hostB": "192.168.100.2"}
 LAN = {"hostA": "10.0.0.1", "hostB": "10.0.0.2"}
 GUEST = "ftguest"
+# One lab at a time on this machine: two would fight over the namespaces and
+# the two cores.  Held from Lab.up() to Lab.down(); a second lab waits.
+LAB_LOCK = "/run/kvm-ft-lab.lock"
 
 
 def log(msg):
@@ -70,6 +74,12 @@ class Lab:
         return run(os.path.join(TOOLS, "lab"), *args, check=check, timeout=timeout, env=self.env)
 
     def up(self):
+        self._lock = open(LAB_LOCK, "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another lab is up on this machine; waiting for it")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.lab("down", check=False)
         shutil.rmtree(self.artifacts, ignore_errors=True)
         os.makedirs(self.artifacts, exist_ok=True)
@@ -79,6 +89,9 @@ class Lab:
         res = self.lab("down", "--keep", self.artifacts, check=False)
         log("lab down (logs kept in %s)%s" % (self.artifacts, "" if res.returncode == 0
                                               else ": " + res.stderr.strip()))
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock:
+            lock.close()
 
     def path(self, host, rel=""):
         root = last_line(self.lab("path", host).stdout)

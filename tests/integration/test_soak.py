@@ -12,7 +12,7 @@ the primary.  Asserts:
   guest kernel logged trouble (Oops, list corruption, soft lockup, ...);
 - the secondary's guest clock agrees with the primary's: at the same clock
   line (the same point of the guest's schedule), its CLOCK_MONOTONIC and TSC
-  are within CLOCK_TOLERANCE_MS of the primary's (without qemu-patches 0005 the secondary's TSC ratchets
+  are within CLOCK_TOLERANCE_MS of the primary's (without qemu-patches 0004 the secondary's TSC ratchets
   ahead at every checkpoint by however much longer its guest ran than the
   primary's);
 - after the failover the guest runs on the former secondary with its
