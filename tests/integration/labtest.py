@@ -67,8 +67,11 @@ class Lab:
     def __init__(self, name):
         self.name = name
         self.artifacts = os.path.join(ARTIFACTS, name)
-        self.env = {"KVMFTD": os.path.join(BUILD, "kvm-ft", "kvm-ftd")}
+        # tools/check runs the sanitizer build ($KVMFTD); tools/demo and tools/bench the plain one.
+        self.env = {"KVMFTD": os.environ.get("KVMFTD") or os.path.join(BUILD, "kvm-ft", "kvm-ftd")}
         self.ftctl_bin = os.path.join(BUILD, "tools", "ftctl")
+        # Every blob the guest confirmed (tools/guestwrite), for check_disk().
+        self.blobs = {}
 
     def lab(self, *args, check=True, timeout=180):
         return run(os.path.join(TOOLS, "lab"), *args, check=check, timeout=timeout, env=self.env)
@@ -92,6 +95,9 @@ class Lab:
         lock, self._lock = getattr(self, "_lock", None), None
         if lock:
             lock.close()
+        reports = sanitizer_reports(self.artifacts)
+        if reports:
+            raise AssertionError("kvm-ftd sanitizer report(s):\n%s" % "\n".join(reports))
 
     def path(self, host, rel=""):
         root = last_line(self.lab("path", host).stdout)
@@ -113,6 +119,21 @@ class Lab:
 
     def client(self, *args, timeout=600):
         return self.lab("client", *args, timeout=timeout)
+
+    def guest_write(self, mib, timeout=300):
+        """The guest writes mib MiB of fresh data to its disk (tools/guestwrite); the blobs
+        are remembered for check_disk().  Returns guestwrite's summary."""
+        res = self.client("python3", os.path.join(TOOLS, "guestwrite"), "--mb", str(mib),
+                          timeout=timeout)
+        try:
+            out = json.loads(last_line(res.stdout))
+        except ValueError:
+            out = {"error": (res.stdout + res.stderr).strip()[-2000:]}
+        self.blobs.update(out.get("blobs", {}))
+        if res.returncode != 0 or out.get("error"):
+            raise AssertionError("guestwrite failed: %s" % out.get("error", out))
+        log("guest wrote %d MiB: %s" % (out["bytes_written"] >> 20, " ".join(out["files"])))
+        return out
 
     def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload="",
                       output="compare", on_reboot="destroy", ft=True):
@@ -198,9 +219,50 @@ def kernel_trouble(serial_text):
     return None
 
 
-def check_disk(image):
-    """tools/check-guest-disk on an image (may be in use): fsck-clean, gapless log."""
-    res = run(os.path.join(TOOLS, "check-guest-disk"), image, check=False, timeout=300)
+# What ASan, LSan and UBSan print first when they find something.
+SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: ")
+
+
+def sanitizer_reports(artifacts):
+    """Sanitizer findings in the kept kvm-ftd output of both hosts, one line each."""
+    found = []
+    for host in ("hostA", "hostB"):
+        path = os.path.join(artifacts, host, "kvm-ft", "kvm-ftd.stdout")
+        try:
+            with open(path, errors="replace") as f:
+                found += ["%s: %s" % (host, line.strip()) for line in f
+                          if SANITIZER_REPORT.search(line)]
+        except FileNotFoundError:
+            pass
+    return found
+
+
+# The guest's counter fsyncs its log every this many numbers (tools/guest/ftguest.c).
+COUNTER_FSYNC_EVERY = 10
+
+
+def last_count(serial_text):
+    """The last "CNT i" the guest printed on its console, or None."""
+    counts = re.findall(r"^CNT (\d+)\r?$", serial_text, re.M)
+    return int(counts[-1]) if counts else None
+
+
+def check_disk(lab, host):
+    """tools/check-guest-disk on host's guest image (may be in use): fsck-clean, a gapless
+    log that reaches what the guest on host printed before the image was read (less one
+    fsync interval, and one for a number printed but not yet written), and every blob the
+    guest wrote through lab.guest_write() intact."""
+    image = lab.path(host, "/var/lib/libvirt/images/%s.qcow2" % GUEST)
+    args = []
+    printed = last_count(lab.serial(host))
+    if printed is not None:
+        args += ["--min-last", str(max(0, printed - COUNTER_FSYNC_EVERY - 1))]
+    if lab.blobs:
+        blobs = os.path.join(lab.artifacts, "blobs.json")
+        with open(blobs, "w") as f:
+            json.dump(lab.blobs, f)
+        args += ["--blobs", blobs]
+    res = run(os.path.join(TOOLS, "check-guest-disk"), *args, image, check=False, timeout=300)
     try:
         summary = json.loads(last_line(res.stdout))
     except ValueError:

@@ -75,7 +75,7 @@ def main():
         for host in ("hostA", "hostB"):
             trouble = kernel_trouble(lab.serial(host))
             assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
-        ok, disk = check_disk(lab.path("hostA", "/var/lib/libvirt/images/%s.qcow2" % GUEST))
+        ok, disk = check_disk(lab, "hostA")
         log("primary's disk: %s" % disk)
         assert ok, "primary's disk is not clean and gapless: %s" % disk
         log("PASS: %d checkpoints, last pause %.1f ms, %d replies gapless on one connection"

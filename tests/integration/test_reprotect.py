@@ -65,6 +65,8 @@ CAPPED_MIB_PER_S = 4
 # The longest the client may wait for an answer while its guest is re-protected
 # (the reference stalled 4 s); the copy and the precopy run with the guest live.
 MAX_STALL_MS = 1000
+# The client's longest wait over the whole scenario: power pulls (failovers) included.
+MAX_SILENCE_MS = 1000
 # Power pull / return / re-protect cycles of returning-host (tools/soak runs many).
 CYCLES = int(os.environ.get("KVMFT_REPROTECT_CYCLES", "2"))
 
@@ -75,11 +77,7 @@ def image(lab, host):
 
 def guest_write(lab, mib):
     """Writes mib MiB of fresh data to the guest's disk, from inside the guest."""
-    res = lab.client("python3", os.path.join(TOOLS, "guestwrite"), "--mb", str(mib),
-                     timeout=300)
-    out = json.loads(last_line(res.stdout))
-    log("guest wrote %s" % out)
-    return out["bytes_written"]
+    return lab.guest_write(mib)["bytes_written"]
 
 
 def power_pull(lab, host):
@@ -153,13 +151,16 @@ def finish(lab, survivor):
     log("client: %s" % summary)
     assert summary["connection_broken"] is None, "connection broke: %s" % summary
     assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
+    assert summary["max_silence_ms"] < MAX_SILENCE_MS, \
+        "the client waited %.0f ms for an answer (bound %d ms)" % (summary["max_silence_ms"],
+                                                                   MAX_SILENCE_MS)
     for since, until in lab.reprotect_windows:
         wait = longest_wait_ms(lab.client_log, since, until)
         log("longest wait for an answer while re-protecting: %.0f ms" % wait)
         assert wait < MAX_STALL_MS, "the client waited %.0f ms while the guest was " \
             "re-protected" % wait
     time.sleep(2)  # the takeover's commit of the replication overlays
-    ok, disk = check_disk(image(lab, survivor))
+    ok, disk = check_disk(lab, survivor)
     log("survivor %s's disk: %s" % (survivor, disk))
     assert ok, "survivor's disk not clean and gapless: %s" % disk
     trouble = kernel_trouble(lab.serial(survivor))
@@ -168,7 +169,7 @@ def finish(lab, survivor):
 
 def check_survivor_disk(lab, host):
     """The running survivor's disk, read as it is (e2fsck -n): clean, gapless log."""
-    ok, disk = check_disk(image(lab, host))
+    ok, disk = check_disk(lab, host)
     assert ok, "survivor %s's disk not clean and gapless: %s" % (host, disk)
 
 

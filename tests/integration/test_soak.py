@@ -193,7 +193,7 @@ def main():
             "the guest's clock went back %d ms at the failover" % -guest_step
         assert summary["connection_broken"] is None, summary
         assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
-        ok, disk = check_disk(lab.path("hostB", "/var/lib/libvirt/images/%s.qcow2" % GUEST))
+        ok, disk = check_disk(lab, "hostB")
         assert ok, "survivor's disk is not clean and gapless: %s" % disk
         log("PASS: %d checkpoints at %d ms, %d clock lines compared (clock within %d ms mono, "
             "%.0f ms tsc), failover onto the secondary verified, its clock moved %d ms in %.0f ms"

@@ -13,7 +13,9 @@
  *                                    fresh pseudo-random data (never the same twice) to a new file
  *                                    DIR/blob-K (K above every blob-K there and every K given before),
  *                                    deleting the oldest blobs first when the disk lacks room, fsyncs the
- *                                    file and DIR, then replies "done N K". "free" replies "free BYTES"
+ *                                    file and DIR, then replies "done N K CRC" (CRC: zlib's crc32 of the
+ *                                    blob's bytes, 8 hex digits, so a host can verify the file on any
+ *                                    copy of the disk). "free" replies "free BYTES"
  *                                    (statvfs: f_bavail * f_frsize). A bad request or a failure: "err
  *                                    MESSAGE" (a failed write leaves no blob). Replies carry no time and no
  *                                    randomness: both COLO copies give the same ones.
@@ -59,6 +61,7 @@
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define LINE_MAX_BYTES 4096          /* longest request line accepted by the line services */
 #define OUT_BYTES (64 * 1024)        /* per-connection reply buffer */
@@ -597,8 +600,10 @@ static void writer_write(const char *dir, long mb, char *reply, size_t size)
     uint64_t now_ns = (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
     uint64_t x = splitmix64(++writer_calls ^ splitmix64(now_ns ^ cycle_counter())) | 1;
     const char *what = "write";
+    uLong crc = crc32(0L, Z_NULL, 0);
     for (long m = 0; m < mb; m++) {
         fill_random(writer_buf, sizeof writer_buf / sizeof writer_buf[0], &x);
+        crc = crc32(crc, (const Bytef *)writer_buf, sizeof writer_buf);
         const char *b = (const char *)writer_buf;
         size_t off = 0;
         while (off < sizeof writer_buf) {
@@ -621,7 +626,7 @@ static void writer_write(const char *dir, long mb, char *reply, size_t size)
     fd = -1;
     if (sync_dir(dir) < 0)
         goto fail;
-    reply_fmt(reply, size, "done %ld %" PRIu64 "\n", mb, k);
+    reply_fmt(reply, size, "done %ld %" PRIu64 " %08lx\n", mb, k, (unsigned long)crc);
     return;
 
 fail:;
