@@ -1,0 +1,43 @@
+#!/bin/bash
+# tools/check-guest-disk must fail a disk that lost what the guest confirmed: a blob with one bit
+# flipped, a counter log short of what the guest printed. It must pass the intact disk.
+set -euo pipefail
+TOOL=$1
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+cd "$t"
+truncate -s 16M disk.raw
+mkfs.ext4 -q -F disk.raw
+printf 'BOOT test\n1\n2\n3\n' > counter.log
+head -c 1048576 /dev/urandom > blob-7
+for f in counter.log blob-7; do debugfs -w -R "write $f $f" disk.raw >/dev/null 2>&1; done
+python3 -c '
+import json, sys, zlib
+data = open("blob-7", "rb").read()
+json.dump({"blob-7": {"bytes": len(data), "crc32": "%08x" % zlib.crc32(data)}}, open("blobs.json", "w"))'
+
+expect() { # expect RC WHAT ARGS...
+    local want=$1 what=$2 rc=0; shift 2
+    python3 "$TOOL" "$@" > out.json 2> err.txt || rc=$?
+    if [ "$rc" != "$want" ]; then
+        echo "FAIL: $what: exit $rc, expected $want"; cat out.json err.txt; exit 1
+    fi
+    echo "ok: $what"
+}
+expect 0 "intact disk" --blobs blobs.json --min-last 3 disk.raw
+expect 1 "counter log short of what the guest printed" --min-last 4 disk.raw
+bs=$(dumpe2fs -h disk.raw 2>/dev/null | awk '/^Block size:/ {print $3}')
+blk=$(debugfs -R "bmap blob-7 100" disk.raw 2>/dev/null)
+python3 -c '
+import sys
+with open("disk.raw", "r+b") as f:
+    f.seek(int(sys.argv[1]) * int(sys.argv[2]) + 17)
+    b = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([b[0] ^ 1]))' "$blk" "$bs"
+expect 1 "one bit flipped in a blob" --blobs blobs.json disk.raw
+grep -q '"blob": "blob-7"' out.json
+debugfs -w -R "rm blob-7" disk.raw >/dev/null 2>&1
+expect 1 "the newest blob missing" --blobs blobs.json disk.raw
+echo '{"blob-7": 1}' > bad.json
+expect 2 "a malformed blob list" --blobs bad.json disk.raw
