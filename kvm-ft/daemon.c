@@ -45,7 +45,7 @@ struct Daemon {
     GHashTable *links;    /* address -> PeerLink */
     GPtrArray *sessions;  /* authenticated PeerConn, both directions */
     PeerServer *lan_server;
-    guint heartbeat_id;
+    gboolean pulsing;
     guint judge_id;
     gint64 last_judge_us;
 };
@@ -443,16 +443,6 @@ const char *peer_path_name(PeerPath path)
     return "not configured";
 }
 
-/* Every session carries heartbeats both ways, sent ahead of other work. */
-static gboolean heartbeat_tick(gpointer opaque)
-{
-    Daemon *d = opaque;
-
-    for (guint i = 0; i < d->sessions->len; i++)
-        peer_conn_send_heartbeat(g_ptr_array_index(d->sessions, i), NULL);
-    return G_SOURCE_CONTINUE;
-}
-
 /*
  * Every guest judges its peer, at low priority so that frames already
  * waiting in our sockets are read first.  When this daemon itself was not
@@ -751,8 +741,10 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
         if (!d->lan_server)
             goto fail;
     }
-    d->heartbeat_id = g_timeout_add_full(G_PRIORITY_HIGH, cfg->heartbeat_ms,
-                                         heartbeat_tick, d, NULL);
+    /* Every session carries heartbeats both ways, whatever the main loop is doing. */
+    if (!peer_pulse_start(cfg->heartbeat_ms, cfg->rt_priority, err))
+        goto fail;
+    d->pulsing = TRUE;
     d->last_judge_us = g_get_monotonic_time();
     d->judge_id = g_timeout_add_full(G_PRIORITY_LOW, cfg->heartbeat_ms, judge_tick, d, NULL);
     d->control = control_server_new(cfg->control_socket, on_control, d, err);
@@ -786,8 +778,8 @@ void daemon_free(Daemon *d)
      * links being freed (daemon_peer_call()).
      */
     g_hash_table_destroy(d->links);
-    if (d->heartbeat_id)
-        g_source_remove(d->heartbeat_id);
+    if (d->pulsing)
+        peer_pulse_stop();
     if (d->judge_id)
         g_source_remove(d->judge_id);
     g_clear_pointer(&d->server, peer_server_free);

@@ -7,8 +7,13 @@
 #include <gio/gio.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #define NONCE_LEN 32
 #define KEY_LEN 32
@@ -476,15 +481,24 @@ struct PeerConn {
 
     guint8 nonce_client[NONCE_LEN];
     guint8 nonce_server[NONCE_LEN];
-    GBytes *send_key;
     GBytes *recv_key;
-    guint64 send_seq;
     guint64 recv_seq;
 
-    GByteArray *inbuf;
+    /*
+     * The sending side is shared with the pulse thread, which sends this
+     * connection's heartbeats once the session is established: the key,
+     * the sequence, the queue and every write to the socket are under
+     * send_lock.
+     */
+    GMutex send_lock;
+    GBytes *send_key;
+    guint64 send_seq;
     GQueue outq;
     gsize out_off;
     gsize out_bytes;
+    gboolean pulsing; /* in the pulse thread's list; main thread only */
+
+    GByteArray *inbuf;
 
     GHashTable *pending;  /* &Pending.id -> Pending */
     GHashTable *incoming; /* gint64* -> itself: requests we still owe an answer */
@@ -553,6 +567,7 @@ static PeerConn *conn_new(gboolean is_client, GBytes *psk, const char *my_host,
     conn->recv_key = g_bytes_ref(psk);
     conn->inbuf = g_byte_array_new();
     g_queue_init(&conn->outq);
+    g_mutex_init(&conn->send_lock);
     conn->pending = g_hash_table_new(g_int64_hash, g_int64_equal);
     conn->incoming = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
     conn->next_id = 1;
@@ -580,6 +595,7 @@ static void conn_finalize(PeerConn *conn)
     g_free(conn->peer_host);
     g_free(conn->address);
     g_main_context_unref(conn->ctx);
+    g_mutex_clear(&conn->send_lock);
     g_free(conn);
 }
 
@@ -604,10 +620,14 @@ void peer_conn_unref(PeerConn *conn)
 static void conn_update_watch(PeerConn *conn)
 {
     GIOCondition want = G_IO_IN;
+    gboolean pending;
 
     if (!conn->io)
         return;
-    if (!g_queue_is_empty(&conn->outq))
+    g_mutex_lock(&conn->send_lock);
+    pending = !g_queue_is_empty(&conn->outq);
+    g_mutex_unlock(&conn->send_lock);
+    if (pending)
         want |= G_IO_OUT;
     if (want != conn->io->events) {
         g_source_modify_unix_fd(&conn->io->base, conn->io->tag, want);
@@ -615,28 +635,25 @@ static void conn_update_watch(PeerConn *conn)
     }
 }
 
-static void conn_flush(PeerConn *conn)
+/*
+ * Writes what the socket takes without blocking; send_lock held.  Returns
+ * the errno of a failed send, 0 otherwise (the queue may still hold data).
+ */
+static int conn_flush_locked(PeerConn *conn)
 {
+    int fd = g_socket_get_fd(conn->sock);
+
     while (!g_queue_is_empty(&conn->outq)) {
         GBytes *b = g_queue_peek_head(&conn->outq);
         gsize size;
         const guint8 *data = g_bytes_get_data(b, &size);
-        g_autoptr(GError) e = NULL;
-        gssize n = g_socket_send(conn->sock, (const char *)data + conn->out_off,
-                                 size - conn->out_off, NULL, &e);
+        ssize_t n = send(fd, data + conn->out_off, size - conn->out_off,
+                         MSG_DONTWAIT | MSG_NOSIGNAL);
 
         if (n < 0) {
-            g_autoptr(GError) reason = NULL;
-
-            if (g_error_matches(e, G_IO_ERROR, G_IO_ERROR_WOULD_BLOCK))
-                break;
-            reason = g_error_new(PEER_ERROR, PEER_ERROR_IO, "send to %s failed: %s",
-                                 conn->address, e->message);
-            if (conn->state == CONN_ESTABLISHED)
-                log_warn(NULL, NULL, "peer %s (%s): connection lost: %s",
-                         conn->address, conn_host(conn), reason->message);
-            conn_close(conn, reason);
-            return;
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : errno;
         }
         conn->out_off += (gsize)n;
         if (conn->out_off == size) {
@@ -644,6 +661,27 @@ static void conn_flush(PeerConn *conn)
             conn->out_bytes -= size;
             conn->out_off = 0;
         }
+    }
+    return 0;
+}
+
+static void conn_flush(PeerConn *conn)
+{
+    int error;
+
+    g_mutex_lock(&conn->send_lock);
+    error = conn_flush_locked(conn);
+    g_mutex_unlock(&conn->send_lock);
+    if (error) {
+        g_autoptr(GError) reason = g_error_new(PEER_ERROR, PEER_ERROR_IO,
+                                               "send to %s failed: %s", conn->address,
+                                               g_strerror(error));
+
+        if (conn->state == CONN_ESTABLISHED)
+            log_warn(NULL, NULL, "peer %s (%s): connection lost: %s",
+                     conn->address, conn_host(conn), reason->message);
+        conn_close(conn, reason);
+        return;
     }
     conn_update_watch(conn);
 }
@@ -754,8 +792,11 @@ static void pending_free(Pending *p)
     g_free(p);
 }
 
+static void pulse_forget(PeerConn *conn);
+
 static void conn_teardown(PeerConn *conn)
 {
+    pulse_forget(conn);
     if (conn->connect_op) {
         conn->connect_op->conn = NULL;
         g_cancellable_cancel(conn->connect_op->cancel);
@@ -824,22 +865,9 @@ static void conn_flush_best_effort(PeerConn *conn)
 {
     if (!conn->sock || conn_dead(conn))
         return;
-    while (!g_queue_is_empty(&conn->outq)) {
-        GBytes *b = g_queue_peek_head(&conn->outq);
-        gsize size;
-        const guint8 *data = g_bytes_get_data(b, &size);
-        gssize n = g_socket_send_with_blocking(conn->sock, (const char *)data + conn->out_off,
-                                               size - conn->out_off, FALSE, NULL, NULL);
-
-        if (n <= 0)
-            return;
-        conn->out_off += (gsize)n;
-        if (conn->out_off < size)
-            return;
-        g_bytes_unref(g_queue_pop_head(&conn->outq));
-        conn->out_bytes -= size;
-        conn->out_off = 0;
-    }
+    g_mutex_lock(&conn->send_lock);
+    conn_flush_locked(conn);
+    g_mutex_unlock(&conn->send_lock);
 }
 
 static void conn_close_local(PeerConn *conn, const GError *reason)
@@ -883,6 +911,7 @@ static void conn_fail_later(PeerConn *conn, GError *reason)
         g_error_free(reason);
         return;
     }
+    pulse_forget(conn);
     if (conn->io) {
         GSource *s = &conn->io->base;
 
@@ -935,35 +964,183 @@ static void conn_reject_protocol(PeerConn *conn, const char *fmt, ...)
     conn_reject(conn, e);
 }
 
+/* ---- the pulse: heartbeats off the main loop ------------------------------------ */
+
+/*
+ * A daemon whose main loop waits (a QMP call to a stalled QEMU, libvirt
+ * starting a domain) must not look dead to its peer: it is alive, and the
+ * peer taking over would make two live copies.  So heartbeats leave from a
+ * thread of their own that does nothing else, at real-time priority when
+ * the daemon has one.  It also pushes out whatever the main loop queued,
+ * so replies already decided do not wait for the loop either.  A
+ * heartbeat says "this host and its kvm-ftd are up", no more: decisions
+ * still travel as requests the main loop answers.
+ */
+static struct {
+    GMutex lock;         /* the list; taken before any connection's send_lock */
+    GPtrArray *conns;    /* established sessions (weak: each leaves in conn_teardown) */
+    GThread *thread;
+    gint running;        /* atomic */
+    guint users;
+    guint interval_ms;
+    guint priority;
+} pulse;
+
+static void pulse_beat(PeerConn *conn)
+{
+    g_autoptr(JsonObject) empty = json_object_new();
+    GBytes *frame = NULL;
+
+    g_mutex_lock(&conn->send_lock);
+    /* A frame half sent by the main loop goes first: frames never interleave. */
+    if (conn_flush_locked(conn) == 0 && g_queue_is_empty(&conn->outq) &&
+        conn->send_seq < G_MAXUINT64)
+        frame = peer_frame_encode(PEER_MSG_HEARTBEAT, conn->send_seq + 1, empty,
+                                  conn->send_key, NULL);
+    if (frame) {
+        conn->send_seq++;
+        conn->out_bytes += g_bytes_get_size(frame);
+        g_queue_push_tail(&conn->outq, frame);
+        /* What the socket does not take now goes at the next beat or main-loop send. */
+        conn_flush_locked(conn);
+    }
+    g_mutex_unlock(&conn->send_lock);
+}
+
+static gpointer pulse_main(gpointer data)
+{
+    struct timespec next;
+
+    (void)data;
+    if (pulse.priority) {
+        /* Threads do not inherit the daemon's SCHED_RESET_ON_FORK policy. */
+        struct sched_param sp = { .sched_priority = (int)pulse.priority };
+
+        if (pthread_setschedparam(pthread_self(), SCHED_RR, &sp) != 0)
+            log_warn(NULL, NULL, "heartbeat thread: no real-time priority %u; heartbeats "
+                     "may be late on a busy host", pulse.priority);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &next);
+    while (g_atomic_int_get(&pulse.running)) {
+        struct timespec now;
+
+        next.tv_nsec += (long)pulse.interval_ms * 1000000L;
+        while (next.tv_nsec >= 1000000000L) {
+            next.tv_sec++;
+            next.tv_nsec -= 1000000000L;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        /* Not scheduled for a whole interval: beat now, no burst to catch up. */
+        if ((now.tv_sec - next.tv_sec) * 1000000000LL + (now.tv_nsec - next.tv_nsec) >
+            (long long)pulse.interval_ms * 1000000LL)
+            next = now;
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR)
+            ;
+        g_mutex_lock(&pulse.lock);
+        for (guint i = 0; i < pulse.conns->len; i++)
+            pulse_beat(g_ptr_array_index(pulse.conns, i));
+        g_mutex_unlock(&pulse.lock);
+    }
+    return NULL;
+}
+
+gboolean peer_pulse_start(guint interval_ms, guint rt_priority, GError **err)
+{
+    g_return_val_if_fail(interval_ms > 0, FALSE);
+    g_mutex_lock(&pulse.lock);
+    if (!pulse.conns)
+        pulse.conns = g_ptr_array_new();
+    if (pulse.users++ == 0) {
+        pulse.interval_ms = interval_ms;
+        pulse.priority = rt_priority;
+        g_atomic_int_set(&pulse.running, 1);
+        pulse.thread = g_thread_try_new("kvm-ftd-pulse", pulse_main, NULL, err);
+        if (!pulse.thread) {
+            pulse.users = 0;
+            g_atomic_int_set(&pulse.running, 0);
+            g_mutex_unlock(&pulse.lock);
+            return FALSE;
+        }
+    }
+    g_mutex_unlock(&pulse.lock);
+    return TRUE;
+}
+
+void peer_pulse_stop(void)
+{
+    GThread *thread = NULL;
+
+    g_mutex_lock(&pulse.lock);
+    if (pulse.users > 0 && --pulse.users == 0) {
+        g_atomic_int_set(&pulse.running, 0);
+        thread = g_steal_pointer(&pulse.thread);
+    }
+    g_mutex_unlock(&pulse.lock);
+    if (thread)
+        g_thread_join(thread);
+}
+
+static void pulse_add(PeerConn *conn)
+{
+    g_mutex_lock(&pulse.lock);
+    if (!pulse.conns)
+        pulse.conns = g_ptr_array_new();
+    g_ptr_array_add(pulse.conns, conn);
+    g_mutex_unlock(&pulse.lock);
+    conn->pulsing = TRUE;
+}
+
+/* After this the pulse thread never touches conn again. */
+static void pulse_forget(PeerConn *conn)
+{
+    if (!conn->pulsing)
+        return;
+    g_mutex_lock(&pulse.lock);
+    g_ptr_array_remove_fast(pulse.conns, conn);
+    g_mutex_unlock(&pulse.lock);
+    conn->pulsing = FALSE;
+}
+
 /* ---- sending ------------------------------------------------------------------ */
 
 static gboolean conn_send_frame(PeerConn *conn, PeerMsgType type, JsonObject *obj,
                                 GError **err)
 {
     GBytes *frame;
-    gsize size;
+    gsize size, queued;
+    GError *e = NULL;
 
     if (conn_dead(conn)) {
         g_set_error(err, PEER_ERROR, PEER_ERROR_IO, "not connected to %s",
                     conn->address ? conn->address : "peer");
         return FALSE;
     }
+    g_mutex_lock(&conn->send_lock);
     if (conn->send_seq == G_MAXUINT64) {
+        g_mutex_unlock(&conn->send_lock);
         conn_fail_later(conn, g_error_new(PEER_ERROR, PEER_ERROR_IO,
                                           "sequence numbers exhausted"));
         g_set_error(err, PEER_ERROR, PEER_ERROR_IO, "sequence numbers exhausted");
         return FALSE;
     }
     frame = peer_frame_encode(type, conn->send_seq + 1, obj, conn->send_key, err);
-    if (!frame)
+    if (!frame) {
+        g_mutex_unlock(&conn->send_lock);
         return FALSE;
+    }
     size = g_bytes_get_size(frame);
-    if (conn->out_bytes + size > PEER_SEND_QUEUE_MAX) {
-        GError *e = g_error_new(PEER_ERROR, PEER_ERROR_IO,
-                                "send queue to %s full (%zu bytes unsent): "
-                                "peer is not reading",
-                                conn->address, conn->out_bytes);
-
+    queued = conn->out_bytes;
+    if (queued + size <= PEER_SEND_QUEUE_MAX) {
+        conn->send_seq++;
+        g_queue_push_tail(&conn->outq, frame);
+        conn->out_bytes += size;
+        frame = NULL;
+    }
+    g_mutex_unlock(&conn->send_lock);
+    if (frame) {
+        e = g_error_new(PEER_ERROR, PEER_ERROR_IO,
+                        "send queue to %s full (%zu bytes unsent): peer is not reading",
+                        conn->address, queued);
         log_warn(NULL, NULL, "peer %s (%s): closing connection: %s", conn->address,
                  conn_host(conn), e->message);
         if (err)
@@ -972,9 +1149,6 @@ static gboolean conn_send_frame(PeerConn *conn, PeerMsgType type, JsonObject *ob
         conn_fail_later(conn, e);
         return FALSE;
     }
-    conn->send_seq++;
-    g_queue_push_tail(&conn->outq, frame);
-    conn->out_bytes += size;
     conn_update_watch(conn);
     return TRUE;
 }
@@ -1081,6 +1255,7 @@ static void conn_established(PeerConn *conn)
     conn->state = CONN_ESTABLISHED;
     conn->authenticated = TRUE;
     destroy_source(&conn->hs_timer);
+    pulse_add(conn);
     log_info(NULL, NULL, "peer %s (%s): session established", conn->address,
              conn_host(conn));
     if (conn->cb.connected)

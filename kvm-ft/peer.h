@@ -28,7 +28,8 @@
  * other side's nonce is fresh.
  *
  * Everything runs on the GMainContext that is thread-default when the
- * server or connection is created, and never blocks it.
+ * server or connection is created, and never blocks it; only the
+ * heartbeats leave from their own thread (peer_pulse_start()).
  */
 #pragma once
 
@@ -230,3 +231,12 @@ gboolean peer_conn_reply_error(PeerConn *conn, guint64 id, const char *msg);
 /* One-way.  data is borrowed, may be NULL.  FALSE if not sent. */
 gboolean peer_conn_send_event(PeerConn *conn, const char *name, JsonObject *data);
 gboolean peer_conn_send_heartbeat(PeerConn *conn, JsonObject *data);
+
+/*
+ * Heartbeats on every established session, every interval_ms, from a
+ * thread of their own (at SCHED_RR rt_priority unless 0), so that a main
+ * loop that waits on QEMU or libvirt does not look like a dead host.
+ * Process-wide; each start needs a stop (the first start's settings hold).
+ */
+gboolean peer_pulse_start(guint interval_ms, guint rt_priority, GError **err);
+void peer_pulse_stop(void);

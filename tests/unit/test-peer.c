@@ -1243,6 +1243,48 @@ START_TEST(test_ipv6)
 }
 END_TEST
 
+/* A main loop that waits (on QEMU, on libvirt) must not stop the heartbeats. */
+START_TEST(test_pulse_beats_while_loop_waits)
+{
+    int hb0;
+
+    connect_good_client();
+    ck_assert(peer_pulse_start(10, 0, NULL));
+    hb0 = env.srv.heartbeats;
+    g_usleep(300 * 1000); /* the main context does not run */
+    peer_pulse_stop();
+    spin(200);
+    /* ~30 beats went out while the loop waited; allow for a slow, loaded machine. */
+    ck_assert_int_ge(env.srv.heartbeats - hb0, 15);
+    ck_assert_int_eq(env.srv.closed, 0);
+    ck_assert_int_eq(env.cli.closed, 0);
+    echo_round_trip(env.client);
+}
+END_TEST
+
+/* Frames from the main loop and beats from the pulse thread never interleave. */
+START_TEST(test_pulse_and_loop_share_the_stream)
+{
+    g_autoptr(JsonObject) ev = json_object_new();
+    g_autofree char *pad = g_strnfill(3000, 'x');
+    const int n = 400;
+
+    connect_good_client();
+    json_object_set_string_member(ev, "pad", pad);
+    ck_assert(peer_pulse_start(1, 0, NULL));
+    for (int i = 0; i < n; i++) {
+        ck_assert(peer_conn_send_event(env.client, "bulk", ev));
+        if (i % 50 == 0)
+            spin(5);
+    }
+    WAIT_FOR(env.srv.events == n, 10000);
+    peer_pulse_stop();
+    ck_assert_int_eq(env.srv.events, n);
+    ck_assert_int_eq(env.srv.closed, 0);
+    ck_assert_int_gt(env.srv.heartbeats, 0);
+}
+END_TEST
+
 static Suite *peer_suite(void)
 {
     Suite *s = suite_create("peer");
@@ -1274,6 +1316,8 @@ static Suite *peer_suite(void)
     tcase_add_test(net, test_send_queue_capped);
     tcase_add_test(net, test_lifecycle_edges);
     tcase_add_test(net, test_ipv6);
+    tcase_add_test(net, test_pulse_beats_while_loop_waits);
+    tcase_add_test(net, test_pulse_and_loop_share_the_stream);
     suite_add_tcase(s, net);
     return s;
 }
