@@ -353,6 +353,11 @@ static gboolean add_filters(Qmp *q, const EngineLink *link, GError **err)
     json_object_set_string_member(compare, "secondary_in", "compare1");
     json_object_set_string_member(compare, "outdev", "compare_out0");
     json_object_set_string_member(compare, "iothread", COMPARE_IOTHREAD);
+    /* A reply older than compare_timeout forces a checkpoint when the next scan sees it;
+     * scanning five times per timeout bounds the wait at 1.2 x compare_timeout. */
+    json_object_set_int_member(compare, "compare_timeout", link->def->compare_timeout_ms);
+    json_object_set_int_member(compare, "expired_scan_cycle",
+                               MAX(1, link->def->compare_timeout_ms / 5));
     return run(q, link, "object-add", compare, err);
 }
 
@@ -392,6 +397,22 @@ static gboolean start_sync(Qmp *q, const EngineLink *link, gboolean pause, GErro
            run(q, link, "migrate-set-parameters", params, err) &&
            run(q, link, "migrate",
                uri_arg(link->secondary_addr, link->def->port_base + FT_PORT_MIGRATION), err);
+}
+
+/* A periodic checkpoint may start this much before its interval is up: the timer's own
+ * slack and the stamps' (QEMU's event times) are well under it. */
+#define PERIODIC_EARLY_MS 20
+
+EngineCheckpointCause engine_checkpoint_cause(gint64 prev_stop_us, gint64 stop_us,
+                                              guint interval_ms)
+{
+    gint64 early_ms = MIN((gint64)interval_ms / 4, PERIODIC_EARLY_MS);
+
+    if (!prev_stop_us || stop_us <= prev_stop_us)
+        return ENGINE_CHECKPOINT_PERIODIC;
+    return (stop_us - prev_stop_us) / 1000 < (gint64)interval_ms - early_ms
+               ? ENGINE_CHECKPOINT_FORCED
+               : ENGINE_CHECKPOINT_PERIODIC;
 }
 
 gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err)

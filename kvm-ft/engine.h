@@ -48,6 +48,22 @@ gboolean engine_primary_switch_over(Qmp *q, const EngineLink *link, GError **err
 gboolean engine_set_checkpoint_interval(Qmp *q, const EngineLink *link, guint interval_ms,
                                         GError **err);
 
+/*
+ * Why the primary's COLO took a checkpoint, judged from when it paused: its
+ * periodic timer runs from the start of the previous checkpoint, and any
+ * checkpoint a difference or a reply left without the secondary's copy
+ * forces restarts it.  So a pause that came clearly before the interval was
+ * up was forced (QEMU 7.2 does not say which of the two forced it).
+ * prev_stop_us: when the previous checkpoint paused the guest (0: none yet).
+ */
+typedef enum {
+    ENGINE_CHECKPOINT_PERIODIC,
+    ENGINE_CHECKPOINT_FORCED,
+} EngineCheckpointCause;
+
+EngineCheckpointCause engine_checkpoint_cause(gint64 prev_stop_us, gint64 stop_us,
+                                              guint interval_ms);
+
 gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
                             char **reason, GError **err);
 

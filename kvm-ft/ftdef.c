@@ -377,12 +377,13 @@ const char *ftdef_output_mode_name(FtOutputMode mode)
 
 static gboolean parse_checkpoint(xmlNodePtr node, FtDef *def, GError **err)
 {
-    static const char *const attrs[] = { "interval-ms", "output", NULL };
+    static const char *const attrs[] = { "interval-ms", "output", "compare-timeout-ms", NULL };
     g_autofree char *qn = qname(node);
     g_autofree char *v = NULL;
     g_autofree char *output = NULL;
+    g_autofree char *timeout = NULL;
 
-    if (!check_leaf(node, attrs, "interval-ms, output", err))
+    if (!check_leaf(node, attrs, "interval-ms, output, compare-timeout-ms", err))
         return FALSE;
     v = prop(node, "interval-ms");
     if (v && !parse_uint(v, FTDEF_INTERVAL_MIN, FTDEF_INTERVAL_MAX,
@@ -411,10 +412,21 @@ static gboolean parse_checkpoint(xmlNodePtr node, FtDef *def, GError **err)
         }
         def->output_mode = (FtOutputMode)m;
     }
-    if (!v && !output)
-        return invalid(err, "<%s>: has neither interval-ms nor output; set one "
-                       "or remove the element for the defaults (%d ms, compare)",
-                       qn, FTDEF_INTERVAL_DEFAULT);
+    timeout = prop(node, "compare-timeout-ms");
+    if (timeout && !parse_uint(timeout, FTDEF_COMPARE_TIMEOUT_MIN, FTDEF_COMPARE_TIMEOUT_MAX,
+                               &def->compare_timeout_ms)) {
+        g_autofree char *sv = show(timeout);
+
+        return invalid(err, "<%s compare-timeout-ms='%s'>: must be an integer between "
+                       "%d and %d (milliseconds a reply waits for the secondary's "
+                       "copy before a checkpoint is forced)", qn, sv,
+                       FTDEF_COMPARE_TIMEOUT_MIN, FTDEF_COMPARE_TIMEOUT_MAX);
+    }
+    if (!v && !output && !timeout)
+        return invalid(err, "<%s>: has neither interval-ms, output nor "
+                       "compare-timeout-ms; set one or remove the element for the "
+                       "defaults (%d ms, compare, %d ms)",
+                       qn, FTDEF_INTERVAL_DEFAULT, FTDEF_COMPARE_TIMEOUT_DEFAULT);
     return TRUE;
 }
 
@@ -1011,6 +1023,7 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
 
     def = g_new0(FtDef, 1);
     def->checkpoint_interval_ms = FTDEF_INTERVAL_DEFAULT;
+    def->compare_timeout_ms = FTDEF_COMPARE_TIMEOUT_DEFAULT;
     def->output_mode = FTDEF_OUTPUT_COMPARE;
     def->port_base = FTDEF_PORT_BASE_DEFAULT;
     def->disks = g_ptr_array_new_with_free_func(ftdisk_free);

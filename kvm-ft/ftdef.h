@@ -28,6 +28,19 @@
 #define FTDEF_INTERVAL_DEFAULT 2000
 #define FTDEF_INTERVAL_MIN 20
 #define FTDEF_INTERVAL_MAX 60000
+/*
+ * How long a reply of the primary may wait in colo-compare for the
+ * secondary's copy of it before the wait itself forces a checkpoint, as a
+ * difference does.  A secondary that sends nothing (it blocked where the
+ * primary did not, e.g. on a row lock taken in another order) must cost one
+ * checkpoint, not QEMU's default of 3 s.  The secondary's copy normally comes
+ * within a few milliseconds of the primary's (lab, TCG: client round trip
+ * p50 ~2 ms protected); 50 ms leaves room for a secondary that is a little
+ * behind without checkpointing on every reply.
+ */
+#define FTDEF_COMPARE_TIMEOUT_DEFAULT 50
+#define FTDEF_COMPARE_TIMEOUT_MIN 5
+#define FTDEF_COMPARE_TIMEOUT_MAX 10000
 #define FTDEF_PORT_BASE_DEFAULT 9100
 #define FTDEF_PORT_BASE_MIN 1024
 #define FTDEF_PORT_BASE_MAX 65000
@@ -63,6 +76,7 @@ typedef struct {
     FtHost hosts[2];               /* in document order */
     guint checkpoint_interval_ms;  /* FTDEF_INTERVAL_DEFAULT if absent */
     FtOutputMode output_mode;      /* FTDEF_OUTPUT_COMPARE if absent */
+    guint compare_timeout_ms;      /* FTDEF_COMPARE_TIMEOUT_DEFAULT if absent */
     guint port_base;               /* FTDEF_PORT_BASE_DEFAULT if absent */
     GPtrArray *disks;              /* FtDisk *, in <ft:disk> order, 1..64 */
     guint n_interfaces;            /* 0 or 1 <interface> elements */

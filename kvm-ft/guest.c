@@ -92,7 +92,9 @@ struct FtGuest {
     gboolean qmp_stalled;
     guint polls_skipped;
     guint64 checkpoints;
+    guint64 checkpoints_forced;
     gint64 stop_us;
+    gint64 last_checkpoint_stop_us;
     double last_pause_ms;
     gint64 last_checkpoint_us;
 
@@ -530,6 +532,11 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
             log_info(g->def->name, role_name(g), "entering COLO paused the guest for "
                      "%.1f ms", g->entry_pause_ms);
         } else if (g->stop_us && g->state == GUEST_PROTECTED) {
+            if (engine_checkpoint_cause(g->last_checkpoint_stop_us, g->stop_us,
+                                        g->def->checkpoint_interval_ms) ==
+                ENGINE_CHECKPOINT_FORCED)
+                g->checkpoints_forced++;
+            g->last_checkpoint_stop_us = g->stop_us;
             g->checkpoints++;
             g->last_pause_ms = (timestamp_us - g->stop_us) / 1000.0;
             g->last_checkpoint_us = timestamp_us;
@@ -1294,7 +1301,9 @@ void guest_protect(FtGuest *g, gboolean started_by_libvirt)
     g->rejoin = FALSE;
     g_clear_pointer(&g->error, g_free);
     g->checkpoints = 0;
+    g->checkpoints_forced = 0;
     g->last_checkpoint_us = 0;
+    g->last_checkpoint_stop_us = 0;
     arm_deadline(g);
     if (!transition(g, GUEST_PREPARING_PEER, "protect requested"))
         return;
@@ -1454,7 +1463,9 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
 
     g_clear_pointer(&g->error, g_free);
     g->checkpoints = 0;
+    g->checkpoints_forced = 0;
     g->last_checkpoint_us = 0;
+    g->last_checkpoint_stop_us = 0;
     g->reply_conn = peer_conn_ref(conn);
     g->reply_id = id;
     arm_deadline(g);
@@ -2052,6 +2063,15 @@ JsonNode *guest_status(FtGuest *g)
     json_builder_add_string_value(b, ftdef_output_mode_name(g->def->output_mode));
     json_builder_set_member_name(b, "checkpoints");
     json_builder_add_int_value(b, (gint64)g->checkpoints);
+    json_builder_set_member_name(b, "checkpoints_by_cause");
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "periodic");
+    json_builder_add_int_value(b, (gint64)(g->checkpoints - g->checkpoints_forced));
+    json_builder_set_member_name(b, "forced");
+    json_builder_add_int_value(b, (gint64)g->checkpoints_forced);
+    json_builder_end_object(b);
+    json_builder_set_member_name(b, "compare_timeout_ms");
+    json_builder_add_int_value(b, g->def->compare_timeout_ms);
     json_builder_set_member_name(b, "last_pause_ms");
     if (g->checkpoints)
         json_builder_add_double_value(b, g->last_pause_ms);

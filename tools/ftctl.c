@@ -460,9 +460,20 @@ static void print_guest(JsonObject *g, const char *host)
         printf("  interval:        %.0f ms\n", v);
     if (member_str(g, "output_mode"))
         printf("  output:          %s\n", member_str(g, "output_mode"));
-    if (member_num(g, "checkpoints", &v))
-        printf("  checkpoints:     %.0f\n", v);
-    else
+    if (member_num(g, "compare_timeout_ms", &v))
+        printf("  compare timeout: %.0f ms (a reply waiting longer forces a checkpoint)\n", v);
+    if (member_num(g, "checkpoints", &v)) {
+        JsonNode *cn = json_object_get_member(g, "checkpoints_by_cause");
+        double periodic, forced;
+
+        if (cn && JSON_NODE_HOLDS_OBJECT(cn) &&
+            member_num(json_node_get_object(cn), "periodic", &periodic) &&
+            member_num(json_node_get_object(cn), "forced", &forced))
+            printf("  checkpoints:     %.0f (periodic %.0f, forced by output %.0f)\n", v,
+                   periodic, forced);
+        else
+            printf("  checkpoints:     %.0f\n", v);
+    } else
         printf("  checkpoints:     -\n");
     if (member_num(g, "last_pause_ms", &v))
         printf("  last pause:      %.1f ms\n", v);

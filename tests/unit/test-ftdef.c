@@ -197,7 +197,8 @@ START_TEST(output_modes)
     g_autofree char *passive = domain(
         GUEST(HOSTS "<ft:checkpoint interval-ms='100' output='passive'/>" FT_VDA), DISK_VDA);
     g_autofree char *compare = domain(
-        GUEST(HOSTS "<ft:checkpoint output='compare'/>" FT_VDA), DISK_VDA);
+        GUEST(HOSTS "<ft:checkpoint output='compare' compare-timeout-ms='20'/>" FT_VDA),
+        DISK_VDA);
     g_autofree char *absent = domain(GUEST(HOSTS FT_VDA), DISK_VDA);
     g_autoptr(GError) err = NULL;
     g_autoptr(FtDef) p = ftdef_parse(passive, &err);
@@ -207,10 +208,12 @@ START_TEST(output_modes)
     ck_assert_msg(p != NULL, "refused: %s", err ? err->message : "?");
     ck_assert_int_eq(p->output_mode, FTDEF_OUTPUT_PASSIVE);
     ck_assert_uint_eq(p->checkpoint_interval_ms, 100);
+    ck_assert_uint_eq(p->compare_timeout_ms, FTDEF_COMPARE_TIMEOUT_DEFAULT);
     c = ftdef_parse(compare, &err);
     ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
     ck_assert_int_eq(c->output_mode, FTDEF_OUTPUT_COMPARE);
     ck_assert_uint_eq(c->checkpoint_interval_ms, FTDEF_INTERVAL_DEFAULT);
+    ck_assert_uint_eq(c->compare_timeout_ms, 20);
     a = ftdef_parse(absent, &err);
     ck_assert_msg(a != NULL, "refused: %s", err ? err->message : "?");
     ck_assert_int_eq(a->output_mode, FTDEF_OUTPUT_COMPARE);
@@ -413,7 +416,12 @@ INVALID(interval_negative, GUEST(HOSTS "<ft:checkpoint interval-ms='-100'/>"
 INVALID(interval_unit_suffix, GUEST(HOSTS "<ft:checkpoint interval-ms='2s'/>"
         FT_VDA), DISK_VDA, "<ft:checkpoint interval-ms='2s'>", "integer")
 INVALID(checkpoint_empty, GUEST(HOSTS "<ft:checkpoint/>" FT_VDA), DISK_VDA,
-        "<ft:checkpoint>", "neither interval-ms nor output")
+        "<ft:checkpoint>", "neither interval-ms, output nor compare-timeout-ms")
+INVALID(compare_timeout_too_small, GUEST(HOSTS "<ft:checkpoint compare-timeout-ms='4'/>"
+        FT_VDA), DISK_VDA, "<ft:checkpoint compare-timeout-ms='4'>", "5 and 10000")
+INVALID(compare_timeout_too_large, GUEST(HOSTS
+        "<ft:checkpoint compare-timeout-ms='10001'/>" FT_VDA), DISK_VDA,
+        "<ft:checkpoint compare-timeout-ms='10001'>", "5 and 10000")
 INVALID(output_unknown, GUEST(HOSTS "<ft:checkpoint output='buffered'/>" FT_VDA),
         DISK_VDA, "<ft:checkpoint output='buffered'>", "'compare'")
 INVALID(output_case, GUEST(HOSTS "<ft:checkpoint output='Passive'/>" FT_VDA),
@@ -795,6 +803,8 @@ static Suite *ftdef_suite(void)
     tcase_add_test(tc, checkpoint_empty);
     tcase_add_test(tc, output_unknown);
     tcase_add_test(tc, output_case);
+    tcase_add_test(tc, compare_timeout_too_small);
+    tcase_add_test(tc, compare_timeout_too_large);
     tcase_add_test(tc, output_modes);
     tcase_add_test(tc, interval_huge_number);
     tcase_add_test(tc, checkpoint_duplicate);
