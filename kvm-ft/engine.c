@@ -580,6 +580,27 @@ static gboolean yank_primary_channels(Qmp *q, const EngineLink *link, GError **e
     return yank(q, link, instances, err);
 }
 
+/*
+ * The guest's MAC address now lives behind another switch port: until the
+ * guest itself sends a frame, switches deliver its traffic to the dead
+ * host's port.  QEMU announces it (RARP/gratuitous ARP) at once and a few
+ * times after, as after a live migration.  A failed announcement costs
+ * time, not correctness: reported, not fatal.
+ */
+static void announce(Qmp *q, const EngineLink *link)
+{
+    g_autoptr(GError) e = NULL;
+    JsonObject *args = json_object_new();
+
+    json_object_set_int_member(args, "initial", 0);
+    json_object_set_int_member(args, "max", 200);
+    json_object_set_int_member(args, "rounds", 4);
+    json_object_set_int_member(args, "step", 50);
+    if (!run(q, link, "announce-self", args, &e))
+        log_warn(link->def->name, "secondary", "announcing the guest on the network: %s",
+                 e->message);
+}
+
 gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
 {
     g_autoptr(GError) yank_err = NULL;
@@ -590,14 +611,17 @@ gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
      */
     if (!yank_primary_channels(q, link, &yank_err))
         log_warn(link->def->name, "secondary", "%s (continuing)", yank_err->message);
-    return run_gone_ok(q, link, "nbd-server-stop", NULL, err) &&
-           leave_colo(q, link, err) &&
-           run_gone_ok(q, link, "object-del", id_arg("id", "f2"), err) &&
-           run_gone_ok(q, link, "object-del", id_arg("id", "f1"), err) &&
-           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red1"), err) &&
-           run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err) &&
-           (link->def->output_mode != FTDEF_OUTPUT_PASSIVE ||
-            run_gone_ok(q, link, "chardev-remove", id_arg("id", "sink0"), err));
+    if (!run_gone_ok(q, link, "nbd-server-stop", NULL, err) ||
+        !leave_colo(q, link, err) ||
+        !run_gone_ok(q, link, "object-del", id_arg("id", "f2"), err) ||
+        !run_gone_ok(q, link, "object-del", id_arg("id", "f1"), err) ||
+        !run_gone_ok(q, link, "chardev-remove", id_arg("id", "red1"), err) ||
+        !run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err) ||
+        (link->def->output_mode == FTDEF_OUTPUT_PASSIVE &&
+         !run_gone_ok(q, link, "chardev-remove", id_arg("id", "sink0"), err)))
+        return FALSE;
+    announce(q, link);
+    return TRUE;
 }
 
 gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **err)

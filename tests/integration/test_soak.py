@@ -37,6 +37,8 @@ INTERVAL_MS = 100
 SOAK_MB = 16
 CLOCK_TOLERANCE_MS = 1000
 AFTER_FAILOVER_S = 15
+# The client's longest wait, soak and power pull included.
+MAX_SILENCE_MS = 1000
 CLOCK = re.compile(r"^SOAK CLK k=(\d+) mono_ms=(\d+) real_ms=(\d+) tsc=(\d+) sum=(\d+)$",
                    re.M)
 STATUS = re.compile(r"^SOAK n=(\d+) bad=(\d+) mono_ms=(\d+) real_ms=(\d+) tsc=(\d+) "
@@ -193,6 +195,9 @@ def main():
             "the guest's clock went back %d ms at the failover" % -guest_step
         assert summary["connection_broken"] is None, summary
         assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
+        assert summary["max_silence_ms"] < MAX_SILENCE_MS, \
+            "the client waited %.0f ms for an answer (bound %d ms)" % (summary["max_silence_ms"],
+                                                                       MAX_SILENCE_MS)
         ok, disk = check_disk(lab, "hostB")
         assert ok, "survivor's disk is not clean and gapless: %s" % disk
         log("PASS: %d checkpoints at %d ms, %d clock lines compared (clock within %d ms mono, "
