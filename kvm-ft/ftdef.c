@@ -419,9 +419,14 @@ static gboolean parse_checkpoint(xmlNodePtr node, FtDef *def, GError **err)
 
         return invalid(err, "<%s compare-timeout-ms='%s'>: must be an integer between "
                        "%d and %d (milliseconds a reply waits for the secondary's "
-                       "copy before a checkpoint is forced)", qn, sv,
+                       "copy, or in passive mode for the checkpoint that releases it, "
+                       "before it forces one)", qn, sv,
                        FTDEF_COMPARE_TIMEOUT_MIN, FTDEF_COMPARE_TIMEOUT_MAX);
     }
+    if (!timeout)
+        def->compare_timeout_ms = def->output_mode == FTDEF_OUTPUT_PASSIVE
+                                      ? FTDEF_PASSIVE_EPOCH_DEFAULT
+                                      : FTDEF_COMPARE_TIMEOUT_DEFAULT;
     if (!v && !output && !timeout)
         return invalid(err, "<%s>: has neither interval-ms, output nor "
                        "compare-timeout-ms; set one or remove the element for the "

@@ -37,8 +37,15 @@
  * within a few milliseconds of the primary's (lab, TCG: client round trip
  * p50 ~2 ms protected); 50 ms leaves room for a secondary that is a little
  * behind without checkpointing on every reply.
+ *
+ * In passive mode the secondary's copy never comes, so the same wait is the
+ * shortest epoch: a reply forces the checkpoint that releases it after
+ * waiting this long, instead of waiting for the periodic one.  10 ms keeps
+ * a request/response exchange near one checkpoint pause while a burst of
+ * packets still shares one checkpoint.
  */
 #define FTDEF_COMPARE_TIMEOUT_DEFAULT 50
+#define FTDEF_PASSIVE_EPOCH_DEFAULT 10
 #define FTDEF_COMPARE_TIMEOUT_MIN 5
 #define FTDEF_COMPARE_TIMEOUT_MAX 10000
 #define FTDEF_PORT_BASE_DEFAULT 9100
@@ -76,7 +83,8 @@ typedef struct {
     FtHost hosts[2];               /* in document order */
     guint checkpoint_interval_ms;  /* FTDEF_INTERVAL_DEFAULT if absent */
     FtOutputMode output_mode;      /* FTDEF_OUTPUT_COMPARE if absent */
-    guint compare_timeout_ms;      /* FTDEF_COMPARE_TIMEOUT_DEFAULT if absent */
+    guint compare_timeout_ms;      /* if absent: FTDEF_COMPARE_TIMEOUT_DEFAULT, or
+                                    * FTDEF_PASSIVE_EPOCH_DEFAULT in passive mode */
     guint port_base;               /* FTDEF_PORT_BASE_DEFAULT if absent */
     GPtrArray *disks;              /* FtDisk *, in <ft:disk> order, 1..64 */
     guint n_interfaces;            /* 0 or 1 <interface> elements */

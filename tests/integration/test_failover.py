@@ -266,8 +266,6 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
         st = (wait_failed_over(lab, survivor, timeout=30) if state == "degraded"
               else wait_state(lab, survivor, state, timeout=30))
         log("%s: survivor %s: %s" % (name, survivor, st))
-        # Block jobs that commit the secondary's replication overlays finish quickly.
-        time.sleep(2)
         disk_ok, disk = check_disk(lab, survivor)
         log("%s: survivor's disk: %s" % (name, disk))
         facts = {

@@ -14,7 +14,11 @@ compare: both sequences gapless; every ndet reply differs between the copies,
   far more checkpoints happen than the periodic ones.
 passive: both sequences gapless, and no reply -- deterministic or not -- reached
   the client before a checkpoint taken after its request had reached the
-  secondary (the checkpoint covering the reply was committed first).
+  secondary (the checkpoint covering the reply was committed first); and a
+  reply waits for one output-triggered checkpoint, not for the periodic one:
+  the round trip's median stays under PASSIVE_RTT_P50_MS, far below what
+  periodic checkpoints alone give (half the 200 ms interval), and most
+  checkpoints were forced by output.
 """
 import bisect
 import json
@@ -28,6 +32,8 @@ from labtest import (GUEST, Lab, SeqClient, guest_dir, kernel_trouble, log,  # n
 
 CLIENT_SECONDS = 20
 INTERVAL_MS = {"compare": 2000, "passive": 200}
+# One minimum epoch (10 ms) + one checkpoint pause (~5-40 ms under TCG) + slack.
+PASSIVE_RTT_P50_MS = 60
 
 
 def replies(path):
@@ -66,7 +72,8 @@ def run_mode(mode, qemu, gdir):
         wait_state(lab, "hostB", "protected", timeout=60)
         wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
         colotrace.enable(lab, "hostA", GUEST)
-        before = lab.status("hostA")["checkpoints"]
+        first = lab.status("hostA")
+        before, forced_before = first["checkpoints"], first["checkpoints_by_cause"]["forced"]
         seq_log = os.path.join(lab.artifacts, "client-seq.jsonl")
         ndet_log = os.path.join(lab.artifacts, "client-ndet.jsonl")
         seq = SeqClient(lab, seconds=CLIENT_SECONDS, interval=0.25, log_path=seq_log)
@@ -95,6 +102,14 @@ def run_mode(mode, qemu, gdir):
             seq_bad = uncovered(replies(seq_log), ckpts)
             assert not seq_bad, "%d of %d replies reached the client before the checkpoint " \
                 "covering them was committed: first %s" % (len(seq_bad), s["replies"], seq_bad[:3])
+            for name, summary in (("sequence", s), ("ndet", n)):
+                assert summary["rtt_ms"]["p50"] < PASSIVE_RTT_P50_MS, \
+                    "%s replies waited %.0f ms (p50) for their checkpoint: not output-triggered" \
+                    % (name, summary["rtt_ms"]["p50"])
+            forced = after["checkpoints_by_cause"]["forced"] - forced_before
+            assert forced >= (after["checkpoints"] - before) / 2, \
+                "only %d of %d checkpoints forced by output" % (forced,
+                                                               after["checkpoints"] - before)
         else:
             periodic = CLIENT_SECONDS * 1000 // INTERVAL_MS[mode]
             assert after["checkpoints"] - before >= n["replies"] * 0.8, \

@@ -159,7 +159,6 @@ def finish(lab, survivor):
         log("longest wait for an answer while re-protecting: %.0f ms" % wait)
         assert wait < MAX_STALL_MS, "the client waited %.0f ms while the guest was " \
             "re-protected" % wait
-    time.sleep(2)  # the takeover's commit of the replication overlays
     ok, disk = check_disk(lab, survivor)
     log("survivor %s's disk: %s" % (survivor, disk))
     assert ok, "survivor's disk not clean and gapless: %s" % disk
@@ -177,7 +176,6 @@ def scenario_returning_host(lab, blank=False):
     primary = "hostA"
     for cycle in range(1 if blank else CYCLES):
         survivor = power_pull(lab, primary)
-        time.sleep(2)  # the takeover's commit of the replication overlays
         check_survivor_disk(lab, survivor)
         written = guest_write(lab, WRITE_MIB)
         since = time.time()

@@ -208,7 +208,7 @@ START_TEST(output_modes)
     ck_assert_msg(p != NULL, "refused: %s", err ? err->message : "?");
     ck_assert_int_eq(p->output_mode, FTDEF_OUTPUT_PASSIVE);
     ck_assert_uint_eq(p->checkpoint_interval_ms, 100);
-    ck_assert_uint_eq(p->compare_timeout_ms, FTDEF_COMPARE_TIMEOUT_DEFAULT);
+    ck_assert_uint_eq(p->compare_timeout_ms, FTDEF_PASSIVE_EPOCH_DEFAULT);
     c = ftdef_parse(compare, &err);
     ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
     ck_assert_int_eq(c->output_mode, FTDEF_OUTPUT_COMPARE);
@@ -217,6 +217,7 @@ START_TEST(output_modes)
     a = ftdef_parse(absent, &err);
     ck_assert_msg(a != NULL, "refused: %s", err ? err->message : "?");
     ck_assert_int_eq(a->output_mode, FTDEF_OUTPUT_COMPARE);
+    ck_assert_uint_eq(a->compare_timeout_ms, FTDEF_COMPARE_TIMEOUT_DEFAULT);
     ck_assert_str_eq(ftdef_output_mode_name(p->output_mode), "passive");
 }
 END_TEST
