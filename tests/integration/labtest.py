@@ -205,16 +205,18 @@ class SeqClient:
         return self.result(timeout=60)
 
 
-# What a guest kernel prints when it is not healthy (invariant 5 of DESIGN.md).
+# What a guest prints when it is not healthy: its kernel's alarms, a disk that failed it
+# (I/O errors, ext4 giving up and going read-only), the counter's failed writes.
 KERNEL_TROUBLE = re.compile(r"Kernel panic|Oops|BUG:|kernel BUG|general protection fault|"
                             r"list_del corruption|list_add corruption|stack-protector|"
-                            r"soft lockup|Call Trace")
+                            r"soft lockup|Call Trace|I/O error|EXT4-fs error|"
+                            r"Remounting filesystem read-only|^CNT_ERR")
 
 
 def kernel_trouble(serial_text):
     """The first line of a guest serial log that shows kernel trouble, or None."""
     for line in serial_text.splitlines():
-        if KERNEL_TROUBLE.search(line):
+        if KERNEL_TROUBLE.search(line.rstrip("\r")):
             return line
     return None
 
