@@ -203,9 +203,23 @@ static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean inc
                              copy, data, copy_to, rate_bytes));
 }
 
+static void abort_job(Qmp *q, const EngineLink *link, const char *job);
+
 gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
                       guint64 rate_bytes, GError **err)
 {
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+
+        /*
+         * A copy given up while its target was dying may have left its jobs
+         * and target nodes behind (QEMU did not answer while the dead
+         * connection drained): they would refuse this copy's names.
+         */
+        abort_job(q, link, copy);
+        abort_job(q, link, mirror);
+    }
     for (guint i = 0; i < link->def->disks->len; i++) {
         if (!start_disk(q, link, i, incremental, rate_bytes, err)) {
             g_prefix_error(err, "disk %u: ", i);
@@ -350,7 +364,7 @@ static void abort_job(Qmp *q, const EngineLink *link, const char *job)
         g_clear_error(&e);
     }
     if (!del_node(q, link, job, &e) && !strstr(e->message, "not found") &&
-        !strstr(e->message, "Cannot find"))
+        !strstr(e->message, "Cannot find") && !strstr(e->message, "Failed to find node"))
         log_warn(link->def->name, "primary", "giving up the disk copy: %s", e->message);
 }
 
