@@ -1295,15 +1295,21 @@ static void ask_for_secondary(FtGuest *g)
     json_object_unref(params);
 }
 
+/* A new protection counts its own checkpoints. */
+static void forget_checkpoints(FtGuest *g)
+{
+    g->checkpoints = 0;
+    g->checkpoints_forced = 0;
+    g->last_checkpoint_us = 0;
+    g->last_checkpoint_stop_us = 0;
+}
+
 void guest_protect(FtGuest *g, gboolean started_by_libvirt)
 {
     g->started_by_libvirt = started_by_libvirt;
     g->rejoin = FALSE;
     g_clear_pointer(&g->error, g_free);
-    g->checkpoints = 0;
-    g->checkpoints_forced = 0;
-    g->last_checkpoint_us = 0;
-    g->last_checkpoint_stop_us = 0;
+    forget_checkpoints(g);
     arm_deadline(g);
     if (!transition(g, GUEST_PREPARING_PEER, "protect requested"))
         return;
@@ -1462,10 +1468,7 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
     gboolean defined;
 
     g_clear_pointer(&g->error, g_free);
-    g->checkpoints = 0;
-    g->checkpoints_forced = 0;
-    g->last_checkpoint_us = 0;
-    g->last_checkpoint_stop_us = 0;
+    forget_checkpoints(g);
     g->reply_conn = peer_conn_ref(conn);
     g->reply_id = id;
     arm_deadline(g);
