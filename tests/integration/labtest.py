@@ -179,11 +179,14 @@ class Lab:
 class SeqClient:
     """tools/seqclient in the client namespace: one TCP connection to the guest."""
 
-    def __init__(self, lab, seconds=0, interval=0.1, log_path=None, port=7000, echo=False):
+    def __init__(self, lab, seconds=0, interval=0.1, log_path=None, port=7000, echo=False,
+                 skip_after=0):
         args = [os.path.join(TOOLS, "lab"), "client", "python3", os.path.join(TOOLS, "seqclient"),
                 "--interval", str(interval), "--seconds", str(seconds), "--port", str(port)]
         if echo:
             args.append("--echo")
+        if skip_after:
+            args += ["--skip-after", str(skip_after)]
         if log_path:
             args += ["--log", log_path]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -19,6 +19,15 @@ passive: both sequences gapless, and no reply -- deterministic or not -- reached
   the round trip's median stays under PASSIVE_RTT_P50_MS, far below what
   periodic checkpoints alone give (half the 1 s interval), and most
   checkpoints were forced by output.
+divergence: compare mode, a 10 s interval, and the guest's "maybe" service
+  (port 7003), which echoes a request or stays silent as each copy decides
+  for itself: a divergence without a difference.  When the primary answers
+  and the secondary stays silent, nothing compares the reply against
+  anything; it must still leave within the compare timeout (50 ms + the
+  scan and the checkpoint it forces), not at the periodic checkpoint or
+  QEMU's default 3 s.  Every reply the primary gives (about half the
+  requests) arrives within DIVERGENCE_RTT_MAX_MS; none comes late (after its
+  request was given up at 1.5 s).
 """
 import bisect
 import json
@@ -31,9 +40,12 @@ from labtest import (GUEST, Lab, SeqClient, guest_dir, kernel_trouble, log,  # n
                      qemu_binary, wait_for, wait_state)
 
 CLIENT_SECONDS = 20
-INTERVAL_MS = {"compare": 2000, "passive": 1000}
+INTERVAL_MS = {"compare": 2000, "passive": 1000, "divergence": 10000}
 # One minimum epoch (10 ms) + one checkpoint pause (~5-40 ms under TCG) + slack.
 PASSIVE_RTT_P50_MS = 60
+# compare timeout 50 ms x 1.2 (scan) + a forced checkpoint (~5-40 ms) + slack for a loaded host.
+DIVERGENCE_RTT_MAX_MS = 500
+DIVERGENCE_GIVE_UP_S = 1.5
 
 
 def replies(path):
@@ -124,11 +136,59 @@ def run_mode(mode, qemu, gdir):
         lab.down()
 
 
+def run_divergence(qemu, gdir):
+    lab = Lab("test_output_divergence")
+    try:
+        lab.up()
+        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS["divergence"], workload="maybe",
+                          output="compare")
+        res = lab.protect("hostA")
+        assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
+        wait_state(lab, "hostB", "protected", timeout=60)
+        wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        first = lab.status("hostA")
+        log_path = os.path.join(lab.artifacts, "client-maybe.jsonl")
+        maybe = SeqClient(lab, seconds=CLIENT_SECONDS, interval=0.2, log_path=log_path,
+                          port=7003, echo=True, skip_after=DIVERGENCE_GIVE_UP_S)
+        m = maybe.result(timeout=CLIENT_SECONDS + 120)
+        after = lab.status("hostA")
+        forced = after["checkpoints_by_cause"]["forced"] - first["checkpoints_by_cause"]["forced"]
+        log("divergence: maybe client %s" % m)
+        log("divergence: %d checkpoints, %d forced, while the client ran"
+            % (after["checkpoints"] - first["checkpoints"], forced))
+        assert m["connection_broken"] is None, m
+        assert m["replies"] >= m["requests"] // 4, \
+            "only %d of %d requests answered: the guest's coin is not fair" % (m["replies"],
+                                                                               m["requests"])
+        assert m["unanswered"] >= m["requests"] // 4, \
+            "%d of %d requests unanswered: the copies do not diverge" % (m["unanswered"],
+                                                                         m["requests"])
+        assert not m["late"], \
+            "%d replies waited longer than %.1f s (divergence without a difference not " \
+            "detected): %s" % (len(m["late"]), DIVERGENCE_GIVE_UP_S, m["late"][:5])
+        assert m["rtt_ms"]["max"] < DIVERGENCE_RTT_MAX_MS, \
+            "a reply waited %.0f ms for a secondary that stayed silent (bound %d ms)" \
+            % (m["rtt_ms"]["max"], DIVERGENCE_RTT_MAX_MS)
+        assert forced >= m["requests"] // 8, \
+            "only %d checkpoints forced for %d diverging requests" % (forced, m["requests"])
+        for host in ("hostA", "hostB"):
+            trouble = kernel_trouble(lab.serial(host))
+            assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
+        log("PASS divergence: %d of %d requests answered, rtt p50 %s ms, max %s ms; %d forced "
+            "checkpoints" % (m["replies"], m["requests"], m["rtt_ms"]["p50"], m["rtt_ms"]["max"],
+                             forced))
+    finally:
+        lab.down()
+
+
 def main():
     qemu, gdir = qemu_binary(), guest_dir()
-    modes = sys.argv[1:] or ["compare", "passive"]
+    modes = sys.argv[1:] or ["compare", "passive", "divergence"]
     for mode in modes:
-        run_mode(mode, qemu, gdir)
+        if mode == "divergence":
+            run_divergence(qemu, gdir)
+        else:
+            run_mode(mode, qemu, gdir)
 
 
 if __name__ == "__main__":

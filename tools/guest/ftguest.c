@@ -8,6 +8,11 @@
  *                                    (first reply "1"). Deterministic: no time, no randomness.
  *   ftguest ndet PORT                TCP line service, deliberately non-deterministic: every line gets
  *                                    back "<line> <CLOCK_REALTIME ns> <cycle counter>".
+ *   ftguest maybe PORT               TCP line service that diverges without differing: every line is
+ *                                    echoed back unchanged, or not answered at all, as one bit of the
+ *                                    cycle counter says. Two COLO copies decide independently, so one
+ *                                    often answers while the other stays silent; their answers, when
+ *                                    both give one, are identical.
  *   ftguest writer PORT [DIR]        TCP disk writer on DIR (default /mnt), one connection at a time, one
  *                                    reply line per request line: "write N" (N MiB, 1..48) writes N MiB of
  *                                    fresh pseudo-random data (never the same twice) to a new file
@@ -110,7 +115,7 @@ static int parse_long(const char *s, long min, long max, long *out)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: ftguest counter LOG [PERIOD_MS] | seqd PORT | ndet PORT | writer PORT [DIR] |"
+    fprintf(stderr, "usage: ftguest counter LOG [PERIOD_MS] | seqd PORT | ndet PORT | maybe PORT | writer PORT [DIR] |"
                     " busy [N] | dirty MB SLEEP_MS | soak MB\n");
     return 2;
 }
@@ -170,7 +175,7 @@ static int cmd_counter(int argc, char **argv)
 
 /* ---- line services (seqd, ndet) ----------------------------------------------------------- */
 
-enum mode { MODE_SEQ, MODE_NDET };
+enum mode { MODE_SEQ, MODE_NDET, MODE_MAYBE };
 
 /*
  * The guest's clock can be as coarse as a jiffy (TCG guests run on
@@ -213,6 +218,15 @@ static void consume_lines(struct client *c, enum mode mode)
         int n;
         if (mode == MODE_SEQ) {
             n = snprintf(o, room, "%" PRIu64 "\n", ++sequence);
+        } else if (mode == MODE_MAYBE) {
+            /* Bit 10: the copies' counters differ by far more than 1024 cycles between
+             * requests, so each copy's choice is a coin toss of its own. */
+            n = 0;
+            if (!((cycle_counter() >> 10) & 1)) {
+                memcpy(o, c->in + pos, linelen);
+                o[linelen] = '\n';
+                n = (int)linelen + 1;
+            }
         } else {
             struct timespec t;
             clock_gettime(CLOCK_REALTIME, &t);
@@ -1017,6 +1031,8 @@ int main(int argc, char **argv)
         return cmd_serve(argc, argv, MODE_SEQ);
     if (!strcmp(argv[1], "ndet"))
         return cmd_serve(argc, argv, MODE_NDET);
+    if (!strcmp(argv[1], "maybe"))
+        return cmd_serve(argc, argv, MODE_MAYBE);
     if (!strcmp(argv[1], "writer"))
         return cmd_writer(argc, argv);
     if (!strcmp(argv[1], "busy"))
