@@ -207,6 +207,30 @@ static void handle_receive_copy(Daemon *d, PeerConn *conn, guint64 id, JsonObjec
     peer_conn_reply(conn, id, ok);
 }
 
+static void handle_set_output(Daemon *d, PeerConn *conn, guint64 id, JsonObject *params)
+{
+    const char *name = json_object_get_string_member_with_default(params, "guest", "");
+    const char *mode = json_object_get_string_member_with_default(params, "mode", "");
+    FtGuest *g = g_hash_table_lookup(d->guests, name);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(JsonNode) ok = json_node_new(JSON_NODE_NULL);
+
+    if (!g) {
+        daemon_reply_error(conn, id, "no guest '%s' on %s", name, d->cfg->host_name);
+        return;
+    }
+    if (!guest_set_output(g, mode, &err)) {
+        daemon_reply_error(conn, id, "%s", err->message);
+        return;
+    }
+    peer_conn_reply(conn, id, ok);
+}
+
+FtGuest *daemon_find_guest(Daemon *d, const char *name)
+{
+    return g_hash_table_lookup(d->guests, name);
+}
+
 static void on_request(PeerConn *conn, guint64 id, const char *method,
                        JsonObject *params, gpointer opaque)
 {
@@ -218,6 +242,8 @@ static void on_request(PeerConn *conn, guint64 id, const char *method,
         handle_stop_secondary(d, conn, id, params);
     else if (strcmp(method, "receive-copy") == 0)
         handle_receive_copy(d, conn, id, params);
+    else if (strcmp(method, "set-output") == 0)
+        handle_set_output(d, conn, id, params);
     else if (!definitions_peer_request(d->defs, conn, id, method, params))
         daemon_reply_error(conn, id, "unknown request '%s'", method);
 }

@@ -14,6 +14,7 @@
 
 typedef struct Daemon Daemon;
 typedef struct Definitions Definitions; /* definitions.h */
+typedef struct FtGuest FtGuest;         /* guest.h */
 
 Daemon *daemon_new(FtConfig *cfg /* taken */, GError **err);
 void daemon_free(Daemon *d);
@@ -25,6 +26,8 @@ gboolean daemon_quitting(Daemon *d);
 const FtConfig *daemon_config(Daemon *d);
 Virt *daemon_virt(Daemon *d);
 Definitions *daemon_definitions(Daemon *d);
+/* The guest of that name on this host, or NULL. */
+FtGuest *daemon_find_guest(Daemon *d, const char *name);
 
 /*
  * A request to the kvm-ftd at addr, connecting first when needed.  cb runs

@@ -163,13 +163,84 @@ static JsonObject *null_chardev(const char *id)
 }
 
 /*
- * Where the secondary's guest output goes: to the primary's colo-compare,
- * or, in passive mode, nowhere -- the primary releases its own output at
- * each checkpoint without comparing, and the secondary's must never leave.
+ * Where the secondary's guest output goes: to the primary's colo-compare
+ * (filter f2), or, in passive mode, nowhere (f2p) -- the primary releases
+ * its own output at each checkpoint without comparing, and the secondary's
+ * must never leave.  In auto mode both exist and one of them is on.
  */
-static const char *secondary_output(const EngineLink *link)
+#define TO_COMPARE "f2"
+#define TO_SINK "f2p"
+
+static gboolean needs_sink(const EngineLink *link)
 {
-    return link->def->output_mode == FTDEF_OUTPUT_PASSIVE ? "sink0" : "red1";
+    return link->def->output_mode != FTDEF_OUTPUT_COMPARE;
+}
+
+static gboolean add_output_filters(Qmp *q, const EngineLink *link, GError **err)
+{
+    JsonObject *to_sink;
+
+    if (link->def->output_mode != FTDEF_OUTPUT_PASSIVE &&
+        !run(q, link, "object-add",
+             filter("filter-redirector", TO_COMPARE, "rx", "outdev", "red1"), err))
+        return FALSE;
+    if (!needs_sink(link))
+        return TRUE;
+    to_sink = filter("filter-redirector", TO_SINK, "rx", "outdev", "sink0");
+    /* auto starts in compare */
+    if (link->def->output_mode == FTDEF_OUTPUT_AUTO)
+        json_object_set_string_member(to_sink, "status", "off");
+    return run(q, link, "object-add", to_sink, err);
+}
+
+static gboolean set_filter_status(Qmp *q, const EngineLink *link, const char *id,
+                                  gboolean on, GError **err)
+{
+    JsonObject *args = json_object_new();
+
+    json_object_set_string_member(args, "path", id);
+    json_object_set_string_member(args, "property", "status");
+    json_object_set_string_member(args, "value", on ? "on" : "off");
+    return run(q, link, "qom-set", args, err);
+}
+
+gboolean engine_secondary_set_output(Qmp *q, const EngineLink *link, FtOutputMode mode,
+                                     GError **err)
+{
+    const char *on = mode == FTDEF_OUTPUT_PASSIVE ? TO_SINK : TO_COMPARE;
+    const char *off = mode == FTDEF_OUTPUT_PASSIVE ? TO_COMPARE : TO_SINK;
+
+    /* The one turned on first: no packet ever passes both and reaches the LAN. */
+    return set_filter_status(q, link, on, TRUE, err) &&
+           set_filter_status(q, link, off, FALSE, err);
+}
+
+static gboolean set_compare_timeout(Qmp *q, const EngineLink *link, guint timeout_ms,
+                                    GError **err)
+{
+    JsonObject *args = json_object_new();
+    JsonObject *cycle = json_object_new();
+
+    json_object_set_string_member(args, "path", "comp0");
+    json_object_set_string_member(args, "property", "compare_timeout");
+    json_object_set_int_member(args, "value", timeout_ms);
+    json_object_set_string_member(cycle, "path", "comp0");
+    json_object_set_string_member(cycle, "property", "expired_scan_cycle");
+    json_object_set_int_member(cycle, "value", MAX(1, timeout_ms / 5));
+    if (!run(q, link, "qom-set", args, err)) {
+        json_object_unref(cycle);
+        return FALSE;
+    }
+    return run(q, link, "qom-set", cycle, err);
+}
+
+gboolean engine_primary_set_output(Qmp *q, const EngineLink *link, FtOutputMode mode,
+                                   GError **err)
+{
+    return set_compare_timeout(q, link, mode == FTDEF_OUTPUT_PASSIVE
+                                            ? FTDEF_PASSIVE_EPOCH_DEFAULT
+                                            : link->def->compare_timeout_ms,
+                               err);
 }
 
 gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
@@ -179,8 +250,7 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
     const char *sec = link->secondary_addr;
     JsonObject *nbd;
 
-    if (link->def->output_mode == FTDEF_OUTPUT_PASSIVE &&
-        !run(q, link, "chardev-add", null_chardev("sink0"), err))
+    if (needs_sink(link) && !run(q, link, "chardev-add", null_chardev("sink0"), err))
         return FALSE;
     if (!run(q, link, "chardev-add",
              socket_chardev("red0", pri, base + FT_PORT_MIRROR, FALSE), err) ||
@@ -188,9 +258,7 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
              socket_chardev("red1", pri, base + FT_PORT_COMPARE, FALSE), err) ||
         !run(q, link, "object-add",
              filter("filter-redirector", "f1", "tx", "indev", "red0"), err) ||
-        !run(q, link, "object-add",
-             filter("filter-redirector", "f2", "rx", "outdev", secondary_output(link)),
-             err) ||
+        !add_output_filters(q, link, err) ||
         !run(q, link, "object-add",
              filter("filter-rewriter", REWRITER, "all", NULL, NULL), err) ||
         !run(q, link, "migrate-set-capabilities", colo_capability(), err))
@@ -613,11 +681,14 @@ gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
         log_warn(link->def->name, "secondary", "%s (continuing)", yank_err->message);
     if (!run_gone_ok(q, link, "nbd-server-stop", NULL, err) ||
         !leave_colo(q, link, err) ||
-        !run_gone_ok(q, link, "object-del", id_arg("id", "f2"), err) ||
+        (link->def->output_mode != FTDEF_OUTPUT_PASSIVE &&
+         !run_gone_ok(q, link, "object-del", id_arg("id", TO_COMPARE), err)) ||
+        (needs_sink(link) &&
+         !run_gone_ok(q, link, "object-del", id_arg("id", TO_SINK), err)) ||
         !run_gone_ok(q, link, "object-del", id_arg("id", "f1"), err) ||
         !run_gone_ok(q, link, "chardev-remove", id_arg("id", "red1"), err) ||
         !run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err) ||
-        (link->def->output_mode == FTDEF_OUTPUT_PASSIVE &&
+        (needs_sink(link) &&
          !run_gone_ok(q, link, "chardev-remove", id_arg("id", "sink0"), err)))
         return FALSE;
     announce(q, link);

@@ -43,10 +43,21 @@ gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err);
 gboolean engine_primary_setup_live(Qmp *q, const EngineLink *link, GError **err);
 gboolean engine_primary_switch_over(Qmp *q, const EngineLink *link, GError **err);
 
-/* query-colo-status: mode is "none", "primary" or "secondary". */
 /* The primary's longest time between two checkpoints, changed while in COLO. */
 gboolean engine_set_checkpoint_interval(Qmp *q, const EngineLink *link, guint interval_ms,
                                         GError **err);
+
+/*
+ * output="auto" (output.h) moves a protected guest between compare and
+ * passive: the secondary's output goes to the primary's colo-compare or
+ * nowhere, and the primary's colo-compare waits for the secondary's copy
+ * (compare-timeout-ms) or for the shortest epoch.  Either order is safe;
+ * the secondary goes first into compare and last out of it.
+ */
+gboolean engine_secondary_set_output(Qmp *q, const EngineLink *link, FtOutputMode mode,
+                                     GError **err);
+gboolean engine_primary_set_output(Qmp *q, const EngineLink *link, FtOutputMode mode,
+                                   GError **err);
 
 /*
  * Why the primary's COLO took a checkpoint, judged from when it paused: its
@@ -64,6 +75,7 @@ typedef enum {
 EngineCheckpointCause engine_checkpoint_cause(gint64 prev_stop_us, gint64 stop_us,
                                               guint interval_ms);
 
+/* query-colo-status: mode is "none", "primary" or "secondary". */
 gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
                             char **reason, GError **err);
 

@@ -368,6 +368,7 @@ static gboolean parse_hosts(xmlNodePtr node, FtDef *def, GError **err)
 static const char *const output_mode_names[] = {
     [FTDEF_OUTPUT_COMPARE] = "compare",
     [FTDEF_OUTPUT_PASSIVE] = "passive",
+    [FTDEF_OUTPUT_AUTO] = "auto",
 };
 
 const char *ftdef_output_mode_name(FtOutputMode mode)
@@ -406,9 +407,10 @@ static gboolean parse_checkpoint(xmlNodePtr node, FtDef *def, GError **err)
             g_autofree char *sv = show(output);
 
             return invalid(err, "<%s output='%s'>: must be 'compare' (release "
-                           "a reply when both copies sent the same) or 'passive' "
+                           "a reply when both copies sent the same), 'passive' "
                            "(release it at the next checkpoint; for outputs that "
-                           "never match, such as TLS)", qn, sv);
+                           "never match, such as TLS) or 'auto' (kvm-ftd moves "
+                           "the guest between the two)", qn, sv);
         }
         def->output_mode = (FtOutputMode)m;
     }

@@ -61,6 +61,9 @@ typedef enum {
     /* Remus-style: held until the checkpoint covering it has reached the
      * secondary; never compared. */
     FTDEF_OUTPUT_PASSIVE,
+    /* kvm-ftd moves the guest between compare and passive as its output
+     * serves better (output.h). */
+    FTDEF_OUTPUT_AUTO,
 } FtOutputMode;
 
 const char *ftdef_output_mode_name(FtOutputMode mode);
@@ -84,7 +87,8 @@ typedef struct {
     guint checkpoint_interval_ms;  /* FTDEF_INTERVAL_DEFAULT if absent */
     FtOutputMode output_mode;      /* FTDEF_OUTPUT_COMPARE if absent */
     guint compare_timeout_ms;      /* if absent: FTDEF_COMPARE_TIMEOUT_DEFAULT, or
-                                    * FTDEF_PASSIVE_EPOCH_DEFAULT in passive mode */
+                                    * FTDEF_PASSIVE_EPOCH_DEFAULT in passive mode;
+                                    * in auto mode, for its compare phases */
     guint port_base;               /* FTDEF_PORT_BASE_DEFAULT if absent */
     GPtrArray *disks;              /* FtDisk *, in <ft:disk> order, 1..64 */
     guint n_interfaces;            /* 0 or 1 <interface> elements */

@@ -10,6 +10,7 @@
 #include "domxml.h"
 #include "engine.h"
 #include "log.h"
+#include "output.h"
 #include "qmp.h"
 #include "resync.h"
 
@@ -93,6 +94,11 @@ struct FtGuest {
     guint polls_skipped;
     guint64 checkpoints;
     guint64 checkpoints_forced;
+    /* Primary, output="auto": what runs now and why (output.h). */
+    OutputAuto output;
+    guint output_timer;
+    guint64 output_token;  /* the switch waiting for the secondary, if nonzero */
+    guint64 output_requests;
     gint64 stop_us;
     gint64 last_checkpoint_stop_us;
     double last_pause_ms;
@@ -212,6 +218,8 @@ static void broadcast_event(FtGuest *g, JsonBuilder *b)
     daemon_broadcast(g->d, event);
 }
 
+static void stop_output_auto(FtGuest *g);
+
 static gboolean transition(FtGuest *g, GuestState to, const char *reason)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
@@ -225,6 +233,8 @@ static gboolean transition(FtGuest *g, GuestState to, const char *reason)
     g->state = to;
     log_info(g->def->name, role_name(g), "%s -> %s: %s",
              guest_state_name(from), guest_state_name(to), reason);
+    if (to != GUEST_PROTECTED)
+        stop_output_auto(g);
     g_free(g->status_reason);
     g->status_reason = g_strdup(reason);
     if (!g->status_idle_id)
@@ -760,6 +770,155 @@ static void record_resync(FtGuest *g)
     g->last_resync = json_builder_get_root(b);
 }
 
+/* ---- output="auto" (output.h) ------------------------------------------------------------- */
+
+/*
+ * Its QMP calls run on the main loop while the guest is protected, so they
+ * get the short deadline of a status call: QEMU answers between
+ * checkpoints within milliseconds, and a switch may wait for the next window.
+ */
+static EngineLink quick_link(FtGuest *g)
+{
+    EngineLink link = engine_link(g);
+
+    link.timeout_ms = MIN(link.timeout_ms, STATUS_QMP_TIMEOUT_MS);
+    return link;
+}
+
+static void output_switched(FtGuest *g, FtOutputMode to, const char *reason)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    const char *from = ftdef_output_mode_name(g->output.mode);
+
+    output_auto_switched(&g->output, g_get_monotonic_time(), to, reason);
+    log_info(g->def->name, role_name(g), "output %s -> %s: %s", from,
+             ftdef_output_mode_name(to), reason);
+    begin_event(g, b);
+    json_builder_set_member_name(b, "output");
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "from");
+    json_builder_add_string_value(b, from);
+    json_builder_set_member_name(b, "to");
+    json_builder_add_string_value(b, ftdef_output_mode_name(to));
+    json_builder_set_member_name(b, "reason");
+    json_builder_add_string_value(b, reason);
+    json_builder_end_object(b);
+    broadcast_event(g, b);
+}
+
+typedef struct {
+    Daemon *d;
+    char *name;
+    guint64 token;
+    FtOutputMode to;
+    char *reason;
+} OutputSwitch;
+
+static void on_secondary_output(PeerConn *conn, JsonNode *result, const GError *error,
+                                gpointer opaque)
+{
+    OutputSwitch *sw = opaque;
+    FtGuest *g = daemon_quitting(sw->d) ? NULL : daemon_find_guest(sw->d, sw->name);
+    g_autoptr(GError) err = NULL;
+
+    (void)conn;
+    (void)result;
+    if (g && g->output_token == sw->token && g->state == GUEST_PROTECTED) {
+        EngineLink link = quick_link(g);
+
+        g->output_token = 0;
+        if (error) {
+            log_warn(g->def->name, role_name(g), "the secondary could not send its output "
+                     "%s: %s; staying %s", sw->to == FTDEF_OUTPUT_PASSIVE ? "nowhere"
+                                                                          : "for comparison",
+                     error->message, ftdef_output_mode_name(g->output.mode));
+            /* Going passive, this side went first: back to the compare timeout. */
+            if (sw->to == FTDEF_OUTPUT_PASSIVE &&
+                !engine_primary_set_output(g->qmp, &link, FTDEF_OUTPUT_COMPARE, &err))
+                log_warn(g->def->name, role_name(g), "%s", err->message);
+        } else if (sw->to == FTDEF_OUTPUT_COMPARE &&
+                   !engine_primary_set_output(g->qmp, &link, FTDEF_OUTPUT_COMPARE, &err)) {
+            log_warn(g->def->name, role_name(g), "output stays passive: %s", err->message);
+        } else {
+            output_switched(g, sw->to, sw->reason);
+        }
+    }
+    g_free(sw->name);
+    g_free(sw->reason);
+    g_free(sw);
+}
+
+static gboolean evaluate_output(gpointer opaque)
+{
+    FtGuest *g = opaque;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *reason = NULL;
+    EngineLink link = quick_link(g);
+    JsonObject *params;
+    OutputSwitch *sw;
+    FtOutputMode to;
+
+    if (g->output_token || !g->qmp ||
+        !output_auto_evaluate(&g->output, g_get_monotonic_time(), g->checkpoints,
+                              g->checkpoints_forced, &to, &reason))
+        return G_SOURCE_CONTINUE;
+    /* Into passive this side goes first, out of it last (engine.h). */
+    if (to == FTDEF_OUTPUT_PASSIVE && !engine_primary_set_output(g->qmp, &link, to, &err)) {
+        log_warn(g->def->name, role_name(g), "output stays compare: %s", err->message);
+        return G_SOURCE_CONTINUE;
+    }
+    sw = g_new0(OutputSwitch, 1);
+    sw->d = g->d;
+    sw->name = g_strdup(g->def->name);
+    sw->token = g->output_token = ++g->output_requests;
+    sw->to = to;
+    sw->reason = g_steal_pointer(&reason);
+    params = json_object_new();
+    json_object_set_string_member(params, "guest", g->def->name);
+    json_object_set_string_member(params, "mode", ftdef_output_mode_name(to));
+    daemon_peer_call(g->d, peer_host(g)->link_address, "set-output", params,
+                     daemon_config(g->d)->peer_timeout_ms, on_secondary_output, sw);
+    json_object_unref(params);
+    return G_SOURCE_CONTINUE;
+}
+
+static void start_output_auto(FtGuest *g)
+{
+    stop_output_auto(g);
+    output_auto_init(&g->output, g_get_monotonic_time(), g->checkpoints,
+                     g->checkpoints_forced);
+    /* Checked each second: a window ends when its time is up, not when a timer says. */
+    g->output_timer = g_timeout_add_seconds(1, evaluate_output, g);
+}
+
+static void stop_output_auto(FtGuest *g)
+{
+    if (g->output_timer) {
+        g_source_remove(g->output_timer);
+        g->output_timer = 0;
+    }
+    g->output_token = 0;
+}
+
+gboolean guest_set_output(FtGuest *g, const char *mode, GError **err)
+{
+    EngineLink link = quick_link(g);
+    FtOutputMode to = strcmp(mode, "passive") == 0 ? FTDEF_OUTPUT_PASSIVE
+                                                   : FTDEF_OUTPUT_COMPARE;
+
+    if (g->role != FT_ROLE_SECONDARY || !g->qmp || g->def->output_mode != FTDEF_OUTPUT_AUTO ||
+        (strcmp(mode, "passive") != 0 && strcmp(mode, "compare") != 0)) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "'%s' is not an output=\"auto\" "
+                    "secondary here, or '%s' is not compare or passive", g->def->name, mode);
+        return FALSE;
+    }
+    if (!engine_secondary_set_output(g->qmp, &link, to, err))
+        return FALSE;
+    log_info(g->def->name, role_name(g), "output %s, as the primary asked",
+             to == FTDEF_OUTPUT_PASSIVE ? "to nowhere (passive)" : "to comparison (compare)");
+    return TRUE;
+}
+
 /*
  * new_epoch: the two copies are the same from here on -- write tracking
  * starts afresh and both hosts record the pair's new generation.
@@ -798,6 +957,8 @@ static void enter_protected(FtGuest *g, const char *reason, gboolean new_epoch)
     g->peer_daemon_down_logged = FALSE;
     daemon_watch_peer(g->d, peer_host(g)->link_address);
     daemon_watch_peer(g->d, peer_host(g)->lan_address);
+    if (g->role == FT_ROLE_PRIMARY && g->def->output_mode == FTDEF_OUTPUT_AUTO)
+        start_output_auto(g);
 }
 
 static gboolean past_deadline(FtGuest *g)
@@ -1900,6 +2061,8 @@ void guest_free(FtGuest *g)
         g_source_remove(g->switchover_idle_id);
     if (g->handover_timer)
         g_source_remove(g->handover_timer);
+    stop_output_auto(g);
+    output_auto_clear(&g->output);
     g_free(g->exit_reason);
     g_free(g->shutdown_cause);
     g_free(g->status_reason);
@@ -2064,6 +2227,20 @@ JsonNode *guest_status(FtGuest *g)
     json_builder_add_int_value(b, g->def->checkpoint_interval_ms);
     json_builder_set_member_name(b, "output_mode");
     json_builder_add_string_value(b, ftdef_output_mode_name(g->def->output_mode));
+    if (g->def->output_mode == FTDEF_OUTPUT_AUTO && g->role == FT_ROLE_PRIMARY) {
+        json_builder_set_member_name(b, "output_auto");
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "now");
+        json_builder_add_string_value(b, ftdef_output_mode_name(g->output.mode));
+        json_builder_set_member_name(b, "switches");
+        json_builder_add_int_value(b, g->output.switches);
+        json_builder_set_member_name(b, "reason");
+        if (g->output.last_reason)
+            json_builder_add_string_value(b, g->output.last_reason);
+        else
+            json_builder_add_null_value(b);
+        json_builder_end_object(b);
+    }
     json_builder_set_member_name(b, "checkpoints");
     json_builder_add_int_value(b, (gint64)g->checkpoints);
     json_builder_set_member_name(b, "checkpoints_by_cause");

@@ -72,6 +72,8 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
 
 /* Secondary: the primary is about to copy to this host's disks (mark them). */
 gboolean guest_receive_copy(FtGuest *g, GError **err);
+/* Secondary, output="auto": send the guest's output for comparison or nowhere. */
+gboolean guest_set_output(FtGuest *g, const char *mode, GError **err);
 
 /* A restarted kvm-ftd takes its running guest back, found by its QMP socket. */
 gboolean guest_reattach(FtGuest *g, GError **err);

@@ -28,11 +28,19 @@ divergence: compare mode, a 10 s interval, and the guest's "maybe" service
   QEMU's default 3 s.  Every reply the primary gives (about half the
   requests) arrives within DIVERGENCE_RTT_MAX_MS; none comes late (after its
   request was given up at 1.5 s).
+auto: output="auto".  While a client makes the ndet service answer 20 times a
+  second (every reply differs), kvm-ftd moves the guest to passive within
+  two windows and says why; the secondary confirms it sends its output
+  nowhere; every ndet reply was still covered by a checkpoint and both
+  sequences stay gapless.  Then, with only the deterministic sequence client,
+  kvm-ftd tries compare after its hold (30 s) and stays there: the replies
+  agree.
 """
 import bisect
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import colotrace  # noqa: E402
@@ -40,7 +48,7 @@ from labtest import (GUEST, Lab, SeqClient, guest_dir, kernel_trouble, log,  # n
                      qemu_binary, wait_for, wait_state)
 
 CLIENT_SECONDS = 20
-INTERVAL_MS = {"compare": 2000, "passive": 1000, "divergence": 10000}
+INTERVAL_MS = {"compare": 2000, "passive": 1000, "divergence": 10000, "auto": 2000}
 # One minimum epoch (10 ms) + one checkpoint pause (~5-40 ms under TCG) + slack.
 PASSIVE_RTT_P50_MS = 60
 # compare timeout 50 ms x 1.2 (scan) + a forced checkpoint (~5-40 ms) + slack for a loaded host.
@@ -181,12 +189,69 @@ def run_divergence(qemu, gdir):
         lab.down()
 
 
+def run_auto(qemu, gdir):
+    lab = Lab("test_output_auto")
+    try:
+        lab.up()
+        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS["auto"], workload="ndet",
+                          output="auto")
+        res = lab.protect("hostA")
+        assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
+        wait_state(lab, "hostB", "protected", timeout=60)
+        wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        a = lab.status("hostA")
+        assert a["output_mode"] == "auto" and a["output_auto"]["now"] == "compare", a
+        colotrace.enable(lab, "hostA", GUEST)
+        seq_log = os.path.join(lab.artifacts, "client-seq.jsonl")
+        ndet_log = os.path.join(lab.artifacts, "client-ndet.jsonl")
+        seq = SeqClient(lab, seconds=0, interval=0.25, log_path=seq_log)
+        ndet = SeqClient(lab, seconds=15, interval=0.05, log_path=ndet_log, port=7002,
+                         echo=True)
+        wait_for("output passive", lambda: lab.status("hostA")["output_auto"]["now"]
+                 == "passive", timeout=15, interval=1)
+        a = lab.status("hostA")["output_auto"]
+        log("auto: %s" % a)
+        assert a["switches"] == 1 and "replies differ" in a["reason"], a
+        assert "output compare -> passive" in lab.daemon_log("hostA")
+        assert "output to nowhere (passive), as the primary asked" in lab.daemon_log("hostB"), \
+            "the secondary did not switch its output"
+        n = ndet.result(timeout=60)
+        log("auto: ndet client %s" % n)
+        # Only the deterministic client now: after its hold, compare is tried and kept.
+        wait_for("output compare again", lambda: lab.status("hostA")["output_auto"]["now"]
+                 == "compare", timeout=45, interval=1)
+        time.sleep(12)  # two windows of agreeing replies
+        a = lab.status("hostA")["output_auto"]
+        s = seq.stop()
+        log("auto: %s; seq client %s" % (a, s))
+        assert a["now"] == "compare" and a["switches"] == 2 and "trying compare" in a["reason"], a
+        for name, summary in (("sequence", s), ("ndet", n)):
+            assert summary["connection_broken"] is None, (name, summary)
+            assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], \
+                (name, summary)
+        with open(lab.path("hostA", "/var/log/libvirt/qemu/%s.log" % GUEST),
+                  errors="replace") as f:
+            ckpts = colotrace.checkpoints(f.read())
+        ndet_bad = uncovered(replies(ndet_log), ckpts)
+        assert not ndet_bad, "%d of %d ndet replies were released without a committed " \
+            "checkpoint: first %s" % (len(ndet_bad), n["replies"], ndet_bad[:3])
+        for host in ("hostA", "hostB"):
+            trouble = kernel_trouble(lab.serial(host))
+            assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
+        log("PASS auto: compare -> passive -> compare; %d ndet + %d sequence replies gapless, "
+            "ndet rtt p50 %s ms" % (n["replies"], s["replies"], n["rtt_ms"]["p50"]))
+    finally:
+        lab.down()
+
+
 def main():
     qemu, gdir = qemu_binary(), guest_dir()
-    modes = sys.argv[1:] or ["compare", "passive", "divergence"]
+    modes = sys.argv[1:] or ["compare", "passive", "divergence", "auto"]
     for mode in modes:
         if mode == "divergence":
             run_divergence(qemu, gdir)
+        elif mode == "auto":
+            run_auto(qemu, gdir)
         else:
             run_mode(mode, qemu, gdir)
 

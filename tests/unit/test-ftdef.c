@@ -200,10 +200,13 @@ START_TEST(output_modes)
         GUEST(HOSTS "<ft:checkpoint output='compare' compare-timeout-ms='20'/>" FT_VDA),
         DISK_VDA);
     g_autofree char *absent = domain(GUEST(HOSTS FT_VDA), DISK_VDA);
+    g_autofree char *automatic = domain(
+        GUEST(HOSTS "<ft:checkpoint output='auto'/>" FT_VDA), DISK_VDA);
     g_autoptr(GError) err = NULL;
     g_autoptr(FtDef) p = ftdef_parse(passive, &err);
     g_autoptr(FtDef) c = NULL;
     g_autoptr(FtDef) a = NULL;
+    g_autoptr(FtDef) au = NULL;
 
     ck_assert_msg(p != NULL, "refused: %s", err ? err->message : "?");
     ck_assert_int_eq(p->output_mode, FTDEF_OUTPUT_PASSIVE);
@@ -219,6 +222,12 @@ START_TEST(output_modes)
     ck_assert_int_eq(a->output_mode, FTDEF_OUTPUT_COMPARE);
     ck_assert_uint_eq(a->compare_timeout_ms, FTDEF_COMPARE_TIMEOUT_DEFAULT);
     ck_assert_str_eq(ftdef_output_mode_name(p->output_mode), "passive");
+    /* auto's compare phases wait as compare mode does */
+    au = ftdef_parse(automatic, &err);
+    ck_assert_msg(au != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_int_eq(au->output_mode, FTDEF_OUTPUT_AUTO);
+    ck_assert_uint_eq(au->compare_timeout_ms, FTDEF_COMPARE_TIMEOUT_DEFAULT);
+    ck_assert_str_eq(ftdef_output_mode_name(au->output_mode), "auto");
 }
 END_TEST
 

@@ -1,0 +1,65 @@
+/*
+ * output="auto": which output mode serves a protected guest better, decided
+ * from its checkpoints alone.
+ *
+ * Compare mode pays one checkpoint per reply that differs between the copies
+ * (or that the secondary never sends), and that reply also waits for the
+ * secondary's copy first.  Passive mode pays one checkpoint per burst of
+ * output, after the shortest epoch, and never waits for the secondary.
+ * A guest whose replies nearly all differ (a nondeterministic protocol, TLS)
+ * checkpoints on output in either mode, so passive serves it better: no
+ * wait for the secondary, and a burst of differing packets shares one
+ * checkpoint instead of forcing one each.  A guest whose replies agree
+ * releases them at once in compare mode, and passive would hold every one
+ * of them for a checkpoint.
+ *
+ * The rule, evaluated every OUTPUT_AUTO_WINDOW_MS:
+ *   compare -> passive  when, in the last window, output forced at least
+ *                       OUTPUT_AUTO_FORCED_PER_S checkpoints a second and at
+ *                       least OUTPUT_AUTO_FORCED_SHARE of all checkpoints;
+ *   passive -> compare  as a probe, once the guest has been passive for its
+ *                       hold time (OUTPUT_AUTO_HOLD_MIN_S, doubled each time a
+ *                       probe ends back in passive within one window, up to
+ *                       OUTPUT_AUTO_HOLD_MAX_S): passive hides whether the
+ *                       replies would agree, so only compare can tell.
+ * Switching is safe at any moment: in both modes a reply leaves only once it
+ * was compared or a checkpoint covering it reached the secondary.
+ */
+#pragma once
+
+#include <glib.h>
+
+#include "ftdef.h"
+
+#define OUTPUT_AUTO_WINDOW_MS 5000
+#define OUTPUT_AUTO_FORCED_PER_S 10.0
+#define OUTPUT_AUTO_FORCED_SHARE 0.9
+#define OUTPUT_AUTO_HOLD_MIN_S 30
+#define OUTPUT_AUTO_HOLD_MAX_S 480
+
+typedef struct {
+    FtOutputMode mode;          /* compare or passive: what runs now */
+    gint64 window_start_us;
+    guint64 window_checkpoints; /* counters at the window's start */
+    guint64 window_forced;
+    gint64 passive_since_us;
+    guint hold_s;               /* how long passive lasts before the next probe */
+    gboolean probing;           /* in compare for a probe's first window */
+    guint switches;
+    char *last_reason;
+} OutputAuto;
+
+/* Starts in compare at now_us with the guest's current checkpoint counters. */
+void output_auto_init(OutputAuto *a, gint64 now_us, guint64 checkpoints, guint64 forced);
+void output_auto_clear(OutputAuto *a);
+
+/*
+ * Called at least every OUTPUT_AUTO_WINDOW_MS with the guest's checkpoint
+ * counters (all, and forced by output).  Returns TRUE when the guest should
+ * move to *to; *reason (for the log, the event and ftctl status) is then
+ * set, newly allocated.  The caller applies the switch and reports it with
+ * output_auto_switched(); until then nothing changes.
+ */
+gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, guint64 checkpoints,
+                              guint64 forced, FtOutputMode *to, char **reason);
+void output_auto_switched(OutputAuto *a, gint64 now_us, FtOutputMode to, const char *reason);

@@ -1,0 +1,176 @@
+/* test-output.c - output="auto": when a guest moves between compare and passive */
+#include <check.h>
+#include <glib.h>
+#include <string.h>
+
+#include "output.h"
+#include "run-suite.h"
+
+#define S G_USEC_PER_SEC
+#define T0 (G_GINT64_CONSTANT(1000) * S)
+#define WINDOW (OUTPUT_AUTO_WINDOW_MS * G_GINT64_CONSTANT(1000))
+
+/* One window of n checkpoints, f of them forced; returns whether it switches. */
+static gboolean window(OutputAuto *a, gint64 *now, guint64 *n, guint64 *f, guint64 add_n,
+                       guint64 add_f, FtOutputMode *to, char **reason)
+{
+    *now += WINDOW;
+    *n += add_n;
+    *f += add_f;
+    g_clear_pointer(reason, g_free);
+    return output_auto_evaluate(a, *now, *n, *f, to, reason);
+}
+
+START_TEST(agreeing_output_stays_compare)
+{
+    OutputAuto a = { 0 };
+    gint64 now = T0;
+    guint64 n = 0, f = 0;
+    FtOutputMode to;
+    g_autofree char *reason = NULL;
+
+    output_auto_init(&a, now, n, f);
+    /* a few forced checkpoints, and the periodic ones */
+    for (int i = 0; i < 10; i++)
+        ck_assert(!window(&a, &now, &n, &f, 5, 3, &to, &reason));
+    /* many forced, but periodic ones are a large share: under the share */
+    ck_assert(!window(&a, &now, &n, &f, 100, 60, &to, &reason));
+    ck_assert_int_eq(a.mode, FTDEF_OUTPUT_COMPARE);
+    output_auto_clear(&a);
+}
+END_TEST
+
+START_TEST(differing_output_goes_passive)
+{
+    OutputAuto a = { 0 };
+    gint64 now = T0;
+    guint64 n = 0, f = 0;
+    FtOutputMode to;
+    g_autofree char *reason = NULL;
+
+    output_auto_init(&a, now, n, f);
+    /* 12 forced a second, all of them forced */
+    ck_assert(window(&a, &now, &n, &f, 60, 60, &to, &reason));
+    ck_assert_int_eq(to, FTDEF_OUTPUT_PASSIVE);
+    ck_assert_ptr_nonnull(strstr(reason, "12.0 checkpoints/s"));
+    /* nothing changes until the caller applied it */
+    ck_assert_int_eq(a.mode, FTDEF_OUTPUT_COMPARE);
+    output_auto_switched(&a, now, to, reason);
+    ck_assert_int_eq(a.mode, FTDEF_OUTPUT_PASSIVE);
+    ck_assert_uint_eq(a.switches, 1);
+    ck_assert_str_eq(a.last_reason, reason);
+    output_auto_clear(&a);
+}
+END_TEST
+
+START_TEST(short_window_decides_nothing)
+{
+    OutputAuto a = { 0 };
+    FtOutputMode to;
+    char *reason = NULL;
+
+    output_auto_init(&a, T0, 0, 0);
+    ck_assert(!output_auto_evaluate(&a, T0 + WINDOW - 1, 1000, 1000, &to, &reason));
+    ck_assert_ptr_null(reason);
+    output_auto_clear(&a);
+}
+END_TEST
+
+START_TEST(counters_restarting_is_a_new_window)
+{
+    OutputAuto a = { 0 };
+    FtOutputMode to;
+    char *reason = NULL;
+
+    output_auto_init(&a, T0, 500, 400);
+    /* a new protection counts from 0: the difference would be huge */
+    ck_assert(!output_auto_evaluate(&a, T0 + WINDOW, 100, 100, &to, &reason));
+    ck_assert(output_auto_evaluate(&a, T0 + 2 * WINDOW, 200, 200, &to, &reason));
+    g_free(reason);
+    output_auto_clear(&a);
+}
+END_TEST
+
+START_TEST(passive_probes_compare_with_growing_hold)
+{
+    OutputAuto a = { 0 };
+    gint64 now = T0;
+    guint64 n = 0, f = 0;
+    FtOutputMode to;
+    g_autofree char *reason = NULL;
+    guint hold;
+
+    output_auto_init(&a, now, n, f);
+    ck_assert(window(&a, &now, &n, &f, 100, 100, &to, &reason));
+    output_auto_switched(&a, now, to, reason);
+    hold = a.hold_s;
+    ck_assert_uint_eq(hold, OUTPUT_AUTO_HOLD_MIN_S);
+    /* passive until the hold is up, whatever the rate */
+    while (now + WINDOW < T0 + WINDOW + (gint64)hold * S)
+        ck_assert(!window(&a, &now, &n, &f, 100, 100, &to, &reason));
+    ck_assert(window(&a, &now, &n, &f, 100, 100, &to, &reason));
+    ck_assert_int_eq(to, FTDEF_OUTPUT_COMPARE);
+    output_auto_switched(&a, now, to, reason);
+    /* the probe's window still differs: back to passive, hold doubled */
+    ck_assert(window(&a, &now, &n, &f, 100, 100, &to, &reason));
+    ck_assert_int_eq(to, FTDEF_OUTPUT_PASSIVE);
+    ck_assert_uint_eq(a.hold_s, 2 * hold);
+    output_auto_switched(&a, now, to, reason);
+    /* the hold never grows past its cap */
+    for (int i = 0; i < 10; i++) {
+        gint64 until = now + (gint64)a.hold_s * S;
+
+        while (now < until)
+            ck_assert(!window(&a, &now, &n, &f, 100, 100, &to, &reason) ||
+                      to == FTDEF_OUTPUT_COMPARE);
+        if (a.mode == FTDEF_OUTPUT_PASSIVE)
+            output_auto_switched(&a, now, FTDEF_OUTPUT_COMPARE, "probe");
+        if (window(&a, &now, &n, &f, 100, 100, &to, &reason))
+            output_auto_switched(&a, now, to, reason);
+        ck_assert_uint_le(a.hold_s, OUTPUT_AUTO_HOLD_MAX_S);
+    }
+    output_auto_clear(&a);
+}
+END_TEST
+
+START_TEST(probe_that_agrees_stays_compare_and_resets_hold)
+{
+    OutputAuto a = { 0 };
+    gint64 now = T0;
+    guint64 n = 0, f = 0;
+    FtOutputMode to;
+    g_autofree char *reason = NULL;
+
+    output_auto_init(&a, now, n, f);
+    a.hold_s = 4 * OUTPUT_AUTO_HOLD_MIN_S;
+    ck_assert(window(&a, &now, &n, &f, 100, 100, &to, &reason));
+    output_auto_switched(&a, now, to, reason);
+    now += (gint64)a.hold_s * S;
+    ck_assert(window(&a, &now, &n, &f, 100, 100, &to, &reason));
+    output_auto_switched(&a, now, to, reason);
+    ck_assert(!window(&a, &now, &n, &f, 3, 1, &to, &reason));
+    ck_assert_int_eq(a.mode, FTDEF_OUTPUT_COMPARE);
+    ck_assert_uint_eq(a.hold_s, OUTPUT_AUTO_HOLD_MIN_S);
+    output_auto_clear(&a);
+}
+END_TEST
+
+static Suite *output_suite(void)
+{
+    Suite *s = suite_create("output");
+    TCase *tc = tcase_create("auto");
+
+    tcase_add_test(tc, agreeing_output_stays_compare);
+    tcase_add_test(tc, differing_output_goes_passive);
+    tcase_add_test(tc, short_window_decides_nothing);
+    tcase_add_test(tc, counters_restarting_is_a_new_window);
+    tcase_add_test(tc, passive_probes_compare_with_growing_hold);
+    tcase_add_test(tc, probe_that_agrees_stays_compare_and_resets_hold);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    return run_suite(output_suite());
+}
