@@ -136,7 +136,7 @@ class Lab:
         return out
 
     def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload="",
-                      output="compare", on_reboot="destroy", ft=True):
+                      output="compare", on_reboot="destroy", ft=True, compare_timeout_ms=None):
         """Same disk on both hosts (the secondary replicates from an identical copy),
         the definition on hostA."""
         for host in ("hostA", "hostB"):
@@ -144,6 +144,8 @@ class Lab:
             os.makedirs(images, exist_ok=True)
             shutil.copyfile(os.path.join(gdir, "disk.qcow2"), os.path.join(images, name + ".qcow2"))
         ft_args = ["--interval-ms", str(interval_ms), "--output", output,
+                   *(["--compare-timeout-ms", str(compare_timeout_ms)] if compare_timeout_ms
+                     else []),
                    "--hosts", "hostA=%s/%s,hostB=%s/%s" % (LINK["hostA"], LAN["hostA"],
                                                            LINK["hostB"], LAN["hostB"])]
         xml = run(os.path.join(TOOLS, "guest-xml"), "--name", name, "--qemu", qemu,
