@@ -6,6 +6,10 @@
 Scenarios (each in a fresh lab, with one client connection talking to the
 guest before, during and after the fault):
   power-primary      power pulled on the primary: the secondary takes over
+  power-primary-passive  the same with <ft:checkpoint output="passive">: every
+                     packet waited for a checkpoint, and the guest's TCP
+                     timers grew with that wait; the reply the dead primary
+                     held is resent by the survivor's guest within the bound
   power-secondary    power pulled on the secondary: the primary runs alone
   cut-link           dedicated link cut, LAN alive: the primary runs alone,
                      the secondary stands down, no takeover
@@ -51,7 +55,8 @@ AFTER_S = 10
 # Failover figures here: detection 100 ms, takeover ~100-200 ms, under TCG.  A
 # fault that needs no failover must not be felt beyond a checkpoint's pause.
 MAX_SILENCE_MS = {
-    "power-primary": 1000, "power-secondary": 1000, "cut-link": 1000,
+    "power-primary": 1000, "power-primary-passive": 1000, "power-secondary": 1000,
+    "cut-link": 1000,
     "kill-qemu-primary": 1000, "power-mid-checkpoint": 1000, "resume-window": 1000,
     "kill-daemon-A": 1000, "kill-daemon-B": 1000, "garbage-peer": 1000,
 }
@@ -72,6 +77,7 @@ def fault_time(out):
 # Scenarios that need a guest workload: a dirtying guest makes the
 # secondary's load, and so the resume window, tens of milliseconds long.
 WORKLOADS = {"resume-window": "dirty:64:10", "power-mid-checkpoint": "dirty:64:10"}
+OUTPUT = {"power-primary-passive": "passive"}
 RESUME_WINDOW_ATTEMPTS = 3
 
 
@@ -198,7 +204,8 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
     lab = Lab(label or "test_failover-" + name)
     try:
         lab.up()
-        lab.install_guest(qemu, gdir, workload=WORKLOADS.get(name, ""))
+        lab.install_guest(qemu, gdir, workload=WORKLOADS.get(name, ""),
+                          output=OUTPUT.get(name, "compare"))
         res = lab.protect("hostA")
         assert res.returncode == 0, "protect failed: %s" % res.stderr
         wait_state(lab, "hostB", "protected", timeout=60)
@@ -207,7 +214,7 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
         client = SeqClient(lab, seconds=BEFORE_S + AFTER_S, log_path=client_log)
         time.sleep(BEFORE_S)
 
-        if name == "power-primary":
+        if name in ("power-primary", "power-primary-passive"):
             t = fault_time(lab.lab("power-off", "A").stdout)
             survivor, state, alive = "hostB", "degraded", ["hostB"]
         elif name == "power-secondary":
@@ -310,8 +317,9 @@ send(head + payload + mac)
 print("sent garbage, an oversized header and a wrong-key HELLO")
 """
 
-SCENARIOS = ["garbage-peer", "power-primary", "power-secondary", "cut-link", "kill-qemu-primary",
-             "kill-daemon-A", "kill-daemon-B", "resume-window", "power-mid-checkpoint"]
+SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "power-secondary",
+             "cut-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B", "resume-window",
+             "power-mid-checkpoint"]
 
 
 def run_resume_window(qemu, gdir):
