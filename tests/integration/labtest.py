@@ -55,6 +55,13 @@ def qemu_binary(patches=None):
     return last_line(run(*args, timeout=3600).stdout)
 
 
+def debian_guest_dir():
+    """The Debian 12 + MariaDB guest (built and cached by tools/build-debian-guest)."""
+    if os.environ.get("KVMFT_DEBIAN_GUEST"):
+        return os.environ["KVMFT_DEBIAN_GUEST"]
+    return last_line(run(os.path.join(TOOLS, "build-debian-guest"), timeout=3600).stdout)
+
+
 def guest_dir():
     if os.environ.get("KVMFT_GUEST"):
         return os.environ["KVMFT_GUEST"]
@@ -136,20 +143,24 @@ class Lab:
         return out
 
     def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload="",
-                      output="compare", on_reboot="destroy", ft=True, compare_timeout_ms=None):
+                      output="compare", on_reboot="destroy", ft=True, compare_timeout_ms=None,
+                      flavor="busybox", vcpus=1):
         """Same disk on both hosts (the secondary replicates from an identical copy),
-        the definition on hostA."""
+        the definition on hostA.  flavor "debian": gdir is tools/build-debian-guest's
+        folder and the disk its root disk."""
+        image = "root.qcow2" if flavor == "debian" else "disk.qcow2"
         for host in ("hostA", "hostB"):
             images = self.path(host, "/var/lib/libvirt/images")
             os.makedirs(images, exist_ok=True)
-            shutil.copyfile(os.path.join(gdir, "disk.qcow2"), os.path.join(images, name + ".qcow2"))
+            shutil.copyfile(os.path.join(gdir, image), os.path.join(images, name + ".qcow2"))
         ft_args = ["--interval-ms", str(interval_ms), "--output", output,
                    *(["--compare-timeout-ms", str(compare_timeout_ms)] if compare_timeout_ms
                      else []),
                    "--hosts", "hostA=%s/%s,hostB=%s/%s" % (LINK["hostA"], LAN["hostA"],
                                                            LINK["hostB"], LAN["hostB"])]
         xml = run(os.path.join(TOOLS, "guest-xml"), "--name", name, "--qemu", qemu,
-                  "--guest-dir", gdir, "--workload", workload, "--on-reboot", on_reboot,
+                  "--guest-dir", gdir, "--flavor", flavor, "--vcpus", str(vcpus),
+                  *(["--workload", workload] if workload else []), "--on-reboot", on_reboot,
                   *(ft_args if ft else [])).stdout
         xml_path = os.path.join(self.path("hostA", "/var/lib/kvm-ft"), name + ".xml")
         with open(xml_path, "w") as f:
@@ -296,6 +307,12 @@ def check_disk(lab, host):
     except ValueError:
         summary = {"error": res.stdout + res.stderr}
     return res.returncode == 0, summary
+
+
+def fault_time(out):
+    """The instant of a fault, from tools/lab's "T_<EVENT> <epoch ms>" line."""
+    m = re.search(r"T_\w+ (\d+)", out)
+    return int(m.group(1)) / 1000.0 if m else time.time()
 
 
 def run_all(names, run_one):

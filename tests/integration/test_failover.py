@@ -45,8 +45,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import colotrace  # noqa: E402
-from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
-                     log, qemu_binary, run_all, running_copies, wait_failed_over, wait_for,
+from labtest import (GUEST, Lab, SeqClient, check_disk, fault_time, guest_dir,  # noqa: E402
+                     kernel_trouble, log, qemu_binary, run_all, running_copies, wait_failed_over, wait_for,
                      wait_state)
 
 BEFORE_S = 8
@@ -69,9 +69,6 @@ def client_answer_after(log_path, t_fault):
     return (after[0] - t_fault) * 1000 if after else None
 
 
-def fault_time(out):
-    m = re.search(r"T_\w+ (\d+)", out)
-    return int(m.group(1)) / 1000.0 if m else time.time()
 
 
 # Scenarios that need a guest workload: a dirtying guest makes the

@@ -51,9 +51,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labtest import (GUEST, TOOLS, Lab, SeqClient, check_disk, guest_dir,  # noqa: E402
-                     kernel_trouble, last_line, log, qemu_binary, run_all, running_copies,
-                     wait_for, wait_state)
+from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
+                     log, qemu_binary, run_all, running_copies, wait_for, wait_state)
 
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 MIB = 1 << 20

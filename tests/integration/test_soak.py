@@ -29,7 +29,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
+from labtest import (Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
                      log, qemu_binary, wait_for, wait_state)
 
 SOAK_SECONDS = int(os.environ.get("KVMFT_SOAK_SECONDS", "120"))
