@@ -932,8 +932,9 @@ static void enter_protected(FtGuest *g, const char *reason, gboolean new_epoch)
     stop_polling(g);
     /* COLO's replication carries the guest's writes now, the mirror no more. */
     if (g->resync_running && !resync_finish(g->qmp, &link, &err)) {
-        log_warn(g->def->name, role_name(g), "ending the disk copy: %s", err->message);
-        g_clear_error(&err);
+        /* The copies may differ: this protection must not count as one. */
+        fail(g, "the disk copy did not end cleanly: %s", err->message);
+        return;
     }
     g->resync_running = FALSE;
     /* Without tracking, the next re-protection copies the whole disk: safe, slow. */

@@ -298,9 +298,21 @@ static gboolean end_job(Qmp *q, const EngineLink *link, const char *id, GError *
         job = find_job(jobs, id);
         if (!job)
             return TRUE;
-        if (strcmp(job_status(job), "concluded") == 0)
-            return call_ok(qmp_callf(q, link->timeout_ms, err,
-                                     "{'execute': 'job-dismiss', 'arguments': {'id': %s}}", id));
+        if (strcmp(job_status(job), "concluded") == 0) {
+            /* A mirror that failed may have left guest writes off the target. */
+            g_autofree char *failure = g_strdup(
+                json_object_get_string_member_with_default(job, "error", NULL));
+
+            if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+                                   "{'execute': 'job-dismiss', 'arguments': {'id': %s}}", id)))
+                return FALSE;
+            if (failure) {
+                g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "block job %s failed: %s", id,
+                            failure);
+                return FALSE;
+            }
+            return TRUE;
+        }
         if (g_get_monotonic_time() > deadline) {
             g_set_error(err, QMP_ERROR, QMP_ERROR_TIMEOUT,
                         "block job %s did not end within %d ms (status %s)", id,
