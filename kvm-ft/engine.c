@@ -6,6 +6,7 @@
 #include "domxml.h"
 #include "ft.h"
 #include "log.h"
+#include "timeouts.h"
 
 /* libvirt's name for the guest's first (and only supported) NIC backend. */
 #define GUEST_NETDEV "hostnet0"
@@ -15,8 +16,6 @@
 #define REWRITER "rew0"
 /* The first sync's rate: the link's, not QEMU's cautious default. */
 #define SYNC_BANDWIDTH (10LL << 30)
-/* Seconds between a secondary's attempts to reach the primary's channels. */
-#define CHANNEL_RECONNECT_S 1
 
 static gboolean run(Qmp *q, const EngineLink *link, const char *command,
                     JsonObject *args, GError **err)
@@ -321,10 +320,6 @@ static gboolean add_replication(Qmp *q, const EngineLink *link, guint index,
     json_object_set_string_member(change, "node", node);
     return run(q, link, "x-blockdev-change", change, err);
 }
-
-/* How long the secondary's channels get to (re)connect to the primary. */
-#define CHANNEL_CONNECT_TIMEOUT_MS ((CHANNEL_RECONNECT_S + 4) * 1000)
-#define CHANNEL_POLL_MS 50
 
 static gboolean chardev_connected(JsonArray *devs, const char *label)
 {

@@ -13,31 +13,12 @@
 #include "output.h"
 #include "qmp.h"
 #include "resync.h"
+#include "timeouts.h"
 
-/* How often a guest on its way into COLO is checked. */
-#define ENTER_POLL_MS 200
-/*
- * COLO status is read with a synchronous QMP call on the daemon's main
- * loop, so it gets a short deadline of its own: a stalled QEMU must not
- * keep the daemon from answering ftctl or its peer.  After a stall it is
- * retried less often until QEMU answers again.
- */
-#define STATUS_QMP_TIMEOUT_MS 500
-#define STALLED_POLL_EVERY 5
 /* Checkpoints remembered for `ftctl status` figures and benchmarks. */
 #define CHECKPOINT_HISTORY 4096
-/* How often a disk copy reports progress. */
-#define RESYNC_POLL_MS 500
-/* How long a handed-over QEMU gets to quit before libvirt destroys it. */
-#define HANDOVER_QUIT_TIMEOUT_MS 10000
-/* A peer silent this long during a re-protection is gone. */
-#define REJOIN_SILENCE_MS 5000
-/* After a failed re-protection, the next attempt waits this long. */
-#define REJOIN_BACKOFF_S 10
 /* A secondary waits for its primary's copy as if it came at least this fast. */
 #define RESYNC_SLOWEST_BYTES (8 << 20)
-/* Upper bound for qemu-img, which only creates small files here. */
-#define QEMU_IMG_TIMEOUT_S "60"
 /* The secondary's overlays in STATE-DIR/GUEST/: KIND-INDEX.qcow2 */
 #define OVERLAY_ACTIVE "active"
 #define OVERLAY_HIDDEN "hidden"

@@ -2,6 +2,7 @@
 #include "peer.h"
 
 #include "log.h"
+#include "timeouts.h"
 
 #include <errno.h>
 #include <gio/gio.h>
@@ -21,7 +22,6 @@
 #define NAME_MAX_LEN 128
 #define JSON_MAX_DEPTH 64
 #define READ_CHUNK (64 * 1024)
-#define DEFAULT_HANDSHAKE_TIMEOUT_MS 5000
 /* Unauthenticated sockets held at once: bounds what a port scan can cost. */
 #define MAX_HANDSHAKES 8
 /* Requests the peer may leave us owing: bounds a peer flooding requests. */
@@ -1827,7 +1827,7 @@ PeerServer *peer_server_new(const char *addr, guint16 port, GBytes *psk,
     if (cb)
         server->cb = *cb;
     server->opaque = opaque;
-    server->hs_timeout_ms = DEFAULT_HANDSHAKE_TIMEOUT_MS;
+    server->hs_timeout_ms = PEER_HANDSHAKE_TIMEOUT_MS;
     server->conns = g_ptr_array_new_with_free_func((GDestroyNotify)peer_conn_unref);
     server->listen_src = g_socket_create_source(server->listener, G_IO_IN, NULL);
     g_source_set_callback(server->listen_src, G_SOURCE_FUNC(server_incoming_cb), server,

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "timeouts.h"
 
 /*
  * QEMU writes each QMP message on one line, so the stream is framed by
@@ -25,8 +26,6 @@
  * commands must not grow without bound.
  */
 #define QMP_MAX_QUEUED_EVENTS 4096
-/* How often a socket that does not accept yet is tried again. */
-#define QMP_CONNECT_RETRY_MS 20
 
 typedef struct {
     char *name;

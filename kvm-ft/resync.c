@@ -8,11 +8,9 @@
 #include "domxml.h"
 #include "ft.h"
 #include "log.h"
+#include "timeouts.h"
 
 #define TRACKING_BITMAP "kvmft-dirty"
-/* How long a cancelled job gets to wind down before its nodes are removed. */
-#define JOB_END_TIMEOUT_MS 10000
-#define JOB_END_POLL_MS 50
 
 static char *mirror_job(guint i)
 {

@@ -6,10 +6,8 @@
 
 #include "log.h"
 #include "status.h"
+#include "timeouts.h"
 
-/* libvirtd silent for KEEPALIVE_S * KEEPALIVE_COUNT seconds: the connection is dropped. */
-#define KEEPALIVE_S 5
-#define KEEPALIVE_COUNT 3
 
 /*
  * Who gets the domain events.  Events are on their way to the watcher's

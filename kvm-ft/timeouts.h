@@ -1,0 +1,82 @@
+/*
+ * timeouts.h - every fixed duration of kvm-ftd in one place, with the
+ * relations between them checked at build time.  The ones an operator can
+ * set ([timeouts], [failover] in kvm-ftd.conf) have their defaults in
+ * config.h; output="auto"'s window is output.h's.
+ */
+#pragma once
+
+#include "config.h"
+#include "output.h"
+
+/* ---- QEMU (QMP) ------------------------------------------------------------------------- */
+/* How often a QMP socket that does not accept yet is tried again. */
+#define QMP_CONNECT_RETRY_MS 20
+/*
+ * COLO status is read with a synchronous QMP call on the daemon's main
+ * loop, so it gets a short deadline of its own: a stalled QEMU must not
+ * keep the daemon from answering ftctl or its peer.  After a stall it is
+ * retried only every STALLED_POLL_EVERY polls until QEMU answers again.
+ * QMP calls made while the guest is protected (output="auto") use it too.
+ */
+#define STATUS_QMP_TIMEOUT_MS 500
+#define STALLED_POLL_EVERY 5
+/* Upper bound for qemu-img, which only creates small files here. */
+#define QEMU_IMG_TIMEOUT_S "60"
+
+/* ---- entering protection ------------------------------------------------------------------ */
+/* How often a guest on its way into COLO is checked. */
+#define ENTER_POLL_MS 200
+/* Seconds between a secondary's attempts to reach the primary's COLO channels. */
+#define CHANNEL_RECONNECT_S 1
+/* How long the secondary's channels get to (re)connect to the primary. */
+#define CHANNEL_CONNECT_TIMEOUT_MS ((CHANNEL_RECONNECT_S + 4) * 1000)
+#define CHANNEL_POLL_MS 50
+
+/* ---- re-protection and disk copies -------------------------------------------------------- */
+/* How often a disk copy reports progress. */
+#define RESYNC_POLL_MS 500
+/* How long a cancelled block job gets to wind down before its nodes are removed. */
+#define JOB_END_TIMEOUT_MS 10000
+#define JOB_END_POLL_MS 50
+/* A peer silent this long during a re-protection is gone. */
+#define REJOIN_SILENCE_MS 5000
+/* After a failed re-protection, the next attempt waits this long. */
+#define REJOIN_BACKOFF_S 10
+
+/* ---- planned failover --------------------------------------------------------------------- */
+/* How long a handed-over QEMU gets to quit before libvirt destroys it. */
+#define HANDOVER_QUIT_TIMEOUT_MS 10000
+
+/* ---- peers, libvirt, ftctl ---------------------------------------------------------------- */
+/* An unauthenticated peer socket gets this long to finish its handshake. */
+#define PEER_HANDSHAKE_TIMEOUT_MS 5000
+/* libvirtd silent for KEEPALIVE_S * KEEPALIVE_COUNT seconds: the connection is dropped. */
+#define KEEPALIVE_S 5
+#define KEEPALIVE_COUNT 3
+
+/* ---- how they relate ---------------------------------------------------------------------- */
+/* A secondary that is still connecting its channels is not taken for gone. */
+_Static_assert(REJOIN_SILENCE_MS >= CHANNEL_CONNECT_TIMEOUT_MS,
+               "re-protection silence window shorter than the channel-connect wait");
+/* The channels get a few reconnect attempts, each polled several times. */
+_Static_assert(CHANNEL_CONNECT_TIMEOUT_MS >= 3 * CHANNEL_RECONNECT_S * 1000 &&
+               CHANNEL_POLL_MS * 10 <= CHANNEL_RECONNECT_S * 1000,
+               "channel-connect wait vs reconnect interval");
+/* A status poll is short next to an ordinary QMP call, and next to what it polls. */
+_Static_assert(STATUS_QMP_TIMEOUT_MS < CONFIG_DEFAULT_QMP_MS &&
+               STATUS_QMP_TIMEOUT_MS <= ENTER_POLL_MS * 5 &&
+               STATUS_QMP_TIMEOUT_MS * 4 <= OUTPUT_AUTO_WINDOW_MS,
+               "status QMP deadline vs the QMP deadline and the polls it serves");
+/* A job's end is polled, not waited for in one call. */
+_Static_assert(JOB_END_POLL_MS * 20 <= JOB_END_TIMEOUT_MS, "job-end poll vs its deadline");
+/* Everything a start or a hand-over waits for fits in the start deadline. */
+_Static_assert(HANDOVER_QUIT_TIMEOUT_MS < CONFIG_DEFAULT_START_MS &&
+               CHANNEL_CONNECT_TIMEOUT_MS < CONFIG_DEFAULT_START_MS &&
+               KEEPALIVE_S * KEEPALIVE_COUNT * 1000 < CONFIG_DEFAULT_START_MS,
+               "waits inside a start vs the start deadline");
+/* A failed re-protection is not retried before its silence window could have ended. */
+_Static_assert(REJOIN_BACKOFF_S * 1000 >= REJOIN_SILENCE_MS, "re-protection backoff");
+/* The default detection window is far below anything the main loop waits for on purpose. */
+_Static_assert(CONFIG_DEFAULT_HEARTBEAT_MS * CONFIG_DEFAULT_MISS_COUNT < STATUS_QMP_TIMEOUT_MS,
+               "detection window vs the status QMP deadline");
