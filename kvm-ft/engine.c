@@ -214,32 +214,62 @@ gboolean engine_secondary_set_output(Qmp *q, const EngineLink *link, FtOutputMod
            set_filter_status(q, link, off, FALSE, err);
 }
 
-static gboolean set_compare_timeout(Qmp *q, const EngineLink *link, guint timeout_ms,
-                                    GError **err)
+/*
+ * colo-compare's wait for the secondary's copy of a reply: in compare mode
+ * it follows the secondary's measured lag between a floor and
+ * compare-timeout-ms (ftdef.h); in passive mode it is the fixed epoch.
+ * The scan for expired replies runs five times per shortest wait, which
+ * bounds the wait at 1.2 times its value.
+ */
+typedef struct {
+    guint timeout_ms;
+    guint min_timeout_ms; /* 0: fixed */
+    guint scan_ms;
+} CompareWait;
+
+static CompareWait compare_wait(const EngineLink *link, FtOutputMode mode)
+{
+    CompareWait w;
+
+    if (mode == FTDEF_OUTPUT_PASSIVE) {
+        w.timeout_ms = link->def->output_mode == FTDEF_OUTPUT_PASSIVE
+                           ? link->def->compare_timeout_ms
+                           : FTDEF_PASSIVE_EPOCH_DEFAULT;
+        w.min_timeout_ms = 0;
+    } else {
+        w.timeout_ms = link->def->compare_timeout_ms;
+        w.min_timeout_ms = MIN(FTDEF_COMPARE_WAIT_FLOOR, w.timeout_ms);
+    }
+    w.scan_ms = MAX(1, (w.min_timeout_ms ? w.min_timeout_ms : w.timeout_ms) / 5);
+    return w;
+}
+
+static void set_compare_wait(JsonObject *compare, CompareWait w)
+{
+    json_object_set_int_member(compare, "compare_timeout", w.timeout_ms);
+    json_object_set_int_member(compare, "min_compare_timeout", w.min_timeout_ms);
+    json_object_set_int_member(compare, "expired_scan_cycle", w.scan_ms);
+}
+
+static gboolean qom_set_uint(Qmp *q, const EngineLink *link, const char *path,
+                             const char *property, guint value, GError **err)
 {
     JsonObject *args = json_object_new();
-    JsonObject *cycle = json_object_new();
 
-    json_object_set_string_member(args, "path", "comp0");
-    json_object_set_string_member(args, "property", "compare_timeout");
-    json_object_set_int_member(args, "value", timeout_ms);
-    json_object_set_string_member(cycle, "path", "comp0");
-    json_object_set_string_member(cycle, "property", "expired_scan_cycle");
-    json_object_set_int_member(cycle, "value", MAX(1, timeout_ms / 5));
-    if (!run(q, link, "qom-set", args, err)) {
-        json_object_unref(cycle);
-        return FALSE;
-    }
-    return run(q, link, "qom-set", cycle, err);
+    json_object_set_string_member(args, "path", path);
+    json_object_set_string_member(args, "property", property);
+    json_object_set_int_member(args, "value", value);
+    return run(q, link, "qom-set", args, err);
 }
 
 gboolean engine_primary_set_output(Qmp *q, const EngineLink *link, FtOutputMode mode,
                                    GError **err)
 {
-    return set_compare_timeout(q, link, mode == FTDEF_OUTPUT_PASSIVE
-                                            ? FTDEF_PASSIVE_EPOCH_DEFAULT
-                                            : link->def->compare_timeout_ms,
-                               err);
+    CompareWait w = compare_wait(link, mode);
+
+    return qom_set_uint(q, link, "comp0", "min_compare_timeout", w.min_timeout_ms, err) &&
+           qom_set_uint(q, link, "comp0", "compare_timeout", w.timeout_ms, err) &&
+           qom_set_uint(q, link, "comp0", "expired_scan_cycle", w.scan_ms, err);
 }
 
 gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
@@ -416,11 +446,10 @@ static gboolean add_filters(Qmp *q, const EngineLink *link, GError **err)
     json_object_set_string_member(compare, "secondary_in", "compare1");
     json_object_set_string_member(compare, "outdev", "compare_out0");
     json_object_set_string_member(compare, "iothread", COMPARE_IOTHREAD);
-    /* A reply older than compare_timeout forces a checkpoint when the next scan sees it;
-     * scanning five times per timeout bounds the wait at 1.2 x compare_timeout. */
-    json_object_set_int_member(compare, "compare_timeout", link->def->compare_timeout_ms);
-    json_object_set_int_member(compare, "expired_scan_cycle",
-                               MAX(1, link->def->compare_timeout_ms / 5));
+    /* auto starts in compare */
+    set_compare_wait(compare, compare_wait(link, link->def->output_mode == FTDEF_OUTPUT_PASSIVE
+                                                     ? FTDEF_OUTPUT_PASSIVE
+                                                     : FTDEF_OUTPUT_COMPARE));
     return run(q, link, "object-add", compare, err);
 }
 

@@ -420,9 +420,9 @@ static gboolean parse_checkpoint(xmlNodePtr node, FtDef *def, GError **err)
         g_autofree char *sv = show(timeout);
 
         return invalid(err, "<%s compare-timeout-ms='%s'>: must be an integer between "
-                       "%d and %d (milliseconds a reply waits for the secondary's "
+                       "%d and %d (the longest a reply waits for the secondary's "
                        "copy, or in passive mode for the checkpoint that releases it, "
-                       "before it forces one)", qn, sv,
+                       "before it forces one; milliseconds)", qn, sv,
                        FTDEF_COMPARE_TIMEOUT_MIN, FTDEF_COMPARE_TIMEOUT_MAX);
     }
     if (!timeout)

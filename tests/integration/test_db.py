@@ -15,7 +15,8 @@ primary PULL_AT_S into the run.  Asserts:
     rows 1..last, gapless;
   - the sbtest tables grew by exactly the transactions oltp_insert counted:
     no committed insert lost, none applied twice;
-  - while protected (before the pull) no second of oltp_read_write went by
+  - while protected (before the pull, after the first report second, which
+    holds the connections' set-up) no second of oltp_read_write went by
     without a completed transaction, and the numbered rows never waited
     longer than MAX_ROW_SILENCE_MS, the pull included;
   - the survivor's kernel log is clean and only one copy runs.
@@ -59,6 +60,9 @@ def run_mode(mode, qemu, ddir):
                        log_path=os.path.join(art, "sysbench-insert.txt"))
         started = time.time()
         time.sleep(PULL_AT_S)
+        st = lab.status("hostA")
+        log("%s: before the pull: %d checkpoints %s, pause %s" % (
+            mode, st["checkpoints"], st["checkpoints_by_cause"], st["pause_ms"]))
         t = fault_time(lab.lab("power-off", "A").stdout)
         pulled_at_s = t - started
         log("%s: power pulled on hostA %.1f s into the run" % (mode, pulled_at_s))
