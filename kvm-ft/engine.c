@@ -262,6 +262,23 @@ static gboolean qom_set_uint(Qmp *q, const EngineLink *link, const char *path,
     return run(q, link, "qom-set", args, err);
 }
 
+gboolean engine_primary_lag(Qmp *q, const EngineLink *link, gint64 *lag_ms, GError **err)
+{
+    g_autoptr(JsonNode) ret = qmp_callf(q, link->timeout_ms, err,
+                                        "{'execute': 'qom-get', 'arguments': "
+                                        "{'path': 'comp0', 'property': 'lag_timeout'}}");
+
+    if (!ret)
+        return FALSE;
+    if (!JSON_NODE_HOLDS_VALUE(ret) || json_node_get_value_type(ret) != G_TYPE_INT64) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "colo-compare's lag_timeout is not "
+                    "a number (a QEMU without qemu-patches 0009?)");
+        return FALSE;
+    }
+    *lag_ms = json_node_get_int(ret);
+    return TRUE;
+}
+
 gboolean engine_primary_set_output(Qmp *q, const EngineLink *link, FtOutputMode mode,
                                    GError **err)
 {

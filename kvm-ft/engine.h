@@ -58,6 +58,8 @@ gboolean engine_secondary_set_output(Qmp *q, const EngineLink *link, FtOutputMod
                                      GError **err);
 gboolean engine_primary_set_output(Qmp *q, const EngineLink *link, FtOutputMode mode,
                                    GError **err);
+/* How long colo-compare now waits for the secondary's copy of a reply (its lag estimate). */
+gboolean engine_primary_lag(Qmp *q, const EngineLink *link, gint64 *lag_ms, GError **err);
 
 /*
  * Why the primary's COLO took a checkpoint, judged from when it paused: its

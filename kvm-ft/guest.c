@@ -753,6 +753,8 @@ static void record_resync(FtGuest *g)
 
 /* ---- output="auto" (output.h) ------------------------------------------------------------- */
 
+static double pause_p50(FtGuest *g);
+
 /*
  * Its QMP calls run on the main loop while the guest is protected, so they
  * get the short deadline of a status call: QEMU answers between
@@ -839,9 +841,22 @@ static gboolean evaluate_output(gpointer opaque)
     OutputSwitch *sw;
     FtOutputMode to;
 
-    if (g->output_token || !g->qmp ||
-        !output_auto_evaluate(&g->output, g_get_monotonic_time(), g->checkpoints,
-                              g->checkpoints_forced, &to, &reason))
+    OutputSample sample = {
+        .checkpoints = g->checkpoints,
+        .forced = g->checkpoints_forced,
+        .lag_ms = -1,
+        .reply_cost_ms = FTDEF_PASSIVE_EPOCH_DEFAULT + pause_p50(g),
+    };
+    const gint64 now = g_get_monotonic_time();
+
+    if (g->output_token || !g->qmp || !output_auto_due(&g->output, now))
+        return G_SOURCE_CONTINUE;
+    if (g->output.mode == FTDEF_OUTPUT_COMPARE &&
+        !engine_primary_lag(g->qmp, &link, &sample.lag_ms, &err)) {
+        log_warn(g->def->name, role_name(g), "secondary's lag unknown: %s", err->message);
+        g_clear_error(&err);
+    }
+    if (!output_auto_evaluate(&g->output, now, &sample, &to, &reason))
         return G_SOURCE_CONTINUE;
     /* Into passive this side goes first, out of it last (engine.h). */
     if (to == FTDEF_OUTPUT_PASSIVE && !engine_primary_set_output(g->qmp, &link, to, &err)) {
@@ -2102,17 +2117,36 @@ static guint history_len(FtGuest *g)
 }
 
 /* Nearest-rank percentiles over the remembered checkpoints. */
+/* The remembered pauses, sorted; NULL if none. */
+static double *sorted_pauses(FtGuest *g, guint *n)
+{
+    double *sorted;
+
+    *n = history_len(g);
+    if (!*n)
+        return NULL;
+    sorted = g_memdup2(g->history_pause_ms, *n * sizeof(double));
+    qsort(sorted, *n, sizeof(double), compare_double);
+    return sorted;
+}
+
+static double pause_p50(FtGuest *g)
+{
+    guint n;
+    g_autofree double *sorted = sorted_pauses(g, &n);
+
+    return sorted ? sorted[(n - 1) / 2] : 0.0;
+}
+
 static void add_pause_summary(FtGuest *g, JsonBuilder *b)
 {
-    guint n = history_len(g);
-    g_autofree double *sorted = NULL;
+    guint n;
+    g_autofree double *sorted = sorted_pauses(g, &n);
 
-    if (!n) {
+    if (!sorted) {
         json_builder_add_null_value(b);
         return;
     }
-    sorted = g_memdup2(g->history_pause_ms, n * sizeof(double));
-    qsort(sorted, n, sizeof(double), compare_double);
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "count");
     json_builder_add_int_value(b, n);

@@ -26,14 +26,29 @@ static void new_window(OutputAuto *a, gint64 now_us, guint64 checkpoints, guint6
     a->window_forced = forced;
 }
 
-gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, guint64 checkpoints,
-                              guint64 forced, FtOutputMode *to, char **reason)
+gboolean output_auto_due(const OutputAuto *a, gint64 now_us)
+{
+    return now_us - a->window_start_us >= (gint64)OUTPUT_AUTO_WINDOW_MS * 1000;
+}
+
+/* A secondary this far behind costs compare-mode replies more than passive ones. */
+static gboolean secondary_too_late(const OutputSample *sample)
+{
+    return sample->lag_ms >= OUTPUT_AUTO_LAG_MIN_MS &&
+           sample->lag_ms >= OUTPUT_AUTO_LAG_FACTOR * sample->reply_cost_ms;
+}
+
+gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, const OutputSample *sample,
+                              FtOutputMode *to, char **reason)
 {
     const gint64 elapsed_us = now_us - a->window_start_us;
+    const guint64 checkpoints = sample->checkpoints;
+    const guint64 forced = sample->forced;
     double seconds, forced_per_s, share;
+    gboolean differ, late;
     guint64 n, nf;
 
-    if (elapsed_us < (gint64)OUTPUT_AUTO_WINDOW_MS * 1000)
+    if (!output_auto_due(a, now_us))
         return FALSE;
     /* Counters restart when a new protection starts: that window says nothing. */
     if (checkpoints < a->window_checkpoints || forced < a->window_forced) {
@@ -51,7 +66,9 @@ gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, guint64 checkpoints,
         const gboolean was_probe = a->probing;
 
         a->probing = FALSE;
-        if (forced_per_s < OUTPUT_AUTO_FORCED_PER_S || share < OUTPUT_AUTO_FORCED_SHARE) {
+        differ = forced_per_s >= OUTPUT_AUTO_FORCED_PER_S && share >= OUTPUT_AUTO_FORCED_SHARE;
+        late = secondary_too_late(sample);
+        if (!differ && !late) {
             if (was_probe)
                 a->hold_s = OUTPUT_AUTO_HOLD_MIN_S;
             return FALSE;
@@ -59,11 +76,17 @@ gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, guint64 checkpoints,
         if (was_probe)
             a->hold_s = MIN(a->hold_s * 2, OUTPUT_AUTO_HOLD_MAX_S);
         *to = FTDEF_OUTPUT_PASSIVE;
-        *reason = g_strdup_printf("replies differ between the copies: %.1f checkpoints/s "
-                                  "forced by output (%.0f%% of all) in %.0f s; passive "
-                                  "releases them without waiting for the secondary "
-                                  "(next try of compare in %u s)",
-                                  forced_per_s, share * 100, seconds, a->hold_s);
+        if (differ)
+            *reason = g_strdup_printf("replies differ between the copies: %.1f checkpoints/s "
+                                      "forced by output (%.0f%% of all) in %.0f s; passive "
+                                      "releases them without waiting for the secondary "
+                                      "(next try of compare in %u s)",
+                                      forced_per_s, share * 100, seconds, a->hold_s);
+        else
+            *reason = g_strdup_printf("the secondary's copies come late: replies wait up to "
+                                      "%" G_GINT64_FORMAT " ms for them, a passive reply "
+                                      "about %.0f ms (next try of compare in %u s)",
+                                      sample->lag_ms, sample->reply_cost_ms, a->hold_s);
         return TRUE;
     }
     if (now_us - a->passive_since_us < (gint64)a->hold_s * G_USEC_PER_SEC)

@@ -13,10 +13,20 @@
  * releases them at once in compare mode, and passive would hold every one
  * of them for a checkpoint.
  *
+ * A guest whose replies agree but whose secondary runs far behind (its
+ * copies come late: a loaded host, a guest that keeps its vCPU busy) makes
+ * every reply in compare mode wait for the secondary's copy; passive makes
+ * it wait for one epoch and one checkpoint instead.
+ *
  * The rule, evaluated every OUTPUT_AUTO_WINDOW_MS:
  *   compare -> passive  when, in the last window, output forced at least
  *                       OUTPUT_AUTO_FORCED_PER_S checkpoints a second and at
  *                       least OUTPUT_AUTO_FORCED_SHARE of all checkpoints;
+ *                       or when the secondary's copies came so late that a
+ *                       reply waited for them (colo-compare's lag estimate,
+ *                       qemu-patches 0009) at least OUTPUT_AUTO_LAG_FACTOR
+ *                       times what a passive reply waits (the epoch plus a
+ *                       checkpoint's pause), and at least OUTPUT_AUTO_LAG_MIN_MS;
  *   passive -> compare  as a probe, once the guest has been passive for its
  *                       hold time (OUTPUT_AUTO_HOLD_MIN_S, doubled each time a
  *                       probe ends back in passive within one window, up to
@@ -36,6 +46,16 @@
 #define OUTPUT_AUTO_FORCED_SHARE 0.9
 #define OUTPUT_AUTO_HOLD_MIN_S 30
 #define OUTPUT_AUTO_HOLD_MAX_S 480
+#define OUTPUT_AUTO_LAG_FACTOR 3
+#define OUTPUT_AUTO_LAG_MIN_MS 50
+
+/* What a window's end shows of the guest. */
+typedef struct {
+    guint64 checkpoints;  /* all, since protection began */
+    guint64 forced;       /* of them, forced by output */
+    gint64 lag_ms;        /* how long a reply waits for the secondary's copy; -1: unknown */
+    double reply_cost_ms; /* what a reply waits in passive mode: epoch + checkpoint pause */
+} OutputSample;
 
 typedef struct {
     FtOutputMode mode;          /* compare or passive: what runs now */
@@ -54,12 +74,14 @@ void output_auto_init(OutputAuto *a, gint64 now_us, guint64 checkpoints, guint64
 void output_auto_clear(OutputAuto *a);
 
 /*
- * Called at least every OUTPUT_AUTO_WINDOW_MS with the guest's checkpoint
- * counters (all, and forced by output).  Returns TRUE when the guest should
- * move to *to; *reason (for the log, the event and ftctl status) is then
- * set, newly allocated.  The caller applies the switch and reports it with
- * output_auto_switched(); until then nothing changes.
+ * Called at least every OUTPUT_AUTO_WINDOW_MS with what the guest shows now.
+ * Returns TRUE when the guest should move to *to; *reason (for the log, the
+ * event and ftctl status) is then set, newly allocated.  The caller applies
+ * the switch and reports it with output_auto_switched(); until then nothing
+ * changes.
  */
-gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, guint64 checkpoints,
-                              guint64 forced, FtOutputMode *to, char **reason);
+gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, const OutputSample *sample,
+                              FtOutputMode *to, char **reason);
+/* Whether the window has ended: the caller gathers its sample only then. */
+gboolean output_auto_due(const OutputAuto *a, gint64 now_us);
 void output_auto_switched(OutputAuto *a, gint64 now_us, FtOutputMode to, const char *reason);

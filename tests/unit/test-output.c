@@ -10,6 +10,22 @@
 #define T0 (G_GINT64_CONSTANT(1000) * S)
 #define WINDOW (OUTPUT_AUTO_WINDOW_MS * G_GINT64_CONSTANT(1000))
 
+/* A sample with the secondary's lag unknown. */
+static OutputSample counts(guint64 n, guint64 f)
+{
+    OutputSample s = { .checkpoints = n, .forced = f, .lag_ms = -1, .reply_cost_ms = 15 };
+
+    return s;
+}
+
+static gboolean evaluate(OutputAuto *a, gint64 now, guint64 n, guint64 f, FtOutputMode *to,
+                         char **reason)
+{
+    OutputSample s = counts(n, f);
+
+    return output_auto_evaluate(a, now, &s, to, reason);
+}
+
 /* One window of n checkpoints, f of them forced; returns whether it switches. */
 static gboolean window(OutputAuto *a, gint64 *now, guint64 *n, guint64 *f, guint64 add_n,
                        guint64 add_f, FtOutputMode *to, char **reason)
@@ -18,7 +34,7 @@ static gboolean window(OutputAuto *a, gint64 *now, guint64 *n, guint64 *f, guint
     *n += add_n;
     *f += add_f;
     g_clear_pointer(reason, g_free);
-    return output_auto_evaluate(a, *now, *n, *f, to, reason);
+    return evaluate(a, *now, *n, *f, to, reason);
 }
 
 START_TEST(agreeing_output_stays_compare)
@@ -70,7 +86,7 @@ START_TEST(short_window_decides_nothing)
     char *reason = NULL;
 
     output_auto_init(&a, T0, 0, 0);
-    ck_assert(!output_auto_evaluate(&a, T0 + WINDOW - 1, 1000, 1000, &to, &reason));
+    ck_assert(!evaluate(&a, T0 + WINDOW - 1, 1000, 1000, &to, &reason));
     ck_assert_ptr_null(reason);
     output_auto_clear(&a);
 }
@@ -84,8 +100,8 @@ START_TEST(counters_restarting_is_a_new_window)
 
     output_auto_init(&a, T0, 500, 400);
     /* a new protection counts from 0: the difference would be huge */
-    ck_assert(!output_auto_evaluate(&a, T0 + WINDOW, 100, 100, &to, &reason));
-    ck_assert(output_auto_evaluate(&a, T0 + 2 * WINDOW, 200, 200, &to, &reason));
+    ck_assert(!evaluate(&a, T0 + WINDOW, 100, 100, &to, &reason));
+    ck_assert(evaluate(&a, T0 + 2 * WINDOW, 200, 200, &to, &reason));
     g_free(reason);
     output_auto_clear(&a);
 }
@@ -155,6 +171,47 @@ START_TEST(probe_that_agrees_stays_compare_and_resets_hold)
 }
 END_TEST
 
+START_TEST(late_secondary_goes_passive)
+{
+    OutputAuto a = { 0 };
+    OutputSample s = counts(20, 2);
+    FtOutputMode to;
+    g_autofree char *reason = NULL;
+
+    output_auto_init(&a, T0, 0, 0);
+    /* replies agree, but wait 200 ms for the secondary against ~15 ms in passive */
+    s.lag_ms = 200;
+    ck_assert(output_auto_evaluate(&a, T0 + WINDOW, &s, &to, &reason));
+    ck_assert_int_eq(to, FTDEF_OUTPUT_PASSIVE);
+    ck_assert_ptr_nonnull(strstr(reason, "come late"));
+    output_auto_clear(&a);
+}
+END_TEST
+
+START_TEST(prompt_or_unknown_lag_stays_compare)
+{
+    OutputAuto a = { 0 };
+    OutputSample s = counts(20, 2);
+    FtOutputMode to;
+    char *reason = NULL;
+
+    output_auto_init(&a, T0, 0, 0);
+    /* under three passive replies' cost */
+    s.lag_ms = 40;
+    ck_assert(!output_auto_evaluate(&a, T0 + WINDOW, &s, &to, &reason));
+    /* three times a tiny cost, but under the floor */
+    s.checkpoints += 20;
+    s.lag_ms = OUTPUT_AUTO_LAG_MIN_MS - 1;
+    s.reply_cost_ms = 1;
+    ck_assert(!output_auto_evaluate(&a, T0 + 2 * WINDOW, &s, &to, &reason));
+    s.checkpoints += 20;
+    s.lag_ms = -1;
+    ck_assert(!output_auto_evaluate(&a, T0 + 3 * WINDOW, &s, &to, &reason));
+    ck_assert_ptr_null(reason);
+    output_auto_clear(&a);
+}
+END_TEST
+
 static Suite *output_suite(void)
 {
     Suite *s = suite_create("output");
@@ -166,6 +223,8 @@ static Suite *output_suite(void)
     tcase_add_test(tc, counters_restarting_is_a_new_window);
     tcase_add_test(tc, passive_probes_compare_with_growing_hold);
     tcase_add_test(tc, probe_that_agrees_stays_compare_and_resets_hold);
+    tcase_add_test(tc, late_secondary_goes_passive);
+    tcase_add_test(tc, prompt_or_unknown_lag_stays_compare);
     suite_add_tcase(s, tc);
     return s;
 }
