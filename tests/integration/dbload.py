@@ -99,11 +99,22 @@ def db_counts(lab):
         raise AssertionError("rowclient count failed: %s%s" % (res.stdout, res.stderr))
 
 
-def zero_seconds(series, until_s=None):
-    """The report seconds after the set-up (and up to until_s) in which no transaction
-    completed."""
+def zero_seconds(series, until_s=None, after_s=SETUP_S):
+    """The report seconds after after_s (by default the set-up) and up to until_s in which
+    no transaction completed."""
     return [p["s"] for p in series
-            if p["tps"] == 0 and p["s"] > SETUP_S and (until_s is None or p["s"] <= until_s)]
+            if p["tps"] == 0 and p["s"] > after_s and (until_s is None or p["s"] <= until_s)]
+
+
+def longest_stall(seconds):
+    """The longest run of consecutive report seconds in a list of them."""
+    best = run = 0
+    prev = None
+    for s in seconds:
+        run = run + 1 if prev is not None and s == prev + 1 else 1
+        best = max(best, run)
+        prev = s
+    return best
 
 
 def summary_line(name, res):
