@@ -23,8 +23,9 @@ divergence: compare mode, a 10 s interval, and the guest's "maybe" service
   (port 7003), which echoes a request or stays silent as each copy decides
   for itself: a divergence without a difference.  When the primary answers
   and the secondary stays silent, nothing compares the reply against
-  anything; it must still leave within the compare timeout (50 ms + the
-  scan and the checkpoint it forces), not at the periodic checkpoint or
+  anything; it must still leave within colo-compare's wait (which follows the
+  secondary's lag, 20 ms at least; qemu-patches 0009) plus the
+  scan and the checkpoint it forces, not at the periodic checkpoint or
   QEMU's default 3 s.  Every reply the primary gives (about half the
   requests) arrives within DIVERGENCE_RTT_MAX_MS; none comes late (after its
   request was given up at 1.5 s).
@@ -51,7 +52,8 @@ CLIENT_SECONDS = 20
 INTERVAL_MS = {"compare": 2000, "passive": 1000, "divergence": 10000, "auto": 2000}
 # One minimum epoch (10 ms) + one checkpoint pause (~5-40 ms under TCG) + slack.
 PASSIVE_RTT_P50_MS = 60
-# compare timeout 50 ms x 1.2 (scan) + a forced checkpoint (~5-40 ms) + slack for a loaded host.
+# colo-compare's wait (the secondary's lag estimate, >= 20 ms) x 1.2 (scan) + a forced
+# checkpoint (~5-40 ms) + slack for a loaded host.
 DIVERGENCE_RTT_MAX_MS = 500
 DIVERGENCE_GIVE_UP_S = 1.5
 
