@@ -189,7 +189,10 @@ static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
     peer_conn_reply(conn, id, ok);
 }
 
-static void handle_receive_copy(Daemon *d, PeerConn *conn, guint64 id, JsonObject *params)
+/* A request about one guest of this host, answered null or with the error of act. */
+static void handle_guest_request(Daemon *d, PeerConn *conn, guint64 id, JsonObject *params,
+                                 gboolean (*act)(FtGuest *g, JsonObject *params,
+                                                 GError **err))
 {
     const char *name = json_object_get_string_member_with_default(params, "guest", "");
     FtGuest *g = g_hash_table_lookup(d->guests, name);
@@ -200,30 +203,23 @@ static void handle_receive_copy(Daemon *d, PeerConn *conn, guint64 id, JsonObjec
         daemon_reply_error(conn, id, "no guest '%s' on %s", name, d->cfg->host_name);
         return;
     }
-    if (!guest_receive_copy(g, &err)) {
+    if (!act(g, params, &err)) {
         daemon_reply_error(conn, id, "%s", err->message);
         return;
     }
     peer_conn_reply(conn, id, ok);
 }
 
-static void handle_set_output(Daemon *d, PeerConn *conn, guint64 id, JsonObject *params)
+static gboolean receive_copy(FtGuest *g, JsonObject *params, GError **err)
 {
-    const char *name = json_object_get_string_member_with_default(params, "guest", "");
-    const char *mode = json_object_get_string_member_with_default(params, "mode", "");
-    FtGuest *g = g_hash_table_lookup(d->guests, name);
-    g_autoptr(GError) err = NULL;
-    g_autoptr(JsonNode) ok = json_node_new(JSON_NODE_NULL);
+    (void)params;
+    return guest_receive_copy(g, err);
+}
 
-    if (!g) {
-        daemon_reply_error(conn, id, "no guest '%s' on %s", name, d->cfg->host_name);
-        return;
-    }
-    if (!guest_set_output(g, mode, &err)) {
-        daemon_reply_error(conn, id, "%s", err->message);
-        return;
-    }
-    peer_conn_reply(conn, id, ok);
+static gboolean set_output(FtGuest *g, JsonObject *params, GError **err)
+{
+    return guest_set_output(g, json_object_get_string_member_with_default(params, "mode", ""),
+                            err);
 }
 
 FtGuest *daemon_find_guest(Daemon *d, const char *name)
@@ -241,9 +237,9 @@ static void on_request(PeerConn *conn, guint64 id, const char *method,
     else if (strcmp(method, "stop-secondary") == 0)
         handle_stop_secondary(d, conn, id, params);
     else if (strcmp(method, "receive-copy") == 0)
-        handle_receive_copy(d, conn, id, params);
+        handle_guest_request(d, conn, id, params, receive_copy);
     else if (strcmp(method, "set-output") == 0)
-        handle_set_output(d, conn, id, params);
+        handle_guest_request(d, conn, id, params, set_output);
     else if (!definitions_peer_request(d->defs, conn, id, method, params))
         daemon_reply_error(conn, id, "unknown request '%s'", method);
 }

@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 
-from labtest import TOOLS, last_line, log
+from labtest import TOOLS, ClientProcess, last_line, log
 
 SYSBENCH_TABLES = 4
 # sysbench 1.0 has no warm-up: its first report second holds the connections' set-up
@@ -70,24 +70,15 @@ class Sysbench:
         return res
 
 
-class RowClient:
+class RowClient(ClientProcess):
     """tools/rowclient insert in the client namespace: numbered rows on one connection."""
 
     def __init__(self, lab, seconds=0, interval=0.1, log_path=None):
-        args = [os.path.join(TOOLS, "lab"), "client", "/usr/bin/python3",
-                os.path.join(TOOLS, "rowclient"), "insert", "--seconds", str(seconds),
-                "--interval", str(interval)]
+        args = ["/usr/bin/python3", os.path.join(TOOLS, "rowclient"), "insert",
+                "--seconds", str(seconds), "--interval", str(interval)]
         if log_path:
             args += ["--log", log_path]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=dict(os.environ, **lab.env))
-
-    def result(self, timeout=600):
-        out, err = self.proc.communicate(timeout=timeout)
-        try:
-            return json.loads(last_line(out))
-        except ValueError:
-            raise AssertionError("rowclient gave no summary:\n%s\n%s" % (out, err))
+        super().__init__(lab, args, "rowclient")
 
 
 def db_counts(lab):

@@ -189,29 +189,21 @@ class Lab:
             return ""
 
 
-class SeqClient:
-    """tools/seqclient in the client namespace: one TCP connection to the guest."""
+class ClientProcess:
+    """A tool in the client namespace whose last stdout line is a JSON summary."""
 
-    def __init__(self, lab, seconds=0, interval=0.1, log_path=None, port=7000, echo=False,
-                 skip_after=0):
-        args = [os.path.join(TOOLS, "lab"), "client", "python3", os.path.join(TOOLS, "seqclient"),
-                "--interval", str(interval), "--seconds", str(seconds), "--port", str(port)]
-        if echo:
-            args.append("--echo")
-        if skip_after:
-            args += ["--skip-after", str(skip_after)]
-        if log_path:
-            args += ["--log", log_path]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    def __init__(self, lab, args, what):
+        self.what = what
+        self.proc = subprocess.Popen([os.path.join(TOOLS, "lab"), "client", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env=dict(os.environ, **lab.env))
 
     def result(self, timeout=600):
         out, err = self.proc.communicate(timeout=timeout)
-        line = last_line(out)
         try:
-            return json.loads(line)
+            return json.loads(last_line(out))
         except ValueError:
-            raise AssertionError("seqclient gave no summary:\n%s\n%s" % (out, err))
+            raise AssertionError("%s gave no summary:\n%s\n%s" % (self.what, out, err))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -219,6 +211,22 @@ class SeqClient:
             # the wrapper, which exec()s.
             self.proc.terminate()
         return self.result(timeout=60)
+
+
+class SeqClient(ClientProcess):
+    """tools/seqclient in the client namespace: one TCP connection to the guest."""
+
+    def __init__(self, lab, seconds=0, interval=0.1, log_path=None, port=7000, echo=False,
+                 skip_after=0):
+        args = ["python3", os.path.join(TOOLS, "seqclient"),
+                "--interval", str(interval), "--seconds", str(seconds), "--port", str(port)]
+        if echo:
+            args.append("--echo")
+        if skip_after:
+            args += ["--skip-after", str(skip_after)]
+        if log_path:
+            args += ["--log", log_path]
+        super().__init__(lab, args, "seqclient")
 
 
 # What a guest prints when it is not healthy: its kernel's alarms, a disk that failed it

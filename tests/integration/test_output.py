@@ -81,18 +81,23 @@ def uncovered(reps, ckpts):
     return bad
 
 
+def protected_guest(lab, qemu, gdir, scenario, workload, output):
+    """The test guest protected with this output mode, up and answering."""
+    lab.up()
+    lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS[scenario], workload=workload,
+                      output=output)
+    res = lab.protect("hostA")
+    assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
+    a = lab.status("hostA")
+    assert a["output_mode"] == output, a
+    wait_state(lab, "hostB", "protected", timeout=60)
+    wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+
+
 def run_mode(mode, qemu, gdir):
     lab = Lab("test_output_%s" % mode)
     try:
-        lab.up()
-        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS[mode], workload="ndet",
-                          output=mode)
-        res = lab.protect("hostA")
-        assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
-        a = lab.status("hostA")
-        assert a["output_mode"] == mode, a
-        wait_state(lab, "hostB", "protected", timeout=60)
-        wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        protected_guest(lab, qemu, gdir, mode, "ndet", mode)
         colotrace.enable(lab, "hostA", GUEST)
         first = lab.status("hostA")
         before, forced_before = first["checkpoints"], first["checkpoints_by_cause"]["forced"]
@@ -149,13 +154,7 @@ def run_mode(mode, qemu, gdir):
 def run_divergence(qemu, gdir):
     lab = Lab("test_output_divergence")
     try:
-        lab.up()
-        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS["divergence"], workload="maybe",
-                          output="compare")
-        res = lab.protect("hostA")
-        assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
-        wait_state(lab, "hostB", "protected", timeout=60)
-        wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        protected_guest(lab, qemu, gdir, "divergence", "maybe", "compare")
         first = lab.status("hostA")
         log_path = os.path.join(lab.artifacts, "client-maybe.jsonl")
         maybe = SeqClient(lab, seconds=CLIENT_SECONDS, interval=0.2, log_path=log_path,
@@ -194,15 +193,9 @@ def run_divergence(qemu, gdir):
 def run_auto(qemu, gdir):
     lab = Lab("test_output_auto")
     try:
-        lab.up()
-        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS["auto"], workload="ndet",
-                          output="auto")
-        res = lab.protect("hostA")
-        assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
-        wait_state(lab, "hostB", "protected", timeout=60)
-        wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        protected_guest(lab, qemu, gdir, "auto", "ndet", "auto")
         a = lab.status("hostA")
-        assert a["output_mode"] == "auto" and a["output_auto"]["now"] == "compare", a
+        assert a["output_auto"]["now"] == "compare", a
         colotrace.enable(lab, "hostA", GUEST)
         seq_log = os.path.join(lab.artifacts, "client-seq.jsonl")
         ndet_log = os.path.join(lab.artifacts, "client-ndet.jsonl")
