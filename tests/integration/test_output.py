@@ -29,8 +29,8 @@ divergence: compare mode, a 10 s interval, and the guest's "maybe" service
   QEMU's default 3 s.  Every reply the primary gives (about half the
   requests) arrives within DIVERGENCE_RTT_MAX_MS; none comes late (after its
   request was given up at 1.5 s).
-auto: output="auto".  While a client makes the ndet service answer 20 times a
-  second (every reply differs), kvm-ftd moves the guest to passive within
+auto: output="auto".  While a client asks the ndet service every 20 ms (every
+  reply differs; ~15-20 a second), kvm-ftd moves the guest to passive within
   two windows and says why (the replies differ, or, as the checkpoints they
   force keep the secondary loading, its copies come late); the secondary confirms it sends its output
   nowhere; every ndet reply was still covered by a checkpoint and both
@@ -201,7 +201,7 @@ def run_auto(qemu, gdir):
         seq_log = os.path.join(lab.artifacts, "client-seq.jsonl")
         ndet_log = os.path.join(lab.artifacts, "client-ndet.jsonl")
         seq = SeqClient(lab, seconds=0, interval=0.25, log_path=seq_log)
-        ndet = SeqClient(lab, seconds=15, interval=0.05, log_path=ndet_log, port=7002,
+        ndet = SeqClient(lab, seconds=15, interval=0.02, log_path=ndet_log, port=7002,
                          echo=True)
         wait_for("output passive", lambda: lab.status("hostA")["output_auto"]["now"]
                  == "passive", timeout=15, interval=1)
