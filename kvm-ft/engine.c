@@ -192,15 +192,23 @@ static gboolean add_output_filters(Qmp *q, const EngineLink *link, GError **err)
     return run(q, link, "object-add", to_sink, err);
 }
 
-static gboolean set_filter_status(Qmp *q, const EngineLink *link, const char *id,
-                                  gboolean on, GError **err)
+/* qom-set PATH PROPERTY to value (taken). */
+static gboolean qom_set(Qmp *q, const EngineLink *link, const char *path, const char *property,
+                        JsonNode *value, GError **err)
 {
     JsonObject *args = json_object_new();
 
-    json_object_set_string_member(args, "path", id);
-    json_object_set_string_member(args, "property", "status");
-    json_object_set_string_member(args, "value", on ? "on" : "off");
+    json_object_set_string_member(args, "path", path);
+    json_object_set_string_member(args, "property", property);
+    json_object_set_member(args, "value", value);
     return run(q, link, "qom-set", args, err);
+}
+
+static gboolean set_filter_status(Qmp *q, const EngineLink *link, const char *id,
+                                  gboolean on, GError **err)
+{
+    return qom_set(q, link, id, "status", json_node_init_string(json_node_alloc(),
+                                                                on ? "on" : "off"), err);
 }
 
 gboolean engine_secondary_set_output(Qmp *q, const EngineLink *link, FtOutputMode mode,
@@ -254,12 +262,7 @@ static void set_compare_wait(JsonObject *compare, CompareWait w)
 static gboolean qom_set_uint(Qmp *q, const EngineLink *link, const char *path,
                              const char *property, guint value, GError **err)
 {
-    JsonObject *args = json_object_new();
-
-    json_object_set_string_member(args, "path", path);
-    json_object_set_string_member(args, "property", property);
-    json_object_set_int_member(args, "value", value);
-    return run(q, link, "qom-set", args, err);
+    return qom_set(q, link, path, property, json_node_init_int(json_node_alloc(), value), err);
 }
 
 gboolean engine_primary_lag(Qmp *q, const EngineLink *link, gint64 *lag_ms, GError **err)

@@ -837,20 +837,21 @@ static gboolean evaluate_output(gpointer opaque)
     g_autoptr(GError) err = NULL;
     g_autofree char *reason = NULL;
     EngineLink link = quick_link(g);
+    const gint64 now = g_get_monotonic_time();
+    OutputSample sample;
     JsonObject *params;
     OutputSwitch *sw;
     FtOutputMode to;
 
-    OutputSample sample = {
+    if (g->output_token || !g->qmp || !output_auto_due(&g->output, now))
+        return G_SOURCE_CONTINUE;
+    /* Only at a window's end: the pause median sorts the whole checkpoint history. */
+    sample = (OutputSample){
         .checkpoints = g->checkpoints,
         .forced = g->checkpoints_forced,
         .lag_ms = -1,
         .reply_cost_ms = FTDEF_PASSIVE_EPOCH_DEFAULT + pause_p50(g),
     };
-    const gint64 now = g_get_monotonic_time();
-
-    if (g->output_token || !g->qmp || !output_auto_due(&g->output, now))
-        return G_SOURCE_CONTINUE;
     if (g->output.mode == FTDEF_OUTPUT_COMPARE &&
         !engine_primary_lag(g->qmp, &link, &sample.lag_ms, &err)) {
         log_warn(g->def->name, role_name(g), "secondary's lag unknown: %s", err->message);
@@ -2116,7 +2117,6 @@ static guint history_len(FtGuest *g)
     return (guint)MIN(g->checkpoints, (guint64)CHECKPOINT_HISTORY);
 }
 
-/* Nearest-rank percentiles over the remembered checkpoints. */
 /* The remembered pauses, sorted; NULL if none. */
 static double *sorted_pauses(FtGuest *g, guint *n)
 {
@@ -2138,6 +2138,7 @@ static double pause_p50(FtGuest *g)
     return sorted ? sorted[(n - 1) / 2] : 0.0;
 }
 
+/* Nearest-rank percentiles over the remembered checkpoints. */
 static void add_pause_summary(FtGuest *g, JsonBuilder *b)
 {
     guint n;
