@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 
-from labtest import TOOLS, ClientProcess, last_line, log
+from labtest import GUEST, TOOLS, ClientProcess, last_line, log, wait_for, wait_state
 
 SYSBENCH_TABLES = 4
 # sysbench 1.0 has no warm-up: its first report second holds the connections' set-up
@@ -45,6 +45,20 @@ def parse_sysbench(text):
         "lat_ms": {"avg": total(r"avg:\s+([\d.]+)"), "p99": total(r"99th percentile:\s+([\d.]+)"),
                    "max": total(r"max:\s+([\d.]+)")},
     }
+
+
+def start_db_guest(lab, qemu, ddir, mode=None):
+    """The Debian + MariaDB guest on hostA, protected with output=MODE (None: started
+    unprotected by libvirt), once MariaDB answers."""
+    lab.install_guest(qemu, ddir, flavor="debian", ft=mode is not None,
+                      output=mode or "compare")
+    if mode is None:
+        lab.virsh("hostA", "start", GUEST)
+    else:
+        res = lab.protect("hostA", timeout_s=600)
+        assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr.strip()
+        wait_state(lab, "hostB", "protected", timeout=120)
+    wait_for("MariaDB up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=600, interval=1)
 
 
 class Sysbench:

@@ -249,6 +249,13 @@ def kernel_trouble(serial_text):
 SANITIZER_REPORT = re.compile(r"ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: ")
 
 
+def assert_kernels_clean(lab, hosts=("hostA", "hostB")):
+    """Fails naming the first guest whose console shows kernel trouble."""
+    for host in hosts:
+        trouble = kernel_trouble(lab.serial(host))
+        assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
+
+
 def sanitizer_reports(artifacts):
     """Sanitizer findings in the kept kvm-ftd output of both hosts, one line each."""
     found = []

@@ -43,10 +43,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dbload import (RowClient, Sysbench, db_counts, longest_stall, summary_line,  # noqa: E402
-                    zero_seconds)
-from labtest import (Lab, debian_guest_dir, fault_time, kernel_trouble, log,  # noqa: E402
-                     qemu_binary, run_all, running_copies, wait_failed_over, wait_for, wait_state)
+from dbload import (RowClient, Sysbench, db_counts, longest_stall, start_db_guest,  # noqa: E402
+                    summary_line, zero_seconds)
+from labtest import (Lab, assert_kernels_clean, debian_guest_dir, fault_time, log,  # noqa: E402
+                     qemu_binary, run_all, running_copies, wait_failed_over)
 
 SYSBENCH_S = 30
 PULL_AT_S = 15
@@ -61,12 +61,7 @@ def run_mode(mode, qemu, ddir):
     lab = Lab("test_db-%s" % mode)
     try:
         lab.up()
-        lab.install_guest(qemu, ddir, flavor="debian", output=mode)
-        res = lab.protect("hostA", timeout_s=600)
-        assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
-        wait_state(lab, "hostB", "protected", timeout=120)
-        wait_for("MariaDB up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=600,
-                 interval=1)
+        start_db_guest(lab, qemu, ddir, mode)
         before = db_counts(lab)
         log("%s: before: %s" % (mode, before))
         assert before["ftrows"]["count"] == 0, before
@@ -115,8 +110,7 @@ def run_mode(mode, qemu, ddir):
         assert row["max_silence_ms"] < MAX_ROW_SILENCE_MS, \
             "a numbered row waited %.0f ms (bound %d)" % (row["max_silence_ms"],
                                                           MAX_ROW_SILENCE_MS)
-        trouble = kernel_trouble(lab.serial("hostB"))
-        assert trouble is None, "guest kernel on hostB: %s" % trouble
+        assert_kernels_clean(lab, ("hostB",))
         copies = running_copies(lab, hosts=("hostB",))
         assert copies == ["hostB"], copies
         log("PASS %s: %d read/write + %d insert transactions, %d numbered rows, all on the "

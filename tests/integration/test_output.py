@@ -46,7 +46,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import colotrace  # noqa: E402
-from labtest import (GUEST, Lab, SeqClient, guest_dir, kernel_trouble, log,  # noqa: E402
+from labtest import (GUEST, Lab, SeqClient, assert_kernels_clean, guest_dir, log,  # noqa: E402
                      qemu_binary, wait_for, wait_state)
 
 CLIENT_SECONDS = 20
@@ -143,9 +143,7 @@ def run_mode(mode, qemu, gdir):
             assert after["checkpoints"] - before >= n["replies"] * 0.8, \
                 "only %d checkpoints for %d mismatching replies (periodic alone: ~%d)" % (
                     after["checkpoints"] - before, n["replies"], periodic)
-        for host in ("hostA", "hostB"):
-            trouble = kernel_trouble(lab.serial(host))
-            assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
+        assert_kernels_clean(lab)
         log("PASS %s: %d + %d replies gapless, ndet rtt p50 %s ms, sequence rtt p50 %s ms"
             % (mode, s["replies"], n["replies"], n["rtt_ms"]["p50"], s["rtt_ms"]["p50"]))
     finally:
@@ -181,9 +179,7 @@ def run_divergence(qemu, gdir):
             % (m["rtt_ms"]["max"], DIVERGENCE_RTT_MAX_MS)
         assert forced >= m["requests"] // 8, \
             "only %d checkpoints forced for %d diverging requests" % (forced, m["requests"])
-        for host in ("hostA", "hostB"):
-            trouble = kernel_trouble(lab.serial(host))
-            assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
+        assert_kernels_clean(lab)
         log("PASS divergence: %d of %d requests answered, rtt p50 %s ms, max %s ms; %d forced "
             "checkpoints" % (m["replies"], m["requests"], m["rtt_ms"]["p50"], m["rtt_ms"]["max"],
                              forced))
@@ -234,9 +230,7 @@ def run_auto(qemu, gdir):
         ndet_bad = uncovered(replies(ndet_log), ckpts)
         assert not ndet_bad, "%d of %d ndet replies were released without a committed " \
             "checkpoint: first %s" % (len(ndet_bad), n["replies"], ndet_bad[:3])
-        for host in ("hostA", "hostB"):
-            trouble = kernel_trouble(lab.serial(host))
-            assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
+        assert_kernels_clean(lab)
         log("PASS auto: compare -> passive -> compare; %d ndet + %d sequence replies gapless, "
             "ndet rtt p50 %s ms" % (n["replies"], s["replies"], n["rtt_ms"]["p50"]))
     finally:

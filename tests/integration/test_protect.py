@@ -12,8 +12,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
-                     log, qemu_binary, wait_for, wait_state)
+from labtest import (GUEST, Lab, SeqClient, assert_kernels_clean, check_disk,  # noqa: E402
+                     guest_dir, log, qemu_binary, wait_for, wait_state)
 
 CLIENT_SECONDS = 30
 INTERVAL_MS = 2000
@@ -72,9 +72,7 @@ def main():
         assert final["since_last_checkpoint_ms"] is not None, final
         assert final["since_last_checkpoint_ms"] < 4 * INTERVAL_MS, final
         assert qmp_worst < 5.0, "primary QMP stalled for %.1f s" % qmp_worst
-        for host in ("hostA", "hostB"):
-            trouble = kernel_trouble(lab.serial(host))
-            assert trouble is None, "guest kernel on %s: %s" % (host, trouble)
+        assert_kernels_clean(lab)
         ok, disk = check_disk(lab, "hostA")
         log("primary's disk: %s" % disk)
         assert ok, "primary's disk is not clean and gapless: %s" % disk

@@ -51,8 +51,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
-                     log, qemu_binary, run_all, running_copies, wait_for, wait_state)
+from labtest import (GUEST, Lab, SeqClient, assert_kernels_clean, check_disk,  # noqa: E402
+                     guest_dir, log, qemu_binary, run_all, running_copies, wait_for,
+                     wait_state)
 
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 MIB = 1 << 20
@@ -161,8 +162,7 @@ def finish(lab, survivor):
     ok, disk = check_disk(lab, survivor)
     log("survivor %s's disk: %s" % (survivor, disk))
     assert ok, "survivor's disk not clean and gapless: %s" % disk
-    trouble = kernel_trouble(lab.serial(survivor))
-    assert trouble is None, "guest kernel on %s: %s" % (survivor, trouble)
+    assert_kernels_clean(lab, (survivor,))
 
 
 def check_survivor_disk(lab, host):
