@@ -7,6 +7,10 @@
 #include "definitions.h"
 #include "guest.h"
 #include "log.h"
+#include "summary.h"
+
+/* Judging rounds remembered for the detector's lateness: 164 s at the default 20 ms. */
+#define JUDGE_HISTORY 8192
 
 typedef struct {
     char *method;
@@ -48,6 +52,13 @@ struct Daemon {
     gboolean pulsing;
     guint judge_id;
     gint64 last_judge_us;
+    /*
+     * How late each of the latest judging rounds ran (ms past its interval):
+     * the main loop's stalls as the failure detector feels them.
+     */
+    double judge_late_ms[JUDGE_HISTORY];
+    gint64 judge_at_us[JUDGE_HISTORY];   /* wall clock, for "since" */
+    guint64 judge_rounds;
 };
 
 #define DAEMON_ERROR g_quark_from_static_string("kvmft-daemon-error")
@@ -480,6 +491,8 @@ static gboolean judge_tick(gpointer opaque)
     gpointer value;
 
     d->last_judge_us = now;
+    d->judge_at_us[d->judge_rounds % JUDGE_HISTORY] = g_get_real_time();
+    d->judge_late_ms[d->judge_rounds++ % JUDGE_HISTORY] = MAX(late, 0) / 1000.0;
     if (late > (gint64)d->cfg->heartbeat_ms * 1000 * 2) {
         log_warn(NULL, NULL, "failure detection ran %" G_GINT64_FORMAT " ms late "
                  "(kvm-ftd busy or not scheduled): it skips a round", late / 1000);
@@ -557,6 +570,43 @@ static FtGuest *find_guest(Daemon *d, JsonObject *request, GError **err)
     return g;
 }
 
+/*
+ * How far behind its interval the failure detector ran in its remembered
+ * rounds since since_us (wall clock), as the builder's next value.
+ */
+static void add_detector(Daemon *d, JsonBuilder *b, gint64 since_us)
+{
+    const guint kept = (guint)MIN(d->judge_rounds, (guint64)JUDGE_HISTORY);
+    const double skip_ms = d->cfg->heartbeat_ms * 2.0;
+    g_autofree double *late = g_new(double, kept ? kept : 1);
+    guint n = 0, skipped = 0;
+
+    for (guint i = 0; i < kept; i++) {
+        if (d->judge_at_us[i] < since_us)
+            continue;
+        late[n++] = d->judge_late_ms[i];
+        skipped += d->judge_late_ms[i] > skip_ms;
+    }
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "interval_ms");
+    json_builder_add_int_value(b, d->cfg->heartbeat_ms);
+    json_builder_set_member_name(b, "rounds");
+    json_builder_add_int_value(b, n);
+    json_builder_set_member_name(b, "skipped");
+    json_builder_add_int_value(b, skipped);
+    json_builder_set_member_name(b, "late_ms");
+    summary_add(b, late, n);
+    json_builder_end_object(b);
+}
+
+static JsonNode *control_detector(Daemon *d, JsonObject *request)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+
+    add_detector(d, b, json_object_get_int_member_with_default(request, "since-ms", 0) * 1000);
+    return json_builder_get_root(b);
+}
+
 static JsonNode *control_status(Daemon *d, JsonObject *request, GError **err)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
@@ -570,6 +620,8 @@ static JsonNode *control_status(Daemon *d, JsonObject *request, GError **err)
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "host");
     json_builder_add_string_value(b, d->cfg->host_name);
+    json_builder_set_member_name(b, "detector");
+    add_detector(d, b, 0);
     json_builder_set_member_name(b, "guests");
     json_builder_begin_array(b);
     g_hash_table_iter_init(&it, d->guests);
@@ -683,6 +735,8 @@ static JsonNode *on_control(const char *command, JsonObject *request,
                                             request, "since-ms", 0) * 1000)
                  : NULL;
     }
+    if (strcmp(command, "detector") == 0)
+        return control_detector(d, request);
     g_set_error(err, DAEMON_ERROR, 0, "unknown command '%s'", command);
     return NULL;
 }

@@ -265,21 +265,35 @@ static gboolean qom_set_uint(Qmp *q, const EngineLink *link, const char *path,
     return qom_set(q, link, path, property, json_node_init_int(json_node_alloc(), value), err);
 }
 
-gboolean engine_primary_lag(Qmp *q, const EngineLink *link, gint64 *lag_ms, GError **err)
+/* A number colo-compare reports; absent from a QEMU without the patch named. */
+static gboolean compare_number(Qmp *q, const EngineLink *link, const char *property,
+                               const char *patch, gint64 *value, GError **err)
 {
     g_autoptr(JsonNode) ret = qmp_callf(q, link->timeout_ms, err,
                                         "{'execute': 'qom-get', 'arguments': "
-                                        "{'path': 'comp0', 'property': 'lag_timeout'}}");
+                                        "{'path': 'comp0', 'property': %s}}", property);
 
     if (!ret)
         return FALSE;
     if (!JSON_NODE_HOLDS_VALUE(ret) || json_node_get_value_type(ret) != G_TYPE_INT64) {
-        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "colo-compare's lag_timeout is not "
-                    "a number (a QEMU without qemu-patches 0009?)");
+        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "colo-compare's %s is not a number "
+                    "(a QEMU without qemu-patches %s?)", property, patch);
         return FALSE;
     }
-    *lag_ms = json_node_get_int(ret);
+    *value = json_node_get_int(ret);
     return TRUE;
+}
+
+gboolean engine_primary_lag(Qmp *q, const EngineLink *link, gint64 *lag_ms, GError **err)
+{
+    return compare_number(q, link, "lag_timeout", "0009", lag_ms, err);
+}
+
+gboolean engine_primary_forced(Qmp *q, const EngineLink *link, gint64 *difference,
+                               gint64 *expired, GError **err)
+{
+    return compare_number(q, link, "difference_checkpoints", "0010", difference, err) &&
+           compare_number(q, link, "expired_checkpoints", "0010", expired, err);
 }
 
 gboolean engine_primary_set_output(Qmp *q, const EngineLink *link, FtOutputMode mode,
@@ -330,6 +344,34 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
                uri_arg(sec, base + FT_PORT_MIGRATION), err);
 }
 
+/*
+ * HMP reports failure as text, not as a QMP error: it becomes a command
+ * error ("what: text"), so "already gone" reads as it does from QMP.
+ */
+static gboolean hmp(Qmp *q, const EngineLink *link, const char *what, const char *line,
+                    GError **err)
+{
+    JsonObject *args = json_object_new();
+    g_autoptr(JsonNode) out = NULL;
+    const char *text;
+
+    json_object_set_string_member(args, "command-line", line);
+    out = qmp_call(q, "human-monitor-command", args, link->timeout_ms, err);
+    json_object_unref(args);
+    if (!out) {
+        g_prefix_error(err, "%s: ", what);
+        return FALSE;
+    }
+    text = JSON_NODE_HOLDS_VALUE(out) ? json_node_get_string(out) : NULL;
+    if (text && *text) {
+        g_autofree char *msg = g_strstrip(g_strdup(text));
+
+        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "%s: %s", what, msg);
+        return FALSE;
+    }
+    return TRUE;
+}
+
 /* The replication child has no QMP command in 7.2 other than HMP's drive_add. */
 static gboolean add_replication(Qmp *q, const EngineLink *link, guint index,
                                 GError **err)
@@ -343,29 +385,12 @@ static gboolean add_replication(Qmp *q, const EngineLink *link, guint index,
         link->secondary_addr, link->def->port_base + FT_PORT_NBD, parent,
         index, index);
     g_autofree char *node = g_strdup_printf("replication%u", index);
-    JsonObject *hmp = json_object_new();
-    JsonObject *change = json_object_new();
-    g_autoptr(JsonNode) out = NULL;
-    const char *text;
+    g_autofree char *what = g_strdup_printf("drive_add %s", node);
+    JsonObject *change;
 
-    json_object_set_string_member(hmp, "command-line", line);
-    out = qmp_call(q, "human-monitor-command", hmp, link->timeout_ms, err);
-    json_object_unref(hmp);
-    if (!out) {
-        json_object_unref(change);
-        g_prefix_error(err, "drive_add replication%u: ", index);
+    if (!hmp(q, link, what, line, err))
         return FALSE;
-    }
-    /* HMP reports failure as text, not as a QMP error. */
-    text = JSON_NODE_HOLDS_VALUE(out) ? json_node_get_string(out) : NULL;
-    if (text && *text) {
-        g_autofree char *msg = g_strstrip(g_strdup(text));
-
-        json_object_unref(change);
-        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND,
-                    "drive_add replication%u: %s", index, msg);
-        return FALSE;
-    }
+    change = json_object_new();
     json_object_set_string_member(change, "parent", quorum);
     json_object_set_string_member(change, "node", node);
     return run(q, link, "x-blockdev-change", change, err);
@@ -601,16 +626,30 @@ static JsonObject *id_arg(const char *key, const char *id)
 }
 
 /* Teardown steps tolerate what is already gone: failover may run twice. */
+static gboolean already_gone(const GError *e)
+{
+    return qmp_error_is_class(e, "DeviceNotFound") ||
+           (e->code == QMP_ERROR_COMMAND &&
+            (strstr(e->message, "not found") || strstr(e->message, "does not have child")));
+}
+
 static gboolean run_gone_ok(Qmp *q, const EngineLink *link, const char *command,
                             JsonObject *args, GError **err)
 {
     g_autoptr(GError) e = NULL;
 
-    if (run(q, link, command, args, &e))
+    if (run(q, link, command, args, &e) || already_gone(e))
         return TRUE;
-    if (qmp_error_is_class(e, "DeviceNotFound") ||
-        (e->code == QMP_ERROR_COMMAND &&
-         (strstr(e->message, "not found") || strstr(e->message, "does not have child"))))
+    g_propagate_error(err, g_steal_pointer(&e));
+    return FALSE;
+}
+
+static gboolean hmp_gone_ok(Qmp *q, const EngineLink *link, const char *what,
+                            const char *line, GError **err)
+{
+    g_autoptr(GError) e = NULL;
+
+    if (hmp(q, link, what, line, &e) || already_gone(e))
         return TRUE;
     g_propagate_error(err, g_steal_pointer(&e));
     return FALSE;
@@ -754,15 +793,12 @@ gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **
         g_autofree char *quorum = domxml_quorum_node(i);
         g_autofree char *line = g_strdup_printf("drive_del replication%u", i);
         JsonObject *change = json_object_new();
-        JsonObject *hmp = json_object_new();
 
         json_object_set_string_member(change, "parent", quorum);
         json_object_set_string_member(change, "child", "children.1");
-        json_object_set_string_member(hmp, "command-line", line);
         if (!run_gone_ok(q, link, "x-blockdev-change", change, err) ||
-            !run(q, link, "human-monitor-command", hmp, err)) {
+            !hmp_gone_ok(q, link, line, line, err))
             return FALSE;
-        }
     }
     if (!run_gone_ok(q, link, "object-del", id_arg("id", "comp0"), err) ||
         !run_gone_ok(q, link, "object-del", id_arg("id", "m0"), err) ||

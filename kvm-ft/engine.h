@@ -60,6 +60,12 @@ gboolean engine_primary_set_output(Qmp *q, const EngineLink *link, FtOutputMode 
                                    GError **err);
 /* How long colo-compare now waits for the secondary's copy of a reply (its lag estimate). */
 gboolean engine_primary_lag(Qmp *q, const EngineLink *link, gint64 *lag_ms, GError **err);
+/*
+ * How many checkpoints colo-compare forced because the secondary sent a
+ * different packet, and because a packet's counterpart did not come in time.
+ */
+gboolean engine_primary_forced(Qmp *q, const EngineLink *link, gint64 *difference,
+                               gint64 *expired, GError **err);
 
 /*
  * Why the primary's COLO took a checkpoint, judged from when it paused: its

@@ -13,6 +13,7 @@
 #include "output.h"
 #include "qmp.h"
 #include "resync.h"
+#include "summary.h"
 #include "timeouts.h"
 
 /* Checkpoints remembered for `ftctl status` figures and benchmarks. */
@@ -75,6 +76,9 @@ struct FtGuest {
     guint polls_skipped;
     guint64 checkpoints;
     guint64 checkpoints_forced;
+    /* Of those, as colo-compare counted them (qemu-patches 0010); -1: unknown. */
+    gint64 forced_difference;
+    gint64 forced_expired;
     /* Primary, output="auto": what runs now and why (output.h). */
     OutputAuto output;
     guint output_timer;
@@ -442,8 +446,8 @@ static void fail(FtGuest *g, const char *fmt, ...)
          */
         stop_polling(g);
         if (g->role == FT_ROLE_PRIMARY && qemu_up) {
-            tell_peer_to_stop(g, g->error);
             mark_diverged(g);
+            tell_peer_to_stop(g, g->error);
             log_warn(g->def->name, role_name(g),
                      "the guest keeps running on this host, unprotected");
         }
@@ -1459,6 +1463,7 @@ static void forget_checkpoints(FtGuest *g)
 {
     g->checkpoints = 0;
     g->checkpoints_forced = 0;
+    g->forced_difference = g->forced_expired = -1;
     g->last_checkpoint_us = 0;
     g->last_checkpoint_stop_us = 0;
 }
@@ -1709,6 +1714,8 @@ static gboolean fail_over(FtGuest *g, GuestState during,
 
     if (!transition(g, during, reason))
         return FALSE;
+    /* Recorded before this copy can run alone: a crash in between must not hide it. */
+    mark_diverged(g);
     if (!step(g->qmp, &link, &err)) {
         fail(g, "%s failed: %s", guest_state_name(during), err->message);
         return FALSE;
@@ -1727,7 +1734,6 @@ static void drop_secondary(FtGuest *g, const char *reason)
         return;
     /* If its kvm-ftd still listens, the stale secondary goes away. */
     tell_peer(g, "stand-down", reason);
-    mark_diverged(g);
     transition(g, GUEST_DEGRADED, "running alone, unprotected");
 }
 
@@ -1736,7 +1742,6 @@ static void take_over(FtGuest *g, const char *reason)
 {
     if (!fail_over(g, GUEST_TAKING_OVER, engine_secondary_takeover, reason))
         return;
-    mark_diverged(g);
     transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
 }
 
@@ -2043,6 +2048,7 @@ FtGuest *guest_new(Daemon *d, FtDef *def, const char *domain_xml, FtRole role)
     g->role = role;
     g->state = GUEST_STOPPED;
     g->qmp_path = guest_qmp_socket(daemon_config(d), def->name);
+    g->forced_difference = g->forced_expired = -1;
     return g;
 }
 
@@ -2104,60 +2110,14 @@ gboolean guest_is_busy(FtGuest *g)
     return g->state != GUEST_STOPPED && g->state != GUEST_FAILED;
 }
 
-static int compare_double(gconstpointer a, gconstpointer b)
-{
-    double x = *(const double *)a;
-    double y = *(const double *)b;
-
-    return (x > y) - (x < y);
-}
-
 static guint history_len(FtGuest *g)
 {
     return (guint)MIN(g->checkpoints, (guint64)CHECKPOINT_HISTORY);
 }
 
-/* The remembered pauses, sorted; NULL if none. */
-static double *sorted_pauses(FtGuest *g, guint *n)
-{
-    double *sorted;
-
-    *n = history_len(g);
-    if (!*n)
-        return NULL;
-    sorted = g_memdup2(g->history_pause_ms, *n * sizeof(double));
-    qsort(sorted, *n, sizeof(double), compare_double);
-    return sorted;
-}
-
 static double pause_p50(FtGuest *g)
 {
-    guint n;
-    g_autofree double *sorted = sorted_pauses(g, &n);
-
-    return sorted ? sorted[(n - 1) / 2] : 0.0;
-}
-
-/* Nearest-rank percentiles over the remembered checkpoints. */
-static void add_pause_summary(FtGuest *g, JsonBuilder *b)
-{
-    guint n;
-    g_autofree double *sorted = sorted_pauses(g, &n);
-
-    if (!sorted) {
-        json_builder_add_null_value(b);
-        return;
-    }
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "count");
-    json_builder_add_int_value(b, n);
-    json_builder_set_member_name(b, "p50");
-    json_builder_add_double_value(b, sorted[(n - 1) / 2]);
-    json_builder_set_member_name(b, "p99");
-    json_builder_add_double_value(b, sorted[(guint)((n - 1) * 0.99)]);
-    json_builder_set_member_name(b, "max");
-    json_builder_add_double_value(b, sorted[n - 1]);
-    json_builder_end_object(b);
+    return summary_p50(g->history_pause_ms, history_len(g));
 }
 
 JsonNode *guest_checkpoints(FtGuest *g, gint64 since_us)
@@ -2178,6 +2138,38 @@ JsonNode *guest_checkpoints(FtGuest *g, gint64 since_us)
     }
     json_builder_end_array(b);
     return json_builder_get_root(b);
+}
+
+/*
+ * colo-compare's own count of why it forced checkpoints.  Read when asked
+ * (the status call's short deadline), not per checkpoint; the last figures
+ * stay when QEMU is busy.
+ */
+static void add_forced_causes(JsonBuilder *b, FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    EngineLink link;
+
+    if (g->role == FT_ROLE_PRIMARY && g->state == GUEST_PROTECTED && g->qmp &&
+        !g->qmp_stalled) {
+        link = quick_link(g);
+        if (!engine_primary_forced(g->qmp, &link, &g->forced_difference, &g->forced_expired,
+                                   &err)) {
+            log_debug(g->def->name, role_name(g), "forced checkpoints by cause: %s",
+                      err->message);
+            g->forced_difference = g->forced_expired = -1;
+        }
+    }
+    json_builder_set_member_name(b, "difference");
+    if (g->forced_difference >= 0)
+        json_builder_add_int_value(b, g->forced_difference);
+    else
+        json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "missing_counterpart");
+    if (g->forced_expired >= 0)
+        json_builder_add_int_value(b, g->forced_expired);
+    else
+        json_builder_add_null_value(b);
 }
 
 JsonNode *guest_status(FtGuest *g)
@@ -2266,6 +2258,7 @@ JsonNode *guest_status(FtGuest *g)
     json_builder_add_int_value(b, (gint64)(g->checkpoints - g->checkpoints_forced));
     json_builder_set_member_name(b, "forced");
     json_builder_add_int_value(b, (gint64)g->checkpoints_forced);
+    add_forced_causes(b, g);
     json_builder_end_object(b);
     json_builder_set_member_name(b, "compare_timeout_ms");
     json_builder_add_int_value(b, g->def->compare_timeout_ms);
@@ -2275,7 +2268,7 @@ JsonNode *guest_status(FtGuest *g)
     else
         json_builder_add_null_value(b);
     json_builder_set_member_name(b, "pause_ms");
-    add_pause_summary(g, b);
+    summary_add(b, g->history_pause_ms, history_len(g));
     json_builder_set_member_name(b, "since_last_checkpoint_ms");
     if (g->last_checkpoint_us)
         json_builder_add_int_value(b, (g_get_real_time() - g->last_checkpoint_us) / 1000);

@@ -464,11 +464,16 @@ static void print_guest(JsonObject *g, const char *host)
         printf("  compare timeout: %.0f ms (a reply waiting longer forces a checkpoint)\n", v);
     if (member_num(g, "checkpoints", &v)) {
         JsonNode *cn = json_object_get_member(g, "checkpoints_by_cause");
-        double periodic, forced;
+        JsonObject *co = cn && JSON_NODE_HOLDS_OBJECT(cn) ? json_node_get_object(cn) : NULL;
+        double periodic, forced, difference, missing;
 
-        if (cn && JSON_NODE_HOLDS_OBJECT(cn) &&
-            member_num(json_node_get_object(cn), "periodic", &periodic) &&
-            member_num(json_node_get_object(cn), "forced", &forced))
+        if (co && member_num(co, "periodic", &periodic) && member_num(co, "forced", &forced) &&
+            member_num(co, "difference", &difference) &&
+            member_num(co, "missing_counterpart", &missing))
+            printf("  checkpoints:     %.0f (periodic %.0f, forced by output %.0f: "
+                   "colo-compare counted %.0f for a difference, %.0f for a reply "
+                   "without the secondary's copy)\n", v, periodic, forced, difference, missing);
+        else if (co && member_num(co, "periodic", &periodic) && member_num(co, "forced", &forced))
             printf("  checkpoints:     %.0f (periodic %.0f, forced by output %.0f)\n", v,
                    periodic, forced);
         else
@@ -521,6 +526,22 @@ static void print_guest(JsonObject *g, const char *host)
     printf("  last error:      %s\n", error ? error : "none");
 }
 
+/* How late kvm-ftd's failure detector ran: its main loop's stalls. */
+static void print_detector(JsonObject *det)
+{
+    JsonObject *late = member_obj(det, "late_ms");
+    double interval, rounds, skipped, p50, p99, max;
+
+    if (!late || !member_num(det, "interval_ms", &interval) ||
+        !member_num(det, "rounds", &rounds) || !member_num(det, "skipped", &skipped) ||
+        !member_num(late, "p50", &p50) || !member_num(late, "p99", &p99) ||
+        !member_num(late, "max", &max))
+        return;
+    printf("\nfailure detector: every %.0f ms, %.0f rounds (%.0f skipped: kvm-ftd was busy); "
+           "late by p50 %.1f, p99 %.1f, max %.1f ms\n", interval, rounds, skipped, p50, p99,
+           max);
+}
+
 static int cmd_status(char **args)
 {
     const char *guest = args[0];
@@ -560,6 +581,8 @@ static int cmd_status(char **args)
     }
     if (!shown)
         printf("%s: no fault-tolerant guests\n", or_unknown(host));
+    if (!guest)
+        print_detector(member_obj(json_node_get_object(result), "detector"));
     return EXIT_OK;
 }
 

@@ -11,7 +11,8 @@ give the time each checkpoint reached the secondary ("vmstate-received").
 compare: both sequences gapless; every ndet reply differs between the copies,
   so each must have been released by a checkpoint that the mismatch forced:
   a checkpoint reached the secondary between the request and the reply, and
-  far more checkpoints happen than the periodic ones.
+  far more checkpoints happen than the periodic ones; colo-compare counts
+  most of them under "difference" (qemu-patches 0010).
 passive: both sequences gapless, and no reply -- deterministic or not -- reached
   the client before a checkpoint taken after its request had reached the
   secondary (the checkpoint covering the reply was committed first); and a
@@ -26,9 +27,14 @@ divergence: compare mode, a 10 s interval, and the guest's "maybe" service
   anything; it must still leave within colo-compare's wait (which follows the
   secondary's lag, 20 ms at least; qemu-patches 0009) plus the
   scan and the checkpoint it forces, not at the periodic checkpoint or
-  QEMU's default 3 s.  Every reply the primary gives (about half the
-  requests) arrives within DIVERGENCE_RTT_MAX_MS; none comes late (after its
-  request was given up at 1.5 s).
+  QEMU's default 3 s.  The wait doubles after each checkpoint that expired
+  replies forced until a reply matches again (a late secondary must be
+  able to teach the estimate a longer lag), so a run of silent-secondary
+  replies can reach the ceiling, compare_timeout_ms: the median reply
+  arrives within DIVERGENCE_RTT_P50_MS (the lag-following wait), every
+  reply within the ceiling + DIVERGENCE_SLACK_MS, none comes late (after
+  its request was given up at 1.5 s); colo-compare counts the checkpoints
+  under "missing counterpart" (qemu-patches 0010).
 auto: output="auto".  While a client asks the ndet service every 20 ms (every
   reply differs; ~15-20 a second), kvm-ftd moves the guest to passive within
   two windows and says why (the replies differ, or, as the checkpoints they
@@ -55,7 +61,9 @@ INTERVAL_MS = {"compare": 2000, "passive": 1000, "divergence": 10000, "auto": 20
 PASSIVE_RTT_P50_MS = 60
 # colo-compare's wait (the secondary's lag estimate, >= 20 ms) x 1.2 (scan) + a forced
 # checkpoint (~5-40 ms) + slack for a loaded host.
-DIVERGENCE_RTT_MAX_MS = 500
+DIVERGENCE_RTT_P50_MS = 150
+# Beyond the ceiling (compare_timeout_ms): the scan (wait / 5) + a forced checkpoint + slack.
+DIVERGENCE_SLACK_MS = 200
 DIVERGENCE_GIVE_UP_S = 1.5
 
 
@@ -143,11 +151,27 @@ def run_mode(mode, qemu, gdir):
             assert after["checkpoints"] - before >= n["replies"] * 0.8, \
                 "only %d checkpoints for %d mismatching replies (periodic alone: ~%d)" % (
                     after["checkpoints"] - before, n["replies"], periodic)
+            difference, missing = caused(first, after)
+            log("compare: colo-compare forced %d checkpoints for a difference, %d for a "
+                "missing counterpart" % (difference, missing))
+            assert difference >= n["replies"] / 2 and difference > missing, \
+                "%d ndet replies differ, but colo-compare counted %d checkpoints for a " \
+                "difference and %d for a missing counterpart" % (n["replies"], difference, missing)
         assert_kernels_clean(lab)
         log("PASS %s: %d + %d replies gapless, ndet rtt p50 %s ms, sequence rtt p50 %s ms"
             % (mode, s["replies"], n["replies"], n["rtt_ms"]["p50"], s["rtt_ms"]["p50"]))
     finally:
         lab.down()
+
+
+def caused(first, after):
+    """How many checkpoints colo-compare forced for a difference and for a missing
+    counterpart between two status readings (qemu-patches 0010)."""
+    c0, c1 = first["checkpoints_by_cause"], after["checkpoints_by_cause"]
+    assert None not in (c0["difference"], c0["missing_counterpart"], c1["difference"],
+                        c1["missing_counterpart"]), "no checkpoint causes in %s, %s" % (c0, c1)
+    return (c1["difference"] - c0["difference"],
+            c1["missing_counterpart"] - c0["missing_counterpart"])
 
 
 def run_divergence(qemu, gdir):
@@ -174,11 +198,22 @@ def run_divergence(qemu, gdir):
         assert not m["late"], \
             "%d replies waited longer than %.1f s (divergence without a difference not " \
             "detected): %s" % (len(m["late"]), DIVERGENCE_GIVE_UP_S, m["late"][:5])
-        assert m["rtt_ms"]["max"] < DIVERGENCE_RTT_MAX_MS, \
+        assert m["rtt_ms"]["p50"] < DIVERGENCE_RTT_P50_MS, \
+            "replies waited %.0f ms (p50) with a secondary that stays silent half the time " \
+            "(bound %d ms): the wait does not follow the secondary's lag" \
+            % (m["rtt_ms"]["p50"], DIVERGENCE_RTT_P50_MS)
+        ceiling = after["compare_timeout_ms"] + DIVERGENCE_SLACK_MS
+        assert m["rtt_ms"]["max"] < ceiling, \
             "a reply waited %.0f ms for a secondary that stayed silent (bound %d ms)" \
-            % (m["rtt_ms"]["max"], DIVERGENCE_RTT_MAX_MS)
+            % (m["rtt_ms"]["max"], ceiling)
         assert forced >= m["requests"] // 8, \
             "only %d checkpoints forced for %d diverging requests" % (forced, m["requests"])
+        difference, missing = caused(first, after)
+        log("divergence: colo-compare forced %d checkpoints for a missing counterpart, %d for "
+            "a difference" % (missing, difference))
+        assert missing >= m["requests"] // 8, \
+            "only %d checkpoints counted for a missing counterpart for %d diverging requests " \
+            "(%d for a difference)" % (missing, m["requests"], difference)
         assert_kernels_clean(lab)
         log("PASS divergence: %d of %d requests answered, rtt p50 %s ms, max %s ms; %d forced "
             "checkpoints" % (m["replies"], m["requests"], m["rtt_ms"]["p50"], m["rtt_ms"]["max"],
