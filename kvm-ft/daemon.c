@@ -233,6 +233,25 @@ static gboolean set_output(FtGuest *g, JsonObject *params, GError **err)
                             err);
 }
 
+/* What this host runs of a guest: asked by a peer that woke from a stall. */
+static void handle_guest_role(Daemon *d, PeerConn *conn, guint64 id, JsonObject *params)
+{
+    const char *name = json_object_get_string_member_with_default(params, "guest", "");
+    FtGuest *g = g_hash_table_lookup(d->guests, name);
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(JsonNode) answer = NULL;
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "role");
+    json_builder_add_string_value(b, g && guest_is_busy(g) ? ft_role_name(guest_role(g))
+                                                           : "none");
+    json_builder_set_member_name(b, "state");
+    json_builder_add_string_value(b, guest_state_name(g ? guest_state(g) : GUEST_STOPPED));
+    json_builder_end_object(b);
+    answer = json_builder_get_root(b);
+    peer_conn_reply(conn, id, answer);
+}
+
 FtGuest *daemon_find_guest(Daemon *d, const char *name)
 {
     return g_hash_table_lookup(d->guests, name);
@@ -251,6 +270,8 @@ static void on_request(PeerConn *conn, guint64 id, const char *method,
         handle_guest_request(d, conn, id, params, receive_copy);
     else if (strcmp(method, "set-output") == 0)
         handle_guest_request(d, conn, id, params, set_output);
+    else if (strcmp(method, "guest-role") == 0)
+        handle_guest_role(d, conn, id, params);
     else if (!definitions_peer_request(d->defs, conn, id, method, params))
         daemon_reply_error(conn, id, "unknown request '%s'", method);
 }
@@ -476,6 +497,13 @@ const char *peer_path_name(PeerPath path)
     return "not configured";
 }
 
+gint64 daemon_stalled_ms(Daemon *d)
+{
+    gint64 late = g_get_monotonic_time() - d->last_judge_us - (gint64)d->cfg->heartbeat_ms * 1000;
+
+    return MAX(late, 0) / 1000;
+}
+
 /*
  * Every guest judges its peer, at low priority so that frames already
  * waiting in our sockets are read first.  When this daemon itself was not
@@ -496,6 +524,9 @@ static gboolean judge_tick(gpointer opaque)
     if (late > (gint64)d->cfg->heartbeat_ms * 1000 * 2) {
         log_warn(NULL, NULL, "failure detection ran %" G_GINT64_FORMAT " ms late "
                  "(kvm-ftd busy or not scheduled): it skips a round", late / 1000);
+        g_hash_table_iter_init(&it, d->guests);
+        while (g_hash_table_iter_next(&it, NULL, &value))
+            guest_stalled(value, late / 1000);
         return G_SOURCE_CONTINUE;
     }
     g_hash_table_iter_init(&it, d->guests);

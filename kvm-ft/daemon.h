@@ -23,6 +23,9 @@ void daemon_quit(Daemon *d);
 /* daemon_free() has begun: answers still on their way change nothing now. */
 gboolean daemon_quitting(Daemon *d);
 
+/* How far behind its schedule the failure detector is now: the main loop's current stall. */
+gint64 daemon_stalled_ms(Daemon *d);
+
 const FtConfig *daemon_config(Daemon *d);
 Virt *daemon_virt(Daemon *d);
 Definitions *daemon_definitions(Daemon *d);

@@ -103,6 +103,11 @@ struct FtGuest {
 
     /* Failure detection and the last failover, for the log and ftctl. */
     gboolean peer_daemon_down_logged;
+    /*
+     * Non-zero after a stall of this daemon (guest_stalled()): since when
+     * no failover step is taken alone, until the peer says what it is.
+     */
+    gint64 confirm_since_us;
     char *failover_reason;
     gint64 failover_at_us;
     double failover_ms;
@@ -457,6 +462,8 @@ static void fail(FtGuest *g, const char *fmt, ...)
 
 static void drop_secondary(FtGuest *g, const char *reason);
 
+static guint peer_window_ms(FtGuest *g);
+
 static gboolean after_colo_exit(gpointer opaque)
 {
     FtGuest *g = opaque;
@@ -471,6 +478,13 @@ static gboolean after_colo_exit(gpointer opaque)
             "QEMU left COLO (reason: %s): the secondary or its stream is gone",
             g->exit_reason);
 
+        /* Its QEMU keeps the guest paused and its output held until told otherwise. */
+        guest_stalled(g, daemon_stalled_ms(g->d));
+        if (g->confirm_since_us) {
+            log_warn(g->def->name, role_name(g), "%s; waiting for %s's word before running "
+                     "alone", why, peer_host(g)->name);
+            return G_SOURCE_REMOVE;
+        }
         drop_secondary(g, why);
     } else {
         /*
@@ -1828,6 +1842,20 @@ void guest_check_peer(FtGuest *g)
         return;
     }
     peer = peer_host(g);
+    if (g->confirm_since_us) {
+        if (g_get_monotonic_time() - g->confirm_since_us < STALL_CONFIRM_TIMEOUT_MS * 1000)
+            return;
+        log_warn(g->def->name, role_name(g), "%s did not say in %d ms whether it took over: "
+                 "failure detection decides", peer->name, STALL_CONFIRM_TIMEOUT_MS);
+        g->confirm_since_us = 0;
+        /* A COLO exit seen meanwhile waited for this. */
+        if (g->role == FT_ROLE_PRIMARY && g_strcmp0(g->colo_mode, "none") == 0) {
+            why = g_strdup_printf("QEMU left COLO (reason: %s); %s did not answer whether "
+                                  "it took over", g->exit_reason, peer->name);
+            drop_secondary(g, why);
+            return;
+        }
+    }
     /*
      * The secondary waits twice as long as the primary: a primary that is
      * alive acts first (drops the secondary and tells it to stand down),
@@ -1872,6 +1900,92 @@ void guest_check_peer(FtGuest *g)
         drop_secondary(g, why);
     else
         take_over(g, why);
+}
+
+/* The longest the peer waits before acting on this host's silence. */
+static guint peer_window_ms(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+
+    /* The secondary waits two windows (guest_check_peer()), the primary one. */
+    return cfg->heartbeat_ms * cfg->miss_count * (g->role == FT_ROLE_PRIMARY ? 2 : 1);
+}
+
+typedef struct {
+    Daemon *d;
+    char *name;
+    gint64 asked_us;
+} RoleQuestion;
+
+/*
+ * The peer's answer after this daemon's stall.  A peer that is the primary
+ * now, while this copy was the primary, took over: this copy is the stale
+ * one and stops (the peer re-protects onto this host).  A primary that
+ * dropped this secondary has done what a stand-down says.  Otherwise the
+ * stall harmed nothing, and a COLO exit seen meanwhile is acted on now.
+ */
+static void on_peer_role(PeerConn *conn, JsonNode *result, const GError *error,
+                         gpointer opaque)
+{
+    RoleQuestion *q = opaque;
+    FtGuest *g = daemon_quitting(q->d) ? NULL : daemon_find_guest(q->d, q->name);
+    JsonObject *o = result && JSON_NODE_HOLDS_OBJECT(result) ? json_node_get_object(result)
+                                                             : NULL;
+    const char *role = o ? json_object_get_string_member_with_default(o, "role", "") : "";
+    const char *state = o ? json_object_get_string_member_with_default(o, "state", "") : "";
+    g_autofree char *why = NULL;
+
+    (void)conn;
+    if (!g || g->confirm_since_us != q->asked_us || g->state != GUEST_PROTECTED)
+        goto out;
+    if (error) {
+        /* guest_check_peer() lets failure detection decide once the wait is over. */
+        log_warn(g->def->name, role_name(g), "%s did not answer whether it took over: %s",
+                 peer_host(g)->name, error->message);
+        goto out;
+    }
+    g->confirm_since_us = 0;
+    log_info(g->def->name, role_name(g), "%s says it is %s, %s", peer_host(g)->name,
+             role, state);
+    if (g->role == FT_ROLE_PRIMARY && strcmp(role, "primary") == 0) {
+        why = g_strdup_printf("%s took over while kvm-ftd here did not run: this copy is "
+                              "the stale one and stops", peer_host(g)->name);
+        guest_stop(g, why);
+    } else if (g->role == FT_ROLE_SECONDARY && strcmp(role, "primary") == 0 &&
+               strcmp(state, guest_state_name(GUEST_PROTECTED)) != 0) {
+        why = g_strdup_printf("primary %s runs %s without this secondary", peer_host(g)->name,
+                              state);
+        guest_stop(g, why);
+    } else if (g->role == FT_ROLE_PRIMARY && g_strcmp0(g->colo_mode, "none") == 0) {
+        why = g_strdup_printf("QEMU left COLO (reason: %s) while kvm-ftd here did not run; "
+                              "%s did not take over", g->exit_reason, peer_host(g)->name);
+        drop_secondary(g, why);
+    }
+out:
+    g_free(q->name);
+    g_free(q);
+}
+
+void guest_stalled(FtGuest *g, gint64 stalled_ms)
+{
+    RoleQuestion *q;
+    JsonObject *params;
+
+    if (g->state != GUEST_PROTECTED || g->confirm_since_us || stalled_ms <= peer_window_ms(g))
+        return;
+    g->confirm_since_us = g_get_monotonic_time();
+    log_warn(g->def->name, role_name(g), "kvm-ftd here did not run for %" G_GINT64_FORMAT
+             " ms, longer than %s waits before acting on silence: no failover step until it "
+             "says whether it took over", stalled_ms, peer_host(g)->name);
+    q = g_new0(RoleQuestion, 1);
+    q->d = g->d;
+    q->name = g_strdup(g->def->name);
+    q->asked_us = g->confirm_since_us;
+    params = json_object_new();
+    json_object_set_string_member(params, "guest", g->def->name);
+    daemon_peer_call(g->d, peer_host(g)->link_address, "guest-role", params,
+                     STALL_CONFIRM_TIMEOUT_MS, on_peer_role, q);
+    json_object_unref(params);
 }
 
 void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject *data)

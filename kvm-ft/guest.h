@@ -110,6 +110,12 @@ JsonNode *guest_status(FtGuest *g);
 /* Failure detection: called on every heartbeat tick. */
 void guest_check_peer(FtGuest *g);
 
+/*
+ * kvm-ftd here did not run for stalled_ms, longer than the peer's
+ * detection window allows: the peer may have taken this host for dead.
+ */
+void guest_stalled(FtGuest *g, gint64 stalled_ms);
+
 /* take-over, secondary-lost, stand-down: the peer's kvm-ftd speaking. */
 void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject *data);
 

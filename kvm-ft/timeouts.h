@@ -44,6 +44,13 @@
 /* After a failed re-protection, the next attempt waits this long. */
 #define REJOIN_BACKOFF_S 10
 
+/* ---- after a stall of kvm-ftd itself ------------------------------------------------------ */
+/*
+ * How long a daemon that woke from a stall waits for its peer to say
+ * whether it took over, before failure detection decides on fresh input.
+ */
+#define STALL_CONFIRM_TIMEOUT_MS 2000
+
 /* ---- planned failover --------------------------------------------------------------------- */
 /* How long a handed-over QEMU gets to quit before libvirt destroys it. */
 #define HANDOVER_QUIT_TIMEOUT_MS 10000
@@ -51,6 +58,8 @@
 /* ---- peers, libvirt, ftctl ---------------------------------------------------------------- */
 /* An unauthenticated peer socket gets this long to finish its handshake. */
 #define PEER_HANDSHAKE_TIMEOUT_MS 5000
+/* How often a lost libvirt connection is re-opened (besides before each call). */
+#define VIRT_REOPEN_MS 1000
 /* libvirtd silent for KEEPALIVE_S * KEEPALIVE_COUNT seconds: the connection is dropped. */
 #define KEEPALIVE_S 5
 #define KEEPALIVE_COUNT 3

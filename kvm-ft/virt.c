@@ -21,7 +21,11 @@ typedef struct {
 } VirtWatch;
 
 struct Virt {
+    char *uri;
     virConnectPtr conn;
+    /* libvirtd closed the connection: the next call opens a new one. */
+    gboolean lost;
+    guint reopen_id;
     VirtWatch *watch;
     int lifecycle_id;
     int metadata_id;
@@ -175,7 +179,9 @@ static void on_metadata(virConnectPtr conn, virDomainPtr dom, int type,
     post(opaque, &ev);
 }
 
-static void on_connection_closed(virConnectPtr conn, int reason, void *opaque)
+static gboolean reopen(gpointer opaque);
+
+static void on_connection_closed(virConnectPtr c, int reason, void *opaque)
 {
     static const char *const reasons[] = {
         [VIR_CONNECT_CLOSE_REASON_ERROR] = "error",
@@ -183,15 +189,22 @@ static void on_connection_closed(virConnectPtr conn, int reason, void *opaque)
         [VIR_CONNECT_CLOSE_REASON_KEEPALIVE] = "libvirtd stopped answering keepalives",
         [VIR_CONNECT_CLOSE_REASON_CLIENT] = "closed by kvm-ftd",
     };
+    Virt *v = opaque;
 
-    (void)conn;
-    (void)opaque;
-    if (reason == VIR_CONNECT_CLOSE_REASON_CLIENT)
+    if (reason == VIR_CONNECT_CLOSE_REASON_CLIENT || c != v->conn)
         return;
-    log_err(NULL, NULL, "connection to libvirtd lost (%s): kvm-ftd can neither manage "
-            "guests nor follow domain events until it is restarted",
+    /*
+     * libvirtd also closes a client that did not answer its keepalives for
+     * a while (kvm-ftd stopped, or not scheduled): not a reason to stay blind.
+     */
+    log_err(NULL, NULL, "connection to libvirtd lost (%s): opening a new one",
             reason >= 0 && reason < (int)G_N_ELEMENTS(reasons) ? reasons[reason] : "unknown");
+    v->lost = TRUE;
+    if (!v->reopen_id)
+        v->reopen_id = g_timeout_add(VIRT_REOPEN_MS, reopen, v);
 }
+
+static gboolean register_events(Virt *v, GError **err);
 
 gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **err)
 {
@@ -203,6 +216,13 @@ gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **
     w->cb = cb;
     w->opaque = opaque;
     v->watch = w;
+    return register_events(v, err);
+}
+
+static gboolean register_events(Virt *v, GError **err)
+{
+    VirtWatch *w = v->watch;
+
     /* Each registration holds its own reference, dropped when libvirt lets go. */
     v->lifecycle_id = virConnectDomainEventRegisterAny(
         v->conn, NULL, VIR_DOMAIN_EVENT_ID_LIFECYCLE, VIR_DOMAIN_EVENT_CALLBACK(on_lifecycle),
@@ -228,30 +248,101 @@ fail:
 
 /* ---- connection ------------------------------------------------------- */
 
+static gboolean open_conn(Virt *v, GError **err)
+{
+    virConnectPtr c = virConnectOpen(v->uri);
+
+    if (!c) {
+        g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
+                    "cannot connect to libvirt at %s: %s", v->uri, virGetLastErrorMessage());
+        return FALSE;
+    }
+    v->conn = c;
+    v->lifecycle_id = v->metadata_id = -1;
+    /* A hung libvirtd must not go unnoticed: calls to it would just wait. */
+    if (virConnectSetKeepAlive(c, KEEPALIVE_S, KEEPALIVE_COUNT) < 0)
+        log_warn(NULL, NULL, "no keepalive on the libvirt connection: %s",
+                 virGetLastErrorMessage());
+    if (virConnectRegisterCloseCallback(c, on_connection_closed, v, NULL) < 0)
+        log_warn(NULL, NULL, "cannot watch the libvirt connection: %s",
+                 virGetLastErrorMessage());
+    return TRUE;
+}
+
+static void close_conn(Virt *v)
+{
+    if (v->lifecycle_id >= 0)
+        virConnectDomainEventDeregisterAny(v->conn, v->lifecycle_id);
+    if (v->metadata_id >= 0)
+        virConnectDomainEventDeregisterAny(v->conn, v->metadata_id);
+    virConnectUnregisterCloseCallback(v->conn, on_connection_closed);
+    virConnectClose(v->conn);
+    v->conn = NULL;
+}
+
+/* A lost connection is replaced, with its event registrations. */
+static gboolean ensure_conn(Virt *v, GError **err)
+{
+    virConnectPtr old = v->conn;
+
+    if (!v->lost)
+        return TRUE;
+    virConnectUnregisterCloseCallback(old, on_connection_closed);
+    v->conn = NULL;
+    if (!open_conn(v, err)) {
+        v->conn = old;
+        virConnectRegisterCloseCallback(old, on_connection_closed, v, NULL);
+        return FALSE;
+    }
+    /* The old registrations died with the old connection. */
+    virConnectClose(old);
+    if (v->watch && !register_events(v, err)) {
+        v->lost = TRUE;
+        return FALSE;
+    }
+    v->lost = FALSE;
+    log_info(NULL, NULL, "connection to libvirtd open again%s",
+             v->watch ? ", domain events followed" : "");
+    return TRUE;
+}
+
+static gboolean reopen(gpointer opaque)
+{
+    Virt *v = opaque;
+    g_autoptr(GError) err = NULL;
+
+    if (ensure_conn(v, &err) || !v->lost) {
+        v->reopen_id = 0;
+        return G_SOURCE_REMOVE;
+    }
+    log_warn(NULL, NULL, "%s; trying again in %d ms", err->message, VIRT_REOPEN_MS);
+    return G_SOURCE_CONTINUE;
+}
+
+/* The connection for a call: a lost one is re-opened first (a failure shows in the call). */
+static virConnectPtr conn(Virt *v)
+{
+    g_autoptr(GError) err = NULL;
+
+    if (!ensure_conn(v, &err))
+        log_warn(NULL, NULL, "%s", err->message);
+    return v->conn;
+}
+
 Virt *virt_open(const char *uri, GError **err)
 {
     Virt *v;
-    virConnectPtr conn;
 
     virSetErrorFunc(NULL, silence);
     if (!register_event_loop(err))
         return NULL;
-    conn = virConnectOpen(uri);
-    if (!conn) {
-        g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
-                    "cannot connect to libvirt at %s: %s", uri, virGetLastErrorMessage());
+    v = g_new0(Virt, 1);
+    v->uri = g_strdup(uri);
+    if (!open_conn(v, err)) {
+        g_free(v->uri);
+        g_free(v);
         return NULL;
     }
-    v = g_new0(Virt, 1);
-    v->conn = conn;
-    v->lifecycle_id = v->metadata_id = -1;
-    /* A hung libvirtd must not go unnoticed: calls to it would just wait. */
-    if (virConnectSetKeepAlive(conn, KEEPALIVE_S, KEEPALIVE_COUNT) < 0)
-        log_warn(NULL, NULL, "no keepalive on the libvirt connection: %s",
-                 virGetLastErrorMessage());
-    if (virConnectRegisterCloseCallback(conn, on_connection_closed, NULL, NULL) < 0)
-        log_warn(NULL, NULL, "cannot watch the libvirt connection: %s",
-                 virGetLastErrorMessage());
     return v;
 }
 
@@ -259,16 +350,14 @@ void virt_close(Virt *v)
 {
     if (!v)
         return;
-    if (v->lifecycle_id >= 0)
-        virConnectDomainEventDeregisterAny(v->conn, v->lifecycle_id);
-    if (v->metadata_id >= 0)
-        virConnectDomainEventDeregisterAny(v->conn, v->metadata_id);
-    virConnectUnregisterCloseCallback(v->conn, on_connection_closed);
-    virConnectClose(v->conn);
+    if (v->reopen_id)
+        g_source_remove(v->reopen_id);
+    close_conn(v);
     if (v->watch) {
         v->watch->cb = NULL;
         watch_release(v->watch);
     }
+    g_free(v->uri);
     g_free(v);
 }
 
@@ -276,7 +365,7 @@ void virt_close(Virt *v)
 
 static virDomainPtr lookup(Virt *v, const char *name, GError **err)
 {
-    virDomainPtr dom = virDomainLookupByName(v->conn, name);
+    virDomainPtr dom = virDomainLookupByName(conn(v), name);
 
     if (!dom)
         set_virt_error(err, "no such domain", name);
@@ -304,7 +393,7 @@ char *virt_domain_xml(Virt *v, const char *name, GError **err)
 
 gboolean virt_domain_define(Virt *v, const char *name, const char *xml, GError **err)
 {
-    g_autoptr(virDomain) dom = virDomainDefineXML(v->conn, xml);
+    g_autoptr(virDomain) dom = virDomainDefineXML(conn(v), xml);
 
     if (!dom) {
         set_virt_error(err, "cannot define", name);
@@ -316,12 +405,12 @@ gboolean virt_domain_define(Virt *v, const char *name, const char *xml, GError *
 gboolean virt_domain_define_missing(Virt *v, const char *name, const char *xml,
                                     gboolean *defined, GError **err)
 {
-    g_autoptr(virDomain) dom = virDomainLookupByName(v->conn, name);
+    g_autoptr(virDomain) dom = virDomainLookupByName(conn(v), name);
 
     *defined = FALSE;
     if (dom)
         return TRUE;
-    dom = virDomainDefineXML(v->conn, xml);
+    dom = virDomainDefineXML(conn(v), xml);
     if (!dom) {
         set_virt_error(err, "cannot define", name);
         return FALSE;
@@ -352,7 +441,7 @@ gboolean virt_domain_start(Virt *v, const char *runtime_xml, gboolean paused,
                            GError **err)
 {
     g_autoptr(virDomain) dom =
-        virDomainCreateXML(v->conn, runtime_xml,
+        virDomainCreateXML(conn(v), runtime_xml,
                            paused ? VIR_DOMAIN_START_PAUSED : 0);
 
     if (!dom) {
@@ -422,7 +511,7 @@ gboolean virt_domain_set_status(Virt *v, const char *name, const char *element,
 static GPtrArray *list_domains(Virt *v, unsigned int flags, GError **err)
 {
     virDomainPtr *doms = NULL;
-    int n = virConnectListAllDomains(v->conn, &doms, flags);
+    int n = virConnectListAllDomains(conn(v), &doms, flags);
     GPtrArray *names;
 
     if (n < 0) {
@@ -453,7 +542,7 @@ char *virt_qemu_version(Virt *v, GError **err)
 {
     unsigned long version;
 
-    if (virConnectGetVersion(v->conn, &version) < 0) {
+    if (virConnectGetVersion(conn(v), &version) < 0) {
         g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
                     "cannot read the hypervisor's version: %s", virGetLastErrorMessage());
         return NULL;
@@ -471,7 +560,7 @@ gboolean virt_room_for(Virt *v, const char *name, GError **err)
     if (!dom)
         return FALSE;
     need_kib = virDomainGetMaxMemory(dom);
-    free_bytes = virNodeGetFreeMemory(v->conn);
+    free_bytes = virNodeGetFreeMemory(conn(v));
     /* Unknown either way: libvirt's start will say what is wrong. */
     if (need_kib == 0 || free_bytes == 0)
         return TRUE;
