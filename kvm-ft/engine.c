@@ -416,29 +416,25 @@ static gboolean chardev_connected(JsonArray *devs, const char *label)
  * nothing to compare with, holds every reply until a checkpoint, and the
  * secondary's guest misses the packets that the primary's received.
  */
-static gboolean wait_secondary_channels(Qmp *q, const EngineLink *link, GError **err)
+gboolean engine_primary_channels_connected(Qmp *q, const EngineLink *link, gint64 deadline_us,
+                                           gboolean *connected, GError **err)
 {
-    gint64 deadline = g_get_monotonic_time() + CHANNEL_CONNECT_TIMEOUT_MS * 1000;
+    g_autoptr(JsonNode) ret = qmp_call(q, "query-chardev", NULL, link->timeout_ms, err);
 
-    for (;;) {
-        g_autoptr(JsonNode) ret = qmp_call(q, "query-chardev", NULL, link->timeout_ms, err);
-
-        if (!ret)
-            return FALSE;
-        if (JSON_NODE_HOLDS_ARRAY(ret) &&
-            chardev_connected(json_node_get_array(ret), "mirror0") &&
-            chardev_connected(json_node_get_array(ret), "compare1"))
-            return TRUE;
-        if (g_get_monotonic_time() > deadline) {
-            g_set_error(err, QMP_ERROR, QMP_ERROR_TIMEOUT,
-                        "the secondary's COLO channels did not connect to ports "
-                        "%u and %u within %d ms (firewall on the dedicated link?)",
-                        link->def->port_base + FT_PORT_MIRROR,
-                        link->def->port_base + FT_PORT_COMPARE, CHANNEL_CONNECT_TIMEOUT_MS);
-            return FALSE;
-        }
-        g_usleep(CHANNEL_POLL_MS * 1000);
+    if (!ret)
+        return FALSE;
+    *connected = JSON_NODE_HOLDS_ARRAY(ret) &&
+                 chardev_connected(json_node_get_array(ret), "mirror0") &&
+                 chardev_connected(json_node_get_array(ret), "compare1");
+    if (!*connected && g_get_monotonic_time() > deadline_us) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_TIMEOUT,
+                    "the secondary's COLO channels did not connect to ports "
+                    "%u and %u within %d ms (firewall on the dedicated link?)",
+                    link->def->port_base + FT_PORT_MIRROR,
+                    link->def->port_base + FT_PORT_COMPARE, CHANNEL_CONNECT_TIMEOUT_MS);
+        return FALSE;
     }
+    return TRUE;
 }
 
 gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **err)
@@ -460,8 +456,7 @@ gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **e
                err) &&
            run(q, link, "chardev-add",
                socket_chardev("compare_out0", "127.0.0.1", base + FT_PORT_COMPARE_OUT, FALSE),
-               err) &&
-           wait_secondary_channels(q, link, err);
+               err);
 }
 
 /*

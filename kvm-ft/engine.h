@@ -23,11 +23,18 @@ typedef struct {
 gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err);
 
 /*
- * Primary: the channels the secondary's filters connect to, once they
- * have.  Before anything holds the guest's output: the secondary retries
- * only every second.
+ * Primary: the channels the secondary's filters connect to.  Before
+ * anything holds the guest's output: the secondary retries only every
+ * second, so engine_primary_channels_connected() is polled until they have.
  */
 gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **err);
+
+/*
+ * Whether the secondary's filters have connected to the channels yet.
+ * After deadline_us (monotonic) without them: FALSE with the reason.
+ */
+gboolean engine_primary_channels_connected(Qmp *q, const EngineLink *link, gint64 deadline_us,
+                                           gboolean *connected, GError **err);
 
 /* Primary, paused: colo-compare and filters, replication to the
  * secondary's NBD export, then the migration that enters COLO. */

@@ -108,6 +108,8 @@ struct FtGuest {
      * no failover step is taken alone, until the peer says what it is.
      */
     gint64 confirm_since_us;
+    /* Primary on its way into COLO: until when the secondary may take to connect. */
+    gint64 channels_deadline_us;
     char *failover_reason;
     gint64 failover_at_us;
     double failover_ms;
@@ -1302,17 +1304,11 @@ static void on_peer_receiving(PeerConn *conn, JsonNode *result, const GError *er
     start_copy(g);
 }
 
-/* With this host's QEMU up and the secondary waiting: copy what it lacks, if anything. */
-static void continue_protection(FtGuest *g)
+/* The secondary's filters connected: copy what it lacks, if anything. */
+static void channels_ready(FtGuest *g)
 {
-    g_autoptr(GError) err = NULL;
-    EngineLink link = engine_link(g);
     JsonObject *params;
 
-    if (!engine_primary_open_channels(g->qmp, &link, &err)) {
-        fail(g, "cannot set up replication: %s", err->message);
-        return;
-    }
     if (g->resync_plan == RESYNC_NONE) {
         setup_colo(g);
         return;
@@ -1323,6 +1319,46 @@ static void continue_protection(FtGuest *g)
     daemon_peer_call(g->d, peer_host(g)->link_address, "receive-copy", params,
                      daemon_config(g->d)->peer_timeout_ms, on_peer_receiving, g);
     json_object_unref(params);
+}
+
+/* Polled on the main loop: the secondary reconnects only every second. */
+static gboolean poll_channels(gpointer opaque)
+{
+    FtGuest *g = opaque;
+    g_autoptr(GError) err = NULL;
+    EngineLink link = engine_link(g);
+    gboolean connected = FALSE;
+
+    if (g->state != GUEST_STARTING_PRIMARY && g->state != GUEST_REJOINING) {
+        g->poll_id = 0;
+        return G_SOURCE_REMOVE;
+    }
+    if (!engine_primary_channels_connected(g->qmp, &link, g->channels_deadline_us,
+                                           &connected, &err)) {
+        g->poll_id = 0;
+        fail(g, "cannot set up replication: %s", err->message);
+        return G_SOURCE_REMOVE;
+    }
+    if (!connected)
+        return G_SOURCE_CONTINUE;
+    g->poll_id = 0;
+    channels_ready(g);
+    return G_SOURCE_REMOVE;
+}
+
+/* With this host's QEMU up and the secondary waiting: the channels it connects to. */
+static void continue_protection(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    EngineLink link = engine_link(g);
+
+    if (!engine_primary_open_channels(g->qmp, &link, &err)) {
+        fail(g, "cannot set up replication: %s", err->message);
+        return;
+    }
+    stop_polling(g);
+    g->channels_deadline_us = g_get_monotonic_time() + CHANNEL_CONNECT_TIMEOUT_MS * 1000;
+    g->poll_id = g_timeout_add(CHANNEL_POLL_MS, poll_channels, g);
 }
 
 static void start_primary(FtGuest *g)
