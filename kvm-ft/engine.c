@@ -597,19 +597,30 @@ gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
     return TRUE;
 }
 
-char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err)
+/* One string member of a query's answer (an object); dflt if it has none. */
+static char *query_string(Qmp *q, const char *command, const char *member, const char *dflt,
+                          guint timeout_ms, GError **err)
 {
-    g_autoptr(JsonNode) ret = qmp_call(q, "query-migrate", NULL, timeout_ms, err);
+    g_autoptr(JsonNode) ret = qmp_call(q, command, NULL, timeout_ms, err);
 
     if (!ret)
         return NULL;
     if (!JSON_NODE_HOLDS_OBJECT(ret)) {
-        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
-                    "query-migrate: unexpected reply");
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL, "%s: unexpected reply", command);
         return NULL;
     }
-    return g_strdup(json_object_get_string_member_with_default(
-        json_node_get_object(ret), "status", "none"));
+    return g_strdup(json_object_get_string_member_with_default(json_node_get_object(ret),
+                                                               member, dflt));
+}
+
+char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err)
+{
+    return query_string(q, "query-migrate", "status", "none", timeout_ms, err);
+}
+
+char *engine_run_state(Qmp *q, guint timeout_ms, GError **err)
+{
+    return query_string(q, "query-status", "status", "unknown", timeout_ms, err);
 }
 
 static JsonObject *id_arg(const char *key, const char *id)

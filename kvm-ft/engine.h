@@ -94,6 +94,12 @@ EngineCheckpointCause engine_checkpoint_cause(gint64 prev_stop_us, gint64 stop_u
 gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
                             char **reason, GError **err);
 
+/*
+ * query-status's run state: "running", "paused" (stopped by a user), "colo"
+ * (stopped for a checkpoint), ...
+ */
+char *engine_run_state(Qmp *q, guint timeout_ms, GError **err);
+
 /* query-migrate's status ("colo" once the pair is in COLO). */
 char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err);
 

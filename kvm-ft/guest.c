@@ -2,6 +2,7 @@
 #include "guest.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <glib/gstdio.h>
 #include <string.h>
@@ -108,6 +109,9 @@ struct FtGuest {
      * no failover step is taken alone, until the peer says what it is.
      */
     gint64 confirm_since_us;
+    /* Primary, protected: when the last checkpoint ended (monotonic), for the watchdog. */
+    gint64 checkpoint_seen_us;
+    gint64 watchdog_quiet_until_us;
     /* Primary on its way into COLO: until when the secondary may take to connect. */
     gint64 channels_deadline_us;
     char *failover_reason;
@@ -466,6 +470,8 @@ static void drop_secondary(FtGuest *g, const char *reason);
 
 static guint peer_window_ms(FtGuest *g);
 
+static gboolean checkpoints_flow(FtGuest *g);
+
 static gboolean after_colo_exit(gpointer opaque)
 {
     FtGuest *g = opaque;
@@ -551,6 +557,7 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
             g->checkpoints++;
             g->last_pause_ms = (timestamp_us - g->stop_us) / 1000.0;
             g->last_checkpoint_us = timestamp_us;
+            g->checkpoint_seen_us = g_get_monotonic_time();
             g->history_us[(g->checkpoints - 1) % CHECKPOINT_HISTORY] = timestamp_us;
             g->history_pause_ms[(g->checkpoints - 1) % CHECKPOINT_HISTORY] =
                 g->last_pause_ms;
@@ -967,6 +974,7 @@ static void enter_protected(FtGuest *g, const char *reason, gboolean new_epoch)
     g_clear_pointer(&g->error, g_free);
     if (!transition(g, GUEST_PROTECTED, reason))
         return;
+    g->checkpoint_seen_us = g_get_monotonic_time();
     /*
      * No periodic QMP from here on: a QMP call waits while QEMU holds its
      * lock for a checkpoint, and the heartbeats this daemon owes its peer
@@ -1892,6 +1900,9 @@ void guest_check_peer(FtGuest *g)
             return;
         }
     }
+    /* After the question above: a stall is not a hung QEMU. */
+    if (g->role == FT_ROLE_PRIMARY && !checkpoints_flow(g))
+        return;
     /*
      * The secondary waits twice as long as the primary: a primary that is
      * alive acts first (drops the secondary and tells it to stand down),
@@ -1936,6 +1947,64 @@ void guest_check_peer(FtGuest *g)
         drop_secondary(g, why);
     else
         take_over(g, why);
+}
+
+/*
+ * The primary's watchdog.  COLO stops the guest for each checkpoint for
+ * milliseconds, and checkpoints at least every interval.  A checkpoint
+ * that has held the guest stopped for CHECKPOINT_STUCK_MS while QEMU
+ * answers waits on a secondary that hangs: the secondary is dropped.  No
+ * checkpoint for an interval + WATCHDOG_SLACK_MS: if QEMU answers and its
+ * guest is not paused by a user, COLO is stuck on the secondary (QEMU asks
+ * the secondary before it stops the guest, whose output colo-compare holds
+ * meanwhile); if QEMU does not answer, it hangs (a checkpoint saving with
+ * QEMU's lock held is never that long): it is killed, and its closed
+ * monitor makes the secondary take over as for any dead QEMU.  Either way
+ * the guest's own TCP peers back off while its output is held: this must
+ * be quick.
+ * Returns FALSE when it acted.
+ */
+static gboolean checkpoints_flow(FtGuest *g)
+{
+    const gint64 bound_ms = (gint64)g->def->checkpoint_interval_ms + WATCHDOG_SLACK_MS;
+    const gint64 silent_ms = (g_get_monotonic_time() - g->checkpoint_seen_us) / 1000;
+    const gint64 stopped_ms = g->stop_us ? (g_get_real_time() - g->stop_us) / 1000 : 0;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *why = NULL;
+    g_autofree char *state = NULL;
+    pid_t pid;
+
+    if (!g->checkpoint_seen_us || !g->qmp ||
+        (silent_ms <= bound_ms && stopped_ms <= CHECKPOINT_STUCK_MS) ||
+        g_get_monotonic_time() < g->watchdog_quiet_until_us)
+        return TRUE;
+    state = engine_run_state(g->qmp, STATUS_QMP_TIMEOUT_MS, &err);
+    if (state && strcmp(state, "colo") == 0 && stopped_ms > CHECKPOINT_STUCK_MS) {
+        why = g_strdup_printf("a checkpoint has held the guest stopped for %" G_GINT64_FORMAT
+                              " ms while QEMU answers: the secondary hangs", stopped_ms);
+    } else if (state && strcmp(state, "running") == 0 && silent_ms > bound_ms) {
+        why = g_strdup_printf("no checkpoint for %" G_GINT64_FORMAT " ms (bound %"
+                              G_GINT64_FORMAT " ms) while QEMU answers: COLO is stuck",
+                              silent_ms, bound_ms);
+    } else if (state || silent_ms <= bound_ms) {
+        /* Paused by a user, or a slow checkpoint: look again in a while. */
+        g->watchdog_quiet_until_us = g_get_monotonic_time() + WATCHDOG_SLACK_MS * 1000;
+        return TRUE;
+    }
+    if (why) {
+        drop_secondary(g, why);
+        return FALSE;
+    }
+    pid = qmp_peer_pid(g->qmp);
+    log_err(g->def->name, role_name(g), "no checkpoint for %" G_GINT64_FORMAT " ms (bound %"
+            G_GINT64_FORMAT " ms) and QEMU does not answer (%s): killing it (pid %d) so that "
+            "the secondary takes over", silent_ms, bound_ms, err->message, (int)pid);
+    /* Once: its monitor closing is what reports it, as for any dead QEMU. */
+    g->checkpoint_seen_us = 0;
+    if (pid <= 0 || kill(pid, SIGKILL) != 0)
+        log_err(g->def->name, role_name(g), "cannot kill QEMU (pid %d): %s", (int)pid,
+                pid <= 0 ? "pid unknown" : g_strerror(errno));
+    return FALSE;
 }
 
 /* The longest the peer waits before acting on this host's silence. */

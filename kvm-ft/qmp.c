@@ -49,6 +49,7 @@ struct Qmp {
     gint64 last_id;
     gboolean oob;
     char *version;
+    pid_t peer_pid;         /* QEMU's, from the socket's credentials; 0 if unknown */
 
     QmpEventFunc event_cb;
     QmpClosedFunc closed_cb;
@@ -633,6 +634,14 @@ static gboolean qmp_handshake(Qmp *q, gint64 deadline, guint timeout_ms,
     return ret != NULL;
 }
 
+static pid_t socket_peer_pid(int fd)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+
+    return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? cred.pid : 0;
+}
+
 Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err)
 {
     gint64 deadline = deadline_after(timeout_ms);
@@ -644,6 +653,7 @@ Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err)
     if (fd < 0)
         return NULL;
     q = qmp_new(fd, socket_path);
+    q->peer_pid = socket_peer_pid(fd);
     if (!qmp_handshake(q, deadline, timeout_ms, err))
         return NULL;
     log_debug(NULL, NULL, "QMP connected to %s: QEMU %s%s", socket_path,
@@ -750,6 +760,11 @@ gboolean qmp_is_open(Qmp *q)
 gboolean qmp_has_oob(Qmp *q)
 {
     return q && q->oob;
+}
+
+pid_t qmp_peer_pid(Qmp *q)
+{
+    return q->peer_pid;
 }
 
 const char *qmp_version(Qmp *q)

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <glib.h>
+#include <sys/types.h>
 #include <json-glib/json-glib.h>
 
 /*
@@ -135,6 +136,13 @@ gboolean qmp_is_open(Qmp *q);
 
 /* Whether out-of-band execution was negotiated. */
 gboolean qmp_has_oob(Qmp *q);
+
+/*
+ * The pid of the process at the other end of the socket (QEMU), from the
+ * kernel's credentials at connect time; 0 if they could not be read.  What
+ * kills a QEMU that hangs and answers nothing.
+ */
+pid_t qmp_peer_pid(Qmp *q);
 
 /* QEMU's version from the greeting, "major.minor.micro". */
 const char *qmp_version(Qmp *q);

@@ -44,6 +44,12 @@
 /* After a failed re-protection, the next attempt waits this long. */
 #define REJOIN_BACKOFF_S 10
 
+/* ---- watchdog ----------------------------------------------------------------------------- */
+/* A protected primary without a checkpoint for an interval and this long is stuck. */
+#define WATCHDOG_SLACK_MS 2000
+/* A checkpoint that keeps the guest stopped this long waits on a hung secondary. */
+#define CHECKPOINT_STUCK_MS 2000
+
 /* ---- after a stall of kvm-ftd itself ------------------------------------------------------ */
 /*
  * How long a daemon that woke from a stall waits for its peer to say

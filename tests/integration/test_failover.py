@@ -24,6 +24,14 @@ guest before, during and after the fault):
                      copy, and the pair re-protects by itself
   stop-daemon-secondary  the same on the secondary: the primary drops it, and
                      the woken secondary does not take over
+  stop-qemu-primary  the primary's QEMU frozen (SIGSTOP): no checkpoint for an
+                     interval + 2 s, and no QMP answer: the primary's kvm-ftd
+                     kills it, the secondary takes over
+  stop-qemu-secondary  the secondary's QEMU frozen: no checkpoint for an
+                     interval + 2 s while the primary's QEMU answers (it waits
+                     on the secondary, the guest's output held): the primary
+                     drops the secondary and runs alone; the frozen secondary
+                     is stopped
   power-mid-checkpoint  power pulled on the primary while it sends a checkpoint's
                      RAM (frozen there first with SIGSTOP, proven from both
                      traces): the secondary, blocked reading it with QEMU's
@@ -67,11 +75,16 @@ MAX_SILENCE_MS = {
     "kill-qemu-primary": 1000, "power-mid-checkpoint": 1000, "resume-window": 1000,
     "kill-daemon-A": 1000, "kill-daemon-B": 1000, "garbage-peer": 1000,
     "stop-daemon-primary": 1000, "stop-daemon-secondary": 1000,
+    # The guest's output stops with a QEMU: the watchdog's bound (an interval + 2 s at
+    # the lab's 2 s interval: 4 s since the last checkpoint), the failover, then the
+    # client's TCP retransmission, backed off meanwhile (its next try up to ~3 s later).
+    "stop-qemu-primary": 8000, "stop-qemu-secondary": 8000,
 }
 # A frozen kvm-ftd (SIGSTOP) for each of these seconds, then SIGCONT.
 STOP_SECONDS = (0.5, 3, 30)
 # Scenarios that end when their faults are over: the client runs until then.
-OPEN_ENDED = ("stop-daemon-primary", "stop-daemon-secondary")
+OPEN_ENDED = ("stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
+              "stop-qemu-secondary")
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 
 
@@ -90,9 +103,10 @@ OUTPUT = {"power-primary-passive": "passive"}
 RESUME_WINDOW_ATTEMPTS = 3
 
 
-def primary_qemu_pid(lab):
-    with open(lab.path("hostA", "/run/libvirt/qemu/%s.pid" % GUEST)) as f:
+def qemu_pid(lab, host):
+    with open(lab.path(host, "/run/libvirt/qemu/%s.pid" % GUEST)) as f:
         return int(f.read().strip())
+
 
 
 def primary_trace(lab, timeout=60):
@@ -117,7 +131,7 @@ def primary_trace(lab, timeout=60):
 def freeze_mid_checkpoint(lab):
     """SIGSTOP the primary's QEMU as soon as its trace shows a checkpoint's RAM
     on its way ("vmstate-send"), then pull the power on its host."""
-    pid = primary_qemu_pid(lab)
+    pid = qemu_pid(lab, "hostA")
     for lines, _ in primary_trace(lab):
         if any("Send 'vmstate-send'" in line for line in lines):
             os.kill(pid, signal.SIGSTOP)
@@ -138,7 +152,7 @@ def kill_in_resume_window(lab):
     """SIGKILL the primary's QEMU once its trace shows it running again after a
     checkpoint the secondary has received but not confirmed loaded.  Returns
     the kill time."""
-    pid = primary_qemu_pid(lab)
+    pid = qemu_pid(lab, "hostA")
     state = None  # None, "received", "resumed"
     for lines, complete in primary_trace(lab):
         for line in lines:
@@ -233,6 +247,8 @@ def check_invariants(facts, window_required=True):
         "%s: the client waited %.0f ms for an answer (bound %d ms)" \
         % (name, summary["max_silence_ms"], MAX_SILENCE_MS[name])
     assert summary["replies"] >= summary["seconds"] * 5, summary
+    assert facts["answer_after_fault_ms"] is not None, \
+        "%s: the client got no answer after the fault: %s" % (name, summary)
     if facts["live_copies"] is not None:
         assert st["last_failover"], st
         assert facts["live_copies"] == [facts["survivor"]], \
@@ -304,10 +320,28 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
             st = wait_state(lab, host, "protected", timeout=30)
             assert st["role"] == ("primary" if host == "hostA" else "secondary"), st
             survivor, state, alive = "hostA", "protected", ["hostA", "hostB"]
-        elif name in OPEN_ENDED:
+        elif name.startswith("stop-daemon-"):
             t = time.time()
             survivor = freeze_daemon(lab, name.rsplit("-", 1)[1])
             state, alive = "protected", ["hostA", "hostB"]
+        elif name.startswith("stop-qemu-"):
+            victim = "hostA" if name.endswith("primary") else "hostB"
+            survivor = OTHER[victim]
+            t = time.time()
+            os.kill(qemu_pid(lab, victim), signal.SIGSTOP)
+            st = wait_failed_over(lab, survivor, timeout=30)
+            log("%s: %s's QEMU frozen; %s ran alone %.1f s later: %s" % (
+                name, victim, survivor, time.time() - t, st["last_failover"]["reason"]))
+            assert time.time() - t < MAX_SILENCE_MS[name] / 1000, st
+            wait_for("the client's next answer", lambda: client_answer_after(client_log, t),
+                     timeout=MAX_SILENCE_MS[name] / 1000 + 5)
+            if victim == "hostB":
+                # Stood down, its frozen QEMU goes (libvirt's SIGTERM waits, then SIGKILL).
+                wait_for("hostB's frozen secondary gone", lambda: lab.virsh(
+                    "hostB", "domstate", GUEST, check=False).stdout.strip() != "running",
+                    timeout=60)
+            time.sleep(2)
+            state, alive = "degraded", ["hostA", "hostB"]
         elif name == "garbage-peer":
             t = time.time()
             for addr in ("192.168.100.1", "10.0.0.1"):
@@ -380,7 +414,8 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 
 SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "power-secondary",
              "cut-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
-             "stop-daemon-primary", "stop-daemon-secondary", "resume-window", "power-mid-checkpoint"]
+             "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
+             "stop-qemu-secondary", "resume-window", "power-mid-checkpoint"]
 
 
 def run_resume_window(qemu, gdir):
