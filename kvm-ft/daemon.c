@@ -233,6 +233,36 @@ static gboolean set_output(FtGuest *g, JsonObject *params, GError **err)
                             err);
 }
 
+/*
+ * take-over, secondary-lost or stand-down from the peer (decision.h).  One
+ * from another protection of the guest than this host's is refused: the
+ * peer hears why.
+ */
+static void handle_decision(Daemon *d, PeerConn *conn, guint64 id, JsonObject *params)
+{
+    const char *name = json_object_get_string_member_with_default(params, "guest", "");
+    const char *decision = json_object_get_string_member_with_default(params, "decision", "");
+    const char *generation = json_object_get_string_member_with_default(params, "generation",
+                                                                        NULL);
+    FtGuest *g = g_hash_table_lookup(d->guests, name);
+    g_autoptr(JsonNode) ok = json_node_new(JSON_NODE_NULL);
+    const char *own;
+
+    if (!g) {
+        daemon_reply_error(conn, id, "'%s' for guest '%s', which %s does not run", decision,
+                           name, d->cfg->host_name);
+        return;
+    }
+    own = guest_generation(g);
+    if (generation && own && strcmp(generation, own) != 0) {
+        daemon_reply_error(conn, id, "'%s' for guest '%s' belongs to protection %s; %s is "
+                           "at %s", decision, name, generation, d->cfg->host_name, own);
+        return;
+    }
+    guest_peer_event(g, peer_conn_get_peer_host(conn), decision, params);
+    peer_conn_reply(conn, id, ok);
+}
+
 /* What this host runs of a guest: asked by a peer that woke from a stall. */
 static void handle_guest_role(Daemon *d, PeerConn *conn, guint64 id, JsonObject *params)
 {
@@ -272,6 +302,8 @@ static void on_request(PeerConn *conn, guint64 id, const char *method,
         handle_guest_request(d, conn, id, params, set_output);
     else if (strcmp(method, "guest-role") == 0)
         handle_guest_role(d, conn, id, params);
+    else if (strcmp(method, "decision") == 0)
+        handle_decision(d, conn, id, params);
     else if (!definitions_peer_request(d->defs, conn, id, method, params))
         daemon_reply_error(conn, id, "unknown request '%s'", method);
 }
@@ -302,13 +334,10 @@ static void on_server_closed(PeerConn *conn, const GError *reason, gpointer opaq
     session_down(opaque, conn, reason);
 }
 
-static void on_event(PeerConn *conn, const char *name, JsonObject *data, gpointer opaque);
-
 static const PeerCallbacks server_callbacks = {
     .connected = on_server_connected,
     .closed = on_server_closed,
     .request = on_request,
-    .event = on_event,
 };
 
 static void on_link_connected(PeerConn *conn, gpointer opaque)
@@ -366,15 +395,12 @@ static void on_link_request(PeerConn *conn, guint64 id, const char *method,
     on_request(conn, id, method, params, link->d);
 }
 
-static void on_link_event(PeerConn *conn, const char *name, JsonObject *data,
-                          gpointer opaque);
 static PeerLink *get_link(Daemon *d, const char *addr);
 
 static const PeerCallbacks link_callbacks = {
     .connected = on_link_connected,
     .closed = on_link_closed,
     .request = on_link_request,
-    .event = on_link_event,
 };
 
 void daemon_peer_call(Daemon *d, const char *addr, const char *method,
@@ -533,42 +559,6 @@ static gboolean judge_tick(gpointer opaque)
     while (g_hash_table_iter_next(&it, NULL, &value))
         guest_check_peer(value);
     return G_SOURCE_CONTINUE;
-}
-
-/* An event from the peer's kvm-ftd about one of our guests. */
-static void on_event(PeerConn *conn, const char *name, JsonObject *data, gpointer opaque)
-{
-    Daemon *d = opaque;
-    const char *guest = data ? json_object_get_string_member_with_default(data, "guest", "")
-                             : "";
-    FtGuest *g = g_hash_table_lookup(d->guests, guest);
-
-    if (!g) {
-        log_warn(NULL, NULL, "event '%s' from %s for unknown guest '%s'", name,
-                 peer_conn_get_peer_host(conn), guest);
-        return;
-    }
-    guest_peer_event(g, peer_conn_get_peer_host(conn), name, data);
-}
-
-static void on_link_event(PeerConn *conn, const char *name, JsonObject *data,
-                          gpointer opaque)
-{
-    PeerLink *link = opaque;
-
-    on_event(conn, name, data, link->d);
-}
-
-void daemon_peer_event(Daemon *d, const char *host, const char *name, JsonObject *data)
-{
-    /* Any live session to that host will do: the message must get through. */
-    for (guint i = 0; i < d->sessions->len; i++) {
-        PeerConn *conn = g_ptr_array_index(d->sessions, i);
-
-        if (peer_conn_is_connected(conn) &&
-            g_strcmp0(peer_conn_get_peer_host(conn), host) == 0)
-            peer_conn_send_event(conn, name, data);
-    }
 }
 
 gboolean daemon_peer_connected(Daemon *d, const char *host)

@@ -60,9 +60,6 @@ void daemon_watch_peer(Daemon *d, const char *addr);
 /* The path's state, judged over that many detection windows. */
 PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows);
 
-/* One-way message to the peer host's kvm-ftd, over every live session. */
-void daemon_peer_event(Daemon *d, const char *host, const char *name, JsonObject *data);
-
 /* Whether an authenticated session with that host is up. */
 gboolean daemon_peer_connected(Daemon *d, const char *host);
 

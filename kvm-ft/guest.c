@@ -7,6 +7,7 @@
 #include <glib/gstdio.h>
 #include <string.h>
 
+#include "decision.h"
 #include "definitions.h"
 #include "domxml.h"
 #include "engine.h"
@@ -643,13 +644,9 @@ void guest_domain_stopped(FtGuest *g, VirtStopped how)
     stop_planned(g, why);
 }
 
-static void tell_peer(FtGuest *g, const char *event, const char *reason)
+static void tell_peer(FtGuest *g, const char *decision, const char *reason)
 {
-    g_autoptr(JsonObject) data = json_object_new();
-
-    json_object_set_string_member(data, "guest", g->def->name);
-    json_object_set_string_member(data, "reason", reason);
-    daemon_peer_event(g->d, peer_host(g)->name, event, data);
+    decision_send(g->d, peer_host(g), g->def->name, g->generation, decision, reason);
 }
 
 static void finish_hand_over(FtGuest *g);
@@ -2073,7 +2070,7 @@ out:
 
 void guest_stalled(FtGuest *g, gint64 stalled_ms)
 {
-    RoleQuestion *q;
+    const char *paths[] = { peer_host(g)->link_address, peer_host(g)->lan_address };
     JsonObject *params;
 
     if (g->state != GUEST_PROTECTED || g->confirm_since_us || stalled_ms <= peer_window_ms(g))
@@ -2082,14 +2079,21 @@ void guest_stalled(FtGuest *g, gint64 stalled_ms)
     log_warn(g->def->name, role_name(g), "kvm-ftd here did not run for %" G_GINT64_FORMAT
              " ms, longer than %s waits before acting on silence: no failover step until it "
              "says whether it took over", stalled_ms, peer_host(g)->name);
-    q = g_new0(RoleQuestion, 1);
-    q->d = g->d;
-    q->name = g_strdup(g->def->name);
-    q->asked_us = g->confirm_since_us;
     params = json_object_new();
     json_object_set_string_member(params, "guest", g->def->name);
-    daemon_peer_call(g->d, peer_host(g)->link_address, "guest-role", params,
-                     STALL_CONFIRM_TIMEOUT_MS, on_peer_role, q);
+    /* On both paths: a cut link must not hide the answer; the first one counts. */
+    for (guint i = 0; i < G_N_ELEMENTS(paths); i++) {
+        RoleQuestion *q;
+
+        if (!paths[i])
+            continue;
+        q = g_new0(RoleQuestion, 1);
+        q->d = g->d;
+        q->name = g_strdup(g->def->name);
+        q->asked_us = g->confirm_since_us;
+        daemon_peer_call(g->d, paths[i], "guest-role", params, STALL_CONFIRM_TIMEOUT_MS,
+                         on_peer_role, q);
+    }
     json_object_unref(params);
 }
 
@@ -2317,6 +2321,11 @@ const FtDef *guest_def(FtGuest *g)
 GuestState guest_state(FtGuest *g)
 {
     return g->state;
+}
+
+const char *guest_generation(FtGuest *g)
+{
+    return g->generation;
 }
 
 FtRole guest_role(FtGuest *g)

@@ -116,7 +116,10 @@ void guest_check_peer(FtGuest *g);
  */
 void guest_stalled(FtGuest *g, gint64 stalled_ms);
 
-/* take-over, secondary-lost, stand-down: the peer's kvm-ftd speaking. */
+/* The protection generation this guest is at here (resync.h); NULL if not known. */
+const char *guest_generation(FtGuest *g);
+
+/* take-over, secondary-lost, stand-down: the peer's kvm-ftd speaking (decision.h). */
 void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject *data);
 
 /* [[wall-clock ms, pause ms], ...] of the remembered checkpoints since since_us. */

@@ -203,24 +203,6 @@ static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean inc
                              copy, data, copy_to, rate_bytes));
 }
 
-gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
-                      guint64 rate_bytes, GError **err)
-{
-    /*
-     * A copy given up while its target was dying may have left its jobs and
-     * target nodes behind (QEMU did not answer while the dead connection
-     * drained): they would refuse this copy's names.
-     */
-    resync_abort(q, link);
-    for (guint i = 0; i < link->def->disks->len; i++) {
-        if (!start_disk(q, link, i, incremental, rate_bytes, err)) {
-            g_prefix_error(err, "disk %u: ", i);
-            return FALSE;
-        }
-    }
-    return TRUE;
-}
-
 static JsonArray *block_jobs(Qmp *q, const EngineLink *link, JsonNode **holder,
                              GError **err)
 {
@@ -230,6 +212,53 @@ static JsonArray *block_jobs(Qmp *q, const EngineLink *link, JsonNode **holder,
 static JsonObject *find_job(JsonArray *jobs, const char *id)
 {
     return find_by(jobs, "device", id);
+}
+
+/*
+ * Whether an earlier copy left a job or a target node behind (or QEMU could
+ * not say): two queries, where undoing them all is a dozen calls, each a
+ * wait on the daemon's main loop.
+ */
+static gboolean leftovers(Qmp *q, const EngineLink *link)
+{
+    g_autoptr(JsonNode) jobs_holder = NULL;
+    g_autoptr(JsonNode) nodes_holder = NULL;
+    g_autoptr(GError) e = NULL;
+    JsonArray *jobs = block_jobs(q, link, &jobs_holder, &e);
+    JsonArray *nodes = jobs ? named_nodes(q, link, &nodes_holder, &e) : NULL;
+
+    if (!nodes)
+        return TRUE;
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+        g_autofree char *mirror_to = target_node(mirror);
+        g_autofree char *copy_to = target_node(copy);
+
+        if (find_job(jobs, mirror) || find_job(jobs, copy) || find_node(nodes, mirror_to) ||
+            find_node(nodes, copy_to))
+            return TRUE;
+    }
+    return FALSE;
+}
+
+gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
+                      guint64 rate_bytes, GError **err)
+{
+    /*
+     * A copy given up while its target was dying may have left its jobs and
+     * target nodes behind (QEMU did not answer while the dead connection
+     * drained): they would refuse this copy's names.
+     */
+    if (leftovers(q, link))
+        resync_abort(q, link);
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        if (!start_disk(q, link, i, incremental, rate_bytes, err)) {
+            g_prefix_error(err, "disk %u: ", i);
+            return FALSE;
+        }
+    }
+    return TRUE;
 }
 
 static const char *job_status(JsonObject *job)

@@ -44,6 +44,14 @@
 /* After a failed re-protection, the next attempt waits this long. */
 #define REJOIN_BACKOFF_S 10
 
+/* ---- decisions between the daemons (decision.h) ------------------------------------------- */
+/* How long one path's call may take: the peer acts on a decision before it answers. */
+#define DECISION_ANSWER_MS 1000
+/* Between rounds on every path, while none answered. */
+#define DECISION_RETRY_MS 100
+/* Then the peer is gone; failure detection speaks for it. */
+#define DECISION_TIMEOUT_MS 30000
+
 /* ---- watchdog ----------------------------------------------------------------------------- */
 /* A protected primary without a checkpoint for an interval and this long is stuck. */
 #define WATCHDOG_SLACK_MS 2000

@@ -274,6 +274,7 @@ typedef struct {
     gboolean connected;
     gboolean answered;
     char *error;
+    JsonNode *result;
 } Client;
 
 static void on_client_connected(PeerConn *conn, gpointer opaque)
@@ -291,9 +292,31 @@ static void on_reply(PeerConn *conn, JsonNode *result, const GError *error, gpoi
     Client *c = opaque;
 
     (void)conn;
-    (void)result;
     c->answered = TRUE;
     c->error = error ? g_strdup(error->message) : NULL;
+    c->result = result ? json_node_copy(result) : NULL;
+}
+
+/* hostA's answer to a request from hostB: the error (NULL: success), *result if asked. */
+static char *ask(const char *method, JsonObject *params, JsonNode **result)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(PeerConn) conn = NULL;
+    Client c = { 0 };
+
+    conn = peer_connect("127.0.0.1", lab.port, lab.psk, "hostB", 5000, &client_callbacks, &c,
+                        &err);
+    ck_assert_ptr_nonnull(conn);
+    WAIT_FOR(c.connected, 5000);
+    ck_assert(c.connected);
+    peer_conn_request(conn, method, params, 5000, on_reply, &c);
+    WAIT_FOR(c.answered, 5000);
+    ck_assert(c.answered);
+    if (result)
+        *result = c.result;
+    else if (c.result)
+        json_node_unref(c.result);
+    return c.error;
 }
 
 /* What hostA answers hostB's prepare-secondary for web1 (NULL: success). */
@@ -302,9 +325,7 @@ static char *prepare_secondary_with(const char *qemu_version, const char *member
                                     const char *json)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(PeerConn) conn = NULL;
     g_autoptr(JsonObject) params = json_object_new();
-    Client c = { 0 };
 
     if (member) {
         JsonNode *value = json_from_string(json, &err);
@@ -312,21 +333,12 @@ static char *prepare_secondary_with(const char *qemu_version, const char *member
         ck_assert_msg(value != NULL, "%s", json);
         json_object_set_member(params, member, value);
     }
-
-    conn = peer_connect("127.0.0.1", lab.port, lab.psk, "hostB", 5000, &client_callbacks, &c,
-                        &err);
-    ck_assert_ptr_nonnull(conn);
-    WAIT_FOR(c.connected, 5000);
-    ck_assert(c.connected);
     json_object_set_string_member(params, "guest", "web1");
     json_object_set_string_member(params, "domain-xml", guest_xml);
     json_object_set_string_member(params, "primary", "hostB");
     if (qemu_version)
         json_object_set_string_member(params, "qemu-version", qemu_version);
-    peer_conn_request(conn, "prepare-secondary", params, 5000, on_reply, &c);
-    WAIT_FOR(c.answered, 5000);
-    ck_assert(c.answered);
-    return c.error;
+    return ask("prepare-secondary", params, NULL);
 }
 
 static char *prepare_secondary(const char *qemu_version)
@@ -391,6 +403,43 @@ START_TEST(prepare_secondary_refuses_malformed_copy_params)
 }
 END_TEST
 
+/* A decision about a guest this host does not run is refused, and says so. */
+START_TEST(decision_for_an_unknown_guest_is_refused)
+{
+    g_autoptr(JsonObject) params = json_object_new();
+    g_autofree char *answer = NULL;
+
+    start_peer(FALSE);
+    start_daemon();
+    json_object_set_string_member(params, "guest", "nope");
+    json_object_set_string_member(params, "decision", "stand-down");
+    json_object_set_string_member(params, "reason", "test");
+    answer = ask("decision", params, NULL);
+    ck_assert_msg(answer && strstr(answer, "'stand-down' for guest 'nope', which hostA does "
+                                   "not run"), "%s", answer ? answer : "(accepted)");
+}
+END_TEST
+
+/* A peer that woke from a stall learns what this host runs of a guest. */
+START_TEST(guest_role_of_an_unknown_guest_is_none)
+{
+    g_autoptr(JsonObject) params = json_object_new();
+    g_autoptr(JsonNode) result = NULL;
+    g_autofree char *error = NULL;
+    JsonObject *o;
+
+    start_peer(FALSE);
+    start_daemon();
+    json_object_set_string_member(params, "guest", "nope");
+    error = ask("guest-role", params, &result);
+    ck_assert_msg(!error, "%s", error);
+    ck_assert(result && JSON_NODE_HOLDS_OBJECT(result));
+    o = json_node_get_object(result);
+    ck_assert_str_eq(json_object_get_string_member(o, "role"), "none");
+    ck_assert_str_eq(json_object_get_string_member(o, "state"), "stopped");
+}
+END_TEST
+
 static Suite *daemon_suite(void)
 {
     Suite *s = suite_create("daemon");
@@ -402,6 +451,8 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, quit_while_prepare_secondary_waits_for_the_peer);
     tcase_add_test(tc, prepare_secondary_needs_the_same_qemu);
     tcase_add_test(tc, prepare_secondary_refuses_malformed_copy_params);
+    tcase_add_test(tc, decision_for_an_unknown_guest_is_refused);
+    tcase_add_test(tc, guest_role_of_an_unknown_guest_is_none);
     suite_add_tcase(s, tc);
     return s;
 }
