@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "decision.h"
 #include "definitions.h"
 #include "guest.h"
 #include "log.h"
@@ -875,6 +876,7 @@ void daemon_free(Daemon *d)
      * links being freed (daemon_peer_call()).
      */
     g_hash_table_destroy(d->links);
+    decision_cancel_all(d);
     if (d->pulsing)
         peer_pulse_stop();
     if (d->judge_id)

@@ -16,8 +16,14 @@ typedef struct {
     gboolean answered;
 } Decision;
 
+/* Every decision still being delivered, for decision_cancel_all(). */
+static GPtrArray *live;
+
 static void decision_free(Decision *dc)
 {
+    g_ptr_array_remove_fast(live, dc);
+    if (dc->retry_id)
+        g_source_remove(dc->retry_id);
     for (guint i = 0; i < G_N_ELEMENTS(dc->paths); i++)
         g_free(dc->paths[i]);
     json_object_unref(dc->params);
@@ -108,6 +114,9 @@ void decision_send(Daemon *d, const FtHost *peer, const char *guest, const char 
     dc->guest = g_strdup(guest);
     dc->name = g_strdup(name);
     dc->deadline_us = g_get_monotonic_time() + DECISION_TIMEOUT_MS * 1000;
+    if (!live)
+        live = g_ptr_array_new();
+    g_ptr_array_add(live, dc);
     dc->params = json_object_new();
     json_object_set_string_member(dc->params, "guest", guest);
     json_object_set_string_member(dc->params, "decision", name);
@@ -115,4 +124,15 @@ void decision_send(Daemon *d, const FtHost *peer, const char *guest, const char 
     if (generation)
         json_object_set_string_member(dc->params, "generation", generation);
     send_on_paths(dc);
+}
+
+void decision_cancel_all(Daemon *d)
+{
+    /* Those with a call on its way were settled when the daemon's links went. */
+    for (guint i = live ? live->len : 0; i > 0; i--) {
+        Decision *dc = g_ptr_array_index(live, i - 1);
+
+        if (dc->d == d && !dc->pending)
+            decision_free(dc);
+    }
 }

@@ -19,3 +19,6 @@
 /* generation may be NULL (not known here, e.g. after a restart): the peer then checks none. */
 void decision_send(Daemon *d, const FtHost *peer, const char *guest, const char *generation,
                    const char *name, const char *reason);
+
+/* The daemon goes: decisions waiting for their next round are given up. */
+void decision_cancel_all(Daemon *d);
