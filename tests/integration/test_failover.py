@@ -75,11 +75,16 @@ MAX_SILENCE_MS = {
     "kill-qemu-primary": 1000, "power-mid-checkpoint": 1000, "resume-window": 1000,
     "kill-daemon-A": 1000, "kill-daemon-B": 1000, "garbage-peer": 1000,
     "stop-daemon-primary": 1000, "stop-daemon-secondary": 1000,
-    # The guest's output stops with a QEMU: the watchdog's bound (an interval + 2 s at
-    # the lab's 2 s interval: 4 s since the last checkpoint), the failover, then the
-    # client's TCP retransmission, backed off meanwhile (its next try up to ~3 s later).
-    "stop-qemu-primary": 8000, "stop-qemu-secondary": 8000,
+    # The guest's output stops with a QEMU: the watchdog acts within WATCHDOG_S, then the
+    # client's next answer waits for its TCP's next retransmission, backed off meanwhile
+    # (tries ~0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s after its request): 6.9-7.0 s measured, and
+    # 12.6 s when the failover ends just after the 6.2 s try.
+    "stop-qemu-primary": 14000, "stop-qemu-secondary": 14000,
 }
+# A frozen QEMU is acted on within: the watchdog's bound (an interval + 2 s at the lab's
+# 2 s interval, counted from the last checkpoint, so at most 4 s after the freeze), its
+# QMP probe (0.5 s) and the failover, with slack.
+WATCHDOG_S = 6.5
 # A frozen kvm-ftd (SIGSTOP) for each of these seconds, then SIGCONT.
 STOP_SECONDS = (0.5, 3, 30)
 # Scenarios that end when their faults are over: the client runs until then.
@@ -332,7 +337,9 @@ def run_scenario(name, qemu, gdir, strict=True, label=None):
             st = wait_failed_over(lab, survivor, timeout=30)
             log("%s: %s's QEMU frozen; %s ran alone %.1f s later: %s" % (
                 name, victim, survivor, time.time() - t, st["last_failover"]["reason"]))
-            assert time.time() - t < MAX_SILENCE_MS[name] / 1000, st
+            assert time.time() - t < WATCHDOG_S, \
+                "%s: the watchdog acted %.1f s after the freeze (bound %.1f s): %s" % (
+                    name, time.time() - t, WATCHDOG_S, st)
             wait_for("the client's next answer", lambda: client_answer_after(client_log, t),
                      timeout=MAX_SILENCE_MS[name] / 1000 + 5)
             if victim == "hostB":
