@@ -42,6 +42,11 @@ static const struct {
     { "failover", "miss-count" },
     { "failover", "realtime-priority" },
     { "resync", "rate-mb-per-s" },
+    { "witness", "endpoints" },
+    { "witness", "ca" },
+    { "witness", "cert" },
+    { "witness", "key" },
+    { "witness", "timeout-ms" },
 };
 
 /* ---- messages ----------------------------------------------------------- */
@@ -647,6 +652,64 @@ static gboolean get_rate(GKeyFile *kf, const char *path, const char *group,
     return TRUE;
 }
 
+/*
+ * [witness] endpoints: etcd client URLs, comma-separated
+ * (http://10.0.0.3:2379, https://... with ca).  cert and key go together.
+ */
+static gboolean get_witness(GKeyFile *kf, const char *path, FtConfig *c, GError **err)
+{
+    g_autofree char *v = NULL;
+    g_auto(GStrv) parts = NULL;
+    g_autoptr(GPtrArray) endpoints = g_ptr_array_new_with_free_func(g_free);
+    gboolean tls = FALSE;
+
+    if (!get_value(kf, path, "witness", "endpoints", &v, err) ||
+        !get_path(kf, path, "witness", "ca", NULL, FALSE, 0, &c->witness_ca, err) ||
+        !get_path(kf, path, "witness", "cert", NULL, FALSE, 0, &c->witness_cert, err) ||
+        !get_path(kf, path, "witness", "key", NULL, FALSE, 0, &c->witness_key, err) ||
+        !get_ms(kf, path, "witness", "timeout-ms", CONFIG_DEFAULT_WITNESS_MS, 50, 10000,
+                &c->witness_timeout_ms, err))
+        return FALSE;
+    if (!v) {
+        if (c->witness_ca || c->witness_cert || c->witness_key)
+            return bad_key(path, "witness", "endpoints", err, "is missing; ca, cert and key "
+                           "are for the witness's endpoints (e.g. endpoints = "
+                           "https://10.0.0.3:2379)");
+        return TRUE;
+    }
+    parts = g_strsplit(v, ",", -1);
+    for (guint i = 0; parts[i]; i++) {
+        const char *url = g_strstrip(parts[i]);
+        g_autoptr(GUri) uri = g_uri_parse(url, G_URI_FLAGS_NONE, NULL);
+        const char *scheme = uri ? g_uri_get_scheme(uri) : NULL;
+        g_autofree char *sv = show(url);
+
+        if (!uri || !g_uri_get_host(uri) || !*g_uri_get_host(uri) ||
+            (g_strcmp0(scheme, "http") != 0 && g_strcmp0(scheme, "https") != 0) ||
+            (*g_uri_get_path(uri) && strcmp(g_uri_get_path(uri), "/") != 0) ||
+            g_uri_get_query(uri) || g_uri_get_userinfo(uri))
+            return bad_key(path, "witness", "endpoints", err, "'%s' is not an etcd client "
+                           "URL; give http://ADDRESS:PORT or https://ADDRESS:PORT, "
+                           "comma-separated", sv);
+        tls |= strcmp(scheme, "https") == 0;
+        g_ptr_array_add(endpoints, g_strdup_printf("%s://%s:%d", scheme, g_uri_get_host(uri),
+                                                   g_uri_get_port(uri) > 0
+                                                       ? g_uri_get_port(uri) : 2379));
+    }
+    if (tls && !c->witness_ca)
+        return bad_key(path, "witness", "ca", err, "is missing; https endpoints need the "
+                       "CA that signed the witness's certificate");
+    if (!c->witness_cert != !c->witness_key)
+        return bad_key(path, "witness", c->witness_cert ? "key" : "cert", err, "is missing; "
+                       "a client certificate needs both cert and key");
+    if (c->witness_cert && !tls)
+        return bad_key(path, "witness", "cert", err, "is set but no endpoint is https; a "
+                       "client certificate is only sent over TLS");
+    g_ptr_array_add(endpoints, NULL);
+    c->witness_endpoints = (char **)g_ptr_array_steal(endpoints, NULL);
+    return TRUE;
+}
+
 void config_free(FtConfig *c)
 {
     if (!c)
@@ -662,6 +725,10 @@ void config_free(FtConfig *c)
     g_free(c->run_dir);
     g_free(c->libvirt_uri);
     g_free(c->log_file);
+    g_strfreev(c->witness_endpoints);
+    g_free(c->witness_ca);
+    g_free(c->witness_cert);
+    g_free(c->witness_key);
     g_free(c);
 }
 
@@ -758,7 +825,8 @@ FtConfig *config_load(const char *path, GError **err)
         !get_ms(kf, path, "timeouts", "peer-ms", CONFIG_DEFAULT_PEER_MS, 100,
                 600000, &c->peer_timeout_ms, err) ||
         !get_ms(kf, path, "timeouts", "start-ms", CONFIG_DEFAULT_START_MS, 1000,
-                3600000, &c->start_timeout_ms, err))
+                3600000, &c->start_timeout_ms, err) ||
+        !get_witness(kf, path, c, err))
         return NULL;
 
     if (!c->libvirt_uri) {

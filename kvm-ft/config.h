@@ -37,6 +37,8 @@
 /* [resync] rate-mb-per-s: cap of a disk copy to a new secondary, MiB/s, 0 = no cap */
 #define CONFIG_DEFAULT_RESYNC_MIB_S 100
 #define CONFIG_MAX_RESYNC_MIB_S 10000
+/* [witness] timeout-ms: how long a claim or probe waits for the witness (50..10000) */
+#define CONFIG_DEFAULT_WITNESS_MS 500
 
 typedef struct {
     char *host_name;        /* [daemon] host-name, required */
@@ -57,6 +59,11 @@ typedef struct {
     guint miss_count;       /* [failover] miss-count */
     guint rt_priority;      /* [failover] realtime-priority, 0 = normal scheduling */
     guint64 resync_rate_bytes; /* [resync] rate-mb-per-s in bytes/s, 0 = unlimited */
+    char **witness_endpoints;  /* [witness] endpoints: etcd client URLs; NULL = no witness */
+    char *witness_ca;          /* [witness] ca: CA bundle for https endpoints */
+    char *witness_cert;        /* [witness] cert + key: client certificate, or NULL */
+    char *witness_key;
+    guint witness_timeout_ms;  /* [witness] timeout-ms */
 } FtConfig;
 
 #define CONFIG_ERROR config_error_quark()

@@ -50,6 +50,7 @@ struct Daemon {
     GHashTable *links;    /* address -> PeerLink */
     GPtrArray *sessions;  /* authenticated PeerConn, both directions */
     PeerServer *lan_server;
+    Witness *witness;     /* NULL: none configured */
     gboolean pulsing;
     guint judge_id;
     gint64 last_judge_us;
@@ -644,6 +645,11 @@ static JsonNode *control_status(Daemon *d, JsonObject *request, GError **err)
     json_builder_add_string_value(b, d->cfg->host_name);
     json_builder_set_member_name(b, "detector");
     add_detector(d, b, 0);
+    json_builder_set_member_name(b, "witness");
+    if (d->witness)
+        witness_add_status(d->witness, b);
+    else
+        json_builder_add_null_value(b);
     json_builder_set_member_name(b, "guests");
     json_builder_begin_array(b);
     g_hash_table_iter_init(&it, d->guests);
@@ -750,6 +756,17 @@ static JsonNode *on_control(const char *command, JsonObject *request,
 
         return g && guest_hand_over(g, err) ? guest_status(g) : NULL;
     }
+    if (strcmp(command, "takeover") == 0) {
+        FtGuest *g = find_guest(d, request, err);
+
+        if (g && !json_object_get_boolean_member_with_default(request, "force", FALSE)) {
+            g_set_error(err, DAEMON_ERROR, 0, "takeover runs this copy of '%s' alone without "
+                        "the witness's word: make sure the other copy is stopped, then "
+                        "give --force", guest_name(g));
+            return NULL;
+        }
+        return g && guest_force_solo(g, err) ? guest_status(g) : NULL;
+    }
     if (strcmp(command, "checkpoints") == 0) {
         FtGuest *g = find_guest(d, request, err);
 
@@ -848,6 +865,8 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
     d->control = control_server_new(cfg->control_socket, on_control, d, err);
     if (!d->control)
         goto fail;
+    if (cfg->witness_endpoints && !(d->witness = witness_new(cfg, err)))
+        goto fail;
     log_info(NULL, NULL, "kvm-ftd up: peer protocol on %s:%u, control socket %s",
              cfg->listen_address, cfg->listen_port, cfg->control_socket);
     reattach_guests(d);
@@ -887,6 +906,8 @@ void daemon_free(Daemon *d)
     g_hash_table_destroy(d->guests);
     g_clear_pointer(&d->defs, definitions_free);
     g_clear_pointer(&d->virt, virt_close);
+    /* Last: it lets its requests' callbacks run, when nothing else is left to act. */
+    g_clear_pointer(&d->witness, witness_free);
     g_main_loop_unref(d->loop);
     config_free(d->cfg);
     g_free(d);
@@ -905,6 +926,11 @@ void daemon_quit(Daemon *d)
 const FtConfig *daemon_config(Daemon *d)
 {
     return d->cfg;
+}
+
+Witness *daemon_witness(Daemon *d)
+{
+    return d->witness;
 }
 
 Virt *daemon_virt(Daemon *d)

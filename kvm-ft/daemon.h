@@ -11,6 +11,7 @@
 #include "control.h"
 #include "peer.h"
 #include "virt.h"
+#include "witness.h"
 
 typedef struct Daemon Daemon;
 typedef struct Definitions Definitions; /* definitions.h */
@@ -28,6 +29,8 @@ gint64 daemon_stalled_ms(Daemon *d);
 
 const FtConfig *daemon_config(Daemon *d);
 Virt *daemon_virt(Daemon *d);
+/* The witness that decides solo runs, or NULL when none is configured. */
+Witness *daemon_witness(Daemon *d);
 Definitions *daemon_definitions(Daemon *d);
 /* The guest of that name on this host, or NULL. */
 FtGuest *daemon_find_guest(Daemon *d, const char *name);

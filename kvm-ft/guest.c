@@ -118,6 +118,17 @@ struct FtGuest {
     char *failover_reason;
     gint64 failover_at_us;
     double failover_ms;
+    /*
+     * A failover under way (taking-over, dropping-secondary): why and since
+     * when, and its claim at the witness (witness.h): which one is current,
+     * the retry timer while the witness does not decide, and why it did not.
+     */
+    char *failover_cause;
+    gint64 failover_started_us;
+    guint64 claim_seq;
+    guint claim_retry_id;
+    char *claim_trouble;
+    double claim_ms;        /* the last won claim; -1: none (no witness, or forced) */
 
     /* Ring of the latest checkpoints: QEMU wall-clock stamp and pause. */
     gint64 history_us[CHECKPOINT_HISTORY];
@@ -158,8 +169,9 @@ static const guint allowed[GUEST_N_STATES] = {
     [GUEST_SECONDARY_WAITING] = BIT(GUEST_PROTECTED) | ENDINGS,
     [GUEST_PROTECTED] = BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) |
                         BIT(GUEST_HANDING_OVER) | ENDINGS,
-    [GUEST_TAKING_OVER] = BIT(GUEST_DEGRADED) | BIT(GUEST_FAILED),
-    [GUEST_DROPPING_SECONDARY] = BIT(GUEST_DEGRADED) | BIT(GUEST_FAILED),
+    /* Stopped: the witness gave the guest to the other copy. */
+    [GUEST_TAKING_OVER] = BIT(GUEST_DEGRADED) | ENDINGS,
+    [GUEST_DROPPING_SECONDARY] = BIT(GUEST_DEGRADED) | ENDINGS,
     [GUEST_DEGRADED] = BIT(GUEST_REJOINING) | ENDINGS,
     [GUEST_REJOINING] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) |
                         BIT(GUEST_DEGRADED) | ENDINGS,
@@ -216,6 +228,7 @@ static void broadcast_event(FtGuest *g, JsonBuilder *b)
 }
 
 static void stop_output_auto(FtGuest *g);
+static void end_claim(FtGuest *g);
 
 static gboolean transition(FtGuest *g, GuestState to, const char *reason)
 {
@@ -232,6 +245,9 @@ static gboolean transition(FtGuest *g, GuestState to, const char *reason)
              guest_state_name(from), guest_state_name(to), reason);
     if (to != GUEST_PROTECTED)
         stop_output_auto(g);
+    /* Whichever way a failover ended, its claim is over. */
+    if (from == GUEST_TAKING_OVER || from == GUEST_DROPPING_SECONDARY)
+        end_claim(g);
     g_free(g->status_reason);
     g->status_reason = g_strdup(reason);
     if (!g->status_idle_id)
@@ -1747,57 +1763,189 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
     g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_secondary_sync, g);
 }
 
-static void record_failover(FtGuest *g, const char *reason, gint64 started_us)
+static void record_failover(FtGuest *g)
 {
     g_free(g->failover_reason);
-    g->failover_reason = g_strdup(reason);
+    g->failover_reason = g_strdup(g->failover_cause);
     g->failover_at_us = g_get_real_time();
-    g->failover_ms = (g_get_monotonic_time() - started_us) / 1000.0;
+    g->failover_ms = (g_get_monotonic_time() - g->failover_started_us) / 1000.0;
+}
+
+static void end_claim(FtGuest *g)
+{
+    g->claim_seq++; /* an answer still on its way is for nobody now */
+    if (g->claim_retry_id)
+        g_source_remove(g->claim_retry_id);
+    g->claim_retry_id = 0;
+    g_clear_pointer(&g->claim_trouble, g_free);
 }
 
 /*
- * The common part of both failovers: QEMU's teardown for this role, then
- * this copy is the only one, hence the primary.
+ * The second half of every failover, once this copy may run alone: QEMU's
+ * teardown for this role, then this copy is the only one, hence the primary.
  */
-static gboolean fail_over(FtGuest *g, GuestState during,
-                          gboolean (*step)(Qmp *, const EngineLink *, GError **),
-                          const char *reason)
+static void run_alone(FtGuest *g)
 {
-    gint64 started = g_get_monotonic_time();
+    const GuestState during = g->state;
+    const gboolean dropping = during == GUEST_DROPPING_SECONDARY;
     g_autoptr(GError) err = NULL;
     EngineLink link = engine_link(g);
 
-    if (!transition(g, during, reason))
-        return FALSE;
+    end_claim(g);
     /* Recorded before this copy can run alone: a crash in between must not hide it. */
     mark_diverged(g);
-    if (!step(g->qmp, &link, &err)) {
+    if (!(dropping ? engine_primary_drop_secondary : engine_secondary_takeover)(g->qmp, &link,
+                                                                               &err)) {
         fail(g, "%s failed: %s", guest_state_name(during), err->message);
-        return FALSE;
+        return;
     }
-    record_failover(g, reason, started);
+    record_failover(g);
     g->role = FT_ROLE_PRIMARY;
     g_free(g->colo_mode);
     g->colo_mode = g_strdup("none");
-    return TRUE;
+    if (dropping) {
+        /* If its kvm-ftd still listens, the stale secondary goes away. */
+        tell_peer(g, "stand-down", g->failover_cause);
+        transition(g, GUEST_DEGRADED, "running alone, unprotected");
+    } else {
+        transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
+    }
+}
+
+static void claim_solo_run(FtGuest *g);
+
+static gboolean retry_claim(gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    g->claim_retry_id = 0;
+    claim_solo_run(g);
+    return G_SOURCE_REMOVE;
+}
+
+/* No claim, no solo run: the guest stays held until the witness decides or an operator does. */
+static void hold(FtGuest *g, const char *why)
+{
+    if (g_strcmp0(g->claim_trouble, why) != 0)
+        log_err(g->def->name, role_name(g), "not running alone: %s; the guest stays held, "
+                "its output too (asking again every %d ms; `ftctl takeover %s --force` "
+                "decides instead, once the other copy is known to be stopped)", why,
+                WITNESS_RETRY_MS, g->def->name);
+    g_free(g->claim_trouble);
+    g->claim_trouble = g_strdup(why);
+    if (!g->claim_retry_id)
+        g->claim_retry_id = g_timeout_add(WITNESS_RETRY_MS, retry_claim, g);
+}
+
+typedef struct {
+    Daemon *d;
+    char *name;
+    guint64 seq;
+    char *generation;
+} ClaimAsk;
+
+static void on_claim(const char *owner, const GError *error, gpointer opaque)
+{
+    ClaimAsk *a = opaque;
+    FtGuest *g = daemon_quitting(a->d) ? NULL : daemon_find_guest(a->d, a->name);
+    g_autofree char *why = NULL;
+
+    if (!g || g->claim_seq != a->seq ||
+        (g->state != GUEST_TAKING_OVER && g->state != GUEST_DROPPING_SECONDARY))
+        goto out;
+    if (error) {
+        hold(g, error->message);
+    } else if (strcmp(owner, daemon_config(g->d)->host_name) == 0) {
+        g->claim_ms = (g_get_monotonic_time() - g->failover_started_us) / 1000.0;
+        log_info(g->def->name, role_name(g), "the witness gave the guest (generation %s) to "
+                 "this host, %.1f ms into the failover: running alone", a->generation,
+                 g->claim_ms);
+        run_alone(g);
+    } else {
+        end_claim(g);
+        why = g_strdup_printf("the witness gave the guest (generation %s) to %s: this copy "
+                              "stops; its output was held, so nothing it ran since the last "
+                              "checkpoint reached anyone", a->generation, owner);
+        /* A primary ran past its last checkpoint: its disks hold writes the winner lacks. */
+        if (g->role == FT_ROLE_PRIMARY)
+            mark_diverged(g);
+        guest_stop(g, why);
+    }
+out:
+    g_free(a->name);
+    g_free(a->generation);
+    g_free(a);
+}
+
+/*
+ * Before this copy runs alone, its host claims the protection's generation
+ * at the witness; only the owner of the key runs (witness.h).
+ */
+static void claim_solo_run(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    GenerationMark mark;
+    g_autofree char *recorded = resync_generation_read(cfg, g->def->name, &mark);
+    const char *generation = g->generation ? g->generation : recorded;
+    g_autofree char *key = NULL;
+    ClaimAsk *a;
+
+    if (!generation) {
+        hold(g, "no protection generation is known here to claim at the witness");
+        return;
+    }
+    key = witness_key(self_host(g)->name, peer_host(g)->name, g->def->name, generation);
+    a = g_new0(ClaimAsk, 1);
+    a->d = g->d;
+    a->name = g_strdup(g->def->name);
+    a->seq = ++g->claim_seq;
+    a->generation = g_strdup(generation);
+    witness_claim(daemon_witness(g->d), key, cfg->host_name, on_claim, a);
+}
+
+/*
+ * Both failovers begin here: the state says which, and with a witness the
+ * copy runs alone only once its host owns the claim.
+ */
+static void fail_over(FtGuest *g, GuestState during, const char *reason)
+{
+    if (!transition(g, during, reason))
+        return;
+    g->failover_started_us = g_get_monotonic_time();
+    g_free(g->failover_cause);
+    g->failover_cause = g_strdup(reason);
+    g->claim_ms = -1;
+    if (daemon_witness(g->d))
+        claim_solo_run(g);
+    else
+        run_alone(g);
 }
 
 /* Primary: the secondary is gone; carry on alone. */
 static void drop_secondary(FtGuest *g, const char *reason)
 {
-    if (!fail_over(g, GUEST_DROPPING_SECONDARY, engine_primary_drop_secondary, reason))
-        return;
-    /* If its kvm-ftd still listens, the stale secondary goes away. */
-    tell_peer(g, "stand-down", reason);
-    transition(g, GUEST_DEGRADED, "running alone, unprotected");
+    fail_over(g, GUEST_DROPPING_SECONDARY, reason);
 }
 
 /* Secondary: the primary is gone; this copy becomes the guest. */
 static void take_over(FtGuest *g, const char *reason)
 {
-    if (!fail_over(g, GUEST_TAKING_OVER, engine_secondary_takeover, reason))
-        return;
-    transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
+    fail_over(g, GUEST_TAKING_OVER, reason);
+}
+
+gboolean guest_force_solo(FtGuest *g, GError **err)
+{
+    if (g->state != GUEST_TAKING_OVER && g->state != GUEST_DROPPING_SECONDARY) {
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "guest '%s' is %s on %s: no failover "
+                    "waits for the witness here", g->def->name, guest_state_name(g->state),
+                    daemon_config(g->d)->host_name);
+        return FALSE;
+    }
+    log_warn(g->def->name, role_name(g), "an operator forced this copy to run alone without "
+             "the witness's word (it was waiting: %s)",
+             g->claim_trouble ? g->claim_trouble : "for the witness's answer");
+    run_alone(g);
+    return TRUE;
 }
 
 /*
@@ -2272,6 +2420,7 @@ FtGuest *guest_new(Daemon *d, FtDef *def, const char *domain_xml, FtRole role)
     g->state = GUEST_STOPPED;
     g->qmp_path = guest_qmp_socket(daemon_config(d), def->name);
     g->forced_difference = g->forced_expired = -1;
+    g->claim_ms = -1;
     return g;
 }
 
@@ -2294,6 +2443,8 @@ void guest_free(FtGuest *g)
     g_free(g->shutdown_cause);
     g_free(g->status_reason);
     g_free(g->failover_reason);
+    g_free(g->failover_cause);
+    end_claim(g);
     g_clear_pointer(&g->reply_conn, peer_conn_unref);
     g_clear_pointer(&g->qmp, qmp_free);
     g_clear_pointer(&g->last_resync, json_node_unref);
@@ -2440,6 +2591,24 @@ JsonNode *guest_status(FtGuest *g)
         json_builder_add_string_value(b, g->failover_reason);
         json_builder_set_member_name(b, "took_ms");
         json_builder_add_double_value(b, g->failover_ms);
+        /* How long of it the witness took to decide; null: not asked. */
+        json_builder_set_member_name(b, "claim_ms");
+        if (g->claim_ms >= 0)
+            json_builder_add_double_value(b, g->claim_ms);
+        else
+            json_builder_add_null_value(b);
+        json_builder_end_object(b);
+    } else {
+        json_builder_add_null_value(b);
+    }
+    /* A failover held because the witness did not decide. */
+    json_builder_set_member_name(b, "held");
+    if (g->claim_trouble) {
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "since_ms");
+        json_builder_add_int_value(b, (g_get_monotonic_time() - g->failover_started_us) / 1000);
+        json_builder_set_member_name(b, "why");
+        json_builder_add_string_value(b, g->claim_trouble);
         json_builder_end_object(b);
     } else {
         json_builder_add_null_value(b);

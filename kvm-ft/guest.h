@@ -86,6 +86,11 @@ gboolean guest_reattach(FtGuest *g, GError **err);
  * state to do it.
  */
 gboolean guest_hand_over(FtGuest *g, GError **err);
+/*
+ * An operator's word instead of the witness's: a failover held because the
+ * witness did not decide runs this copy alone now (`ftctl takeover --force`).
+ */
+gboolean guest_force_solo(FtGuest *g, GError **err);
 
 /* Stop this host's copy (both roles), e.g. when the other side gave up. */
 void guest_stop(FtGuest *g, const char *reason);

@@ -65,6 +65,14 @@
  */
 #define STALL_CONFIRM_TIMEOUT_MS 2000
 
+/* ---- the witness (witness.h) -------------------------------------------------------------- */
+/* How often the witness is probed; status says within this long when it is unreachable. */
+#define WITNESS_PROBE_MS 1000
+/* A claim that was not decided (witness unreachable) is sent again this often. */
+#define WITNESS_RETRY_MS 200
+/* At exit, how long requests still on their way get to come back. */
+#define WITNESS_DRAIN_MS 1000
+
 /* ---- planned failover --------------------------------------------------------------------- */
 /* How long a handed-over QEMU gets to quit before libvirt destroys it. */
 #define HANDOVER_QUIT_TIMEOUT_MS 10000

@@ -346,6 +346,7 @@ static void show_progress(const char *guest, JsonObject *p)
 static gboolean opt_json;
 static gboolean opt_no_wait;
 static gboolean opt_started;
+static gboolean opt_force;
 static gint opt_wait_s;           /* --timeout-s; its default is the command's */
 
 static int cmd_list(char **args)
@@ -516,11 +517,26 @@ static void print_guest(JsonObject *g, const char *host)
             JsonObject *fo = json_node_get_object(fn);
             double took = 0;
 
+            double claim = 0;
+
             member_num(fo, "took_ms", &took);
             printf("  last failover:   %s, %.1f ms: %s\n", or_unknown(member_str(fo, "at")),
                    took, or_unknown(member_str(fo, "reason")));
+            if (member_num(fo, "claim_ms", &claim))
+                printf("  witness claim:   won %.1f ms into it\n", claim);
         } else {
             printf("  last failover:   none\n");
+        }
+    }
+    {
+        JsonObject *held = member_obj(g, "held");
+        double since = 0;
+
+        if (held) {
+            member_num(held, "since_ms", &since);
+            printf("  HELD:            for %.1f s, not running alone: %s (`ftctl takeover %s "
+                   "--force` decides instead)\n", since / 1000,
+                   or_unknown(member_str(held, "why")), or_unknown(member_str(g, "name")));
         }
     }
     printf("  last error:      %s\n", error ? error : "none");
@@ -581,8 +597,32 @@ static int cmd_status(char **args)
     }
     if (!shown)
         printf("%s: no fault-tolerant guests\n", or_unknown(host));
-    if (!guest)
+    if (!guest) {
+        JsonObject *witness = member_obj(json_node_get_object(result), "witness");
+
         print_detector(member_obj(json_node_get_object(result), "detector"));
+        if (witness && member_str(witness, "error"))
+            printf("%s\n", member_str(witness, "error"));
+        else if (witness)
+            printf("witness: reachable\n");
+        else
+            printf("witness: none configured: a full partition runs both copies\n");
+    }
+    return EXIT_OK;
+}
+
+static int cmd_takeover(char **args)
+{
+    g_autoptr(GError) e = NULL;
+    g_autoptr(JsonObject) req = new_request("takeover", args[0]);
+    g_autoptr(JsonNode) result = NULL;
+
+    if (opt_force)
+        json_object_set_boolean_member(req, "force", TRUE);
+    result = control_request(socket_path(), req, (guint)opt_timeout_ms, &e);
+    if (!result)
+        return fail(e);
+    say("%s: runs alone on this host, on an operator's word", args[0]);
     return EXIT_OK;
 }
 
@@ -980,6 +1020,12 @@ static const GOptionEntry switch_entries[] = {
     { NULL, 0, 0, 0, NULL, NULL, NULL },
 };
 
+static const GOptionEntry takeover_entries[] = {
+    { "force", 'f', 0, G_OPTION_ARG_NONE, &opt_force,
+      "Yes: the other copy is stopped (required)", NULL },
+    { NULL, 0, 0, 0, NULL, NULL, NULL },
+};
+
 static const Command commands[] = {
     { "list", "list", "List guests: name, role, state",
       "List the fault-tolerant guests kvm-ftd knows, one per line:\n"
@@ -1018,6 +1064,14 @@ static const Command commands[] = {
       "that does), the guest fails or stops, or --timeout-s passes; exit 2\n"
       "if HOST is not one of GUEST's hosts.",
       switch_entries, 2, 2, cmd_migrate, DEFAULT_SWITCH_TIMEOUT_S },
+    { "takeover", "takeover GUEST --force", "Run a held copy alone without the witness",
+      "A failover that waits for the witness (it is unreachable, so the\n"
+      "status says HELD) runs this copy of GUEST alone now, on your word\n"
+      "instead of the witness's.  Only when the other copy is known to be\n"
+      "stopped (its host is off, or `virsh destroy` there): two copies\n"
+      "running would each tell clients different things.  Exit 1 if no\n"
+      "failover of GUEST waits here or --force is missing.",
+      takeover_entries, 1, 1, cmd_takeover, 0 },
     { "events", "events", "Follow kvm-ftd's events",
       "Print kvm-ftd's events as JSON lines, one per line, until\n"
       "interrupted or the daemon goes away (exit 3).  On a terminal, a\n"

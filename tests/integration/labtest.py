@@ -71,8 +71,10 @@ def guest_dir():
 class Lab:
     """The two lab hosts (tools/lab), each running libvirtd and kvm-ftd."""
 
-    def __init__(self, name):
+    def __init__(self, name, witness=0):
         self.name = name
+        # etcd members of the lab's witness host (tools/lab up --witness N); 0: none.
+        self.witness = witness
         self.artifacts = os.path.join(ARTIFACTS, name)
         # tools/check runs the sanitizer build ($KVMFTD); tools/demo and tools/bench the plain one.
         self.env = {"KVMFTD": os.environ.get("KVMFTD") or os.path.join(BUILD, "kvm-ft", "kvm-ftd")}
@@ -93,7 +95,7 @@ class Lab:
         self.lab("down", check=False)
         shutil.rmtree(self.artifacts, ignore_errors=True)
         os.makedirs(self.artifacts, exist_ok=True)
-        self.lab("up")
+        self.lab("up", *(["--witness", str(self.witness)] if self.witness else []))
 
     def down(self):
         res = self.lab("down", "--keep", self.artifacts, check=False)
@@ -117,12 +119,15 @@ class Lab:
         return self.lab("exec", host, self.ftctl_bin, *args, check=check, timeout=timeout)
 
     def status(self, host, guest=GUEST):
-        res = self.ftctl(host, "status", guest, "--json", check=False, timeout=30)
-        if res.returncode != 0:
-            return None
-        doc = json.loads(res.stdout)
-        guests = doc.get("guests", [])
+        doc = self.daemon_status(host, guest)
+        guests = doc.get("guests", []) if doc else []
         return guests[0] if guests else None
+
+    def daemon_status(self, host, guest=GUEST):
+        """The whole of `ftctl status --json` (the witness, the detector, the guests)."""
+        res = self.ftctl(host, "status", *([guest] if guest else []), "--json", check=False,
+                         timeout=30)
+        return json.loads(res.stdout) if res.returncode == 0 else None
 
     def client(self, *args, timeout=600):
         return self.lab("client", *args, timeout=timeout)

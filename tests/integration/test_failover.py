@@ -272,11 +272,12 @@ def check_invariants(facts, window_required=True):
     assert facts["disk_ok"], "%s: survivor's disk not clean and gapless: %s" % (name, facts["disk"])
 
 
-def run_scenario(name, qemu, gdir, strict=True, label=None):
+def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
     """One fault in a fresh lab; returns what was observed.  strict: assert the
     invariants (tests); otherwise the caller counts them (tools/bench).  The
-    lab's logs are kept under the label (default test_failover-NAME)."""
-    lab = Lab(label or "test_failover-" + name)
+    lab's logs are kept under the label (default test_failover-NAME).  witness:
+    the lab's etcd members (tools/bench failover --witness)."""
+    lab = Lab(label or "test_failover-" + name, witness=witness)
     try:
         lab.up()
         lab.install_guest(qemu, gdir, workload=WORKLOADS.get(name, ""),

@@ -192,6 +192,55 @@ BAD(resync_unknown_key, DAEMON "[resync]\nrate = 100\n", "[resync] rate",
 BAD(resync_key_in_failover, DAEMON "[failover]\nrate-mb-per-s = 100\n",
     "[failover] rate-mb-per-s", "unknown key")
 
+/* ---- [witness] -------------------------------------------------------------- */
+
+START_TEST(valid_witness)
+{
+    g_autofree char *path = write_conf(DAEMON "[witness]\nendpoints = http://10.0.0.3:2379, "
+                                       "http://10.0.0.4\ntimeout-ms = 300\n");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtConfig) c = config_load(path, &err);
+
+    ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_uint_eq(g_strv_length(c->witness_endpoints), 2);
+    ck_assert_str_eq(c->witness_endpoints[0], "http://10.0.0.3:2379");
+    /* etcd's client port when none is given */
+    ck_assert_str_eq(c->witness_endpoints[1], "http://10.0.0.4:2379");
+    ck_assert_uint_eq(c->witness_timeout_ms, 300);
+}
+END_TEST
+
+START_TEST(no_witness)
+{
+    g_autofree char *path = write_conf(DAEMON);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtConfig) c = config_load(path, &err);
+
+    ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_ptr_null(c->witness_endpoints);
+    ck_assert_uint_eq(c->witness_timeout_ms, CONFIG_DEFAULT_WITNESS_MS);
+}
+END_TEST
+
+BAD(witness_not_url, DAEMON "[witness]\nendpoints = 10.0.0.3:2379\n",
+    "[witness] endpoints: '10.0.0.3:2379'", "http://ADDRESS:PORT")
+BAD(witness_ftp, DAEMON "[witness]\nendpoints = ftp://10.0.0.3\n",
+    "[witness] endpoints: 'ftp://10.0.0.3'", "not an etcd client URL")
+BAD(witness_path, DAEMON "[witness]\nendpoints = http://10.0.0.3:2379/v3/kv\n",
+    "[witness] endpoints", "not an etcd client URL")
+BAD(witness_trailing_comma, DAEMON "[witness]\nendpoints = http://10.0.0.3:2379,\n",
+    "[witness] endpoints: ''", "comma-separated")
+BAD(witness_https_no_ca, DAEMON "[witness]\nendpoints = https://10.0.0.3:2379\n",
+    "[witness] ca", "https endpoints need")
+BAD(witness_cert_no_key, DAEMON "[witness]\nendpoints = https://10.0.0.3\nca = /etc/ca.pem\n"
+    "cert = /etc/c.pem\n", "[witness] key", "needs both cert and key")
+BAD(witness_cert_over_http, DAEMON "[witness]\nendpoints = http://10.0.0.3\n"
+    "cert = /etc/c.pem\nkey = /etc/k.pem\n", "[witness] cert", "only sent over TLS")
+BAD(witness_ca_alone, DAEMON "[witness]\nca = /etc/ca.pem\n", "[witness] endpoints",
+    "is missing")
+BAD(witness_timeout_zero, DAEMON "[witness]\nendpoints = http://10.0.0.3\ntimeout-ms = 0\n",
+    "[witness] timeout-ms", NULL)
+
 START_TEST(valid_defaults)
 {
     g_autofree char *path = write_conf("# comment\n\n" DAEMON);
@@ -319,7 +368,7 @@ BAD(syntax_group_unclosed, "[daemon\n", "line 1", "without ']'")
 BAD(syntax_key_before_group, "host-name = hostA\n" DAEMON, "line 1",
     "host-name: the key comes before any group")
 BAD(unknown_group, DAEMON "[deamon]\n", "[deamon]",
-    "unknown group; the groups are [daemon], [timeouts], [failover] and [resync]")
+    "unknown group; the groups are [daemon], [timeouts], [failover], [resync] and [witness]")
 BAD(unknown_key, DAEMON "listen-prot = 7790\n", "[daemon] listen-prot",
     "unknown key (line 5)")
 BAD(unknown_key_underscore, DAEMON "listen_port = 7790\n", "[daemon] listen_port",
@@ -566,6 +615,17 @@ static Suite *config_suite(void)
     tcase_add_test(tc, resync_rate_empty);
     tcase_add_test(tc, resync_unknown_key);
     tcase_add_test(tc, resync_key_in_failover);
+    tcase_add_test(tc, valid_witness);
+    tcase_add_test(tc, no_witness);
+    tcase_add_test(tc, witness_not_url);
+    tcase_add_test(tc, witness_ftp);
+    tcase_add_test(tc, witness_path);
+    tcase_add_test(tc, witness_trailing_comma);
+    tcase_add_test(tc, witness_https_no_ca);
+    tcase_add_test(tc, witness_cert_no_key);
+    tcase_add_test(tc, witness_cert_over_http);
+    tcase_add_test(tc, witness_ca_alone);
+    tcase_add_test(tc, witness_timeout_zero);
     tcase_add_test(tc, valid_full_fixture);
     tcase_add_test(tc, valid_empty_log_file_is_stderr);
     tcase_add_test(tc, valid_wrapped_key);

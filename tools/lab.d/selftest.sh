@@ -3,7 +3,8 @@
 #   up --no-daemon; virsh on both hosts; a guest on hostA (tools/build-guest) reached from the client;
 #   power-off A (processes gone, B alive, no RST/FIN seen by B or the client); power-on A;
 #   cut-link/restore-link; daemon-start/stop/kill with a stub kvm-ftd; down leaves nothing;
-#   down after SIGKILLing a random lab process, and after killing 'lab up' half-way.
+#   down after SIGKILLing a random lab process, and after killing 'lab up' half-way; the
+#   witness host (up --witness): partition full|A, isolate, heal, witness down|up.
 # Uses its own prefix/dir (KVMFT_LAB_PREFIX=kftst-, KVMFT_LAB_DIR=/var/tmp/kvm-ft-lab-selftest unless
 # set), so it does not touch a lab someone else runs.  Exit 0 = all checks passed.
 # single-quoted bash -c scripts get "$0" on purpose:
@@ -247,6 +248,39 @@ kill -KILL "$upp"; wait "$upp" 2>/dev/null || true
 echo "after killing 'lab up': netns: $(ip netns list | grep "^$P" | awk '{print $1}' | tr '\n' ' ')"
 check "down after interrupted up" "$LAB" down
 check "nothing left" test -z "$(ip netns list | grep "^$P" || true)" -a ! -e "$KVMFT_LAB_DIR"
+
+# --- 9. the witness host and the partitions -------------------------------------------------------
+step "up --witness; partition, isolate, heal, witness down/up"
+reach() { "$LAB" exec "$1" busybox ping -c1 -W1 "$2" >/dev/null 2>&1; }
+unreach() { ! reach "$@"; }
+"$LAB" up --no-daemon --witness >/dev/null
+check "etcd answers hostA" "$LAB" exec A etcdctl --endpoints=http://10.0.0.3:2379 endpoint health
+check "kvm-ftd.conf names the witness" grep -q '^endpoints = http://10.0.0.3:2379$' "$("$LAB" path B)/etc/kvm-ft/kvm-ftd.conf"
+"$LAB" partition full >/dev/null
+check "partition full: A cannot reach B on the LAN" unreach A 10.0.0.2
+check "partition full: nor on the link" unreach A 192.168.100.2
+check "partition full: A and B reach the witness" bash -c '"$0" exec A busybox ping -c1 -W2 10.0.0.3 && "$0" exec B busybox ping -c1 -W2 10.0.0.3' "$LAB"
+check "partition full: the client reaches both" bash -c '"$0" client busybox ping -c1 -W2 10.0.0.1 && "$0" client busybox ping -c1 -W2 10.0.0.2' "$LAB"
+check "partition full: carriers stay up" test "$(ip -n "${P}hostA" -br link show ftlink | awk '{print $2}')" = UP
+"$LAB" heal >/dev/null
+check "heal: A reaches B on both paths" bash -c '"$0" exec A busybox ping -c1 -W2 10.0.0.2 && "$0" exec A busybox ping -c1 -W2 192.168.100.2' "$LAB"
+"$LAB" partition A >/dev/null
+check "partition A: A cannot reach the witness" unreach A 10.0.0.3
+check "partition A: B can, A still reaches B" bash -c '"$0" exec B busybox ping -c1 -W2 10.0.0.3 && "$0" exec A busybox ping -c1 -W2 10.0.0.2' "$LAB"
+"$LAB" heal >/dev/null
+"$LAB" isolate A >/dev/null
+check "isolate A: no witness, no B, no client" bash -c '! "$0" exec A busybox ping -c1 -W1 10.0.0.3 && ! "$0" exec A busybox ping -c1 -W1 192.168.100.2 && ! "$0" client busybox ping -c1 -W1 10.0.0.1' "$LAB"
+check "isolate A: B reaches the witness" reach B 10.0.0.3
+"$LAB" heal >/dev/null
+check "heal after isolate: the client reaches A" "$LAB" client busybox ping -c1 -W2 10.0.0.1
+"$LAB" witness down >/dev/null
+check "witness down: gone for both hosts" bash -c '! "$0" exec A busybox ping -c1 -W1 10.0.0.3 && ! "$0" exec B busybox ping -c1 -W1 10.0.0.3' "$LAB"
+"$LAB" witness up >/dev/null
+check "witness up: back" bash -c 'for i in 1 2 3; do "$0" exec A busybox ping -c1 -W1 10.0.0.3 >/dev/null && exit 0; done; exit 1' "$LAB"
+"$LAB" down --keep "$T/keep-witness" >/dev/null
+check "witness's etcd log kept" test -s "$T/keep-witness/witness/w1.log"
+check "nothing left after down (witness netns included)" test -z "$(ip netns list | grep "^$P" || true)" -a ! -e "$KVMFT_LAB_DIR"
+check "no etcd left" test -z "$(pgrep -f "data-dir $KVMFT_LAB_DIR" || true)"
 
 trap - EXIT
 rm -rf "$T"
