@@ -21,6 +21,7 @@ struct Witness {
     gboolean probe_answered;
     GString *probe_errors;
     char *trouble;
+    gboolean probed;
     double last_claim_ms;
     /* Claims not answered yet, and every request on its way (claims' and probes'). */
     GPtrArray *claims;
@@ -330,7 +331,9 @@ static void probe_round_done(Witness *w)
     if (w->trouble && !before)
         log_err(NULL, NULL, "%s", w->trouble);
     else if (!w->trouble && before)
-        log_info(NULL, NULL, "witness reachable again: failover is automatic");
+        log_info(NULL, NULL, "witness reachable%s: failover is automatic",
+                 w->probed ? " again" : "");
+    w->probed = TRUE;
 }
 
 static gboolean probe_timed_out(gpointer opaque)
@@ -386,8 +389,10 @@ Witness *witness_new(const FtConfig *cfg, GError **err)
         g_free(w);
         return NULL;
     }
+    /* No proxy, whatever http_proxy says: the claim goes to the witness itself. */
     w->session = soup_session_new_with_options("user-agent", "kvm-ftd", "timeout", 0,
-                                               "idle-timeout", 0, NULL);
+                                               "idle-timeout", 0, "proxy-resolver", NULL,
+                                               NULL);
     if (ca)
         soup_session_set_tls_database(w->session, ca);
     w->endpoints = g_strdupv(cfg->witness_endpoints);
