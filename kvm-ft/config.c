@@ -100,12 +100,15 @@ typedef enum {
     RF_NOT_REGULAR,
     RF_TOO_BIG,
     RF_NOT_PRIVATE, /* group or others have some access: *mode says which */
+    RF_NOT_OWNED,   /* another user owns it: *owner says who */
 } ReadStatus;
 
 /* Read a whole regular file of at most @max bytes (NUL-terminated).  With
- * @private_only, refuse it before reading if mode & 077. */
+ * @private_only, refuse it before reading if mode & 077 or if another user
+ * owns it (who could change it). */
 static ReadStatus read_file(const char *path, gsize max, gboolean private_only,
-                            char **data, gsize *len, int *errnum, mode_t *mode)
+                            char **data, gsize *len, int *errnum, mode_t *mode,
+                            uid_t *owner)
 {
     struct stat st;
     char *buf = NULL;
@@ -126,6 +129,7 @@ static ReadStatus read_file(const char *path, gsize max, gboolean private_only,
         return RF_ERRNO;
     }
     *mode = st.st_mode;
+    *owner = st.st_uid;
     if (!S_ISREG(st.st_mode)) {
         close(fd);
         return RF_NOT_REGULAR;
@@ -133,6 +137,10 @@ static ReadStatus read_file(const char *path, gsize max, gboolean private_only,
     if (private_only && (st.st_mode & 077)) {
         close(fd);
         return RF_NOT_PRIVATE;
+    }
+    if (private_only && st.st_uid != geteuid()) {
+        close(fd);
+        return RF_NOT_OWNED;
     }
     if ((guint64)st.st_size > max) {
         close(fd);
@@ -232,8 +240,10 @@ static gboolean load_key(const char *path, const char *key_path, GBytes **out,
     const char *why = NULL;
     Secret *secret;
 
+    uid_t owner = 0;
+
     switch (read_file(key_path, KEY_FILE_MAX_BYTES, TRUE, &raw, &raw_len,
-                      &errnum, &mode)) {
+                      &errnum, &mode, &owner)) {
     case RF_OK:
         break;
     case RF_ERRNO:
@@ -250,6 +260,11 @@ static gboolean load_key(const char *path, const char *key_path, GBytes **out,
                        "group or others (mode %04o); the key must be private: "
                        "run 'chmod 600 %s'", key_path,
                        (unsigned)(mode & 07777), key_path);
+    case RF_NOT_OWNED:
+        return bad_key(path, "daemon", "key-file", err, "%s belongs to uid %u, not to "
+                       "uid %u that kvm-ftd runs as; its owner could change the key: run "
+                       "'chown %u %s'", key_path, (unsigned)owner, (unsigned)geteuid(),
+                       (unsigned)geteuid(), key_path);
     case RF_TOO_BIG:
         return bad_key(path, "daemon", "key-file", err, "%s is larger than %d "
                        "KiB; it should hold base64 of %d or more random bytes",
@@ -741,6 +756,7 @@ FtConfig *config_load(const char *path, GError **err)
     gsize len = 0;
     int errnum = 0;
     mode_t mode = 0;
+    uid_t owner = 0;
     const gsize sun_max = sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1;
 
     g_return_val_if_fail(err == NULL || *err == NULL, NULL);
@@ -748,9 +764,10 @@ FtConfig *config_load(const char *path, GError **err)
     if (!path)
         path = CONFIG_DEFAULT_PATH;
     switch (read_file(path, CONFIG_MAX_BYTES, FALSE, &text, &len, &errnum,
-                      &mode)) {
+                      &mode, &owner)) {
     case RF_OK:
     case RF_NOT_PRIVATE:
+    case RF_NOT_OWNED:
         break;
     case RF_ERRNO:
         fail(err, CONFIG_ERROR_READ, "%s: cannot read the configuration: %s",

@@ -577,6 +577,14 @@ gboolean daemon_peer_connected(Daemon *d, const char *host)
 
 /* ---- control socket ------------------------------------------------------- */
 
+/* "since-ms" (epoch ms) in microseconds; out of range counts as "all". */
+static gint64 request_since_us(JsonObject *request)
+{
+    gint64 ms = json_object_get_int_member_with_default(request, "since-ms", 0);
+
+    return ms > 0 && ms < G_MAXINT64 / 1000 ? ms * 1000 : 0;
+}
+
 static FtGuest *find_guest(Daemon *d, JsonObject *request, GError **err)
 {
     const char *name = json_object_get_string_member_with_default(request, "guest", NULL);
@@ -626,7 +634,7 @@ static JsonNode *control_detector(Daemon *d, JsonObject *request)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
 
-    add_detector(d, b, json_object_get_int_member_with_default(request, "since-ms", 0) * 1000);
+    add_detector(d, b, request_since_us(request));
     return json_builder_get_root(b);
 }
 
@@ -678,6 +686,15 @@ static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
 
     if (!name) {
         g_set_error(err, DAEMON_ERROR, 0, "protect needs a guest name");
+        return NULL;
+    }
+    /* Names become file names under the state and run dirs (libvirt refuses these too). */
+    if (!*name || *name == '.' || strchr(name, '/') || strlen(name) > 255) {
+        g_autofree char *shown = g_strescape(name, NULL);
+
+        g_set_error(err, DAEMON_ERROR, 0, "'%.80s' is not a guest name: a libvirt domain "
+                    "name has no '/', does not start with '.' and has at most 255 bytes",
+                    shown);
         return NULL;
     }
     g = g_hash_table_lookup(d->guests, name);
@@ -770,8 +787,7 @@ static JsonNode *on_control(const char *command, JsonObject *request,
     if (strcmp(command, "checkpoints") == 0) {
         FtGuest *g = find_guest(d, request, err);
 
-        return g ? guest_checkpoints(g, json_object_get_int_member_with_default(
-                                            request, "since-ms", 0) * 1000)
+        return g ? guest_checkpoints(g, request_since_us(request))
                  : NULL;
     }
     if (strcmp(command, "detector") == 0)

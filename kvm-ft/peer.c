@@ -1,6 +1,7 @@
 /* peer.c - the protocol between the two kvm-ftd daemons over the dedicated link */
 #include "peer.h"
 
+#include "jsontext.h"
 #include "log.h"
 #include "timeouts.h"
 
@@ -20,7 +21,6 @@
 #define KEY_LEN 32
 #define HOST_MAX 255
 #define NAME_MAX_LEN 128
-#define JSON_MAX_DEPTH 64
 #define READ_CHUNK (64 * 1024)
 /* Unauthenticated sockets held at once: bounds what a port scan can cost. */
 #define MAX_HANDSHAKES 8
@@ -28,7 +28,8 @@
 #define MAX_INCOMING 256
 
 static const guint8 frame_magic[4] = { 'K', 'F', 'T', '1' };
-static const char session_label[] = "kvm-ft session v1";
+/* v2: both hosts' names enter the session key. */
+static const char session_label[] = "kvm-ft session v2";
 static const char c2s_label[] = "kvm-ft c2s v1";
 static const char s2c_label[] = "kvm-ft s2c v1";
 
@@ -122,17 +123,23 @@ static GBytes *key_new(const guint8 *data, gsize len)
     return g_bytes_new_with_free_func(kb->data, len, key_buf_free, kb);
 }
 
+/*
+ * Both names go in: a session is between these two hosts, so one relayed
+ * back to its own host, or to a third, derives keys nobody else holds.
+ */
 static void derive_keys(GBytes *psk, const guint8 *nonce_c, const guint8 *nonce_s,
-                        GBytes **c2s, GBytes **s2c)
+                        const char *client, const char *server, GBytes **c2s, GBytes **s2c)
 {
-    guint8 nonces[2 * NONCE_LEN];
+    g_autoptr(GByteArray) input = g_byte_array_new();
     guint8 session[KEY_LEN], k[KEY_LEN];
     g_autoptr(GBytes) session_key = NULL;
 
-    memcpy(nonces, nonce_c, NONCE_LEN);
-    memcpy(nonces + NONCE_LEN, nonce_s, NONCE_LEN);
-    hmac_sha256(psk, session_label, strlen(session_label), nonces, sizeof(nonces),
-                session);
+    g_byte_array_append(input, nonce_c, NONCE_LEN);
+    g_byte_array_append(input, nonce_s, NONCE_LEN);
+    /* Each name with its terminating NUL: "ab"+"c" is not "a"+"bc". */
+    g_byte_array_append(input, (const guint8 *)client, strlen(client) + 1);
+    g_byte_array_append(input, (const guint8 *)server, strlen(server) + 1);
+    hmac_sha256(psk, session_label, strlen(session_label), input->data, input->len, session);
     session_key = key_new(session, KEY_LEN);
     explicit_bzero(session, sizeof(session));
 
@@ -180,45 +187,6 @@ static void wr64(guint8 *p, guint64 v)
     wr32(p + 4, (guint32)v);
 }
 
-/*
- * Strict JSON outside strings has no quotes other than '"', no comments and
- * no deep nesting; json-glib is more lenient and parses recursively, so an
- * authenticated but hostile peer could otherwise exhaust the stack.
- */
-static gboolean json_text_sane(const char *s, gsize n)
-{
-    static const char allowed[] = " \t\r\n{}[]:,-+.0123456789eEtruefalsn";
-    guint depth = 0;
-    gboolean in_str = FALSE, esc = FALSE;
-
-    for (gsize i = 0; i < n; i++) {
-        char c = s[i];
-
-        if (in_str) {
-            if (esc)
-                esc = FALSE;
-            else if (c == '\\')
-                esc = TRUE;
-            else if (c == '"')
-                in_str = FALSE;
-            continue;
-        }
-        if (c == '"') {
-            in_str = TRUE;
-        } else if (c == '{' || c == '[') {
-            if (++depth > JSON_MAX_DEPTH)
-                return FALSE;
-        } else if (c == '}' || c == ']') {
-            if (depth == 0)
-                return FALSE;
-            depth--;
-        } else if (!strchr(allowed, c)) {
-            return FALSE;
-        }
-    }
-    return !in_str;
-}
-
 GBytes *peer_frame_encode(PeerMsgType type, guint64 seq, JsonObject *payload,
                           GBytes *key, GError **err)
 {
@@ -240,7 +208,7 @@ GBytes *peer_frame_encode(PeerMsgType type, guint64 seq, JsonObject *payload,
                     peer_msg_type_name(type), plen, PEER_FRAME_MAX_PAYLOAD);
         return NULL;
     }
-    if (!g_utf8_validate(text, (gssize)plen, NULL) || !json_text_sane(text, plen)) {
+    if (!g_utf8_validate(text, (gssize)plen, NULL) || !json_text_sane(text, plen, JSON_TEXT_MAX_DEPTH)) {
         g_set_error(err, PEER_ERROR, PEER_ERROR_BAD_FRAME,
                     "%s payload is not valid UTF-8 JSON", peer_msg_type_name(type));
         return NULL;
@@ -320,18 +288,19 @@ PeerDecodeStatus peer_frame_decode(const guint8 *buf, gsize len, GBytes *key,
         g_set_error(err, PEER_ERROR, PEER_ERROR_BAD_MAC, "bad MAC");
         return PEER_DECODE_ERROR;
     }
-    if (seq <= last_seq) {
+    /* Consecutive: a relay must not drop chosen frames (a decision) and pass the rest. */
+    if (seq != last_seq + 1 || last_seq == G_MAXUINT64) {
         g_set_error(err, PEER_ERROR, PEER_ERROR_BAD_SEQ,
                     "%s with seq %" G_GUINT64_FORMAT " after seq %" G_GUINT64_FORMAT
-                    " (replayed or reordered)",
-                    peer_msg_type_name(type), seq, last_seq);
+                    " (%s)", peer_msg_type_name(type), seq, last_seq,
+                    seq <= last_seq ? "replayed or reordered" : "frames dropped");
         return PEER_DECODE_ERROR;
     }
 
     text = (const char *)buf + PEER_FRAME_HEADER_LEN;
     parser = json_parser_new_immutable();
     if (plen == 0 || !g_utf8_validate(text, plen, NULL) ||
-        !json_text_sane(text, plen) ||
+        !json_text_sane(text, plen, JSON_TEXT_MAX_DEPTH) ||
         !json_parser_load_from_data(parser, text, plen, NULL) ||
         !(root = json_parser_get_root(parser)) || !JSON_NODE_HOLDS_OBJECT(root)) {
         g_set_error(err, PEER_ERROR, PEER_ERROR_BAD_FRAME,
@@ -1176,7 +1145,9 @@ static void conn_switch_to_session(PeerConn *conn)
 {
     GBytes *c2s, *s2c;
 
-    derive_keys(conn->psk, conn->nonce_client, conn->nonce_server, &c2s, &s2c);
+    derive_keys(conn->psk, conn->nonce_client, conn->nonce_server,
+                conn->is_client ? conn->my_host : conn->peer_host,
+                conn->is_client ? conn->peer_host : conn->my_host, &c2s, &s2c);
     g_bytes_unref(conn->send_key);
     g_bytes_unref(conn->recv_key);
     conn->send_key = conn->is_client ? c2s : s2c;
@@ -1204,6 +1175,13 @@ static gboolean parse_hello_common(PeerConn *conn, PeerFrame *f, PeerMsgType wan
     if (!name_valid(host, HOST_MAX)) {
         conn_reject_protocol(conn, "%s without a valid \"host\"",
                              peer_msg_type_name(want));
+        return FALSE;
+    }
+    /* Only a relay of this host's own connection speaks with its name. */
+    if (strcmp(host, conn->my_host) == 0) {
+        conn_reject_protocol(conn, "%s from a host that calls itself %s, this host's own "
+                             "name: a relay of this host's own session?",
+                             peer_msg_type_name(want), host);
         return FALSE;
     }
     if (!get_nonce(f->payload, nonce)) {

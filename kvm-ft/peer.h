@@ -15,7 +15,8 @@
  * listening side answers WELCOME {host, nonce}, both MAC'd with the
  * pre-shared key (PSK).  Each side then derives
  *
- *   session  = HMAC-SHA256(PSK, "kvm-ft session v1" || nonce_client || nonce_server)
+ *   session  = HMAC-SHA256(PSK, "kvm-ft session v2" || nonce_client || nonce_server
+ *                               || client host NUL || server host NUL)
  *   key_c2s  = HMAC-SHA256(session, "kvm-ft c2s v1")
  *   key_s2c  = HMAC-SHA256(session, "kvm-ft s2c v1")
  *
@@ -25,7 +26,8 @@
  * a session counts as established only when the peer's first session frame
  * verifies, which proves the peer holds the PSK *and* took part in this
  * exchange: a replayed HELLO or WELCOME never gets that far, because the
- * other side's nonce is fresh.
+ * other side's nonce is fresh.  A HELLO or WELCOME in this host's own name
+ * is refused: only a relay of its own session would send one.
  *
  * Everything runs on the GMainContext that is thread-default when the
  * server or connection is created, and never blocks it; only the
@@ -102,7 +104,7 @@ GBytes *peer_frame_encode(PeerMsgType type, guint64 seq, JsonObject *payload,
  * bytes are in, without waiting for a payload that may never come.
  * The MAC is checked before the seq and before the payload is parsed, so
  * no JSON parser ever runs on unauthenticated bytes.  A frame is accepted
- * only if seq > last_seq.
+ * only if seq == last_seq + 1: nothing replayed, reordered or left out.
  */
 PeerDecodeStatus peer_frame_decode(const guint8 *buf, gsize len, GBytes *key,
                                    guint64 last_seq, PeerFrame *frame,

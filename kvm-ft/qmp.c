@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "jsontext.h"
 #include "log.h"
 #include "timeouts.h"
 
@@ -206,6 +207,13 @@ static JsonNode *qmp_take_line(Qmp *q, GError **err)
             continue;
 
         parser = json_parser_new();
+        /* A QEMU gone wrong must not take kvm-ftd's stack with it. */
+        if (!json_text_sane(line, len, JSON_TEXT_MAX_DEPTH)) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL, "not a QMP message: %" G_GSIZE_FORMAT
+                        " bytes that are not strict JSON, or nested over %d deep", len,
+                        JSON_TEXT_MAX_DEPTH);
+            return NULL;
+        }
         if (!json_parser_load_from_data(parser, line, len, &perr) ||
             !json_parser_get_root(parser) ||
             !JSON_NODE_HOLDS_OBJECT(json_parser_get_root(parser))) {
@@ -321,7 +329,8 @@ static void qmp_queue_event(Qmp *q, JsonObject *msg)
         gint64 s = member_int(ts, "seconds", -1);
         gint64 us = member_int(ts, "microseconds", -1);
 
-        if (s >= 0 && us >= 0 && s < G_MAXINT64 / G_USEC_PER_SEC)
+        /* QEMU's own: seconds since the epoch, microseconds below a second. */
+        if (s >= 0 && us >= 0 && us < G_USEC_PER_SEC && s < G_MAXINT64 / G_USEC_PER_SEC - 1)
             ev->timestamp_us = s * G_USEC_PER_SEC + us;
     }
     g_queue_push_tail(&q->events, ev);

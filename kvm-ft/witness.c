@@ -6,6 +6,7 @@
 #include <libsoup/soup.h>
 #include <string.h>
 
+#include "jsontext.h"
 #include "log.h"
 #include "timeouts.h"
 
@@ -117,6 +118,11 @@ static JsonObject *answer_object(SoupMessage *msg, GBytes *body, JsonParser *par
         *why = g_strdup_printf("HTTP %u %s: %.*s", soup_message_get_status(msg),
                                soup_message_get_reason_phrase(msg), (int)MIN(len, 200),
                                data ? data : "");
+        return NULL;
+    }
+    if (!json_text_sane(data ? data : "", len, JSON_TEXT_MAX_DEPTH)) {
+        *why = g_strdup_printf("not JSON: %" G_GSIZE_FORMAT " bytes that are not strict JSON, "
+                               "or nested over %d deep", len, JSON_TEXT_MAX_DEPTH);
         return NULL;
     }
     if (!json_parser_load_from_data(parser, data ? data : "", (gssize)len, &err)) {

@@ -521,6 +521,17 @@ START_TEST(key_file_other_writable)
 }
 END_TEST
 
+/* Whoever owns the key file could change the key. */
+START_TEST(key_file_other_owner)
+{
+    g_autofree char *want = NULL;
+
+    ck_assert_int_eq(chown(key_path, 65534, 65534), 0);
+    want = g_strdup_printf("belongs to uid 65534, not to uid %u", (unsigned)geteuid());
+    expect_bad(DAEMON, "key-file", want);
+}
+END_TEST
+
 START_TEST(key_file_not_base64)
 {
     write_file(key_path, "this is not base64 at all, it has spaces and commas!!\n",
@@ -693,6 +704,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, key_file_world_readable);
     tcase_add_test(tc, key_file_group_readable);
     tcase_add_test(tc, key_file_other_writable);
+    tcase_add_test(tc, key_file_other_owner);
     tcase_add_test(tc, key_file_not_base64);
     tcase_add_test(tc, key_file_urlsafe_base64);
     tcase_add_test(tc, key_file_bad_padding);

@@ -404,6 +404,76 @@ START_TEST(prepare_secondary_refuses_malformed_copy_params)
 END_TEST
 
 /* A decision about a guest this host does not run is refused, and says so. */
+/* ---- any control request, from a thread of its own --------------------------- */
+typedef struct {
+    JsonObject *request;
+    JsonNode *result;
+    GError *error;
+    gint done;
+} ControlCall;
+
+static gpointer control_thread(gpointer opaque)
+{
+    ControlCall *c = opaque;
+
+    c->result = control_request(lab.control_socket, c->request, 10000, &c->error);
+    g_atomic_int_set(&c->done, 1);
+    return NULL;
+}
+
+/* The error kvm-ftd answered with (to be freed), or NULL when it answered *result. */
+static char *control(JsonObject *request, JsonNode **result)
+{
+    ControlCall c = { .request = request };
+    GThread *t = g_thread_new("ftctl", control_thread, &c);
+    char *error;
+
+    WAIT_FOR(g_atomic_int_get(&c.done), 10000);
+    g_thread_join(t);
+    error = c.error ? g_strdup(c.error->message) : NULL;
+    g_clear_error(&c.error);
+    if (result)
+        *result = c.result;
+    else if (c.result)
+        json_node_unref(c.result);
+    return error;
+}
+
+/* A name is a file name under the state and run dirs: no way out of them. */
+START_TEST(protect_refuses_a_path_for_a_name)
+{
+    g_autoptr(JsonObject) req = json_object_new();
+    g_autofree char *error = NULL;
+
+    start_peer(FALSE);
+    start_daemon();
+    json_object_set_string_member(req, "command", "protect");
+    json_object_set_string_member(req, "guest", "../../etc/passwd");
+    json_object_set_boolean_member(req, "started", TRUE);
+    error = control(req, NULL);
+    ck_assert_msg(error && strstr(error, "is not a guest name"), "%s",
+                  error ? error : "(accepted)");
+}
+END_TEST
+
+/* "since-ms" from the far future: no overflow (UBSan fails the test), all rounds. */
+START_TEST(detector_since_far_future)
+{
+    g_autoptr(JsonObject) req = json_object_new();
+    g_autoptr(JsonNode) result = NULL;
+    g_autofree char *error = NULL;
+
+    start_peer(FALSE);
+    start_daemon();
+    json_object_set_string_member(req, "command", "detector");
+    json_object_set_int_member(req, "since-ms", G_MAXINT64 / 10);
+    error = control(req, &result);
+    ck_assert_msg(!error, "%s", error);
+    ck_assert(result && JSON_NODE_HOLDS_OBJECT(result));
+    ck_assert(json_object_has_member(json_node_get_object(result), "rounds"));
+}
+END_TEST
+
 START_TEST(decision_for_an_unknown_guest_is_refused)
 {
     g_autoptr(JsonObject) params = json_object_new();
@@ -451,6 +521,8 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, quit_while_prepare_secondary_waits_for_the_peer);
     tcase_add_test(tc, prepare_secondary_needs_the_same_qemu);
     tcase_add_test(tc, prepare_secondary_refuses_malformed_copy_params);
+    tcase_add_test(tc, protect_refuses_a_path_for_a_name);
+    tcase_add_test(tc, detector_since_far_future);
     tcase_add_test(tc, decision_for_an_unknown_guest_is_refused);
     tcase_add_test(tc, guest_role_of_an_unknown_guest_is_none);
     suite_add_tcase(s, tc);

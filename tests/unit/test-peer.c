@@ -256,6 +256,8 @@ START_TEST(test_frame_replay)
     assert_decode_error(b, key, 5, PEER_ERROR_BAD_SEQ, "replayed");
     assert_decode_error(b, key, 9, PEER_ERROR_BAD_SEQ, NULL);
     assert_decode_error(b, key, G_MAXUINT64, PEER_ERROR_BAD_SEQ, NULL);
+    /* A relay that drops a frame (a decision) and passes the next is caught. */
+    assert_decode_error(b, key, 3, PEER_ERROR_BAD_SEQ, "frames dropped");
     ck_assert_int_eq(decode(b, key, 4, &f, &used, &e), PEER_DECODE_OK);
     peer_frame_clear(&f);
 }
@@ -897,6 +899,27 @@ START_TEST(test_wrong_key_refused)
 }
 END_TEST
 
+/*
+ * A session relayed back to its own host: the "peer" announces this host's
+ * own name.  Refused in the handshake.
+ */
+START_TEST(test_self_relay_refused)
+{
+    g_autoptr(GError) e = NULL;
+    Side side = { 0 };
+    PeerConn *c = peer_connect("127.0.0.1", env.port, env.psk, "hostB", 5000, &cbs, &side, &e);
+
+    ck_assert_msg(c != NULL, "%s", e ? e->message : "?");
+    WAIT_FOR(side.closed > 0, 5000);
+    ck_assert_int_eq(side.connected, 0);
+    ck_assert_int_eq(env.srv.connected, 0);
+    ck_assert_msg(log_contains("calls itself hostB, this host's own name"),
+                  "the server did not refuse a HELLO in its own name");
+    peer_conn_unref(c);
+    side_clear(&side);
+}
+END_TEST
+
 static void expect_hangup(const void *data, gsize len, const char *log_needle)
 {
     g_autoptr(GSocket) s = raw_connect(env.port);
@@ -1309,6 +1332,7 @@ static Suite *peer_suite(void)
     tcase_add_test(net, test_wrong_key_refused);
     tcase_add_test(net, test_garbage_refused);
     tcase_add_test(net, test_replayed_hello);
+    tcase_add_test(net, test_self_relay_refused);
     tcase_add_test(net, test_replay_in_session);
     tcase_add_test(net, test_garbage_in_session);
     tcase_add_test(net, test_handshake_timeouts);

@@ -600,6 +600,50 @@ START_TEST(test_stub_garbage)
 }
 END_TEST
 
+/*
+ * A QEMU gone wrong: a line nested 100,000 deep (json-glib parses
+ * recursively: it would take kvm-ftd's stack) and a timestamp whose
+ * microseconds would overflow the sum.  Refused, and the stream goes on.
+ */
+START_TEST(test_stub_hostile_lines)
+{
+    g_autofree char *bomb = g_strnfill(100000, '[');
+    StubStep script[] = {
+        STUB_HELLO(GREETING_NO_OOB),
+        { STUB_RECV, NULL }, { STUB_SEND, bomb },
+        { STUB_RECV, NULL },
+        { STUB_SEND, "{\"event\": \"STOP\", \"timestamp\": {\"seconds\": 1700000000, "
+                     "\"microseconds\": 9223372036854775807}}" },
+        { STUB_SEND, "{\"return\": \"ok\", \"id\": %ID%}" },
+        { STUB_END, NULL },
+    };
+    Stub *s = stub_start(script);
+    g_autoptr(GMainContext) ctx = g_main_context_new();
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Qmp) q = qmp_connect(s->path, 2000, &err);
+    g_autoptr(JsonNode) ret = NULL;
+    Rec r;
+
+    ck_assert_msg(q, "connect: %s", err ? err->message : "");
+    rec_init(&r);
+    qmp_set_handlers(q, rec_event, rec_closed, &r);
+    qmp_attach(q, ctx);
+    ret = qmp_call(q, "query-status", NULL, 2000, &err);
+    ck_assert_msg(!ret, "a 100,000-deep line taken as a reply");
+    ck_assert_msg(g_error_matches(err, QMP_ERROR, QMP_ERROR_PROTOCOL) &&
+                  strstr(err->message, "nested"), "%s", err ? err->message : "no error");
+    g_clear_error(&err);
+    ret = qmp_call(q, "query-status", NULL, 2000, &err);
+    ck_assert_msg(ret, "after the bomb: %s", err ? err->message : "");
+    ck_assert(run_until(ctx, &r.nevents, 1, 2000));
+    ck_assert_int_eq(g_array_index(r.stamps, gint64, 0), -1);
+
+    g_clear_pointer(&q, qmp_free);
+    rec_clear(&r);
+    stub_stop(s);
+}
+END_TEST
+
 START_TEST(test_stub_close_mid_reply)
 {
     static const StubStep script[] = {
@@ -1131,6 +1175,7 @@ static Suite *qmp_suite(void)
     tcase_add_loop_test(tc, test_stub_garbage, 0, G_N_ELEMENTS(garbage));
     tcase_add_test(tc, test_stub_close_mid_reply);
     tcase_add_test(tc, test_stub_events_interleaved);
+    tcase_add_test(tc, test_stub_hostile_lines);
     tcase_add_test(tc, test_stub_async_events_then_eof);
     tcase_add_test(tc, test_stub_large_reply);
     tcase_add_test(tc, test_stub_escaping);
