@@ -38,6 +38,7 @@ static const struct {
     { "timeouts", "peer-ms" },
     { "timeouts", "start-ms" },
     { "daemon", "lan-address" },
+    { "daemon", "image-root" },
     { "failover", "heartbeat-ms" },
     { "failover", "miss-count" },
     { "failover", "realtime-priority" },
@@ -738,6 +739,7 @@ void config_free(FtConfig *c)
     g_free(c->control_socket);
     g_free(c->state_dir);
     g_free(c->run_dir);
+    g_free(c->image_root);
     g_free(c->libvirt_uri);
     g_free(c->log_file);
     g_strfreev(c->witness_endpoints);
@@ -834,6 +836,8 @@ FtConfig *config_load(const char *path, GError **err)
                   FALSE, 0, &c->state_dir, err) ||
         !get_path(kf, path, "daemon", "run-dir", CONFIG_DEFAULT_RUN_DIR, FALSE,
                   0, &c->run_dir, err) ||
+        !get_path(kf, path, "daemon", "image-root", CONFIG_DEFAULT_IMAGE_ROOT, FALSE,
+                  0, &c->image_root, err) ||
         !get_path(kf, path, "daemon", "log-file", NULL, TRUE, 0, &c->log_file,
                   err) ||
         !get_value(kf, path, "daemon", "libvirt-uri", &c->libvirt_uri, err) ||

@@ -23,6 +23,7 @@
 #define CONFIG_DEFAULT_CONTROL_SOCKET "/run/kvm-ftd.sock"
 #define CONFIG_DEFAULT_STATE_DIR "/var/lib/kvm-ft"
 #define CONFIG_DEFAULT_RUN_DIR "/run/kvm-ft"
+#define CONFIG_DEFAULT_IMAGE_ROOT "/var/lib/libvirt/images"
 #define CONFIG_DEFAULT_LIBVIRT_URI "qemu:///system"
 #define CONFIG_DEFAULT_QMP_MS 5000      /* [timeouts] qmp-ms: 100..600000 */
 #define CONFIG_DEFAULT_PEER_MS 3000     /* [timeouts] peer-ms: 100..600000 */
@@ -50,6 +51,7 @@ typedef struct {
     char *control_socket;   /* absolute path, fits in sockaddr_un */
     char *state_dir;        /* absolute path */
     char *run_dir;          /* absolute path */
+    char *image_root;       /* [daemon] image-root: a peer's guests' disks must be below it */
     char *libvirt_uri;
     char *log_file;         /* absolute path, or NULL for stderr */
     guint qmp_timeout_ms;   /* [timeouts] qmp-ms */

@@ -228,6 +228,43 @@ FtDef *definitions_read_started(Definitions *defs, const char *name, char **xml,
     return parse_paired(defs, read_original(defs, name, err), NULL, xml, err);
 }
 
+/*
+ * What a peer asks this host to run is vetted here as this host's own
+ * administrator would have it: no QEMU arguments of the peer's choosing,
+ * no disk outside this host's image root (the secondary creates and
+ * exports files at those paths).
+ */
+static gboolean peer_definition_allowed(Definitions *defs, const FtDef *def,
+                                        const char *sender, GError **err)
+{
+    const char *root = defs->cfg->image_root;
+
+    if (def->qemu_commandline) {
+        g_set_error(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, "guest '%s' from %s has "
+                    "<qemu:commandline>: %s runs no QEMU arguments chosen by its peer; "
+                    "remove it from the definition", def->name, sender,
+                    defs->cfg->host_name);
+        return FALSE;
+    }
+    for (guint i = 0; i < def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(def->disks, i);
+        gsize n = strlen(root);
+
+        /* "/srv/images/" is "/srv/images"; "/" leaves n at 0: every absolute path. */
+        while (n > 0 && root[n - 1] == '/')
+            n--;
+        if (strncmp(disk->source_path, root, n) != 0 || disk->source_path[n] != '/') {
+            g_set_error(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, "guest '%s' from %s: disk "
+                        "%s at %s is outside %s's image root %s; keep the guests' images "
+                        "there, or set [daemon] image-root in kvm-ftd.conf", def->name,
+                        sender, disk->target, disk->source_path, defs->cfg->host_name,
+                        root);
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
 FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *version,
                              const char *sender, GError **err)
 {
@@ -244,6 +281,8 @@ FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *ver
         g_set_error_literal(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, why);
         return NULL;
     }
+    if (!peer_definition_allowed(defs, def, sender, err))
+        return NULL;
     mine = virt_qemu_version(defs->virt, err);
     if (!mine)
         return NULL;

@@ -44,14 +44,24 @@ static JsonObject *inet_addr(const char *host, guint port)
     return addr;
 }
 
-static JsonObject *socket_chardev(const char *id, const char *host, guint port,
-                                  gboolean server)
+static JsonObject *unix_addr(const char *path)
+{
+    JsonObject *data = json_object_new();
+    JsonObject *addr = json_object_new();
+
+    json_object_set_string_member(data, "path", path);
+    json_object_set_string_member(addr, "type", "unix");
+    json_object_set_object_member(addr, "data", data);
+    return addr;
+}
+
+static JsonObject *chardev_at(const char *id, JsonObject *addr /* taken */, gboolean server)
 {
     JsonObject *args = json_object_new();
     JsonObject *backend = json_object_new();
     JsonObject *data = json_object_new();
 
-    json_object_set_object_member(data, "addr", inet_addr(host, port));
+    json_object_set_object_member(data, "addr", addr);
     json_object_set_boolean_member(data, "server", server);
     if (server)
         json_object_set_boolean_member(data, "wait", FALSE);
@@ -62,6 +72,27 @@ static JsonObject *socket_chardev(const char *id, const char *host, guint port,
     json_object_set_string_member(args, "id", id);
     json_object_set_object_member(args, "backend", backend);
     return args;
+}
+
+static JsonObject *socket_chardev(const char *id, const char *host, guint port,
+                                  gboolean server)
+{
+    return chardev_at(id, inet_addr(host, port), server);
+}
+
+/*
+ * The primary's channels between its own filters and colo-compare: a unix
+ * socket in kvm-ftd's 0700 run dir, where no other local user can connect
+ * first and read or inject the guest's packets (a loopback port would let
+ * anyone).
+ */
+static JsonObject *local_chardev(const EngineLink *link, const char *id, const char *channel,
+                                 gboolean server)
+{
+    g_autofree char *file = g_strdup_printf("%s.%s", link->def->name, channel);
+    g_autofree char *path = g_build_filename(link->run_dir, file, NULL);
+
+    return chardev_at(id, unix_addr(path), server);
 }
 
 /* libvirt opens the tap with a virtio-net header: every filter must expect it. */
@@ -446,16 +477,12 @@ gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **e
                socket_chardev("mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) &&
            run(q, link, "chardev-add",
                socket_chardev("compare1", pri, base + FT_PORT_COMPARE, TRUE), err) &&
-           run(q, link, "chardev-add",
-               socket_chardev("compare0", "127.0.0.1", base + FT_PORT_COMPARE_IN, TRUE), err) &&
-           run(q, link, "chardev-add",
-               socket_chardev("compare0-0", "127.0.0.1", base + FT_PORT_COMPARE_IN, FALSE),
+           run(q, link, "chardev-add", local_chardev(link, "compare0", "colo-in", TRUE), err) &&
+           run(q, link, "chardev-add", local_chardev(link, "compare0-0", "colo-in", FALSE),
                err) &&
-           run(q, link, "chardev-add",
-               socket_chardev("compare_out", "127.0.0.1", base + FT_PORT_COMPARE_OUT, TRUE),
+           run(q, link, "chardev-add", local_chardev(link, "compare_out", "colo-out", TRUE),
                err) &&
-           run(q, link, "chardev-add",
-               socket_chardev("compare_out0", "127.0.0.1", base + FT_PORT_COMPARE_OUT, FALSE),
+           run(q, link, "chardev-add", local_chardev(link, "compare_out0", "colo-out", FALSE),
                err);
 }
 

@@ -17,6 +17,7 @@ typedef struct {
     const char *primary_addr;   /* dedicated-link address of the primary host */
     const char *secondary_addr; /* dedicated-link address of the secondary host */
     guint timeout_ms;           /* per QMP command */
+    const char *run_dir;        /* kvm-ftd's own (0700): the primary's local channels */
 } EngineLink;
 
 /* Secondary: COLO filters, NBD export of its disks, incoming migration. */

@@ -15,14 +15,13 @@ const char *ft_role_name(FtRole role);
 /*
  * Port layout on the dedicated link, relative to <ft:ports base>:
  * the secondary listens for the migration stream and NBD, the primary
- * for the two COLO network channels; compare0/compare_out are the
- * primary's loopback pairs between its filters and colo-compare.
+ * for the two COLO network channels.  The primary's pairs between its
+ * filters and colo-compare (compare0, compare_out) are unix sockets in
+ * kvm-ftd's run dir, not ports.
  */
 enum {
     FT_PORT_MIGRATION = 0,
     FT_PORT_NBD = 1,
     FT_PORT_MIRROR = 2,
     FT_PORT_COMPARE = 3,
-    FT_PORT_COMPARE_IN = 4,
-    FT_PORT_COMPARE_OUT = 5,
 };

@@ -741,6 +741,14 @@ static gboolean resolve_disk(xmlXPathObjectPtr disks, FtDisk *fd, GError **err)
         return invalid(err, "<ft:disk target='%s'>: its <source file='%s'> is "
                        "not an absolute path; give the full path", fd->target, v);
     }
+    /* Where the file is must be plain to see (image-root checks the start of it). */
+    if (strstr(source, "/../") || strstr(source, "/./") || g_str_has_suffix(source, "/..") ||
+        g_str_has_suffix(source, "/.") || strstr(source, "//")) {
+        g_autofree char *v = show(source);
+
+        return invalid(err, "<ft:disk target='%s'>: its <source file='%s'> has '.', "
+                       "'..' or empty components; give the plain path", fd->target, v);
+    }
     fd->format = g_steal_pointer(&format);
     fd->source_path = g_steal_pointer(&source);
     return TRUE;
@@ -819,9 +827,14 @@ static gboolean check_interfaces(xmlXPathContextPtr xp, FtDef *def, GError **err
     return TRUE;
 }
 
-static gboolean check_devices(xmlXPathContextPtr xp, GError **err)
+static gboolean check_devices(xmlXPathContextPtr xp, FtDef *def, GError **err)
 {
     g_autoptr(xmlXPathObject) hostdevs = xpath(xp, "/domain/devices/hostdev");
+    g_autoptr(xmlXPathObject) commandline = xpath(
+        xp, "/domain/*[local-name()='commandline' and "
+            "namespace-uri()='http://libvirt.org/schemas/domain/qemu/1.0']");
+
+    def->qemu_commandline = nodes_count(commandline) > 0;
 
     if (nodes_count(hostdevs) > 0)
         return invalid(err, "<hostdev>: a host device passed through to the "
@@ -1046,7 +1059,7 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
                 return NULL;
         }
     }
-    if (!check_interfaces(xp, def, err) || !check_devices(xp, err))
+    if (!check_interfaces(xp, def, err) || !check_devices(xp, def, err))
         return NULL;
     return g_steal_pointer(&def);
 }

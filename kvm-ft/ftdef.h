@@ -98,6 +98,8 @@ typedef struct {
     guint port_base;               /* FTDEF_PORT_BASE_DEFAULT if absent */
     GPtrArray *disks;              /* FtDisk *, in <ft:disk> order, 1..64 */
     guint n_interfaces;            /* 0 or 1 <interface> elements */
+    /* <qemu:commandline> present: arguments libvirt passes to QEMU unchecked. */
+    gboolean qemu_commandline;
 } FtDef;
 
 #define FTDEF_ERROR ftdef_error_quark()

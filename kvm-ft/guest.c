@@ -1078,6 +1078,7 @@ static EngineLink engine_link(FtGuest *g)
         .primary_addr = (primary ? self_host(g) : peer_host(g))->link_address,
         .secondary_addr = (primary ? peer_host(g) : self_host(g))->link_address,
         .timeout_ms = daemon_config(g->d)->qmp_timeout_ms,
+        .run_dir = daemon_config(g->d)->run_dir,
     };
     return link;
 }

@@ -6,8 +6,12 @@ Brings up the lab, defines the test guest on hostA, protects it with
 checkpoints happen, and asserts: the pair stays in COLO on both hosts,
 checkpoints complete, the client's sequence is gapless on one connection,
 and the primary's QMP keeps answering (the TCG checkpoint deadlock is gone).
+Also: the primary's channels between its filters and colo-compare are unix
+sockets in kvm-ftd's 0700 run dir, and no TCP port on loopback is left for
+a local user to connect to first.
 """
 import os
+import stat
 import sys
 import time
 
@@ -28,6 +32,22 @@ def primary_qmp_latency(lab):
     return took
 
 
+def check_local_channels(lab):
+    """The primary QEMU's own channels: unix sockets in /run/kvm-ft (mode 0700), no
+    TCP listener on loopback."""
+    listeners = lab.lab("exec", "A", "ss", "-ltnH").stdout
+    assert "127.0.0.1:" not in listeners, "TCP listeners on loopback:\n%s" % listeners
+    run_dir = lab.path("hostA", "/run/kvm-ft")
+    mode = os.stat(run_dir).st_mode & 0o777
+    assert mode == 0o700, "run dir %s has mode %o" % (run_dir, mode)
+    for channel in ("colo-in", "colo-out"):
+        path = os.path.join(run_dir, "%s.%s" % (GUEST, channel))
+        assert os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode), \
+            "no unix socket %s" % path
+    log("local channels: unix sockets in %s (mode %o); loopback listeners: none" % (
+        run_dir, mode))
+
+
 def main():
     qemu = qemu_binary()
     gdir = guest_dir()
@@ -42,6 +62,7 @@ def main():
         b = wait_state(lab, "hostB", "protected", timeout=60)
         assert a["role"] == "primary" and a["state"] == "protected", a
         assert b["role"] == "secondary", b
+        check_local_channels(lab)
         wait_for("guest up on the primary's serial", lambda: "GUEST UP" in lab.serial("hostA"),
                  timeout=120)
 

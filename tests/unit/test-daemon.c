@@ -136,6 +136,7 @@ static void start_daemon(void)
                            "control-socket = %s\n"
                            "state-dir = %s\n"
                            "run-dir = %s\n"
+                           "image-root = /nonexistent/kvm-ft-test\n"
                            "libvirt-uri = test:///default\n"
                            "[timeouts]\n"
                            "peer-ms = 600000\n"
@@ -321,8 +322,8 @@ static char *ask(const char *method, JsonObject *params, JsonNode **result)
 
 /* What hostA answers hostB's prepare-secondary for web1 (NULL: success). */
 /* ... with one more member, given as JSON text (NULL: none). */
-static char *prepare_secondary_with(const char *qemu_version, const char *member,
-                                    const char *json)
+static char *prepare_secondary_xml(const char *xml, const char *qemu_version,
+                                   const char *member, const char *json)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(JsonObject) params = json_object_new();
@@ -334,11 +335,17 @@ static char *prepare_secondary_with(const char *qemu_version, const char *member
         json_object_set_member(params, member, value);
     }
     json_object_set_string_member(params, "guest", "web1");
-    json_object_set_string_member(params, "domain-xml", guest_xml);
+    json_object_set_string_member(params, "domain-xml", xml);
     json_object_set_string_member(params, "primary", "hostB");
     if (qemu_version)
         json_object_set_string_member(params, "qemu-version", qemu_version);
     return ask("prepare-secondary", params, NULL);
+}
+
+static char *prepare_secondary_with(const char *qemu_version, const char *member,
+                                    const char *json)
+{
+    return prepare_secondary_xml(guest_xml, qemu_version, member, json);
 }
 
 static char *prepare_secondary(const char *qemu_version)
@@ -372,6 +379,46 @@ START_TEST(prepare_secondary_needs_the_same_qemu)
     same = prepare_secondary(mine);
     ck_assert_ptr_nonnull(same);
     ck_assert_msg(strstr(same, "does not exist on hostA") != NULL, "%s", same);
+}
+END_TEST
+
+/* The peer's definition, with one change (from -> to). */
+static char *guest_xml_with(const char *from, const char *to)
+{
+    g_autoptr(GString) xml = g_string_new(guest_xml);
+
+    ck_assert_uint_eq(g_string_replace(xml, from, to, 1), 1);
+    return g_string_free(g_steal_pointer(&xml), FALSE);
+}
+
+/* An authenticated peer is no administrator of this host: what it asks to run is vetted. */
+START_TEST(prepare_secondary_vets_the_peer_definition)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *mine = NULL;
+    g_autofree char *outside_xml = guest_xml_with("/nonexistent/kvm-ft-test/web1.qcow2",
+                                                  "/etc/shadow");
+    g_autofree char *dotdot_xml = guest_xml_with("/nonexistent/kvm-ft-test/web1.qcow2",
+                                                 "/nonexistent/kvm-ft-test/../../etc/shadow");
+    g_autofree char *cmdline_xml = guest_xml_with(
+        "</devices>", "</devices><qemu:commandline xmlns:qemu="
+                      "'http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-S'/>"
+                      "</qemu:commandline>");
+    g_autofree char *outside = NULL, *dotdot = NULL, *cmdline = NULL;
+
+    start_peer(FALSE);
+    start_daemon();
+    mine = virt_qemu_version(daemon_virt(lab.d), &err);
+    ck_assert_ptr_nonnull(mine);
+    outside = prepare_secondary_xml(outside_xml, mine, NULL, NULL);
+    ck_assert_msg(outside && strstr(outside, "disk vda at /etc/shadow is outside hostA's image "
+                                    "root /nonexistent/kvm-ft-test"), "%s",
+                  outside ? outside : "(accepted)");
+    dotdot = prepare_secondary_xml(dotdot_xml, mine, NULL, NULL);
+    ck_assert_msg(dotdot && strstr(dotdot, "'..'"), "%s", dotdot ? dotdot : "(accepted)");
+    cmdline = prepare_secondary_xml(cmdline_xml, mine, NULL, NULL);
+    ck_assert_msg(cmdline && strstr(cmdline, "has <qemu:commandline>"), "%s",
+                  cmdline ? cmdline : "(accepted)");
 }
 END_TEST
 
@@ -523,6 +570,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, prepare_secondary_refuses_malformed_copy_params);
     tcase_add_test(tc, protect_refuses_a_path_for_a_name);
     tcase_add_test(tc, detector_since_far_future);
+    tcase_add_test(tc, prepare_secondary_vets_the_peer_definition);
     tcase_add_test(tc, decision_for_an_unknown_guest_is_refused);
     tcase_add_test(tc, guest_role_of_an_unknown_guest_is_none);
     suite_add_tcase(s, tc);
