@@ -186,6 +186,24 @@ static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
     guest_prepare_secondary(g, conn, id, params);
 }
 
+/*
+ * Whether the host at the other end of conn is the guest's peer: the key
+ * is shared, so another host holding it must not steer this guest.
+ * Refused (and answered) if not.
+ */
+static gboolean sent_by_peer_of(Daemon *d, PeerConn *conn, guint64 id, FtGuest *g,
+                                const char *method)
+{
+    const char *sender = peer_conn_get_peer_host(conn);
+    const FtHost *peer = ftdef_peer(guest_def(g), d->cfg->host_name);
+
+    if (peer && g_strcmp0(sender, peer->name) == 0)
+        return TRUE;
+    daemon_reply_error(conn, id, "%s for guest '%s' from %s, which is not its peer (%s)",
+                       method, guest_name(g), sender, peer ? peer->name : "none");
+    return FALSE;
+}
+
 static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
                                   JsonObject *params)
 {
@@ -197,6 +215,8 @@ static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
     g_autofree char *why = g_strdup_printf("primary %s: %s",
                                            peer_conn_get_peer_host(conn), reason);
 
+    if (g && !sent_by_peer_of(d, conn, id, g, "stop-secondary"))
+        return;
     if (g && guest_role(g) == FT_ROLE_SECONDARY)
         guest_stop(g, why);
     peer_conn_reply(conn, id, ok);
@@ -216,6 +236,8 @@ static void handle_guest_request(Daemon *d, PeerConn *conn, guint64 id, JsonObje
         daemon_reply_error(conn, id, "no guest '%s' on %s", name, d->cfg->host_name);
         return;
     }
+    if (!sent_by_peer_of(d, conn, id, g, "request"))
+        return;
     if (!act(g, params, &err)) {
         daemon_reply_error(conn, id, "%s", err->message);
         return;
@@ -255,6 +277,8 @@ static void handle_decision(Daemon *d, PeerConn *conn, guint64 id, JsonObject *p
                            name, d->cfg->host_name);
         return;
     }
+    if (!sent_by_peer_of(d, conn, id, g, decision))
+        return;
     own = guest_generation(g);
     if (generation && own && strcmp(generation, own) != 0) {
         daemon_reply_error(conn, id, "'%s' for guest '%s' belongs to protection %s; %s is "

@@ -65,15 +65,35 @@ static xmlNodePtr find_disk(xmlXPathContextPtr ctx, const char *target)
     return res->nodesetval->nodeTab[0];
 }
 
-/* The guest must see the disk where libvirt put it, or its device names move. */
+/* "0x1f" and the like, at most max: a number, never text that reaches QEMU's options. */
+static gboolean pci_number(const xmlChar *text, guint max, guint *out)
+{
+    const char *s = (const char *)text;
+    guint64 n;
+    char *end = NULL;
+
+    if (!s || !g_str_has_prefix(s, "0x") || !g_ascii_isxdigit(s[2]))
+        return FALSE;
+    n = g_ascii_strtoull(s + 2, &end, 16);
+    if (*end || n > max)
+        return FALSE;
+    *out = (guint)n;
+    return TRUE;
+}
+
+/*
+ * The guest must see the disk where libvirt put it, or its device names
+ * move.  NULL with err when its <address> is not a PCI slot and function.
+ */
 static char *disk_pci_addr(xmlXPathContextPtr ctx, xmlNodePtr disk,
-                           guint index)
+                           guint index, const char *target, GError **err)
 {
     g_autoptr(xmlXPathObject) res = NULL;
     xmlNodePtr addr;
     g_autofree xmlChar *type = NULL;
     g_autofree xmlChar *slot = NULL;
     g_autofree xmlChar *function = NULL;
+    guint slot_n, function_n = 0;
 
     ctx->node = disk;
     res = xmlXPathEvalExpression((const xmlChar *)"address", ctx);
@@ -85,10 +105,20 @@ static char *disk_pci_addr(xmlXPathContextPtr ctx, xmlNodePtr disk,
     function = xmlGetProp(addr, (const xmlChar *)"function");
     if (!type || strcmp((const char *)type, "pci") != 0 || !slot)
         return g_strdup_printf("0x%x", FALLBACK_PCI_SLOT + index);
-    if (function && strcmp((const char *)function, "0x0") != 0)
-        return g_strdup_printf("%s.%s", (const char *)slot,
-                               (const char *)function + 2);
-    return g_strdup((const char *)slot);
+    if (!pci_number(slot, 0x1f, &slot_n) || (function && !pci_number(function, 7, &function_n))) {
+        g_autofree char *shown_slot = g_strescape((const char *)slot, NULL);
+        g_autofree char *shown_function = g_strescape(function ? (const char *)function : "",
+                                                      NULL);
+
+        g_set_error(err, G_MARKUP_ERROR, G_MARKUP_ERROR_INVALID_CONTENT,
+                    "<disk> '%s': <address type='pci' slot='%.20s' function='%.20s'> is not "
+                    "a PCI slot (0x0-0x1f) and function (0x0-0x7)", target, shown_slot,
+                    shown_function);
+        return NULL;
+    }
+    if (function_n)
+        return g_strdup_printf("0x%x.%x", slot_n, function_n);
+    return g_strdup_printf("0x%x", slot_n);
 }
 
 static void add_arg(xmlNodePtr cmdline, xmlNsPtr qns, const char *value)
@@ -190,6 +220,7 @@ char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
     xmlNodePtr cmdline;
     xmlNsPtr qns;
     g_autofree char *qmp = NULL;
+    g_autofree char *qmp_path = NULL;
     xmlChar *out = NULL;
     int out_len = 0;
     char *result;
@@ -207,8 +238,8 @@ char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
     ctx = xmlXPathNewContext(doc);
 
     cmdline = ensure_cmdline(root, &qns);
-    qmp = g_strdup_printf("socket,id=kvmft-qmp,path=%s,server=on,wait=off",
-                          plumbing->qmp_socket);
+    qmp_path = qemu_opt_escape(plumbing->qmp_socket);
+    qmp = g_strdup_printf("socket,id=kvmft-qmp,path=%s,server=on,wait=off", qmp_path);
     add_args(cmdline, qns, "-chardev", qmp);
     add_args(cmdline, qns, "-mon", "chardev=kvmft-qmp,mode=control");
     if (plumbing->own_start) {
@@ -229,7 +260,9 @@ char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
                         disk->target, def->name);
             return NULL;
         }
-        pci_addr = disk_pci_addr(ctx, node, i);
+        pci_addr = disk_pci_addr(ctx, node, i, disk->target, err);
+        if (!pci_addr)
+            return NULL;
         xmlUnlinkNode(node);
         xmlFreeNode(node);
         add_disk_args(cmdline, qns, disk, i, role, plumbing, pci_addr);

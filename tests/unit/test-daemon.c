@@ -298,14 +298,15 @@ static void on_reply(PeerConn *conn, JsonNode *result, const GError *error, gpoi
     c->result = result ? json_node_copy(result) : NULL;
 }
 
-/* hostA's answer to a request from hostB: the error (NULL: success), *result if asked. */
-static char *ask(const char *method, JsonObject *params, JsonNode **result)
+/* hostA's answer to a request from host: the error (NULL: success), *result if asked. */
+static char *ask_as(const char *host, const char *method, JsonObject *params,
+                    JsonNode **result)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(PeerConn) conn = NULL;
     Client c = { 0 };
 
-    conn = peer_connect("127.0.0.1", lab.port, lab.psk, "hostB", 5000, &client_callbacks, &c,
+    conn = peer_connect("127.0.0.1", lab.port, lab.psk, host, 5000, &client_callbacks, &c,
                         &err);
     ck_assert_ptr_nonnull(conn);
     WAIT_FOR(c.connected, 5000);
@@ -318,6 +319,12 @@ static char *ask(const char *method, JsonObject *params, JsonNode **result)
     else if (c.result)
         json_node_unref(c.result);
     return c.error;
+}
+
+/* ... from hostB, web1's peer. */
+static char *ask(const char *method, JsonObject *params, JsonNode **result)
+{
+    return ask_as("hostB", method, params, result);
 }
 
 /* What hostA answers hostB's prepare-secondary for web1 (NULL: success). */
@@ -521,6 +528,29 @@ START_TEST(detector_since_far_future)
 }
 END_TEST
 
+/* The key is shared: a third host holding it must not steer web1 (hostA + hostB). */
+START_TEST(requests_from_a_host_that_is_not_the_peer_are_refused)
+{
+    static const char *const methods[] = { "stop-secondary", "receive-copy", "decision" };
+
+    start_peer(FALSE);
+    start_daemon();
+    define_web1();
+    WAIT_FOR(lab.define != NULL, 10000);
+    protect_web1();
+    for (gsize i = 0; i < G_N_ELEMENTS(methods); i++) {
+        g_autoptr(JsonObject) params = json_object_new();
+        g_autofree char *answer = NULL;
+
+        json_object_set_string_member(params, "guest", "web1");
+        json_object_set_string_member(params, "decision", "stand-down");
+        answer = ask_as("hostC", methods[i], params, NULL);
+        ck_assert_msg(answer && strstr(answer, "from hostC, which is not its peer (hostB)"),
+                      "%s from hostC: %s", methods[i], answer ? answer : "(accepted)");
+    }
+}
+END_TEST
+
 START_TEST(decision_for_an_unknown_guest_is_refused)
 {
     g_autoptr(JsonObject) params = json_object_new();
@@ -571,6 +601,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, protect_refuses_a_path_for_a_name);
     tcase_add_test(tc, detector_since_far_future);
     tcase_add_test(tc, prepare_secondary_vets_the_peer_definition);
+    tcase_add_test(tc, requests_from_a_host_that_is_not_the_peer_are_refused);
     tcase_add_test(tc, decision_for_an_unknown_guest_is_refused);
     tcase_add_test(tc, guest_role_of_an_unknown_guest_is_none);
     suite_add_tcase(s, tc);

@@ -72,7 +72,7 @@ START_TEST(primary_moves_disks_to_quorum)
                                 "children.0.driver=qcow2,children.0.node-name=kvmft-data0']"), 1);
     /* The guest keeps the PCI slot libvirt gave the disk. */
     ck_assert_int_eq(count(out, "//q:arg[@value='virtio-blk-pci,id=kvmft-vblk0,"
-                                "drive=colo-disk0,bus=pci.0,addr=0x04']"), 1);
+                                "drive=colo-disk0,bus=pci.0,addr=0x4']"), 1);
     ck_assert_int_eq(count(out, "//q:arg[starts-with(@value,'virtio-blk-pci,id=kvmft-vblk1,"
                                 "drive=colo-disk1')]"), 1);
     ck_assert_int_eq(count(out, "//q:arg[@value='socket,id=kvmft-qmp,"
@@ -151,6 +151,63 @@ START_TEST(missing_disk_is_an_error)
 }
 END_TEST
 
+/* The derived XML for the primary from the fixture with one text change, or NULL and *err. */
+static char *derive_changed(const char *from, const char *to, const char *qmp, GError **err)
+{
+    g_autofree char *xml = fixture("ftdef-valid.xml");
+    g_autoptr(GString) changed = g_string_new(xml);
+    g_autoptr(FtDef) def = NULL;
+    DomxmlPlumbing p = { .qmp_socket = qmp };
+
+    ck_assert_uint_eq(g_string_replace(changed, from, to, 1), 1);
+    def = ftdef_parse(changed->str, err);
+    ck_assert_msg(def != NULL, "%s", *err ? (*err)->message : "");
+    return domxml_for_role(changed->str, def, FT_ROLE_PRIMARY, &p, err);
+}
+
+/* An address is numbers: nothing of it reaches QEMU's options as text. */
+START_TEST(pci_address_must_be_numbers)
+{
+    static const char *const bad[] = {
+        "slot='0x04,romfile=/etc/shadow' function='0x0'", "slot='0x04' function='0x'",
+        "slot='0x04' function='0x8'", "slot='0x20' function='0x0'", "slot='4' function='0x0'",
+    };
+
+    for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_autoptr(GError) err = NULL;
+        g_autofree char *out = derive_changed("slot='0x04' function='0x0'", bad[i],
+                                              "/run/kvm-ft/web1.qmp", &err);
+
+        ck_assert_msg(out == NULL, "accepted <address %s>", bad[i]);
+        ck_assert_msg(strstr(err->message, "is not a PCI slot"), "%s", err->message);
+    }
+}
+END_TEST
+
+START_TEST(pci_function_kept)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *out = derive_changed("slot='0x04' function='0x0'",
+                                          "slot='0x0a' function='0x3'", "/q.sock", &err);
+
+    ck_assert_msg(out != NULL, "%s", err ? err->message : "");
+    ck_assert_int_eq(count(out, "//q:arg[contains(@value, 'addr=0xa.3')]"), 1);
+}
+END_TEST
+
+/* A comma in the QMP socket's path (from the guest's name) must not start a new option. */
+START_TEST(qmp_socket_path_escaped)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *out = derive_changed("slot='0x04'", "slot='0x04'",
+                                          "/run/kvm-ft/a,server=off.qmp", &err);
+
+    ck_assert_msg(out != NULL, "%s", err ? err->message : "");
+    ck_assert_int_eq(count(out, "//q:arg[@value='socket,id=kvmft-qmp,path=/run/kvm-ft/"
+                                "a,,server=off.qmp,server=on,wait=off']"), 1);
+}
+END_TEST
+
 START_TEST(derived_is_recognised_and_marks_only_own_starts)
 {
     g_autofree char *original = fixture("ftdef-valid.xml");
@@ -205,6 +262,9 @@ int main(void)
     tcase_add_test(tc, secondary_gets_replication_chain);
     tcase_add_test(tc, existing_commandline_and_iothreads_are_kept);
     tcase_add_test(tc, missing_disk_is_an_error);
+    tcase_add_test(tc, pci_address_must_be_numbers);
+    tcase_add_test(tc, pci_function_kept);
+    tcase_add_test(tc, qmp_socket_path_escaped);
     tcase_add_test(tc, derived_is_recognised_and_marks_only_own_starts);
     tcase_add_test(tc, metadata_carried_over_to_the_original);
     suite_add_tcase(s, tc);
