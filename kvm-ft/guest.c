@@ -1870,6 +1870,9 @@ static void on_claim(const char *owner, const GError *error, gpointer opaque)
         /* A primary ran past its last checkpoint: its disks hold writes the winner lacks. */
         if (g->role == FT_ROLE_PRIMARY)
             mark_diverged(g);
+        /* For `ftctl status` too, until the next protection. */
+        g_free(g->error);
+        g->error = g_strdup(why);
         guest_stop(g, why);
     }
 out:

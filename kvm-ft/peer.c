@@ -24,6 +24,13 @@
 #define READ_CHUNK (64 * 1024)
 /* Unauthenticated sockets held at once: bounds what a port scan can cost. */
 #define MAX_HANDSHAKES 8
+/* Of those, from one address: one host cannot keep the real peer out. */
+#define MAX_HANDSHAKES_PER_SOURCE 2
+/* Refusals are logged at most this many times per window, then counted. */
+#define REFUSAL_LOG_BURST 20
+#define REFUSAL_LOG_WINDOW_S 10
+
+static void log_refusal(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 /* Requests the peer may leave us owing: bounds a peer flooding requests. */
 #define MAX_INCOMING 256
 
@@ -438,6 +445,7 @@ struct PeerConn {
     char *my_host;
     char *peer_host;
     char *address;
+    char *source_ip;  /* server side: the remote address without its port */
 
     ConnectOp *connect_op;
     GSocketConnection *sockconn; /* client side: owns sock */
@@ -563,6 +571,7 @@ static void conn_finalize(PeerConn *conn)
     g_free(conn->my_host);
     g_free(conn->peer_host);
     g_free(conn->address);
+    g_free(conn->source_ip);
     g_main_context_unref(conn->ctx);
     g_mutex_clear(&conn->send_lock);
     g_free(conn);
@@ -702,7 +711,7 @@ static void conn_read(PeerConn *conn)
                              "%s hung up during the handshake (wrong key? see the "
                              "log on that host)%s%s",
                              conn->address, e ? ": " : "", e ? e->message : "");
-        log_warn(NULL, NULL, "peer %s refused: hung up during the handshake (wrong key? "
+        log_refusal("peer %s refused: hung up during the handshake (wrong key? "
                  "see the log on that host)", conn->address);
         break;
     default:
@@ -893,6 +902,36 @@ static void conn_fail_later(PeerConn *conn, GError *reason)
     g_source_attach(conn->fail_idle, conn->ctx);
 }
 
+/*
+ * "peer ... refused" lines, rate-limited: anyone reaching a listener can
+ * provoke them, and a real-time daemon must not spend itself logging.
+ */
+static void log_refusal(const char *fmt, ...)
+{
+    static gint64 window_start_us;
+    static guint logged, suppressed;
+    const gint64 now = g_get_monotonic_time();
+    g_autofree char *msg = NULL;
+    va_list ap;
+
+    if (now - window_start_us >= REFUSAL_LOG_WINDOW_S * G_USEC_PER_SEC) {
+        if (suppressed)
+            log_warn(NULL, NULL, "%u more peer refusals were not logged in %d s",
+                     suppressed, REFUSAL_LOG_WINDOW_S);
+        window_start_us = now;
+        logged = suppressed = 0;
+    }
+    if (logged >= REFUSAL_LOG_BURST) {
+        suppressed++;
+        return;
+    }
+    logged++;
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    log_warn(NULL, NULL, "%s", msg);
+}
+
 /* A frame that must not be: log for the person on call and hang up. */
 static void conn_reject(PeerConn *conn, const GError *err)
 {
@@ -903,12 +942,12 @@ static void conn_reject(PeerConn *conn, const GError *err)
     case CONN_WAIT_WELCOME:
         if (g_error_matches(err, PEER_ERROR, PEER_ERROR_BAD_MAC))
             msg = "bad MAC (wrong key?)";
-        log_warn(NULL, NULL, "peer %s refused: %s", conn->address, msg);
+        log_refusal("peer %s refused: %s", conn->address, msg);
         break;
     case CONN_WAIT_CONFIRM:
         if (g_error_matches(err, PEER_ERROR, PEER_ERROR_BAD_MAC))
             msg = "bad MAC on the first session frame (replayed handshake?)";
-        log_warn(NULL, NULL, "peer %s refused: %s", conn->address, msg);
+        log_refusal("peer %s refused: %s", conn->address, msg);
         break;
     default:
         log_warn(NULL, NULL, "peer %s (%s): closing connection: %s", conn->address,
@@ -1135,7 +1174,7 @@ static gboolean conn_hs_timeout_cb(gpointer data)
     if (conn->state == CONN_CONNECTING)
         log_debug(NULL, NULL, "peer %s", e->message);
     else
-        log_warn(NULL, NULL, "peer %s refused: handshake not completed within %u ms",
+        log_refusal("peer %s refused: handshake not completed within %u ms",
                  conn->address, conn->hs_timeout_ms);
     conn_close(conn, e);
     return G_SOURCE_REMOVE;
@@ -1577,6 +1616,14 @@ gint64 peer_conn_get_last_rx_time(PeerConn *conn)
 
 /* ---- setup shared by both ends ----------------------------------------------------- */
 
+static char *source_ip(GSocketAddress *sa)
+{
+    if (!G_IS_INET_SOCKET_ADDRESS(sa))
+        return g_strdup("?");
+    return g_inet_address_to_string(g_inet_socket_address_get_address(
+        G_INET_SOCKET_ADDRESS(sa)));
+}
+
 static char *format_address(GSocketAddress *sa)
 {
     GInetAddress *ia;
@@ -1709,14 +1756,16 @@ static void server_forget(PeerServer *server, PeerConn *conn)
         g_ptr_array_remove_fast(server->conns, conn); /* drops the server's reference */
 }
 
-static guint server_handshaking(PeerServer *server)
+/* Connections in handshake, from that address only unless it is NULL. */
+static guint server_handshaking(PeerServer *server, const char *from)
 {
     guint n = 0;
 
     for (guint i = 0; i < server->conns->len; i++) {
         PeerConn *c = g_ptr_array_index(server->conns, i);
 
-        if (c->state != CONN_ESTABLISHED && c->state != CONN_CLOSED)
+        if (c->state != CONN_ESTABLISHED && c->state != CONN_CLOSED &&
+            (!from || g_strcmp0(c->source_ip, from) == 0))
             n++;
     }
     return n;
@@ -1732,6 +1781,7 @@ static gboolean server_incoming_cb(GSocket *listener, GIOCondition cond, gpointe
         g_autoptr(GSocket) s = g_socket_accept(listener, NULL, &e);
         g_autoptr(GSocketAddress) remote = NULL;
         g_autofree char *address = NULL;
+        g_autofree char *source = NULL;
         PeerConn *conn;
 
         if (!s) {
@@ -1741,9 +1791,16 @@ static gboolean server_incoming_cb(GSocket *listener, GIOCondition cond, gpointe
         }
         remote = g_socket_get_remote_address(s, NULL);
         address = remote ? format_address(remote) : g_strdup("?");
-        if (server_handshaking(server) >= MAX_HANDSHAKES) {
-            log_warn(NULL, NULL, "peer %s refused: %d connections already in handshake",
-                     address, MAX_HANDSHAKES);
+        source = remote ? source_ip(remote) : g_strdup("?");
+        if (server_handshaking(server, NULL) >= MAX_HANDSHAKES) {
+            log_refusal("peer %s refused: %d connections already in handshake", address,
+                        MAX_HANDSHAKES);
+            g_socket_close(s, NULL);
+            continue;
+        }
+        if (server_handshaking(server, source) >= MAX_HANDSHAKES_PER_SOURCE) {
+            log_refusal("peer %s refused: %d connections already in handshake from %s",
+                        address, MAX_HANDSHAKES_PER_SOURCE, source);
             g_socket_close(s, NULL);
             continue;
         }
@@ -1754,6 +1811,7 @@ static gboolean server_incoming_cb(GSocket *listener, GIOCondition cond, gpointe
         conn->server = server;
         conn->sock = g_steal_pointer(&s);
         conn->address = g_steal_pointer(&address);
+        conn->source_ip = g_steal_pointer(&source);
         conn->hs_timeout_ms = server->hs_timeout_ms;
         conn->hs_timer = attach_timeout(conn, server->hs_timeout_ms, conn_hs_timeout_cb, conn);
         g_ptr_array_add(server->conns, conn);

@@ -603,6 +603,24 @@ static GSocket *raw_connect(guint16 port)
     return s;
 }
 
+/* A connection from another loopback address, as another host on the LAN would make. */
+#define MAX_SILENT 10
+
+static GSocket *raw_connect_from(const char *source, guint16 port)
+{
+    g_autoptr(GInetAddress) lo = g_inet_address_new_loopback(G_SOCKET_FAMILY_IPV4);
+    g_autoptr(GInetAddress) src = g_inet_address_new_from_string(source);
+    g_autoptr(GSocketAddress) sa = g_inet_socket_address_new(lo, port);
+    g_autoptr(GSocketAddress) from = g_inet_socket_address_new(src, 0);
+    GSocket *s = g_socket_new(G_SOCKET_FAMILY_IPV4, G_SOCKET_TYPE_STREAM,
+                              G_SOCKET_PROTOCOL_TCP, NULL);
+
+    ck_assert_ptr_nonnull(s);
+    ck_assert(g_socket_bind(s, from, FALSE, NULL));
+    ck_assert(g_socket_connect(s, sa, NULL, NULL));
+    return s;
+}
+
 static void raw_send(GSocket *s, const void *buf, gsize len)
 {
     gsize off = 0;
@@ -1126,6 +1144,35 @@ START_TEST(test_handshake_timeouts)
 }
 END_TEST
 
+/*
+ * Another host on the LAN opens silent connections to take every handshake
+ * slot: it gets two, and the real peer still gets in.
+ */
+START_TEST(test_handshake_slots_per_source)
+{
+    GSocket *silent[MAX_SILENT];
+    guint held = 0;
+
+    for (guint i = 0; i < MAX_SILENT; i++)
+        silent[i] = raw_connect_from("127.0.0.2", env.port);
+    /* Let the server take them all, then see which it hung up on. */
+    {
+        int never = 0;
+
+        WAIT_FOR(never, 300);
+    }
+    for (guint i = 0; i < MAX_SILENT; i++)
+        held += !raw_eof(silent[i], NULL);
+    ck_assert_msg(held == 2, "%u of %d silent connections from one address held", held,
+                  MAX_SILENT);
+    ck_assert(log_contains("connections already in handshake from 127.0.0.2"));
+    connect_good_client();
+    echo_round_trip(env.client);
+    for (guint i = 0; i < MAX_SILENT; i++)
+        g_object_unref(silent[i]);
+}
+END_TEST
+
 START_TEST(test_connect_refused)
 {
     Side side = { 0 };
@@ -1333,6 +1380,7 @@ static Suite *peer_suite(void)
     tcase_add_test(net, test_garbage_refused);
     tcase_add_test(net, test_replayed_hello);
     tcase_add_test(net, test_self_relay_refused);
+    tcase_add_test(net, test_handshake_slots_per_source);
     tcase_add_test(net, test_replay_in_session);
     tcase_add_test(net, test_garbage_in_session);
     tcase_add_test(net, test_handshake_timeouts);
