@@ -188,35 +188,50 @@ static void teardown(void)
     g_free(lab.control_socket);
 }
 
-/* ---- ftctl protect, from a thread of its own: the daemon's loop runs here --------- */
-
+/* ---- ftctl, from a thread of its own: the daemon's loop runs here ----------------- */
 typedef struct {
+    JsonObject *request;
     JsonNode *result;
     GError *error;
     gint done;
-} Protect;
+} ControlCall;
 
-static gpointer protect_thread(gpointer opaque)
+static gpointer control_thread(gpointer opaque)
 {
-    Protect *p = opaque;
-    g_autoptr(JsonObject) req = json_object_new();
+    ControlCall *c = opaque;
 
-    json_object_set_string_member(req, "command", "protect");
-    json_object_set_string_member(req, "guest", "web1");
-    p->result = control_request(lab.control_socket, req, 10000, &p->error);
-    g_atomic_int_set(&p->done, 1);
+    c->result = control_request(lab.control_socket, c->request, 10000, &c->error);
+    g_atomic_int_set(&c->done, 1);
     return NULL;
+}
+
+/* The error kvm-ftd answered with (to be freed), or NULL when it answered *result. */
+static char *control(JsonObject *request, JsonNode **result)
+{
+    ControlCall c = { .request = request };
+    GThread *t = g_thread_new("ftctl", control_thread, &c);
+    char *error;
+
+    WAIT_FOR(g_atomic_int_get(&c.done), 10000);
+    g_thread_join(t);
+    error = c.error ? g_strdup(c.error->message) : NULL;
+    g_clear_error(&c.error);
+    if (result)
+        *result = c.result;
+    else if (c.result)
+        json_node_unref(c.result);
+    return error;
 }
 
 static void protect_web1(void)
 {
-    Protect p = { 0 };
-    GThread *t = g_thread_new("ftctl", protect_thread, &p);
+    g_autoptr(JsonObject) req = json_object_new();
+    g_autofree char *error = NULL;
 
-    WAIT_FOR(g_atomic_int_get(&p.done), 10000);
-    g_thread_join(t);
-    ck_assert_msg(p.result != NULL, "protect: %s", p.error ? p.error->message : "?");
-    json_node_unref(p.result);
+    json_object_set_string_member(req, "command", "protect");
+    json_object_set_string_member(req, "guest", "web1");
+    error = control(req, NULL);
+    ck_assert_msg(!error, "protect: %s", error);
 }
 
 static void define_web1(void)
@@ -458,41 +473,6 @@ START_TEST(prepare_secondary_refuses_malformed_copy_params)
 END_TEST
 
 /* A decision about a guest this host does not run is refused, and says so. */
-/* ---- any control request, from a thread of its own --------------------------- */
-typedef struct {
-    JsonObject *request;
-    JsonNode *result;
-    GError *error;
-    gint done;
-} ControlCall;
-
-static gpointer control_thread(gpointer opaque)
-{
-    ControlCall *c = opaque;
-
-    c->result = control_request(lab.control_socket, c->request, 10000, &c->error);
-    g_atomic_int_set(&c->done, 1);
-    return NULL;
-}
-
-/* The error kvm-ftd answered with (to be freed), or NULL when it answered *result. */
-static char *control(JsonObject *request, JsonNode **result)
-{
-    ControlCall c = { .request = request };
-    GThread *t = g_thread_new("ftctl", control_thread, &c);
-    char *error;
-
-    WAIT_FOR(g_atomic_int_get(&c.done), 10000);
-    g_thread_join(t);
-    error = c.error ? g_strdup(c.error->message) : NULL;
-    g_clear_error(&c.error);
-    if (result)
-        *result = c.result;
-    else if (c.result)
-        json_node_unref(c.result);
-    return error;
-}
-
 /* A name is a file name under the state and run dirs: no way out of them. */
 START_TEST(protect_refuses_a_path_for_a_name)
 {
