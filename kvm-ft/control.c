@@ -197,8 +197,11 @@ static void client_reply(ControlClient *c, JsonNode *result, const char *error)
     json_builder_set_member_name(b, "ok");
     json_builder_add_boolean_value(b, error == NULL);
     if (error) {
+        /* It may quote the request, whose "\ud800" escapes json-glib decodes as they come. */
+        g_autofree char *valid = g_utf8_make_valid(error, -1);
+
         json_builder_set_member_name(b, "error");
-        json_builder_add_string_value(b, error);
+        json_builder_add_string_value(b, valid);
     } else {
         json_builder_set_member_name(b, "result");
         if (result)

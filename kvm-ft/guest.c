@@ -46,6 +46,8 @@ struct FtGuest {
     /* Secondary: the generation its disks had before the primary asked. */
     char *found_generation;
     GenerationMark found_mark;
+    /* Secondary: a disk was missing and was created blank for the primary's copy. */
+    gboolean created_blank;
 
     /* The generation the pair enters protection with (resync.h). */
     char *generation;
@@ -298,6 +300,8 @@ static void answer_primary(FtGuest *g, const char *error)
         else
             json_object_set_null_member(result, "generation");
         json_object_set_string_member(result, "mark", resync_mark_name(g->found_mark));
+        /* Whatever either host's generation says, blank disks need everything. */
+        json_object_set_boolean_member(result, "blank", g->created_blank);
         json_node_take_object(ok, result);
         peer_conn_reply(g->reply_conn, g->reply_id, ok);
     }
@@ -1403,7 +1407,7 @@ static void start_primary(FtGuest *g)
 
 /* FALSE if this host's disks cannot be the source of the guest. */
 static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
-                                 GenerationMark peer_mark)
+                                 GenerationMark peer_mark, gboolean peer_blank)
 {
     const char *self = daemon_config(g->d)->host_name;
     const char *peer = peer_host(g)->name;
@@ -1412,7 +1416,7 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
 
     g_autofree char *refusal = NULL;
 
-    g->resync_plan = resync_plan(own, mark, peer_generation, peer_mark);
+    g->resync_plan = resync_plan(own, mark, peer_generation, peer_mark, peer_blank);
     switch (g->resync_plan) {
     case RESYNC_OWN_PARTIAL:
         refusal = g_strdup_printf("the disks of '%s' on %s are a copy from %s that was cut "
@@ -1440,15 +1444,22 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
     return FALSE;
 }
 
-/* The secondary's answer: its disks' generation (may be null) and mark. */
+/* The secondary's answer: its disks' generation (may be null), mark, and whether it made them blank. */
 static gboolean peer_disks_reported(JsonObject *obj, const char **generation,
-                                    GenerationMark *mark)
+                                    GenerationMark *mark, gboolean *blank)
 {
     JsonNode *gen = obj ? json_object_get_member(obj, "generation") : NULL;
     JsonNode *m = obj ? json_object_get_member(obj, "mark") : NULL;
+    JsonNode *b = obj ? json_object_get_member(obj, "blank") : NULL;
 
     *generation = NULL;
     *mark = GENERATION_IN_SYNC;
+    *blank = FALSE;
+    if (b) {
+        if (!JSON_NODE_HOLDS_VALUE(b) || json_node_get_value_type(b) != G_TYPE_BOOLEAN)
+            return FALSE;
+        *blank = json_node_get_boolean(b);
+    }
     if (gen && !JSON_NODE_HOLDS_NULL(gen)) {
         if (!JSON_NODE_HOLDS_VALUE(gen) || json_node_get_value_type(gen) != G_TYPE_STRING ||
             !g_uuid_string_is_valid(json_node_get_string(gen)))
@@ -1467,6 +1478,7 @@ static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
                                                                 : NULL;
     const char *peer_generation;
     GenerationMark peer_mark;
+    gboolean peer_blank;
 
     (void)conn;
     if (g->state != GUEST_PREPARING_PEER && g->state != GUEST_REJOINING)
@@ -1476,12 +1488,12 @@ static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
              error->message);
         return;
     }
-    if (!peer_disks_reported(obj, &peer_generation, &peer_mark)) {
+    if (!peer_disks_reported(obj, &peer_generation, &peer_mark, &peer_blank)) {
         fail(g, "peer %s answered prepare-secondary without a valid generation and mark",
              peer_host(g)->name);
         return;
     }
-    if (!judge_peer_disks(g, peer_generation, peer_mark))
+    if (!judge_peer_disks(g, peer_generation, peer_mark, peer_blank))
         return;
     if (g->rejoin)
         continue_protection(g);
@@ -1624,9 +1636,11 @@ static gboolean prepare_overlays(FtGuest *g, JsonArray *sizes, GPtrArray *active
         const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
         gint64 size;
 
-        if (!g_file_test(disk->source_path, G_FILE_TEST_EXISTS) &&
-            !create_blank_disk(g, disk, sizes, i, err))
-            return FALSE;
+        if (!g_file_test(disk->source_path, G_FILE_TEST_EXISTS)) {
+            if (!create_blank_disk(g, disk, sizes, i, err))
+                return FALSE;
+            g->created_blank = TRUE;
+        }
         if (!g_file_test(disk->source_path, G_FILE_TEST_IS_REGULAR)) {
             g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_INVAL,
                         "disk %s (%s) on %s is not a regular file",
@@ -1705,6 +1719,7 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
 
     g_clear_pointer(&g->error, g_free);
     forget_checkpoints(g);
+    g->created_blank = FALSE;
     g->reply_conn = peer_conn_ref(conn);
     g->reply_id = id;
     arm_deadline(g);

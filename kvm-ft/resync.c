@@ -432,10 +432,12 @@ void resync_abort(Qmp *q, const EngineLink *link)
 }
 
 ResyncPlan resync_plan(const char *own, GenerationMark own_mark, const char *peer,
-                       GenerationMark peer_mark)
+                       GenerationMark peer_mark, gboolean peer_blank)
 {
     if (own_mark == GENERATION_RECEIVING)
         return RESYNC_OWN_PARTIAL;
+    if (peer_blank)
+        return RESYNC_FULL;
     if (!own && !peer)
         return RESYNC_NONE;
     if (!own)

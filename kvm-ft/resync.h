@@ -89,10 +89,12 @@ typedef enum {
  * ran alone, the tracked blocks if this copy did (or the peer's was being
  * written), and the peer's copy wins if it alone ran alone.  Of different
  * generations, or both having run alone: this copy wins (the guest runs
- * here, or the administrator started it here).
+ * here, or the administrator started it here).  Disks the peer had to
+ * create blank (peer_blank) hold nothing: they get everything, also when
+ * neither host knows a generation (a first protection).
  */
 ResyncPlan resync_plan(const char *own, GenerationMark own_mark, const char *peer,
-                       GenerationMark peer_mark);
+                       GenerationMark peer_mark, gboolean peer_blank);
 
 /* The mark's name in the peer protocol, and back (FALSE if unknown). */
 const char *resync_mark_name(GenerationMark mark);

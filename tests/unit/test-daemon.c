@@ -5,6 +5,7 @@
  */
 #include <check.h>
 #include <gio/gio.h>
+#include <gio/gunixsocketaddress.h>
 #include <glib.h>
 #include <glib/gstdio.h>
 #include <stdlib.h>
@@ -473,6 +474,60 @@ START_TEST(prepare_secondary_refuses_malformed_copy_params)
 END_TEST
 
 /* A decision about a guest this host does not run is refused, and says so. */
+typedef struct {
+    const char *line;
+    char *reply;
+    gint done;
+} RawControl;
+
+static gpointer raw_control_thread(gpointer opaque)
+{
+    RawControl *r = opaque;
+    g_autoptr(GSocketClient) client = g_socket_client_new();
+    g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(lab.control_socket);
+    g_autoptr(GSocketConnection) conn = g_socket_client_connect(
+        client, G_SOCKET_CONNECTABLE(addr), NULL, NULL);
+    g_autoptr(GDataInputStream) in = NULL;
+
+    if (conn && g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)),
+                                          r->line, strlen(r->line), NULL, NULL, NULL)) {
+        in = g_data_input_stream_new(g_io_stream_get_input_stream(G_IO_STREAM(conn)));
+        r->reply = g_data_input_stream_read_line(in, NULL, NULL, NULL);
+    }
+    g_atomic_int_set(&r->done, 1);
+    return NULL;
+}
+
+/* A request line as is: what control_request() would never send. */
+static char *raw_control(const char *line)
+{
+    RawControl r = { .line = line };
+    GThread *t = g_thread_new("raw-ftctl", raw_control_thread, &r);
+
+    WAIT_FOR(g_atomic_int_get(&r.done), 10000);
+    g_thread_join(t);
+    return r.reply;
+}
+
+/*
+ * "\ud800" is valid JSON text but no character: whatever json-glib makes of
+ * it (Debian 12's refuses it as a parse error), the reply must be UTF-8 JSON.
+ */
+START_TEST(control_reply_is_utf8_whatever_the_request)
+{
+    g_autofree char *reply = NULL;
+    g_autoptr(JsonParser) parser = json_parser_new();
+
+    start_peer(FALSE);
+    start_daemon();
+    reply = raw_control("{\"command\": \"\\ud800\"}\n");
+    ck_assert_msg(reply, "no reply");
+    ck_assert_msg(g_utf8_validate(reply, -1, NULL), "the reply is not UTF-8: %s", reply);
+    ck_assert_msg(json_parser_load_from_data(parser, reply, -1, NULL), "not JSON: %s", reply);
+    ck_assert_msg(strstr(reply, "\"ok\":false"), "%s", reply);
+}
+END_TEST
+
 /* A name is a file name under the state and run dirs: no way out of them. */
 START_TEST(protect_refuses_a_path_for_a_name)
 {
@@ -582,6 +637,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, detector_since_far_future);
     tcase_add_test(tc, prepare_secondary_vets_the_peer_definition);
     tcase_add_test(tc, requests_from_a_host_that_is_not_the_peer_are_refused);
+    tcase_add_test(tc, control_reply_is_utf8_whatever_the_request);
     tcase_add_test(tc, decision_for_an_unknown_guest_is_refused);
     tcase_add_test(tc, guest_role_of_an_unknown_guest_is_none);
     suite_add_tcase(s, tc);

@@ -17,67 +17,78 @@
 START_TEST(fresh_pair_copies_nothing)
 {
     /* The administrator copied the disks before the first protection. */
-    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, NULL, IN_SYNC), RESYNC_NONE);
+    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, NULL, IN_SYNC, FALSE), RESYNC_NONE);
 }
 END_TEST
 
 START_TEST(same_generation_in_sync_copies_nothing)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, IN_SYNC), RESYNC_NONE);
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, IN_SYNC, FALSE), RESYNC_NONE);
 }
 END_TEST
 
 START_TEST(same_generation_after_running_alone_copies_the_changes)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, IN_SYNC), RESYNC_INCREMENTAL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, IN_SYNC, FALSE), RESYNC_INCREMENTAL);
 }
 END_TEST
 
 START_TEST(copy_cut_short_on_the_peer_is_finished_incrementally)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, RECEIVING), RESYNC_INCREMENTAL);
-    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, RECEIVING), RESYNC_INCREMENTAL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, RECEIVING, FALSE), RESYNC_INCREMENTAL);
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, RECEIVING, FALSE), RESYNC_INCREMENTAL);
 }
 END_TEST
 
 START_TEST(other_generation_copies_everything)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_B, IN_SYNC), RESYNC_FULL);
-    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_B, DIVERGED), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_B, IN_SYNC, FALSE), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_B, DIVERGED, FALSE), RESYNC_FULL);
 }
 END_TEST
 
 START_TEST(blank_peer_copies_everything)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, NULL, IN_SYNC), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, NULL, IN_SYNC, FALSE), RESYNC_FULL);
+}
+END_TEST
+
+/* A first protection onto a host without the disks: it created them blank, they get all. */
+START_TEST(disks_created_blank_get_everything)
+{
+    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, NULL, IN_SYNC, TRUE), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, NULL, IN_SYNC, TRUE), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, IN_SYNC, TRUE), RESYNC_FULL);
+    /* ... but a half-copied source still is no source. */
+    ck_assert_int_eq(resync_plan(GEN_A, RECEIVING, NULL, IN_SYNC, TRUE), RESYNC_OWN_PARTIAL);
 }
 END_TEST
 
 START_TEST(both_ran_alone_this_copy_wins)
 {
-    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, DIVERGED), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, DIVERGED, FALSE), RESYNC_FULL);
 }
 END_TEST
 
 START_TEST(peer_that_ran_alone_is_never_overwritten)
 {
     /* It holds writes this host's disks lack: the guest must start there. */
-    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, DIVERGED), RESYNC_PEER_NEWER);
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, DIVERGED, FALSE), RESYNC_PEER_NEWER);
 }
 END_TEST
 
 START_TEST(unknown_own_disks_never_overwrite_the_pairs)
 {
-    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, GEN_A, IN_SYNC), RESYNC_PEER_NEWER);
-    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, GEN_A, DIVERGED), RESYNC_PEER_NEWER);
+    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, GEN_A, IN_SYNC, FALSE), RESYNC_PEER_NEWER);
+    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, GEN_A, DIVERGED, FALSE), RESYNC_PEER_NEWER);
 }
 END_TEST
 
 START_TEST(copy_cut_short_is_never_a_source)
 {
     /* Whatever the peer holds: these disks may be a mix of old and new blocks. */
-    ck_assert_int_eq(resync_plan(GEN_A, RECEIVING, GEN_A, IN_SYNC), RESYNC_OWN_PARTIAL);
-    ck_assert_int_eq(resync_plan(GEN_A, RECEIVING, NULL, IN_SYNC), RESYNC_OWN_PARTIAL);
+    ck_assert_int_eq(resync_plan(GEN_A, RECEIVING, GEN_A, IN_SYNC, FALSE), RESYNC_OWN_PARTIAL);
+    ck_assert_int_eq(resync_plan(GEN_A, RECEIVING, NULL, IN_SYNC, FALSE), RESYNC_OWN_PARTIAL);
 }
 END_TEST
 
@@ -192,6 +203,7 @@ static Suite *resync_suite(void)
     tcase_add_test(plan, copy_cut_short_on_the_peer_is_finished_incrementally);
     tcase_add_test(plan, other_generation_copies_everything);
     tcase_add_test(plan, blank_peer_copies_everything);
+    tcase_add_test(plan, disks_created_blank_get_everything);
     tcase_add_test(plan, both_ran_alone_this_copy_wins);
     tcase_add_test(plan, peer_that_ran_alone_is_never_overwritten);
     tcase_add_test(plan, unknown_own_disks_never_overwrite_the_pairs);
