@@ -21,7 +21,8 @@ the primary.  Asserts:
   clock, within CLOCK_TOLERANCE_MS, and went back no more than one interval),
   the client's sequence gapless on the same connection, and its disk clean.
 
-KVMFT_SOAK_SECONDS sets the protected run's length (default 120).
+KVMFT_SOAK_SECONDS sets the protected run's length (default 120), KVMFT_SOAK_VCPUS the
+guest's vCPUs (default 2: an SMP guest, whose vCPUs COLO must stop and replay together).
 """
 import os
 import re
@@ -33,6 +34,7 @@ from labtest import (Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # n
                      log, qemu_binary, wait_for, wait_state)
 
 SOAK_SECONDS = int(os.environ.get("KVMFT_SOAK_SECONDS", "120"))
+SOAK_VCPUS = int(os.environ.get("KVMFT_SOAK_VCPUS", "2"))
 INTERVAL_MS = 100
 SOAK_MB = 16
 CLOCK_TOLERANCE_MS = 1000
@@ -124,16 +126,22 @@ def main():
     lab = Lab("test_soak")
     try:
         lab.up()
-        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS, workload="soak:%d" % SOAK_MB)
+        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS, workload="soak:%d" % SOAK_MB,
+                          vcpus=SOAK_VCPUS)
         res = lab.protect("hostA")
         assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
         wait_state(lab, "hostB", "protected", timeout=60)
         wait_for("the soak workload on the primary", lambda: soak_lines(lab.serial("hostA")),
                  timeout=180)
+        # The guest runs on every vCPU it was given (its kernel's own count).
+        cpus = re.search(r"smp: Brought up \d+ nodes?, (\d+) CPUs?", lab.serial("hostA"))
+        assert cpus and int(cpus.group(1)) == SOAK_VCPUS, \
+            "the guest runs on %s CPUs, not %d" % (cpus.group(1) if cpus else "?", SOAK_VCPUS)
         client = SeqClient(lab, log_path=os.path.join(lab.artifacts, "client.jsonl"))
         seen_a, seen_b = SeenAt(lab, "hostA"), SeenAt(lab, "hostB")
 
-        log("soaking for %d s at a %d ms checkpoint interval" % (SOAK_SECONDS, INTERVAL_MS))
+        log("soaking for %d s at a %d ms checkpoint interval, %d vCPUs" % (
+            SOAK_SECONDS, INTERVAL_MS, SOAK_VCPUS))
         end = time.time() + SOAK_SECONDS
         while time.time() < end:
             poll_for(min(10, max(0, end - time.time())), [seen_a])
