@@ -238,7 +238,11 @@ static gboolean peer_definition_allowed(Definitions *defs, const FtDef *def,
                                         const char *sender, GError **err)
 {
     const char *root = defs->cfg->image_root;
+    gsize n = strlen(root);
 
+    /* "/srv/images/" is "/srv/images"; "/" leaves n at 0: every absolute path. */
+    while (n > 0 && root[n - 1] == '/')
+        n--;
     if (def->qemu_commandline) {
         g_set_error(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, "guest '%s' from %s has "
                     "<qemu:commandline>: %s runs no QEMU arguments chosen by its peer; "
@@ -248,11 +252,7 @@ static gboolean peer_definition_allowed(Definitions *defs, const FtDef *def,
     }
     for (guint i = 0; i < def->disks->len; i++) {
         const FtDisk *disk = g_ptr_array_index(def->disks, i);
-        gsize n = strlen(root);
 
-        /* "/srv/images/" is "/srv/images"; "/" leaves n at 0: every absolute path. */
-        while (n > 0 && root[n - 1] == '/')
-            n--;
         if (strncmp(disk->source_path, root, n) != 0 || disk->source_path[n] != '/') {
             g_set_error(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, "guest '%s' from %s: disk "
                         "%s at %s is outside %s's image root %s; keep the guests' images "

@@ -1807,7 +1807,6 @@ static void run_alone(FtGuest *g)
     g_autoptr(GError) err = NULL;
     EngineLink link = engine_link(g);
 
-    end_claim(g);
     /* Recorded before this copy can run alone: a crash in between must not hide it. */
     mark_diverged(g);
     if (!(dropping ? engine_primary_drop_secondary : engine_secondary_takeover)(g->qmp, &link,
@@ -1878,7 +1877,6 @@ static void on_claim(const char *owner, const GError *error, gpointer opaque)
                  g->claim_ms);
         run_alone(g);
     } else {
-        end_claim(g);
         why = g_strdup_printf("the witness gave the guest (generation %s) to %s: this copy "
                               "stops; its output was held, so nothing it ran since the last "
                               "checkpoint reached anyone", a->generation, owner);

@@ -21,6 +21,7 @@ struct Witness {
     guint probe_pending;
     gboolean probe_answered;
     GString *probe_errors;
+    GBytes *probe_body;
     char *trouble;
     gboolean probed;
     double last_claim_ms;
@@ -92,7 +93,6 @@ static void claim_finish(Claim *c, const char *owner, const char *fmt, ...)
 static gboolean claim_timed_out(gpointer opaque)
 {
     Claim *c = opaque;
-
     g_autofree char *asked = g_strjoinv(", ", c->w->endpoints);
 
     c->timer = 0;
@@ -229,12 +229,19 @@ static void on_answer(GObject *source, GAsyncResult *res, gpointer opaque)
     g_free(r);
 }
 
+/* The request body as it goes on the wire, made once for every endpoint it goes to. */
+static GBytes *body_bytes(JsonBuilder *b)
+{
+    g_autoptr(JsonNode) root = json_builder_get_root(b);
+    char *json = json_to_string(root, FALSE);
+
+    return g_bytes_new_take(json, strlen(json));
+}
+
 static void post(Witness *w, Claim *claim, const char *endpoint, const char *path,
-                 JsonNode *body, GCancellable *cancel)
+                 GBytes *payload, GCancellable *cancel)
 {
     g_autofree char *uri = g_strconcat(endpoint, path, NULL);
-    char *json = json_to_string(body, FALSE);
-    g_autoptr(GBytes) payload = g_bytes_new_take(json, strlen(json));
     Request *r = g_new0(Request, 1);
 
     r->w = w;
@@ -263,7 +270,7 @@ void witness_claim(Witness *w, const char *key, const char *self, WitnessClaimFu
                    gpointer opaque)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonNode) body = NULL;
+    g_autoptr(GBytes) body = NULL;
     g_autofree char *k = b64(key);
     g_autofree char *v = b64(self);
     Claim *c = g_new0(Claim, 1);
@@ -313,7 +320,7 @@ void witness_claim(Witness *w, const char *key, const char *self, WitnessClaimFu
     json_builder_end_object(b);
     json_builder_end_array(b);
     json_builder_end_object(b);
-    body = json_builder_get_root(b);
+    body = body_bytes(b);
 
     g_ptr_array_add(w->claims, c);
     c->timer = g_timeout_add(w->timeout_ms, claim_timed_out, c);
@@ -350,23 +357,28 @@ static gboolean probe_timed_out(gpointer opaque)
     return G_SOURCE_REMOVE;
 }
 
-/* A linearizable read needs the cluster's quorum: an answer means a claim would be decided. */
-static gboolean probe(gpointer opaque)
+/* The probe's request, the same every time: one key, counted. */
+static GBytes *make_probe_body(void)
 {
-    Witness *w = opaque;
     g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonNode) body = NULL;
     g_autofree char *k = b64("/kvm-ft/probe");
 
-    if (w->probe_cancel)
-        return G_SOURCE_CONTINUE; /* the last round is not over yet */
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "key");
     json_builder_add_string_value(b, k);
     json_builder_set_member_name(b, "count_only");
     json_builder_add_boolean_value(b, TRUE);
     json_builder_end_object(b);
-    body = json_builder_get_root(b);
+    return body_bytes(b);
+}
+
+/* A linearizable read needs the cluster's quorum: an answer means a claim would be decided. */
+static gboolean probe(gpointer opaque)
+{
+    Witness *w = opaque;
+
+    if (w->probe_cancel)
+        return G_SOURCE_CONTINUE; /* the last round is not over yet */
     w->probe_cancel = g_cancellable_new();
     w->probe_answered = FALSE;
     g_string_truncate(w->probe_errors, 0);
@@ -374,7 +386,7 @@ static gboolean probe(gpointer opaque)
                        g_object_ref(w->probe_cancel), g_object_unref);
     for (guint i = 0; w->endpoints[i]; i++) {
         w->probe_pending++;
-        post(w, NULL, w->endpoints[i], "/v3/kv/range", body, w->probe_cancel);
+        post(w, NULL, w->endpoints[i], "/v3/kv/range", w->probe_body, w->probe_cancel);
     }
     return G_SOURCE_CONTINUE;
 }
@@ -405,6 +417,7 @@ Witness *witness_new(const FtConfig *cfg, GError **err)
     w->timeout_ms = cfg->witness_timeout_ms;
     w->claims = g_ptr_array_new();
     w->probe_errors = g_string_new(NULL);
+    w->probe_body = make_probe_body();
     w->trouble = g_strdup("witness not probed yet: failover is not automatic");
     probe(w);
     w->probe_id = g_timeout_add(WITNESS_PROBE_MS, probe, w);
@@ -432,6 +445,7 @@ void witness_free(Witness *w)
     g_strfreev(w->endpoints);
     g_ptr_array_unref(w->claims);
     g_string_free(w->probe_errors, TRUE);
+    g_bytes_unref(w->probe_body);
     g_free(w->trouble);
     g_free(w);
 }
