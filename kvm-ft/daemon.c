@@ -706,19 +706,20 @@ static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
     g_autoptr(FtDef) def = NULL;
     gboolean active = FALSE;
     const char *refusal;
+    const char *bad_name;
     FtGuest *g;
 
     if (!name) {
         g_set_error(err, DAEMON_ERROR, 0, "protect needs a guest name");
         return NULL;
     }
-    /* Names become file names under the state and run dirs (libvirt refuses these too). */
-    if (!*name || *name == '.' || strchr(name, '/') || strlen(name) > 255) {
+    /* --started names a file kvm-ftd reads: the definitions' own rule for guest names. */
+    bad_name = ftdef_guest_name_problem(name);
+    if (bad_name) {
         g_autofree char *shown = g_strescape(name, NULL);
 
-        g_set_error(err, DAEMON_ERROR, 0, "'%.80s' is not a guest name: a libvirt domain "
-                    "name has no '/', does not start with '.' and has at most 255 bytes",
-                    shown);
+        g_set_error(err, DAEMON_ERROR, 0, "'%.80s' is not a guest name: it %s", shown,
+                    bad_name);
         return NULL;
     }
     g = g_hash_table_lookup(d->guests, name);

@@ -161,6 +161,19 @@ static gboolean parse_uint(const char *s, guint min, guint max, guint *out)
     return TRUE;
 }
 
+const char *ftdef_guest_name_problem(const char *name)
+{
+    if (!*name)
+        return "is empty; name the guest";
+    if (strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        return "cannot be used as a directory name; rename the guest";
+    for (const char *p = name; *p; p++) {
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            return "contains a control character; rename the guest";
+    }
+    return NULL;
+}
+
 gboolean ftdef_host_name_valid(const char *name)
 {
     size_t len = name ? strlen(name) : 0;
@@ -624,23 +637,17 @@ static gboolean parse_domain_identity(xmlXPathContextPtr xp, FtDef *def,
     g_autoptr(xmlXPathObject) names = xpath(xp, "/domain/name");
     g_autoptr(xmlXPathObject) uuids = xpath(xp, "/domain/uuid");
     g_autofree char *name = NULL;
+    const char *problem;
 
     if (nodes_count(names) != 1)
         return invalid(err, "<domain>: needs exactly one <name>, has %d",
                        nodes_count(names));
     name = text_of(nodes_at(names, 0));
-    if (!*name)
-        return invalid(err, "<domain><name>: is empty; name the guest");
-    if (strchr(name, '/') || strcmp(name, ".") == 0 || strcmp(name, "..") == 0) {
+    problem = ftdef_guest_name_problem(name);
+    if (problem) {
         g_autofree char *v = show(name);
 
-        return invalid(err, "<domain><name>: '%s' cannot be used as a "
-                       "directory name; rename the guest", v);
-    }
-    for (const char *p = name; *p; p++) {
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            return invalid(err, "<domain><name>: contains a control character; "
-                           "rename the guest");
+        return invalid(err, "<domain><name>: '%s' %s", v, problem);
     }
     def->name = g_steal_pointer(&name);
     if (nodes_count(uuids) > 1)

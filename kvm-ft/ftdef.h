@@ -130,5 +130,8 @@ const FtHost *ftdef_peer(const FtDef *d, const char *my_host_name);
  * characters from [A-Za-z0-9._-]. */
 gboolean ftdef_host_name_valid(const char *name);
 
+/* Why name cannot be a guest's (it names files in the state and run dirs), or NULL. */
+const char *ftdef_guest_name_problem(const char *name);
+
 void ftdef_free(FtDef *d);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(FtDef, ftdef_free)
