@@ -335,6 +335,15 @@ def fault_time(out):
     return int(m.group(1)) / 1000.0 if m else time.time()
 
 
+def scenarios_asked(known):
+    """The scenarios named on the command line (all of known if none); exits on an unknown one."""
+    wanted = sys.argv[1:] or list(known)
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        sys.exit("unknown scenario(s): %s (known: %s)" % (" ".join(unknown), " ".join(known)))
+    return wanted
+
+
 def run_all(names, run_one):
     """Runs each named scenario; a failed one is logged and the others still run.
     Exits non-zero naming the failed ones."""

@@ -52,8 +52,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, Lab, SeqClient, assert_kernels_clean, check_disk,  # noqa: E402
-                     guest_dir, log, qemu_binary, run_all, running_copies, wait_for,
-                     wait_state)
+                     guest_dir, log, qemu_binary, run_all, running_copies, scenarios_asked,
+                     wait_for, wait_state)
 
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 MIB = 1 << 20
@@ -321,10 +321,7 @@ def run_scenario(name, qemu, gdir):
 
 
 def main():
-    wanted = sys.argv[1:] or list(SCENARIOS)
-    unknown = [n for n in wanted if n not in SCENARIOS]
-    if unknown:
-        sys.exit("unknown scenario(s): %s (known: %s)" % (" ".join(unknown), " ".join(SCENARIOS)))
+    wanted = scenarios_asked(SCENARIOS)
     qemu, gdir = qemu_binary(), guest_dir()
     run_all(wanted, lambda name: run_scenario(name, qemu, gdir))
 

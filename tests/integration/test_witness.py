@@ -39,7 +39,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, Lab, SeqClient, assert_kernels_clean, check_disk,  # noqa: E402
                      fault_time, guest_dir, log, qemu_binary, run_all, running_copies,
-                     wait_failed_over, wait_for, wait_state)
+                     scenarios_asked, wait_failed_over, wait_for, wait_state)
 
 BEFORE_S = 6
 # The client's longest wait where the witness answers: detection, claim, takeover.
@@ -236,11 +236,7 @@ def run_scenario(name):
 
 
 def main():
-    wanted = sys.argv[1:] or list(SCENARIOS)
-    unknown = [n for n in wanted if n not in SCENARIOS]
-    if unknown:
-        sys.exit("unknown scenario(s): %s (known: %s)" % (" ".join(unknown), " ".join(SCENARIOS)))
-    run_all(wanted, run_scenario)
+    run_all(scenarios_asked(SCENARIOS), run_scenario)
 
 
 if __name__ == "__main__":

@@ -206,15 +206,22 @@ static gpointer control_thread(gpointer opaque)
     return NULL;
 }
 
+/* Runs fn in a thread while the daemon's loop runs here, until fn sets *done. */
+static void off_the_loop(GThreadFunc fn, gpointer data, gint *done)
+{
+    GThread *t = g_thread_new("ftctl", fn, data);
+
+    WAIT_FOR(g_atomic_int_get(done), 10000);
+    g_thread_join(t);
+}
+
 /* The error kvm-ftd answered with (to be freed), or NULL when it answered *result. */
 static char *control(JsonObject *request, JsonNode **result)
 {
     ControlCall c = { .request = request };
-    GThread *t = g_thread_new("ftctl", control_thread, &c);
     char *error;
 
-    WAIT_FOR(g_atomic_int_get(&c.done), 10000);
-    g_thread_join(t);
+    off_the_loop(control_thread, &c, &c.done);
     error = c.error ? g_strdup(c.error->message) : NULL;
     g_clear_error(&c.error);
     if (result)
@@ -222,6 +229,39 @@ static char *control(JsonObject *request, JsonNode **result)
     else if (c.result)
         json_node_unref(c.result);
     return error;
+}
+
+typedef struct {
+    const char *line;
+    char *reply;
+    gint done;
+} RawControl;
+
+static gpointer raw_control_thread(gpointer opaque)
+{
+    RawControl *r = opaque;
+    g_autoptr(GSocketClient) client = g_socket_client_new();
+    g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(lab.control_socket);
+    g_autoptr(GSocketConnection) conn = g_socket_client_connect(
+        client, G_SOCKET_CONNECTABLE(addr), NULL, NULL);
+    g_autoptr(GDataInputStream) in = NULL;
+
+    if (conn && g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)),
+                                          r->line, strlen(r->line), NULL, NULL, NULL)) {
+        in = g_data_input_stream_new(g_io_stream_get_input_stream(G_IO_STREAM(conn)));
+        r->reply = g_data_input_stream_read_line(in, NULL, NULL, NULL);
+    }
+    g_atomic_int_set(&r->done, 1);
+    return NULL;
+}
+
+/* A request line as is: what control_request() would never send. */
+static char *raw_control(const char *line)
+{
+    RawControl r = { .line = line };
+
+    off_the_loop(raw_control_thread, &r, &r.done);
+    return r.reply;
 }
 
 static void protect_web1(void)
@@ -473,42 +513,6 @@ START_TEST(prepare_secondary_refuses_malformed_copy_params)
 }
 END_TEST
 
-/* A decision about a guest this host does not run is refused, and says so. */
-typedef struct {
-    const char *line;
-    char *reply;
-    gint done;
-} RawControl;
-
-static gpointer raw_control_thread(gpointer opaque)
-{
-    RawControl *r = opaque;
-    g_autoptr(GSocketClient) client = g_socket_client_new();
-    g_autoptr(GSocketAddress) addr = g_unix_socket_address_new(lab.control_socket);
-    g_autoptr(GSocketConnection) conn = g_socket_client_connect(
-        client, G_SOCKET_CONNECTABLE(addr), NULL, NULL);
-    g_autoptr(GDataInputStream) in = NULL;
-
-    if (conn && g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)),
-                                          r->line, strlen(r->line), NULL, NULL, NULL)) {
-        in = g_data_input_stream_new(g_io_stream_get_input_stream(G_IO_STREAM(conn)));
-        r->reply = g_data_input_stream_read_line(in, NULL, NULL, NULL);
-    }
-    g_atomic_int_set(&r->done, 1);
-    return NULL;
-}
-
-/* A request line as is: what control_request() would never send. */
-static char *raw_control(const char *line)
-{
-    RawControl r = { .line = line };
-    GThread *t = g_thread_new("raw-ftctl", raw_control_thread, &r);
-
-    WAIT_FOR(g_atomic_int_get(&r.done), 10000);
-    g_thread_join(t);
-    return r.reply;
-}
-
 /*
  * "\ud800" is valid JSON text but no character: whatever json-glib makes of
  * it (Debian 12's refuses it as a parse error), the reply must be UTF-8 JSON.
@@ -586,6 +590,7 @@ START_TEST(requests_from_a_host_that_is_not_the_peer_are_refused)
 }
 END_TEST
 
+/* A decision about a guest this host does not run is refused, and says so. */
 START_TEST(decision_for_an_unknown_guest_is_refused)
 {
     g_autoptr(JsonObject) params = json_object_new();

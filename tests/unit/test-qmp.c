@@ -104,6 +104,14 @@ static void rec_closed(Qmp *q, const GError *reason, gpointer opaque)
     }
 }
 
+/* A fresh recorder taking q's events and close, q's monitor watched on ctx. */
+static void rec_attach(Rec *r, Qmp *q, GMainContext *ctx)
+{
+    rec_init(r);
+    qmp_set_handlers(q, rec_event, rec_closed, r);
+    qmp_attach(q, ctx);
+}
+
 static gboolean wake(gpointer d)
 {
     (void)d;
@@ -625,9 +633,7 @@ START_TEST(test_stub_hostile_lines)
     Rec r;
 
     ck_assert_msg(q, "connect: %s", err ? err->message : "");
-    rec_init(&r);
-    qmp_set_handlers(q, rec_event, rec_closed, &r);
-    qmp_attach(q, ctx);
+    rec_attach(&r, q, ctx);
     ret = qmp_call(q, "query-status", NULL, 2000, &err);
     ck_assert_msg(!ret, "a 100,000-deep line taken as a reply");
     ck_assert_msg(g_error_matches(err, QMP_ERROR, QMP_ERROR_PROTOCOL) &&
@@ -662,9 +668,7 @@ START_TEST(test_stub_close_mid_reply)
     gint64 t0;
 
     ck_assert_msg(q, "connect: %s", err ? err->message : "");
-    rec_init(&r);
-    qmp_set_handlers(q, rec_event, rec_closed, &r);
-    qmp_attach(q, ctx);
+    rec_attach(&r, q, ctx);
 
     r.in_call = TRUE;
     ret = qmp_call(q, "query-status", NULL, 2000, &err);
@@ -721,9 +725,7 @@ START_TEST(test_stub_events_interleaved)
     Rec r;
 
     ck_assert_msg(q, "connect: %s", err ? err->message : "");
-    rec_init(&r);
-    qmp_set_handlers(q, rec_event, rec_closed, &r);
-    qmp_attach(q, ctx);
+    rec_attach(&r, q, ctx);
 
     r.in_call = TRUE;
     ret = qmp_call(q, "stop", NULL, 2000, &err);
@@ -1068,9 +1070,7 @@ START_TEST(test_qemu_events)
     gint64 before = g_get_real_time(), stop_ts, resume_ts;
     Rec r;
 
-    rec_init(&r);
-    qmp_set_handlers(q, rec_event, rec_closed, &r);
-    qmp_attach(q, ctx);
+    rec_attach(&r, q, ctx);
 
     r.in_call = TRUE;
     r1 = qmp_call(q, "stop", NULL, QEMU_TIMEOUT_MS, &err);
