@@ -792,16 +792,19 @@ gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
     /*
      * COLO's incoming side keeps the checkpoint it is reading in a cache:
      * cutting it short leaves the guest at the last complete checkpoint.
+     * The guest's output stops going to the primary before COLO ends: on
+     * failover the rewriter sends on what the guest sent since that
+     * checkpoint (qemu-patches 0011), and it must reach the network.
      */
     if (!yank_primary_channels(q, link, &yank_err))
         log_warn(link->def->name, "secondary", "%s (continuing)", yank_err->message);
     if (!run_gone_ok(q, link, "nbd-server-stop", NULL, err) ||
-        !leave_colo(q, link, err) ||
         (link->def->output_mode != FTDEF_OUTPUT_PASSIVE &&
          !run_gone_ok(q, link, "object-del", id_arg("id", TO_COMPARE), err)) ||
         (needs_sink(link) &&
          !run_gone_ok(q, link, "object-del", id_arg("id", TO_SINK), err)) ||
         !run_gone_ok(q, link, "object-del", id_arg("id", "f1"), err) ||
+        !leave_colo(q, link, err) ||
         !run_gone_ok(q, link, "chardev-remove", id_arg("id", "red1"), err) ||
         !run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err) ||
         (needs_sink(link) &&

@@ -7,9 +7,8 @@ Scenarios (each in a fresh lab, with one client connection talking to the
 guest before, during and after the fault):
   power-primary      power pulled on the primary: the secondary takes over
   power-primary-passive  the same with <ft:checkpoint output="passive">: every
-                     packet waited for a checkpoint, and the guest's TCP
-                     timers grew with that wait; the reply the dead primary
-                     held is resent by the survivor's guest within the bound
+                     packet waited for a checkpoint; the reply the dead
+                     primary held reaches the client within the bound
   power-secondary    power pulled on the secondary: the primary runs alone
   cut-link           dedicated link cut, LAN alive: the primary runs alone,
                      the secondary stands down, no takeover
@@ -36,6 +35,11 @@ guest before, during and after the fault):
                      RAM (frozen there first with SIGSTOP, proven from both
                      traces): the secondary, blocked reading it with QEMU's
                      lock held, must still take over
+  held-reply         no reply leaves the primary for 4 s (its checkpoint and
+                     colo-compare channels blocked on hostA), then its power
+                     is pulled: what the guest sent meanwhile is sent by the
+                     survivor as it takes over (qemu-patches 0011), not when
+                     the guest's backed-off TCP timer fires
   resume-window      QEMU SIGKILLed on the primary after it resumed from a
                      checkpoint that the secondary had received but not yet
                      loaded (qemu-patches 0006); proven from both QEMUs' COLO
@@ -60,12 +64,15 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import colotrace  # noqa: E402
-from labtest import (GUEST, Lab, SeqClient, check_disk, fault_time, guest_dir,  # noqa: E402
+from labtest import (GUEST, LINK, Lab, SeqClient, check_disk, fault_time, guest_dir,  # noqa: E402
                      kernel_trouble, log, qemu_binary, run_all, running_copies, wait_failed_over, wait_for,
                      wait_state)
 
 BEFORE_S = 8
 AFTER_S = 10
+# held-reply: how long no reply leaves the primary before its power is pulled.  Under the
+# watchdog's bound (an interval + 2 s), at that scenario's 5 s interval.
+HOLD_S = 4
 # The client's longest wait for an answer (it asks every 100 ms), per scenario.
 # Failover figures here: detection 100 ms, takeover ~100-200 ms, under TCG.  A
 # fault that needs no failover must not be felt beyond a checkpoint's pause.
@@ -80,7 +87,12 @@ MAX_SILENCE_MS = {
     # (tries ~0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s after its request): 6.9-7.0 s measured, and
     # 12.6 s when the failover ends just after the 6.2 s try.
     "stop-qemu-primary": 14000, "stop-qemu-secondary": 14000,
+    "held-reply": 1000 * HOLD_S + 1000,
 }
+# The survivor's answer to a reply the dead primary held, from the fault: detection and
+# takeover, ~300 ms.  Left to the guest's TCP, the reply came 2-3 s after (its timer had
+# backed off to 0.2, 0.6, 1.4, 3.0, 6.2 s after the reply while it was held).
+HELD_REPLY_ANSWER_MS = 1000
 # A frozen QEMU is acted on within: the watchdog's bound (an interval + 2 s at the lab's
 # 2 s interval, counted from the last checkpoint, so at most 4 s after the freeze), its
 # QMP probe (0.5 s) and the failover, with slack.
@@ -91,6 +103,26 @@ STOP_SECONDS = (0.5, 3, 30)
 OPEN_ENDED = ("stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
               "stop-qemu-secondary")
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
+
+
+def client_answer_before(log_path, t_fault):
+    rows = [json.loads(line) for line in open(log_path)]
+    before = [r["t"] for r in rows if r["t"] <= t_fault]
+    return (t_fault - before[-1]) * 1000 if before else None
+
+
+def hold_replies_then_pull(lab):
+    """Blocks, on hostA, the checkpoints to hostB and the secondary's copies of the
+    guest's output (so colo-compare releases nothing: its checkpoint never completes),
+    keeps the mirror of the client's packets to hostB open, and pulls hostA's power
+    HOLD_S later.  Returns the fault's time."""
+    base = 9100  # the lab's guests use the default <ft:ports base>
+    lab.lab("exec", "A", "iptables", "-I", "OUTPUT", "-p", "tcp", "-d", LINK["hostB"],
+            "--dport", str(base), "-j", "DROP")
+    lab.lab("exec", "A", "iptables", "-I", "INPUT", "-p", "tcp", "-s", LINK["hostB"],
+            "--dport", str(base + 3), "-j", "DROP")
+    time.sleep(HOLD_S)
+    return fault_time(lab.lab("power-off", "A").stdout)
 
 
 def client_answer_after(log_path, t_fault):
@@ -105,6 +137,7 @@ def client_answer_after(log_path, t_fault):
 # secondary's load, and so the resume window, tens of milliseconds long.
 WORKLOADS = {"resume-window": "dirty:64:10", "power-mid-checkpoint": "dirty:64:10"}
 OUTPUT = {"power-primary-passive": "passive"}
+INTERVAL_MS = {"held-reply": 5000}
 RESUME_WINDOW_ATTEMPTS = 3
 
 
@@ -254,6 +287,14 @@ def check_invariants(facts, window_required=True):
     assert summary["replies"] >= summary["seconds"] * 5, summary
     assert facts["answer_after_fault_ms"] is not None, \
         "%s: the client got no answer after the fault: %s" % (name, summary)
+    if name == "held-reply":
+        # The hold worked: nothing reached the client in its last second.
+        assert facts["answer_before_fault_ms"] > (HOLD_S - 1) * 1000, \
+            "held-reply: the client had an answer %.0f ms before the pull" \
+            % facts["answer_before_fault_ms"]
+        assert facts["answer_after_fault_ms"] < HELD_REPLY_ANSWER_MS, \
+            "held-reply: the held reply reached the client %.0f ms after the fault (bound %d ms)" \
+            % (facts["answer_after_fault_ms"], HELD_REPLY_ANSWER_MS)
     if facts["live_copies"] is not None:
         assert st["last_failover"], st
         assert facts["live_copies"] == [facts["survivor"]], \
@@ -281,7 +322,8 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
     try:
         lab.up()
         lab.install_guest(qemu, gdir, workload=WORKLOADS.get(name, ""),
-                          output=OUTPUT.get(name, "compare"))
+                          output=OUTPUT.get(name, "compare"),
+                          interval_ms=INTERVAL_MS.get(name, 2000))
         res = lab.protect("hostA")
         assert res.returncode == 0, "protect failed: %s" % res.stderr
         wait_state(lab, "hostB", "protected", timeout=60)
@@ -308,6 +350,9 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
             t = time.time()
             lab.lab("exec", "A", "kill", "-9", pids[0])
             survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
+        elif name == "held-reply":
+            t = hold_replies_then_pull(lab)
+            survivor, state, alive = "hostB", "degraded", ["hostB"]
         elif name == "power-mid-checkpoint":
             t = freeze_mid_checkpoint(lab)
             survivor, state, alive = "hostB", "degraded", ["hostB"]
@@ -385,6 +430,7 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
             "peer_after_cut": lab.status("hostB") if name == "cut-link" else None,
             "disk_ok": disk_ok, "disk": disk,
             "answer_after_fault_ms": client_answer_after(client_log, t),
+            "answer_before_fault_ms": client_answer_before(client_log, t),
             "window": (resume_window_evidence(lab) if name == "resume-window" else
                        mid_checkpoint_evidence(lab) if name == "power-mid-checkpoint" else None),
         }
@@ -423,7 +469,7 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "power-secondary",
              "cut-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
              "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
-             "stop-qemu-secondary", "resume-window", "power-mid-checkpoint"]
+             "stop-qemu-secondary", "held-reply", "resume-window", "power-mid-checkpoint"]
 
 
 def run_resume_window(qemu, gdir):
