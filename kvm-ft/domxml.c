@@ -135,9 +135,36 @@ static void add_args(xmlNodePtr cmdline, xmlNsPtr qns, const char *opt,
     add_arg(cmdline, qns, value);
 }
 
+/*
+ * The disk's <boot order='N'/>, as QEMU's bootindex option (empty if none):
+ * the guest boots from a replicated disk as libvirt would have had it.
+ * Digits only, as libvirt accepts them: the value goes into QEMU's options.
+ */
+static char *disk_bootindex(xmlNodePtr disk, GError **err)
+{
+    for (xmlNodePtr c = disk->children; c; c = c->next) {
+        xmlChar *attr;
+        g_autofree char *order = NULL;
+
+        if (c->type != XML_ELEMENT_NODE || strcmp((const char *)c->name, "boot") != 0)
+            continue;
+        attr = xmlGetNoNsProp(c, (const xmlChar *)"order");
+        order = g_strdup((const char *)attr);
+        xmlFree(attr);
+        if (!order || !*order || strlen(order) > 5 ||
+            strspn(order, "0123456789") != strlen(order)) {
+            g_set_error(err, G_MARKUP_ERROR, G_MARKUP_ERROR_INVALID_CONTENT,
+                        "<disk>: <boot order> must be a number from 1 to 99999");
+            return NULL;
+        }
+        return g_strdup_printf(",bootindex=%s", order);
+    }
+    return g_strdup("");
+}
+
 static void add_disk_args(xmlNodePtr cmdline, xmlNsPtr qns, const FtDisk *disk,
-                          guint index, FtRole role,
-                          const DomxmlPlumbing *plumbing, const char *pci_addr)
+                          guint index, FtRole role, const DomxmlPlumbing *plumbing,
+                          const char *pci_addr, const char *bootindex)
 {
     g_autofree char *src = qemu_opt_escape(disk->source_path);
     g_autofree char *node = domxml_disk_node(index);
@@ -177,8 +204,8 @@ static void add_disk_args(xmlNodePtr cmdline, xmlNsPtr qns, const FtDisk *disk,
         add_args(cmdline, qns, "-drive", child_drive);
         add_args(cmdline, qns, "-drive", drive);
     }
-    device = g_strdup_printf("virtio-blk-pci,id=kvmft-vblk%u,drive=%s,bus=pci.0,addr=%s",
-                             index, node, pci_addr);
+    device = g_strdup_printf("virtio-blk-pci,id=kvmft-vblk%u,drive=%s,bus=pci.0,addr=%s%s",
+                             index, node, pci_addr, bootindex);
     add_args(cmdline, qns, "-device", device);
 }
 
@@ -253,6 +280,7 @@ char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
         const FtDisk *disk = g_ptr_array_index(def->disks, i);
         xmlNodePtr node = find_disk(ctx, disk->target);
         g_autofree char *pci_addr = NULL;
+        g_autofree char *bootindex = NULL;
 
         if (!node) {
             g_set_error(err, G_MARKUP_ERROR, G_MARKUP_ERROR_INVALID_CONTENT,
@@ -263,9 +291,12 @@ char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
         pci_addr = disk_pci_addr(ctx, node, i, disk->target, err);
         if (!pci_addr)
             return NULL;
+        bootindex = disk_bootindex(node, err);
+        if (!bootindex)
+            return NULL;
         xmlUnlinkNode(node);
         xmlFreeNode(node);
-        add_disk_args(cmdline, qns, disk, i, role, plumbing, pci_addr);
+        add_disk_args(cmdline, qns, disk, i, role, plumbing, pci_addr, bootindex);
     }
     ensure_iothread(ctx, root);
 

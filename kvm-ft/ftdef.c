@@ -849,6 +849,45 @@ static gboolean check_devices(xmlXPathContextPtr xp, FtDef *def, GError **err)
     return TRUE;
 }
 
+/*
+ * A writable disk kvm-ft does not replicate: each copy of the guest writes
+ * its own, and after a failover the guest finds another disk than the one
+ * it wrote.  Read-only media are the same on both hosts (the administrator
+ * puts the file there) and may stay out.
+ */
+static gboolean check_unreplicated_disks(xmlXPathObjectPtr disks, const FtDef *def,
+                                         GError **err)
+{
+    for (int i = 0; i < nodes_count(disks); i++) {
+        xmlNodePtr d = nodes_at(disks, i);
+        xmlNodePtr t = child(d, "target");
+        g_autofree char *dev = t ? prop(t, "dev") : NULL;
+        g_autofree char *device = prop(d, "device");
+        gboolean replicated = FALSE;
+
+        if (child(d, "readonly") || g_strcmp0(device, "cdrom") == 0 ||
+            g_strcmp0(device, "floppy") == 0)
+            continue;
+        for (guint k = 0; dev && k < def->disks->len; k++) {
+            const FtDisk *fd = g_ptr_array_index(def->disks, k);
+
+            replicated |= strcmp(fd->target, dev) == 0;
+        }
+        if (replicated)
+            continue;
+        if (!dev || !target_valid(dev))
+            return invalid(err, "<disk>: a writable disk without a valid <target dev> "
+                           "cannot be replicated, and left alone it would differ "
+                           "between the two copies of the guest; give it a target "
+                           "and an <ft:disk>, or make it <readonly/>");
+        return invalid(err, "<disk> with <target dev='%s'>: a writable disk kvm-ft "
+                       "does not replicate would differ between the two copies of the "
+                       "guest after a failover; replicate it with <ft:disk "
+                       "target='%s'/>, or make it <readonly/>", dev, dev);
+    }
+    return TRUE;
+}
+
 /* ---- parsing the document ------------------------------------------ */
 
 /*
@@ -1065,6 +1104,8 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
             if (!resolve_disk(disks, g_ptr_array_index(def->disks, i), err))
                 return NULL;
         }
+        if (!check_unreplicated_disks(disks, def, err))
+            return NULL;
     }
     if (!check_interfaces(xp, def, err) || !check_devices(xp, def, err))
         return NULL;

@@ -18,6 +18,8 @@ TOOLS = os.path.join(REPO, "tools")
 BUILD = os.environ.get("KVMFT_BUILD", os.path.join(REPO, "build"))
 ARTIFACTS = os.environ.get("KVMFT_ARTIFACTS", os.path.join(BUILD, "test-artifacts"))
 LINK = {"hostA": "192.168.100.1", "hostB": "192.168.100.2"}
+# The guest's disk writers (tools/guest/init): vda's, and the second data disk's.
+WRITER_PORT = {"vda": 7001, "vdb": 7004}
 LAN = {"hostA": "10.0.0.1", "hostB": "10.0.0.2"}
 GUEST = "ftguest"
 # One lab at a time on this machine: two would fight over the namespaces and
@@ -79,8 +81,11 @@ class Lab:
         # tools/check runs the sanitizer build ($KVMFTD); tools/demo and tools/bench the plain one.
         self.env = {"KVMFTD": os.environ.get("KVMFTD") or os.path.join(BUILD, "kvm-ft", "kvm-ftd")}
         self.ftctl_bin = os.path.join(BUILD, "tools", "ftctl")
-        # Every blob the guest confirmed (tools/guestwrite), for check_disk().
+        # Every blob the guest confirmed (tools/guestwrite), for check_disk(): on vda, and on
+        # the second data disk (install_guest(data_disk=...)).
         self.blobs = {}
+        self.blobs_vdb = {}
+        self.data_disk = None
 
     def lab(self, *args, check=True, timeout=180):
         return run(os.path.join(TOOLS, "lab"), *args, check=check, timeout=timeout, env=self.env)
@@ -132,16 +137,17 @@ class Lab:
     def client(self, *args, timeout=600):
         return self.lab("client", *args, timeout=timeout)
 
-    def guest_write(self, mib, timeout=300):
-        """The guest writes mib MiB of fresh data to its disk (tools/guestwrite); the blobs
-        are remembered for check_disk().  Returns guestwrite's summary."""
+    def guest_write(self, mib, timeout=300, disk="vda"):
+        """The guest writes mib MiB of fresh data to its disk vda or its second data disk vdb
+        (tools/guestwrite); the blobs are remembered for check_disk().  Returns guestwrite's
+        summary."""
         res = self.client("python3", os.path.join(TOOLS, "guestwrite"), "--mb", str(mib),
-                          timeout=timeout)
+                          "--port", str(WRITER_PORT[disk]), timeout=timeout)
         try:
             out = json.loads(last_line(res.stdout))
         except ValueError:
             out = {"error": (res.stdout + res.stderr).strip()[-2000:]}
-        self.blobs.update(out.get("blobs", {}))
+        (self.blobs if disk == "vda" else self.blobs_vdb).update(out.get("blobs", {}))
         if res.returncode != 0 or out.get("error"):
             raise AssertionError("guestwrite failed: %s" % out.get("error", out))
         log("guest wrote %d MiB: %s" % (out["bytes_written"] >> 20, " ".join(out["files"])))
@@ -149,15 +155,21 @@ class Lab:
 
     def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload="",
                       output="compare", on_reboot="destroy", ft=True, compare_timeout_ms=None,
-                      flavor="busybox", vcpus=1):
+                      flavor="busybox", vcpus=1, data_disk=None):
         """Same disk on both hosts (the secondary replicates from an identical copy),
         the definition on hostA.  flavor "debian": gdir is tools/build-debian-guest's
-        folder and the disk its root disk."""
+        folder and the disk its root disk.  data_disk "raw" or "qcow2": a second replicated
+        data disk, vdb, in that format (the busybox guest needs workload "data2")."""
         image = "root.qcow2" if flavor == "debian" else "disk.qcow2"
+        if data_disk:
+            self.data_disk = "/var/lib/libvirt/images/%s-data.%s" % (name, data_disk)
         for host in ("hostA", "hostB"):
             images = self.path(host, "/var/lib/libvirt/images")
             os.makedirs(images, exist_ok=True)
             shutil.copyfile(os.path.join(gdir, image), os.path.join(images, name + ".qcow2"))
+            if data_disk:
+                run("qemu-img", "convert", "-O", data_disk, os.path.join(gdir, "disk.qcow2"),
+                    self.path(host, self.data_disk))
         ft_args = ["--interval-ms", str(interval_ms), "--output", output,
                    *(["--compare-timeout-ms", str(compare_timeout_ms)] if compare_timeout_ms
                      else []),
@@ -166,6 +178,7 @@ class Lab:
         xml = run(os.path.join(TOOLS, "guest-xml"), "--name", name, "--qemu", qemu,
                   "--guest-dir", gdir, "--flavor", flavor, "--vcpus", str(vcpus),
                   *(["--workload", workload] if workload else []), "--on-reboot", on_reboot,
+                  *(["--data-disk", "%s:%s" % (self.data_disk, data_disk)] if data_disk else []),
                   *(ft_args if ft else [])).stdout
         xml_path = os.path.join(self.path("hostA", "/var/lib/kvm-ft"), name + ".xml")
         with open(xml_path, "w") as f:
@@ -305,21 +318,26 @@ def wait_disk_consolidated(lab, host, timeout=120):
              lambda: not overlays_in_use(lab, host), timeout=timeout)
 
 
-def check_disk(lab, host):
+def check_disk(lab, host, disk="vda"):
     """tools/check-guest-disk on host's guest image (may be in use): fsck-clean, a gapless
     log that reaches what the guest on host printed before the image was read (less one
     fsync interval, and one for a number printed but not yet written), and every blob the
-    guest wrote through lab.guest_write() intact."""
-    image = lab.path(host, "/var/lib/libvirt/images/%s.qcow2" % GUEST)
+    guest wrote through lab.guest_write() intact.  disk "vdb": the second data disk, which
+    has blobs and no log."""
+    image = lab.path(host, "/var/lib/libvirt/images/%s.qcow2" % GUEST if disk == "vda"
+                     else lab.data_disk)
     wait_disk_consolidated(lab, host)
     args = []
     printed = last_count(lab.serial(host))
-    if printed is not None:
+    if disk == "vdb":
+        args.append("--no-counter")
+    elif printed is not None:
         args += ["--min-last", str(max(0, printed - COUNTER_FSYNC_EVERY - 1))]
-    if lab.blobs:
-        blobs = os.path.join(lab.artifacts, "blobs.json")
+    written = lab.blobs if disk == "vda" else lab.blobs_vdb
+    if written:
+        blobs = os.path.join(lab.artifacts, "blobs-%s.json" % disk)
         with open(blobs, "w") as f:
-            json.dump(lab.blobs, f)
+            json.dump(written, f)
         args += ["--blobs", blobs]
     res = run(os.path.join(TOOLS, "check-guest-disk"), *args, image, check=False, timeout=300)
     try:

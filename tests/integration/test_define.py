@@ -47,6 +47,18 @@ def add_second_nic(domain):
     devices.findall("interface")[-1].find("mac").set("address", "52:54:00:c0:10:99")
 
 
+def add_unreplicated_disk(domain):
+    """A second writable disk, not named by any <ft:disk>."""
+    devices = domain.find("devices")
+    disk = ET.fromstring(ET.tostring(devices.find("disk")))
+    disk.find("target").set("dev", "vdb")
+    disk.find("source").set("file", "/var/lib/libvirt/images/scratch.qcow2")
+    for child in list(disk):
+        if child.tag == "address":
+            disk.remove(child)
+    devices.append(disk)
+
+
 # name -> (how to break a valid definition, text the refusal must contain)
 INVALID = {
     "vhost": (lambda d: d.find("devices/interface/driver").set("name", "vhost"), "vhost"),
@@ -58,6 +70,7 @@ INVALID = {
     "vmdk": (lambda d: d.find("devices/disk/driver").set("type", "vmdk"), "vmdk"),
     "hostdev": (add_pci_hostdev, "hostdev"),
     "two-nics": (add_second_nic, "interface"),
+    "unreplicated-disk": (add_unreplicated_disk, "<disk> with <target dev='vdb'>"),
     "bad-metadata": (lambda d: d.find(".//{https://kvm-ft.dev/xmlns/1}checkpoint")
                      .set("interval-ms", "5"), "interval-ms"),
 }

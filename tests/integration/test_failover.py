@@ -9,6 +9,10 @@ guest before, during and after the fault):
   power-primary-passive  the same with <ft:checkpoint output="passive">: every
                      packet waited for a checkpoint; the reply the dead
                      primary held reaches the client within the bound
+  two-disks          the same with a second replicated data disk, raw (vdb)
+                     beside the qcow2 one: the guest writes to both before the
+                     pull; on the survivor both are clean and hold every block
+                     the guest wrote
   power-secondary    power pulled on the secondary: the primary runs alone
   cut-link           dedicated link cut, LAN alive: the primary runs alone,
                      the secondary stands down, no takeover
@@ -135,7 +139,12 @@ def client_answer_after(log_path, t_fault):
 
 # Scenarios that need a guest workload: a dirtying guest makes the
 # secondary's load, and so the resume window, tens of milliseconds long.
-WORKLOADS = {"resume-window": "dirty:64:10", "power-mid-checkpoint": "dirty:64:10"}
+WORKLOADS = {"resume-window": "dirty:64:10", "power-mid-checkpoint": "dirty:64:10",
+             "two-disks": "data2"}
+# Scenarios whose guest has a second replicated data disk, vdb, in this format.
+DATA_DISK = {"two-disks": "raw"}
+# MiB the guest writes to each of its disks before the fault, in those scenarios.
+DATA_DISK_WRITE_MIB = 2
 OUTPUT = {"power-primary-passive": "passive"}
 INTERVAL_MS = {"held-reply": 5000}
 RESUME_WINDOW_ATTEMPTS = 3
@@ -323,18 +332,22 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
         lab.up()
         lab.install_guest(qemu, gdir, workload=WORKLOADS.get(name, ""),
                           output=OUTPUT.get(name, "compare"),
-                          interval_ms=INTERVAL_MS.get(name, 2000))
+                          interval_ms=INTERVAL_MS.get(name, 2000),
+                          data_disk=DATA_DISK.get(name))
         res = lab.protect("hostA")
         assert res.returncode == 0, "protect failed: %s" % res.stderr
         wait_state(lab, "hostB", "protected", timeout=60)
         wait_for("guest up", lambda: "GUEST UP" in lab.serial("hostA"), timeout=120)
+        if name in DATA_DISK:
+            for disk in ("vda", "vdb"):
+                lab.guest_write(DATA_DISK_WRITE_MIB, disk=disk)
         client_log = os.path.join(lab.artifacts, "client.jsonl")
         after_s = AFTER_S
         client = SeqClient(lab, seconds=0 if name in OPEN_ENDED else BEFORE_S + after_s,
                            log_path=client_log)
         time.sleep(BEFORE_S)
 
-        if name in ("power-primary", "power-primary-passive"):
+        if name in ("power-primary", "power-primary-passive", "two-disks"):
             t = fault_time(lab.lab("power-off", "A").stdout)
             survivor, state, alive = "hostB", "degraded", ["hostB"]
         elif name == "power-secondary":
@@ -423,6 +436,10 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
         log("%s: survivor %s: %s" % (name, survivor, st))
         disk_ok, disk = check_disk(lab, survivor)
         log("%s: survivor's disk: %s" % (name, disk))
+        if name in DATA_DISK:
+            ok2, disk2 = check_disk(lab, survivor, disk="vdb")
+            log("%s: survivor's second disk: %s" % (name, disk2))
+            disk_ok, disk = disk_ok and ok2, {"vda": disk, "vdb": disk2}
         facts = {
             "scenario": name, "client": summary, "survivor": survivor, "status": st,
             "kernel_trouble": kernel_trouble(lab.serial(survivor)),
@@ -466,7 +483,8 @@ send(head + payload + mac)
 print("sent garbage, an oversized header and a wrong-key HELLO")
 """
 
-SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "power-secondary",
+SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "two-disks",
+             "power-secondary",
              "cut-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
              "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
              "stop-qemu-secondary", "held-reply", "resume-window", "power-mid-checkpoint"]

@@ -195,6 +195,41 @@ START_TEST(pci_function_kept)
 }
 END_TEST
 
+/* The guest boots from a replicated disk where libvirt would have booted it. */
+START_TEST(boot_order_carried_as_bootindex)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *out = derive_changed("<target dev='vda' bus='virtio'/>",
+                                          "<target dev='vda' bus='virtio'/><boot order='2'/>",
+                                          "/q.sock", &err);
+
+    ck_assert_msg(out != NULL, "%s", err ? err->message : "");
+    ck_assert_int_eq(count(out, "//q:arg[@value='virtio-blk-pci,id=kvmft-vblk0,"
+                                "drive=colo-disk0,bus=pci.0,addr=0x4,bootindex=2']"), 1);
+    /* vdb has no <boot>: no bootindex. */
+    ck_assert_int_eq(count(out, "//q:arg[contains(@value,'kvmft-vblk1') and "
+                                "contains(@value,'bootindex')]"), 0);
+}
+END_TEST
+
+/* Like the PCI address, the order is a number: nothing else reaches QEMU's options. */
+START_TEST(boot_order_must_be_a_number)
+{
+    static const char *const bad[] = { "<boot order='1,romfile=/etc/shadow'/>", "<boot order=''/>",
+                                       "<boot/>", "<boot order='123456'/>" };
+
+    for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_autoptr(GError) err = NULL;
+        g_autofree char *to = g_strconcat("<target dev='vda' bus='virtio'/>", bad[i], NULL);
+        g_autofree char *out = derive_changed("<target dev='vda' bus='virtio'/>", to,
+                                              "/q.sock", &err);
+
+        ck_assert_msg(out == NULL, "accepted %s", bad[i]);
+        ck_assert_msg(strstr(err->message, "<boot order>"), "%s", err->message);
+    }
+}
+END_TEST
+
 /* A comma in the QMP socket's path (from the guest's name) must not start a new option. */
 START_TEST(qmp_socket_path_escaped)
 {
@@ -264,6 +299,8 @@ int main(void)
     tcase_add_test(tc, missing_disk_is_an_error);
     tcase_add_test(tc, pci_address_must_be_numbers);
     tcase_add_test(tc, pci_function_kept);
+    tcase_add_test(tc, boot_order_carried_as_bootindex);
+    tcase_add_test(tc, boot_order_must_be_a_number);
     tcase_add_test(tc, qmp_socket_path_escaped);
     tcase_add_test(tc, derived_is_recognised_and_marks_only_own_starts);
     tcase_add_test(tc, metadata_carried_over_to_the_original);

@@ -491,6 +491,34 @@ INVALID(disk_readonly, GOOD_GUEST,
 INVALID(disk_shareable, GOOD_GUEST,
         DISK("type='file' device='disk'", VDA_INNER "<shareable/>"),
         "<ft:disk target='vda'>", "<shareable/>")
+#define VDB_INNER "<driver name='qemu' type='raw'/><source file='/var/lib/kvm-ft/g1-data.img'/>" \
+                  "<target dev='vdb' bus='virtio'/>"
+INVALID(disk_writable_unreplicated, GOOD_GUEST,
+        DISK_VDA DISK("type='file' device='disk'", VDB_INNER),
+        "<disk> with <target dev='vdb'>", "replicate it with <ft:disk target='vdb'/>")
+INVALID(disk_lun_unreplicated, GOOD_GUEST,
+        DISK_VDA DISK("type='block' device='lun'", "<source dev='/dev/sdb'/>"
+                      "<target dev='sdb' bus='scsi'/>"),
+        "<disk> with <target dev='sdb'>", "make it <readonly/>")
+INVALID(disk_unreplicated_without_target, GOOD_GUEST,
+        DISK_VDA DISK("type='file' device='disk'", "<source file='/img/x.img'/>"),
+        "<disk>: a writable disk without a valid <target dev>", NULL)
+
+/* Read-only media are the same on both hosts: they may stay out of <ft:disk>. */
+START_TEST(disk_readonly_unreplicated_allowed)
+{
+    g_autofree char *xml = domain(GOOD_GUEST,
+                                  DISK_VDA DISK("type='file' device='disk'", VDB_INNER "<readonly/>")
+                                  DISK("type='file' device='cdrom'",
+                                       "<source file='/img/seed.iso'/><target dev='hdc'/>"));
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+
+    ck_assert_msg(def != NULL, "%s", err ? err->message : "");
+    ck_assert_uint_eq(def->disks->len, 1);
+}
+END_TEST
+
 INVALID(disk_format_vmdk, GOOD_GUEST, DISK("type='file' device='disk'",
         "<driver name='qemu' type='vmdk'/><source file='/img/a.vmdk'/>"
         "<target dev='vda'/>"), "<ft:disk target='vda'>", "<driver type='vmdk'>")
@@ -840,6 +868,10 @@ static Suite *ftdef_suite(void)
     tcase_add_test(tc, disk_network);
     tcase_add_test(tc, disk_block);
     tcase_add_test(tc, disk_readonly);
+    tcase_add_test(tc, disk_writable_unreplicated);
+    tcase_add_test(tc, disk_lun_unreplicated);
+    tcase_add_test(tc, disk_unreplicated_without_target);
+    tcase_add_test(tc, disk_readonly_unreplicated_allowed);
     tcase_add_test(tc, disk_shareable);
     tcase_add_test(tc, disk_format_vmdk);
     tcase_add_test(tc, disk_format_missing);
