@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -134,6 +135,24 @@ class Lab:
                          timeout=30)
         return json.loads(res.stdout) if res.returncode == 0 else None
 
+    def control(self, host, request):
+        """One request to kvm-ftd's control socket, reached through the lab host's /run;
+        its result (RuntimeError with kvm-ftd's message if refused)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(self.path(host, "/run/kvm-ftd.sock"))
+            s.sendall((json.dumps(request) + "\n").encode())
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        reply = json.loads(data)
+        if not reply.get("ok"):
+            raise RuntimeError(reply.get("error"))
+        return reply["result"]
+
     def client(self, *args, timeout=600):
         return self.lab("client", *args, timeout=timeout)
 
@@ -155,11 +174,12 @@ class Lab:
 
     def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload="",
                       output="compare", on_reboot="destroy", ft=True, compare_timeout_ms=None,
-                      flavor="busybox", vcpus=1, data_disk=None):
+                      flavor="busybox", vcpus=1, data_disk=None, acpi=False):
         """Same disk on both hosts (the secondary replicates from an identical copy),
         the definition on hostA.  flavor "debian": gdir is tools/build-debian-guest's
         folder and the disk its root disk.  data_disk "raw" or "qcow2": a second replicated
-        data disk, vdb, in that format (the busybox guest needs workload "data2")."""
+        data disk, vdb, in that format (the busybox guest needs workload "data2").  acpi: the
+        guest has ACPI, so `virsh shutdown` powers it off."""
         image = "root.qcow2" if flavor == "debian" else "disk.qcow2"
         if data_disk:
             self.data_disk = "/var/lib/libvirt/images/%s-data.%s" % (name, data_disk)
@@ -179,6 +199,7 @@ class Lab:
                   "--guest-dir", gdir, "--flavor", flavor, "--vcpus", str(vcpus),
                   *(["--workload", workload] if workload else []), "--on-reboot", on_reboot,
                   *(["--data-disk", "%s:%s" % (self.data_disk, data_disk)] if data_disk else []),
+                  *(["--acpi"] if acpi else []),
                   *(ft_args if ft else [])).stdout
         xml_path = os.path.join(self.path("hostA", "/var/lib/kvm-ft"), name + ".xml")
         with open(xml_path, "w") as f:

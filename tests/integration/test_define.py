@@ -17,9 +17,8 @@ follows libvirt's domain events.  Asserts, in one lab:
 - `virsh start` starts it protected: the persistent definition carries kvm-ft's
   plumbing, libvirt's qemu hook has kvm-ftd set the pair up while QEMU is
   still paused, and a client's sequence is gapless;
-- `virsh destroy` of a protected guest stops it on both hosts with no failover
-  (`virsh shutdown` takes the same path, QEMU's SHUTDOWN event, with another
-  reason; the test guest has no ACPI to power itself off with);
+- `virsh destroy` of a protected guest stops it on both hosts with no failover,
+  and so does `virsh shutdown` (ACPI: the guest powers itself off);
 - `virsh undefine` removes it from both hosts.
 """
 import os
@@ -156,7 +155,7 @@ def main():
         check_peer_unreachable(lab, qemu, gdir)
 
         # virsh define on hostA (the same disk copied to both); a reboot is a reboot
-        lab.install_guest(qemu, gdir, on_reboot="restart")
+        lab.install_guest(qemu, gdir, on_reboot="restart", acpi=True)
         wait_status(lab, "hostA", GUEST, "stopped")
         wait_for("the definition on hostB", lambda: domain_exists(lab, "hostB", GUEST),
                  timeout=30)
@@ -225,19 +224,27 @@ def main():
         summary = client.result(timeout=120)
         assert summary["connection_broken"] is None and summary["replies"] >= 40, summary
         assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
-        lab.virsh("hostA", "destroy", GUEST)
-        for host in ("hostA", "hostB"):
-            wait_state(lab, host, "stopped", timeout=30)
         log("virsh start: protected on both hosts before the guest ran; %d replies gapless"
             % summary["replies"])
+
+        # ACPI: the guest powers itself off; kvm-ftd stops the pair, no failover.
+        lab.virsh("hostA", "shutdown", GUEST)
+        for host in ("hostA", "hostB"):
+            wait_state(lab, host, "stopped", timeout=60)
+            wait_for("%s not running on %s" % (GUEST, host), lambda h=host: lab.virsh(
+                h, "domstate", GUEST, check=False).stdout.strip() == "shut off", timeout=30)
+        assert "GUEST POWER BUTTON" in lab.serial("hostA"), \
+            "the guest did not see the power button: %s" % lab.serial("hostA")[-500:]
+        no_failover(lab)
+        log("virsh shutdown: the guest powered off; stopped on both hosts, no failover")
 
         lab.virsh("hostA", "undefine", GUEST)
         for host in ("hostA", "hostB"):
             wait_for("%s gone from %s" % (GUEST, host),
                      lambda h=host: not domain_exists(lab, h, GUEST), timeout=30)
             assert lab.status(host) is None, lab.status(host)
-        log("PASS: %d kinds of refusal, peer unreachable, ready on both, destroy "
-            "without failover, reboot kept protected, undefine on both" % len(INVALID))
+        log("PASS: %d kinds of refusal, peer unreachable, ready on both, destroy and "
+            "shutdown without failover, reboot kept protected, undefine on both" % len(INVALID))
     finally:
         lab.down()
 

@@ -24,13 +24,14 @@ the primary.  Asserts:
 KVMFT_SOAK_SECONDS sets the protected run's length (default 120), KVMFT_SOAK_VCPUS the
 guest's vCPUs (default 2: an SMP guest, whose vCPUs COLO must stop and replay together).
 """
+import json
 import os
 import re
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labtest import (Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
+from labtest import (GUEST, Lab, SeqClient, check_disk, guest_dir, kernel_trouble,  # noqa: E402
                      log, qemu_binary, wait_for, wait_state)
 
 SOAK_SECONDS = int(os.environ.get("KVMFT_SOAK_SECONDS", "120"))
@@ -160,6 +161,9 @@ def main():
         pri_clock = clock_lines(pri_serial)
         mono, tsc, common = clock_divergence(pri_clock, clock_lines(sec_serial))
 
+        # For a stall's diagnosis: every pause the primary's kvm-ftd remembers, with its time.
+        with open(os.path.join(lab.artifacts, "checkpoints.json"), "w") as f:
+            json.dump(lab.control("hostA", {"command": "checkpoints", "guest": GUEST}), f)
         log("pulling the power on hostA")
         lab.lab("power-off", "hostA")
         wait_state(lab, "hostB", "degraded", timeout=30)

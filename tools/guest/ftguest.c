@@ -24,6 +24,9 @@
  *                                    (statvfs: f_bavail * f_frsize). A bad request or a failure: "err
  *                                    MESSAGE" (a failed write leaves no blob). Replies carry no time and no
  *                                    randomness: both COLO copies give the same ones.
+ *   ftguest powerbutton              waits for the ACPI power button (KEY_POWER on /dev/input/event*:
+ *                                    `virsh shutdown`), prints "GUEST POWER BUTTON", syncs the disks and
+ *                                    powers the guest off.
  *   ftguest busy [N]                 nice 19 CPU loop; prints "W k" after every N iterations.
  *   ftguest dirty MB SLEEP_MS        rewrites one word in every page of an MB-sized buffer per pass,
  *                                    checking the value the previous pass left there; prints
@@ -51,6 +54,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <linux/input.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -61,6 +65,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/statvfs.h>
 #include <sys/time.h>
@@ -116,7 +121,7 @@ static int parse_long(const char *s, long min, long max, long *out)
 static int usage(void)
 {
     fprintf(stderr, "usage: ftguest counter LOG [PERIOD_MS] | seqd PORT | ndet PORT | maybe PORT | writer PORT [DIR] |"
-                    " busy [N] | dirty MB SLEEP_MS | soak MB\n");
+                    " powerbutton | busy [N] | dirty MB SLEEP_MS | soak MB\n");
     return 2;
 }
 
@@ -1021,6 +1026,72 @@ static int cmd_soak(int argc, char **argv)
 
 #endif
 
+/* ---- power button ------------------------------------------------------------------------- */
+
+#define MAX_INPUTS 16
+
+/* The input devices' nodes, once devtmpfs has them (it makes them shortly after the driver). */
+static nfds_t open_inputs(struct pollfd *fds)
+{
+    nfds_t n = 0;
+
+    for (int tries = 0; n == 0 && tries < 50; tries++) {
+        for (int i = 0; i < MAX_INPUTS; i++) {
+            char path[32];
+            int fd;
+
+            snprintf(path, sizeof(path), "/dev/input/event%d", i);
+            fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd >= 0) {
+                fds[n].fd = fd;
+                fds[n].events = POLLIN;
+                n++;
+            }
+        }
+        if (n == 0)
+            usleep(100000);
+    }
+    return n;
+}
+
+/*
+ * No acpid in the initramfs: the ACPI power button arrives as KEY_POWER on an evdev device.
+ * Pressed, the guest syncs and powers off, as a distribution's init would, minus the services.
+ */
+static int cmd_powerbutton(int argc, char **argv)
+{
+    struct pollfd fds[MAX_INPUTS];
+    nfds_t n = open_inputs(fds);
+
+    (void)argc;
+    (void)argv;
+    if (n == 0) {
+        say("powerbutton: no input device\n");
+        return 1;
+    }
+    for (;;) {
+        if (poll(fds, n, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            say("powerbutton: poll: %s\n", strerror(errno));
+            return 1;
+        }
+        for (nfds_t i = 0; i < n; i++) {
+            struct input_event ev;
+
+            if (!(fds[i].revents & POLLIN) || read(fds[i].fd, &ev, sizeof(ev)) != sizeof(ev))
+                continue;
+            if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value == 1) {
+                say("GUEST POWER BUTTON\n");
+                sync();
+                reboot(RB_POWER_OFF);
+                say("powerbutton: reboot: %s\n", strerror(errno));
+                return 1;
+            }
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2)
@@ -1035,6 +1106,8 @@ int main(int argc, char **argv)
         return cmd_serve(argc, argv, MODE_MAYBE);
     if (!strcmp(argv[1], "writer"))
         return cmd_writer(argc, argv);
+    if (!strcmp(argv[1], "powerbutton"))
+        return cmd_powerbutton(argc, argv);
     if (!strcmp(argv[1], "busy"))
         return cmd_busy(argc, argv);
     if (!strcmp(argv[1], "dirty"))
