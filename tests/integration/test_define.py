@@ -69,7 +69,7 @@ INVALID = {
     "vmdk": (lambda d: d.find("devices/disk/driver").set("type", "vmdk"), "vmdk"),
     "hostdev": (add_pci_hostdev, "hostdev"),
     "two-nics": (add_second_nic, "interface"),
-    "unreplicated-disk": (add_unreplicated_disk, "<disk> with <target dev='vdb'>"),
+    "unreplicated-disk": (add_unreplicated_disk, "a writable disk kvm-ft does not replicate"),
     "bad-metadata": (lambda d: d.find(".//{https://kvm-ft.dev/xmlns/1}checkpoint")
                      .set("interval-ms", "5"), "interval-ms"),
 }

@@ -81,7 +81,8 @@ HOLD_S = 4
 # Failover figures here: detection 100 ms, takeover ~100-200 ms, under TCG.  A
 # fault that needs no failover must not be felt beyond a checkpoint's pause.
 MAX_SILENCE_MS = {
-    "power-primary": 1000, "power-primary-passive": 1000, "power-secondary": 1000,
+    "power-primary": 1000, "power-primary-passive": 1000, "two-disks": 1000,
+    "power-secondary": 1000,
     "cut-link": 1000,
     "kill-qemu-primary": 1000, "power-mid-checkpoint": 1000, "resume-window": 1000,
     "kill-daemon-A": 1000, "kill-daemon-B": 1000, "garbage-peer": 1000,
