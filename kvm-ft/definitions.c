@@ -60,6 +60,17 @@ static void peer_call_free(PeerCall *call)
     g_free(call);
 }
 
+/* method to the guest's peer, with params (taken); cb gets a PeerCall. */
+static void call_peer(Definitions *defs, const char *name, const FtDef *def,
+                      const char *method, JsonObject *params, PeerReplyFunc cb)
+{
+    const FtHost *peer = ftdef_peer(def, defs->cfg->host_name);
+
+    daemon_peer_call(defs->d, peer->link_address, method, params, defs->cfg->peer_timeout_ms,
+                     cb, peer_call_new(defs, name, peer->name));
+    json_object_unref(params);
+}
+
 /* ---- the status element in libvirt ---------------------------------------- */
 
 typedef struct {
@@ -351,11 +362,44 @@ static void on_peer_defined(PeerConn *conn, JsonNode *result, const GError *erro
     peer_call_free(call);
 }
 
+static void on_peer_metadata(PeerConn *conn, JsonNode *result, const GError *error,
+                             gpointer opaque)
+{
+    PeerCall *call = opaque;
+
+    (void)conn;
+    if (error)
+        log_warn(call->guest, NULL, "%s kept its copy of the kvm-ft metadata: %s", call->peer,
+                 error->message);
+    else if (JSON_NODE_HOLDS_OBJECT(result) &&
+             json_object_get_boolean_member_with_default(json_node_get_object(result),
+                                                         "changed", FALSE))
+        log_info(call->guest, NULL, "%s took the new kvm-ft metadata", call->peer);
+    peer_call_free(call);
+}
+
+/*
+ * `virsh metadata --set` on either host: the peer gets the same <ft:guest>,
+ * so that whichever host runs the guest next runs it as the administrator
+ * last said.  The peer takes it only if it differs, so the echo of its own
+ * change ends there.
+ */
+static void share_metadata(Definitions *defs, const char *name, const FtDef *def,
+                           const char *xml)
+{
+    JsonObject *params = json_object_new();
+
+    json_object_set_string_member(params, "guest", name);
+    json_object_set_string_member(params, "domain-xml", xml);
+    call_peer(defs, name, def, "update-metadata", params, on_peer_metadata);
+}
+
 /*
  * A domain was defined, redefined, or its kvm-ft metadata changed (or
  * kvm-ftd starts): an FT guest is validated here, then the peer is asked
  * to define it too; anything wrong, here or there, refuses it.  A guest
- * that runs here keeps running as it is.
+ * that runs here keeps running as it is.  Either way the peer gets the
+ * metadata.
  */
 static void consider_domain(Definitions *defs, const char *name)
 {
@@ -366,12 +410,11 @@ static void consider_domain(Definitions *defs, const char *name)
     g_autoptr(FtDef) def = NULL;
     gboolean active = FALSE;
     JsonObject *params;
-    const FtHost *peer;
 
     if (g && guest_is_busy(g)) {
         g_autofree char *later = NULL;
 
-        def = definitions_read(defs, name, NULL, NULL, &err);
+        def = definitions_read(defs, name, NULL, &xml, &err);
         if (!def) {
             log_warn(name, ft_role_name(guest_role(g)), "its new definition cannot be "
                      "used (%s); it keeps running as it was", err->message);
@@ -383,6 +426,7 @@ static void consider_domain(Definitions *defs, const char *name)
                      "runs: %s", later);
             definitions_set_status(defs, name, guest_state_name(guest_state(g)), later);
         }
+        share_metadata(defs, name, def, xml);
         return;
     }
     def = definitions_read(defs, name, NULL, &xml, &err);
@@ -415,14 +459,12 @@ static void consider_domain(Definitions *defs, const char *name)
     }
     g = guest_new(defs->d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
     g_hash_table_replace(defs->guests, g_strdup(name), g);
-    peer = ftdef_peer(guest_def(g), defs->cfg->host_name);
     params = json_object_new();
     json_object_set_string_member(params, "domain-xml", xml);
     json_object_set_string_member(params, "qemu-version", version);
-    daemon_peer_call(defs->d, peer->link_address, "define-guest", params,
-                     defs->cfg->peer_timeout_ms, on_peer_defined,
-                     peer_call_new(defs, name, peer->name));
-    json_object_unref(params);
+    call_peer(defs, name, guest_def(g), "define-guest", params, on_peer_defined);
+    /* A peer that had it defined already keeps its own definition: not its metadata. */
+    share_metadata(defs, name, guest_def(g), guest_domain_xml(g));
 }
 
 void definitions_peer_up(Definitions *defs, const char *host)
@@ -479,10 +521,7 @@ static void domain_undefined(Definitions *defs, const char *name)
     forget_storage(defs, name);
     params = json_object_new();
     json_object_set_string_member(params, "guest", name);
-    daemon_peer_call(defs->d, peer->link_address, "undefine-guest", params,
-                     defs->cfg->peer_timeout_ms, on_peer_undefined,
-                     peer_call_new(defs, name, peer->name));
-    json_object_unref(params);
+    call_peer(defs, name, guest_def(g), "undefine-guest", params, on_peer_undefined);
     forget(defs, name);
 }
 
@@ -660,6 +699,71 @@ static void handle_undefine_guest(Definitions *defs, PeerConn *conn, guint64 id,
     peer_conn_reply(conn, id, NULL);
 }
 
+static gboolean same_settings(const FtDef *a, const FtDef *b)
+{
+    return a->checkpoint_interval_ms == b->checkpoint_interval_ms &&
+           a->output_mode == b->output_mode && a->compare_timeout_ms == b->compare_timeout_ms;
+}
+
+/*
+ * The peer's <ft:guest> goes into this host's definition of the same
+ * guest, as `virsh metadata --set` would put it; the change then takes the
+ * way of a local one (consider_domain).
+ */
+static void handle_update_metadata(Definitions *defs, PeerConn *conn, guint64 id,
+                                   JsonObject *params)
+{
+    const char *name = json_object_get_string_member_with_default(params, "guest", NULL);
+    const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
+    const char *sender = peer_conn_get_peer_host(conn);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) local = NULL;
+    g_autoptr(FtDef) wanted = NULL;
+    g_autofree char *local_xml = NULL;
+    g_autofree char *merged = NULL;
+    g_autofree char *element = NULL;
+    g_autofree char *why = NULL;
+    g_autoptr(JsonNode) answer = json_node_new(JSON_NODE_OBJECT);
+    JsonObject *result = json_object_new();
+
+    json_node_take_object(answer, result);
+    if (!name || !xml || ftdef_guest_name_problem(name)) {
+        daemon_reply_error(conn, id, "update-metadata needs a guest's name and domain-xml");
+        return;
+    }
+    local = definitions_read(defs, name, sender, &local_xml, &err);
+    if (!local) {
+        daemon_reply_error(conn, id, "guest '%s' on %s: %s", name, defs->cfg->host_name,
+                           err->message);
+        return;
+    }
+    if (!(merged = domxml_with_ft_metadata_of(local_xml, xml, &err)) ||
+        !(wanted = ftdef_parse(merged, &err))) {
+        daemon_reply_error(conn, id, "guest '%s': %s's kvm-ft metadata: %s", name, sender,
+                           err->message);
+        return;
+    }
+    why = definitions_pairing_error(defs, wanted, sender);
+    /* The peer may change how the pair runs the guest, not which pair or which disks. */
+    if (why || !ftdef_same_pair_and_disks(local, wanted)) {
+        daemon_reply_error(conn, id, "guest '%s': %s's kvm-ft metadata names other hosts, "
+                           "ports or disks than %s's (%s): define the guest again on both",
+                           name, sender, defs->cfg->host_name, why ? why : "changed");
+        return;
+    }
+    json_object_set_boolean_member(result, "changed", !same_settings(local, wanted));
+    if (!same_settings(local, wanted)) {
+        if (!(element = domxml_ft_metadata_element(merged, &err)) ||
+            !virt_domain_set_ft_metadata(defs->virt, name, element, &err)) {
+            daemon_reply_error(conn, id, "guest '%s' on %s: %s", name, defs->cfg->host_name,
+                               err->message);
+            return;
+        }
+        log_info(name, NULL, "kvm-ft metadata changed on %s: taken here too", sender);
+    }
+    peer_conn_reply(conn, id, answer);
+}
+
 gboolean definitions_peer_request(Definitions *defs, PeerConn *conn, guint64 id,
                                   const char *method, JsonObject *params)
 {
@@ -667,6 +771,8 @@ gboolean definitions_peer_request(Definitions *defs, PeerConn *conn, guint64 id,
         handle_define_guest(defs, conn, id, params);
     else if (strcmp(method, "undefine-guest") == 0)
         handle_undefine_guest(defs, conn, id, params);
+    else if (strcmp(method, "update-metadata") == 0)
+        handle_update_metadata(defs, conn, id, params);
     else
         return FALSE;
     return TRUE;

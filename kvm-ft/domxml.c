@@ -16,6 +16,7 @@
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlDoc, xmlFreeDoc)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathContext, xmlXPathFreeContext)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathObject, xmlXPathFreeObject)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlBuffer, xmlBufferFree)
 
 char *domxml_disk_node(guint index)
 {
@@ -342,6 +343,24 @@ static xmlNodePtr ft_metadata(xmlDocPtr doc)
         }
     }
     return NULL;
+}
+
+char *domxml_ft_metadata_element(const char *domain_xml, GError **err)
+{
+    g_autoptr(xmlDoc) doc = xmlReadMemory(domain_xml, strlen(domain_xml), "domain.xml", NULL,
+                                          XML_PARSE_NONET | XML_PARSE_NOERROR |
+                                          XML_PARSE_NOWARNING);
+    xmlNodePtr el = doc ? ft_metadata(doc) : NULL;
+    g_autoptr(xmlBuffer) buf = NULL;
+
+    if (!el) {
+        g_set_error(err, G_MARKUP_ERROR, G_MARKUP_ERROR_PARSE,
+                    "the definition has no kvm-ft metadata");
+        return NULL;
+    }
+    buf = xmlBufferCreate();
+    xmlNodeDump(buf, doc, el, 0, 0);
+    return g_strdup((const char *)xmlBufferContent(buf));
 }
 
 char *domxml_with_ft_metadata_of(const char *original, const char *current, GError **err)

@@ -56,3 +56,5 @@ gboolean domxml_is_derived(const char *domain_xml);
  * which libvirt holds, while kvm-ftd reads the original.
  */
 char *domxml_with_ft_metadata_of(const char *original, const char *current, GError **err);
+/* The <ft:guest> element of a domain's definition, as text. */
+char *domxml_ft_metadata_element(const char *domain_xml, GError **err);

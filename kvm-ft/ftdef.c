@@ -1112,6 +1112,26 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
     return g_steal_pointer(&def);
 }
 
+gboolean ftdef_same_pair_and_disks(const FtDef *a, const FtDef *b)
+{
+    if (a->port_base != b->port_base || a->disks->len != b->disks->len)
+        return FALSE;
+    for (guint i = 0; i < G_N_ELEMENTS(a->hosts); i++) {
+        if (g_strcmp0(a->hosts[i].name, b->hosts[i].name) ||
+            g_strcmp0(a->hosts[i].link_address, b->hosts[i].link_address) ||
+            g_strcmp0(a->hosts[i].lan_address, b->hosts[i].lan_address))
+            return FALSE;
+    }
+    for (guint i = 0; i < a->disks->len; i++) {
+        const FtDisk *da = g_ptr_array_index(a->disks, i);
+        const FtDisk *db = g_ptr_array_index(b->disks, i);
+
+        if (g_strcmp0(da->target, db->target))
+            return FALSE;
+    }
+    return TRUE;
+}
+
 const FtHost *ftdef_self(const FtDef *d, const char *my_host_name)
 {
     if (!d || !my_host_name)

@@ -121,6 +121,9 @@ typedef enum {
  */
 FtDef *ftdef_parse(const char *domain_xml, GError **err);
 
+/* The same two hosts (names and addresses), ports and replicated disks. */
+gboolean ftdef_same_pair_and_disks(const FtDef *a, const FtDef *b);
+
 /* This host's entry / the other host's entry, found by the configured
  * host-name; NULL if my_host_name is neither of the two hosts. */
 const FtHost *ftdef_self(const FtDef *d, const char *my_host_name);

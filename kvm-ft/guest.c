@@ -1089,23 +1089,7 @@ static EngineLink engine_link(FtGuest *g)
 
 static gboolean same_pair_and_storage(const FtDef *a, const FtDef *b)
 {
-    if (a->output_mode != b->output_mode || a->port_base != b->port_base ||
-        a->disks->len != b->disks->len)
-        return FALSE;
-    for (guint i = 0; i < 2; i++) {
-        if (g_strcmp0(a->hosts[i].name, b->hosts[i].name) ||
-            g_strcmp0(a->hosts[i].link_address, b->hosts[i].link_address) ||
-            g_strcmp0(a->hosts[i].lan_address, b->hosts[i].lan_address))
-            return FALSE;
-    }
-    for (guint i = 0; i < a->disks->len; i++) {
-        const FtDisk *da = g_ptr_array_index(a->disks, i);
-        const FtDisk *db = g_ptr_array_index(b->disks, i);
-
-        if (g_strcmp0(da->target, db->target))
-            return FALSE;
-    }
-    return TRUE;
+    return a->output_mode == b->output_mode && ftdef_same_pair_and_disks(a, b);
 }
 
 char *guest_definition_changed(FtGuest *g, const FtDef *def)

@@ -4,6 +4,7 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include "ftdef.h"
 #include "log.h"
 #include "status.h"
 #include "timeouts.h"
@@ -482,14 +483,9 @@ gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
     return TRUE;
 }
 
-static int set_status(virDomainPtr dom, const char *element, unsigned int flags)
-{
-    return virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, element,
-                                element ? STATUS_KEY : NULL, STATUS_NS, flags);
-}
-
-gboolean virt_domain_set_status(Virt *v, const char *name, const char *element,
-                                GError **err)
+/* element (NULL: removed) in the domain's <metadata> under key and uri, live too if it runs. */
+static gboolean set_metadata(Virt *v, const char *name, const char *element, const char *key,
+                             const char *uri, const char *what, GError **err)
 {
     g_autoptr(virDomain) dom = lookup(v, name, err);
     unsigned int flags = VIR_DOMAIN_AFFECT_CONFIG;
@@ -499,13 +495,29 @@ gboolean virt_domain_set_status(Virt *v, const char *name, const char *element,
     if (virDomainIsActive(dom) == 1)
         flags |= VIR_DOMAIN_AFFECT_LIVE;
     /* A domain that stopped meanwhile has no live definition any more. */
-    if (set_status(dom, element, flags) < 0 &&
+    if (virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, element, element ? key : NULL,
+                             uri, flags) < 0 &&
         (!(flags & VIR_DOMAIN_AFFECT_LIVE) || virDomainIsActive(dom) != 0 ||
-         set_status(dom, element, VIR_DOMAIN_AFFECT_CONFIG) < 0)) {
-        set_virt_error(err, "cannot write kvm-ftd's status into", name);
+         virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, element, element ? key : NULL,
+                              uri, VIR_DOMAIN_AFFECT_CONFIG) < 0)) {
+        set_virt_error(err, what, name);
         return FALSE;
     }
     return TRUE;
+}
+
+gboolean virt_domain_set_status(Virt *v, const char *name, const char *element,
+                                GError **err)
+{
+    return set_metadata(v, name, element, STATUS_KEY, STATUS_NS,
+                        "cannot write kvm-ftd's status into", err);
+}
+
+gboolean virt_domain_set_ft_metadata(Virt *v, const char *name, const char *element,
+                                     GError **err)
+{
+    return set_metadata(v, name, element, "ft", FTDEF_NS,
+                        "cannot write the kvm-ft metadata into", err);
 }
 
 static GPtrArray *list_domains(Virt *v, unsigned int flags, GError **err)

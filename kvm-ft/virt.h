@@ -98,6 +98,9 @@ gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
  */
 gboolean virt_domain_set_status(Virt *v, const char *name, const char *element,
                                 GError **err);
+/* The administrator's <ft:guest> element, replaced (as `virsh metadata --set` does). */
+gboolean virt_domain_set_ft_metadata(Virt *v, const char *name, const char *element,
+                                     GError **err);
 
 /* Names of the running domains. */
 GPtrArray *virt_active_domains(Virt *v, GError **err);

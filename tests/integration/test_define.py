@@ -140,6 +140,19 @@ def check_peer_unreachable(lab, qemu, gdir):
     lab.virsh("hostA", "undefine", name)
 
 
+FT_NS = "https://kvm-ft.dev/xmlns/1"
+
+
+def ft_element(lab, host):
+    """The <ft:guest> of host's persistent definition of the guest."""
+    return lab.virsh(host, "metadata", GUEST, FT_NS, "--config").stdout.strip()
+
+
+def ft_setting(lab, host, attribute):
+    m = re.search(r"%s=['\"]([^'\"]*)['\"]" % attribute, ft_element(lab, host))
+    return m.group(1) if m else None
+
+
 def no_failover(lab):
     for host in ("hostA", "hostB"):
         st = lab.status(host)
@@ -191,15 +204,27 @@ def main():
         time.sleep(3)
         taken = lab.status("hostA")["checkpoints"] - before
         assert taken >= 8, "%d checkpoints in 3 s after the interval became 200 ms" % taken
-        passive = re.sub(r"output=['\"]compare['\"]", 'output="passive"', faster)
-        assert passive != faster, faster
-        lab.virsh("hostA", "metadata", GUEST, "https://kvm-ft.dev/xmlns/1", "--key", "ft",
-                  "--set", passive, "--config")
+        # The peer's definition follows: whichever host runs the guest next runs it so.
+        wait_for("hostB's definition to take the 200 ms interval",
+                 lambda: ft_setting(lab, "hostB", "interval-ms") == "200", timeout=10)
+        # And the other way: set on the secondary's host, it reaches the running primary.
+        slower = re.sub(r"interval-ms=['\"]\d+['\"]", 'interval-ms="300"', ft_element(lab, "hostB"))
+        lab.virsh("hostB", "metadata", GUEST, FT_NS, "--key", "ft", "--set", slower, "--config")
+        wait_for("hostA to run the 300 ms interval set on hostB",
+                 lambda: lab.status("hostA")["checkpoint_interval_ms"] == 300, timeout=10)
+        assert ft_setting(lab, "hostA", "interval-ms") == "300"
+        passive = re.sub(r"output=['\"]compare['\"]", 'output="passive"', ft_element(lab, "hostA"))
+        assert "passive" in passive, passive
+        lab.virsh("hostA", "metadata", GUEST, FT_NS, "--key", "ft", "--set", passive, "--config")
         meta = wait_for("the status to say what waits", lambda: re.search(
             r"next start", status_element(lab, "hostA", GUEST)), timeout=10)
         assert lab.status("hostA")["output_mode"] == "compare"
-        log("metadata --set: interval applied live (%d checkpoints in 3 s); output mode "
-            "change reported for the next start" % taken)
+        wait_for("hostB's definition to take passive output",
+                 lambda: ft_setting(lab, "hostB", "output") == "passive", timeout=10)
+        no_failover(lab)
+        log("metadata --set: interval applied live (%d checkpoints in 3 s) and carried to "
+            "hostB; set on hostB, carried to hostA and applied there live; output mode "
+            "change reported for the next start, on both hosts" % taken)
 
         lab.virsh("hostA", "destroy", GUEST)
         for host in ("hostA", "hostB"):

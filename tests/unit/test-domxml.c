@@ -288,6 +288,37 @@ START_TEST(metadata_carried_over_to_the_original)
 }
 END_TEST
 
+/* The element a peer's `virsh metadata --set` is repeated with: the <ft:guest>, whole. */
+START_TEST(ft_metadata_element_extracted)
+{
+    g_autofree char *original = fixture("ftdef-valid.xml");
+    g_autoptr(GError) err = NULL;
+    g_autofree char *element = domxml_ft_metadata_element(original, &err);
+    g_autofree char *wrapped = NULL;
+    g_autofree char *merged = NULL;
+    g_autoptr(FtDef) def = NULL;
+
+    ck_assert_msg(element != NULL, "%s", err ? err->message : "");
+    ck_assert_msg(g_str_has_prefix(element, "<ft:guest"), "%s", element);
+    ck_assert_msg(strstr(element, "target=\"vdb\"") && !strstr(element, "<domain"), "%s",
+                  element);
+    /* Put back into a definition, it means what it meant. */
+    wrapped = g_strdup_printf("<domain><metadata>%s</metadata></domain>", element);
+    merged = domxml_with_ft_metadata_of(original, wrapped, &err);
+    ck_assert_msg(merged != NULL, "%s", err ? err->message : "");
+    def = ftdef_parse(merged, &err);
+    ck_assert_msg(def != NULL, "%s", err ? err->message : "");
+    ck_assert_uint_eq(def->disks->len, 2);
+    {
+        g_autoptr(GError) e = NULL;
+        g_autofree char *none = domxml_ft_metadata_element("<domain><name>x</name></domain>", &e);
+
+        ck_assert_ptr_null(none);
+        ck_assert_msg(e && strstr(e->message, "no kvm-ft metadata"), "%s", e ? e->message : "");
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("domxml");
@@ -304,6 +335,7 @@ int main(void)
     tcase_add_test(tc, qmp_socket_path_escaped);
     tcase_add_test(tc, derived_is_recognised_and_marks_only_own_starts);
     tcase_add_test(tc, metadata_carried_over_to_the_original);
+    tcase_add_test(tc, ft_metadata_element_extracted);
     suite_add_tcase(s, tc);
     return run_suite(s);
 }
