@@ -330,38 +330,6 @@ static gboolean forget(Definitions *defs, const char *name)
     return guest || refused;
 }
 
-static void on_peer_defined(PeerConn *conn, JsonNode *result, const GError *error,
-                            gpointer opaque)
-{
-    PeerCall *call = opaque;
-    Definitions *defs = call->defs;
-    FtGuest *g = daemon_quitting(defs->d) ? NULL
-                                          : g_hash_table_lookup(defs->guests, call->guest);
-
-    (void)conn;
-    /* Forgotten, refused or started meanwhile (or quitting): that decided already. */
-    if (!g || guest_is_busy(g)) {
-        peer_call_free(call);
-        return;
-    }
-    if (error) {
-        g_autofree char *msg = g_strdup_printf("peer %s: %s", call->peer, error->message);
-
-        refuse(defs, call->guest, call->peer, msg);
-    } else {
-        gboolean defined = JSON_NODE_HOLDS_OBJECT(result) &&
-                           json_object_get_boolean_member_with_default(
-                               json_node_get_object(result), "defined", FALSE);
-        g_autofree char *reason = g_strdup_printf("defined here and on %s", call->peer);
-
-        log_info(call->guest, "none", "ready: %s %s", call->peer,
-                 defined ? "defined it too" : "has it defined");
-        definitions_set_status(defs, call->guest, STATUS_READY, reason);
-        install_plumbing(defs, call->guest, guest_domain_xml(g), guest_def(g));
-    }
-    peer_call_free(call);
-}
-
 static void on_peer_metadata(PeerConn *conn, JsonNode *result, const GError *error,
                              gpointer opaque)
 {
@@ -392,6 +360,41 @@ static void share_metadata(Definitions *defs, const char *name, const FtDef *def
     json_object_set_string_member(params, "guest", name);
     json_object_set_string_member(params, "domain-xml", xml);
     call_peer(defs, name, def, "update-metadata", params, on_peer_metadata);
+}
+
+static void on_peer_defined(PeerConn *conn, JsonNode *result, const GError *error,
+                            gpointer opaque)
+{
+    PeerCall *call = opaque;
+    Definitions *defs = call->defs;
+    FtGuest *g = daemon_quitting(defs->d) ? NULL
+                                          : g_hash_table_lookup(defs->guests, call->guest);
+
+    (void)conn;
+    /* Forgotten, refused or started meanwhile (or quitting): that decided already. */
+    if (!g || guest_is_busy(g)) {
+        peer_call_free(call);
+        return;
+    }
+    if (error) {
+        g_autofree char *msg = g_strdup_printf("peer %s: %s", call->peer, error->message);
+
+        refuse(defs, call->guest, call->peer, msg);
+    } else {
+        gboolean defined = JSON_NODE_HOLDS_OBJECT(result) &&
+                           json_object_get_boolean_member_with_default(
+                               json_node_get_object(result), "defined", FALSE);
+        g_autofree char *reason = g_strdup_printf("defined here and on %s", call->peer);
+
+        log_info(call->guest, "none", "ready: %s %s", call->peer,
+                 defined ? "defined it too" : "has it defined");
+        definitions_set_status(defs, call->guest, STATUS_READY, reason);
+        install_plumbing(defs, call->guest, guest_domain_xml(g), guest_def(g));
+        /* A peer that had it defined keeps its own definition: not its metadata. */
+        if (!defined)
+            share_metadata(defs, call->guest, guest_def(g), guest_domain_xml(g));
+    }
+    peer_call_free(call);
 }
 
 /*
@@ -463,8 +466,6 @@ static void consider_domain(Definitions *defs, const char *name)
     json_object_set_string_member(params, "domain-xml", xml);
     json_object_set_string_member(params, "qemu-version", version);
     call_peer(defs, name, guest_def(g), "define-guest", params, on_peer_defined);
-    /* A peer that had it defined already keeps its own definition: not its metadata. */
-    share_metadata(defs, name, guest_def(g), guest_domain_xml(g));
 }
 
 void definitions_peer_up(Definitions *defs, const char *host)
