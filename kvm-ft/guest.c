@@ -429,6 +429,7 @@ static void abort_rejoin(FtGuest *g, const char *reason)
     g->resync_running = FALSE;
     if (!engine_primary_drop_secondary(g->qmp, &link, &err))
         log_warn(g->def->name, role_name(g), "removing the replication: %s", err->message);
+    resync_release_targets(g->qmp, &link);
     tell_peer_to_stop(g, reason);
     g_free(g->error);
     g->error = g_strdup(why);
@@ -1806,6 +1807,7 @@ static void run_alone(FtGuest *g)
         /* If its kvm-ftd still listens, the stale secondary goes away. */
         tell_peer(g, "stand-down", g->failover_cause);
         transition(g, GUEST_DEGRADED, "running alone, unprotected");
+        resync_release_targets(g->qmp, &link);
     } else {
         transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
     }

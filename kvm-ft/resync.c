@@ -361,6 +361,15 @@ static gboolean del_node(Qmp *q, const EngineLink *link, const char *job, GError
                              node));
 }
 
+/*
+ * The jobs end; their target nodes stay, idle, until the pair splits
+ * (resync_release_targets).  Deleting one closes its connection to the
+ * secondary's NBD server, and a secondary loading a checkpoint (which COLO
+ * may force at any moment) can only serve that from the nested event loop
+ * that discards its disk buffers: once in stop-daemon-secondary the
+ * primary's QEMU stopped answering for 10 s, blockdev-del waiting, the
+ * guest's replies held, until the secondary was dropped.
+ */
 gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err)
 {
     for (guint i = 0; i < link->def->disks->len; i++) {
@@ -371,8 +380,7 @@ gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err)
         if (!call_ok(qmp_callf(q, link->timeout_ms, err,
                                "{'execute': 'block-job-cancel', 'arguments': {'device': %s}}",
                                mirror)) ||
-            !end_job(q, link, mirror, err) || !end_job(q, link, copy, err) ||
-            !del_node(q, link, mirror, err) || !del_node(q, link, copy, err))
+            !end_job(q, link, mirror, err) || !end_job(q, link, copy, err))
             return FALSE;
     }
     return TRUE;
@@ -428,6 +436,23 @@ void resync_abort(Qmp *q, const EngineLink *link)
 
         abort_job(q, link, copy);
         abort_job(q, link, mirror);
+    }
+}
+
+void resync_release_targets(Qmp *q, const EngineLink *link)
+{
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+        g_autoptr(GError) e = NULL;
+
+        /* Cut first: a dead secondary's connection would hold the deletion. */
+        yank_target(q, link, mirror);
+        yank_target(q, link, copy);
+        if (!del_node(q, link, mirror, &e))
+            g_clear_error(&e);
+        if (!del_node(q, link, copy, &e))
+            g_clear_error(&e);
     }
 }
 

@@ -55,8 +55,15 @@ gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
 gboolean resync_poll(Qmp *q, const EngineLink *link, ResyncProgress *progress,
                      GError **err);
 
-/* Once COLO replicates the guest's writes: the mirror and its connections go. */
+/* Once COLO replicates the guest's writes: the mirror and the copy end. */
 gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err);
+
+/*
+ * Once the pair has split (the secondary is dropped or lost): the copy's
+ * connections to it, left idle by resync_finish, go.  Nothing of them
+ * there is no error.
+ */
+void resync_release_targets(Qmp *q, const EngineLink *link);
 
 /*
  * Gives up a copy in progress, whatever state it is in.  The peer may be

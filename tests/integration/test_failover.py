@@ -75,7 +75,8 @@ from labtest import (GUEST, LINK, Lab, SeqClient, check_disk, fault_time, guest_
 BEFORE_S = 8
 AFTER_S = 10
 # held-reply: how long no reply leaves the primary before its power is pulled.  Under the
-# watchdog's bound (an interval + 2 s), at that scenario's 5 s interval.
+# watchdog's bound (an interval + 2 s from the last checkpoint), at that scenario's 5 s
+# interval.
 HOLD_S = 4
 # The client's longest wait for an answer (it asks every 100 ms), per scenario.
 # Failover figures here: detection 100 ms, takeover ~100-200 ms, under TCG.  A
@@ -120,8 +121,13 @@ def hold_replies_then_pull(lab):
     """Blocks, on hostA, the checkpoints to hostB and the secondary's copies of the
     guest's output (so colo-compare releases nothing: its checkpoint never completes),
     keeps the mirror of the client's packets to hostB open, and pulls hostA's power
-    HOLD_S later.  Returns the fault's time."""
+    HOLD_S later.  Returns the fault's time.  The block starts right after a checkpoint:
+    the primary's watchdog acts an interval + 2 s after the last one, and the pull must
+    come first."""
     base = 9100  # the lab's guests use the default <ft:ports base>
+    seen = lab.status("hostA")["checkpoints"]
+    wait_for("a checkpoint", lambda: lab.status("hostA")["checkpoints"] > seen,
+             timeout=INTERVAL_MS["held-reply"] / 1000 + 5, interval=0.05)
     lab.lab("exec", "A", "iptables", "-I", "OUTPUT", "-p", "tcp", "-d", LINK["hostB"],
             "--dport", str(base), "-j", "DROP")
     lab.lab("exec", "A", "iptables", "-I", "INPUT", "-p", "tcp", "-s", LINK["hostB"],
