@@ -330,19 +330,29 @@ static gboolean forget(Definitions *defs, const char *name)
     return guest || refused;
 }
 
+/* For the log: the guest's role here, if kvm-ftd has it. */
+static const char *role_here(Definitions *defs, const char *name)
+{
+    FtGuest *g = g_hash_table_lookup(defs->guests, name);
+
+    return g ? ft_role_name(guest_role(g)) : "none";
+}
+
 static void on_peer_metadata(PeerConn *conn, JsonNode *result, const GError *error,
                              gpointer opaque)
 {
     PeerCall *call = opaque;
+    const char *role = daemon_quitting(call->defs->d) ? "none"
+                                                       : role_here(call->defs, call->guest);
 
     (void)conn;
     if (error)
-        log_warn(call->guest, NULL, "%s kept its copy of the kvm-ft metadata: %s", call->peer,
+        log_warn(call->guest, role, "%s kept its copy of the kvm-ft metadata: %s", call->peer,
                  error->message);
     else if (JSON_NODE_HOLDS_OBJECT(result) &&
              json_object_get_boolean_member_with_default(json_node_get_object(result),
                                                          "changed", FALSE))
-        log_info(call->guest, NULL, "%s took the new kvm-ft metadata", call->peer);
+        log_info(call->guest, role, "%s took the new kvm-ft metadata", call->peer);
     peer_call_free(call);
 }
 
@@ -760,7 +770,8 @@ static void handle_update_metadata(Definitions *defs, PeerConn *conn, guint64 id
                                err->message);
             return;
         }
-        log_info(name, NULL, "kvm-ft metadata changed on %s: taken here too", sender);
+        log_info(name, role_here(defs, name), "kvm-ft metadata changed on %s: taken here too",
+                 sender);
     }
     peer_conn_reply(conn, id, answer);
 }

@@ -345,6 +345,19 @@ static xmlNodePtr ft_metadata(xmlDocPtr doc)
     return NULL;
 }
 
+/* libvirt puts a metadata element into its namespace itself, and refuses one already in it. */
+static void strip_namespace(xmlNodePtr node)
+{
+    for (; node; node = node->next) {
+        if (node->type != XML_ELEMENT_NODE)
+            continue;
+        node->ns = NULL;
+        xmlFreeNsList(node->nsDef);
+        node->nsDef = NULL;
+        strip_namespace(node->children);
+    }
+}
+
 char *domxml_ft_metadata_element(const char *domain_xml, GError **err)
 {
     g_autoptr(xmlDoc) doc = xmlReadMemory(domain_xml, strlen(domain_xml), "domain.xml", NULL,
@@ -358,8 +371,12 @@ char *domxml_ft_metadata_element(const char *domain_xml, GError **err)
                     "the definition has no kvm-ft metadata");
         return NULL;
     }
+    xmlUnlinkNode(el);
+    el->next = NULL;
+    strip_namespace(el);
     buf = xmlBufferCreate();
     xmlNodeDump(buf, doc, el, 0, 0);
+    xmlFreeNode(el);
     return g_strdup((const char *)xmlBufferContent(buf));
 }
 

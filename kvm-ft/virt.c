@@ -494,16 +494,19 @@ static gboolean set_metadata(Virt *v, const char *name, const char *element, con
         return FALSE;
     if (virDomainIsActive(dom) == 1)
         flags |= VIR_DOMAIN_AFFECT_LIVE;
-    /* A domain that stopped meanwhile has no live definition any more. */
     if (virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, element, element ? key : NULL,
-                             uri, flags) < 0 &&
-        (!(flags & VIR_DOMAIN_AFFECT_LIVE) || virDomainIsActive(dom) != 0 ||
-         virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, element, element ? key : NULL,
-                              uri, VIR_DOMAIN_AFFECT_CONFIG) < 0)) {
-        set_virt_error(err, what, name);
-        return FALSE;
+                             uri, flags) == 0)
+        return TRUE;
+    /* Before the next call clears libvirt's error. */
+    set_virt_error(err, what, name);
+    /* A domain that stopped meanwhile has no live definition any more. */
+    if ((flags & VIR_DOMAIN_AFFECT_LIVE) && virDomainIsActive(dom) == 0 &&
+        virDomainSetMetadata(dom, VIR_DOMAIN_METADATA_ELEMENT, element, element ? key : NULL,
+                             uri, VIR_DOMAIN_AFFECT_CONFIG) == 0) {
+        g_clear_error(err);
+        return TRUE;
     }
-    return TRUE;
+    return FALSE;
 }
 
 gboolean virt_domain_set_status(Virt *v, const char *name, const char *element,

@@ -288,22 +288,28 @@ START_TEST(metadata_carried_over_to_the_original)
 }
 END_TEST
 
-/* The element a peer's `virsh metadata --set` is repeated with: the <ft:guest>, whole. */
+/*
+ * The element a peer's `virsh metadata --set` is repeated with: the <ft:guest>, whole, and
+ * out of its namespace, which libvirt puts it in (it refuses one already there).
+ */
 START_TEST(ft_metadata_element_extracted)
 {
     g_autofree char *original = fixture("ftdef-valid.xml");
     g_autoptr(GError) err = NULL;
     g_autofree char *element = domxml_ft_metadata_element(original, &err);
+    g_autoptr(GString) in_ns = NULL;
     g_autofree char *wrapped = NULL;
     g_autofree char *merged = NULL;
     g_autoptr(FtDef) def = NULL;
 
     ck_assert_msg(element != NULL, "%s", err ? err->message : "");
-    ck_assert_msg(g_str_has_prefix(element, "<ft:guest"), "%s", element);
-    ck_assert_msg(strstr(element, "target=\"vdb\"") && !strstr(element, "<domain"), "%s",
-                  element);
-    /* Put back into a definition, it means what it meant. */
-    wrapped = g_strdup_printf("<domain><metadata>%s</metadata></domain>", element);
+    ck_assert_msg(g_str_has_prefix(element, "<guest>"), "%s", element);
+    ck_assert_msg(strstr(element, "<disk target=\"vdb\"") && !strstr(element, "ft:") &&
+                  !strstr(element, "xmlns") && !strstr(element, "<domain"), "%s", element);
+    /* Put back into its namespace, as libvirt does, it means what it meant. */
+    in_ns = g_string_new(element);
+    g_string_replace(in_ns, "<guest>", "<guest xmlns=\"https://kvm-ft.dev/xmlns/1\">", 1);
+    wrapped = g_strdup_printf("<domain><metadata>%s</metadata></domain>", in_ns->str);
     merged = domxml_with_ft_metadata_of(original, wrapped, &err);
     ck_assert_msg(merged != NULL, "%s", err ? err->message : "");
     def = ftdef_parse(merged, &err);
