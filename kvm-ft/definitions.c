@@ -736,6 +736,7 @@ static void handle_update_metadata(Definitions *defs, PeerConn *conn, guint64 id
     g_autofree char *why = NULL;
     g_autoptr(JsonNode) answer = json_node_new(JSON_NODE_OBJECT);
     JsonObject *result = json_object_new();
+    gboolean changed;
 
     json_node_take_object(answer, result);
     if (!name || !xml || ftdef_guest_name_problem(name)) {
@@ -762,8 +763,9 @@ static void handle_update_metadata(Definitions *defs, PeerConn *conn, guint64 id
                            name, sender, defs->cfg->host_name, why ? why : "changed");
         return;
     }
-    json_object_set_boolean_member(result, "changed", !same_settings(local, wanted));
-    if (!same_settings(local, wanted)) {
+    changed = !same_settings(local, wanted);
+    json_object_set_boolean_member(result, "changed", changed);
+    if (changed) {
         if (!(element = domxml_ft_metadata_element(merged, &err)) ||
             !virt_domain_set_ft_metadata(defs->virt, name, element, &err)) {
             daemon_reply_error(conn, id, "guest '%s' on %s: %s", name, defs->cfg->host_name,
