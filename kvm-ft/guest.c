@@ -401,10 +401,33 @@ static void mark_diverged(FtGuest *g)
     GenerationMark mark;
     g_autofree char *gen = resync_generation_read(cfg, g->def->name, &mark);
 
-    if (gen && mark == GENERATION_IN_SYNC &&
+    if (gen && (mark == GENERATION_IN_SYNC || mark == GENERATION_PRIMARY) &&
         !resync_generation_write(cfg, g->def->name, gen, GENERATION_DIVERGED, &err))
         log_warn(g->def->name, role_name(g), "cannot record that the copies diverged "
                  "(the next re-protection copies the whole disk): %s", err->message);
+}
+
+/*
+ * The protected primary's QEMU announced its exit (a SHUTDOWN event) and
+ * left through its own path, which completes every write on both copies'
+ * disks before it closes them: no write is under way on this copy alone,
+ * and the next protection need not copy the whole disk.  Without that
+ * word (SIGKILL, power loss) the primary mark stays (resync.h).
+ */
+static void mark_closed_cleanly(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    g_autoptr(GError) err = NULL;
+    GenerationMark mark;
+    g_autofree char *gen = NULL;
+
+    if (!g->shutdown_cause)
+        return;
+    gen = resync_generation_read(cfg, g->def->name, &mark);
+    if (gen && mark == GENERATION_PRIMARY &&
+        !resync_generation_write(cfg, g->def->name, gen, GENERATION_IN_SYNC, &err))
+        log_warn(g->def->name, role_name(g), "cannot record that the disks were closed "
+                 "cleanly (the next protection copies the whole disk): %s", err->message);
 }
 
 /*
@@ -632,8 +655,10 @@ static gboolean stop_planned(FtGuest *g, const char *how)
         (g->state != GUEST_PROTECTED && g->state != GUEST_DEGRADED &&
          g->state != GUEST_FAILED))
         return FALSE;
-    if (g->state == GUEST_PROTECTED)
+    if (g->state == GUEST_PROTECTED) {
+        mark_closed_cleanly(g);
         tell_peer_to_stop(g, how);
+    }
     /* QEMU is gone or on its way out: nothing left to destroy. */
     detach(g);
     transition(g, GUEST_STOPPED, how);
@@ -984,8 +1009,12 @@ static void enter_protected(FtGuest *g, const char *reason, gboolean new_epoch)
         log_warn(g->def->name, role_name(g), "%s", err->message);
         g_clear_error(&err);
     }
-    if (new_epoch && g->generation &&
-        !resync_generation_write(cfg, g->def->name, g->generation, GENERATION_IN_SYNC, &err))
+    /* Before this primary's next write can reach its own disks and not the other's. */
+    if ((new_epoch || g->role == FT_ROLE_PRIMARY) && g->generation &&
+        !resync_generation_write(cfg, g->def->name, g->generation,
+                                 g->role == FT_ROLE_PRIMARY ? GENERATION_PRIMARY
+                                                            : GENERATION_IN_SYNC,
+                                 &err))
         log_warn(g->def->name, role_name(g), "cannot record the pair's generation: %s",
                  err->message);
     g->rejoin = FALSE;
@@ -1418,6 +1447,12 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
             peer_mark == GENERATION_DIVERGED)
             log_warn(g->def->name, role_name(g), "both copies ran alone since they split: "
                      "this host's overwrites %s's", peer);
+        else if (own && peer_generation &&
+                 (mark == GENERATION_PRIMARY || peer_mark == GENERATION_PRIMARY))
+            log_info(g->def->name, role_name(g), "%s was the primary and stopped without "
+                     "closing its disks: writes it had under way may be on its disks alone, "
+                     "in blocks no one tracked; copying the whole disk",
+                     mark == GENERATION_PRIMARY ? self : peer);
         return TRUE;
     case RESYNC_INCREMENTAL:
     case RESYNC_NONE:
@@ -2283,6 +2318,7 @@ static void finish_hand_over(FtGuest *g)
         g_source_remove(g->handover_timer);
         g->handover_timer = 0;
     }
+    mark_closed_cleanly(g);
     detach(g);
     tell_peer(g, "take-over", why);
     transition(g, GUEST_STOPPED, "handed over; the new primary re-protects the guest "

@@ -471,6 +471,8 @@ ResyncPlan resync_plan(const char *own, GenerationMark own_mark, const char *pee
         return RESYNC_FULL;
     if (peer_mark == GENERATION_DIVERGED)
         return own_mark == GENERATION_DIVERGED ? RESYNC_FULL : RESYNC_PEER_NEWER;
+    if (own_mark == GENERATION_PRIMARY || peer_mark == GENERATION_PRIMARY)
+        return RESYNC_FULL;
     if (own_mark == GENERATION_DIVERGED || peer_mark == GENERATION_RECEIVING)
         return RESYNC_INCREMENTAL;
     return RESYNC_NONE;
@@ -487,6 +489,7 @@ static const char *const mark_words[] = {
     [GENERATION_IN_SYNC] = NULL,
     [GENERATION_DIVERGED] = "diverged",
     [GENERATION_RECEIVING] = "receiving",
+    [GENERATION_PRIMARY] = "primary",
 };
 
 const char *resync_mark_name(GenerationMark mark)

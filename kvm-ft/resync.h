@@ -77,6 +77,13 @@ typedef enum {
     GENERATION_IN_SYNC,   /* the same as the other copy's when last protected */
     GENERATION_DIVERGED,  /* this copy has run alone since: the other lacks writes */
     GENERATION_RECEIVING, /* a copy to these disks began and may have been cut short */
+    /*
+     * This copy runs the guest as the protected primary.  Should it stop
+     * without closing its disks (power loss, SIGKILL), writes it had under
+     * way may have reached its own disks and not the other's, and no
+     * bitmap on either host knows which blocks those are.
+     */
+    GENERATION_PRIMARY,
 } GenerationMark;
 
 typedef enum {
@@ -96,7 +103,10 @@ typedef enum {
  * ran alone, the tracked blocks if this copy did (or the peer's was being
  * written), and the peer's copy wins if it alone ran alone.  Of different
  * generations, or both having run alone: this copy wins (the guest runs
- * here, or the administrator started it here).  Disks the peer had to
+ * here, or the administrator started it here).  Disks of a primary that
+ * never closed them (GENERATION_PRIMARY) on either side, when the other
+ * did not run alone since, differ in blocks no one tracked: everything is
+ * copied.  Disks the peer had to
  * create blank (peer_blank) hold nothing: they get everything, also when
  * neither host knows a generation (a first protection).
  */

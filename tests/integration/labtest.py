@@ -435,6 +435,17 @@ def wait_failed_over(lab, host, timeout=60):
     return wait_for("a failover to %s" % host, check, timeout=timeout)
 
 
+def generation_mark(lab, host, name=GUEST):
+    """What host's kvm-ftd recorded of its copy of the guest's disks (resync.h): "in-sync",
+    "diverged", "receiving" or "primary"; None without a generation file."""
+    try:
+        with open(lab.path(host, "/var/lib/kvm-ft/%s.generation" % name)) as f:
+            words = f.read().split()
+    except FileNotFoundError:
+        return None
+    return words[1] if len(words) > 1 else "in-sync"
+
+
 def wait_state(lab, host, state, timeout=60):
     """Waits until the guest is in that kvm-ft state on host; returns its status."""
     def check():

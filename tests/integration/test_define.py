@@ -28,8 +28,8 @@ import time
 import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labtest import (GUEST, LAN, LINK, TOOLS, Lab, SeqClient, guest_dir, log,  # noqa: E402
-                     qemu_binary, run, wait_for, wait_state)
+from labtest import (GUEST, LAN, LINK, TOOLS, Lab, SeqClient, generation_mark, guest_dir,  # noqa: E402
+                     log, qemu_binary, run, wait_for, wait_state)
 
 STATUS_NS = "https://kvm-ft.dev/xmlns/status/1"
 
@@ -252,6 +252,9 @@ def main():
         log("virsh start: protected on both hosts before the guest ran; %d replies gapless"
             % summary["replies"])
 
+        # Until it closes its disks, the primary's may hold writes the secondary's lack.
+        marks = {h: generation_mark(lab, h) for h in ("hostA", "hostB")}
+        assert marks == {"hostA": "primary", "hostB": "in-sync"}, marks
         # ACPI: the guest powers itself off; kvm-ftd stops the pair, no failover.
         lab.virsh("hostA", "shutdown", GUEST)
         for host in ("hostA", "hostB"):
@@ -261,7 +264,12 @@ def main():
         assert "GUEST POWER BUTTON" in lab.serial("hostA"), \
             "the guest did not see the power button: %s" % lab.serial("hostA")[-500:]
         no_failover(lab)
-        log("virsh shutdown: the guest powered off; stopped on both hosts, no failover")
+        # Closed cleanly: the next protection copies nothing (resync_plan).
+        marks = {h: generation_mark(lab, h) for h in ("hostA", "hostB")}
+        assert marks == {"hostA": "in-sync", "hostB": "in-sync"}, \
+            "disk marks after a clean shutdown: %s" % marks
+        log("virsh shutdown: the guest powered off; stopped on both hosts, no failover, "
+            "both disks marked in-sync")
 
         lab.virsh("hostA", "undefine", GUEST)
         for host in ("hostA", "hostB"):

@@ -5,15 +5,28 @@
 
 Scenarios (each in a fresh lab, one client connection talking to the guest
 from start to end):
-  returning-host   power pulled on the primary; the survivor runs alone and the
-                   guest writes W MiB; the old host comes back with its disk:
-                   the survivor copies only what changed (bytes moved close to
-                   W, far below the disk size) and the pair is protected again
-                   with the roles swapped.  Then the same with the other host,
-                   and finally the power is pulled on the current primary: the
-                   copy made by the resync takes over, nothing lost.  After
-                   every power pull the survivor's disk is checked.
-                   KVMFT_REPROTECT_CYCLES sets the number of cycles (2).
+  returning-host   power pulled on the secondary; the primary runs alone and the
+                   guest writes W MiB; the secondary's host comes back with its
+                   disk: the primary copies only what changed (bytes moved close
+                   to W, far below the disk size).  Then the power is pulled on
+                   the primary: the survivor copies the whole disk to it when
+                   it returns (a primary that did not close its disks may hold
+                   writes no one tracked; see crashed-primary), with the roles
+                   swapped.  Cycles alternate the two; finally the power is
+                   pulled on the current primary: the copy made by the resync
+                   takes over, nothing lost.  After every power pull the
+                   survivor's disk is checked.  KVMFT_REPROTECT_CYCLES sets the
+                   number of cycles (2).
+  crashed-primary  the primary dies with guest writes under way that reached
+                   its own disk and not the secondary's (its writes to the
+                   secondary's disk are dropped on the link for a second, then
+                   its power is pulled); the guest runs on on the survivor,
+                   whose copy of the request writes other blocks.  When the old
+                   primary returns, the survivor copies the whole disk to it;
+                   then the guest is shut down and the two disk images, closed,
+                   must be identical (qemu-img compare); the guest starts again
+                   protected, with nothing to copy.  KVMFT_CRASH_CYCLES cycles
+                   (1), alternating the hosts.
   blank-host       the same, but the returning host's disk is gone (a
                    replacement): a full copy, then protected, then a power
                    pull on the primary proves the copy.
@@ -51,9 +64,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from labtest import (GUEST, Lab, SeqClient, assert_kernels_clean, check_disk,  # noqa: E402
-                     guest_dir, log, qemu_binary, run_all, running_copies, scenarios_asked,
-                     wait_for, wait_state)
+from labtest import (GUEST, LINK, TOOLS, WRITER_PORT, ClientProcess, Lab, SeqClient,  # noqa: E402
+                     assert_kernels_clean, check_disk, generation_mark, guest_dir, log,
+                     qemu_binary, run, run_all, running_copies, scenarios_asked, wait_for,
+                     wait_state)
 
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 MIB = 1 << 20
@@ -69,6 +83,12 @@ MAX_STALL_MS = 1000
 MAX_SILENCE_MS = 1000
 # Power pull / return / re-protect cycles of returning-host (tools/soak runs many).
 CYCLES = int(os.environ.get("KVMFT_REPROTECT_CYCLES", "2"))
+# crashed-primary: its cycles, the blocks the guest writes in each, and how long the
+# primary's writes to the secondary's disk are held before its power is pulled.
+CRASH_CYCLES = int(os.environ.get("KVMFT_CRASH_CYCLES", "1"))
+POKE_BLOCKS = 16
+HOLD_WRITES_S = 1.0
+PORT_BASE = 9100  # the lab's guests use the default <ft:ports base>
 
 
 def image(lab, host):
@@ -174,16 +194,98 @@ def check_survivor_disk(lab, host):
 def scenario_returning_host(lab, blank=False):
     primary = "hostA"
     for cycle in range(1 if blank else CYCLES):
-        survivor = power_pull(lab, primary)
+        # A returning secondary lacks only what was written without it.
+        victim = primary if blank or cycle % 2 else OTHER[primary]
+        survivor = power_pull(lab, victim)
         check_survivor_disk(lab, survivor)
         written = guest_write(lab, WRITE_MIB)
         since = time.time()
-        return_host(lab, primary, blank=blank)
-        reprotected(lab, survivor, "full" if blank else "incremental", written, since)
-        log("cycle %d: protected again, %s primary" % (cycle + 1, survivor))
+        return_host(lab, victim, blank=blank)
+        reprotected(lab, survivor, "incremental" if victim != primary and not blank else "full",
+                    written, since)
+        log("cycle %d: protected again after a power pull on the %s, %s primary" %
+            (cycle + 1, "primary" if victim == primary else "secondary", survivor))
         primary = survivor
         time.sleep(3)
     return power_pull(lab, primary)
+
+
+def disk_writes_rule(lab, primary, action):
+    """On the primary's host, its writes to the secondary's disks (NBD, base + 1) are dropped
+    on the link (action "-I"; "-D" ends it): the guest's writes complete on the primary's
+    disks and wait for the other's."""
+    lab.lab("exec", primary[-1], "iptables", action, "OUTPUT", "-p", "tcp", "-d",
+            LINK[OTHER[primary]], "--dport", str(PORT_BASE + 1), "-j", "DROP")
+
+
+def images_identical(lab, rel, fmt):
+    """Both hosts' images of one of the guest's disks, closed: qemu-img compare (guest-visible
+    contents).  Returns (identical, what qemu-img said)."""
+    res = run("qemu-img", "compare", "-f", fmt, "-F", fmt, lab.path("hostA", rel),
+              lab.path("hostB", rel), check=False)
+    return res.returncode == 0, (res.stdout + res.stderr).strip()
+
+
+def shut_down_and_compare(lab, primary):
+    lab.virsh(primary, "shutdown", GUEST)
+    for host in ("hostA", "hostB"):
+        wait_state(lab, host, "stopped", timeout=60)
+        wait_for("%s shut off on %s" % (GUEST, host), lambda h=host: lab.virsh(
+            h, "domstate", GUEST, check=False).stdout.strip() == "shut off", timeout=30)
+    for rel, fmt in (("/var/lib/libvirt/images/%s.qcow2" % GUEST, "qcow2"),
+                     (lab.data_disk, "raw")):
+        same, said = images_identical(lab, rel, fmt)
+        log("%s on both hosts, closed; qemu-img compare: %s" % (rel, said))
+        assert same, "the two copies of %s differ after the re-protection: %s" % (rel, said)
+
+
+def booted_since(console, before):
+    """The console log written since `before` (libvirt may have started a new file)."""
+    return console[len(before):] if console.startswith(before) else console
+
+
+def scenario_crashed_primary(lab):
+    primary = "hostA"
+    stop_client(lab)  # each cycle shuts the guest down: no connection lives through that
+    for cycle in range(CRASH_CYCLES):
+        # A booting secondary may not listen yet where its primary accepts the client, and
+        # with the writes held no checkpoint can bring it level: two checkpoints first.
+        seen = lab.status(primary)["checkpoints"]
+        wait_for("two checkpoints on %s" % primary,
+                 lambda: lab.status(primary)["checkpoints"] >= seen + 2, timeout=30)
+        # Onto vdb, raw: no filesystem journal for the writes to wait behind.
+        disk_writes_rule(lab, primary, "-I")
+        poke = ClientProcess(lab, ["python3", os.path.join(TOOLS, "guestwrite"), "--poke",
+                                   str(POKE_BLOCKS), "--port", str(WRITER_PORT["vdb"])],
+                             "guestwrite --poke")
+        time.sleep(HOLD_WRITES_S)
+        survivor = power_pull(lab, primary)
+        out = poke.result(timeout=180)
+        assert out.get("poked") == POKE_BLOCKS, "the survivor did not finish the writes: %s" % out
+        return_host(lab, primary)
+        # A host that lost power comes back without the rule (the lab's namespace kept it);
+        # as the secondary it sends nothing to that port.
+        disk_writes_rule(lab, primary, "-D")
+        # Not reprotected(): no client runs to measure the stall with.
+        st = wait_protected(lab, survivor)
+        check_resync(st, "full", None)
+        assert generation_mark(lab, survivor) == "primary", generation_mark(lab, survivor)
+        log("cycle %d: %s copied the whole disk to the returning primary (%s)" %
+            (cycle + 1, survivor, st["last_resync"]))
+        shut_down_and_compare(lab, survivor)
+        # Both closed cleanly: the next protection trusts the disks as they are.
+        copied_before = lab.status(survivor)["last_resync"]
+        console = lab.serial(survivor)
+        res = lab.protect(survivor)
+        assert res.returncode == 0, "protect on %s failed: %s" % (survivor, res.stderr)
+        st = wait_protected(lab, survivor)
+        # The guest's entry may be new (no last copy) or the one that made the last copy.
+        assert st["last_resync"] in (None, copied_before), \
+            "a disk copy after a clean shutdown: %s" % st["last_resync"]
+        wait_for("the guest to boot again on %s" % survivor,
+                 lambda: "GUEST UP" in booted_since(lab.serial(survivor), console), timeout=180)
+        primary = survivor
+    return primary
 
 
 def scenario_role_switch(lab):
@@ -286,9 +388,13 @@ def scenario_survivor_dies_mid_resync(lab):
     return "hostB"
 
 
+# crashed-primary shuts the guest down (`virsh shutdown` needs ACPI) and pokes a raw disk.
+INSTALL = {"crashed-primary": {"acpi": True, "data_disk": "raw", "workload": "raw2"}}
+
 SCENARIOS = {
     "returning-host": scenario_returning_host,
     "blank-host": lambda lab: scenario_returning_host(lab, blank=True),
+    "crashed-primary": scenario_crashed_primary,
     "role-switch": scenario_role_switch,
     "link-returns": scenario_link_returns,
     "secondary-dies-mid-resync": scenario_mid_resync,
@@ -300,7 +406,7 @@ def run_scenario(name, qemu, gdir):
     lab = Lab("test_reprotect-" + name)
     try:
         lab.up()
-        lab.install_guest(qemu, gdir)
+        lab.install_guest(qemu, gdir, **INSTALL.get(name, {}))
         res = lab.protect("hostA")
         assert res.returncode == 0, "protect failed: %s" % res.stderr
         wait_state(lab, "hostB", "protected", timeout=60)

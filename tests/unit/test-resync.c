@@ -13,6 +13,7 @@
 #define IN_SYNC GENERATION_IN_SYNC
 #define DIVERGED GENERATION_DIVERGED
 #define RECEIVING GENERATION_RECEIVING
+#define PRIMARY GENERATION_PRIMARY
 
 START_TEST(fresh_pair_copies_nothing)
 {
@@ -77,6 +78,27 @@ START_TEST(peer_that_ran_alone_is_never_overwritten)
 }
 END_TEST
 
+/*
+ * A primary that stopped without closing its disks may hold writes that
+ * reached no other copy, in blocks no bitmap tracked.
+ */
+START_TEST(returning_crashed_primary_gets_everything)
+{
+    /* The survivor ran alone since: still a whole copy, not the survivor's bitmap. */
+    ck_assert_int_eq(resync_plan(GEN_A, DIVERGED, GEN_A, PRIMARY, FALSE), RESYNC_FULL);
+    /* Neither ran alone (both hosts lost power): the copies differ all the same. */
+    ck_assert_int_eq(resync_plan(GEN_A, PRIMARY, GEN_A, IN_SYNC, FALSE), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, IN_SYNC, GEN_A, PRIMARY, FALSE), RESYNC_FULL);
+    ck_assert_int_eq(resync_plan(GEN_A, PRIMARY, GEN_A, RECEIVING, FALSE), RESYNC_FULL);
+}
+END_TEST
+
+START_TEST(crashed_primary_never_overwrites_the_survivor)
+{
+    ck_assert_int_eq(resync_plan(GEN_A, PRIMARY, GEN_A, DIVERGED, FALSE), RESYNC_PEER_NEWER);
+}
+END_TEST
+
 START_TEST(unknown_own_disks_never_overwrite_the_pairs)
 {
     ck_assert_int_eq(resync_plan(NULL, IN_SYNC, GEN_A, IN_SYNC, FALSE), RESYNC_PEER_NEWER);
@@ -94,7 +116,7 @@ END_TEST
 
 START_TEST(marks_travel_by_name)
 {
-    static const GenerationMark marks[] = { IN_SYNC, DIVERGED, RECEIVING };
+    static const GenerationMark marks[] = { IN_SYNC, DIVERGED, RECEIVING, PRIMARY };
     GenerationMark back;
 
     for (gsize i = 0; i < G_N_ELEMENTS(marks); i++) {
@@ -136,7 +158,7 @@ static void write_raw(const char *text)
 START_TEST(generation_round_trip)
 {
     static const GenerationMark marks[] = {
-        GENERATION_IN_SYNC, GENERATION_DIVERGED, GENERATION_RECEIVING,
+        GENERATION_IN_SYNC, GENERATION_DIVERGED, GENERATION_RECEIVING, GENERATION_PRIMARY,
     };
 
     for (gsize i = 0; i < G_N_ELEMENTS(marks); i++) {
@@ -206,6 +228,8 @@ static Suite *resync_suite(void)
     tcase_add_test(plan, disks_created_blank_get_everything);
     tcase_add_test(plan, both_ran_alone_this_copy_wins);
     tcase_add_test(plan, peer_that_ran_alone_is_never_overwritten);
+    tcase_add_test(plan, returning_crashed_primary_gets_everything);
+    tcase_add_test(plan, crashed_primary_never_overwrites_the_survivor);
     tcase_add_test(plan, unknown_own_disks_never_overwrite_the_pairs);
     tcase_add_test(plan, copy_cut_short_is_never_a_source);
     tcase_add_test(plan, marks_travel_by_name);

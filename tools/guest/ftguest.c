@@ -24,6 +24,13 @@
  *                                    (statvfs: f_bavail * f_frsize). A bad request or a failure: "err
  *                                    MESSAGE" (a failed write leaves no blob). Replies carry no time and no
  *                                    randomness: both COLO copies give the same ones.
+ *                                    "poke N" (1..64) writes N 4 KiB blocks of fresh data with O_DIRECT,
+ *                                    each at an offset drawn from the clock, into DIR/scribble (8 MiB,
+ *                                    allocated on first use) or, when DIR is a block device, into the
+ *                                    device itself (no filesystem, no journal for the writes to wait
+ *                                    behind), then fdatasyncs and replies "poked N". A copy of the
+ *                                    guest that runs the request again (after a failover) writes other
+ *                                    blocks: what the first copy had under way stays only on its disk.
  *   ftguest powerbutton              waits for the ACPI power button (KEY_POWER on /dev/input/event*:
  *                                    `virsh shutdown`), prints "GUEST POWER BUTTON", syncs the disks and
  *                                    powers the guest off.
@@ -54,6 +61,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <linux/fs.h>
 #include <linux/input.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -64,9 +72,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/reboot.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/time.h>
 #include <time.h>
@@ -658,6 +668,78 @@ fail:;
     reply_fmt(reply, size, "err %s %s: %s\n", what, path, strerror(e));
 }
 
+/* ---- poke: small writes where no copy of the guest wrote before -------------------------------- */
+
+#define POKE_FILE_BYTES (8 * MIB)
+#define POKE_BLOCK 4096
+#define POKE_MAX 64
+
+static uint64_t poke_calls;
+
+/* "poke N": offsets from the clock, so that a copy running the request again picks others. */
+static void writer_poke(const char *dir, long n, char *reply, size_t size)
+{
+    char path[PATH_MAX];
+    const char *what = "open";
+    void *block = NULL;
+    uint64_t region = POKE_FILE_BYTES;
+    struct stat st;
+    int device = stat(dir, &st) == 0 && S_ISBLK(st.st_mode);
+    snprintf(path, sizeof path, device ? "%s" : "%s/scribble", dir);
+    int fd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC | (device ? 0 : O_CREAT), 0644);
+    if (fd < 0)
+        goto fail;
+    if (device) {
+        what = "size";
+        if (ioctl(fd, BLKGETSIZE64, &region) < 0)
+            goto fail;
+    } else {
+        what = "allocate";
+        int e = posix_fallocate(fd, 0, POKE_FILE_BYTES);
+        if (e != 0) {
+            errno = e;
+            goto fail;
+        }
+    }
+    what = "size";
+    if (region < POKE_BLOCK) {
+        errno = ENOSPC;
+        goto fail;
+    }
+    what = "allocate a buffer for";
+    if (posix_memalign(&block, POKE_BLOCK, POKE_BLOCK) != 0)
+        goto fail;
+    what = "write";
+    for (long i = 0; i < n; i++) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        uint64_t seed = splitmix64(((uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec) ^
+                                   cycle_counter() ^ splitmix64(++poke_calls)) | 1;
+        off_t at = (off_t)(seed % (region / POKE_BLOCK)) * POKE_BLOCK;
+        fill_random(block, POKE_BLOCK / sizeof(uint64_t), &seed);
+        ssize_t w = pwrite(fd, block, POKE_BLOCK, at);
+        if (w != POKE_BLOCK) {
+            if (w >= 0)
+                errno = EIO; /* short: O_DIRECT writes whole blocks or fails */
+            goto fail;
+        }
+    }
+    what = "fdatasync";
+    if (fdatasync(fd) < 0)
+        goto fail;
+    free(block);
+    close(fd);
+    reply_fmt(reply, size, "poked %ld\n", n);
+    return;
+
+fail:;
+    int saved = errno;
+    free(block);
+    if (fd >= 0)
+        close(fd);
+    reply_fmt(reply, size, "err %s %s: %s\n", what, path, strerror(saved));
+}
+
 /* One request line (without its newline). */
 static void writer_request(char *line, size_t len, const char *dir, char *reply, size_t size)
 {
@@ -674,7 +756,7 @@ static void writer_request(char *line, size_t len, const char *dir, char *reply,
     long mb;
     uint64_t avail;
     if (!cmd) {
-        reply_fmt(reply, size, "err empty request (write N | free)\n");
+        reply_fmt(reply, size, "err empty request (write N | poke N | free)\n");
     } else if (!strcmp(cmd, "free") && !arg) {
         if (free_bytes(dir, &avail) < 0)
             reply_fmt(reply, size, "err statvfs %s: %s\n", dir, strerror(errno));
@@ -685,8 +767,13 @@ static void writer_request(char *line, size_t len, const char *dir, char *reply,
             reply_fmt(reply, size, "err write N: N is MiB, 1..%d\n", WRITER_MAX_MB);
         else
             writer_write(dir, mb, reply, size);
+    } else if (!strcmp(cmd, "poke")) {
+        if (!arg || extra || parse_long(arg, 1, POKE_MAX, &mb) < 0)
+            reply_fmt(reply, size, "err poke N: N is 4 KiB blocks, 1..%d\n", POKE_MAX);
+        else
+            writer_poke(dir, mb, reply, size);
     } else {
-        reply_fmt(reply, size, "err unknown request (write N | free)\n");
+        reply_fmt(reply, size, "err unknown request (write N | poke N | free)\n");
     }
 }
 
