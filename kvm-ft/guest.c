@@ -12,6 +12,7 @@
 #include "domxml.h"
 #include "engine.h"
 #include "log.h"
+#include "nbdprobe.h"
 #include "output.h"
 #include "qmp.h"
 #include "resync.h"
@@ -128,6 +129,7 @@ struct FtGuest {
     char *failover_cause;
     gint64 failover_started_us;
     guint64 claim_seq;
+    guint64 nbd_probe_seq; /* the probe of the peer's NBD server that counts */
     guint claim_retry_id;
     char *claim_trouble;
     double claim_ms;        /* the last won claim; -1: none (no witness, or forced) */
@@ -1344,8 +1346,8 @@ static void on_peer_receiving(PeerConn *conn, JsonNode *result, const GError *er
     start_copy(g);
 }
 
-/* The secondary's filters connected: copy what it lacks, if anything. */
-static void channels_ready(FtGuest *g)
+/* The peer's NBD server greeted kvm-ftd: copy what it lacks, if anything. */
+static void nbd_answers(FtGuest *g)
 {
     JsonObject *params;
 
@@ -1359,6 +1361,48 @@ static void channels_ready(FtGuest *g)
     daemon_peer_call(g->d, peer_host(g)->link_address, "receive-copy", params,
                      daemon_config(g->d)->peer_timeout_ms, on_peer_receiving, g);
     json_object_unref(params);
+}
+
+typedef struct {
+    Daemon *d;
+    char *name;
+    guint64 seq;
+} NbdProbeAsk;
+
+static void on_nbd_probe(const GError *error, gpointer opaque)
+{
+    NbdProbeAsk *a = opaque;
+    FtGuest *g = daemon_quitting(a->d) ? NULL : daemon_find_guest(a->d, a->name);
+
+    if (g && g->nbd_probe_seq == a->seq &&
+        (g->state == GUEST_STARTING_PRIMARY || g->state == GUEST_REJOINING)) {
+        if (error)
+            fail(g, "%s's disk server does not answer (%s): QEMU would wait for it with "
+                 "its main loop for minutes; a firewall on the dedicated link must let the "
+                 "guest's <ft:ports> through (base+1: NBD)", peer_host(g)->name,
+                 error->message);
+        else
+            nbd_answers(g);
+    }
+    g_free(a->name);
+    g_free(a);
+}
+
+/*
+ * The secondary's filters connected.  Before QEMU connects to the peer's
+ * NBD server (the copy's targets, the replication child), kvm-ftd does
+ * (nbdprobe.h).
+ */
+static void channels_ready(FtGuest *g)
+{
+    EngineLink link = engine_link(g);
+    NbdProbeAsk *a = g_new0(NbdProbeAsk, 1);
+
+    a->d = g->d;
+    a->name = g_strdup(g->def->name);
+    a->seq = ++g->nbd_probe_seq;
+    nbd_probe(link.secondary_addr, link.def->port_base + FT_PORT_NBD, NBD_PROBE_TIMEOUT_MS,
+              on_nbd_probe, a);
 }
 
 /* Polled on the main loop: the secondary reconnects only every second. */

@@ -34,6 +34,8 @@
 #define CHANNEL_POLL_MS 50
 
 /* ---- re-protection and disk copies -------------------------------------------------------- */
+/* The peer's NBD server must greet kvm-ftd's own connection this fast (nbdprobe.h). */
+#define NBD_PROBE_TIMEOUT_MS 3000
 /* How often a disk copy reports progress. */
 #define RESYNC_POLL_MS 500
 /* How long a cancelled block job gets to wind down before its nodes are removed. */

@@ -114,6 +114,10 @@ class Lab:
         if reports:
             raise AssertionError("kvm-ftd sanitizer report(s):\n%s" % "\n".join(reports))
 
+    def netns(self, host):
+        """host's network namespace, which outlives its power (tools/lab)."""
+        return os.environ.get("KVMFT_LAB_PREFIX", "kft-") + "host" + host[-1]
+
     def path(self, host, rel=""):
         root = last_line(self.lab("path", host).stdout)
         return os.path.join(root, rel.lstrip("/")) if rel else root

@@ -30,6 +30,13 @@ from start to end):
   blank-host       the same, but the returning host's disk is gone (a
                    replacement): a full copy, then protected, then a power
                    pull on the primary proves the copy.
+  disk-port-blocked
+                   the secondary's host loses power and comes back with a
+                   firewall that drops its NBD port: the primary's kvm-ftd
+                   finds the disk server silent with a connection of its own
+                   and says so, instead of letting QEMU connect (QEMU's main
+                   loop would wait minutes on it); the guest and kvm-ftd never
+                   stall; once the rule goes, the pair re-protects by itself.
   role-switch      `ftctl failover` while protected: the roles switch, the
                    new primary re-protects onto the old one (incremental);
                    `ftctl migrate` moves it back the same way; then a power
@@ -60,6 +67,7 @@ entering COLO stopped the guest for less than that.
 """
 import json
 import os
+import re
 import sys
 import time
 
@@ -288,6 +296,42 @@ def scenario_crashed_primary(lab):
     return primary
 
 
+def late_detector_rounds(lab, host, since):
+    """The rounds host's failure detector ran late by a second or more after `since`."""
+    late = []
+    for line in lab.daemon_log(host).splitlines():
+        m = re.match(r"(\S+ \S+) .*failure detection ran (\d+) ms late", line)
+        if m and int(m.group(2)) >= 1000 and \
+                time.mktime(time.strptime(m.group(1)[:19], "%Y-%m-%d %H:%M:%S")) >= int(since):
+            late.append(line)
+    return late
+
+
+def scenario_disk_port_blocked(lab):
+    survivor = power_pull(lab, "hostB")
+    rule = ["INPUT", "-p", "tcp", "--dport", str(PORT_BASE + 1), "-j", "DROP"]
+    run("ip", "netns", "exec", lab.netns("hostB"), "iptables", "-I", *rule)
+    since = time.time()
+    return_host(lab, "hostB")
+    st = wait_for("%s to give up on hostB's silent disk server" % survivor,
+                  lambda: (lab.status(survivor) or {}).get("error") and
+                  "disk server does not answer" in lab.status(survivor)["error"] and
+                  lab.status(survivor), timeout=90)
+    log("%s: %s" % (survivor, st["error"]))
+    assert st["state"] in ("degraded", "rejoining"), st
+    assert running_copies(lab) == [survivor], running_copies(lab)
+    # A second attempt, and kvm-ftd answering all along.
+    wait_for("a second attempt", lambda: lab.daemon_log(survivor).count(
+        "disk server does not answer") >= 2, timeout=60)
+    late = late_detector_rounds(lab, survivor, since)
+    assert not late, "kvm-ftd stalled while the disk server was silent:\n%s" % "\n".join(late)
+    run("ip", "netns", "exec", lab.netns("hostB"), "iptables", "-D", *rule)
+    since = time.time()
+    reprotected(lab, survivor, "incremental", None, since)
+    time.sleep(3)
+    return power_pull(lab, survivor)
+
+
 def scenario_role_switch(lab):
     # Written while protected: must be on the old primary after the switch too.
     guest_write(lab, WRITE_MIB)
@@ -395,6 +439,7 @@ SCENARIOS = {
     "returning-host": scenario_returning_host,
     "blank-host": lambda lab: scenario_returning_host(lab, blank=True),
     "crashed-primary": scenario_crashed_primary,
+    "disk-port-blocked": scenario_disk_port_blocked,
     "role-switch": scenario_role_switch,
     "link-returns": scenario_link_returns,
     "secondary-dies-mid-resync": scenario_mid_resync,
