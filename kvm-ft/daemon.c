@@ -809,6 +809,21 @@ static JsonNode *on_control(const char *command, JsonObject *request,
         }
         return g && guest_force_solo(g, err) ? guest_status(g) : NULL;
     }
+    if (strcmp(command, "verify-begin") == 0) {
+        FtGuest *g = find_guest(d, request, err);
+
+        return g ? guest_verify_begin(g, err) : NULL;
+    }
+    if (strcmp(command, "verify-end") == 0) {
+        FtGuest *g = find_guest(d, request, err);
+
+        return g && guest_verify_end(g, json_object_get_member(request, "result"),
+                                     json_object_get_string_member_with_default(
+                                         request, "error", NULL),
+                                     err)
+                   ? guest_status(g)
+                   : NULL;
+    }
     if (strcmp(command, "checkpoints") == 0) {
         FtGuest *g = find_guest(d, request, err);
 

@@ -13,6 +13,7 @@
 #include "engine.h"
 #include "log.h"
 #include "nbdprobe.h"
+#include "verify.h"
 #include "output.h"
 #include "qmp.h"
 #include "resync.h"
@@ -66,6 +67,7 @@ struct FtGuest {
     guint64 rate_done;
     gint64 rate_us;
     JsonNode *last_resync;
+    JsonNode *last_verify;    /* ftctl verify's findings, with "at" (verify.h) */
     /* Primary re-protecting: how long entering COLO stopped the running guest. */
     gboolean entry_pending;
     double entry_pause_ms;
@@ -2531,6 +2533,7 @@ void guest_free(FtGuest *g)
     g_clear_pointer(&g->reply_conn, peer_conn_unref);
     g_clear_pointer(&g->qmp, qmp_free);
     g_clear_pointer(&g->last_resync, json_node_unref);
+    g_clear_pointer(&g->last_verify, json_node_unref);
     g_free(g->found_generation);
     g_free(g->generation);
     ftdef_free(g->def);
@@ -2772,6 +2775,11 @@ JsonNode *guest_status(FtGuest *g)
         json_builder_add_value(b, last);
     } else
         json_builder_add_null_value(b);
+    json_builder_set_member_name(b, "last_verify");
+    if (g->last_verify)
+        json_builder_add_value(b, json_node_copy(g->last_verify));
+    else
+        json_builder_add_null_value(b);
     json_builder_set_member_name(b, "error");
     if (g->error)
         json_builder_add_string_value(b, g->error);
@@ -2779,4 +2787,82 @@ JsonNode *guest_status(FtGuest *g)
         json_builder_add_null_value(b);
     json_builder_end_object(b);
     return json_builder_get_root(b);
+}
+
+/* Where the primary's verify exports listen: kvm-ftd's run dir, as its other sockets. */
+static char *verify_socket(FtGuest *g)
+{
+    g_autofree char *sock = g_strdup_printf("%s.verify", g->def->name);
+
+    return g_build_filename(daemon_config(g->d)->run_dir, sock, NULL);
+}
+
+static gboolean verify_allowed(FtGuest *g, GError **err)
+{
+    if (g->role == FT_ROLE_PRIMARY && g->state == GUEST_PROTECTED)
+        return TRUE;
+    g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED,
+                g->role == FT_ROLE_SECONDARY && g->state == GUEST_PROTECTED
+                    ? "'%s' runs on %s; this host is its secondary: run the verify there"
+                    : "'%s' is %s here: there are two copies to compare only while it is "
+                      "protected, on its primary",
+                g->def->name,
+                g->role == FT_ROLE_SECONDARY && g->state == GUEST_PROTECTED
+                    ? peer_host(g)->name
+                    : guest_state_name(g->state));
+    return FALSE;
+}
+
+JsonNode *guest_verify_begin(FtGuest *g, GError **err)
+{
+    EngineLink link = engine_link(g);
+    g_autofree char *sock = verify_socket(g);
+    JsonNode *disks;
+
+    if (!verify_allowed(g, err))
+        return NULL;
+    disks = verify_export(g->qmp, &link, sock, err);
+    if (disks)
+        log_info(g->def->name, role_name(g), "verify: comparing the two copies of the "
+                 "guest's disks (ftctl verify)");
+    return disks;
+}
+
+gboolean guest_verify_end(FtGuest *g, JsonNode *result, const char *abandoned, GError **err)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(GDateTime) now = g_date_time_new_now_utc();
+    g_autofree char *at = g_date_time_format_iso8601(now);
+    EngineLink link = engine_link(g);
+    guint64 differing = 0;
+    JsonNode *found;
+
+    /* The exports go whatever ftctl found: a stray NBD server must not stay. */
+    if (g->qmp && qmp_is_open(g->qmp))
+        verify_unexport(g->qmp, &link);
+    if (abandoned) {
+        log_warn(g->def->name, role_name(g), "verify: given up, nothing compared: %s",
+                 abandoned);
+        return TRUE;
+    }
+    if (!verify_result_valid(result, g->def->disks->len, &differing, err))
+        return FALSE;
+    found = json_node_copy(result);
+    json_object_set_string_member(json_node_get_object(found), "at", at);
+    json_object_set_int_member(json_node_get_object(found), "differing_bytes",
+                               (gint64)differing);
+    g_clear_pointer(&g->last_verify, json_node_unref);
+    g->last_verify = found;
+    if (differing)
+        log_warn(g->def->name, role_name(g), "verify: the two copies of the guest's disks "
+                 "differ in %" G_GUINT64_FORMAT " bytes (ftctl status shows where): a failover "
+                 "would hand the guest other data there", differing);
+    else
+        log_info(g->def->name, role_name(g), "verify: the two copies of the guest's disks "
+                 "are identical");
+    begin_event(g, b);
+    json_builder_set_member_name(b, "verify");
+    json_builder_add_value(b, json_node_copy(found));
+    broadcast_event(g, b);
+    return TRUE;
 }

@@ -86,6 +86,16 @@ gboolean guest_reattach(FtGuest *g, GError **err);
  * state to do it.
  */
 gboolean guest_hand_over(FtGuest *g, GError **err);
+
+/*
+ * ftctl verify, on the protected primary: the disks exported for it
+ * (verify_export()), then its findings, which end the exports and become
+ * "last_verify" in the status and a "verify" event -- or why it gave up
+ * (abandoned), which ends them too.
+ */
+JsonNode *guest_verify_begin(FtGuest *g, GError **err);
+gboolean guest_verify_end(FtGuest *g, JsonNode *result, const char *abandoned,
+                          GError **err);
 /*
  * An operator's word instead of the witness's: a failover held because the
  * witness did not decide runs this copy alone now (`ftctl takeover --force`).

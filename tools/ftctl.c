@@ -8,6 +8,7 @@
 #include <gio/gio.h>
 #include <glib.h>
 #include <json-glib/json-glib.h>
+#include <libnbd.h>
 
 #include "control.h"
 #include "status.h"
@@ -417,6 +418,24 @@ static void print_resync(JsonObject *g)
     }
 }
 
+/* The last ftctl verify's findings. */
+static void print_verify(JsonObject *g)
+{
+    JsonObject *last = member_obj(g, "last_verify");
+    double differing = 0;
+    g_autofree char *diff = NULL;
+
+    if (!last)
+        return;
+    member_num(last, "differing_bytes", &differing);
+    diff = format_bytes(differing);
+    if (differing > 0)
+        printf("  last verify:     %s: the copies DIFFER in %s (where: ftctl status --json)\n",
+               or_unknown(member_str(last, "at")), diff);
+    else
+        printf("  last verify:     %s: identical\n", or_unknown(member_str(last, "at")));
+}
+
 static void print_guest(JsonObject *g, const char *host)
 {
     JsonObject *peer = member_obj(g, "peer");
@@ -510,6 +529,7 @@ static void print_guest(JsonObject *g, const char *host)
         printf("  last checkpoint: -\n");
     }
     print_resync(g);
+    print_verify(g);
     {
         JsonNode *fn = json_object_get_member(g, "last_failover");
 
@@ -624,6 +644,287 @@ static int cmd_takeover(char **args)
         return fail(e);
     say("%s: runs alone on this host, on an operator's word", args[0]);
     return EXIT_OK;
+}
+
+/* ---- verify: the two copies of the guest's disks ------------------ */
+
+#define VERIFY_CHUNK (1u << 20)
+#define VERIFY_BLOCK 4096u
+/* A block that differs may have a guest write under way to one copy: read again. */
+#define VERIFY_RETRIES 5
+#define VERIFY_RETRY_MS 50
+/* One read from either copy; a secondary loading a checkpoint answers late, not this late. */
+#define VERIFY_READ_TIMEOUT_MS 30000
+/* Ranges listed per disk (differing_bytes counts them all). */
+#define VERIFY_RANGES_MAX 64
+
+typedef struct {
+    const char *target;
+    struct nbd_handle *own;  /* the primary's copy */
+    struct nbd_handle *peer; /* the secondary's */
+    guint64 bytes;
+    guint64 done;
+    guint64 differing;
+    GArray *ranges; /* guint64 pairs: offset, length */
+} VerifyDisk;
+
+static gboolean nbd_failed(GError **err, const char *what)
+{
+    g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: %s", what, nbd_get_error());
+    return FALSE;
+}
+
+static struct nbd_handle *nbd_open(const char *uri, GError **err)
+{
+    struct nbd_handle *h = nbd_create();
+
+    if (!h) {
+        nbd_failed(err, uri);
+        return NULL;
+    }
+    if (nbd_connect_uri(h, uri) < 0) {
+        nbd_failed(err, uri);
+        nbd_close(h);
+        return NULL;
+    }
+    return h;
+}
+
+/* libnbd's own reads wait forever on a peer that vanished: a deadline of ftctl's. */
+static gboolean nbd_read(struct nbd_handle *h, const char *who, void *buf, gsize len,
+                         guint64 offset, GError **err)
+{
+    gint64 deadline = g_get_monotonic_time() + VERIFY_READ_TIMEOUT_MS * 1000;
+    int64_t cookie = nbd_aio_pread(h, buf, len, offset, NBD_NULL_COMPLETION, 0);
+    int done;
+
+    if (cookie < 0)
+        return nbd_failed(err, who);
+    while ((done = nbd_aio_command_completed(h, cookie)) == 0) {
+        gint64 left = (deadline - g_get_monotonic_time()) / 1000;
+
+        if (left <= 0) {
+            g_set_error(err, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
+                        "%s: no answer to a read within %d ms", who, VERIFY_READ_TIMEOUT_MS);
+            return FALSE;
+        }
+        if (nbd_poll(h, (int)MIN(left, 1000)) < 0)
+            return nbd_failed(err, who);
+    }
+    return done > 0 || nbd_failed(err, who);
+}
+
+static gboolean read_both(VerifyDisk *v, guint8 *a, guint8 *b, gsize len, guint64 offset,
+                          GError **err)
+{
+    return nbd_read(v->own, "the primary's copy", a, len, offset, err) &&
+           nbd_read(v->peer, "the secondary's copy", b, len, offset, err);
+}
+
+static void add_range(VerifyDisk *v, guint64 offset, guint64 len)
+{
+    guint n = v->ranges->len;
+    guint64 *last = n ? &g_array_index(v->ranges, guint64, n - 1) : NULL;
+
+    v->differing += len;
+    if (last && last[-1] + last[0] == offset) {
+        last[0] += len;
+        return;
+    }
+    g_array_append_val(v->ranges, offset);
+    g_array_append_val(v->ranges, len);
+}
+
+/* The block differed: does it still, read again a few times? */
+static gboolean block_differs(VerifyDisk *v, guint64 offset, gsize len, gboolean *differs,
+                              GError **err)
+{
+    g_autofree guint8 *a = g_malloc(len);
+    g_autofree guint8 *b = g_malloc(len);
+
+    for (int i = 0; i < VERIFY_RETRIES; i++) {
+        g_usleep(VERIFY_RETRY_MS * 1000);
+        if (!read_both(v, a, b, len, offset, err))
+            return FALSE;
+        if (memcmp(a, b, len) == 0) {
+            *differs = FALSE;
+            return TRUE;
+        }
+    }
+    *differs = TRUE;
+    return TRUE;
+}
+
+static void verify_progress(const VerifyDisk *v)
+{
+    g_autofree char *done = format_bytes((double)v->done);
+    g_autofree char *all = format_bytes((double)v->bytes);
+    g_autofree char *diff = format_bytes((double)v->differing);
+    g_autofree char *line = g_strdup_printf(
+        "verify %s: %s of %s (%.0f%%), %s differ", v->target, done, all,
+        v->bytes ? 100.0 * (double)v->done / (double)v->bytes : 100.0,
+        v->differing ? diff : "none");
+
+    progress_show(line);
+}
+
+static gboolean verify_disk(VerifyDisk *v, GError **err)
+{
+    g_autofree guint8 *a = g_malloc(VERIFY_CHUNK);
+    g_autofree guint8 *b = g_malloc(VERIFY_CHUNK);
+    int64_t own_size = nbd_get_size(v->own), peer_size = nbd_get_size(v->peer);
+    gint64 shown = 0;
+
+    if (own_size < 0 || peer_size < 0)
+        return nbd_failed(err, v->target);
+    if ((guint64)own_size != v->bytes || (guint64)peer_size != v->bytes) {
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: the copies' sizes differ "
+                    "(primary %" G_GINT64_FORMAT ", secondary %" G_GINT64_FORMAT " bytes)",
+                    v->target, own_size, peer_size);
+        return FALSE;
+    }
+    for (v->done = 0; v->done < v->bytes;) {
+        gsize len = (gsize)MIN((guint64)VERIFY_CHUNK, v->bytes - v->done);
+
+        if (!read_both(v, a, b, len, v->done, err))
+            return FALSE;
+        for (gsize at = 0; memcmp(a, b, len) != 0 && at < len; at += VERIFY_BLOCK) {
+            gsize n = MIN(VERIFY_BLOCK, len - at);
+            gboolean differs = FALSE;
+
+            if (memcmp(a + at, b + at, n) == 0)
+                continue;
+            if (!block_differs(v, v->done + at, n, &differs, err))
+                return FALSE;
+            if (differs)
+                add_range(v, v->done + at, n);
+        }
+        v->done += len;
+        if (g_get_monotonic_time() - shown > G_USEC_PER_SEC || v->done == v->bytes) {
+            verify_progress(v);
+            shown = g_get_monotonic_time();
+        }
+    }
+    return TRUE;
+}
+
+static void add_disk_result(JsonBuilder *b, const VerifyDisk *v)
+{
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "target");
+    json_builder_add_string_value(b, v->target);
+    json_builder_set_member_name(b, "bytes");
+    json_builder_add_int_value(b, (gint64)v->bytes);
+    json_builder_set_member_name(b, "differing_bytes");
+    json_builder_add_int_value(b, (gint64)v->differing);
+    json_builder_set_member_name(b, "ranges");
+    json_builder_begin_array(b);
+    for (guint i = 0; i + 1 < v->ranges->len && i < 2 * VERIFY_RANGES_MAX; i += 2) {
+        json_builder_begin_array(b);
+        json_builder_add_int_value(b, (gint64)g_array_index(v->ranges, guint64, i));
+        json_builder_add_int_value(b, (gint64)g_array_index(v->ranges, guint64, i + 1));
+        json_builder_end_array(b);
+    }
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+}
+
+static void say_disk_result(const VerifyDisk *v)
+{
+    g_autofree char *size = format_bytes((double)v->bytes);
+    g_autofree char *diff = format_bytes((double)v->differing);
+    g_autoptr(GString) where = g_string_new(NULL);
+
+    if (!v->differing) {
+        say("%s: %s compared: identical", v->target, size);
+        return;
+    }
+    for (guint i = 0; i + 1 < v->ranges->len && i < 2 * VERIFY_RANGES_MAX; i += 2)
+        g_string_append_printf(where, " %" G_GUINT64_FORMAT "+%" G_GUINT64_FORMAT,
+                               g_array_index(v->ranges, guint64, i),
+                               g_array_index(v->ranges, guint64, i + 1));
+    say("%s: %s compared: %s DIFFER, at (offset+bytes)%s%s", v->target, size, diff, where->str,
+        v->ranges->len > 2 * VERIFY_RANGES_MAX ? " ..." : "");
+}
+
+/* Tells kvm-ftd the verify is over: its findings, or why there are none. */
+static gboolean verify_end(const char *guest, JsonNode *result, const char *error, GError **err)
+{
+    g_autoptr(JsonObject) req = new_request("verify-end", guest);
+    g_autoptr(JsonNode) status = NULL;
+
+    if (result)
+        json_object_set_member(req, "result", json_node_copy(result));
+    if (error)
+        json_object_set_string_member(req, "error", error);
+    status = control_request(socket_path(), req, (guint)opt_timeout_ms, err);
+    return status != NULL;
+}
+
+static int cmd_verify(char **args)
+{
+    g_autoptr(GError) e = NULL;
+    g_autoptr(GError) end_err = NULL;
+    g_autoptr(JsonNode) exports = request("verify-begin", args[0], &e);
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(JsonNode) result = NULL;
+    JsonNode *dn = exports && JSON_NODE_HOLDS_OBJECT(exports)
+                       ? json_object_get_member(json_node_get_object(exports), "disks")
+                       : NULL;
+    JsonArray *disks = dn && JSON_NODE_HOLDS_ARRAY(dn) ? json_node_get_array(dn) : NULL;
+    guint n = disks ? json_array_get_length(disks) : 0;
+    g_autofree VerifyDisk *v = g_new0(VerifyDisk, MAX(n, 1));
+    gboolean ok = TRUE, differ = FALSE;
+
+    if (!exports)
+        return fail(e);
+    if (!disks) {
+        g_set_error(&e, CONTROL_ERROR, CONTROL_ERROR_PROTOCOL, "verify-begin: no disks");
+        ok = FALSE;
+    }
+    for (guint i = 0; ok && i < n; i++) {
+        JsonObject *d = json_array_get_object_element(disks, i);
+        double bytes = 0;
+
+        v[i].target = member_str(d, "target");
+        v[i].ranges = g_array_new(FALSE, FALSE, sizeof(guint64));
+        member_num(d, "bytes", &bytes);
+        v[i].bytes = (guint64)bytes;
+        if (!v[i].target || !member_str(d, "primary") || !member_str(d, "secondary")) {
+            g_set_error(&e, CONTROL_ERROR, CONTROL_ERROR_PROTOCOL, "verify-begin: a disk "
+                        "without target or addresses");
+            ok = FALSE;
+            break;
+        }
+        ok = (v[i].own = nbd_open(member_str(d, "primary"), &e)) &&
+             (v[i].peer = nbd_open(member_str(d, "secondary"), &e)) && verify_disk(&v[i], &e);
+    }
+    if (ok) {
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "disks");
+        json_builder_begin_array(b);
+        for (guint i = 0; i < n; i++)
+            add_disk_result(b, &v[i]);
+        json_builder_end_array(b);
+        json_builder_end_object(b);
+        result = json_builder_get_root(b);
+    }
+    for (guint i = 0; i < n; i++) {
+        if (ok)
+            say_disk_result(&v[i]);
+        differ |= v[i].differing > 0;
+        if (v[i].own)
+            nbd_close(v[i].own);
+        if (v[i].peer)
+            nbd_close(v[i].peer);
+        if (v[i].ranges)
+            g_array_unref(v[i].ranges);
+    }
+    if (!verify_end(args[0], result, ok ? NULL : e->message, &end_err))
+        msg("kvm-ftd did not take the verify's end: %s", end_err->message);
+    if (!ok)
+        return fail(e);
+    return differ ? EXIT_FAILED : EXIT_OK;
 }
 
 /* ---- waiting for a guest's state ---------------------------------- */
@@ -1072,6 +1373,17 @@ static const Command commands[] = {
       "running would each tell clients different things.  Exit 1 if no\n"
       "failover of GUEST waits here or --force is missing.",
       takeover_entries, 1, 1, cmd_takeover, 0 },
+    { "verify", "verify GUEST", "Compare the two copies of GUEST's disks",
+      "Run on GUEST's protected primary: read both copies of each of its\n"
+      "replicated disks while it runs (this host's, and the secondary's\n"
+      "over the dedicated link, through NBD) and compare them block by\n"
+      "block; a block that differs is read again a few times, as a guest\n"
+      "write may be under way to it.  Prints each disk's result and the\n"
+      "differing ranges (offset+bytes), with progress while it reads;\n"
+      "kvm-ftd logs it, sends a \"verify\" event and shows it in the status\n"
+      "(last_verify).  Exit 0 if the copies are identical, 1 if they differ\n"
+      "or the guest is not protected here (the message says where to run it).",
+      NULL, 1, 1, cmd_verify, 0 },
     { "events", "events", "Follow kvm-ftd's events",
       "Print kvm-ftd's events as JSON lines, one per line, until\n"
       "interrupted or the daemon goes away (exit 3).  On a terminal, a\n"

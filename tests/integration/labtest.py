@@ -232,6 +232,22 @@ class Lab:
             return ""
 
 
+class EventFollower:
+    """`ftctl events` on a lab host until stop(), which returns the events it printed."""
+
+    def __init__(self, lab, host):
+        self.proc = subprocess.Popen([os.path.join(TOOLS, "lab"), "exec", host, lab.ftctl_bin,
+                                      "events"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True,
+                                     env=dict(os.environ, **lab.env))
+
+    def stop(self):
+        # tools/lab exec ends in exec: the process is ftctl itself.
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
 class ClientProcess:
     """A tool in the client namespace whose last stdout line is a JSON summary."""
 

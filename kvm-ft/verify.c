@@ -1,0 +1,152 @@
+/* verify.c - comparing the two copies of a protected guest's disks while it runs */
+#include "verify.h"
+
+#include <string.h>
+
+#include "domxml.h"
+#include "ft.h"
+
+static char *export_id(guint i)
+{
+    return g_strdup_printf("kvmft-verify%u", i);
+}
+
+static gboolean call_ok(JsonNode *ret)
+{
+    if (ret)
+        json_node_unref(ret);
+    return ret != NULL;
+}
+
+static guint64 disk_bytes(Qmp *q, const EngineLink *link, guint i, GError **err)
+{
+    g_autofree char *node = domxml_data_node(i);
+    g_autoptr(JsonNode) nodes = qmp_call_json(q, "{\"execute\": \"query-named-block-nodes\", "
+                                              "\"arguments\": {\"flat\": true}}",
+                                              link->timeout_ms, err);
+    JsonArray *all = nodes && JSON_NODE_HOLDS_ARRAY(nodes) ? json_node_get_array(nodes) : NULL;
+
+    for (guint n = 0; all && n < json_array_get_length(all); n++) {
+        JsonObject *o = json_array_get_object_element(all, n);
+        JsonObject *image = o && json_object_has_member(o, "image")
+                                ? json_object_get_object_member(o, "image")
+                                : NULL;
+
+        if (image && g_strcmp0(json_object_get_string_member_with_default(o, "node-name", ""),
+                               node) == 0)
+            return (guint64)json_object_get_int_member_with_default(image, "virtual-size", 0);
+    }
+    if (nodes)
+        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "no block node %s", node);
+    return 0;
+}
+
+JsonNode *verify_export(Qmp *q, const EngineLink *link, const char *socket_path,
+                        GError **err)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+
+    verify_unexport(q, link);
+    if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+                           "{'execute': 'nbd-server-start', 'arguments': {'addr': "
+                           "{'type': 'unix', 'data': {'path': %s}}}}", socket_path)))
+        return NULL;
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "disks");
+    json_builder_begin_array(b);
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(link->def->disks, i);
+        g_autofree char *id = export_id(i);
+        g_autofree char *node = domxml_data_node(i);
+        g_autofree char *parent = domxml_parent_node(i);
+        g_autofree char *own = g_strdup_printf("nbd+unix:///%s?socket=%s", id, socket_path);
+        g_autofree char *peer = g_strdup_printf("nbd://%s:%u/%s", link->secondary_addr,
+                                                link->def->port_base + FT_PORT_NBD, parent);
+        guint64 bytes = disk_bytes(q, link, i, err);
+
+        if (!bytes ||
+            !call_ok(qmp_callf(q, link->timeout_ms, err,
+                               "{'execute': 'block-export-add', 'arguments': {'type': 'nbd', "
+                               "'id': %s, 'node-name': %s, 'name': %s, 'writable': false}}",
+                               id, node, id))) {
+            verify_unexport(q, link);
+            return NULL;
+        }
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "target");
+        json_builder_add_string_value(b, disk->target);
+        json_builder_set_member_name(b, "bytes");
+        json_builder_add_int_value(b, (gint64)bytes);
+        json_builder_set_member_name(b, "primary");
+        json_builder_add_string_value(b, own);
+        json_builder_set_member_name(b, "secondary");
+        json_builder_add_string_value(b, peer);
+        json_builder_end_object(b);
+    }
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+    return json_builder_get_root(b);
+}
+
+void verify_unexport(Qmp *q, const EngineLink *link)
+{
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *id = export_id(i);
+        g_autoptr(GError) e = NULL;
+
+        /* Hard: a reader that is gone or stuck must not keep the export. */
+        if (!call_ok(qmp_callf(q, link->timeout_ms, &e,
+                               "{'execute': 'block-export-del', 'arguments': "
+                               "{'id': %s, 'mode': 'hard'}}", id)))
+            g_clear_error(&e);
+    }
+    call_ok(qmp_callf(q, link->timeout_ms, NULL, "{'execute': 'nbd-server-stop'}"));
+}
+
+static gboolean bad(GError **err, const char *what)
+{
+    g_set_error(err, G_IO_ERROR, G_IO_ERROR_INVALID_DATA, "verify result: %s", what);
+    return FALSE;
+}
+
+static gboolean is_count(JsonNode *n)
+{
+    return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_INT64 &&
+           json_node_get_int(n) >= 0;
+}
+
+gboolean verify_result_valid(JsonNode *result, guint n_disks, guint64 *differing,
+                             GError **err)
+{
+    JsonObject *o = result && JSON_NODE_HOLDS_OBJECT(result) ? json_node_get_object(result)
+                                                             : NULL;
+    JsonNode *dn = o ? json_object_get_member(o, "disks") : NULL;
+    JsonArray *disks = dn && JSON_NODE_HOLDS_ARRAY(dn) ? json_node_get_array(dn) : NULL;
+
+    *differing = 0;
+    if (!disks)
+        return bad(err, "no \"disks\" array");
+    if (json_array_get_length(disks) != n_disks)
+        return bad(err, "not one entry per disk");
+    for (guint i = 0; i < n_disks; i++) {
+        JsonObject *d = json_array_get_object_element(disks, i);
+        JsonNode *rn = d ? json_object_get_member(d, "ranges") : NULL;
+        JsonArray *ranges = rn && JSON_NODE_HOLDS_ARRAY(rn) ? json_node_get_array(rn) : NULL;
+
+        if (!d || !json_object_has_member(d, "target") ||
+            !is_count(json_object_get_member(d, "bytes")) ||
+            !is_count(json_object_get_member(d, "differing_bytes")) || !ranges)
+            return bad(err, "a disk without target, bytes, differing_bytes or ranges");
+        for (guint r = 0; r < json_array_get_length(ranges); r++) {
+            JsonNode *pn = json_array_get_element(ranges, r);
+            JsonArray *pair = JSON_NODE_HOLDS_ARRAY(pn) ? json_node_get_array(pn) : NULL;
+
+            if (!pair || json_array_get_length(pair) != 2 ||
+                !is_count(json_array_get_element(pair, 0)) ||
+                !is_count(json_array_get_element(pair, 1)))
+                return bad(err, "a range that is not [offset, length]");
+        }
+        *differing += (guint64)json_object_get_int_member(d, "differing_bytes");
+    }
+    return TRUE;
+}
