@@ -12,6 +12,7 @@
 #include "domxml.h"
 #include "engine.h"
 #include "log.h"
+#include "diskcompare.h"
 #include "nbdprobe.h"
 #include "verify.h"
 #include "output.h"
@@ -132,6 +133,7 @@ struct FtGuest {
     gint64 failover_started_us;
     guint64 claim_seq;
     guint64 nbd_probe_seq; /* the probe of the peer's NBD server that counts */
+    guint64 compare_seq;   /* the comparison of administrator-copied disks that counts */
     guint claim_retry_id;
     char *claim_trouble;
     double claim_ms;        /* the last won claim; -1: none (no witness, or forced) */
@@ -1332,6 +1334,124 @@ static void start_copy(FtGuest *g)
     g->poll_id = g_timeout_add(RESYNC_POLL_MS, poll_resync, g);
 }
 
+/* Where the primary's verify exports listen: kvm-ftd's run dir, as its other sockets. */
+static char *verify_socket(FtGuest *g)
+{
+    g_autofree char *sock = g_strdup_printf("%s.verify", g->def->name);
+
+    return g_build_filename(daemon_config(g->d)->run_dir, sock, NULL);
+}
+
+/*
+ * A first protection of disks the administrator copied: both copies are
+ * read and compared (diskcompare.h) in a worker thread, the primary's
+ * paused guest writing nothing meanwhile; the answer comes back to the
+ * main loop by guest name.
+ */
+typedef struct {
+    Daemon *d;
+    char *name;
+    guint64 seq;
+    JsonNode *disks;     /* verify_export()'s description */
+    guint64 differing;
+    char *first;         /* the first differing range, for the log */
+    GError *error;
+} CompareJob;
+
+static void compare_job_free(CompareJob *j)
+{
+    g_free(j->name);
+    if (j->disks)
+        json_node_unref(j->disks);
+    g_free(j->first);
+    g_clear_error(&j->error);
+    g_free(j);
+}
+
+static void compare_in_thread(GTask *task, gpointer source, gpointer data, GCancellable *c)
+{
+    CompareJob *j = data;
+    JsonArray *disks = json_object_get_array_member(json_node_get_object(j->disks), "disks");
+
+    (void)source;
+    (void)c;
+    for (guint i = 0; !j->error && i < json_array_get_length(disks); i++) {
+        JsonObject *d = json_array_get_object_element(disks, i);
+        const char *target = json_object_get_string_member(d, "target");
+        DiskCompare cmp;
+
+        if (disk_compare(target, json_object_get_string_member(d, "primary"),
+                         json_object_get_string_member(d, "secondary"),
+                         (guint64)json_object_get_int_member(d, "bytes"), NULL, NULL, &cmp,
+                         &j->error) &&
+            cmp.differing) {
+            if (!j->first)
+                j->first = g_strdup_printf("%s at %" G_GUINT64_FORMAT, target,
+                                           g_array_index(cmp.ranges, guint64, 0));
+            j->differing += cmp.differing;
+        }
+        disk_compare_clear(&cmp);
+    }
+    g_task_return_boolean(task, TRUE);
+}
+
+static void on_compared(GObject *source, GAsyncResult *res, gpointer data)
+{
+    CompareJob *j = g_task_get_task_data(G_TASK(res));
+    FtGuest *g = daemon_quitting(j->d) ? NULL : daemon_find_guest(j->d, j->name);
+    EngineLink link;
+
+    (void)source;
+    (void)data;
+    if (!g || g->compare_seq != j->seq || g->state != GUEST_STARTING_PRIMARY)
+        return;
+    link = engine_link(g);
+    verify_unexport(g->qmp, &link);
+    if (j->error) {
+        fail(g, "cannot compare the disks with %s's: %s", peer_host(g)->name,
+             j->error->message);
+        return;
+    }
+    if (!j->differing) {
+        log_info(g->def->name, role_name(g), "the disks on %s are the same as this host's: "
+                 "nothing to copy", peer_host(g)->name);
+        g->resync_plan = RESYNC_NONE;
+        setup_colo(g);
+        return;
+    }
+    log_warn(g->def->name, role_name(g), "the disks on %s differ from this host's in %"
+             G_GUINT64_FORMAT " bytes (first: %s): copying the whole disk", peer_host(g)->name,
+             j->differing, j->first);
+    g->resync_plan = RESYNC_FULL;
+    start_copy(g);
+}
+
+static void start_compare(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GTask) task = NULL;
+    g_autofree char *sock = verify_socket(g);
+    EngineLink link = engine_link(g);
+    CompareJob *j = g_new0(CompareJob, 1);
+
+    j->disks = verify_export(g->qmp, &link, sock, &err);
+    if (!j->disks) {
+        compare_job_free(j);
+        fail(g, "cannot export the disks to compare them with %s's: %s", peer_host(g)->name,
+             err->message);
+        return;
+    }
+    j->d = g->d;
+    j->name = g_strdup(g->def->name);
+    j->seq = ++g->compare_seq;
+    log_info(g->def->name, role_name(g), "no protection has known these disks: comparing "
+             "them with %s's before trusting them (%" G_GUINT64_FORMAT " bytes)",
+             peer_host(g)->name, g->disk_bytes);
+    task = g_task_new(NULL, NULL, on_compared, NULL);
+    g_task_set_task_data(task, j, (GDestroyNotify)compare_job_free);
+    g_task_run_in_thread(task, compare_in_thread);
+}
+
 static void on_peer_receiving(PeerConn *conn, JsonNode *result, const GError *error,
                               gpointer opaque)
 {
@@ -1345,7 +1465,10 @@ static void on_peer_receiving(PeerConn *conn, JsonNode *result, const GError *er
         fail(g, "%s cannot take the disk copy: %s", peer_host(g)->name, error->message);
         return;
     }
-    start_copy(g);
+    if (g->resync_plan == RESYNC_COMPARE)
+        start_compare(g);
+    else
+        start_copy(g);
 }
 
 /* The peer's NBD server greeted kvm-ftd: copy what it lacks, if anything. */
@@ -1500,6 +1623,11 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
                      "in blocks no one tracked; copying the whole disk",
                      mark == GENERATION_PRIMARY ? self : peer);
         return TRUE;
+    case RESYNC_COMPARE:
+        /* A running guest writes while they are read: no two copies to compare then. */
+        if (g->state == GUEST_REJOINING)
+            g->resync_plan = RESYNC_FULL;
+        return TRUE;
     case RESYNC_INCREMENTAL:
     case RESYNC_NONE:
         return TRUE;
@@ -1600,9 +1728,12 @@ static void ask_for_secondary(FtGuest *g)
     json_object_set_string_member(params, "qemu-version", version);
     json_object_set_string_member(params, "generation", g->generation);
     json_object_set_array_member(params, "disk-bytes", json_array_ref(sizes));
-    /* The secondary waits for COLO through the disk copy, however long it takes. */
+    /*
+     * The secondary waits for COLO through a comparison of the disks and
+     * their copy, however long they take.
+     */
     json_object_set_int_member(params, "wait-ms",
-                               (gint64)(g->disk_bytes * 2000 / speed) + cfg->start_timeout_ms);
+                               (gint64)(g->disk_bytes * 3000 / speed) + cfg->start_timeout_ms);
     daemon_peer_call(g->d, peer_host(g)->link_address, "prepare-secondary", params,
                      cfg->start_timeout_ms, on_secondary_prepared, g);
     json_object_unref(params);
@@ -2787,14 +2918,6 @@ JsonNode *guest_status(FtGuest *g)
         json_builder_add_null_value(b);
     json_builder_end_object(b);
     return json_builder_get_root(b);
-}
-
-/* Where the primary's verify exports listen: kvm-ftd's run dir, as its other sockets. */
-static char *verify_socket(FtGuest *g)
-{
-    g_autofree char *sock = g_strdup_printf("%s.verify", g->def->name);
-
-    return g_build_filename(daemon_config(g->d)->run_dir, sock, NULL);
 }
 
 static gboolean verify_allowed(FtGuest *g, GError **err)

@@ -464,7 +464,7 @@ ResyncPlan resync_plan(const char *own, GenerationMark own_mark, const char *pee
     if (peer_blank)
         return RESYNC_FULL;
     if (!own && !peer)
-        return RESYNC_NONE;
+        return RESYNC_COMPARE;
     if (!own)
         return RESYNC_PEER_NEWER;
     if (!peer || strcmp(own, peer) != 0)

@@ -92,12 +92,14 @@ typedef enum {
     RESYNC_FULL,        /* nothing is known of them, or the primary's copy wins */
     RESYNC_OWN_PARTIAL, /* this host's disks are a copy cut short: never a source */
     RESYNC_PEER_NEWER,  /* the peer's disks hold what this host's lack: start it there */
+    RESYNC_COMPARE,     /* copied by the administrator: compare them, all if they differ */
 } ResyncPlan;
 
 /*
  * What a new secondary's disks need, from the generations and marks both
  * hosts hold (NULL: none).  A pair that never had one starts from the
- * disks the administrator copied.  Disks a copy to them was writing are
+ * disks the administrator copied, once compared with the primary's (and
+ * copied whole if they differ).  Disks a copy to them was writing are
  * never the source of one, nor are disks the peer's generation does not
  * know when the peer's does.  Of the same generation: nothing if neither
  * ran alone, the tracked blocks if this copy did (or the peer's was being

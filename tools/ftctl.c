@@ -8,9 +8,9 @@
 #include <gio/gio.h>
 #include <glib.h>
 #include <json-glib/json-glib.h>
-#include <libnbd.h>
 
 #include "control.h"
+#include "diskcompare.h"
 #include "status.h"
 
 enum {
@@ -648,164 +648,23 @@ static int cmd_takeover(char **args)
 
 /* ---- verify: the two copies of the guest's disks ------------------ */
 
-#define VERIFY_CHUNK (1u << 20)
-#define VERIFY_BLOCK 4096u
-/* A block that differs may have a guest write under way to one copy: read again. */
-#define VERIFY_RETRIES 5
-#define VERIFY_RETRY_MS 50
-/* One read from either copy; a secondary loading a checkpoint answers late, not this late. */
-#define VERIFY_READ_TIMEOUT_MS 30000
-/* Ranges listed per disk (differing_bytes counts them all). */
-#define VERIFY_RANGES_MAX 64
-
 typedef struct {
     const char *target;
-    struct nbd_handle *own;  /* the primary's copy */
-    struct nbd_handle *peer; /* the secondary's */
-    guint64 bytes;
-    guint64 done;
-    guint64 differing;
-    GArray *ranges; /* guint64 pairs: offset, length */
+    DiskCompare c;
 } VerifyDisk;
 
-static gboolean nbd_failed(GError **err, const char *what)
+static void verify_progress(const char *target, const DiskCompare *c, gpointer opaque)
 {
-    g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: %s", what, nbd_get_error());
-    return FALSE;
-}
-
-static struct nbd_handle *nbd_open(const char *uri, GError **err)
-{
-    struct nbd_handle *h = nbd_create();
-
-    if (!h) {
-        nbd_failed(err, uri);
-        return NULL;
-    }
-    if (nbd_connect_uri(h, uri) < 0) {
-        nbd_failed(err, uri);
-        nbd_close(h);
-        return NULL;
-    }
-    return h;
-}
-
-/* libnbd's own reads wait forever on a peer that vanished: a deadline of ftctl's. */
-static gboolean nbd_read(struct nbd_handle *h, const char *who, void *buf, gsize len,
-                         guint64 offset, GError **err)
-{
-    gint64 deadline = g_get_monotonic_time() + VERIFY_READ_TIMEOUT_MS * 1000;
-    int64_t cookie = nbd_aio_pread(h, buf, len, offset, NBD_NULL_COMPLETION, 0);
-    int done;
-
-    if (cookie < 0)
-        return nbd_failed(err, who);
-    while ((done = nbd_aio_command_completed(h, cookie)) == 0) {
-        gint64 left = (deadline - g_get_monotonic_time()) / 1000;
-
-        if (left <= 0) {
-            g_set_error(err, G_IO_ERROR, G_IO_ERROR_TIMED_OUT,
-                        "%s: no answer to a read within %d ms", who, VERIFY_READ_TIMEOUT_MS);
-            return FALSE;
-        }
-        if (nbd_poll(h, (int)MIN(left, 1000)) < 0)
-            return nbd_failed(err, who);
-    }
-    return done > 0 || nbd_failed(err, who);
-}
-
-static gboolean read_both(VerifyDisk *v, guint8 *a, guint8 *b, gsize len, guint64 offset,
-                          GError **err)
-{
-    return nbd_read(v->own, "the primary's copy", a, len, offset, err) &&
-           nbd_read(v->peer, "the secondary's copy", b, len, offset, err);
-}
-
-static void add_range(VerifyDisk *v, guint64 offset, guint64 len)
-{
-    guint n = v->ranges->len;
-    guint64 *last = n ? &g_array_index(v->ranges, guint64, n - 1) : NULL;
-
-    v->differing += len;
-    if (last && last[-1] + last[0] == offset) {
-        last[0] += len;
-        return;
-    }
-    g_array_append_val(v->ranges, offset);
-    g_array_append_val(v->ranges, len);
-}
-
-/* The block differed: does it still, read again a few times? */
-static gboolean block_differs(VerifyDisk *v, guint64 offset, gsize len, gboolean *differs,
-                              GError **err)
-{
-    g_autofree guint8 *a = g_malloc(len);
-    g_autofree guint8 *b = g_malloc(len);
-
-    for (int i = 0; i < VERIFY_RETRIES; i++) {
-        g_usleep(VERIFY_RETRY_MS * 1000);
-        if (!read_both(v, a, b, len, offset, err))
-            return FALSE;
-        if (memcmp(a, b, len) == 0) {
-            *differs = FALSE;
-            return TRUE;
-        }
-    }
-    *differs = TRUE;
-    return TRUE;
-}
-
-static void verify_progress(const VerifyDisk *v)
-{
-    g_autofree char *done = format_bytes((double)v->done);
-    g_autofree char *all = format_bytes((double)v->bytes);
-    g_autofree char *diff = format_bytes((double)v->differing);
+    g_autofree char *done = format_bytes((double)c->done);
+    g_autofree char *all = format_bytes((double)c->bytes);
+    g_autofree char *diff = format_bytes((double)c->differing);
     g_autofree char *line = g_strdup_printf(
-        "verify %s: %s of %s (%.0f%%), %s differ", v->target, done, all,
-        v->bytes ? 100.0 * (double)v->done / (double)v->bytes : 100.0,
-        v->differing ? diff : "none");
+        "verify %s: %s of %s (%.0f%%), %s differ", target, done, all,
+        c->bytes ? 100.0 * (double)c->done / (double)c->bytes : 100.0,
+        c->differing ? diff : "none");
 
+    (void)opaque;
     progress_show(line);
-}
-
-static gboolean verify_disk(VerifyDisk *v, GError **err)
-{
-    g_autofree guint8 *a = g_malloc(VERIFY_CHUNK);
-    g_autofree guint8 *b = g_malloc(VERIFY_CHUNK);
-    int64_t own_size = nbd_get_size(v->own), peer_size = nbd_get_size(v->peer);
-    gint64 shown = 0;
-
-    if (own_size < 0 || peer_size < 0)
-        return nbd_failed(err, v->target);
-    if ((guint64)own_size != v->bytes || (guint64)peer_size != v->bytes) {
-        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: the copies' sizes differ "
-                    "(primary %" G_GINT64_FORMAT ", secondary %" G_GINT64_FORMAT " bytes)",
-                    v->target, own_size, peer_size);
-        return FALSE;
-    }
-    for (v->done = 0; v->done < v->bytes;) {
-        gsize len = (gsize)MIN((guint64)VERIFY_CHUNK, v->bytes - v->done);
-
-        if (!read_both(v, a, b, len, v->done, err))
-            return FALSE;
-        for (gsize at = 0; memcmp(a, b, len) != 0 && at < len; at += VERIFY_BLOCK) {
-            gsize n = MIN(VERIFY_BLOCK, len - at);
-            gboolean differs = FALSE;
-
-            if (memcmp(a + at, b + at, n) == 0)
-                continue;
-            if (!block_differs(v, v->done + at, n, &differs, err))
-                return FALSE;
-            if (differs)
-                add_range(v, v->done + at, n);
-        }
-        v->done += len;
-        if (g_get_monotonic_time() - shown > G_USEC_PER_SEC || v->done == v->bytes) {
-            verify_progress(v);
-            shown = g_get_monotonic_time();
-        }
-    }
-    return TRUE;
 }
 
 static void add_disk_result(JsonBuilder *b, const VerifyDisk *v)
@@ -813,38 +672,30 @@ static void add_disk_result(JsonBuilder *b, const VerifyDisk *v)
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "target");
     json_builder_add_string_value(b, v->target);
-    json_builder_set_member_name(b, "bytes");
-    json_builder_add_int_value(b, (gint64)v->bytes);
-    json_builder_set_member_name(b, "differing_bytes");
-    json_builder_add_int_value(b, (gint64)v->differing);
-    json_builder_set_member_name(b, "ranges");
-    json_builder_begin_array(b);
-    for (guint i = 0; i + 1 < v->ranges->len && i < 2 * VERIFY_RANGES_MAX; i += 2) {
-        json_builder_begin_array(b);
-        json_builder_add_int_value(b, (gint64)g_array_index(v->ranges, guint64, i));
-        json_builder_add_int_value(b, (gint64)g_array_index(v->ranges, guint64, i + 1));
-        json_builder_end_array(b);
-    }
-    json_builder_end_array(b);
+    disk_compare_add_json(b, &v->c);
     json_builder_end_object(b);
 }
 
 static void say_disk_result(const VerifyDisk *v)
 {
-    g_autofree char *size = format_bytes((double)v->bytes);
-    g_autofree char *diff = format_bytes((double)v->differing);
+    const DiskCompare *c = &v->c;
+    g_autofree char *size = format_bytes((double)c->bytes);
+    g_autofree char *diff = format_bytes((double)c->differing);
     g_autoptr(GString) where = g_string_new(NULL);
+    guint64 listed = 0;
 
-    if (!v->differing) {
+    if (!c->differing) {
         say("%s: %s compared: identical", v->target, size);
         return;
     }
-    for (guint i = 0; i + 1 < v->ranges->len && i < 2 * VERIFY_RANGES_MAX; i += 2)
+    for (guint i = 0; i + 1 < c->ranges->len; i += 2) {
         g_string_append_printf(where, " %" G_GUINT64_FORMAT "+%" G_GUINT64_FORMAT,
-                               g_array_index(v->ranges, guint64, i),
-                               g_array_index(v->ranges, guint64, i + 1));
+                               g_array_index(c->ranges, guint64, i),
+                               g_array_index(c->ranges, guint64, i + 1));
+        listed += g_array_index(c->ranges, guint64, i + 1);
+    }
     say("%s: %s compared: %s DIFFER, at (offset+bytes)%s%s", v->target, size, diff, where->str,
-        v->ranges->len > 2 * VERIFY_RANGES_MAX ? " ..." : "");
+        listed < c->differing ? " ..." : "");
 }
 
 /* Tells kvm-ftd the verify is over: its findings, or why there are none. */
@@ -887,17 +738,15 @@ static int cmd_verify(char **args)
         double bytes = 0;
 
         v[i].target = member_str(d, "target");
-        v[i].ranges = g_array_new(FALSE, FALSE, sizeof(guint64));
         member_num(d, "bytes", &bytes);
-        v[i].bytes = (guint64)bytes;
         if (!v[i].target || !member_str(d, "primary") || !member_str(d, "secondary")) {
             g_set_error(&e, CONTROL_ERROR, CONTROL_ERROR_PROTOCOL, "verify-begin: a disk "
                         "without target or addresses");
             ok = FALSE;
             break;
         }
-        ok = (v[i].own = nbd_open(member_str(d, "primary"), &e)) &&
-             (v[i].peer = nbd_open(member_str(d, "secondary"), &e)) && verify_disk(&v[i], &e);
+        ok = disk_compare(v[i].target, member_str(d, "primary"), member_str(d, "secondary"),
+                          (guint64)bytes, verify_progress, NULL, &v[i].c, &e);
     }
     if (ok) {
         json_builder_begin_object(b);
@@ -912,13 +761,8 @@ static int cmd_verify(char **args)
     for (guint i = 0; i < n; i++) {
         if (ok)
             say_disk_result(&v[i]);
-        differ |= v[i].differing > 0;
-        if (v[i].own)
-            nbd_close(v[i].own);
-        if (v[i].peer)
-            nbd_close(v[i].peer);
-        if (v[i].ranges)
-            g_array_unref(v[i].ranges);
+        differ |= v[i].c.differing > 0;
+        disk_compare_clear(&v[i].c);
     }
     if (!verify_end(args[0], result, ok ? NULL : e->message, &end_err))
         msg("kvm-ftd did not take the verify's end: %s", end_err->message);

@@ -15,10 +15,10 @@
 #define RECEIVING GENERATION_RECEIVING
 #define PRIMARY GENERATION_PRIMARY
 
-START_TEST(fresh_pair_copies_nothing)
+START_TEST(fresh_pair_compares_the_copies_first)
 {
-    /* The administrator copied the disks before the first protection. */
-    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, NULL, IN_SYNC, FALSE), RESYNC_NONE);
+    /* The administrator copied the disks before the first protection: trusted once compared. */
+    ck_assert_int_eq(resync_plan(NULL, IN_SYNC, NULL, IN_SYNC, FALSE), RESYNC_COMPARE);
 }
 END_TEST
 
@@ -219,7 +219,7 @@ static Suite *resync_suite(void)
     TCase *plan = tcase_create("plan");
     TCase *gen = tcase_create("generation");
 
-    tcase_add_test(plan, fresh_pair_copies_nothing);
+    tcase_add_test(plan, fresh_pair_compares_the_copies_first);
     tcase_add_test(plan, same_generation_in_sync_copies_nothing);
     tcase_add_test(plan, same_generation_after_running_alone_copies_the_changes);
     tcase_add_test(plan, copy_cut_short_on_the_peer_is_finished_incrementally);
