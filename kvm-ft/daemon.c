@@ -824,6 +824,11 @@ static JsonNode *on_control(const char *command, JsonObject *request,
                    ? guest_status(g)
                    : NULL;
     }
+    if (strcmp(command, "verify-repair") == 0) {
+        FtGuest *g = find_guest(d, request, err);
+
+        return g && guest_verify_repair(g, err) ? guest_status(g) : NULL;
+    }
     if (strcmp(command, "checkpoints") == 0) {
         FtGuest *g = find_guest(d, request, err);
 

@@ -59,6 +59,7 @@ struct FtGuest {
     gint64 rejoin_after_us;
     /* Primary: the disk copy this protection needs, and how it goes. */
     ResyncPlan resync_plan;   /* none, incremental or full */
+    ResyncSince resync_since; /* what an incremental copy moves */
     gboolean resync_running;
     ResyncProgress resync;
     guint64 disk_bytes;
@@ -134,6 +135,14 @@ struct FtGuest {
     guint64 claim_seq;
     guint64 nbd_probe_seq; /* the probe of the peer's NBD server that counts */
     guint64 compare_seq;   /* the comparison of administrator-copied disks that counts */
+    /*
+     * The outage bitmap began at this split (resync.h); and whether a guest
+     * write failed on the secondary's copy while protected (QUORUM_REPORT_BAD):
+     * then it may be on this copy alone from before the split.
+     */
+    gboolean outage_tracked;
+    gboolean replica_write_failed;
+    gboolean full_copy_asked; /* ftctl verify --repair: the next copy is a whole one */
     guint claim_retry_id;
     char *claim_trouble;
     double claim_ms;        /* the last won claim; -1: none (no witness, or forced) */
@@ -641,6 +650,17 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
             g_strcmp0(json_object_get_string_member_with_default(data, "status", ""),
                       "pre-switchover") == 0 && !g->switchover_idle_id)
             g->switchover_idle_id = g_idle_add(on_pre_switchover, g);
+    } else if (strcmp(event, "QUORUM_REPORT_BAD") == 0) {
+        /* Only the secondary's copy can fail a write: the local one would fail the guest's. */
+        if (g->role == FT_ROLE_PRIMARY && data && !g->replica_write_failed &&
+            g_strcmp0(json_object_get_string_member_with_default(data, "type", ""),
+                      "write") == 0) {
+            g->replica_write_failed = TRUE;
+            log_warn(g->def->name, role_name(g), "a guest write did not reach %s's copy "
+                     "(%s): the next copy to it moves everything written since the pair "
+                     "was in sync", peer_host(g)->name,
+                     json_object_get_string_member_with_default(data, "error", "no reason"));
+        }
     } else if (strcmp(event, "SHUTDOWN") == 0) {
         note_shutdown(g, data);
     } else if (strcmp(event, "RESET") == 0 && g->shutdown_cause) {
@@ -801,6 +821,12 @@ static void add_copy_kind(FtGuest *g, JsonBuilder *b)
 {
     json_builder_set_member_name(b, "mode");
     json_builder_add_string_value(b, g->resync_plan == RESYNC_INCREMENTAL ? "incremental" : "full");
+    json_builder_set_member_name(b, "since");
+    if (g->resync_plan == RESYNC_INCREMENTAL)
+        json_builder_add_string_value(b, g->resync_since == RESYNC_SINCE_SPLIT ? "split"
+                                                                               : "sync");
+    else
+        json_builder_add_null_value(b);
     json_builder_set_member_name(b, "disk_bytes");
     json_builder_add_int_value(b, (gint64)g->disk_bytes);
 }
@@ -1014,6 +1040,11 @@ static void enter_protected(FtGuest *g, const char *reason, gboolean new_epoch)
     if (!resync_track_writes(g->qmp, &link, new_epoch, &err)) {
         log_warn(g->def->name, role_name(g), "%s", err->message);
         g_clear_error(&err);
+    }
+    g->outage_tracked = FALSE;
+    if (new_epoch) {
+        g->replica_write_failed = FALSE;
+        g->full_copy_asked = FALSE;
     }
     /* Before this primary's next write can reach its own disks and not the other's. */
     if ((new_epoch || g->role == FT_ROLE_PRIMARY) && g->generation &&
@@ -1303,15 +1334,28 @@ static void start_copy(FtGuest *g)
     EngineLink link = engine_link(g);
     gboolean tracking = FALSE;
 
-    /* Only the blocks written since the split, if this QEMU knows them all. */
-    if (g->resync_plan == RESYNC_INCREMENTAL &&
-        (!resync_is_tracking(g->qmp, &link, &tracking, &err) || !tracking)) {
+    /*
+     * Only the blocks written since the split, if this QEMU knows them all
+     * and no write can have reached this copy alone before it; else since
+     * the pair was in sync; else everything.
+     */
+    g->resync_since = g->outage_tracked && !g->replica_write_failed ? RESYNC_SINCE_SPLIT
+                                                                    : RESYNC_SINCE_SYNC;
+    if (g->resync_plan == RESYNC_INCREMENTAL && g->resync_since == RESYNC_SINCE_SPLIT &&
+        (!resync_is_tracking(g->qmp, &link, RESYNC_SINCE_SPLIT, &tracking, &err) ||
+         !tracking)) {
+        g_clear_error(&err);
+        g->resync_since = RESYNC_SINCE_SYNC;
+    }
+    if (g->resync_plan == RESYNC_INCREMENTAL && g->resync_since == RESYNC_SINCE_SYNC &&
+        (!resync_is_tracking(g->qmp, &link, RESYNC_SINCE_SYNC, &tracking, &err) ||
+         !tracking)) {
         log_warn(g->def->name, role_name(g), "writes since the split are not known%s%s: "
                  "copying the whole disk", err ? ": " : "", err ? err->message : "");
         g_clear_error(&err);
         g->resync_plan = RESYNC_FULL;
     }
-    if (!resync_start(g->qmp, &link, g->resync_plan == RESYNC_INCREMENTAL,
+    if (!resync_start(g->qmp, &link, g->resync_plan == RESYNC_INCREMENTAL, g->resync_since,
                       daemon_config(g->d)->resync_rate_bytes, &err)) {
         fail(g, "cannot start the disk copy to %s: %s", peer_host(g)->name, err->message);
         return;
@@ -1325,8 +1369,10 @@ static void start_copy(FtGuest *g)
     g->resync_started_us = g_get_real_time();
     g->resync_ended_us = 0;
     why = g_strdup_printf("copying %s to %s (%s)",
-                          g->resync_plan == RESYNC_INCREMENTAL ? "the blocks written since the split"
-                                                : "the whole disk",
+                          g->resync_plan != RESYNC_INCREMENTAL ? "the whole disk"
+                          : g->resync_since == RESYNC_SINCE_SPLIT
+                              ? "the blocks written since the split"
+                              : "the blocks written since the pair was last in sync",
                           peer_host(g)->name,
                           g->resync_plan == RESYNC_INCREMENTAL ? "incremental" : "full");
     if (!transition(g, GUEST_RESYNCING, why))
@@ -1600,6 +1646,13 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
     g_autofree char *refusal = NULL;
 
     g->resync_plan = resync_plan(own, mark, peer_generation, peer_mark, peer_blank);
+    if (g->full_copy_asked &&
+        (g->resync_plan == RESYNC_INCREMENTAL || g->resync_plan == RESYNC_NONE ||
+         g->resync_plan == RESYNC_COMPARE)) {
+        log_info(g->def->name, role_name(g), "copying the whole disk, as ftctl verify "
+                 "--repair asked");
+        g->resync_plan = RESYNC_FULL;
+    }
     switch (g->resync_plan) {
     case RESYNC_OWN_PARTIAL:
         refusal = g_strdup_printf("the disks of '%s' on %s are a copy from %s that was cut "
@@ -2006,6 +2059,14 @@ static void run_alone(FtGuest *g)
 
     /* Recorded before this copy can run alone: a crash in between must not hide it. */
     mark_diverged(g);
+    /* Before the takeover's commit of the secondary's own blocks, which it must count. */
+    g->outage_tracked = resync_outage_begin(g->qmp, &link, &err);
+    if (!g->outage_tracked) {
+        log_warn(g->def->name, role_name(g), "the writes of this outage are not tracked on "
+                 "their own (%s): the next copy moves all since the pair was in sync",
+                 err->message);
+        g_clear_error(&err);
+    }
     if (!(dropping ? engine_primary_drop_secondary : engine_secondary_takeover)(g->qmp, &link,
                                                                                &err)) {
         fail(g, "%s failed: %s", guest_state_name(during), err->message);
@@ -2987,5 +3048,33 @@ gboolean guest_verify_end(FtGuest *g, JsonNode *result, const char *abandoned, G
     json_builder_set_member_name(b, "verify");
     json_builder_add_value(b, json_node_copy(found));
     broadcast_event(g, b);
+    return TRUE;
+}
+
+gboolean guest_verify_repair(FtGuest *g, GError **err)
+{
+    JsonObject *found = g->last_verify ? json_node_get_object(g->last_verify) : NULL;
+    gint64 differing = found ? json_object_get_int_member_with_default(found, "differing_bytes",
+                                                                          0)
+                             : 0;
+    g_autofree char *why = NULL;
+
+    if (!verify_allowed(g, err))
+        return FALSE;
+    if (differing <= 0) {
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "the last verify of '%s' found no "
+                    "difference: nothing to repair", g->def->name);
+        return FALSE;
+    }
+    /*
+     * Single blocks cannot be copied without racing the guest's own writes
+     * (QMP cannot mark them in a bitmap for a backup job): the secondary goes,
+     * and the next protection copies the whole disk under the mirror, as for
+     * a blank host.
+     */
+    why = g_strdup_printf("ftctl verify --repair: the copies differ in %" G_GINT64_FORMAT
+                          " bytes; the secondary's disks are copied whole again", differing);
+    g->full_copy_asked = TRUE;
+    drop_secondary(g, why);
     return TRUE;
 }

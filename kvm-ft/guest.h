@@ -96,6 +96,8 @@ gboolean guest_hand_over(FtGuest *g, GError **err);
 JsonNode *guest_verify_begin(FtGuest *g, GError **err);
 gboolean guest_verify_end(FtGuest *g, JsonNode *result, const char *abandoned,
                           GError **err);
+/* After a verify that found differences: drop the secondary; re-protect with a whole copy. */
+gboolean guest_verify_repair(FtGuest *g, GError **err);
 /*
  * An operator's word instead of the witness's: a failover held because the
  * witness did not decide runs this copy alone now (`ftctl takeover --force`).

@@ -13,6 +13,8 @@
 #include "timeouts.h"
 
 #define TRACKING_BITMAP "kvmft-dirty"
+/* Made at protection, disabled; enabled when the pair splits (resync_outage_begin). */
+#define OUTAGE_BITMAP "kvmft-outage"
 
 static char *mirror_job(guint i)
 {
@@ -44,9 +46,73 @@ static gboolean is_qcow2(const EngineLink *link, guint i)
     return g_strcmp0(disk->format, "qcow2") == 0;
 }
 
+/* A fresh, empty, disabled outage bitmap on every disk. */
+static gboolean prepare_outage(Qmp *q, const EngineLink *link, GError **err)
+{
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *node = domxml_data_node(i);
+
+        /* Whatever an earlier split left belongs to another epoch (none: no error). */
+        call_ok(qmp_callf(q, link->timeout_ms, NULL,
+                          "{'execute': 'block-dirty-bitmap-remove', 'arguments': "
+                          "{'node': %s, 'name': %s}}", node, OUTAGE_BITMAP));
+        if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+                               is_qcow2(link, i)
+                                   ? "{'execute': 'block-dirty-bitmap-add', 'arguments': "
+                                     "{'node': %s, 'name': %s, 'persistent': true, "
+                                     "'disabled': true}}"
+                                   : "{'execute': 'block-dirty-bitmap-add', 'arguments': "
+                                     "{'node': %s, 'name': %s, 'disabled': true}}",
+                               node, OUTAGE_BITMAP))) {
+            g_prefix_error(err, "preparing the outage tracking of %s: ", node);
+            return FALSE;
+        }
+    }
+    return TRUE;
+}
+
+gboolean resync_outage_begin(Qmp *q, const EngineLink *link, GError **err)
+{
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(JsonNode) cmd = NULL;
+    g_autofree char *text = NULL;
+
+    /* One transaction: one QMP round trip on the failover's path, whatever the disks. */
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "execute");
+    json_builder_add_string_value(b, "transaction");
+    json_builder_set_member_name(b, "arguments");
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "actions");
+    json_builder_begin_array(b);
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *node = domxml_data_node(i);
+
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "type");
+        json_builder_add_string_value(b, "block-dirty-bitmap-enable");
+        json_builder_set_member_name(b, "data");
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "node");
+        json_builder_add_string_value(b, node);
+        json_builder_set_member_name(b, "name");
+        json_builder_add_string_value(b, OUTAGE_BITMAP);
+        json_builder_end_object(b);
+        json_builder_end_object(b);
+    }
+    json_builder_end_array(b);
+    json_builder_end_object(b);
+    json_builder_end_object(b);
+    cmd = json_builder_get_root(b);
+    text = json_to_string(cmd, FALSE);
+    return call_ok(qmp_call_json(q, text, link->timeout_ms, err));
+}
+
 gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
                              GError **err)
 {
+    if (new_epoch && !prepare_outage(q, link, err))
+        return FALSE;
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *node = domxml_data_node(i);
         g_autoptr(GError) e = NULL;
@@ -137,8 +203,13 @@ static gboolean has_bitmap(JsonObject *node, const char *name)
     return map && !json_object_get_boolean_member_with_default(map, "inconsistent", FALSE);
 }
 
-gboolean resync_is_tracking(Qmp *q, const EngineLink *link, gboolean *tracking,
-                            GError **err)
+static const char *bitmap_name(ResyncSince since)
+{
+    return since == RESYNC_SINCE_SPLIT ? OUTAGE_BITMAP : TRACKING_BITMAP;
+}
+
+gboolean resync_is_tracking(Qmp *q, const EngineLink *link, ResyncSince since,
+                            gboolean *tracking, GError **err)
 {
     g_autoptr(JsonNode) holder = NULL;
     JsonArray *nodes = named_nodes(q, link, &holder, err);
@@ -150,7 +221,7 @@ gboolean resync_is_tracking(Qmp *q, const EngineLink *link, gboolean *tracking,
         g_autofree char *name = domxml_data_node(i);
         JsonObject *node = find_node(nodes, name);
 
-        if (!node || !has_bitmap(node, TRACKING_BITMAP))
+        if (!node || !has_bitmap(node, bitmap_name(since)))
             *tracking = FALSE;
     }
     return TRUE;
@@ -171,7 +242,7 @@ static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *
 }
 
 static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean incremental,
-                           guint64 rate_bytes, GError **err)
+                           ResyncSince since, guint64 rate_bytes, GError **err)
 {
     g_autofree char *mirror = mirror_job(i);
     g_autofree char *copy = copy_job(i);
@@ -195,7 +266,7 @@ static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean inc
                                  "'device': %s, 'target': %s, 'sync': 'bitmap', "
                                  "'bitmap': %s, 'bitmap-mode': 'never', "
                                  "'speed': %" G_GUINT64_FORMAT ", 'auto-dismiss': false}}",
-                                 copy, data, copy_to, TRACKING_BITMAP, rate_bytes));
+                                 copy, data, copy_to, bitmap_name(since), rate_bytes));
     return call_ok(qmp_callf(q, link->timeout_ms, err,
                              "{'execute': 'blockdev-backup', 'arguments': {'job-id': %s, "
                              "'device': %s, 'target': %s, 'sync': 'full', "
@@ -243,7 +314,7 @@ static gboolean leftovers(Qmp *q, const EngineLink *link)
 }
 
 gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
-                      guint64 rate_bytes, GError **err)
+                      ResyncSince since, guint64 rate_bytes, GError **err)
 {
     /*
      * A copy given up while its target was dying may have left its jobs and
@@ -253,7 +324,7 @@ gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
     if (leftovers(q, link))
         resync_abort(q, link);
     for (guint i = 0; i < link->def->disks->len; i++) {
-        if (!start_disk(q, link, i, incremental, rate_bytes, err)) {
+        if (!start_disk(q, link, i, incremental, since, rate_bytes, err)) {
             g_prefix_error(err, "disk %u: ", i);
             return FALSE;
         }

@@ -6,7 +6,10 @@
  * in sync.  After a split, the survivor's bitmap covers everything the
  * other copy may lack or have extra; a returning host whose disks belong
  * to the same generation of the pair gets only those blocks, anything
- * else gets a full copy.
+ * else gets a full copy.  A second bitmap, made disabled at protection,
+ * starts at the split (resync_outage_begin): when nothing says a write
+ * may have reached only one copy before it (ResyncSince), the copy moves
+ * only what was written since the split, not since protection.
  *
  * The copy runs with the guest live: a mirror job in write-blocking mode
  * carries every new guest write to the peer synchronously, and a backup
@@ -39,9 +42,22 @@ typedef struct {
 gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
                              GError **err);
 
-/* Whether every disk still has its write tracking (a restarted QEMU may not). */
-gboolean resync_is_tracking(Qmp *q, const EngineLink *link, gboolean *tracking,
-                            GError **err);
+/* Which writes an incremental copy carries. */
+typedef enum {
+    RESYNC_SINCE_SYNC,  /* all since the pair was last in sync */
+    RESYNC_SINCE_SPLIT, /* those since this copy began to run alone */
+} ResyncSince;
+
+/*
+ * The pair splits and this copy is about to run alone: the outage bitmap
+ * starts counting (one QMP call).  Before the secondary's takeover, so that
+ * the replication's commit of the secondary's own blocks counts too.
+ */
+gboolean resync_outage_begin(Qmp *q, const EngineLink *link, GError **err);
+
+/* Whether every disk still has that write tracking (a restarted QEMU may not). */
+gboolean resync_is_tracking(Qmp *q, const EngineLink *link, ResyncSince since,
+                            gboolean *tracking, GError **err);
 
 /*
  * Starts copying to the secondary's NBD export (engine_secondary_setup):
@@ -49,7 +65,7 @@ gboolean resync_is_tracking(Qmp *q, const EngineLink *link, gboolean *tracking,
  * background copy (0: no cap); the guest's own writes are never held back.
  */
 gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
-                      guint64 rate_bytes, GError **err);
+                      ResyncSince since, guint64 rate_bytes, GError **err);
 
 /* How far the background copy is; FALSE with err if it failed. */
 gboolean resync_poll(Qmp *q, const EngineLink *link, ResyncProgress *progress,

@@ -348,6 +348,7 @@ static gboolean opt_json;
 static gboolean opt_no_wait;
 static gboolean opt_started;
 static gboolean opt_force;
+static gboolean opt_repair;
 static gint opt_wait_s;           /* --timeout-s; its default is the command's */
 
 static int cmd_list(char **args)
@@ -712,65 +713,6 @@ static gboolean verify_end(const char *guest, JsonNode *result, const char *erro
     return status != NULL;
 }
 
-static int cmd_verify(char **args)
-{
-    g_autoptr(GError) e = NULL;
-    g_autoptr(GError) end_err = NULL;
-    g_autoptr(JsonNode) exports = request("verify-begin", args[0], &e);
-    g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonNode) result = NULL;
-    JsonNode *dn = exports && JSON_NODE_HOLDS_OBJECT(exports)
-                       ? json_object_get_member(json_node_get_object(exports), "disks")
-                       : NULL;
-    JsonArray *disks = dn && JSON_NODE_HOLDS_ARRAY(dn) ? json_node_get_array(dn) : NULL;
-    guint n = disks ? json_array_get_length(disks) : 0;
-    g_autofree VerifyDisk *v = g_new0(VerifyDisk, MAX(n, 1));
-    gboolean ok = TRUE, differ = FALSE;
-
-    if (!exports)
-        return fail(e);
-    if (!disks) {
-        g_set_error(&e, CONTROL_ERROR, CONTROL_ERROR_PROTOCOL, "verify-begin: no disks");
-        ok = FALSE;
-    }
-    for (guint i = 0; ok && i < n; i++) {
-        JsonObject *d = json_array_get_object_element(disks, i);
-        double bytes = 0;
-
-        v[i].target = member_str(d, "target");
-        member_num(d, "bytes", &bytes);
-        if (!v[i].target || !member_str(d, "primary") || !member_str(d, "secondary")) {
-            g_set_error(&e, CONTROL_ERROR, CONTROL_ERROR_PROTOCOL, "verify-begin: a disk "
-                        "without target or addresses");
-            ok = FALSE;
-            break;
-        }
-        ok = disk_compare(v[i].target, member_str(d, "primary"), member_str(d, "secondary"),
-                          (guint64)bytes, verify_progress, NULL, &v[i].c, &e);
-    }
-    if (ok) {
-        json_builder_begin_object(b);
-        json_builder_set_member_name(b, "disks");
-        json_builder_begin_array(b);
-        for (guint i = 0; i < n; i++)
-            add_disk_result(b, &v[i]);
-        json_builder_end_array(b);
-        json_builder_end_object(b);
-        result = json_builder_get_root(b);
-    }
-    for (guint i = 0; i < n; i++) {
-        if (ok)
-            say_disk_result(&v[i]);
-        differ |= v[i].c.differing > 0;
-        disk_compare_clear(&v[i].c);
-    }
-    if (!verify_end(args[0], result, ok ? NULL : e->message, &end_err))
-        msg("kvm-ftd did not take the verify's end: %s", end_err->message);
-    if (!ok)
-        return fail(e);
-    return differ ? EXIT_FAILED : EXIT_OK;
-}
-
 /* ---- waiting for a guest's state ---------------------------------- */
 
 /*
@@ -1005,6 +947,92 @@ static gint64 wait_deadline(void)
 
 /* ---- commands that wait ------------------------------------------- */
 
+/* One pass over the disks: EXIT_OK with *differ set, or the failure's exit code. */
+static int verify_once(const char *guest, gboolean *differ)
+{
+    g_autoptr(GError) e = NULL;
+    g_autoptr(GError) end_err = NULL;
+    g_autoptr(JsonNode) exports = request("verify-begin", guest, &e);
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(JsonNode) result = NULL;
+    JsonNode *dn = exports && JSON_NODE_HOLDS_OBJECT(exports)
+                       ? json_object_get_member(json_node_get_object(exports), "disks")
+                       : NULL;
+    JsonArray *disks = dn && JSON_NODE_HOLDS_ARRAY(dn) ? json_node_get_array(dn) : NULL;
+    guint n = disks ? json_array_get_length(disks) : 0;
+    g_autofree VerifyDisk *v = g_new0(VerifyDisk, MAX(n, 1));
+    gboolean ok = TRUE;
+
+    *differ = FALSE;
+    if (!exports)
+        return fail(e);
+    if (!disks) {
+        g_set_error(&e, CONTROL_ERROR, CONTROL_ERROR_PROTOCOL, "verify-begin: no disks");
+        ok = FALSE;
+    }
+    for (guint i = 0; ok && i < n; i++) {
+        JsonObject *d = json_array_get_object_element(disks, i);
+        double bytes = 0;
+
+        v[i].target = member_str(d, "target");
+        member_num(d, "bytes", &bytes);
+        if (!v[i].target || !member_str(d, "primary") || !member_str(d, "secondary")) {
+            g_set_error(&e, CONTROL_ERROR, CONTROL_ERROR_PROTOCOL, "verify-begin: a disk "
+                        "without target or addresses");
+            ok = FALSE;
+            break;
+        }
+        ok = disk_compare(v[i].target, member_str(d, "primary"), member_str(d, "secondary"),
+                          (guint64)bytes, verify_progress, NULL, &v[i].c, &e);
+    }
+    if (ok) {
+        json_builder_begin_object(b);
+        json_builder_set_member_name(b, "disks");
+        json_builder_begin_array(b);
+        for (guint i = 0; i < n; i++)
+            add_disk_result(b, &v[i]);
+        json_builder_end_array(b);
+        json_builder_end_object(b);
+        result = json_builder_get_root(b);
+    }
+    for (guint i = 0; i < n; i++) {
+        if (ok)
+            say_disk_result(&v[i]);
+        *differ |= v[i].c.differing > 0;
+        disk_compare_clear(&v[i].c);
+    }
+    if (!verify_end(guest, result, ok ? NULL : e->message, &end_err))
+        msg("kvm-ftd did not take the verify's end: %s", end_err->message);
+    return ok ? EXIT_OK : fail(e);
+}
+
+static int cmd_verify(char **args)
+{
+    const char *guest = args[0];
+    gint64 deadline = wait_deadline();
+    g_autoptr(GError) e = NULL;
+    g_autoptr(JsonNode) dropped = NULL;
+    gboolean differ = FALSE;
+    int rc = verify_once(guest, &differ);
+
+    if (rc != EXIT_OK || !differ)
+        return rc;
+    if (!opt_repair)
+        return EXIT_FAILED;
+    dropped = request("verify-repair", guest, &e);
+    if (!dropped)
+        return fail(e);
+    say("%s: repairing: the secondary is dropped and its disks copied whole again", guest);
+    rc = wait_for(guest, &goal_protected_primary, deadline);
+    if (rc != EXIT_OK)
+        return rc;
+    rc = verify_once(guest, &differ);
+    if (rc == EXIT_OK && differ)
+        msg("%s: the copies still differ after the repair", guest);
+    return rc == EXIT_OK && differ ? EXIT_FAILED : rc;
+}
+
+
 static int cmd_protect(char **args)
 {
     const char *guest = args[0];
@@ -1158,6 +1186,16 @@ static const GOptionEntry protect_entries[] = {
 };
 
 /* failover, migrate */
+static const GOptionEntry verify_entries[] = {
+    { "repair", 0, 0, G_OPTION_ARG_NONE, &opt_repair,
+      "If the copies differ: copy the primary's disks whole to the secondary, then "
+      "compare again", NULL },
+    { "timeout-s", 0, 0, G_OPTION_ARG_INT, &opt_wait_s,
+      "With --repair: give up waiting for the copy after N seconds, counted from the "
+      "start (default " G_STRINGIFY(DEFAULT_SWITCH_TIMEOUT_S) ")", "N" },
+    { NULL, 0, 0, 0, NULL, NULL, NULL },
+};
+
 static const GOptionEntry switch_entries[] = {
     { "timeout-s", 0, 0, G_OPTION_ARG_INT, &opt_wait_s,
       "Give up waiting after N seconds, counted from the start (default "
@@ -1217,7 +1255,7 @@ static const Command commands[] = {
       "running would each tell clients different things.  Exit 1 if no\n"
       "failover of GUEST waits here or --force is missing.",
       takeover_entries, 1, 1, cmd_takeover, 0 },
-    { "verify", "verify GUEST", "Compare the two copies of GUEST's disks",
+    { "verify", "verify GUEST [--repair]", "Compare the two copies of GUEST's disks",
       "Run on GUEST's protected primary: read both copies of each of its\n"
       "replicated disks while it runs (this host's, and the secondary's\n"
       "over the dedicated link, through NBD) and compare them block by\n"
@@ -1225,9 +1263,13 @@ static const Command commands[] = {
       "write may be under way to it.  Prints each disk's result and the\n"
       "differing ranges (offset+bytes), with progress while it reads;\n"
       "kvm-ftd logs it, sends a \"verify\" event and shows it in the status\n"
-      "(last_verify).  Exit 0 if the copies are identical, 1 if they differ\n"
-      "or the guest is not protected here (the message says where to run it).",
-      NULL, 1, 1, cmd_verify, 0 },
+      "(last_verify).  With --repair, copies that differ are made the same:\n"
+      "the secondary is dropped and re-protected with a whole copy of the\n"
+      "primary's disks (the guest runs unprotected meanwhile; progress is\n"
+      "shown), then compared again.  Exit 0 if the copies are identical (after\n"
+      "a repair: identical again), 1 if they differ, the repair fails, or the\n"
+      "guest is not protected here (the message says where to run it).",
+      verify_entries, 1, 1, cmd_verify, DEFAULT_SWITCH_TIMEOUT_S },
     { "events", "events", "Follow kvm-ftd's events",
       "Print kvm-ftd's events as JSON lines, one per line, until\n"
       "interrupted or the daemon goes away (exit 3).  On a terminal, a\n"

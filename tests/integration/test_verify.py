@@ -14,10 +14,12 @@ from hostA; a client talks to it from start to end.
   2. Refusals: on hostB (the secondary) it names hostA; an unknown guest.
   3. 4 KiB of hostB's vdb image are flipped underneath its QEMU: the verify
      finds exactly that range (exit 1), vda identical; `ftctl status` says
-     the copies differ, kvm-ftd's log says so once.
+     the copies differ, kvm-ftd's log says so once.  Until here: no failover,
+     the pair stays protected.
+  4. `ftctl verify --repair`: the secondary is dropped, re-protected with a
+     whole copy, and the copies compare identical again (exit 0).
 
-Throughout: no failover, the pair stays protected, the client's sequence is
-gapless on one connection.
+Throughout, the client's sequence is gapless on one connection.
 """
 import os
 import sys
@@ -119,12 +121,25 @@ def main():
             st = lab.status(host)
             assert st["state"] == "protected" and st["role"] == role, st
             assert st["last_failover"] is None, st
+        log("no failover until here: the pair protected, hostA primary")
+
+        # 4. repair
+        res = lab.ftctl("hostA", "verify", GUEST, "--repair", "--timeout-s", "300", check=False,
+                        timeout=600)
+        log("ftctl verify --repair: rc=%d\n%s%s" % (res.returncode, res.stdout, res.stderr))
+        assert res.returncode == 0, "repair: rc=%d %s" % (res.returncode, res.stdout + res.stderr)
+        st = lab.status("hostA")
+        assert st["last_verify"]["differing_bytes"] == 0, st["last_verify"]
+        assert st["last_resync"]["mode"] == "full", st["last_resync"]
+        assert "verify --repair" in st["last_failover"]["reason"], st["last_failover"]
+        assert lab.status("hostB")["state"] == "protected", lab.status("hostB")
+        log("4. repaired: %s, then identical" % st["last_resync"])
         summary = client.stop()
         client = None
         log("client: %s" % summary)
         assert summary["connection_broken"] is None, summary
         assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
-        log("PASS verify: identical under writes, refusals, a flipped block found")
+        log("PASS verify: identical under writes, refusals, a flipped block found and repaired")
     finally:
         if client:
             client.stop()
