@@ -43,6 +43,7 @@ static const struct {
     { "failover", "miss-count" },
     { "failover", "realtime-priority" },
     { "resync", "rate-mb-per-s" },
+    { "resync", "granularity-kib" },
     { "witness", "endpoints" },
     { "witness", "ca" },
     { "witness", "cert" },
@@ -668,6 +669,23 @@ static gboolean get_rate(GKeyFile *kf, const char *path, const char *group,
     return TRUE;
 }
 
+static gboolean get_granularity(GKeyFile *kf, const char *path, guint *out, GError **err)
+{
+    g_autofree char *v = NULL;
+    guint kib = CONFIG_DEFAULT_GRANULARITY_KIB;
+
+    if (!get_value(kf, path, "resync", "granularity-kib", &v, err))
+        return FALSE;
+    if (v && (!parse_uint(v, 4, 1024, &kib) || (kib & (kib - 1)) != 0)) {
+        g_autofree char *sv = show(v);
+
+        return bad_key(path, "resync", "granularity-kib", err, "'%s' must be a power of two "
+                       "from 4 to 1024 (KiB)", sv);
+    }
+    *out = kib * 1024;
+    return TRUE;
+}
+
 /*
  * [witness] endpoints: etcd client URLs, comma-separated
  * (http://10.0.0.3:2379, https://... with ca).  cert and key go together.
@@ -827,6 +845,7 @@ FtConfig *config_load(const char *path, GError **err)
                    CONFIG_DEFAULT_RT_PRIORITY, 0, 99, &c->rt_priority, err) ||
         !get_rate(kf, path, "resync", "rate-mb-per-s", CONFIG_DEFAULT_RESYNC_MIB_S,
                   CONFIG_MAX_RESYNC_MIB_S, &c->resync_rate_bytes, err) ||
+        !get_granularity(kf, path, &c->resync_granularity_bytes, err) ||
         !get_port(kf, path, "daemon", "listen-port", CONFIG_DEFAULT_LISTEN_PORT,
                   &c->listen_port, err) ||
         !get_path(kf, path, "daemon", "control-socket",

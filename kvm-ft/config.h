@@ -38,6 +38,11 @@
 /* [resync] rate-mb-per-s: cap of a disk copy to a new secondary, MiB/s, 0 = no cap */
 #define CONFIG_DEFAULT_RESYNC_MIB_S 100
 #define CONFIG_MAX_RESYNC_MIB_S 10000
+/*
+ * [resync] granularity-kib: the write-tracking bitmaps' block, a power of two
+ * from 4 to 1024 KiB; a copy moves whole blocks.  QEMU's own default.
+ */
+#define CONFIG_DEFAULT_GRANULARITY_KIB 64
 /* [witness] timeout-ms: how long a claim or probe waits for the witness (50..10000) */
 #define CONFIG_DEFAULT_WITNESS_MS 500
 
@@ -61,6 +66,7 @@ typedef struct {
     guint miss_count;       /* [failover] miss-count */
     guint rt_priority;      /* [failover] realtime-priority, 0 = normal scheduling */
     guint64 resync_rate_bytes; /* [resync] rate-mb-per-s in bytes/s, 0 = unlimited */
+    guint resync_granularity_bytes; /* [resync] granularity-kib in bytes */
     char **witness_endpoints;  /* [witness] endpoints: etcd client URLs; NULL = no witness */
     char *witness_ca;          /* [witness] ca: CA bundle for https endpoints */
     char *witness_cert;        /* [witness] cert + key: client certificate, or NULL */

@@ -1037,7 +1037,7 @@ static void enter_protected(FtGuest *g, const char *reason, gboolean new_epoch)
     }
     g->resync_running = FALSE;
     /* Without tracking, the next re-protection copies the whole disk: safe, slow. */
-    if (!resync_track_writes(g->qmp, &link, new_epoch, &err)) {
+    if (!resync_track_writes(g->qmp, &link, new_epoch, cfg->resync_granularity_bytes, &err)) {
         log_warn(g->def->name, role_name(g), "%s", err->message);
         g_clear_error(&err);
     }

@@ -47,7 +47,8 @@ static gboolean is_qcow2(const EngineLink *link, guint i)
 }
 
 /* A fresh, empty, disabled outage bitmap on every disk. */
-static gboolean prepare_outage(Qmp *q, const EngineLink *link, GError **err)
+static gboolean prepare_outage(Qmp *q, const EngineLink *link, guint granularity,
+                               GError **err)
 {
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *node = domxml_data_node(i);
@@ -59,11 +60,12 @@ static gboolean prepare_outage(Qmp *q, const EngineLink *link, GError **err)
         if (!call_ok(qmp_callf(q, link->timeout_ms, err,
                                is_qcow2(link, i)
                                    ? "{'execute': 'block-dirty-bitmap-add', 'arguments': "
-                                     "{'node': %s, 'name': %s, 'persistent': true, "
-                                     "'disabled': true}}"
+                                     "{'node': %s, 'name': %s, 'granularity': %u, "
+                                     "'persistent': true, 'disabled': true}}"
                                    : "{'execute': 'block-dirty-bitmap-add', 'arguments': "
-                                     "{'node': %s, 'name': %s, 'disabled': true}}",
-                               node, OUTAGE_BITMAP))) {
+                                     "{'node': %s, 'name': %s, 'granularity': %u, "
+                                     "'disabled': true}}",
+                               node, OUTAGE_BITMAP, granularity))) {
             g_prefix_error(err, "preparing the outage tracking of %s: ", node);
             return FALSE;
         }
@@ -109,21 +111,28 @@ gboolean resync_outage_begin(Qmp *q, const EngineLink *link, GError **err)
 }
 
 gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
-                             GError **err)
+                             guint granularity, GError **err)
 {
-    if (new_epoch && !prepare_outage(q, link, err))
+    if (new_epoch && !prepare_outage(q, link, granularity, err))
         return FALSE;
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *node = domxml_data_node(i);
         g_autoptr(GError) e = NULL;
+        JsonNode *ret;
+
+        /* Made anew, so that a new granularity applies (none there: no error). */
+        if (new_epoch)
+            call_ok(qmp_callf(q, link->timeout_ms, NULL,
+                              "{'execute': 'block-dirty-bitmap-remove', 'arguments': "
+                              "{'node': %s, 'name': %s}}", node, TRACKING_BITMAP));
         /* In the image where the format can hold it: a QEMU restart keeps it. */
-        JsonNode *ret = qmp_callf(q, link->timeout_ms, &e,
-                                  is_qcow2(link, i)
-                                      ? "{'execute': 'block-dirty-bitmap-add', 'arguments': "
-                                        "{'node': %s, 'name': %s, 'persistent': true}}"
-                                      : "{'execute': 'block-dirty-bitmap-add', 'arguments': "
-                                        "{'node': %s, 'name': %s}}",
-                                  node, TRACKING_BITMAP);
+        ret = qmp_callf(q, link->timeout_ms, &e,
+                        is_qcow2(link, i)
+                            ? "{'execute': 'block-dirty-bitmap-add', 'arguments': "
+                              "{'node': %s, 'name': %s, 'granularity': %u, 'persistent': true}}"
+                            : "{'execute': 'block-dirty-bitmap-add', 'arguments': "
+                              "{'node': %s, 'name': %s, 'granularity': %u}}",
+                        node, TRACKING_BITMAP, granularity);
 
         if (call_ok(ret))
             continue;
@@ -144,7 +153,7 @@ gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
         if (!call_ok(qmp_callf(q, link->timeout_ms, err,
                                "{'execute': 'block-dirty-bitmap-remove', 'arguments': "
                                "{'node': %s, 'name': %s}}", node, TRACKING_BITMAP)) ||
-            !resync_track_writes(q, link, FALSE, err))
+            !resync_track_writes(q, link, FALSE, granularity, err))
             return FALSE;
     }
     return TRUE;

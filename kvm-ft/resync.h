@@ -36,11 +36,12 @@ typedef struct {
 } ResyncProgress;
 
 /*
- * Starts (new_epoch) or keeps tracking writes on every disk.  A new epoch
+ * Starts (new_epoch) or keeps tracking writes on every disk, in blocks of
+ * granularity bytes (kvm-ftd.conf [resync] granularity-kib).  A new epoch
  * begins when the two copies are known to be the same: at protection.
  */
 gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
-                             GError **err);
+                             guint granularity, GError **err);
 
 /* Which writes an incremental copy carries. */
 typedef enum {

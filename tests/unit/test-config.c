@@ -188,7 +188,33 @@ RATE_BAD(resync_rate_too_big, "10001")
 RATE_BAD(resync_rate_huge, "99999999999999999999")
 RATE_BAD(resync_rate_empty, "")
 BAD(resync_unknown_key, DAEMON "[resync]\nrate = 100\n", "[resync] rate",
-    "the keys of [resync] are rate-mb-per-s")
+    "the keys of [resync] are rate-mb-per-s, granularity-kib")
+
+/* [resync] granularity-kib = K, loaded as bytes; 64 KiB unless set. */
+START_TEST(granularity)
+{
+    g_autofree char *plain = write_conf(DAEMON);
+    g_autoptr(FtConfig) a = config_load(plain, NULL);
+    g_autofree char *four = NULL;
+    g_autoptr(FtConfig) b = NULL;
+
+    ck_assert_ptr_nonnull(a);
+    ck_assert_uint_eq(a->resync_granularity_bytes, 65536);
+    /* write_conf() reuses its file: loaded one after the other. */
+    four = write_conf(DAEMON "[resync]\ngranularity-kib = 4\n");
+    b = config_load(four, NULL);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_uint_eq(b->resync_granularity_bytes, 4096);
+}
+END_TEST
+
+#define GRANULARITY_BAD(tname, value) \
+    BAD(tname, DAEMON "[resync]\ngranularity-kib = " value "\n", \
+        "[resync] granularity-kib: '" value "'", "power of two from 4 to 1024 (KiB)")
+GRANULARITY_BAD(granularity_not_power_of_two, "48")
+GRANULARITY_BAD(granularity_too_small, "2")
+GRANULARITY_BAD(granularity_too_big, "2048")
+GRANULARITY_BAD(granularity_unit, "64k")
 BAD(resync_key_in_failover, DAEMON "[failover]\nrate-mb-per-s = 100\n",
     "[failover] rate-mb-per-s", "unknown key")
 
@@ -625,6 +651,11 @@ static Suite *config_suite(void)
     tcase_add_test(tc, resync_rate_huge);
     tcase_add_test(tc, resync_rate_empty);
     tcase_add_test(tc, resync_unknown_key);
+    tcase_add_test(tc, granularity);
+    tcase_add_test(tc, granularity_not_power_of_two);
+    tcase_add_test(tc, granularity_too_small);
+    tcase_add_test(tc, granularity_too_big);
+    tcase_add_test(tc, granularity_unit);
     tcase_add_test(tc, resync_key_in_failover);
     tcase_add_test(tc, valid_witness);
     tcase_add_test(tc, no_witness);
