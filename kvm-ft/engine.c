@@ -785,19 +785,25 @@ static void announce(Qmp *q, const EngineLink *link)
                  e->message);
 }
 
-gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
+void engine_secondary_cut(Qmp *q, const EngineLink *link)
 {
     g_autoptr(GError) yank_err = NULL;
 
     /*
      * COLO's incoming side keeps the checkpoint it is reading in a cache:
      * cutting it short leaves the guest at the last complete checkpoint.
+     */
+    if (!yank_primary_channels(q, link, &yank_err))
+        log_warn(link->def->name, "secondary", "%s (continuing)", yank_err->message);
+}
+
+gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
+{
+    /*
      * The guest's output stops going to the primary before COLO ends: on
      * failover the rewriter sends on what the guest sent since that
      * checkpoint (qemu-patches 0011), and it must reach the network.
      */
-    if (!yank_primary_channels(q, link, &yank_err))
-        log_warn(link->def->name, "secondary", "%s (continuing)", yank_err->message);
     if (!run_gone_ok(q, link, "nbd-server-stop", NULL, err) ||
         (link->def->output_mode != FTDEF_OUTPUT_PASSIVE &&
          !run_gone_ok(q, link, "object-del", id_arg("id", TO_COMPARE), err)) ||
@@ -814,7 +820,7 @@ gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
     return TRUE;
 }
 
-gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **err)
+void engine_primary_cut(Qmp *q, const EngineLink *link)
 {
     g_autoptr(GError) yank_err = NULL;
 
@@ -824,7 +830,10 @@ gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **
      */
     if (!yank_secondary_channels(q, link, &yank_err))
         log_warn(link->def->name, "primary", "%s (continuing)", yank_err->message);
+}
 
+gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **err)
+{
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *quorum = domxml_quorum_node(i);
         g_autofree char *line = g_strdup_printf("drive_del replication%u", i);

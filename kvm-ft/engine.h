@@ -105,6 +105,16 @@ char *engine_run_state(Qmp *q, guint timeout_ms, GError **err);
 char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err);
 
 /*
+ * Failover's first step on either side: the dead peer's channels are
+ * yanked, out of band.  A dead host sends no RST: until then the guest's
+ * disk I/O waits on the NBD socket, and a secondary loading a checkpoint
+ * holds QEMU's lock while it waits for the rest of it, so that no in-band
+ * QMP command is answered.  Each function below needs it done first.
+ */
+void engine_secondary_cut(Qmp *q, const EngineLink *link);
+void engine_primary_cut(Qmp *q, const EngineLink *link);
+
+/*
  * Failover, secondary side: the primary is gone.  Stops serving NBD,
  * leaves COLO (the guest resumes from the last checkpoint) and removes
  * the filters that fed it the primary's packets, so it serves the LAN.
@@ -112,10 +122,8 @@ char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err);
 gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err);
 
 /*
- * Failover, primary side: the secondary is gone.  Its channels are yanked
- * out-of-band first: a dead host sends no RST, and the guest's disk I/O
- * would otherwise wait minutes on the NBD socket.  Then the replication
- * child and colo-compare go, and the primary leaves COLO running alone.
+ * Failover, primary side: the secondary is gone.  The replication child
+ * and colo-compare go, and the primary leaves COLO running alone.
  */
 gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **err);
 

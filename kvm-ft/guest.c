@@ -465,6 +465,7 @@ static void abort_rejoin(FtGuest *g, const char *reason)
     if (g->resync_running)
         resync_abort(g->qmp, &link);
     g->resync_running = FALSE;
+    engine_primary_cut(g->qmp, &link);
     if (!engine_primary_drop_secondary(g->qmp, &link, &err))
         log_warn(g->def->name, role_name(g), "removing the replication: %s", err->message);
     resync_release_targets(g->qmp, &link);
@@ -2059,7 +2060,11 @@ static void run_alone(FtGuest *g)
 
     /* Recorded before this copy can run alone: a crash in between must not hide it. */
     mark_diverged(g);
-    /* Before the takeover's commit of the secondary's own blocks, which it must count. */
+    (dropping ? engine_primary_cut : engine_secondary_cut)(g->qmp, &link);
+    /*
+     * Once the cut lets QEMU answer, and before the takeover's commit of the
+     * secondary's own blocks, which it must count.
+     */
     g->outage_tracked = resync_outage_begin(g->qmp, &link, &err);
     if (!g->outage_tracked) {
         log_warn(g->def->name, role_name(g), "the writes of this outage are not tracked on "

@@ -75,39 +75,20 @@ static gboolean prepare_outage(Qmp *q, const EngineLink *link, guint granularity
 
 gboolean resync_outage_begin(Qmp *q, const EngineLink *link, GError **err)
 {
-    g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonNode) cmd = NULL;
-    g_autofree char *text = NULL;
-
-    /* One transaction: one QMP round trip on the failover's path, whatever the disks. */
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "execute");
-    json_builder_add_string_value(b, "transaction");
-    json_builder_set_member_name(b, "arguments");
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "actions");
-    json_builder_begin_array(b);
+    /*
+     * One command per disk, not a transaction: a transaction drains every
+     * disk first, and a guest write to a secondary that is gone would hold
+     * the drain (and the failover) until QMP gives up.
+     */
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *node = domxml_data_node(i);
 
-        json_builder_begin_object(b);
-        json_builder_set_member_name(b, "type");
-        json_builder_add_string_value(b, "block-dirty-bitmap-enable");
-        json_builder_set_member_name(b, "data");
-        json_builder_begin_object(b);
-        json_builder_set_member_name(b, "node");
-        json_builder_add_string_value(b, node);
-        json_builder_set_member_name(b, "name");
-        json_builder_add_string_value(b, OUTAGE_BITMAP);
-        json_builder_end_object(b);
-        json_builder_end_object(b);
+        if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+                               "{'execute': 'block-dirty-bitmap-enable', 'arguments': "
+                               "{'node': %s, 'name': %s}}", node, OUTAGE_BITMAP)))
+            return FALSE;
     }
-    json_builder_end_array(b);
-    json_builder_end_object(b);
-    json_builder_end_object(b);
-    cmd = json_builder_get_root(b);
-    text = json_to_string(cmd, FALSE);
-    return call_ok(qmp_call_json(q, text, link->timeout_ms, err));
+    return TRUE;
 }
 
 gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,

@@ -51,8 +51,9 @@ typedef enum {
 
 /*
  * The pair splits and this copy is about to run alone: the outage bitmap
- * starts counting (one QMP call).  Before the secondary's takeover, so that
- * the replication's commit of the secondary's own blocks counts too.
+ * starts counting (one QMP call per disk).  After the dead peer's channels
+ * are cut (engine_*_cut), before the secondary's takeover, so that the
+ * replication's commit of the secondary's own blocks counts too.
  */
 gboolean resync_outage_begin(Qmp *q, const EngineLink *link, GError **err);
 
