@@ -116,7 +116,8 @@ static gboolean compare_all(Pair *p, const char *target, DiskCompareProgress pro
 
     if (own_size < 0 || peer_size < 0)
         return nbd_failed(err, target);
-    if ((guint64)own_size != c->bytes || (guint64)peer_size != c->bytes) {
+    c->bytes = (guint64)own_size;
+    if (peer_size != own_size) {
         g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "%s: the copies' sizes differ "
                     "(primary %" G_GINT64_FORMAT ", secondary %" G_GINT64_FORMAT " bytes)",
                     target, own_size, peer_size);
@@ -149,14 +150,13 @@ static gboolean compare_all(Pair *p, const char *target, DiskCompareProgress pro
 }
 
 gboolean disk_compare(const char *target, const char *own_uri, const char *peer_uri,
-                      guint64 bytes, DiskCompareProgress progress, gpointer opaque,
-                      DiskCompare *c, GError **err)
+                      DiskCompareProgress progress, gpointer opaque, DiskCompare *c,
+                      GError **err)
 {
     Pair p = { NULL, NULL };
     gboolean ok;
 
     memset(c, 0, sizeof *c);
-    c->bytes = bytes;
     c->ranges = g_array_new(FALSE, FALSE, sizeof(guint64));
     ok = (p.own = open_uri(own_uri, err)) && (p.peer = open_uri(peer_uri, err)) &&
          compare_all(&p, target, progress, opaque, c, err);

@@ -29,13 +29,13 @@ typedef void (*DiskCompareProgress)(const char *target, const DiskCompare *c,
                                     gpointer opaque);
 
 /*
- * Compares own_uri's disk with peer_uri's (NBD URIs), both expected to hold
- * bytes.  FALSE with err if either cannot be read or their sizes differ.
- * Free c with disk_compare_clear().
+ * Compares own_uri's disk with peer_uri's (NBD URIs).  FALSE with err if
+ * either cannot be read or their sizes differ.  Free c with
+ * disk_compare_clear().
  */
 gboolean disk_compare(const char *target, const char *own_uri, const char *peer_uri,
-                      guint64 bytes, DiskCompareProgress progress, gpointer opaque,
-                      DiskCompare *c, GError **err);
+                      DiskCompareProgress progress, gpointer opaque, DiskCompare *c,
+                      GError **err);
 void disk_compare_clear(DiskCompare *c);
 
 /* "bytes", "differing_bytes", "ranges": [[offset, length], ...] into the builder's object. */

@@ -1343,14 +1343,10 @@ static void start_copy(FtGuest *g)
     g->resync_since = g->outage_tracked && !g->replica_write_failed ? RESYNC_SINCE_SPLIT
                                                                     : RESYNC_SINCE_SYNC;
     if (g->resync_plan == RESYNC_INCREMENTAL && g->resync_since == RESYNC_SINCE_SPLIT &&
-        (!resync_is_tracking(g->qmp, &link, RESYNC_SINCE_SPLIT, &tracking, &err) ||
-         !tracking)) {
-        g_clear_error(&err);
+        !(resync_is_tracking(g->qmp, &link, RESYNC_SINCE_SPLIT, &tracking, NULL) && tracking))
         g->resync_since = RESYNC_SINCE_SYNC;
-    }
     if (g->resync_plan == RESYNC_INCREMENTAL && g->resync_since == RESYNC_SINCE_SYNC &&
-        (!resync_is_tracking(g->qmp, &link, RESYNC_SINCE_SYNC, &tracking, &err) ||
-         !tracking)) {
+        !(resync_is_tracking(g->qmp, &link, RESYNC_SINCE_SYNC, &tracking, &err) && tracking)) {
         log_warn(g->def->name, role_name(g), "writes since the split are not known%s%s: "
                  "copying the whole disk", err ? ": " : "", err ? err->message : "");
         g_clear_error(&err);
@@ -1428,8 +1424,7 @@ static void compare_in_thread(GTask *task, gpointer source, gpointer data, GCanc
         DiskCompare cmp;
 
         if (disk_compare(target, json_object_get_string_member(d, "primary"),
-                         json_object_get_string_member(d, "secondary"),
-                         (guint64)json_object_get_int_member(d, "bytes"), NULL, NULL, &cmp,
+                         json_object_get_string_member(d, "secondary"), NULL, NULL, &cmp,
                          &j->error) &&
             cmp.differing) {
             if (!j->first)
@@ -2606,6 +2601,25 @@ gboolean guest_receive_copy(FtGuest *g, GError **err)
     return TRUE;
 }
 
+/*
+ * What only the protected primary does (a planned failover, a verify): on
+ * the secondary, the error names the host to run it on; else it says what
+ * the guest is here and why that will not do (otherwise).
+ */
+static gboolean protected_primary_here(FtGuest *g, const char *what, const char *otherwise,
+                                       GError **err)
+{
+    if (g->state == GUEST_PROTECTED && g->role == FT_ROLE_PRIMARY)
+        return TRUE;
+    if (g->state == GUEST_PROTECTED && g->role == FT_ROLE_SECONDARY)
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "'%s' runs on %s; this host is its "
+                    "secondary: run the %s there", g->def->name, peer_host(g)->name, what);
+    else
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "'%s' is %s here: %s", g->def->name,
+                    guest_state_name(g->state), otherwise);
+    return FALSE;
+}
+
 gboolean guest_hand_over(FtGuest *g, GError **err)
 {
     const FtHost *peer = peer_host(g);
@@ -2613,18 +2627,9 @@ gboolean guest_hand_over(FtGuest *g, GError **err)
     g_autoptr(GError) e = NULL;
     g_autofree char *why = NULL;
 
-    if (g->role != FT_ROLE_PRIMARY || g->state != GUEST_PROTECTED) {
-        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED,
-                    g->role == FT_ROLE_SECONDARY && g->state == GUEST_PROTECTED
-                        ? "'%s' runs on %s; this host is its secondary: run the failover "
-                          "there"
-                        : "'%s' is %s here: a planned failover needs the protected primary",
-                    g->def->name,
-                    g->role == FT_ROLE_SECONDARY && g->state == GUEST_PROTECTED
-                        ? peer->name
-                        : guest_state_name(g->state));
+    if (!protected_primary_here(g, "failover", "a planned failover needs the protected "
+                                "primary", err))
         return FALSE;
-    }
     if (!peer_answers(g)) {
         g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "kvm-ftd on %s does not answer: "
                     "no planned failover to it now", peer->name);
@@ -2988,18 +2993,8 @@ JsonNode *guest_status(FtGuest *g)
 
 static gboolean verify_allowed(FtGuest *g, GError **err)
 {
-    if (g->role == FT_ROLE_PRIMARY && g->state == GUEST_PROTECTED)
-        return TRUE;
-    g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED,
-                g->role == FT_ROLE_SECONDARY && g->state == GUEST_PROTECTED
-                    ? "'%s' runs on %s; this host is its secondary: run the verify there"
-                    : "'%s' is %s here: there are two copies to compare only while it is "
-                      "protected, on its primary",
-                g->def->name,
-                g->role == FT_ROLE_SECONDARY && g->state == GUEST_PROTECTED
-                    ? peer_host(g)->name
-                    : guest_state_name(g->state));
-    return FALSE;
+    return protected_primary_here(g, "verify", "there are two copies to compare only while "
+                                  "it is protected, on its primary", err);
 }
 
 JsonNode *guest_verify_begin(FtGuest *g, GError **err)

@@ -989,3 +989,10 @@ char *qmp_format(GError **err, const char *fmt, ...)
     va_end(ap);
     return text;
 }
+
+gboolean qmp_answered(JsonNode *answer)
+{
+    if (answer)
+        json_node_unref(answer);
+    return answer != NULL;
+}

@@ -105,6 +105,12 @@ JsonNode *qmp_call_json(Qmp *q, const char *command_json, guint timeout_ms,
                         GError **err);
 
 /*
+ * For a call whose answer is not needed: TRUE if there was one (the call
+ * succeeded), which it releases.
+ */
+gboolean qmp_answered(JsonNode *answer);
+
+/*
  * Builds JSON text from a template and values, so call sites never splice
  * strings into JSON themselves.  The template is JSON in which strings may
  * be single-quoted (readable in C literals); outside template strings:

@@ -32,18 +32,53 @@ static char *target_node(const char *job)
     return g_strdup_printf("%s-to", job);
 }
 
-static gboolean call_ok(JsonNode *ret)
-{
-    if (ret)
-        json_node_unref(ret);
-    return ret != NULL;
-}
-
 static gboolean is_qcow2(const EngineLink *link, guint i)
 {
     const FtDisk *disk = g_ptr_array_index(link->def->disks, i);
 
     return g_strcmp0(disk->format, "qcow2") == 0;
+}
+
+/* None there is no error. */
+static void remove_bitmap(Qmp *q, const EngineLink *link, const char *node, const char *name)
+{
+    qmp_answered(qmp_callf(q, link->timeout_ms, NULL,
+                           "{'execute': 'block-dirty-bitmap-remove', 'arguments': "
+                           "{'node': %s, 'name': %s}}", node, name));
+}
+
+/*
+ * A bitmap on disk i's data node, in the image where the format can hold
+ * it (a QEMU restart keeps it); disabled: it counts nothing until enabled.
+ */
+static gboolean add_bitmap(Qmp *q, const EngineLink *link, guint i, const char *name,
+                           guint granularity, gboolean disabled, GError **err)
+{
+    g_autofree char *node = domxml_data_node(i);
+    g_autoptr(JsonBuilder) b = json_builder_new();
+    g_autoptr(JsonNode) cmd = NULL;
+    g_autofree char *text = NULL;
+
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "execute");
+    json_builder_add_string_value(b, "block-dirty-bitmap-add");
+    json_builder_set_member_name(b, "arguments");
+    json_builder_begin_object(b);
+    json_builder_set_member_name(b, "node");
+    json_builder_add_string_value(b, node);
+    json_builder_set_member_name(b, "name");
+    json_builder_add_string_value(b, name);
+    json_builder_set_member_name(b, "granularity");
+    json_builder_add_int_value(b, granularity);
+    json_builder_set_member_name(b, "persistent");
+    json_builder_add_boolean_value(b, is_qcow2(link, i));
+    json_builder_set_member_name(b, "disabled");
+    json_builder_add_boolean_value(b, disabled);
+    json_builder_end_object(b);
+    json_builder_end_object(b);
+    cmd = json_builder_get_root(b);
+    text = json_to_string(cmd, FALSE);
+    return qmp_answered(qmp_call_json(q, text, link->timeout_ms, err));
 }
 
 /* A fresh, empty, disabled outage bitmap on every disk. */
@@ -53,19 +88,9 @@ static gboolean prepare_outage(Qmp *q, const EngineLink *link, guint granularity
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *node = domxml_data_node(i);
 
-        /* Whatever an earlier split left belongs to another epoch (none: no error). */
-        call_ok(qmp_callf(q, link->timeout_ms, NULL,
-                          "{'execute': 'block-dirty-bitmap-remove', 'arguments': "
-                          "{'node': %s, 'name': %s}}", node, OUTAGE_BITMAP));
-        if (!call_ok(qmp_callf(q, link->timeout_ms, err,
-                               is_qcow2(link, i)
-                                   ? "{'execute': 'block-dirty-bitmap-add', 'arguments': "
-                                     "{'node': %s, 'name': %s, 'granularity': %u, "
-                                     "'persistent': true, 'disabled': true}}"
-                                   : "{'execute': 'block-dirty-bitmap-add', 'arguments': "
-                                     "{'node': %s, 'name': %s, 'granularity': %u, "
-                                     "'disabled': true}}",
-                               node, OUTAGE_BITMAP, granularity))) {
+        /* Whatever an earlier split left belongs to another epoch. */
+        remove_bitmap(q, link, node, OUTAGE_BITMAP);
+        if (!add_bitmap(q, link, i, OUTAGE_BITMAP, granularity, TRUE, err)) {
             g_prefix_error(err, "preparing the outage tracking of %s: ", node);
             return FALSE;
         }
@@ -83,7 +108,7 @@ gboolean resync_outage_begin(Qmp *q, const EngineLink *link, GError **err)
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *node = domxml_data_node(i);
 
-        if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+        if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
                                "{'execute': 'block-dirty-bitmap-enable', 'arguments': "
                                "{'node': %s, 'name': %s}}", node, OUTAGE_BITMAP)))
             return FALSE;
@@ -99,43 +124,21 @@ gboolean resync_track_writes(Qmp *q, const EngineLink *link, gboolean new_epoch,
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *node = domxml_data_node(i);
         g_autoptr(GError) e = NULL;
-        JsonNode *ret;
 
-        /* Made anew, so that a new granularity applies (none there: no error). */
+        /*
+         * A new epoch starts from an empty bitmap, made anew: the granularity
+         * may have changed, and one left inconsistent by a power loss cannot
+         * be cleared, only replaced.
+         */
         if (new_epoch)
-            call_ok(qmp_callf(q, link->timeout_ms, NULL,
-                              "{'execute': 'block-dirty-bitmap-remove', 'arguments': "
-                              "{'node': %s, 'name': %s}}", node, TRACKING_BITMAP));
-        /* In the image where the format can hold it: a QEMU restart keeps it. */
-        ret = qmp_callf(q, link->timeout_ms, &e,
-                        is_qcow2(link, i)
-                            ? "{'execute': 'block-dirty-bitmap-add', 'arguments': "
-                              "{'node': %s, 'name': %s, 'granularity': %u, 'persistent': true}}"
-                            : "{'execute': 'block-dirty-bitmap-add', 'arguments': "
-                              "{'node': %s, 'name': %s, 'granularity': %u}}",
-                        node, TRACKING_BITMAP, granularity);
-
-        if (call_ok(ret))
+            remove_bitmap(q, link, node, TRACKING_BITMAP);
+        if (add_bitmap(q, link, i, TRACKING_BITMAP, granularity, FALSE, &e))
             continue;
-        if (!(e->code == QMP_ERROR_COMMAND && strstr(e->message, "already exists"))) {
-            g_propagate_prefixed_error(err, g_steal_pointer(&e), "tracking writes to %s: ",
-                                       node);
-            return FALSE;
-        }
-        if (!new_epoch)
+        /* Kept across a restart of kvm-ftd: the epoch goes on. */
+        if (!new_epoch && e->code == QMP_ERROR_COMMAND && strstr(e->message, "already exists"))
             continue;
-        g_clear_error(&e);
-        if (call_ok(qmp_callf(q, link->timeout_ms, &e,
-                              "{'execute': 'block-dirty-bitmap-clear', 'arguments': "
-                              "{'node': %s, 'name': %s}}", node, TRACKING_BITMAP)))
-            continue;
-        /* One left inconsistent by a power loss cannot be cleared, only replaced. */
-        g_clear_error(&e);
-        if (!call_ok(qmp_callf(q, link->timeout_ms, err,
-                               "{'execute': 'block-dirty-bitmap-remove', 'arguments': "
-                               "{'node': %s, 'name': %s}}", node, TRACKING_BITMAP)) ||
-            !resync_track_writes(q, link, FALSE, granularity, err))
-            return FALSE;
+        g_propagate_prefixed_error(err, g_steal_pointer(&e), "tracking writes to %s: ", node);
+        return FALSE;
     }
     return TRUE;
 }
@@ -224,7 +227,7 @@ static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *
     g_autofree char *export = domxml_parent_node(i);
     g_autofree char *port = g_strdup_printf("%u", link->def->port_base + FT_PORT_NBD);
 
-    return call_ok(qmp_callf(q, link->timeout_ms, err,
+    return qmp_answered(qmp_callf(q, link->timeout_ms, err,
                              "{'execute': 'blockdev-add', 'arguments': {'driver': 'nbd', "
                              "'node-name': %s, 'export': %s, 'server': {'type': 'inet', "
                              "'host': %s, 'port': %s}}}",
@@ -244,20 +247,20 @@ static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean inc
     if (!add_target(q, link, i, mirror, err) || !add_target(q, link, i, copy, err))
         return FALSE;
     /* First the mirror: from here on the peer gets every new write. */
-    if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+    if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
                            "{'execute': 'blockdev-mirror', 'arguments': {'job-id': %s, "
                            "'device': %s, 'target': %s, 'sync': 'none', "
                            "'copy-mode': 'write-blocking', 'auto-dismiss': false}}",
                            mirror, device, mirror_to)))
         return FALSE;
     if (incremental)
-        return call_ok(qmp_callf(q, link->timeout_ms, err,
+        return qmp_answered(qmp_callf(q, link->timeout_ms, err,
                                  "{'execute': 'blockdev-backup', 'arguments': {'job-id': %s, "
                                  "'device': %s, 'target': %s, 'sync': 'bitmap', "
                                  "'bitmap': %s, 'bitmap-mode': 'never', "
                                  "'speed': %" G_GUINT64_FORMAT ", 'auto-dismiss': false}}",
                                  copy, data, copy_to, bitmap_name(since), rate_bytes));
-    return call_ok(qmp_callf(q, link->timeout_ms, err,
+    return qmp_answered(qmp_callf(q, link->timeout_ms, err,
                              "{'execute': 'blockdev-backup', 'arguments': {'job-id': %s, "
                              "'device': %s, 'target': %s, 'sync': 'full', "
                              "'speed': %" G_GUINT64_FORMAT ", 'auto-dismiss': false}}",
@@ -393,7 +396,7 @@ static gboolean end_job(Qmp *q, const EngineLink *link, const char *id, GError *
             g_autofree char *failure = g_strdup(
                 json_object_get_string_member_with_default(job, "error", NULL));
 
-            if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+            if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
                                    "{'execute': 'job-dismiss', 'arguments': {'id': %s}}", id)))
                 return FALSE;
             if (failure) {
@@ -417,7 +420,7 @@ static gboolean del_node(Qmp *q, const EngineLink *link, const char *job, GError
 {
     g_autofree char *node = target_node(job);
 
-    return call_ok(qmp_callf(q, link->timeout_ms, err,
+    return qmp_answered(qmp_callf(q, link->timeout_ms, err,
                              "{'execute': 'blockdev-del', 'arguments': {'node-name': %s}}",
                              node));
 }
@@ -438,7 +441,7 @@ gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err)
         g_autofree char *copy = copy_job(i);
 
         /* Cancelling a mirror that is in sync completes it, without a pivot. */
-        if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+        if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
                                "{'execute': 'block-job-cancel', 'arguments': {'device': %s}}",
                                mirror)) ||
             !end_job(q, link, mirror, err) || !end_job(q, link, copy, err))
@@ -453,7 +456,7 @@ static void yank_target(Qmp *q, const EngineLink *link, const char *job)
     g_autofree char *node = target_node(job);
     g_autoptr(GError) e = NULL;
 
-    if (!call_ok(qmp_callf(q, link->timeout_ms, &e,
+    if (!qmp_answered(qmp_callf(q, link->timeout_ms, &e,
                            "{'exec-oob': 'yank', 'arguments': {'instances': "
                            "[{'type': 'block-node', 'node-name': %s}]}}", node)))
         g_clear_error(&e);
@@ -463,7 +466,7 @@ static void abort_job(Qmp *q, const EngineLink *link, const char *job)
 {
     g_autoptr(GError) e = NULL;
 
-    if (!call_ok(qmp_callf(q, link->timeout_ms, &e,
+    if (!qmp_answered(qmp_callf(q, link->timeout_ms, &e,
                            "{'execute': 'block-job-cancel', 'arguments': "
                            "{'device': %s, 'force': true}}", job)))
         g_clear_error(&e);

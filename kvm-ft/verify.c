@@ -1,8 +1,6 @@
 /* verify.c - comparing the two copies of a protected guest's disks while it runs */
 #include "verify.h"
 
-#include <string.h>
-
 #include "domxml.h"
 #include "ft.h"
 
@@ -11,43 +9,13 @@ static char *export_id(guint i)
     return g_strdup_printf("kvmft-verify%u", i);
 }
 
-static gboolean call_ok(JsonNode *ret)
-{
-    if (ret)
-        json_node_unref(ret);
-    return ret != NULL;
-}
-
-static guint64 disk_bytes(Qmp *q, const EngineLink *link, guint i, GError **err)
-{
-    g_autofree char *node = domxml_data_node(i);
-    g_autoptr(JsonNode) nodes = qmp_call_json(q, "{\"execute\": \"query-named-block-nodes\", "
-                                              "\"arguments\": {\"flat\": true}}",
-                                              link->timeout_ms, err);
-    JsonArray *all = nodes && JSON_NODE_HOLDS_ARRAY(nodes) ? json_node_get_array(nodes) : NULL;
-
-    for (guint n = 0; all && n < json_array_get_length(all); n++) {
-        JsonObject *o = json_array_get_object_element(all, n);
-        JsonObject *image = o && json_object_has_member(o, "image")
-                                ? json_object_get_object_member(o, "image")
-                                : NULL;
-
-        if (image && g_strcmp0(json_object_get_string_member_with_default(o, "node-name", ""),
-                               node) == 0)
-            return (guint64)json_object_get_int_member_with_default(image, "virtual-size", 0);
-    }
-    if (nodes)
-        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "no block node %s", node);
-    return 0;
-}
-
 JsonNode *verify_export(Qmp *q, const EngineLink *link, const char *socket_path,
                         GError **err)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
 
     verify_unexport(q, link);
-    if (!call_ok(qmp_callf(q, link->timeout_ms, err,
+    if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
                            "{'execute': 'nbd-server-start', 'arguments': {'addr': "
                            "{'type': 'unix', 'data': {'path': %s}}}}", socket_path)))
         return NULL;
@@ -62,10 +30,8 @@ JsonNode *verify_export(Qmp *q, const EngineLink *link, const char *socket_path,
         g_autofree char *own = g_strdup_printf("nbd+unix:///%s?socket=%s", id, socket_path);
         g_autofree char *peer = g_strdup_printf("nbd://%s:%u/%s", link->secondary_addr,
                                                 link->def->port_base + FT_PORT_NBD, parent);
-        guint64 bytes = disk_bytes(q, link, i, err);
 
-        if (!bytes ||
-            !call_ok(qmp_callf(q, link->timeout_ms, err,
+        if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
                                "{'execute': 'block-export-add', 'arguments': {'type': 'nbd', "
                                "'id': %s, 'node-name': %s, 'name': %s, 'writable': false}}",
                                id, node, id))) {
@@ -75,8 +41,6 @@ JsonNode *verify_export(Qmp *q, const EngineLink *link, const char *socket_path,
         json_builder_begin_object(b);
         json_builder_set_member_name(b, "target");
         json_builder_add_string_value(b, disk->target);
-        json_builder_set_member_name(b, "bytes");
-        json_builder_add_int_value(b, (gint64)bytes);
         json_builder_set_member_name(b, "primary");
         json_builder_add_string_value(b, own);
         json_builder_set_member_name(b, "secondary");
@@ -95,12 +59,12 @@ void verify_unexport(Qmp *q, const EngineLink *link)
         g_autoptr(GError) e = NULL;
 
         /* Hard: a reader that is gone or stuck must not keep the export. */
-        if (!call_ok(qmp_callf(q, link->timeout_ms, &e,
+        if (!qmp_answered(qmp_callf(q, link->timeout_ms, &e,
                                "{'execute': 'block-export-del', 'arguments': "
                                "{'id': %s, 'mode': 'hard'}}", id)))
             g_clear_error(&e);
     }
-    call_ok(qmp_callf(q, link->timeout_ms, NULL, "{'execute': 'nbd-server-stop'}"));
+    qmp_answered(qmp_callf(q, link->timeout_ms, NULL, "{'execute': 'nbd-server-stop'}"));
 }
 
 static gboolean bad(GError **err, const char *what)

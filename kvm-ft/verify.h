@@ -21,7 +21,8 @@
 /*
  * On the protected primary: starts the exports (replacing those of a verify
  * that never ended) and describes each disk for ftctl: {"disks": [{"target",
- * "bytes", "primary": NBD URI, "secondary": NBD URI}, ...]}.
+ * "primary": NBD URI, "secondary": NBD URI}, ...]} (the sizes come with the
+ * copies themselves).
  */
 JsonNode *verify_export(Qmp *q, const EngineLink *link, const char *socket_path,
                         GError **err);

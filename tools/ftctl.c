@@ -972,10 +972,8 @@ static int verify_once(const char *guest, gboolean *differ)
     }
     for (guint i = 0; ok && i < n; i++) {
         JsonObject *d = json_array_get_object_element(disks, i);
-        double bytes = 0;
 
         v[i].target = member_str(d, "target");
-        member_num(d, "bytes", &bytes);
         if (!v[i].target || !member_str(d, "primary") || !member_str(d, "secondary")) {
             g_set_error(&e, CONTROL_ERROR, CONTROL_ERROR_PROTOCOL, "verify-begin: a disk "
                         "without target or addresses");
@@ -983,7 +981,7 @@ static int verify_once(const char *guest, gboolean *differ)
             break;
         }
         ok = disk_compare(v[i].target, member_str(d, "primary"), member_str(d, "secondary"),
-                          (guint64)bytes, verify_progress, NULL, &v[i].c, &e);
+                          verify_progress, NULL, &v[i].c, &e);
     }
     if (ok) {
         json_builder_begin_object(b);
