@@ -208,6 +208,11 @@ static FtDef *parse_paired(Definitions *defs, char *text /* taken */, const char
         g_set_error_literal(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, why);
         return NULL;
     }
+    /* Issue 18: so far only ftctl drbd-config serves an HA guest; refused, not run. */
+    if (def->level == FTDEF_LEVEL_HA) {
+        g_set_error_literal(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, DEFINITIONS_HA_REFUSAL);
+        return NULL;
+    }
     if (xml)
         *xml = g_steal_pointer(&owned);
     return g_steal_pointer(&def);

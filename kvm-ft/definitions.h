@@ -21,6 +21,15 @@
 #include "peer.h"
 #include "virt.h"
 
+/*
+ * Why kvm-ftd refuses an <ft:protection level='ha'/> guest (issue 18, part 1):
+ * it neither starts it nor asks the peer to define it; its DRBD resource
+ * files come from ftctl drbd-config (drbdres.h).
+ */
+#define DEFINITIONS_HA_REFUSAL \
+    "protection level ha: kvm-ftd does not run HA guests yet (their DRBD resources: " \
+    "ftctl drbd-config)"
+
 /* guests: the daemon's, name -> FtGuest, borrowed; it outlives the Definitions. */
 Definitions *definitions_new(Daemon *d, GHashTable *guests, GError **err);
 /* The status writes already queued still go out first. */

@@ -24,7 +24,10 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathContext, xmlXPathFreeContext)
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(xmlXPathObject, xmlXPathFreeObject)
 
 static const char *const guest_children =
-    "<ft:hosts>, <ft:checkpoint>, <ft:ports>, <ft:disk>";
+    "<ft:hosts>, <ft:protection>, <ft:checkpoint>, <ft:ports>, <ft:disk>";
+
+/* An ha guest's disk i replicates on port_base + i: that fits below 65536. */
+G_STATIC_ASSERT(FTDEF_PORT_BASE_MAX + FTDEF_MAX_DISKS - 1 <= 65535);
 
 static gboolean invalid(GError **err, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
@@ -198,6 +201,30 @@ static gboolean target_valid(const char *t)
     return TRUE;
 }
 
+const char *ftdef_backing_device_problem(const char *path)
+{
+    if (!path || !*path)
+        return "is empty; give the local block device DRBD mirrors, e.g. /dev/vg0/web-vda";
+    if (strlen(path) > FTDEF_BACKING_DEVICE_MAX)
+        return "is longer than " G_STRINGIFY(FTDEF_BACKING_DEVICE_MAX) " characters; "
+               "give a shorter path to the device (e.g. a /dev/disk/by-id/ link)";
+    if (!g_str_has_prefix(path, "/dev/"))
+        return "is not an absolute path under /dev/; give the local block device DRBD "
+               "mirrors, e.g. /dev/vg0/web-vda";
+    for (const char *p = path; *p; p++) {
+        if (!g_ascii_isalnum(*p) && !strchr("/._+:@=,-", *p))
+            return "has a character a DRBD resource file cannot take as it is (whitespace, "
+                   "a quote, ';', '{', '}', '#', a control or non-ASCII character...); use "
+                   "letters, digits and / . _ + : @ = , - (e.g. a /dev/disk/by-id/ link)";
+    }
+    if (strstr(path, ".."))
+        return "contains '..'; give the plain path";
+    if (strstr(path, "//") || strstr(path, "/./") || g_str_has_suffix(path, "/") ||
+        g_str_has_suffix(path, "/."))
+        return "has '.' or empty components; give the plain path";
+    return NULL;
+}
+
 /* Leaf kvm-ft elements: only @allowed attributes, no child elements or text. */
 static gboolean check_leaf(xmlNodePtr node, const char *const *allowed,
                            const char *allowed_text, GError **err)
@@ -260,6 +287,7 @@ static void ftdisk_free(gpointer p)
     g_free(d->target);
     g_free(d->source_path);
     g_free(d->format);
+    g_free(d->backing_device);
     g_free(d);
 }
 
@@ -389,6 +417,44 @@ const char *ftdef_output_mode_name(FtOutputMode mode)
     return output_mode_names[mode];
 }
 
+static const char *const level_names[] = {
+    [FTDEF_LEVEL_FT] = "ft",
+    [FTDEF_LEVEL_HA] = "ha",
+};
+
+const char *ftdef_level_name(FtProtectionLevel level)
+{
+    return level_names[level];
+}
+
+static gboolean parse_protection(xmlNodePtr node, FtDef *def, GError **err)
+{
+    static const char *const attrs[] = { "level", NULL };
+    g_autofree char *qn = qname(node);
+    g_autofree char *level = NULL;
+    guint l;
+
+    if (!check_leaf(node, attrs, "level", err))
+        return FALSE;
+    level = prop(node, "level");
+    if (!level)
+        return invalid(err, "<%s>: the level attribute is missing; set level='ft' or "
+                       "level='ha', or remove the element for the default (ft)", qn);
+    for (l = 0; l < G_N_ELEMENTS(level_names); l++) {
+        if (strcmp(level, level_names[l]) == 0)
+            break;
+    }
+    if (l == G_N_ELEMENTS(level_names)) {
+        g_autofree char *sv = show(level);
+
+        return invalid(err, "<%s level='%s'>: must be 'ft' (both copies run in COLO: "
+                       "nothing is lost on a failure) or 'ha' (one copy runs on disks "
+                       "DRBD mirrors, restarted on the peer after a failure)", qn, sv);
+    }
+    def->level = (FtProtectionLevel)l;
+    return TRUE;
+}
+
 static gboolean parse_checkpoint(xmlNodePtr node, FtDef *def, GError **err)
 {
     static const char *const attrs[] = { "interval-ms", "output", "compare-timeout-ms", NULL };
@@ -478,12 +544,14 @@ static gboolean parse_ports(xmlNodePtr node, FtDef *def, GError **err)
 
 static gboolean parse_ft_disk(xmlNodePtr node, FtDef *def, GError **err)
 {
-    static const char *const attrs[] = { "target", NULL };
+    static const char *const attrs[] = { "target", "backing-device", NULL };
     g_autofree char *qn = qname(node);
     g_autofree char *target = NULL;
+    g_autofree char *backing = NULL;
+    const char *problem;
     FtDisk *disk;
 
-    if (!check_leaf(node, attrs, "target", err))
+    if (!check_leaf(node, attrs, "target, backing-device", err))
         return FALSE;
     target = prop(node, "target");
     if (!target || !*target)
@@ -507,9 +575,49 @@ static gboolean parse_ft_disk(xmlNodePtr node, FtDef *def, GError **err)
             return invalid(err, "<%s target='%s'>: the same target is named "
                            "twice; list each disk once", qn, target);
     }
+    /* Whether the guest's level wants one is known once all of <ft:guest> is read. */
+    backing = prop(node, "backing-device");
+    problem = backing ? ftdef_backing_device_problem(backing) : NULL;
+    if (problem) {
+        g_autofree char *v = show(backing);
+
+        return invalid(err, "<%s target='%s' backing-device='%s'>: %s", qn, target, v,
+                       problem);
+    }
     disk = g_new0(FtDisk, 1);
     disk->target = g_steal_pointer(&target);
+    disk->backing_device = g_steal_pointer(&backing);
     g_ptr_array_add(def->disks, disk);
+    return TRUE;
+}
+
+/* What <ft:protection level> asks of the rest of <ft:guest>. */
+static gboolean check_level(const FtDef *def, gboolean have_checkpoint, GError **err)
+{
+    if (def->level == FTDEF_LEVEL_HA && have_checkpoint)
+        return invalid(err, "<ft:checkpoint> applies to protection level ft only (an ha "
+                       "guest is not checkpointed): remove it");
+    for (guint i = 0; i < def->disks->len; i++) {
+        const FtDisk *d = g_ptr_array_index(def->disks, i);
+
+        if (def->level == FTDEF_LEVEL_FT && d->backing_device)
+            return invalid(err, "<ft:disk target='%s'>: backing-device applies to "
+                           "protection level ha only; remove it, or have DRBD mirror "
+                           "the disks with <ft:protection level='ha'/>", d->target);
+        if (def->level == FTDEF_LEVEL_HA && !d->backing_device)
+            return invalid(err, "<ft:disk target='%s'>: protection level ha needs its "
+                           "backing-device, the local block device DRBD mirrors, e.g. "
+                           "<ft:disk target='%s' backing-device='/dev/vg0/web-%s'/>",
+                           d->target, d->target, d->target);
+        for (guint k = 0; def->level == FTDEF_LEVEL_HA && k < i; k++) {
+            const FtDisk *o = g_ptr_array_index(def->disks, k);
+
+            if (strcmp(o->backing_device, d->backing_device) == 0)
+                return invalid(err, "<ft:disk target='%s'>: backing-device='%s' is "
+                               "<ft:disk target='%s'>'s too; each disk needs its own "
+                               "backing device", d->target, d->backing_device, o->target);
+        }
+    }
     return TRUE;
 }
 
@@ -517,6 +625,7 @@ static gboolean parse_guest(xmlNodePtr guest, FtDef *def, GError **err)
 {
     g_autofree char *gn = qname(guest);
     gboolean have_hosts = FALSE, have_checkpoint = FALSE, have_ports = FALSE;
+    gboolean have_protection = FALSE;
 
     if (!check_container(guest, err))
         return FALSE;
@@ -536,6 +645,12 @@ static gboolean parse_guest(xmlNodePtr guest, FtDef *def, GError **err)
                                "in one <%s>", gn, cn, cn);
             have_hosts = TRUE;
             if (!parse_hosts(c, def, err))
+                return FALSE;
+        } else if (strcmp((const char *)c->name, "protection") == 0) {
+            if (have_protection)
+                return invalid(err, "<%s>: duplicate <%s>; keep one", gn, cn);
+            have_protection = TRUE;
+            if (!parse_protection(c, def, err))
                 return FALSE;
         } else if (strcmp((const char *)c->name, "checkpoint") == 0) {
             if (have_checkpoint)
@@ -565,7 +680,7 @@ static gboolean parse_guest(xmlNodePtr guest, FtDef *def, GError **err)
     if (def->disks->len == 0)
         return invalid(err, "<%s>: no <ft:disk>; name each disk to replicate, "
                        "e.g. <ft:disk target='vda'/>", gn);
-    return TRUE;
+    return check_level(def, have_checkpoint, err);
 }
 
 /* Find the one <ft:guest>; NOT_FT if the domain has no kvm-ft metadata. */
@@ -661,7 +776,54 @@ static gboolean parse_domain_identity(xmlXPathContextPtr xp, FtDef *def,
     return TRUE;
 }
 
-static gboolean resolve_disk(xmlXPathObjectPtr disks, FtDisk *fd, GError **err)
+/* N of "/dev/drbdN": decimal, no leading zero, 0..FTDEF_DRBD_MINOR_MAX. */
+static gboolean drbd_minor_of(const char *dev, guint *minor)
+{
+    const char *n = g_str_has_prefix(dev, "/dev/drbd") ? dev + strlen("/dev/drbd") : NULL;
+
+    if (!n || (n[0] == '0' && n[1]))
+        return FALSE;
+    return parse_uint(n, 0, FTDEF_DRBD_MINOR_MAX, minor);
+}
+
+/* An ha disk: the guest writes to DRBD's device, raw. */
+static gboolean resolve_drbd_source(xmlNodePtr node, FtDisk *fd, GError **err)
+{
+    xmlNodePtr drv = child(node, "driver");
+    xmlNodePtr src = child(node, "source");
+    g_autofree char *format = drv ? prop(drv, "type") : NULL;
+    g_autofree char *dev = src ? prop(src, "dev") : NULL;
+
+    if (!format)
+        return invalid(err, "<ft:disk target='%s'>: its <disk> has no <driver type>; "
+                       "add <driver name='qemu' type='raw'/> (the DRBD device is the "
+                       "guest's raw disk)", fd->target);
+    if (strcmp(format, "raw") != 0) {
+        g_autofree char *v = show(format);
+
+        return invalid(err, "<ft:disk target='%s'>: its <driver type='%s'> is not "
+                       "supported at protection level ha: the DRBD device is the "
+                       "guest's raw disk, use <driver name='qemu' type='raw'/>",
+                       fd->target, v);
+    }
+    if (!dev || !*dev)
+        return invalid(err, "<ft:disk target='%s'>: its <disk> has no <source dev>; "
+                       "set <source dev='/dev/drbdN'/>, N the disk's DRBD minor",
+                       fd->target);
+    if (!drbd_minor_of(dev, &fd->drbd_minor)) {
+        g_autofree char *v = show(dev);
+
+        return invalid(err, "<ft:disk target='%s'>: its <source dev='%s'> is not a "
+                       "DRBD device; use /dev/drbdN, N a minor from 0 to %d without "
+                       "leading zeros", fd->target, v, FTDEF_DRBD_MINOR_MAX);
+    }
+    fd->format = g_steal_pointer(&format);
+    fd->source_path = g_steal_pointer(&dev);
+    return TRUE;
+}
+
+static gboolean resolve_disk(xmlXPathObjectPtr disks, FtDisk *fd, FtProtectionLevel level,
+                             GError **err)
 {
     g_autoptr(GString) known = g_string_new(NULL);
     xmlNodePtr node = NULL;
@@ -703,11 +865,19 @@ static gboolean resolve_disk(xmlXPathObjectPtr disks, FtDisk *fd, GError **err)
         g_autofree char *v = show(device);
 
         return invalid(err, "<ft:disk target='%s'>: its <disk device='%s'> "
-                       "cannot be protected; only <disk type='file' "
+                       "cannot be protected; only <disk type='%s' "
                        "device='disk'> can be replicated: remove this "
-                       "<ft:disk>", fd->target, v);
+                       "<ft:disk>", fd->target, v,
+                       level == FTDEF_LEVEL_HA ? "block" : "file");
     }
-    if (type && strcmp(type, "file") != 0) {
+    if (level == FTDEF_LEVEL_HA && g_strcmp0(type, "block") != 0) {
+        g_autofree char *v = show(type ? type : "file");
+
+        return invalid(err, "<ft:disk target='%s'>: its <disk type='%s'> cannot be "
+                       "mirrored by DRBD; protection level ha needs <disk type='block' "
+                       "device='disk'> with <source dev='/dev/drbdN'/>", fd->target, v);
+    }
+    if (level == FTDEF_LEVEL_FT && type && strcmp(type, "file") != 0) {
         g_autofree char *v = show(type);
 
         return invalid(err, "<ft:disk target='%s'>: its <disk type='%s'> cannot "
@@ -724,6 +894,8 @@ static gboolean resolve_disk(xmlXPathObjectPtr disks, FtDisk *fd, GError **err)
                        "<shareable/>; a disk shared with other guests cannot be "
                        "replicated: remove <shareable/> and give the guest its "
                        "own image", fd->target);
+    if (level == FTDEF_LEVEL_HA)
+        return resolve_drbd_source(node, fd, err);
     drv = child(node, "driver");
     format = drv ? prop(drv, "type") : NULL;
     if (!format)
@@ -884,6 +1056,24 @@ static gboolean check_unreplicated_disks(xmlXPathObjectPtr disks, const FtDef *d
                        "does not replicate would differ between the two copies of the "
                        "guest after a failover; replicate it with <ft:disk "
                        "target='%s'/>, or make it <readonly/>", dev, dev);
+    }
+    return TRUE;
+}
+
+/* Each ha disk its own DRBD device. */
+static gboolean check_drbd_minors(const FtDef *def, GError **err)
+{
+    for (guint i = 0; def->level == FTDEF_LEVEL_HA && i < def->disks->len; i++) {
+        const FtDisk *d = g_ptr_array_index(def->disks, i);
+
+        for (guint k = 0; k < i; k++) {
+            const FtDisk *o = g_ptr_array_index(def->disks, k);
+
+            if (o->drbd_minor == d->drbd_minor)
+                return invalid(err, "<ft:disk target='%s'>: its <source dev='%s'> is "
+                               "<ft:disk target='%s'>'s too; give each disk its own "
+                               "DRBD minor", d->target, d->source_path, o->target);
+        }
     }
     return TRUE;
 }
@@ -1091,6 +1281,7 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
     def->checkpoint_interval_ms = FTDEF_INTERVAL_DEFAULT;
     def->compare_timeout_ms = FTDEF_COMPARE_TIMEOUT_DEFAULT;
     def->output_mode = FTDEF_OUTPUT_COMPARE;
+    def->level = FTDEF_LEVEL_FT;
     def->port_base = FTDEF_PORT_BASE_DEFAULT;
     def->disks = g_ptr_array_new_with_free_func(ftdisk_free);
 
@@ -1101,9 +1292,11 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
         g_autoptr(xmlXPathObject) disks = xpath(xp, "/domain/devices/disk");
 
         for (guint i = 0; i < def->disks->len; i++) {
-            if (!resolve_disk(disks, g_ptr_array_index(def->disks, i), err))
+            if (!resolve_disk(disks, g_ptr_array_index(def->disks, i), def->level, err))
                 return NULL;
         }
+        if (!check_drbd_minors(def, err))
+            return NULL;
         if (!check_unreplicated_disks(disks, def, err))
             return NULL;
     }
@@ -1114,7 +1307,8 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
 
 gboolean ftdef_same_pair_and_disks(const FtDef *a, const FtDef *b)
 {
-    if (a->port_base != b->port_base || a->disks->len != b->disks->len)
+    if (a->port_base != b->port_base || a->level != b->level ||
+        a->disks->len != b->disks->len)
         return FALSE;
     for (guint i = 0; i < G_N_ELEMENTS(a->hosts); i++) {
         if (g_strcmp0(a->hosts[i].name, b->hosts[i].name) ||
@@ -1126,7 +1320,9 @@ gboolean ftdef_same_pair_and_disks(const FtDef *a, const FtDef *b)
         const FtDisk *da = g_ptr_array_index(a->disks, i);
         const FtDisk *db = g_ptr_array_index(b->disks, i);
 
-        if (g_strcmp0(da->target, db->target))
+        if (g_strcmp0(da->target, db->target) ||
+            g_strcmp0(da->backing_device, db->backing_device) ||
+            da->drbd_minor != db->drbd_minor)
             return FALSE;
     }
     return TRUE;

@@ -74,10 +74,31 @@ typedef enum {
 
 const char *ftdef_output_mode_name(FtOutputMode mode);
 
+/* <ft:protection level>: how the guest survives the loss of its host. */
+typedef enum {
+    /* COLO: both copies run, checkpointed; nothing the clients saw is lost. */
+    FTDEF_LEVEL_FT,
+    /* One copy runs; its disks are mirrored by DRBD (protocol C) and the
+     * guest is restarted on the peer after a failure (issue 18). */
+    FTDEF_LEVEL_HA,
+} FtProtectionLevel;
+
+const char *ftdef_level_name(FtProtectionLevel level);
+
+/* The largest DRBD minor number (DRBD's MINORMASK). */
+#define FTDEF_DRBD_MINOR_MAX 1048575
+/* A backing device's path, at most (it is written quoted into a DRBD file). */
+#define FTDEF_BACKING_DEVICE_MAX 255
+
 typedef struct {
     char *target;       /* <target dev>, e.g. "vda": [A-Za-z0-9_-]+ */
-    char *source_path;  /* <source file>, an absolute path */
-    char *format;       /* <driver type>: "qcow2" or "raw" */
+    char *source_path;  /* ft: <source file>, an absolute path;
+                         * ha: <source dev>, "/dev/drbdN" */
+    char *format;       /* <driver type>: "qcow2" or "raw"; ha: "raw" */
+    /* ha only (ft: NULL and 0) */
+    char *backing_device; /* <ft:disk backing-device>: the local block device
+                           * DRBD mirrors, /dev/...: see ftdef_backing_device_problem() */
+    guint drbd_minor;     /* N of <source dev='/dev/drbdN'>, 0..FTDEF_DRBD_MINOR_MAX */
 } FtDisk;
 
 typedef struct {
@@ -95,7 +116,10 @@ typedef struct {
     guint compare_timeout_ms;      /* if absent: FTDEF_COMPARE_TIMEOUT_DEFAULT, or
                                     * FTDEF_PASSIVE_EPOCH_DEFAULT in passive mode;
                                     * in auto mode, for its compare phases */
-    guint port_base;               /* FTDEF_PORT_BASE_DEFAULT if absent */
+    FtProtectionLevel level;       /* FTDEF_LEVEL_FT if absent */
+    guint port_base;               /* FTDEF_PORT_BASE_DEFAULT if absent; ft: uses
+                                    * port_base..+3; ha: disk i's DRBD resource
+                                    * replicates on port_base + i */
     GPtrArray *disks;              /* FtDisk *, in <ft:disk> order, 1..64 */
     guint n_interfaces;            /* 0 or 1 <interface> elements */
     /* <qemu:commandline> present: arguments libvirt passes to QEMU unchecked. */
@@ -121,7 +145,8 @@ typedef enum {
  */
 FtDef *ftdef_parse(const char *domain_xml, GError **err);
 
-/* The same two hosts (names and addresses), ports and replicated disks. */
+/* The same two hosts (names and addresses), ports, protection level and
+ * replicated disks (for ha: their backing devices and DRBD minors). */
 gboolean ftdef_same_pair_and_disks(const FtDef *a, const FtDef *b);
 
 /* This host's entry / the other host's entry, found by the configured
@@ -132,6 +157,12 @@ const FtHost *ftdef_peer(const FtDef *d, const char *my_host_name);
 /* The host-name syntax shared with kvm-ftd.conf: 1..FTDEF_HOST_NAME_MAX
  * characters from [A-Za-z0-9._-]. */
 gboolean ftdef_host_name_valid(const char *name);
+
+/* Why path cannot be an ha disk's backing-device (it is written into a DRBD
+ * resource file), or NULL: an absolute path under /dev/, at most
+ * FTDEF_BACKING_DEVICE_MAX characters from [A-Za-z0-9/._+:@=,-], no "."
+ * or ".." component, no empty one. */
+const char *ftdef_backing_device_problem(const char *path);
 
 /* Why name cannot be a guest's (it names files in the state and run dirs), or NULL. */
 const char *ftdef_guest_name_problem(const char *name);

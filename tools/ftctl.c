@@ -11,6 +11,8 @@
 
 #include "control.h"
 #include "diskcompare.h"
+#include "drbdres.h"
+#include "ftdef.h"
 #include "status.h"
 
 enum {
@@ -1165,6 +1167,101 @@ static int cmd_events(char **args)
     return EXIT_OK;
 }
 
+static char *opt_drbd_version;
+static char *opt_out_dir;
+static char *opt_handler;
+
+/* --drbd-version, else what /proc/drbd says. */
+static gboolean drbd_syntax(DrbdSyntax *syntax, GError **err)
+{
+    g_autofree char *proc = NULL;
+
+    if (opt_drbd_version)
+        return drbdres_syntax_from_name(opt_drbd_version, syntax, err);
+    if (!g_file_test(DRBDRES_PROC_DRBD, G_FILE_TEST_EXISTS)) {
+        g_set_error(err, DRBDRES_ERROR, DRBDRES_ERROR_INVALID, "no --drbd-version, and "
+                    "no %s (the drbd module is not loaded here): give --drbd-version 8.4 "
+                    "or 9", DRBDRES_PROC_DRBD);
+        return FALSE;
+    }
+    return g_file_get_contents(DRBDRES_PROC_DRBD, &proc, NULL, err) &&
+           drbdres_syntax_from_proc(proc, syntax, err);
+}
+
+/* Each resource file into the directory; each file whole or not at all. */
+static int write_resources(GPtrArray *names, GPtrArray *texts)
+{
+    if (!g_file_test(opt_out_dir, G_FILE_TEST_IS_DIR)) {
+        msg("--out %s: not a directory", opt_out_dir);
+        return EXIT_FAILED;
+    }
+    for (guint i = 0; i < names->len; i++) {
+        g_autofree char *file = g_strconcat(g_ptr_array_index(names, i), ".res", NULL);
+        g_autofree char *path = g_build_filename(opt_out_dir, file, NULL);
+        g_autoptr(GError) e = NULL;
+
+        /* A temporary file renamed over the old one: DRBD never reads half of it. */
+        if (!g_file_set_contents_full(path, g_ptr_array_index(texts, i), -1,
+                                      G_FILE_SET_CONTENTS_CONSISTENT, 0644, &e)) {
+            msg("%s", e->message);
+            return EXIT_FAILED;
+        }
+        say("wrote %s", path);
+    }
+    return EXIT_OK;
+}
+
+static int cmd_drbd_config(char **args)
+{
+    g_autoptr(GError) e = NULL;
+    g_autofree char *xml = NULL;
+    g_autoptr(FtDef) def = NULL;
+    g_autoptr(GPtrArray) names = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) texts = g_ptr_array_new_with_free_func(g_free);
+    const char *handler = opt_handler ? opt_handler : DRBDRES_DEFAULT_HANDLER;
+    DrbdSyntax syntax;
+    gsize len;
+
+    if (!drbd_syntax(&syntax, &e))
+        return opt_drbd_version || !g_file_test(DRBDRES_PROC_DRBD, G_FILE_TEST_EXISTS)
+                   ? usage_error(find_command("drbd-config"), "%s", e->message)
+                   : fail(e);
+    if (!g_file_get_contents(args[0], &xml, &len, &e))
+        return fail(e);
+    if (memchr(xml, '\0', len)) {
+        msg("%s: has a NUL byte; it is not a domain XML file", args[0]);
+        return EXIT_FAILED;
+    }
+    def = ftdef_parse(xml, &e);
+    if (!def) {
+        msg("%s: %s", args[0], e->message);
+        return EXIT_FAILED;
+    }
+    if (def->level != FTDEF_LEVEL_HA) {
+        msg("%s: guest '%s' has protection level %s: kvm-ftd replicates its disks, not "
+            "DRBD; drbd-config is for guests with <ft:protection level='ha'/>", args[0],
+            def->name, ftdef_level_name(def->level));
+        return EXIT_FAILED;
+    }
+    /* All of them first: a disk that cannot have its file changes nothing. */
+    for (guint i = 0; i < def->disks->len; i++) {
+        char *text = drbdres_generate(def, i, syntax, handler, &e);
+
+        if (!text) {
+            msg("%s: %s", args[0], e->message);
+            return EXIT_FAILED;
+        }
+        g_ptr_array_add(texts, text);
+        g_ptr_array_add(names, drbdres_resource_name(def, i));
+    }
+    if (opt_out_dir)
+        return write_resources(names, texts);
+    for (guint i = 0; i < texts->len; i++)
+        printf("%s%s", i ? "\n" : "", (const char *)g_ptr_array_index(texts, i));
+    fflush(stdout);
+    return EXIT_OK;
+}
+
 static const GOptionEntry status_entries[] = {
     { "json", 'j', 0, G_OPTION_ARG_NONE, &opt_json,
       "Print kvm-ftd's status result as JSON", NULL },
@@ -1198,6 +1295,18 @@ static const GOptionEntry switch_entries[] = {
     { "timeout-s", 0, 0, G_OPTION_ARG_INT, &opt_wait_s,
       "Give up waiting after N seconds, counted from the start (default "
       G_STRINGIFY(DEFAULT_SWITCH_TIMEOUT_S) ")", "N" },
+    { NULL, 0, 0, 0, NULL, NULL, NULL },
+};
+
+static const GOptionEntry drbd_config_entries[] = {
+    { "drbd-version", 0, 0, G_OPTION_ARG_STRING, &opt_drbd_version,
+      "Write DRBD 8.4's or DRBD 9's syntax (default: the version in " DRBDRES_PROC_DRBD ")",
+      "8.4|9" },
+    { "out", 'o', 0, G_OPTION_ARG_FILENAME, &opt_out_dir,
+      "Write DIR/RESOURCE.res for each disk instead of printing them", "DIR" },
+    { "handler", 0, 0, G_OPTION_ARG_FILENAME, &opt_handler,
+      "The fence-peer, unfence and split-brain handler (default "
+      DRBDRES_DEFAULT_HANDLER ")", "PATH" },
     { NULL, 0, 0, 0, NULL, NULL, NULL },
 };
 
@@ -1275,6 +1384,16 @@ static const Command commands[] = {
       "line that rewrites itself: \"GUEST: resync (MODE) DONE of TOTAL,\n"
       "RATE, ETA S\".",
       NULL, 0, 0, cmd_events, 0 },
+    { "drbd-config", "drbd-config DOMAIN.xml", "Write the DRBD resources of an HA guest",
+      "Read a domain XML file (e.g. virsh dumpxml GUEST) of a guest with\n"
+      "<ft:protection level='ha'/> and write one DRBD resource per disk,\n"
+      "\"kvmft-GUEST-TARGET\", for both of its hosts: printed, or with\n"
+      "--out each into DIR/RESOURCE.res (a temporary file renamed; written\n"
+      "only if every disk's could be made).  Needs no kvm-ftd.  Exit 1 if\n"
+      "the file is not a valid ha guest or a value cannot go into a DRBD\n"
+      "file (the message says which); 2 if --drbd-version is not 8.4 or 9,\n"
+      "or is missing where there is no " DRBDRES_PROC_DRBD ".",
+      drbd_config_entries, 1, 1, cmd_drbd_config, 0 },
 };
 
 static gboolean opt_help;
