@@ -406,6 +406,16 @@ static gboolean parse_hosts(xmlNodePtr node, FtDef *def, GError **err)
     return TRUE;
 }
 
+/* The index of @value in @names (@n of them), or @n if it is none of them. */
+static guint name_index(const char *const *names, guint n, const char *value)
+{
+    guint i;
+
+    for (i = 0; i < n && strcmp(value, names[i]) != 0; i++)
+        ;
+    return i;
+}
+
 static const char *const output_mode_names[] = {
     [FTDEF_OUTPUT_COMPARE] = "compare",
     [FTDEF_OUTPUT_PASSIVE] = "passive",
@@ -440,10 +450,7 @@ static gboolean parse_protection(xmlNodePtr node, FtDef *def, GError **err)
     if (!level)
         return invalid(err, "<%s>: the level attribute is missing; set level='ft' or "
                        "level='ha', or remove the element for the default (ft)", qn);
-    for (l = 0; l < G_N_ELEMENTS(level_names); l++) {
-        if (strcmp(level, level_names[l]) == 0)
-            break;
-    }
+    l = name_index(level_names, G_N_ELEMENTS(level_names), level);
     if (l == G_N_ELEMENTS(level_names)) {
         g_autofree char *sv = show(level);
 
@@ -476,12 +483,8 @@ static gboolean parse_checkpoint(xmlNodePtr node, FtDef *def, GError **err)
     }
     output = prop(node, "output");
     if (output) {
-        guint m;
+        guint m = name_index(output_mode_names, G_N_ELEMENTS(output_mode_names), output);
 
-        for (m = 0; m < G_N_ELEMENTS(output_mode_names); m++) {
-            if (strcmp(output, output_mode_names[m]) == 0)
-                break;
-        }
         if (m == G_N_ELEMENTS(output_mode_names)) {
             g_autofree char *sv = show(output);
 
@@ -621,16 +624,33 @@ static gboolean check_level(const FtDef *def, gboolean have_checkpoint, GError *
     return TRUE;
 }
 
+/* The children of <ft:guest> that may appear at most once, and their parsers. */
+enum { ONCE_HOSTS, ONCE_PROTECTION, ONCE_CHECKPOINT, ONCE_PORTS, N_ONCE };
+
+static const char *const once_names[N_ONCE] = {
+    [ONCE_HOSTS] = "hosts",
+    [ONCE_PROTECTION] = "protection",
+    [ONCE_CHECKPOINT] = "checkpoint",
+    [ONCE_PORTS] = "ports",
+};
+
+static gboolean (*const once_parsers[N_ONCE])(xmlNodePtr, FtDef *, GError **) = {
+    [ONCE_HOSTS] = parse_hosts,
+    [ONCE_PROTECTION] = parse_protection,
+    [ONCE_CHECKPOINT] = parse_checkpoint,
+    [ONCE_PORTS] = parse_ports,
+};
+
 static gboolean parse_guest(xmlNodePtr guest, FtDef *def, GError **err)
 {
     g_autofree char *gn = qname(guest);
-    gboolean have_hosts = FALSE, have_checkpoint = FALSE, have_ports = FALSE;
-    gboolean have_protection = FALSE;
+    gboolean seen[N_ONCE] = { FALSE };
 
     if (!check_container(guest, err))
         return FALSE;
     for (xmlNodePtr c = guest->children; c; c = c->next) {
         g_autofree char *cn = NULL;
+        guint k;
 
         if (c->type != XML_ELEMENT_NODE)
             continue;
@@ -639,40 +659,25 @@ static gboolean parse_guest(xmlNodePtr guest, FtDef *def, GError **err)
             return invalid(err, "<%s>: unexpected element <%s>; allowed "
                            "children are %s, all in the %s namespace", gn, cn,
                            guest_children, FTDEF_NS);
-        if (strcmp((const char *)c->name, "hosts") == 0) {
-            if (have_hosts)
-                return invalid(err, "<%s>: duplicate <%s>; give both hosts "
-                               "in one <%s>", gn, cn, cn);
-            have_hosts = TRUE;
-            if (!parse_hosts(c, def, err))
-                return FALSE;
-        } else if (strcmp((const char *)c->name, "protection") == 0) {
-            if (have_protection)
-                return invalid(err, "<%s>: duplicate <%s>; keep one", gn, cn);
-            have_protection = TRUE;
-            if (!parse_protection(c, def, err))
-                return FALSE;
-        } else if (strcmp((const char *)c->name, "checkpoint") == 0) {
-            if (have_checkpoint)
-                return invalid(err, "<%s>: duplicate <%s>; keep one", gn, cn);
-            have_checkpoint = TRUE;
-            if (!parse_checkpoint(c, def, err))
-                return FALSE;
-        } else if (strcmp((const char *)c->name, "ports") == 0) {
-            if (have_ports)
-                return invalid(err, "<%s>: duplicate <%s>; keep one", gn, cn);
-            have_ports = TRUE;
-            if (!parse_ports(c, def, err))
-                return FALSE;
-        } else if (strcmp((const char *)c->name, "disk") == 0) {
+        if (strcmp((const char *)c->name, "disk") == 0) {
             if (!parse_ft_disk(c, def, err))
                 return FALSE;
-        } else {
+            continue;
+        }
+        k = name_index(once_names, N_ONCE, (const char *)c->name);
+        if (k == N_ONCE)
             return invalid(err, "<%s>: unknown element <%s>; allowed children "
                            "are %s", gn, cn, guest_children);
-        }
+        if (seen[k] && k == ONCE_HOSTS)
+            return invalid(err, "<%s>: duplicate <%s>; give both hosts "
+                           "in one <%s>", gn, cn, cn);
+        if (seen[k])
+            return invalid(err, "<%s>: duplicate <%s>; keep one", gn, cn);
+        seen[k] = TRUE;
+        if (!once_parsers[k](c, def, err))
+            return FALSE;
     }
-    if (!have_hosts)
+    if (!seen[ONCE_HOSTS])
         return invalid(err, "<%s>: <ft:hosts> is missing; name the two hosts, "
                        "e.g. <ft:hosts><ft:host name='hostA' link-address="
                        "'192.168.100.1'/><ft:host name='hostB' link-address="
@@ -680,7 +685,7 @@ static gboolean parse_guest(xmlNodePtr guest, FtDef *def, GError **err)
     if (def->disks->len == 0)
         return invalid(err, "<%s>: no <ft:disk>; name each disk to replicate, "
                        "e.g. <ft:disk target='vda'/>", gn);
-    return check_level(def, have_checkpoint, err);
+    return check_level(def, seen[ONCE_CHECKPOINT], err);
 }
 
 /* Find the one <ft:guest>; NOT_FT if the domain has no kvm-ft metadata. */

@@ -535,6 +535,180 @@ INVALID(disk_source_relative, GOOD_GUEST, DISK("type='file' device='disk'",
         "<driver name='qemu' type='qcow2'/><source file='img/a.qcow2'/>"
         "<target dev='vda'/>"), "<ft:disk target='vda'>", "absolute path")
 
+/* ---- protection level ha: disks mirrored by DRBD ------------------------------ */
+
+#define HA "<ft:protection level='ha'/>"
+#define FT_VDA_HA "<ft:disk target='vda' backing-device='/dev/vg0/g1-vda'/>"
+#define FT_VDB_HA "<ft:disk target='vdb' backing-device='/dev/vg0/g1-vdb'/>"
+#define HA_GUEST GUEST(HOSTS HA FT_VDA_HA)
+#define DRBD_INNER(dev, tgt) "<driver name='qemu' type='raw'/><source dev='" dev "'/>" \
+                             "<target dev='" tgt "' bus='virtio'/>"
+#define DISK_DRBD(dev, tgt) DISK("type='block' device='disk'", DRBD_INNER(dev, tgt))
+#define DRBD_VDA DISK_DRBD("/dev/drbd10", "vda")
+
+START_TEST(ha_valid)
+{
+    /* <ft:protection> after the disks: the level applies to all of <ft:guest>. */
+    g_autofree char *xml = domain(
+        GUEST(HOSTS "<ft:ports base='9300'/>" FT_VDA_HA
+              "<ft:disk target='vdb' backing-device='/dev/disk/by-path/pci-0000:00:1f.2-ata-1'/>"
+              "<ft:disk target='vdc' backing-device='/dev/loop0'/>" HA),
+        DRBD_VDA DISK_DRBD("/dev/drbd0", "vdb") DISK_DRBD("/dev/drbd1048575", "vdc"));
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = ftdef_parse(xml, &err);
+    const FtDisk *d;
+
+    ck_assert_msg(def != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_int_eq(def->level, FTDEF_LEVEL_HA);
+    ck_assert_str_eq(ftdef_level_name(def->level), "ha");
+    ck_assert_uint_eq(def->port_base, 9300);
+    ck_assert_uint_eq(def->disks->len, 3);
+    d = g_ptr_array_index(def->disks, 0);
+    ck_assert_str_eq(d->target, "vda");
+    ck_assert_str_eq(d->backing_device, "/dev/vg0/g1-vda");
+    ck_assert_uint_eq(d->drbd_minor, 10);
+    ck_assert_str_eq(d->source_path, "/dev/drbd10");
+    ck_assert_str_eq(d->format, "raw");
+    d = g_ptr_array_index(def->disks, 1);
+    ck_assert_str_eq(d->backing_device, "/dev/disk/by-path/pci-0000:00:1f.2-ata-1");
+    ck_assert_uint_eq(d->drbd_minor, 0);
+    ck_assert_str_eq(d->source_path, "/dev/drbd0");
+    d = g_ptr_array_index(def->disks, 2);
+    ck_assert_uint_eq(d->drbd_minor, FTDEF_DRBD_MINOR_MAX);
+}
+END_TEST
+
+START_TEST(level_default_and_explicit_ft)
+{
+    g_autofree char *plain = domain(GOOD_GUEST, DISK_VDA);
+    g_autofree char *explicit_ft = domain(GUEST(HOSTS "<ft:protection level='ft'/>" FT_VDA),
+                                          DISK_VDA);
+    g_autoptr(FtDef) a = ftdef_parse(plain, NULL);
+    g_autoptr(FtDef) b = ftdef_parse(explicit_ft, NULL);
+    const FtDisk *d;
+
+    ck_assert_ptr_nonnull(a);
+    ck_assert_ptr_nonnull(b);
+    ck_assert_int_eq(a->level, FTDEF_LEVEL_FT);
+    ck_assert_int_eq(b->level, FTDEF_LEVEL_FT);
+    ck_assert_str_eq(ftdef_level_name(a->level), "ft");
+    d = g_ptr_array_index(a->disks, 0);
+    ck_assert_ptr_null(d->backing_device);
+    ck_assert_uint_eq(d->drbd_minor, 0);
+    ck_assert(ftdef_same_pair_and_disks(a, b));
+}
+END_TEST
+
+/* The level, each backing device and each minor are part of the pair's storage. */
+START_TEST(ha_same_pair_and_disks)
+{
+    g_autofree char *ha = domain(HA_GUEST, DRBD_VDA);
+    g_autofree char *other_backing = domain(
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='/dev/vg1/g1-vda'/>"), DRBD_VDA);
+    g_autofree char *other_minor = domain(HA_GUEST, DISK_DRBD("/dev/drbd11", "vda"));
+    g_autofree char *ft = domain(GOOD_GUEST, DISK_VDA);
+    g_autoptr(FtDef) a = ftdef_parse(ha, NULL);
+    g_autoptr(FtDef) a2 = ftdef_parse(ha, NULL);
+    g_autoptr(FtDef) b = ftdef_parse(other_backing, NULL);
+    g_autoptr(FtDef) c = ftdef_parse(other_minor, NULL);
+    g_autoptr(FtDef) f = ftdef_parse(ft, NULL);
+
+    ck_assert(a && a2 && b && c && f);
+    ck_assert(ftdef_same_pair_and_disks(a, a2));
+    ck_assert(!ftdef_same_pair_and_disks(a, b));
+    ck_assert(!ftdef_same_pair_and_disks(a, c));
+    ck_assert(!ftdef_same_pair_and_disks(a, f));
+    ck_assert(!ftdef_same_pair_and_disks(f, a));
+}
+END_TEST
+
+INVALID(protection_level_unknown, GUEST(HOSTS "<ft:protection level='colo'/>" FT_VDA),
+        DISK_VDA, "<ft:protection level='colo'>", "must be 'ft'")
+INVALID(protection_level_missing, GUEST(HOSTS "<ft:protection/>" FT_VDA), DISK_VDA,
+        "<ft:protection>", "the level attribute is missing")
+INVALID(protection_unknown_attribute,
+        GUEST(HOSTS "<ft:protection level='ha' mode='drbd'/>" FT_VDA_HA), DRBD_VDA,
+        "<ft:protection>: unknown attribute 'mode'; allowed: level", NULL)
+INVALID(protection_twice, GUEST(HOSTS HA HA FT_VDA_HA), DRBD_VDA,
+        "duplicate <ft:protection>", NULL)
+INVALID(protection_text, GUEST(HOSTS "<ft:protection>ha</ft:protection>" FT_VDA), DISK_VDA,
+        "<ft:protection>: unexpected text", NULL)
+INVALID(ha_checkpoint_refused, GUEST(HOSTS HA "<ft:checkpoint interval-ms='100'/>" FT_VDA_HA),
+        DRBD_VDA, "<ft:checkpoint> applies to protection level ft only", NULL)
+INVALID(ha_backing_device_missing, GUEST(HOSTS HA FT_VDA), DRBD_VDA,
+        "<ft:disk target='vda'>: protection level ha needs its backing-device", NULL)
+INVALID(ft_backing_device_refused, GUEST(HOSTS FT_VDA_HA), DISK_VDA,
+        "<ft:disk target='vda'>: backing-device applies to protection level ha only", NULL)
+INVALID(ha_backing_device_empty,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device=''/>"), DRBD_VDA,
+        "<ft:disk target='vda' backing-device=''>: is empty", NULL)
+INVALID(ha_backing_device_not_dev,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='/srv/vda.img'/>"), DRBD_VDA,
+        "backing-device='/srv/vda.img'>: is not an absolute path under /dev/", NULL)
+INVALID(ha_backing_device_relative,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='dev/sda'/>"), DRBD_VDA,
+        "is not an absolute path under /dev/", NULL)
+INVALID(ha_backing_device_dotdot,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='/dev/../etc/passwd'/>"),
+        DRBD_VDA, "contains '..'", NULL)
+INVALID(ha_backing_device_space,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='/dev/vg0/a b'/>"), DRBD_VDA,
+        "backing-device='/dev/vg0/a b'>: has a character a DRBD resource file cannot take",
+        NULL)
+INVALID(ha_backing_device_quote,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='/dev/a\"b'/>"), DRBD_VDA,
+        "backing-device='/dev/a\\\"b'>", "cannot take")
+INVALID(ha_backing_device_semicolon,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='/dev/sda;reboot'/>"),
+        DRBD_VDA, "cannot take", NULL)
+INVALID(ha_backing_device_brace,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='/dev/sda}'/>"), DRBD_VDA,
+        "cannot take", NULL)
+INVALID(ha_backing_device_newline,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='/dev/sda&#10;x'/>"), DRBD_VDA,
+        "backing-device='/dev/sda\\nx'>", "cannot take")
+INVALID(ha_backing_device_empty_component,
+        GUEST(HOSTS HA "<ft:disk target='vda' backing-device='/dev//sda'/>"), DRBD_VDA,
+        "has '.' or empty components", NULL)
+INVALID(ha_backing_device_twice, GUEST(HOSTS HA FT_VDA_HA
+                                       "<ft:disk target='vdb' backing-device='/dev/vg0/g1-vda'/>"),
+        DRBD_VDA DISK_DRBD("/dev/drbd11", "vdb"),
+        "<ft:disk target='vdb'>: backing-device='/dev/vg0/g1-vda' is <ft:disk target='vda'>'s "
+        "too; each disk needs its own backing device", NULL)
+INVALID(ha_disk_file, HA_GUEST, DISK_VDA,
+        "<ft:disk target='vda'>: its <disk type='file'> cannot be mirrored by DRBD", NULL)
+INVALID(ha_disk_type_absent, HA_GUEST, DISK("device='disk'", DRBD_INNER("/dev/drbd10", "vda")),
+        "<ft:disk target='vda'>: its <disk type='file'> cannot be mirrored by DRBD", NULL)
+INVALID(ha_disk_lun, HA_GUEST, DISK("type='block' device='lun'",
+                                    DRBD_INNER("/dev/drbd10", "vda")),
+        "<disk device='lun'>", "only <disk type='block' device='disk'>")
+INVALID(ha_disk_format_qcow2, HA_GUEST, DISK("type='block' device='disk'",
+        "<driver name='qemu' type='qcow2'/><source dev='/dev/drbd10'/><target dev='vda'/>"),
+        "<ft:disk target='vda'>: its <driver type='qcow2'> is not supported at protection "
+        "level ha", NULL)
+INVALID(ha_disk_format_missing, HA_GUEST, DISK("type='block' device='disk'",
+        "<source dev='/dev/drbd10'/><target dev='vda'/>"),
+        "<ft:disk target='vda'>: its <disk> has no <driver type>", "type='raw'")
+INVALID(ha_disk_source_dev_missing, HA_GUEST, DISK("type='block' device='disk'",
+        "<driver name='qemu' type='raw'/><source file='/dev/drbd10'/><target dev='vda'/>"),
+        "<ft:disk target='vda'>: its <disk> has no <source dev>", NULL)
+INVALID(ha_disk_not_drbd, HA_GUEST, DISK_DRBD("/dev/sda", "vda"),
+        "<ft:disk target='vda'>: its <source dev='/dev/sda'> is not a DRBD device", NULL)
+INVALID(ha_disk_minor_leading_zero, HA_GUEST, DISK_DRBD("/dev/drbd010", "vda"),
+        "<source dev='/dev/drbd010'> is not a DRBD device", "without leading zeros")
+INVALID(ha_disk_minor_too_large, HA_GUEST, DISK_DRBD("/dev/drbd1048576", "vda"),
+        "<source dev='/dev/drbd1048576'> is not a DRBD device", "from 0 to 1048575")
+INVALID(ha_disk_minor_not_decimal, HA_GUEST, DISK_DRBD("/dev/drbd1a", "vda"),
+        "is not a DRBD device", NULL)
+INVALID(ha_disk_minor_empty, HA_GUEST, DISK_DRBD("/dev/drbd", "vda"),
+        "is not a DRBD device", NULL)
+INVALID(ha_disk_minor_twice, GUEST(HOSTS HA FT_VDA_HA FT_VDB_HA),
+        DRBD_VDA DISK_DRBD("/dev/drbd10", "vdb"),
+        "<ft:disk target='vdb'>: its <source dev='/dev/drbd10'> is <ft:disk target='vda'>'s "
+        "too; give each disk its own DRBD minor", NULL)
+INVALID(ha_disk_unreplicated, HA_GUEST, DRBD_VDA DISK_DRBD("/dev/drbd11", "vdb"),
+        "<disk> with <target dev='vdb'>", NULL)
+
 /* ---- what kvm-ft cannot protect at domain level ----------------------------- */
 
 INVALID(nic_vhost, GOOD_GUEST, DISK_VDA
@@ -878,6 +1052,44 @@ static Suite *ftdef_suite(void)
     tcase_add_test(tc, disk_source_missing);
     tcase_add_test(tc, disk_source_empty);
     tcase_add_test(tc, disk_source_relative);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("ha");
+    tcase_add_test(tc, ha_valid);
+    tcase_add_test(tc, level_default_and_explicit_ft);
+    tcase_add_test(tc, ha_same_pair_and_disks);
+    tcase_add_test(tc, protection_level_unknown);
+    tcase_add_test(tc, protection_level_missing);
+    tcase_add_test(tc, protection_unknown_attribute);
+    tcase_add_test(tc, protection_twice);
+    tcase_add_test(tc, protection_text);
+    tcase_add_test(tc, ha_checkpoint_refused);
+    tcase_add_test(tc, ha_backing_device_missing);
+    tcase_add_test(tc, ft_backing_device_refused);
+    tcase_add_test(tc, ha_backing_device_empty);
+    tcase_add_test(tc, ha_backing_device_not_dev);
+    tcase_add_test(tc, ha_backing_device_relative);
+    tcase_add_test(tc, ha_backing_device_dotdot);
+    tcase_add_test(tc, ha_backing_device_space);
+    tcase_add_test(tc, ha_backing_device_quote);
+    tcase_add_test(tc, ha_backing_device_semicolon);
+    tcase_add_test(tc, ha_backing_device_brace);
+    tcase_add_test(tc, ha_backing_device_newline);
+    tcase_add_test(tc, ha_backing_device_empty_component);
+    tcase_add_test(tc, ha_backing_device_twice);
+    tcase_add_test(tc, ha_disk_file);
+    tcase_add_test(tc, ha_disk_type_absent);
+    tcase_add_test(tc, ha_disk_lun);
+    tcase_add_test(tc, ha_disk_format_qcow2);
+    tcase_add_test(tc, ha_disk_format_missing);
+    tcase_add_test(tc, ha_disk_source_dev_missing);
+    tcase_add_test(tc, ha_disk_not_drbd);
+    tcase_add_test(tc, ha_disk_minor_leading_zero);
+    tcase_add_test(tc, ha_disk_minor_too_large);
+    tcase_add_test(tc, ha_disk_minor_not_decimal);
+    tcase_add_test(tc, ha_disk_minor_empty);
+    tcase_add_test(tc, ha_disk_minor_twice);
+    tcase_add_test(tc, ha_disk_unreplicated);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("domain");
