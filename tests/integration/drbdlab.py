@@ -1,0 +1,219 @@
+"""drbdlab - real DRBD for the lab hosts, which cannot load kernel modules.
+
+LAB PLUMBING, not product.  On a production host kvm-ftd runs drbdadm on the host
+itself.  The lab hosts are namespaces of a kernel without modules, so each lab host
+runs one small TCG VM, a "DRBD node" (tools/build-guest --flavor drbd): Debian 12's
+own kernel with its own drbd 8.4 module, and drbd-utils 9.22 from Debian, as a host
+would have them.  The VM runs as a process of its lab host (a power pull kills it),
+its eth0 carries the host's link address and reaches the other node over the lab's
+dedicated link (a QEMU UDP socket netdev between the two hosts' link addresses: a
+cut link cuts DRBD too), and its virtio disk is the DRBD backing device.  What the
+tests run inside it (the generated resource files, drbdadm, drbdsetup) is the real
+thing; only the way commands get there (a shell on a virtio-serial port) is lab's.
+"""
+import base64
+import os
+import re
+import socket
+import subprocess
+import time
+
+from labtest import LINK, TOOLS, last_line, log, qemu_binary, run
+
+NODE_DIR = "/var/lib/kvm-ft/drbd-node"   # inside the lab host's mount namespace
+UDP_PORT = 9390                           # the nodes' link tunnel, on the link addresses
+BACKING_MIB = 64
+
+
+def node_image():
+    """The cached DRBD node image folder (kernel, initramfs with drbd-utils)."""
+    if os.environ.get("KVMFT_DRBD_NODE"):
+        return os.environ["KVMFT_DRBD_NODE"]
+    return last_line(run(os.path.join(TOOLS, "build-guest"), "--flavor", "drbd",
+                         timeout=1200).stdout)
+
+
+class AgentError(AssertionError):
+    pass
+
+
+class DrbdNode:
+    """One lab host's DRBD node VM and the shell on its agent port."""
+
+    def __init__(self, lab, host, image, qemu):
+        self.lab, self.host, self.image, self.qemu = lab, host, image, qemu
+        self.dir = lab.path(host, NODE_DIR)
+        self.sock = None
+        self.proc = None
+        self.seq = 0
+
+    @property
+    def serial_log(self):
+        return os.path.join(self.dir, "serial.log")
+
+    def boot(self, fresh_disk=True, timeout=120):
+        os.makedirs(self.dir, exist_ok=True)
+        backing = os.path.join(self.dir, "backing.raw")
+        if fresh_disk or not os.path.exists(backing):
+            with open(backing, "wb") as f:
+                f.truncate(BACKING_MIB << 20)
+        if os.path.exists(self.serial_log):
+            os.rename(self.serial_log, self.serial_log + ".%d" % time.time())
+        peer = "hostB" if self.host == "hostA" else "hostA"
+        mac = "52:54:00:d8:bd:0%s" % ("1" if self.host == "hostA" else "2")
+        args = [os.path.join(TOOLS, "lab"), "exec", self.host, self.qemu,
+                "-name", "drbd-node-" + self.host, "-accel", "tcg", "-cpu", "qemu64", "-m", "192",
+                "-nodefaults", "-display", "none", "-monitor", "none",
+                "-kernel", os.path.join(self.image, "vmlinuz"),
+                "-initrd", os.path.join(self.image, "initrd.gz"),
+                "-append", "console=ttyS0 panic=-1 kvmft.ip=%s/24 kvmft.hostname=%s"
+                % (LINK[self.host], self.host),
+                "-serial", "file:%s/serial.log" % NODE_DIR,
+                "-drive", "file=%s/backing.raw,if=virtio,format=raw,cache=none" % NODE_DIR,
+                "-netdev", "socket,id=link,udp=%s:%d,localaddr=%s:%d"
+                % (LINK[peer], UDP_PORT, LINK[self.host], UDP_PORT),
+                "-device", "virtio-net-pci,netdev=link,mac=" + mac,
+                "-device", "virtio-serial-pci",
+                "-chardev", "socket,id=agent,path=%s/agent.sock,server=on,wait=off" % NODE_DIR,
+                "-device", "virtserialport,chardev=agent,name=kvmft.agent"]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(os.path.join(self.dir, "qemu.err"), "w"),
+                                     env=dict(os.environ, **self.lab.env))
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            text = self.serial()
+            if "DRBD NODE FAIL" in text:
+                raise AssertionError("%s's DRBD node: %s" % (self.host, re.search(
+                    r"DRBD NODE FAIL.*", text).group(0)))
+            if "DRBD NODE UP" in text:
+                break
+            if self.proc.poll() is not None:
+                raise AssertionError("%s's DRBD node exited %d: %s" % (
+                    self.host, self.proc.returncode, self.qemu_err()))
+            time.sleep(0.2)
+        else:
+            raise AssertionError("%s's DRBD node did not come up in %ds" % (self.host, timeout))
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(os.path.join(self.dir, "agent.sock"))
+        log("%s: DRBD node up (%s)" % (self.host, re.search(r"DRBD NODE UP (.*)", text).group(1)))
+
+    def serial(self):
+        try:
+            with open(self.serial_log, errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def qemu_err(self):
+        try:
+            with open(os.path.join(self.dir, "qemu.err")) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return ""
+
+    def gone(self):
+        """The VM died with its host (lab power-off): forget the connection."""
+        if self.sock:
+            self.sock.close()
+        self.sock = None
+        if self.proc:
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        self.proc = None
+
+    def sh(self, script, timeout=60, check=True):
+        """Run script in the node's shell: (exit status, stdout+stderr)."""
+        if not self.sock:
+            raise AgentError("%s's DRBD node is not running" % self.host)
+        self.seq += 1
+        token = "__KVMFT_RC_%d__" % self.seq
+        self.sock.sendall(("{ %s\n} </dev/null 2>&1; echo %s $?\n" % (script, token)).encode())
+        self.sock.settimeout(timeout)
+        buf = b""
+        try:
+            while token.encode() not in buf or not buf.endswith(b"\n"):
+                data = self.sock.recv(65536)
+                if not data:
+                    raise AgentError("%s's DRBD node closed its agent port" % self.host)
+                buf += data
+        except socket.timeout:
+            raise AgentError("%s: no answer in %ds to: %s" % (self.host, timeout, script))
+        out, rest = buf.split(token.encode(), 1)
+        rc = int(rest.split()[0])
+        text = out.decode(errors="replace")
+        if check and rc != 0:
+            raise AgentError("%s: `%s` exited %d:\n%s" % (self.host, script, rc, text))
+        return rc, text
+
+    def put(self, path, data):
+        """Write a file in the node (data: bytes or str)."""
+        if isinstance(data, str):
+            data = data.encode()
+        b64 = base64.b64encode(data).decode()
+        self.sh("mkdir -p %s && echo %s | base64 -d > %s.tmp && mv %s.tmp %s"
+                % (os.path.dirname(path), b64, path, path, path))
+
+    def events(self):
+        """`drbdsetup events2 --now --statistics`: [{"kind": "resource"|..., key: value}]."""
+        _, out = self.sh("drbdsetup events2 --now --statistics all")
+        found = []
+        for line in out.splitlines():
+            words = line.split()
+            if len(words) < 2 or words[0] != "exists" or words[1] == "-":
+                continue
+            item = {"kind": words[1]}
+            for w in words[2:]:
+                k, _, v = w.partition(":")
+                item[k] = v
+            found.append(item)
+        return found
+
+    def state(self, resource):
+        """The resource's role, connection, disk, peer disk, replication, out-of-sync KiB."""
+        st = {}
+        for item in self.events():
+            if item.get("name") != resource:
+                continue
+            if item["kind"] == "resource":
+                st["role"] = item.get("role")
+                st["suspended"] = item.get("suspended")
+            elif item["kind"] == "connection":
+                st["connection"] = item.get("connection")
+                st["peer_role"] = item.get("role")
+            elif item["kind"] == "device":
+                st["disk"] = item.get("disk")
+            elif item["kind"] == "peer-device":
+                st["peer_disk"] = item.get("peer-disk")
+                st["replication"] = item.get("replication")
+                st["out_of_sync_kib"] = int(item.get("out-of-sync", "0"))
+        return st
+
+    def dmesg(self, pattern):
+        _, out = self.sh("dmesg")
+        return [l for l in out.splitlines() if re.search(pattern, l)]
+
+
+class DrbdPair:
+    """Both lab hosts' DRBD nodes."""
+
+    def __init__(self, lab):
+        self.image = node_image()
+        qemu = qemu_binary()
+        self.nodes = {h: DrbdNode(lab, h, self.image, qemu) for h in ("hostA", "hostB")}
+
+    def __getitem__(self, host):
+        return self.nodes[host]
+
+    def boot(self):
+        for node in self.nodes.values():
+            node.boot()
+        # The link tunnel is up when each node reaches the other.
+        self.nodes["hostA"].sh("ping -c 1 -W 5 %s >/dev/null" % LINK["hostB"], timeout=30)
+
+    def stop(self):
+        for node in self.nodes.values():
+            if node.proc and node.proc.poll() is None:
+                node.proc.terminate()
+            node.gone()
