@@ -10,19 +10,34 @@ dedicated link (a QEMU UDP socket netdev between the two hosts' link addresses: 
 cut link cuts DRBD too), and its virtio disk is the DRBD backing device.  What the
 tests run inside it (the generated resource files, drbdadm, drbdsetup) is the real
 thing; only the way commands get there (a shell on a virtio-serial port) is lab's.
+
+Two more ports connect the node to its lab host's kvm-ftd (tools/drbd-node/init):
+- kvmft.runner: kvm-ftd's DRBD commands (its [drbd] command-prefix is
+  tools/lab.d/drbd-node-exec) run on it, as they would on the host itself;
+- kvmft.handler: DRBD's handler calls come out of the node on it; HandlerRelay
+  runs the real kvm-ft-drbd-handler for each on the lab host (as DRBD would on
+  a production host) and hands back its exit status.
 """
 import base64
 import os
 import re
 import socket
 import subprocess
+import threading
 import time
 
-from labtest import LINK, TOOLS, last_line, log, qemu_binary, run
+from labtest import BUILD, LINK, TOOLS, last_line, log, run
 
 NODE_DIR = "/var/lib/kvm-ft/drbd-node"   # inside the lab host's mount namespace
+# Debian's QEMU runs the nodes: it has user networking (the patched build for the guests
+# does not), through which the lab host reaches the node's qemu-nbd.
+NODE_QEMU = "/usr/bin/qemu-system-x86_64"
+# The lab host's 127.0.0.1:NBD_PORT is the node's qemu-nbd (QEMU forwards it).
+NBD_PORT = 10809
 UDP_PORT = 9390                           # the nodes' link tunnel, on the link addresses
 BACKING_MIB = 64
+HANDLER = os.path.join(BUILD, "kvm-ft", "kvm-ft-drbd-handler")
+COMMAND_PREFIX = os.path.join(TOOLS, "lab.d", "drbd-node-exec")
 
 
 def node_image():
@@ -73,9 +88,17 @@ class DrbdNode:
                 "-netdev", "socket,id=link,udp=%s:%d,localaddr=%s:%d"
                 % (LINK[peer], UDP_PORT, LINK[self.host], UDP_PORT),
                 "-device", "virtio-net-pci,netdev=link,mac=" + mac,
+                "-netdev", "user,id=host,restrict=on,hostfwd=tcp:127.0.0.1:%d-:%d"
+                % (NBD_PORT, NBD_PORT),
+                "-device", "virtio-net-pci,netdev=host",
                 "-device", "virtio-serial-pci",
                 "-chardev", "socket,id=agent,path=%s/agent.sock,server=on,wait=off" % NODE_DIR,
-                "-device", "virtserialport,chardev=agent,name=kvmft.agent"]
+                "-device", "virtserialport,chardev=agent,name=kvmft.agent",
+                "-chardev", "socket,id=runner,path=%s/runner.sock,server=on,wait=off" % NODE_DIR,
+                "-device", "virtserialport,chardev=runner,name=kvmft.runner",
+                "-chardev", "socket,id=handler,path=%s/handler.sock,server=on,wait=off"
+                % NODE_DIR,
+                "-device", "virtserialport,chardev=handler,name=kvmft.handler"]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(os.path.join(self.dir, "qemu.err"), "w"),
                                      env=dict(os.environ, **self.lab.env))
@@ -95,6 +118,7 @@ class DrbdNode:
             raise AssertionError("%s's DRBD node did not come up in %ds" % (self.host, timeout))
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(os.path.join(self.dir, "agent.sock"))
+        self.relay = HandlerRelay(self)
         log("%s: DRBD node up (%s)" % (self.host, re.search(r"DRBD NODE UP (.*)", text).group(1)))
 
     def serial(self):
@@ -113,6 +137,8 @@ class DrbdNode:
 
     def gone(self):
         """The VM died with its host (lab power-off): forget the connection."""
+        if getattr(self, "relay", None):
+            self.relay.stop()
         if self.sock:
             self.sock.close()
         self.sock = None
@@ -190,9 +216,75 @@ class DrbdNode:
                 st["out_of_sync_kib"] = int(item.get("out-of-sync", "0"))
         return st
 
+    def export(self, minor):
+        """Serve /dev/drbdMINOR (this node must be its Primary) to the lab host, as NBD
+        export "drbdMINOR" on the host's 127.0.0.1:NBD_PORT: what a production host's
+        guest opens as the block device itself."""
+        self.sh("qemu-nbd --fork --persistent --shared=4 --format=raw --cache=none "
+                "--bind=10.0.2.15 --port=%d --export-name=drbd%d /dev/drbd%d"
+                % (NBD_PORT, minor, minor), timeout=60)
+
+    def unexport(self):
+        self.sh("killall qemu-nbd 2>/dev/null; while pidof qemu-nbd >/dev/null; do sleep 0.1; done",
+                timeout=30)
+
     def dmesg(self, pattern):
         _, out = self.sh("dmesg")
         return [l for l in out.splitlines() if re.search(pattern, l)]
+
+
+class HandlerRelay:
+    """LAB PLUMBING: DRBD's handler calls from the node, run for real on its lab host.
+
+    Each "HANDLER name resource minor token" line from the node's kvmft.handler port
+    runs build/kvm-ft/kvm-ft-drbd-handler NAME in the lab host's namespaces with
+    DRBD's environment; "EXIT token status" goes back.  self.calls records
+    (name, resource, status, stderr) for the tests."""
+
+    def __init__(self, node):
+        self.node = node
+        self.calls = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(os.path.join(node.dir, "handler.sock"))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        buf = b""
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                words = line.decode(errors="replace").split()
+                if len(words) != 5 or words[0] != "HANDLER":
+                    continue
+                _, name, resource, minor, token = words
+                res = subprocess.run(
+                    [os.path.join(TOOLS, "lab"), "exec", self.node.host, "env",
+                     "DRBD_RESOURCE=" + resource, "DRBD_MINOR=" + minor, HANDLER, name],
+                    capture_output=True, text=True, timeout=120,
+                    env=dict(os.environ, **self.node.lab.env))
+                self.calls.append((name, resource, res.returncode, res.stderr.strip()))
+                log("%s: DRBD ran %s %s: exit %d %s" % (self.node.host, os.path.basename(HANDLER),
+                                                       name, res.returncode, res.stderr.strip()))
+                try:
+                    self.sock.sendall(("EXIT %s %d\n" % (token, res.returncode)).encode())
+                except OSError:
+                    return
+
+    def stop(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(timeout=150)
 
 
 class DrbdPair:
@@ -200,11 +292,18 @@ class DrbdPair:
 
     def __init__(self, lab):
         self.image = node_image()
-        qemu = qemu_binary()
-        self.nodes = {h: DrbdNode(lab, h, self.image, qemu) for h in ("hostA", "hostB")}
+        self.nodes = {h: DrbdNode(lab, h, self.image, NODE_QEMU) for h in ("hostA", "hostB")}
 
     def __getitem__(self, host):
         return self.nodes[host]
+
+    def configure_daemons(self, lab):
+        """Point each lab host's kvm-ftd at its DRBD node ([drbd] command-prefix)."""
+        for host in self.nodes:
+            with open(lab.path(host, "/etc/kvm-ft/kvm-ftd.conf"), "a") as f:
+                f.write("\n[drbd]\ncommand-prefix = %s\n" % COMMAND_PREFIX)
+            lab.lab("daemon-kill", host[-1])
+            lab.lab("daemon-start", host[-1])
 
     def boot(self):
         for node in self.nodes.values():
