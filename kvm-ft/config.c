@@ -49,6 +49,7 @@ static const struct {
     { "witness", "cert" },
     { "witness", "key" },
     { "witness", "timeout-ms" },
+    { "drbd", "command-prefix" },
 };
 
 /* ---- messages ----------------------------------------------------------- */
@@ -701,7 +702,8 @@ static gboolean get_witness(GKeyFile *kf, const char *path, FtConfig *c, GError 
         !get_path(kf, path, "witness", "ca", NULL, FALSE, 0, &c->witness_ca, err) ||
         !get_path(kf, path, "witness", "cert", NULL, FALSE, 0, &c->witness_cert, err) ||
         !get_path(kf, path, "witness", "key", NULL, FALSE, 0, &c->witness_key, err) ||
-        !get_ms(kf, path, "witness", "timeout-ms", CONFIG_DEFAULT_WITNESS_MS, 50, 10000,
+        !get_ms(kf, path, "witness", "timeout-ms", CONFIG_DEFAULT_WITNESS_MS, 50,
+                CONFIG_MAX_WITNESS_MS,
                 &c->witness_timeout_ms, err))
         return FALSE;
     if (!v) {
@@ -744,6 +746,35 @@ static gboolean get_witness(GKeyFile *kf, const char *path, FtConfig *c, GError 
     return TRUE;
 }
 
+/*
+ * [drbd] command-prefix: an executable that runs `drbdadm ARGS...` for
+ * kvm-ftd (PREFIX drbdadm ARGS...), e.g. somewhere else; checked now, so
+ * that a typo shows when kvm-ftd starts, not when DRBD fences.
+ */
+static gboolean get_drbd(GKeyFile *kf, const char *path, FtConfig *c, GError **err)
+{
+    struct stat st;
+    g_autofree char *sv = NULL;
+
+    if (!get_path(kf, path, "drbd", "command-prefix", NULL, FALSE, 0, &c->drbd_command_prefix,
+                  err))
+        return FALSE;
+    if (!c->drbd_command_prefix)
+        return TRUE;
+    sv = show(c->drbd_command_prefix);
+    if (stat(c->drbd_command_prefix, &st) < 0)
+        return bad_key(path, "drbd", "command-prefix", err, "'%s': %s; give the program that "
+                       "runs drbdadm, or remove the line to run drbdadm itself", sv,
+                       g_strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return bad_key(path, "drbd", "command-prefix", err, "'%s' is not a regular file; give "
+                       "the program that runs drbdadm", sv);
+    if (access(c->drbd_command_prefix, X_OK) < 0)
+        return bad_key(path, "drbd", "command-prefix", err, "'%s' is not executable (%s); "
+                       "chmod +x it or give another program", sv, g_strerror(errno));
+    return TRUE;
+}
+
 void config_free(FtConfig *c)
 {
     if (!c)
@@ -764,6 +795,7 @@ void config_free(FtConfig *c)
     g_free(c->witness_ca);
     g_free(c->witness_cert);
     g_free(c->witness_key);
+    g_free(c->drbd_command_prefix);
     g_free(c);
 }
 
@@ -866,7 +898,8 @@ FtConfig *config_load(const char *path, GError **err)
                 600000, &c->peer_timeout_ms, err) ||
         !get_ms(kf, path, "timeouts", "start-ms", CONFIG_DEFAULT_START_MS, 1000,
                 3600000, &c->start_timeout_ms, err) ||
-        !get_witness(kf, path, c, err))
+        !get_witness(kf, path, c, err) ||
+        !get_drbd(kf, path, c, err))
         return NULL;
 
     if (!c->libvirt_uri) {

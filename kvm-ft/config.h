@@ -45,6 +45,7 @@
 #define CONFIG_DEFAULT_GRANULARITY_KIB 64
 /* [witness] timeout-ms: how long a claim or probe waits for the witness (50..10000) */
 #define CONFIG_DEFAULT_WITNESS_MS 500
+#define CONFIG_MAX_WITNESS_MS 10000
 
 typedef struct {
     char *host_name;        /* [daemon] host-name, required */
@@ -72,6 +73,8 @@ typedef struct {
     char *witness_cert;        /* [witness] cert + key: client certificate, or NULL */
     char *witness_key;
     guint witness_timeout_ms;  /* [witness] timeout-ms */
+    char *drbd_command_prefix; /* [drbd] command-prefix: an executable that runs
+                                * `drbdadm ARGS` for kvm-ftd; NULL: drbdadm itself */
 } FtConfig;
 
 #define CONFIG_ERROR config_error_quark()

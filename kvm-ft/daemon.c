@@ -7,6 +7,7 @@
 #include "decision.h"
 #include "definitions.h"
 #include "guest.h"
+#include "ha.h"
 #include "log.h"
 #include "summary.h"
 
@@ -51,6 +52,7 @@ struct Daemon {
     GPtrArray *sessions;  /* authenticated PeerConn, both directions */
     PeerServer *lan_server;
     Witness *witness;     /* NULL: none configured */
+    Ha *ha;
     gboolean pulsing;
     guint judge_id;
     gint64 last_judge_us;
@@ -837,6 +839,9 @@ static JsonNode *on_control(const char *command, JsonObject *request,
     }
     if (strcmp(command, "detector") == 0)
         return control_detector(d, request);
+    /* kvm-ft-drbd-handler, for an ha guest's DRBD resource. */
+    if (strcmp(command, "drbd-handler") == 0)
+        return ha_handler_request(d, request, err);
     g_set_error(err, DAEMON_ERROR, 0, "unknown command '%s'", command);
     return NULL;
 }
@@ -923,6 +928,7 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
     d->pulsing = TRUE;
     d->last_judge_us = g_get_monotonic_time();
     d->judge_id = g_timeout_add_full(G_PRIORITY_LOW, cfg->heartbeat_ms, judge_tick, d, NULL);
+    d->ha = ha_new(d);
     d->control = control_server_new(cfg->control_socket, on_control, d, err);
     if (!d->control)
         goto fail;
@@ -946,6 +952,8 @@ void daemon_free(Daemon *d)
     /* Answers still on their way change nothing now. */
     d->quitting = TRUE;
     g_clear_pointer(&d->control, control_server_free);
+    /* Its DRBD commands' and claims' callbacks find kvm-ftd quitting. */
+    g_clear_pointer(&d->ha, ha_free);
     /*
      * The peer calls end before the guests go.  Freeing the links, then
      * the servers and sessions (whose last reference closes each link's
@@ -1002,6 +1010,11 @@ Virt *daemon_virt(Daemon *d)
 Definitions *daemon_definitions(Daemon *d)
 {
     return d->defs;
+}
+
+Ha *daemon_ha(Daemon *d)
+{
+    return d->ha;
 }
 
 gboolean daemon_quitting(Daemon *d)

@@ -16,6 +16,7 @@
 typedef struct Daemon Daemon;
 typedef struct Definitions Definitions; /* definitions.h */
 typedef struct FtGuest FtGuest;         /* guest.h */
+typedef struct Ha Ha;                   /* ha.h */
 
 Daemon *daemon_new(FtConfig *cfg /* taken */, GError **err);
 void daemon_free(Daemon *d);
@@ -32,6 +33,8 @@ Virt *daemon_virt(Daemon *d);
 /* The witness that decides solo runs, or NULL when none is configured. */
 Witness *daemon_witness(Daemon *d);
 Definitions *daemon_definitions(Daemon *d);
+/* The ha guests' DRBD side (ha.h). */
+Ha *daemon_ha(Daemon *d);
 /* The guest of that name on this host, or NULL. */
 FtGuest *daemon_find_guest(Daemon *d, const char *name);
 

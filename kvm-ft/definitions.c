@@ -194,8 +194,9 @@ static char *read_original(Definitions *defs, const char *name, GError **err)
     return original;
 }
 
+/* ha: the ha guests only (definitions_read_ha()); else the guests kvm-ftd runs. */
 static FtDef *parse_paired(Definitions *defs, char *text /* taken */, const char *with,
-                           char **xml, GError **err)
+                           gboolean ha, char **xml, GError **err)
 {
     g_autofree char *owned = text;
     g_autoptr(FtDef) def = NULL;
@@ -209,8 +210,13 @@ static FtDef *parse_paired(Definitions *defs, char *text /* taken */, const char
         return NULL;
     }
     /* Issue 18: so far only ftctl drbd-config serves an HA guest; refused, not run. */
-    if (def->level == FTDEF_LEVEL_HA) {
+    if (!ha && def->level == FTDEF_LEVEL_HA) {
         g_set_error_literal(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, DEFINITIONS_HA_REFUSAL);
+        return NULL;
+    }
+    if (ha && def->level != FTDEF_LEVEL_HA) {
+        g_set_error(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, "guest '%s' has protection level "
+                    "%s, not ha", def->name, ftdef_level_name(def->level));
         return NULL;
     }
     if (xml)
@@ -218,8 +224,8 @@ static FtDef *parse_paired(Definitions *defs, char *text /* taken */, const char
     return g_steal_pointer(&def);
 }
 
-FtDef *definitions_read(Definitions *defs, const char *name, const char *with, char **xml,
-                        GError **err)
+/* The domain's definition as the administrator wrote it (the original of a derived one). */
+static char *read_definition(Definitions *defs, const char *name, GError **err)
 {
     g_autofree char *text = virt_domain_xml(defs->virt, name, err);
 
@@ -235,13 +241,24 @@ FtDef *definitions_read(Definitions *defs, const char *name, const char *with, c
                                       err))
             return NULL;
     }
-    return parse_paired(defs, g_steal_pointer(&text), with, xml, err);
+    return g_steal_pointer(&text);
+}
+
+FtDef *definitions_read(Definitions *defs, const char *name, const char *with, char **xml,
+                        GError **err)
+{
+    return parse_paired(defs, read_definition(defs, name, err), with, FALSE, xml, err);
+}
+
+FtDef *definitions_read_ha(Definitions *defs, const char *name, GError **err)
+{
+    return parse_paired(defs, read_definition(defs, name, err), NULL, TRUE, NULL, err);
 }
 
 FtDef *definitions_read_started(Definitions *defs, const char *name, char **xml,
                                 GError **err)
 {
-    return parse_paired(defs, read_original(defs, name, err), NULL, xml, err);
+    return parse_paired(defs, read_original(defs, name, err), NULL, FALSE, xml, err);
 }
 
 /*

@@ -81,6 +81,15 @@ FtDef *definitions_read_started(Definitions *defs, const char *name, char **xml,
                                 GError **err);
 
 /*
+ * The ha guest defined here under that name, read as definitions_read()
+ * reads (with any peer): the one level definitions_read() refuses, and
+ * only that one (kvm-ftd answers for its DRBD resources: ha.h).  Errors:
+ * VIRT_ERROR (NO_DOMAIN: no such domain), FTDEF_ERROR (NOT_FT; INVALID,
+ * also for a guest of another level).
+ */
+FtDef *definitions_read_ha(Definitions *defs, const char *name, GError **err);
+
+/*
  * The guest whose definition (xml) the peer host sender sent, saying it
  * runs QEMU version: valid, pairing this host with sender, and this host
  * runs the same QEMU (the two copies of a guest must).  Else NULL, and why

@@ -75,6 +75,23 @@
 /* At exit, how long requests still on their way get to come back. */
 #define WITNESS_DRAIN_MS 1000
 
+/* ---- ha guests: DRBD (ha.h) --------------------------------------------------------------- */
+/* One drbdadm command (through [drbd] command-prefix, if set): then it is killed. */
+#define HA_DRBD_COMMAND_MS 10000
+/* At exit, how long DRBD commands still running get to come back. */
+#define HA_DRBD_DRAIN_MS 1000
+/* kvm-ft-drbd-handler fence-peer: asks again this often while the verdict is pending... */
+#define HA_FENCE_POLL_MS 100
+/* ...and gives up (exit 1: I/O stays frozen) after this long. */
+#define HA_FENCE_DEADLINE_MS 30000
+/* The other handlers' one request to kvm-ftd. */
+#define HA_HANDLER_REQUEST_MS 5000
+/*
+ * A fence-peer verdict nobody came back for is forgotten after this long,
+ * so that a later fence-peer by DRBD decides anew (its generation may be another).
+ */
+#define HA_VERDICT_KEEP_MS 5000
+
 /* ---- planned failover --------------------------------------------------------------------- */
 /* How long a handed-over QEMU gets to quit before libvirt destroys it. */
 #define HANDOVER_QUIT_TIMEOUT_MS 10000
@@ -110,6 +127,11 @@ _Static_assert(HANDOVER_QUIT_TIMEOUT_MS < CONFIG_DEFAULT_START_MS &&
                "waits inside a start vs the start deadline");
 /* A failed re-protection is not retried before its silence window could have ended. */
 _Static_assert(REJOIN_BACKOFF_S * 1000 >= REJOIN_SILENCE_MS, "re-protection backoff");
+/* A fence-peer decision (one drbdadm get-gi, then one witness claim) ends before the handler
+ * gives up, and the handler comes back for its verdict well before it is forgotten. */
+_Static_assert(HA_DRBD_COMMAND_MS + CONFIG_MAX_WITNESS_MS < HA_FENCE_DEADLINE_MS,
+               "fence-peer decision vs the handler's deadline");
+_Static_assert(HA_FENCE_POLL_MS * 10 <= HA_VERDICT_KEEP_MS, "fence-peer poll vs verdict keep");
 /* The default detection window is far below anything the main loop waits for on purpose. */
 _Static_assert(CONFIG_DEFAULT_HEARTBEAT_MS * CONFIG_DEFAULT_MISS_COUNT < STATUS_QMP_TIMEOUT_MS,
                "detection window vs the status QMP deadline");

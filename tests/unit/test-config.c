@@ -248,6 +248,62 @@ START_TEST(no_witness)
 }
 END_TEST
 
+/* ---- [drbd] ------------------------------------------------------------------ */
+
+START_TEST(drbd_command_prefix)
+{
+    g_autofree char *prog = tmp_path("in-node");
+    g_autofree char *body = NULL;
+    g_autofree char *path = NULL;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtConfig) c = NULL;
+
+    write_file(prog, "#!/bin/sh\nexec \"$@\"\n", -1, 0755);
+    body = g_strdup_printf(DAEMON "[drbd]\ncommand-prefix = %s\n", prog);
+    path = write_conf(body);
+    c = config_load(path, &err);
+    ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_str_eq(c->drbd_command_prefix, prog);
+}
+END_TEST
+
+START_TEST(drbd_no_prefix)
+{
+    g_autofree char *path = write_conf(DAEMON);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtConfig) c = config_load(path, &err);
+
+    ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert_ptr_null(c->drbd_command_prefix);
+}
+END_TEST
+
+START_TEST(drbd_prefix_not_executable)
+{
+    g_autofree char *prog = tmp_path("in-node");
+    g_autofree char *body = NULL;
+
+    write_file(prog, "#!/bin/sh\n", -1, 0644);
+    body = g_strdup_printf(DAEMON "[drbd]\ncommand-prefix = %s\n", prog);
+    expect_bad(body, "[drbd] command-prefix", "is not executable");
+}
+END_TEST
+
+START_TEST(drbd_prefix_directory)
+{
+    g_autofree char *body = g_strdup_printf(DAEMON "[drbd]\ncommand-prefix = %s\n", tmpdir);
+
+    expect_bad(body, "[drbd] command-prefix", "not a regular file");
+}
+END_TEST
+
+BAD(drbd_prefix_missing, DAEMON "[drbd]\ncommand-prefix = /nonexistent/in-node\n",
+    "[drbd] command-prefix: '/nonexistent/in-node': No such file", "remove the line")
+BAD(drbd_prefix_relative, DAEMON "[drbd]\ncommand-prefix = in-node\n",
+    "[drbd] command-prefix: 'in-node'", "not an absolute path")
+BAD(drbd_prefix_empty, DAEMON "[drbd]\ncommand-prefix =\n", "[drbd] command-prefix", "is empty")
+BAD(drbd_unknown_key, DAEMON "[drbd]\nprefix = /bin/true\n", "[drbd] prefix", "command-prefix")
+
 BAD(witness_not_url, DAEMON "[witness]\nendpoints = 10.0.0.3:2379\n",
     "[witness] endpoints: '10.0.0.3:2379'", "http://ADDRESS:PORT")
 BAD(witness_ftp, DAEMON "[witness]\nendpoints = ftp://10.0.0.3\n",
@@ -394,7 +450,8 @@ BAD(syntax_group_unclosed, "[daemon\n", "line 1", "without ']'")
 BAD(syntax_key_before_group, "host-name = hostA\n" DAEMON, "line 1",
     "host-name: the key comes before any group")
 BAD(unknown_group, DAEMON "[deamon]\n", "[deamon]",
-    "unknown group; the groups are [daemon], [timeouts], [failover], [resync] and [witness]")
+    "unknown group; the groups are [daemon], [timeouts], [failover], [resync], [witness] "
+    "and [drbd]")
 BAD(unknown_key, DAEMON "listen-prot = 7790\n", "[daemon] listen-prot",
     "unknown key (line 5)")
 BAD(unknown_key_underscore, DAEMON "listen_port = 7790\n", "[daemon] listen_port",
@@ -658,6 +715,14 @@ static Suite *config_suite(void)
     tcase_add_test(tc, granularity_unit);
     tcase_add_test(tc, resync_key_in_failover);
     tcase_add_test(tc, valid_witness);
+    tcase_add_test(tc, drbd_command_prefix);
+    tcase_add_test(tc, drbd_no_prefix);
+    tcase_add_test(tc, drbd_prefix_not_executable);
+    tcase_add_test(tc, drbd_prefix_directory);
+    tcase_add_test(tc, drbd_prefix_missing);
+    tcase_add_test(tc, drbd_prefix_relative);
+    tcase_add_test(tc, drbd_prefix_empty);
+    tcase_add_test(tc, drbd_unknown_key);
     tcase_add_test(tc, no_witness);
     tcase_add_test(tc, witness_not_url);
     tcase_add_test(tc, witness_ftp);

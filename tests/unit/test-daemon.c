@@ -10,6 +10,7 @@
 #include <glib/gstdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include "config.h"
 #include "control.h"
@@ -58,6 +59,8 @@ typedef struct {
     guint port;
     JsonObject *define;  /* the last define-guest hostB got */
     JsonObject *prepare; /* the last prepare-secondary hostB got */
+    char *extra_conf;    /* appended to kvm-ftd.conf, or NULL */
+    GSocketService *etcd; /* a witness that answers every claim the same (fake_etcd()) */
     Daemon *d;
 } Lab;
 
@@ -141,8 +144,10 @@ static void start_daemon(void)
                            "libvirt-uri = test:///default\n"
                            "[timeouts]\n"
                            "peer-ms = 600000\n"
-                           "start-ms = 3600000\n",
-                           lab.port, key_file, lab.control_socket, state, run);
+                           "start-ms = 3600000\n"
+                           "%s",
+                           lab.port, key_file, lab.control_socket, state, run,
+                           lab.extra_conf ? lab.extra_conf : "");
     ck_assert(g_file_set_contents(conf_file, conf, -1, &err));
     cfg = config_load(conf_file, &err);
     ck_assert_msg(cfg != NULL, "config: %s", err ? err->message : "?");
@@ -179,6 +184,10 @@ static void remove_tree(const char *path)
 static void teardown(void)
 {
     daemon_free(lab.d);
+    if (lab.etcd) {
+        g_socket_service_stop(lab.etcd);
+        g_clear_object(&lab.etcd);
+    }
     g_clear_pointer(&lab.peer, peer_server_free);
     g_clear_object(&lab.mute);
     g_clear_pointer(&lab.define, json_object_unref);
@@ -187,6 +196,7 @@ static void teardown(void)
     remove_tree(lab.dir);
     g_free(lab.dir);
     g_free(lab.control_socket);
+    g_free(lab.extra_conf);
 }
 
 /* ---- ftctl, from a thread of its own: the daemon's loop runs here ----------------- */
@@ -627,6 +637,394 @@ START_TEST(guest_role_of_an_unknown_guest_is_none)
 }
 END_TEST
 
+/* ---- ha guests: DRBD's handlers ---------------------------------------------------- */
+
+/* An ha guest whose name and disk both have a '-': resource kvmft-my-db-vda. */
+static const char ha_guest_xml[] =
+    "<domain type='test'>"
+    "  <name>my-db</name>"
+    "  <metadata>"
+    "    <ft:guest xmlns:ft='https://kvm-ft.dev/xmlns/1'>"
+    "      <ft:hosts>"
+    "        <ft:host name='hostA' link-address='127.0.0.1'/>"
+    "        <ft:host name='hostB' link-address='127.0.0.2'/>"
+    "      </ft:hosts>"
+    "      <ft:protection level='ha'/>"
+    "      <ft:disk target='vda' backing-device='/dev/vg0/my-db'/>"
+    "    </ft:guest>"
+    "  </metadata>"
+    "  <memory unit='KiB'>2048</memory>"
+    "  <os><type arch='x86_64'>hvm</type></os>"
+    "  <devices>"
+    "    <disk type='block' device='disk'>"
+    "      <driver name='qemu' type='raw'/>"
+    "      <source dev='/dev/drbd10'/>"
+    "      <target dev='vda' bus='virtio'/>"
+    "    </disk>"
+    "  </devices>"
+    "</domain>";
+
+#define HA_RESOURCE "kvmft-my-db-vda"
+/* What the fake drbdadm prints for get-gi: this host as primary (lowest bit set). */
+#define HA_GI "9A3F5B7C1D2E4F61:0000000000000000:0:0:1:1:1:1:0:0:0"
+#define HA_GENERATION "9A3F5B7C1D2E4F60"
+
+/* The witness's answer to every claim: the key created (hostA's) or held by hostB. */
+static char *etcd_answer;
+static char *etcd_claimed; /* the last key claimed (decoded) */
+static GMutex etcd_lock;
+
+static gboolean etcd_request(GThreadedSocketService *service, GSocketConnection *conn,
+                             GObject *source, gpointer opaque)
+{
+    GInputStream *in = g_io_stream_get_input_stream(G_IO_STREAM(conn));
+    GOutputStream *out = g_io_stream_get_output_stream(G_IO_STREAM(conn));
+    g_autoptr(GString) req = g_string_new(NULL);
+    g_autofree char *reply = NULL;
+    const char *body = NULL;
+    char buf[4096];
+    gssize n;
+
+    (void)service;
+    (void)source;
+    (void)opaque;
+    /* The whole request: headers, then Content-Length bytes. */
+    while ((n = g_input_stream_read(in, buf, sizeof(buf), NULL, NULL)) > 0) {
+        const char *cl;
+
+        g_string_append_len(req, buf, n);
+        body = strstr(req->str, "\r\n\r\n");
+        cl = g_strstr_len(req->str, -1, "Content-Length: ");
+        if (!cl)
+            cl = g_strstr_len(req->str, -1, "content-length: ");
+        if (body && cl && req->str + req->len - (body + 4) >= g_ascii_strtoll(cl + 16, NULL, 10))
+            break;
+    }
+    if (!body)
+        return TRUE;
+    body += 4;
+    if (strstr(req->str, "/v3/kv/txn")) {
+        g_autoptr(JsonParser) p = json_parser_new();
+        const char *key64 = NULL;
+
+        if (json_parser_load_from_data(p, body, -1, NULL)) {
+            JsonObject *o = json_node_get_object(json_parser_get_root(p));
+            JsonArray *cmp = json_object_get_array_member(o, "compare");
+
+            key64 = json_object_get_string_member(json_array_get_object_element(cmp, 0), "key");
+        }
+        g_mutex_lock(&etcd_lock);
+        g_free(etcd_claimed);
+        etcd_claimed = key64 ? (char *)g_base64_decode(key64, &(gsize){ 0 }) : NULL;
+        reply = g_strdup(etcd_answer);
+        g_mutex_unlock(&etcd_lock);
+    } else {
+        reply = g_strdup("{\"count\": \"0\"}");
+    }
+    {
+        g_autofree char *http = g_strdup_printf("HTTP/1.1 200 OK\r\nContent-Type: "
+                                                "application/json\r\nContent-Length: %zu\r\n"
+                                                "Connection: close\r\n\r\n%s",
+                                                strlen(reply), reply);
+
+        g_output_stream_write_all(out, http, strlen(http), NULL, NULL, NULL);
+    }
+    return TRUE;
+}
+
+/* A witness at a loopback port: its [witness] section. */
+static char *fake_etcd(const char *answer)
+{
+    g_autoptr(GError) err = NULL;
+    guint16 port;
+
+    etcd_answer = g_strdup(answer);
+    lab.etcd = g_threaded_socket_service_new(4);
+    port = g_socket_listener_add_any_inet_port(G_SOCKET_LISTENER(lab.etcd), NULL, &err);
+    ck_assert_msg(port, "fake etcd: %s", err ? err->message : "?");
+    g_signal_connect(lab.etcd, "run", G_CALLBACK(etcd_request), NULL);
+    g_socket_service_start(lab.etcd);
+    return g_strdup_printf("[witness]\nendpoints = http://127.0.0.1:%u\ntimeout-ms = 2000\n",
+                           port);
+}
+
+/* [drbd] command-prefix: a drbdadm that prints HA_GI for get-gi (after 30 s if "slow"). */
+static char *fake_drbdadm(void)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *path = g_build_filename(lab.dir, "in-node", NULL);
+    g_autofree char *script = g_strdup_printf(
+        "#!/bin/sh\n"
+        "[ \"$1 $2 $3\" = \"drbdadm get-gi " HA_RESOURCE "\" ] || "
+        "{ echo \"unexpected: $*\"; exit 3; }\n"
+        "[ -e '%s/slow' ] && exec sleep 30\n"
+        "echo " HA_GI "\n", lab.dir);
+
+    ck_assert(g_file_set_contents(path, script, -1, &err));
+    ck_assert_int_eq(g_chmod(path, 0755), 0);
+    return g_strdup_printf("[drbd]\ncommand-prefix = %s\n", path);
+}
+
+static void start_ha_daemon(const char *witness_answer)
+{
+    g_autofree char *drbd = NULL;
+    g_autofree char *witness = witness_answer ? fake_etcd(witness_answer) : NULL;
+    g_autoptr(GError) err = NULL;
+    gboolean defined = FALSE;
+
+    start_peer(FALSE);
+    drbd = fake_drbdadm();
+    lab.extra_conf = g_strconcat(drbd, witness ? witness : "", NULL);
+    start_daemon();
+    ck_assert_msg(virt_domain_define_missing(daemon_virt(lab.d), "my-db", ha_guest_xml,
+                                             &defined, &err),
+                  "define: %s", err ? err->message : "?");
+}
+
+/* The answer to drbd-handler (NULL on an error, which goes to *error). */
+static JsonNode *drbd_handler(const char *handler, const char *resource, char **error)
+{
+    g_autoptr(JsonObject) req = json_object_new();
+    JsonNode *result = NULL;
+
+    json_object_set_string_member(req, "command", "drbd-handler");
+    if (handler)
+        json_object_set_string_member(req, "handler", handler);
+    if (resource)
+        json_object_set_string_member(req, "resource", resource);
+    *error = control(req, &result);
+    return result;
+}
+
+/* fence-peer as kvm-ft-drbd-handler asks it: again while pending; the final verdict. */
+static JsonObject *fence_peer_verdict(void)
+{
+    for (int i = 0; i < 100; i++) {
+        g_autofree char *error = NULL;
+        g_autoptr(JsonNode) answer = drbd_handler("fence-peer", HA_RESOURCE, &error);
+        JsonObject *o;
+
+        ck_assert_msg(!error, "fence-peer: %s", error);
+        ck_assert(answer && JSON_NODE_HOLDS_OBJECT(answer));
+        o = json_node_get_object(answer);
+        if (strcmp(json_object_get_string_member(o, "verdict"), "pending") != 0)
+            return json_object_ref(o);
+        /* the first answer is always pending: the decision runs asynchronously */
+        ck_assert(json_object_get_null_member(o, "generation"));
+        WAIT_FOR(FALSE, 50);
+    }
+    ck_abort_msg("fence-peer: still pending after 100 requests");
+    return NULL;
+}
+
+START_TEST(drbd_handler_requests_are_checked)
+{
+    static const struct {
+        const char *handler, *resource, *error;
+    } bad[] = {
+        { NULL, HA_RESOURCE, "no handler is not a handler kvm-ft answers" },
+        { "before-resync-target", HA_RESOURCE, "'before-resync-target' is not a handler" },
+        { "fence-peer", NULL, "the resource is missing" },
+        { "fence-peer", "kvmft-my db-vda", "has a character other than" },
+        { "split-brain", "kvmft-nope-vda", "no ha guest on this host has DRBD resource "
+                                           "kvmft-nope-vda" },
+        /* web1 is an ft guest: its disk is no DRBD resource */
+        { "fence-peer", "kvmft-web1-vda", "(guest 'web1': guest 'web1' has protection level "
+                                          "ft, not ha)" },
+        { "fence-peer", "kvmft-my-db-vdb", "no ha guest on this host has DRBD resource" },
+    };
+
+    start_ha_daemon(NULL);
+    define_web1();
+    for (gsize i = 0; i < G_N_ELEMENTS(bad); i++) {
+        g_autofree char *error = NULL;
+        g_autoptr(JsonNode) answer = drbd_handler(bad[i].handler, bad[i].resource, &error);
+
+        ck_assert_msg(error && strstr(error, bad[i].error), "%s %s: '%s', not '%s'",
+                      bad[i].handler, bad[i].resource, error ? error : "(accepted)",
+                      bad[i].error);
+    }
+}
+END_TEST
+
+START_TEST(drbd_split_brain_is_told)
+{
+    static const char *const handlers[] = { "split-brain", "after-resync-target",
+                                            "unfence-peer" };
+
+    start_ha_daemon(NULL);
+    for (gsize i = 0; i < G_N_ELEMENTS(handlers); i++) {
+        g_autofree char *error = NULL;
+        g_autoptr(JsonNode) answer = drbd_handler(handlers[i], HA_RESOURCE, &error);
+
+        ck_assert_msg(!error, "%s: %s", handlers[i], error);
+        ck_assert(answer && JSON_NODE_HOLDS_NULL(answer));
+    }
+}
+END_TEST
+
+/* Without a witness a cut link and a dead peer look the same: refused, never fenced. */
+START_TEST(drbd_fence_peer_without_witness_is_refused)
+{
+    g_autoptr(JsonObject) v = NULL;
+    g_autofree char *error = NULL;
+    g_autoptr(JsonNode) again = NULL;
+
+    start_ha_daemon(NULL);
+    v = fence_peer_verdict();
+    ck_assert_str_eq(json_object_get_string_member(v, "verdict"), "refused");
+    ck_assert_msg(strstr(json_object_get_string_member(v, "reason"), "no witness"), "%s",
+                  json_object_get_string_member(v, "reason"));
+    ck_assert_str_eq(json_object_get_string_member(v, "generation"), HA_GENERATION);
+    ck_assert(json_object_get_null_member(v, "owner"));
+    /* returned once: the next fence-peer is a new decision */
+    again = drbd_handler("fence-peer", HA_RESOURCE, &error);
+    ck_assert_msg(!error, "%s", error);
+    ck_assert_str_eq(json_object_get_string_member(json_node_get_object(again), "verdict"),
+                     "pending");
+}
+END_TEST
+
+/* The witness gave this host the generation: the peer counts as fenced (exit 7). */
+START_TEST(drbd_fence_peer_won_at_the_witness)
+{
+    g_autoptr(JsonObject) v = NULL;
+
+    start_ha_daemon("{\"succeeded\": true}");
+    v = fence_peer_verdict();
+    ck_assert_msg(strcmp(json_object_get_string_member(v, "verdict"), "peer-fenced") == 0,
+                  "%s: %s", json_object_get_string_member(v, "verdict"),
+                  json_object_get_string_member(v, "reason"));
+    ck_assert_str_eq(json_object_get_string_member(v, "owner"), "hostA");
+    ck_assert_str_eq(json_object_get_string_member(v, "generation"), HA_GENERATION);
+    g_mutex_lock(&etcd_lock);
+    ck_assert_str_eq(etcd_claimed, "/kvm-ft/hostA+hostB/my-db/drbd-" HA_GENERATION);
+    g_mutex_unlock(&etcd_lock);
+}
+END_TEST
+
+/* hostB holds the generation: refused, naming it. */
+START_TEST(drbd_fence_peer_lost_at_the_witness)
+{
+    g_autoptr(JsonObject) v = NULL;
+
+    /* "hostB" in base64 */
+    start_ha_daemon("{\"responses\": [{\"response_range\": {\"kvs\": [{\"value\": "
+                    "\"aG9zdEI=\"}]}}]}");
+    v = fence_peer_verdict();
+    ck_assert_str_eq(json_object_get_string_member(v, "verdict"), "refused");
+    ck_assert_str_eq(json_object_get_string_member(v, "owner"), "hostB");
+    ck_assert_msg(strstr(json_object_get_string_member(v, "reason"), "gave generation "
+                         HA_GENERATION " to hostB"), "%s",
+                  json_object_get_string_member(v, "reason"));
+}
+END_TEST
+
+/* kvm-ftd stops while drbdadm get-gi runs: nothing is left behind (ASan). */
+START_TEST(drbd_quit_while_get_gi_runs)
+{
+    g_autofree char *slow = g_build_filename(lab.dir, "slow", NULL);
+    g_autofree char *error = NULL;
+    g_autoptr(JsonNode) answer = NULL;
+    gint64 t0;
+
+    ck_assert(g_file_set_contents(slow, "", 0, NULL));
+    start_ha_daemon("{\"succeeded\": true}");
+    answer = drbd_handler("fence-peer", HA_RESOURCE, &error);
+    ck_assert_msg(!error, "%s", error);
+    WAIT_FOR(FALSE, 300);
+    t0 = g_get_monotonic_time();
+    daemon_free(lab.d);
+    lab.d = NULL;
+    ck_assert_int_lt(g_get_monotonic_time() - t0, 5 * G_USEC_PER_SEC);
+}
+END_TEST
+
+/* kvm-ft-drbd-handler HANDLER as DRBD runs it, off the loop: its exit status, stderr. */
+typedef struct {
+    const char *handler;
+    const char *resource;
+    int status;
+    char *err;
+    gint done;
+} HandlerRun;
+
+static gpointer handler_thread(gpointer opaque)
+{
+    HandlerRun *h = opaque;
+    const char *exe = g_getenv("KVMFT_DRBD_HANDLER");
+    const char *argv[] = { exe, h->handler, NULL };
+    g_auto(GStrv) env = g_get_environ();
+    g_autoptr(GError) err = NULL;
+    int wait_status = 0;
+
+    env = g_environ_setenv(env, "KVMFT_CONTROL_SOCKET", lab.control_socket, TRUE);
+    if (h->resource)
+        env = g_environ_setenv(env, "DRBD_RESOURCE", h->resource, TRUE);
+    else
+        env = g_environ_unsetenv(env, "DRBD_RESOURCE");
+    if (!g_spawn_sync(NULL, (char **)argv, env, G_SPAWN_STDOUT_TO_DEV_NULL, NULL, NULL, NULL,
+                      &h->err, &wait_status, &err))
+        h->err = g_strdup(err->message);
+    h->status = WIFEXITED(wait_status) ? WEXITSTATUS(wait_status) : -1;
+    g_atomic_int_set(&h->done, 1);
+    return NULL;
+}
+
+static int run_handler(const char *handler, const char *resource, char **err)
+{
+    HandlerRun h = { .handler = handler, .resource = resource, .status = -1 };
+
+    ck_assert_msg(g_getenv("KVMFT_DRBD_HANDLER"), "KVMFT_DRBD_HANDLER is not set");
+    off_the_loop(handler_thread, &h, &h.done);
+    *err = h.err;
+    return h.status;
+}
+
+START_TEST(drbd_fence_peer_handler_exits_7_only_when_won)
+{
+    g_autofree char *err = NULL;
+    int status;
+
+    start_ha_daemon("{\"succeeded\": true}");
+    status = run_handler("fence-peer", HA_RESOURCE, &err);
+    ck_assert_msg(status == 7, "exit %d: %s", status, err);
+    ck_assert_msg(strstr(err, "fence-peer " HA_RESOURCE ": peer fenced: the witness gave "
+                         "generation " HA_GENERATION " to this host"), "%s", err);
+}
+END_TEST
+
+START_TEST(drbd_fence_peer_handler_exits_1_otherwise)
+{
+    g_autofree char *lost = NULL, *unknown = NULL, *usage = NULL, *no_resource = NULL;
+    g_autofree char *gone = NULL, *split = NULL;
+    int status;
+
+    start_ha_daemon("{\"responses\": [{\"response_range\": {\"kvs\": [{\"value\": "
+                    "\"aG9zdEI=\"}]}}]}");
+    status = run_handler("fence-peer", HA_RESOURCE, &lost);
+    ck_assert_msg(status == 1 && strstr(lost, "refused: the witness gave generation "
+                                        HA_GENERATION " to hostB"), "exit %d: %s", status, lost);
+    status = run_handler("fence-peer", "kvmft-nope-vda", &unknown);
+    ck_assert_msg(status == 1 && strstr(unknown, "no ha guest on this host"), "exit %d: %s",
+                  status, unknown);
+    status = run_handler("fence-peers", HA_RESOURCE, &usage);
+    ck_assert_msg(status == 1 && strstr(usage, "usage:"), "exit %d: %s", status, usage);
+    status = run_handler("fence-peer", NULL, &no_resource);
+    ck_assert_msg(status == 1 && strstr(no_resource, "DRBD_RESOURCE is not set"), "exit %d: %s",
+                  status, no_resource);
+    /* the other handlers: 0, whatever happens */
+    status = run_handler("split-brain", "kvmft-nope-vda", &split);
+    ck_assert_msg(status == 0 && strstr(split, "no ha guest"), "exit %d: %s", status, split);
+    /* no kvm-ftd: frozen, not "the peer is dead" */
+    daemon_free(lab.d);
+    lab.d = NULL;
+    status = run_handler("fence-peer", HA_RESOURCE, &gone);
+    ck_assert_msg(status == 1 && strstr(gone, "cannot reach kvm-ftd"), "exit %d: %s", status,
+                  gone);
+}
+END_TEST
+
 static Suite *daemon_suite(void)
 {
     Suite *s = suite_create("daemon");
@@ -645,6 +1043,14 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, control_reply_is_utf8_whatever_the_request);
     tcase_add_test(tc, decision_for_an_unknown_guest_is_refused);
     tcase_add_test(tc, guest_role_of_an_unknown_guest_is_none);
+    tcase_add_test(tc, drbd_handler_requests_are_checked);
+    tcase_add_test(tc, drbd_split_brain_is_told);
+    tcase_add_test(tc, drbd_fence_peer_without_witness_is_refused);
+    tcase_add_test(tc, drbd_fence_peer_won_at_the_witness);
+    tcase_add_test(tc, drbd_fence_peer_lost_at_the_witness);
+    tcase_add_test(tc, drbd_quit_while_get_gi_runs);
+    tcase_add_test(tc, drbd_fence_peer_handler_exits_7_only_when_won);
+    tcase_add_test(tc, drbd_fence_peer_handler_exits_1_otherwise);
     suite_add_tcase(s, tc);
     return s;
 }
