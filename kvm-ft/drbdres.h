@@ -25,7 +25,7 @@ typedef enum {
     DRBD_SYNTAX_9,  /* DRBD 9: fencing in net { }, unfence-peer, node-id */
 } DrbdSyntax;
 
-/* The fence-peer etc. handler when none is given (not written yet). */
+/* The fence-peer etc. handler when none is given (kvm-ft/drbdhandler.c). */
 #define DRBDRES_DEFAULT_HANDLER "/usr/lib/kvm-ft/kvm-ft-drbd-handler"
 /* Where the kernel module says which DRBD runs. */
 #define DRBDRES_PROC_DRBD "/proc/drbd"

@@ -23,16 +23,20 @@
 /* 40 bytes, base64 in the key file. */
 static const char psk_text[] = "kvm-ft test-daemon key 0123456789abcdef!";
 
-/* The FT guest: this daemon is hostA at 127.0.0.1, its peer hostB at 127.0.0.2. */
+/* This daemon is hostA at 127.0.0.1, its peer hostB at 127.0.0.2. */
+#define PAIR_XML                                                                   \
+    "      <ft:hosts>"                                                             \
+    "        <ft:host name='hostA' link-address='127.0.0.1'/>"                     \
+    "        <ft:host name='hostB' link-address='127.0.0.2'/>"                     \
+    "      </ft:hosts>"
+
+/* The FT guest. */
 static const char guest_xml[] =
     "<domain type='test'>"
     "  <name>web1</name>"
     "  <metadata>"
     "    <ft:guest xmlns:ft='https://kvm-ft.dev/xmlns/1'>"
-    "      <ft:hosts>"
-    "        <ft:host name='hostA' link-address='127.0.0.1'/>"
-    "        <ft:host name='hostB' link-address='127.0.0.2'/>"
-    "      </ft:hosts>"
+    PAIR_XML
     "      <ft:disk target='vda'/>"
     "    </ft:guest>"
     "  </metadata>"
@@ -645,10 +649,7 @@ static const char ha_guest_xml[] =
     "  <name>my-db</name>"
     "  <metadata>"
     "    <ft:guest xmlns:ft='https://kvm-ft.dev/xmlns/1'>"
-    "      <ft:hosts>"
-    "        <ft:host name='hostA' link-address='127.0.0.1'/>"
-    "        <ft:host name='hostB' link-address='127.0.0.2'/>"
-    "      </ft:hosts>"
+    PAIR_XML
     "      <ft:protection level='ha'/>"
     "      <ft:disk target='vda' backing-device='/dev/vg0/my-db'/>"
     "    </ft:guest>"
