@@ -13,14 +13,19 @@ thing; only the way commands get there (a shell on a virtio-serial port) is lab'
 
 Two more ports connect the node to its lab host's kvm-ftd (tools/drbd-node/init):
 - kvmft.runner: kvm-ftd's DRBD commands (its [drbd] command-prefix is
-  tools/lab.d/drbd-node-exec) run on it, as they would on the host itself;
+  tools/lab.d/drbd-node-exec) run on it, as they would on the host itself.
+  RunnerService holds the port's one connection for the node's whole life and
+  serves drbd-node-exec on NODE_DIR/runner-service.sock, one command at a time;
 - kvmft.handler: DRBD's handler calls come out of the node on it; HandlerRelay
   runs the real kvm-ft-drbd-handler for each on the lab host (as DRBD would on
   a production host) and hands back its exit status.
 """
 import base64
+import json
 import os
 import re
+import shlex
+import shutil
 import socket
 import subprocess
 import threading
@@ -35,7 +40,8 @@ NODE_QEMU = "/usr/bin/qemu-system-x86_64"
 # The lab host's 127.0.0.1:NBD_PORT is the node's qemu-nbd (QEMU forwards it).
 NBD_PORT = 10809
 UDP_PORT = 9390                           # the nodes' link tunnel, on the link addresses
-BACKING_MIB = 64
+# The test guest's 64 MiB disk fits on the device with DRBD's internal metadata after it.
+BACKING_MIB = 72
 HANDLER = os.path.join(BUILD, "kvm-ft", "kvm-ft-drbd-handler")
 COMMAND_PREFIX = os.path.join(TOOLS, "lab.d", "drbd-node-exec")
 
@@ -119,6 +125,7 @@ class DrbdNode:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(os.path.join(self.dir, "agent.sock"))
         self.relay = HandlerRelay(self)
+        self.runner = RunnerService(self)
         log("%s: DRBD node up (%s)" % (self.host, re.search(r"DRBD NODE UP (.*)", text).group(1)))
 
     def serial(self):
@@ -139,6 +146,8 @@ class DrbdNode:
         """The VM died with its host (lab power-off): forget the connection."""
         if getattr(self, "relay", None):
             self.relay.stop()
+        if getattr(self, "runner", None):
+            self.runner.stop()
         if self.sock:
             self.sock.close()
         self.sock = None
@@ -233,6 +242,71 @@ class DrbdNode:
         return [l for l in out.splitlines() if re.search(pattern, l)]
 
 
+class RunnerService:
+    """LAB PLUMBING: the node's kvmft.runner port, held open, serving drbd-node-exec.
+
+    A client sends one JSON line, the command's argv; it gets one JSON line back,
+    {"status": N, "output": "..."}.  The port's shell runs one command at a time."""
+
+    def __init__(self, node):
+        self.node = node
+        self.port = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.port.connect(os.path.join(node.dir, "runner.sock"))
+        self.seq = 0
+        path = os.path.join(node.dir, "runner-service.sock")
+        if os.path.exists(path):
+            os.unlink(path)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(8)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _run(self, argv):
+        self.seq += 1
+        token = "__KVMFT_RUNNER_%d__" % self.seq
+        self.port.sendall(("{ %s\n} </dev/null 2>&1; echo %s $?\n"
+                           % (" ".join(shlex.quote(a) for a in argv), token)).encode())
+        # No deadline here: the shell runs one command at a time, as a host's DRBD takes
+        # them; drbd-node-exec's own timeout (and kvm-ftd's) bounds each caller's wait.
+        buf = b""
+        while token.encode() not in buf or not buf.endswith(b"\n"):
+            data = self.port.recv(65536)
+            if not data:
+                raise OSError("the node closed its runner port")
+            buf += data
+        out, rest = buf.split(token.encode(), 1)
+        return int(rest.split()[0]), out.decode(errors="replace")
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    argv = json.loads(conn.makefile().readline())
+                    status, output = self._run(argv)
+                    conn.sendall((json.dumps({"status": status, "output": output}) + "\n")
+                                 .encode())
+                except (OSError, ValueError) as e:
+                    # The port may hold a late answer now: a broken node stays broken.
+                    log("%s: DRBD node runner: %s" % (self.node.host, e))
+                    self.port.close()
+                    self.listener.close()
+                    return
+
+    def stop(self):
+        for sock in (self.listener, self.port):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self.thread.join(timeout=150)
+
+
 class HandlerRelay:
     """LAB PLUMBING: DRBD's handler calls from the node, run for real on its lab host.
 
@@ -311,8 +385,14 @@ class DrbdPair:
         # The link tunnel is up when each node reaches the other.
         self.nodes["hostA"].sh("ping -c 1 -W 5 %s >/dev/null" % LINK["hostB"], timeout=30)
 
-    def stop(self):
+    def stop(self, artifacts=None):
         for node in self.nodes.values():
             if node.proc and node.proc.poll() is None:
                 node.proc.terminate()
             node.gone()
+            if artifacts and os.path.isdir(node.dir):
+                dest = os.path.join(artifacts, "drbd-node-" + node.host)
+                os.makedirs(dest, exist_ok=True)
+                for name in os.listdir(node.dir):
+                    if name.startswith("serial.log") or name == "qemu.err":
+                        shutil.copy(os.path.join(node.dir, name), dest)
