@@ -1,6 +1,7 @@
 #!/bin/bash
 # tools/check-guest-disk must fail a disk that lost what the guest confirmed: a blob with one bit
-# flipped, a counter log short of what the guest printed. It must pass the intact disk.
+# flipped, a counter log short of what the guest printed. It must pass the intact disk. With
+# --crash-tail it passes NUL bytes ending a boot (a power loss's torn tail), and only those.
 set -euo pipefail
 TOOL=$1
 t=$(mktemp -d)
@@ -41,3 +42,18 @@ debugfs -w -R "rm blob-7" disk.raw >/dev/null 2>&1
 expect 1 "the newest blob missing" --blobs blobs.json disk.raw
 echo '{"blob-7": 1}' > bad.json
 expect 2 "a malformed blob list" --blobs bad.json disk.raw
+
+# --crash-tail: a power-lost disk may end a boot's log in never-fsynced NUL bytes; nowhere else.
+tail_disk() { # tail_disk LOG: a fresh disk holding that counter log
+    rm -f tail.raw
+    truncate -s 16M tail.raw
+    mkfs.ext4 -q -F tail.raw
+    printf "$1" > counter.log
+    debugfs -w -R "write counter.log counter.log" tail.raw >/dev/null 2>&1
+}
+tail_disk 'BOOT a\n1\n2\n\0\0\0\0\nBOOT b\n1\n'
+expect 1 "NUL tail without --crash-tail" tail.raw
+expect 0 "NUL tail ending a boot, --crash-tail" --crash-tail tail.raw
+grep -q '"torn_tail_lines": 1' out.json
+tail_disk 'BOOT a\n1\n\0\0\n2\n'
+expect 1 "NUL bytes inside a boot, --crash-tail" --crash-tail tail.raw
