@@ -516,7 +516,15 @@ void daemon_watch_peer(Daemon *d, const char *addr)
 PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows)
 {
     gint64 window = (gint64)d->cfg->heartbeat_ms * d->cfg->miss_count * windows * 1000;
-    gint64 now = g_get_monotonic_time();
+    /*
+     * Silence is measured up to the start of the judging round, never to
+     * the clock: a round that began on time and then stalled (SIGSTOP, a
+     * core taken away) would otherwise count its own stall as the peer's
+     * silence, with the peer's frames waiting unread in the sockets -- a
+     * woken secondary took over beside the primary that way.  The round
+     * after a stall is late and skipped (judge_tick()).
+     */
+    gint64 now = d->last_judge_us;
     PeerLink *link;
 
     if (!addr)
