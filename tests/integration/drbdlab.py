@@ -58,6 +58,21 @@ class AgentError(AssertionError):
     pass
 
 
+def port_shell(sock, script, token):
+    """Run script in the shell on a node's port (a connected socket): (exit status,
+    stdout+stderr).  The end of its output is token and the status; EOFError if the
+    port closes first; the socket's own timeout applies."""
+    sock.sendall(("{ %s\n} </dev/null 2>&1; echo %s $?\n" % (script, token)).encode())
+    buf = b""
+    while token.encode() not in buf or not buf.endswith(b"\n"):
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError
+        buf += data
+    out, rest = buf.split(token.encode(), 1)
+    return int(rest.split()[0]), out.decode(errors="replace")
+
+
 class DrbdNode:
     """One lab host's DRBD node VM and the shell on its agent port."""
 
@@ -163,21 +178,13 @@ class DrbdNode:
         if not self.sock:
             raise AgentError("%s's DRBD node is not running" % self.host)
         self.seq += 1
-        token = "__KVMFT_RC_%d__" % self.seq
-        self.sock.sendall(("{ %s\n} </dev/null 2>&1; echo %s $?\n" % (script, token)).encode())
         self.sock.settimeout(timeout)
-        buf = b""
         try:
-            while token.encode() not in buf or not buf.endswith(b"\n"):
-                data = self.sock.recv(65536)
-                if not data:
-                    raise AgentError("%s's DRBD node closed its agent port" % self.host)
-                buf += data
+            rc, text = port_shell(self.sock, script, "__KVMFT_RC_%d__" % self.seq)
         except socket.timeout:
             raise AgentError("%s: no answer in %ds to: %s" % (self.host, timeout, script))
-        out, rest = buf.split(token.encode(), 1)
-        rc = int(rest.split()[0])
-        text = out.decode(errors="replace")
+        except EOFError:
+            raise AgentError("%s's DRBD node closed its agent port" % self.host)
         if check and rc != 0:
             raise AgentError("%s: `%s` exited %d:\n%s" % (self.host, script, rc, text))
         return rc, text
@@ -264,19 +271,13 @@ class RunnerService:
 
     def _run(self, argv):
         self.seq += 1
-        token = "__KVMFT_RUNNER_%d__" % self.seq
-        self.port.sendall(("{ %s\n} </dev/null 2>&1; echo %s $?\n"
-                           % (" ".join(shlex.quote(a) for a in argv), token)).encode())
         # No deadline here: the shell runs one command at a time, as a host's DRBD takes
         # them; drbd-node-exec's own timeout (and kvm-ftd's) bounds each caller's wait.
-        buf = b""
-        while token.encode() not in buf or not buf.endswith(b"\n"):
-            data = self.port.recv(65536)
-            if not data:
-                raise OSError("the node closed its runner port")
-            buf += data
-        out, rest = buf.split(token.encode(), 1)
-        return int(rest.split()[0]), out.decode(errors="replace")
+        try:
+            return port_shell(self.port, " ".join(shlex.quote(a) for a in argv),
+                              "__KVMFT_RUNNER_%d__" % self.seq)
+        except EOFError:
+            raise OSError("the node closed its runner port")
 
     def _serve(self):
         while True:
