@@ -32,8 +32,8 @@
  *                                    guest that runs the request again (after a failover) writes other
  *                                    blocks: what the first copy had under way stays only on its disk.
  *   ftguest powerbutton              waits for the ACPI power button (KEY_POWER on /dev/input/event*:
- *                                    `virsh shutdown`), prints "GUEST POWER BUTTON", syncs the disks and
- *                                    powers the guest off.
+ *                                    `virsh shutdown`), prints "GUEST POWER BUTTON", stops every other
+ *                                    process, syncs the disks and powers the guest off.
  *   ftguest busy [N]                 nice 19 CPU loop; prints "W k" after every N iterations.
  *   ftguest dirty MB SLEEP_MS        rewrites one word in every page of an MB-sized buffer per pass,
  *                                    checking the value the previous pass left there; prints
@@ -1143,7 +1143,10 @@ static nfds_t open_inputs(struct pollfd *fds)
 
 /*
  * No acpid in the initramfs: the ACPI power button arrives as KEY_POWER on an evdev device.
- * Pressed, the guest syncs and powers off, as a distribution's init would, minus the services.
+ * Pressed, the guest stops every other process, syncs and powers off, as a distribution's init
+ * would, minus the services.  The stop comes first: the counter appends a line every tick, and a
+ * line appended while sync() runs can have its new file size committed to ext4's journal without
+ * its data, which the next boot reads as NUL bytes before its BOOT line.
  */
 static int cmd_powerbutton(int argc, char **argv)
 {
@@ -1170,6 +1173,8 @@ static int cmd_powerbutton(int argc, char **argv)
                 continue;
             if (ev.type == EV_KEY && ev.code == KEY_POWER && ev.value == 1) {
                 say("GUEST POWER BUTTON\n");
+                if (kill(-1, SIGSTOP) < 0)
+                    say("powerbutton: stopping the other processes: %s\n", strerror(errno));
                 sync();
                 reboot(RB_POWER_OFF);
                 say("powerbutton: reboot: %s\n", strerror(errno));
