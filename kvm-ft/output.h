@@ -42,7 +42,13 @@
 #include "ftdef.h"
 
 #define OUTPUT_AUTO_WINDOW_MS 5000
-#define OUTPUT_AUTO_FORCED_PER_S 10.0
+/*
+ * A stream of differing replies, not a few: at the default 2 s interval the
+ * share alone already asks 4.5 a second.  An ndet client at 20 requests/s
+ * forces 11-12 a second on a quiet lab machine and fewer when the machine is
+ * loaded (test_output auto once stayed in compare under tools/check at 10).
+ */
+#define OUTPUT_AUTO_FORCED_PER_S 5.0
 #define OUTPUT_AUTO_FORCED_SHARE 0.9
 #define OUTPUT_AUTO_HOLD_MIN_S 30
 #define OUTPUT_AUTO_HOLD_MAX_S 480

@@ -51,6 +51,8 @@ START_TEST(agreeing_output_stays_compare)
         ck_assert(!window(&a, &now, &n, &f, 5, 3, &to, &reason));
     /* many forced, but periodic ones are a large share: under the share */
     ck_assert(!window(&a, &now, &n, &f, 100, 60, &to, &reason));
+    /* all forced, but a trickle (4 a second): under the rate */
+    ck_assert(!window(&a, &now, &n, &f, 20, 20, &to, &reason));
     ck_assert_int_eq(a.mode, FTDEF_OUTPUT_COMPARE);
     output_auto_clear(&a);
 }
@@ -69,6 +71,13 @@ START_TEST(differing_output_goes_passive)
     ck_assert(window(&a, &now, &n, &f, 60, 60, &to, &reason));
     ck_assert_int_eq(to, FTDEF_OUTPUT_PASSIVE);
     ck_assert_ptr_nonnull(strstr(reason, "12.0 checkpoints/s"));
+    output_auto_clear(&a);
+
+    /* a loaded machine forces fewer a second: 8, still all of them */
+    output_auto_init(&a, now, n, f);
+    g_clear_pointer(&reason, g_free);
+    ck_assert(window(&a, &now, &n, &f, 40, 40, &to, &reason));
+    ck_assert_int_eq(to, FTDEF_OUTPUT_PASSIVE);
     /* nothing changes until the caller applied it */
     ck_assert_int_eq(a.mode, FTDEF_OUTPUT_COMPARE);
     output_auto_switched(&a, now, to, reason);
