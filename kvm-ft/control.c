@@ -12,6 +12,7 @@
 #include <gio/gio.h>
 #include <gio/gunixsocketaddress.h>
 
+#include "jsontext.h"
 #include "log.h"
 
 /* A client that does not read its responses/events is dropped past this. */
@@ -251,6 +252,11 @@ static void client_handle_line(ControlClient *c, const char *line, gsize len)
 
     if (memchr(line, '\0', len) || !g_utf8_validate(line, len, NULL)) {
         client_reject(c, "invalid request: not UTF-8 text");
+        return;
+    }
+    if (!json_text_sane(line, len, JSON_TEXT_MAX_DEPTH)) {
+        client_reject(c, "invalid request: not one strict JSON value nested at most "
+                      G_STRINGIFY(JSON_TEXT_MAX_DEPTH) " deep");
         return;
     }
     if (!json_parser_load_from_data(parser, line, len, &e)) {
