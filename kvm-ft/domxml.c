@@ -305,7 +305,8 @@ char *domxml_for_role(const char *domain_xml, const FtDef *def, FtRole role,
     if (role == FT_ROLE_SECONDARY)
         add_args(cmdline, qns, "-incoming", "defer");
 
-    xmlDocDumpFormatMemory(doc, &out, &out_len, 1);
+    /* UTF-8 whatever the original declared: the result is a C string libvirt parses. */
+    xmlDocDumpFormatMemoryEnc(doc, &out, &out_len, "UTF-8", 1);
     result = g_strndup((const char *)out, out_len);
     xmlFree(out);
     return result;
@@ -398,7 +399,7 @@ char *domxml_with_ft_metadata_of(const char *original, const char *current, GErr
     copy = xmlDocCopyNode(new_el, orig, 1);
     xmlReplaceNode(old_el, copy);
     xmlFreeNode(old_el);
-    xmlDocDumpFormatMemory(orig, &out, &out_len, 1);
+    xmlDocDumpFormatMemoryEnc(orig, &out, &out_len, "UTF-8", 1);
     result = g_strndup((const char *)out, out_len);
     xmlFree(out);
     return result;

@@ -261,6 +261,39 @@ START_TEST(derived_is_recognised_and_marks_only_own_starts)
 }
 END_TEST
 
+/* A definition declared in another encoding: libvirt and C strings want UTF-8 back. */
+START_TEST(derived_is_utf8_whatever_the_original_declared)
+{
+    g_autofree char *valid = fixture("ftdef-valid.xml");
+    g_autofree char *latin1 = g_strconcat("<?xml version='1.0' encoding='ISO-8859-1'?>\n",
+                                          valid, NULL);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) def = NULL;
+    g_autofree char *derived = NULL;
+    g_autofree char *merged = NULL;
+    GRegex *re = g_regex_new("</name>", 0, 0, NULL);
+    char *with_accent = g_regex_replace_literal(re, latin1, -1, 0,
+                                                "</name>\n  <description>caf\xe9</description>",
+                                                G_REGEX_MATCH_DEFAULT, NULL);
+    DomxmlPlumbing p = { .qmp_socket = "/run/kvm-ft/web1.qmp" };
+
+    g_regex_unref(re);
+    g_free(latin1);
+    latin1 = with_accent;
+    def = ftdef_parse(latin1, &err);
+    ck_assert_msg(def != NULL, "%s", err ? err->message : "");
+    derived = domxml_for_role(latin1, def, FT_ROLE_PRIMARY, &p, &err);
+    ck_assert_msg(derived != NULL, "%s", err ? err->message : "");
+    ck_assert(g_utf8_validate(derived, -1, NULL));
+    ck_assert_ptr_nonnull(strstr(derived, "caf\xc3\xa9"));
+    ck_assert(domxml_is_derived(derived));
+    merged = domxml_with_ft_metadata_of(latin1, derived, &err);
+    ck_assert_msg(merged != NULL, "%s", err ? err->message : "");
+    ck_assert(g_utf8_validate(merged, -1, NULL));
+    ck_assert_ptr_nonnull(strstr(merged, "caf\xc3\xa9"));
+}
+END_TEST
+
 START_TEST(metadata_carried_over_to_the_original)
 {
     g_autofree char *original = fixture("ftdef-valid.xml");
@@ -340,6 +373,7 @@ int main(void)
     tcase_add_test(tc, boot_order_must_be_a_number);
     tcase_add_test(tc, qmp_socket_path_escaped);
     tcase_add_test(tc, derived_is_recognised_and_marks_only_own_starts);
+    tcase_add_test(tc, derived_is_utf8_whatever_the_original_declared);
     tcase_add_test(tc, metadata_carried_over_to_the_original);
     tcase_add_test(tc, ft_metadata_element_extracted);
     suite_add_tcase(s, tc);
