@@ -1911,3 +1911,47 @@ void peer_server_free(PeerServer *server)
     g_main_context_unref(server->ctx);
     g_free(server);
 }
+
+/* ---- for tests and fuzzing only (peer.h) ------------------------------------------ */
+
+PeerConn *peer_conn_new_detached(gboolean is_client, GBytes *psk, const char *my_host,
+                                 const PeerCallbacks *cb, gpointer opaque)
+{
+    PeerConn *conn;
+
+    if (!check_args(psk, my_host, NULL))
+        return NULL;
+    conn = conn_new(is_client, psk, my_host, cb, opaque);
+    conn->address = g_strdup("detached");
+    if (is_client) {
+        /* As client_connected_cb() leaves it, but for the HELLO frame itself. */
+        conn->state = CONN_WAIT_WELCOME;
+        if (!random_bytes(conn->nonce_client, NONCE_LEN, NULL)) {
+            peer_conn_unref(conn);
+            return NULL;
+        }
+    } else {
+        conn->state = CONN_WAIT_HELLO;
+    }
+    return conn;
+}
+
+void peer_conn_feed(PeerConn *conn, const guint8 *data, gsize len)
+{
+    g_return_if_fail(conn != NULL && conn->sock == NULL && len <= G_MAXUINT);
+    /* What conn_source_dispatch() and conn_read() do with bytes from the socket. */
+    if (conn_dead(conn) || len == 0)
+        return;
+    peer_conn_ref(conn);
+    g_byte_array_append(conn->inbuf, data, (guint)len);
+    conn_process_input(conn);
+    peer_conn_unref(conn);
+}
+
+GBytes *peer_conn_get_recv_key(PeerConn *conn, guint64 *last_seq)
+{
+    g_return_val_if_fail(conn != NULL, NULL);
+    if (last_seq)
+        *last_seq = conn->recv_seq;
+    return conn->recv_key;
+}

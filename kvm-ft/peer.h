@@ -242,3 +242,24 @@ gboolean peer_conn_send_heartbeat(PeerConn *conn, JsonObject *data);
  */
 gboolean peer_pulse_start(guint interval_ms, guint rt_priority, GError **err);
 void peer_pulse_stop(void);
+
+/* ---- for tests and fuzzing only (tests/fuzz/fuzz-peer-frame.c) ------------ */
+
+/*
+ * A connection without a socket, as one is once TCP is up: a server-side
+ * one waits for HELLO, a client-side one for WELCOME (its HELLO nonce is
+ * drawn; the HELLO frame itself is not sent).  peer_conn_feed() hands it
+ * bytes as if read from the link: they go through peer_frame_decode() and
+ * the handshake and session state machine exactly as socket input does.
+ * Frames it sends are queued and never leave.  NULL on bad arguments (see
+ * peer_connect()).  Release with peer_conn_unref().
+ */
+PeerConn *peer_conn_new_detached(gboolean is_client, GBytes *psk, const char *my_host,
+                                 const PeerCallbacks *cb, gpointer opaque);
+void peer_conn_feed(PeerConn *conn, const guint8 *data, gsize len);
+/*
+ * The key the next incoming frame must be MAC'd with (borrowed, valid until
+ * the next feed) and the seq of the last frame accepted: what a peer holding
+ * the PSK would use, so a fuzzer can get past the MAC to the JSON.
+ */
+GBytes *peer_conn_get_recv_key(PeerConn *conn, guint64 *last_seq);
