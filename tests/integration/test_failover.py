@@ -16,6 +16,11 @@ guest before, during and after the fault):
   power-secondary    power pulled on the secondary: the primary runs alone
   cut-link           dedicated link cut, LAN alive: the primary runs alone,
                      the secondary stands down, no takeover
+  lossy-link         1 % of the packets on the dedicated link lost, each way,
+                     for LOSSY_S (tools/lab lossy-link: loss only, this machine
+                     has no sch_netem for delay): no failover, no secondary
+                     dropped, checkpoints go on; then the link cut (100 %):
+                     as cut-link
   kill-qemu-primary  QEMU SIGKILLed on the primary, host alive: takeover
   kill-daemon-A      kvm-ftd SIGKILLed on the primary and restarted: nothing
   kill-daemon-B      happens to the guest, the daemon re-attaches, the pair
@@ -84,7 +89,7 @@ HOLD_S = 4
 MAX_SILENCE_MS = {
     "power-primary": 1000, "power-primary-passive": 1000, "two-disks": 1000,
     "power-secondary": 1000,
-    "cut-link": 1000,
+    "cut-link": 1000, "lossy-link": 1000,
     "kill-qemu-primary": 1000, "power-mid-checkpoint": 1000, "resume-window": 1000,
     "kill-daemon-A": 1000, "kill-daemon-B": 1000, "garbage-peer": 1000,
     "stop-daemon-primary": 1000, "stop-daemon-secondary": 1000,
@@ -105,9 +110,12 @@ HELD_REPLY_ANSWER_MS = 1000
 WATCHDOG_S = 6.5
 # A frozen kvm-ftd (SIGSTOP) for each of these seconds, then SIGCONT.
 STOP_SECONDS = (0.5, 3, 30)
+# lossy-link: how long, and how much of each way's traffic on the link is lost.
+LOSSY_S = 120
+LOSSY_PERCENT = 1
 # Scenarios that end when their faults are over: the client runs until then.
 OPEN_ENDED = ("stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
-              "stop-qemu-secondary")
+              "stop-qemu-secondary", "lossy-link")
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 
 
@@ -115,6 +123,47 @@ def client_answer_before(log_path, t_fault):
     rows = [json.loads(line) for line in open(log_path)]
     before = [r["t"] for r in rows if r["t"] <= t_fault]
     return (t_fault - before[-1]) * 1000 if before else None
+
+
+def link_drops(lab):
+    """Packets the lossy-link rules dropped, both hosts together."""
+    n = 0
+    for h in ("A", "B"):
+        out = lab.lab("exec", h, "iptables", "-L", "KVMFT_LAB", "-v", "-n", "-x").stdout
+        n += sum(int(line.split()[0]) for line in out.splitlines() if "statistic" in line)
+    return n
+
+
+def lossy_link_then_cut(lab):
+    """LOSSY_S of a lossy dedicated link: the pair stays as it is, in COLO; then the
+    link is cut and the primary runs alone.  Returns the cut's time."""
+    before = {h: lab.status(h) for h in ("hostA", "hostB")}
+    t = fault_time(lab.lab("lossy-link", str(LOSSY_PERCENT)).stdout)
+    end = t + LOSSY_S
+    while time.time() < end:
+        time.sleep(2)
+        for host, was in before.items():
+            st = lab.status(host)
+            assert st and st["state"] == "protected" and st["role"] == was["role"], \
+                "%s on a link losing %d %% of its packets: %s" % (host, LOSSY_PERCENT, st)
+    dropped = link_drops(lab)
+    after = lab.status("hostA")
+    made = after["checkpoints"] - before["hostA"]["checkpoints"]
+    log("lossy-link: %d packets lost on the link in %d s; %d checkpoints; last failover %s"
+        % (dropped, LOSSY_S, made, after.get("last_failover")))
+    assert dropped > 0, "the lossy link lost nothing"
+    # The lab's interval is 2 s: half of the periodic checkpoints at least.
+    assert made >= LOSSY_S / 4, "only %d checkpoints in %d s on the lossy link" % (made, LOSSY_S)
+    # Status polls every 2 s would miss a drop quickly undone: the logs do not.
+    for host in ("hostA", "hostB"):
+        moved = [line for line in lab.daemon_log(host).splitlines()
+                 if re.search(r"role=\w+: protected -> ", line) and
+                 time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) >= int(t)]
+        assert not moved, "%s left COLO on the lossy link:\n%s" % (host, "\n".join(moved))
+    t = fault_time(lab.lab("cut-link").stdout)
+    wait_state(lab, "hostA", "degraded", timeout=30)
+    time.sleep(AFTER_S)  # the client talks to the guest running alone
+    return t
 
 
 def hold_replies_then_pull(lab):
@@ -323,7 +372,7 @@ def check_invariants(facts, window_required=True):
     if name == "power-mid-checkpoint":
         ev = facts["window"]
         assert ev["mid_checkpoint"], "the secondary was not reading a checkpoint: %s" % ev
-    if name == "cut-link":
+    if name in ("cut-link", "lossy-link"):
         other = facts["peer_after_cut"]
         assert other and other["state"] == "stopped", "secondary did not stand down: %s" % other
     assert facts["disk_ok"], "%s: survivor's disk not clean and gapless: %s" % (name, facts["disk"])
@@ -362,6 +411,9 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
             survivor, state, alive = "hostA", "degraded", ["hostA"]
         elif name == "cut-link":
             t = fault_time(lab.lab("cut-link").stdout)
+            survivor, state, alive = "hostA", "degraded", ["hostA", "hostB"]
+        elif name == "lossy-link":
+            t = lossy_link_then_cut(lab)
             survivor, state, alive = "hostA", "degraded", ["hostA", "hostB"]
         elif name == "kill-qemu-primary":
             pids = [l.split()[0] for l in lab.lab("pids", "A", "-v").stdout.splitlines()
@@ -451,7 +503,8 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
             "scenario": name, "client": summary, "survivor": survivor, "status": st,
             "kernel_trouble": kernel_trouble(lab.serial(survivor)),
             "live_copies": running_copies(lab, alive) if state == "degraded" else None,
-            "peer_after_cut": lab.status("hostB") if name == "cut-link" else None,
+            "peer_after_cut": (lab.status("hostB") if name in ("cut-link", "lossy-link")
+                               else None),
             "disk_ok": disk_ok, "disk": disk,
             "answer_after_fault_ms": client_answer_after(client_log, t),
             "answer_before_fault_ms": client_answer_before(client_log, t),
@@ -492,7 +545,7 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 
 SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "two-disks",
              "power-secondary",
-             "cut-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
+             "cut-link", "lossy-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
              "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
              "stop-qemu-secondary", "held-reply", "resume-window", "power-mid-checkpoint"]
 
