@@ -445,7 +445,7 @@ struct PeerConn {
     char *my_host;
     char *peer_host;
     char *address;
-    char *source_ip;  /* server side: the remote address without its port */
+    char *remote_ip;  /* the other end's address without its port: which path it is */
 
     ConnectOp *connect_op;
     GSocketConnection *sockconn; /* client side: owns sock */
@@ -571,7 +571,7 @@ static void conn_finalize(PeerConn *conn)
     g_free(conn->my_host);
     g_free(conn->peer_host);
     g_free(conn->address);
-    g_free(conn->source_ip);
+    g_free(conn->remote_ip);
     g_main_context_unref(conn->ctx);
     g_mutex_clear(&conn->send_lock);
     g_free(conn);
@@ -1602,6 +1602,12 @@ const char *peer_conn_get_address(PeerConn *conn)
     return conn->address;
 }
 
+const char *peer_conn_get_remote_ip(PeerConn *conn)
+{
+    g_return_val_if_fail(conn != NULL, NULL);
+    return conn->remote_ip;
+}
+
 gboolean peer_conn_host_answered(PeerConn *conn)
 {
     g_return_val_if_fail(conn != NULL, FALSE);
@@ -1729,6 +1735,7 @@ PeerConn *peer_connect(const char *addr, guint16 port, GBytes *psk, const char *
     conn->state = CONN_CONNECTING;
     conn->address = strchr(addr, ':') ? g_strdup_printf("[%s]:%u", addr, port)
                                       : g_strdup_printf("%s:%u", addr, port);
+    conn->remote_ip = g_strdup(addr);
     conn->hs_timeout_ms = timeout_ms;
     conn->hs_timer = attach_timeout(conn, timeout_ms, conn_hs_timeout_cb, conn);
 
@@ -1765,7 +1772,7 @@ static guint server_handshaking(PeerServer *server, const char *from)
         PeerConn *c = g_ptr_array_index(server->conns, i);
 
         if (c->state != CONN_ESTABLISHED && c->state != CONN_CLOSED &&
-            (!from || g_strcmp0(c->source_ip, from) == 0))
+            (!from || g_strcmp0(c->remote_ip, from) == 0))
             n++;
     }
     return n;
@@ -1811,7 +1818,7 @@ static gboolean server_incoming_cb(GSocket *listener, GIOCondition cond, gpointe
         conn->server = server;
         conn->sock = g_steal_pointer(&s);
         conn->address = g_steal_pointer(&address);
-        conn->source_ip = g_steal_pointer(&source);
+        conn->remote_ip = g_steal_pointer(&source);
         conn->hs_timeout_ms = server->hs_timeout_ms;
         conn->hs_timer = attach_timeout(conn, server->hs_timeout_ms, conn_hs_timeout_cb, conn);
         g_ptr_array_add(server->conns, conn);

@@ -205,6 +205,11 @@ const char *peer_conn_get_peer_host(PeerConn *conn);
 /* "ip:port" (IPv6: "[ip]:port") of the other end, for log lines. */
 const char *peer_conn_get_address(PeerConn *conn);
 /*
+ * The other end's IP address as configured or as it connected from, without
+ * the port: which of the peer's paths (dedicated link, LAN) a session takes.
+ */
+const char *peer_conn_get_remote_ip(PeerConn *conn);
+/*
  * After a close: whether the other host's kernel answered (refused the
  * connection, reset or closed it).  A host that answers is up, whatever
  * happened to its kvm-ftd; a powered-off host never does.
