@@ -2678,6 +2678,9 @@ gboolean guest_reattach(FtGuest *g, GError **err)
 
 void guest_stop(FtGuest *g, const char *reason)
 {
+    /* Said first: stopping QEMU can take libvirt seconds, and the reason must not wait. */
+    if (g->qmp)
+        log_info(g->def->name, role_name(g), "stopping this host's copy: %s", reason);
     answer_primary(g, reason);
     release(g);
     if (g->state != GUEST_STOPPED)
