@@ -513,20 +513,6 @@ void daemon_watch_peer(Daemon *d, const char *addr)
         link_connect(link);
 }
 
-static gboolean same_ip(const char *a, const char *b)
-{
-    g_autoptr(GInetAddress) x = NULL;
-    g_autoptr(GInetAddress) y = NULL;
-
-    if (!a || !b)
-        return FALSE;
-    if (strcmp(a, b) == 0)
-        return TRUE;
-    x = g_inet_address_new_from_string(a);
-    y = g_inet_address_new_from_string(b);
-    return x && y && g_inet_address_equal(x, y);
-}
-
 /*
  * The last authenticated frame from the peer on any session of this path:
  * ours to its address and its own to us.  Each is one TCP stream, and one
@@ -538,10 +524,15 @@ static gint64 path_last_frame_us(Daemon *d, const char *addr)
 {
     gint64 last = 0;
 
+    /*
+     * Plain string equality, as peer.c's per-source limits use: the peer's
+     * addresses are IPv4 dotted quads validated by inet_pton (ftdef.c), the
+     * one spelling GLib prints a connecting address in.
+     */
     for (guint i = 0; i < d->sessions->len; i++) {
         PeerConn *conn = g_ptr_array_index(d->sessions, i);
 
-        if (peer_conn_is_connected(conn) && same_ip(peer_conn_get_remote_ip(conn), addr))
+        if (peer_conn_is_connected(conn) && g_strcmp0(peer_conn_get_remote_ip(conn), addr) == 0)
             last = MAX(last, peer_conn_get_last_rx_time(conn));
     }
     return last;

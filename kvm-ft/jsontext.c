@@ -50,7 +50,7 @@ static gsize escape_len(const char *s, gsize n, gsize i)
  */
 gboolean json_text_sane(const char *s, gsize n, guint max_depth)
 {
-    static const char allowed[] = " \t\r\n{}[]:,-+.0123456789eEtruefalsn";
+    static const char allowed[] = "{}[]:,-+.0123456789eEtruefalsn";
     static const char space[] = " \t\r\n";
     enum { TOP_NONE, TOP_SCALAR, TOP_DONE } top = TOP_NONE;
     guint depth = 0;
