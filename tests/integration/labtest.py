@@ -231,6 +231,19 @@ class Lab:
         except FileNotFoundError:
             return ""
 
+    def daemon_log_since(self, host, since):
+        """host's kvm-ftd log lines stamped at or after `since` (epoch seconds), to the
+        second: its stamps are local time without a zone."""
+        lines = []
+        for line in self.daemon_log(host).splitlines():
+            try:
+                stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+            except ValueError:
+                continue  # not a log line (a sanitizer report, a continuation)
+            if stamp >= int(since):
+                lines.append(line)
+        return lines
+
 
 class EventFollower:
     """`ftctl events` on a lab host until stop(), which returns the events it printed."""

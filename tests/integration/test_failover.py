@@ -156,9 +156,8 @@ def lossy_link_then_cut(lab):
     assert made >= LOSSY_S / 4, "only %d checkpoints in %d s on the lossy link" % (made, LOSSY_S)
     # Status polls every 2 s would miss a drop quickly undone: the logs do not.
     for host in ("hostA", "hostB"):
-        moved = [line for line in lab.daemon_log(host).splitlines()
-                 if re.search(r"role=\w+: protected -> ", line) and
-                 time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S")) >= int(t)]
+        moved = [line for line in lab.daemon_log_since(host, t)
+                 if re.search(r"role=\w+: protected -> ", line)]
         assert not moved, "%s left COLO on the lossy link:\n%s" % (host, "\n".join(moved))
     t = fault_time(lab.lab("cut-link").stdout)
     wait_state(lab, "hostA", "degraded", timeout=30)

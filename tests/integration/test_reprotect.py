@@ -306,13 +306,9 @@ def scenario_crashed_primary(lab):
 
 def late_detector_rounds(lab, host, since):
     """The rounds host's failure detector ran late by a second or more after `since`."""
-    late = []
-    for line in lab.daemon_log(host).splitlines():
-        m = re.match(r"(\S+ \S+) .*failure detection ran (\d+) ms late", line)
-        if m and int(m.group(2)) >= 1000 and \
-                time.mktime(time.strptime(m.group(1)[:19], "%Y-%m-%d %H:%M:%S")) >= int(since):
-            late.append(line)
-    return late
+    return [line for line in lab.daemon_log_since(host, since)
+            if (m := re.search(r"failure detection ran (\d+) ms late", line)) and
+            int(m.group(1)) >= 1000]
 
 
 def scenario_disk_port_blocked(lab):
