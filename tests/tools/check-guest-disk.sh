@@ -55,5 +55,12 @@ tail_disk 'BOOT a\n1\n2\n\0\0\0\0\nBOOT b\n1\n'
 expect 1 "NUL tail without --crash-tail" tail.raw
 expect 0 "NUL tail ending a boot, --crash-tail" --crash-tail tail.raw
 grep -q '"torn_tail_lines": 1' out.json
+tail_disk 'BOOT a\n1\n2\n\0\0\0BOOT b\n1\n'
+expect 1 "NUL tail run into the next BOOT line without --crash-tail" tail.raw
+expect 0 "NUL tail run into the next BOOT line, --crash-tail" --crash-tail tail.raw
+grep -q '"torn_tail_lines": 1' out.json
+grep -q '"boots": 2' out.json
 tail_disk 'BOOT a\n1\n\0\0\n2\n'
 expect 1 "NUL bytes inside a boot, --crash-tail" --crash-tail tail.raw
+tail_disk 'BOOT a\n1\n\0\0BOOX b\n1\n'
+expect 1 "NUL bytes run into something other than a BOOT line, --crash-tail" --crash-tail tail.raw
