@@ -941,25 +941,29 @@ static gboolean evaluate_output(gpointer opaque)
     g_autofree char *reason = NULL;
     EngineLink link = quick_link(g);
     const gint64 now = g_get_monotonic_time();
+    const OutputAutoDue due = output_auto_due(&g->output, now);
     OutputSample sample;
     JsonObject *params;
     OutputSwitch *sw;
     FtOutputMode to;
 
-    if (g->output_token || !g->qmp || !output_auto_due(&g->output, now))
+    if (g->output_token || !g->qmp || due == OUTPUT_AUTO_NOTHING)
         return G_SOURCE_CONTINUE;
-    /* Only at a window's end: the pause median sorts the whole checkpoint history. */
     sample = (OutputSample){
         .checkpoints = g->checkpoints,
         .forced = g->checkpoints_forced,
         .lag_ms = -1,
-        .reply_cost_ms = FTDEF_PASSIVE_EPOCH_DEFAULT + pause_p50(g),
     };
     if (g->output.mode == FTDEF_OUTPUT_COMPARE &&
         !engine_primary_lag(g->qmp, &link, &sample.lag_ms, &err)) {
-        log_warn(g->def->name, role_name(g), "secondary's lag unknown: %s", err->message);
+        /* Once a window, not at every check of the lag. */
+        if (due == OUTPUT_AUTO_WINDOW)
+            log_warn(g->def->name, role_name(g), "secondary's lag unknown: %s", err->message);
         g_clear_error(&err);
     }
+    /* The pause median sorts the checkpoint history: only when the rule will look at it. */
+    if (due == OUTPUT_AUTO_WINDOW || sample.lag_ms >= OUTPUT_AUTO_LAG_MIN_MS)
+        sample.reply_cost_ms = FTDEF_PASSIVE_EPOCH_DEFAULT + pause_p50(g);
     if (!output_auto_evaluate(&g->output, now, &sample, &to, &reason))
         return G_SOURCE_CONTINUE;
     /* Into passive this side goes first, out of it last (engine.h). */
@@ -987,8 +991,9 @@ static void start_output_auto(FtGuest *g)
     stop_output_auto(g);
     output_auto_init(&g->output, g_get_monotonic_time(), g->checkpoints,
                      g->checkpoints_forced);
-    /* Checked each second: a window ends when its time is up, not when a timer says. */
-    g->output_timer = g_timeout_add_seconds(1, evaluate_output, g);
+    /* Checked each second: a window ends when its time is up, not when a timer says,
+     * and in compare the lag rule is checked between window ends (output.h). */
+    g->output_timer = g_timeout_add(OUTPUT_AUTO_LAG_CHECK_MS, evaluate_output, g);
 }
 
 static void stop_output_auto(FtGuest *g)

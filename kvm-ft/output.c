@@ -26,9 +26,18 @@ static void new_window(OutputAuto *a, gint64 now_us, guint64 checkpoints, guint6
     a->window_forced = forced;
 }
 
-gboolean output_auto_due(const OutputAuto *a, gint64 now_us)
+static gboolean window_ended(const OutputAuto *a, gint64 now_us)
 {
     return now_us - a->window_start_us >= (gint64)OUTPUT_AUTO_WINDOW_MS * 1000;
+}
+
+OutputAutoDue output_auto_due(const OutputAuto *a, gint64 now_us)
+{
+    if (window_ended(a, now_us))
+        return OUTPUT_AUTO_WINDOW;
+    if (a->mode == FTDEF_OUTPUT_COMPARE && !a->probing)
+        return OUTPUT_AUTO_LAG_CHECK;
+    return OUTPUT_AUTO_NOTHING;
 }
 
 /* A secondary this far behind costs compare-mode replies more than passive ones. */
@@ -36,6 +45,14 @@ static gboolean secondary_too_late(const OutputSample *sample)
 {
     return sample->lag_ms >= OUTPUT_AUTO_LAG_MIN_MS &&
            sample->lag_ms >= OUTPUT_AUTO_LAG_FACTOR * sample->reply_cost_ms;
+}
+
+static char *late_reason(const OutputAuto *a, const OutputSample *sample)
+{
+    return g_strdup_printf("the secondary's copies come late: replies wait up to "
+                           "%" G_GINT64_FORMAT " ms for them, a passive reply about %.0f ms "
+                           "(next try of compare in %u s)",
+                           sample->lag_ms, sample->reply_cost_ms, a->hold_s);
 }
 
 gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, const OutputSample *sample,
@@ -48,8 +65,19 @@ gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, const OutputSample *
     gboolean differ, late;
     guint64 n, nf;
 
-    if (!output_auto_due(a, now_us))
+    switch (output_auto_due(a, now_us)) {
+    case OUTPUT_AUTO_NOTHING:
         return FALSE;
+    case OUTPUT_AUTO_LAG_CHECK:
+        if (!secondary_too_late(sample))
+            return FALSE;
+        new_window(a, now_us, sample->checkpoints, sample->forced);
+        *to = FTDEF_OUTPUT_PASSIVE;
+        *reason = late_reason(a, sample);
+        return TRUE;
+    case OUTPUT_AUTO_WINDOW:
+        break;
+    }
     /* Counters restart when a new protection starts: that window says nothing. */
     if (checkpoints < a->window_checkpoints || forced < a->window_forced) {
         new_window(a, now_us, checkpoints, forced);
@@ -83,10 +111,7 @@ gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, const OutputSample *
                                       "(next try of compare in %u s)",
                                       forced_per_s, share * 100, seconds, a->hold_s);
         else
-            *reason = g_strdup_printf("the secondary's copies come late: replies wait up to "
-                                      "%" G_GINT64_FORMAT " ms for them, a passive reply "
-                                      "about %.0f ms (next try of compare in %u s)",
-                                      sample->lag_ms, sample->reply_cost_ms, a->hold_s);
+            *reason = late_reason(a, sample);
         return TRUE;
     }
     if (now_us - a->passive_since_us < (gint64)a->hold_s * G_USEC_PER_SEC)

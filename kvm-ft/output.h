@@ -27,6 +27,14 @@
  *                       qemu-patches 0009) at least OUTPUT_AUTO_LAG_FACTOR
  *                       times what a passive reply waits (the epoch plus a
  *                       checkpoint's pause), and at least OUTPUT_AUTO_LAG_MIN_MS;
+ *                       This lag rule needs no window: in compare it is
+ *                       also checked every OUTPUT_AUTO_LAG_CHECK_MS, so a
+ *                       load that starts on a late secondary does not wait
+ *                       up to a window in compare (a database's replies then
+ *                       stall for seconds: test_db auto, 3 seconds without a
+ *                       transaction).  Not in a probe's first window: the
+ *                       estimate still holds the lag from before passive
+ *                       until enough fresh replies have been compared;
  *   passive -> compare  as a probe, once the guest has been passive for its
  *                       hold time (OUTPUT_AUTO_HOLD_MIN_S, doubled each time a
  *                       probe ends back in passive within one window, up to
@@ -60,6 +68,7 @@
  * only a secondary clearly behind counts.
  */
 #define OUTPUT_AUTO_LAG_MIN_MS 100
+#define OUTPUT_AUTO_LAG_CHECK_MS 1000
 
 /* What a window's end shows of the guest. */
 typedef struct {
@@ -85,8 +94,16 @@ typedef struct {
 void output_auto_init(OutputAuto *a, gint64 now_us, guint64 checkpoints, guint64 forced);
 void output_auto_clear(OutputAuto *a);
 
+/* What the caller gathers for output_auto_evaluate() now. */
+typedef enum {
+    OUTPUT_AUTO_NOTHING,   /* nothing is due */
+    OUTPUT_AUTO_LAG_CHECK, /* the counters, the lag and, when the lag is at least
+                            * OUTPUT_AUTO_LAG_MIN_MS, the reply cost */
+    OUTPUT_AUTO_WINDOW,    /* a window has ended: the whole sample */
+} OutputAutoDue;
+
 /*
- * Called at least every OUTPUT_AUTO_WINDOW_MS with what the guest shows now.
+ * Called every OUTPUT_AUTO_LAG_CHECK_MS with what the guest shows now.
  * Returns TRUE when the guest should move to *to; *reason (for the log, the
  * event and ftctl status) is then set, newly allocated.  The caller applies
  * the switch and reports it with output_auto_switched(); until then nothing
@@ -94,6 +111,5 @@ void output_auto_clear(OutputAuto *a);
  */
 gboolean output_auto_evaluate(OutputAuto *a, gint64 now_us, const OutputSample *sample,
                               FtOutputMode *to, char **reason);
-/* Whether the window has ended: the caller gathers its sample only then. */
-gboolean output_auto_due(const OutputAuto *a, gint64 now_us);
+OutputAutoDue output_auto_due(const OutputAuto *a, gint64 now_us);
 void output_auto_switched(OutputAuto *a, gint64 now_us, FtOutputMode to, const char *reason);

@@ -221,6 +221,52 @@ START_TEST(prompt_or_unknown_lag_stays_compare)
 }
 END_TEST
 
+START_TEST(late_secondary_goes_passive_between_windows)
+{
+    OutputAuto a = { 0 };
+    OutputSample s = counts(3, 0);
+    FtOutputMode to;
+    g_autofree char *reason = NULL;
+
+    output_auto_init(&a, T0, 0, 0);
+    /* a second into the window: a prompt secondary changes nothing */
+    s.lag_ms = 20;
+    ck_assert_int_eq(output_auto_due(&a, T0 + S), OUTPUT_AUTO_LAG_CHECK);
+    ck_assert(!output_auto_evaluate(&a, T0 + S, &s, &to, &reason));
+    /* a second later the load has made it late: passive now, not at the window's end */
+    s.lag_ms = 400;
+    ck_assert(output_auto_evaluate(&a, T0 + 2 * S, &s, &to, &reason));
+    ck_assert_int_eq(to, FTDEF_OUTPUT_PASSIVE);
+    ck_assert_ptr_nonnull(strstr(reason, "come late"));
+    output_auto_switched(&a, T0 + 2 * S, to, reason);
+    /* in passive, nothing is due before a window ends */
+    ck_assert_int_eq(output_auto_due(&a, T0 + 3 * S), OUTPUT_AUTO_NOTHING);
+    output_auto_clear(&a);
+}
+END_TEST
+
+START_TEST(probe_waits_its_window_before_judging_the_lag)
+{
+    OutputAuto a = { 0 };
+    OutputSample s = counts(3, 0);
+    FtOutputMode to;
+    g_autofree char *reason = NULL;
+
+    output_auto_init(&a, T0, 0, 0);
+    output_auto_switched(&a, T0, FTDEF_OUTPUT_PASSIVE, "test");
+    output_auto_switched(&a, T0 + 100 * S, FTDEF_OUTPUT_COMPARE, "probe");
+    a.window_start_us = T0 + 100 * S;
+    /* the estimate still holds the lag from before passive: no verdict a second in */
+    s.lag_ms = 400;
+    ck_assert_int_eq(output_auto_due(&a, T0 + 101 * S), OUTPUT_AUTO_NOTHING);
+    ck_assert(!output_auto_evaluate(&a, T0 + 101 * S, &s, &to, &reason));
+    /* at the window's end it counts */
+    ck_assert(output_auto_evaluate(&a, T0 + 100 * S + WINDOW, &s, &to, &reason));
+    ck_assert_int_eq(to, FTDEF_OUTPUT_PASSIVE);
+    output_auto_clear(&a);
+}
+END_TEST
+
 static Suite *output_suite(void)
 {
     Suite *s = suite_create("output");
@@ -234,6 +280,8 @@ static Suite *output_suite(void)
     tcase_add_test(tc, probe_that_agrees_stays_compare_and_resets_hold);
     tcase_add_test(tc, late_secondary_goes_passive);
     tcase_add_test(tc, prompt_or_unknown_lag_stays_compare);
+    tcase_add_test(tc, late_secondary_goes_passive_between_windows);
+    tcase_add_test(tc, probe_waits_its_window_before_judging_the_lag);
     suite_add_tcase(s, tc);
     return s;
 }
