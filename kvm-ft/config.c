@@ -50,6 +50,7 @@ static const struct {
     { "witness", "key" },
     { "witness", "timeout-ms" },
     { "drbd", "command-prefix" },
+    { "replication", "tls" },
 };
 
 /* ---- messages ----------------------------------------------------------- */
@@ -751,6 +752,25 @@ static gboolean get_witness(GKeyFile *kf, const char *path, FtConfig *c, GError 
  * kvm-ftd (PREFIX drbdadm ARGS...), e.g. somewhere else; checked now, so
  * that a typo shows when kvm-ftd starts, not when DRBD fences.
  */
+static gboolean get_replication_tls(GKeyFile *kf, const char *path, gboolean *out,
+                                    GError **err)
+{
+    g_autofree char *v = NULL;
+    g_autofree char *sv = NULL;
+
+    *out = TRUE;
+    if (!get_value(kf, path, "replication", "tls", &v, err))
+        return FALSE;
+    if (!v || strcmp(v, "yes") == 0)
+        return TRUE;
+    if (strcmp(v, "no") == 0) {
+        *out = FALSE;
+        return TRUE;
+    }
+    sv = show(v);
+    return bad_key(path, "replication", "tls", err, "'%s' is neither yes nor no", sv);
+}
+
 static gboolean get_drbd(GKeyFile *kf, const char *path, FtConfig *c, GError **err)
 {
     struct stat st;
@@ -899,7 +919,8 @@ FtConfig *config_load(const char *path, GError **err)
         !get_ms(kf, path, "timeouts", "start-ms", CONFIG_DEFAULT_START_MS, 1000,
                 3600000, &c->start_timeout_ms, err) ||
         !get_witness(kf, path, c, err) ||
-        !get_drbd(kf, path, c, err))
+        !get_drbd(kf, path, c, err) ||
+        !get_replication_tls(kf, path, &c->replication_tls, err))
         return NULL;
 
     if (!c->libvirt_uri) {

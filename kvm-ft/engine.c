@@ -7,6 +7,7 @@
 #include "ft.h"
 #include "log.h"
 #include "timeouts.h"
+#include "tlspsk.h"
 
 /* libvirt's name for the guest's first (and only supported) NIC backend. */
 #define GUEST_NETDEV "hostnet0"
@@ -14,6 +15,9 @@
 #define COMPARE_IOTHREAD "iothread1"
 /* The secondary's filter that maps TCP sequence numbers to the primary's. */
 #define REWRITER "rew0"
+/* QEMU's TLS credentials of the channels between the hosts (tlspsk.h). */
+#define TLS_SERVER "kvmft-tls-server"
+#define TLS_CLIENT "kvmft-tls-client"
 /* The first sync's rate: the link's, not QEMU's cautious default. */
 #define SYNC_BANDWIDTH (10LL << 30)
 
@@ -74,10 +78,41 @@ static JsonObject *chardev_at(const char *id, JsonObject *addr /* taken */, gboo
     return args;
 }
 
-static JsonObject *socket_chardev(const char *id, const char *host, guint port,
-                                  gboolean server)
+static const char *tls_creds(const EngineLink *link, gboolean server)
 {
-    return chardev_at(id, inet_addr(host, port), server);
+    if (!link->tls_dir)
+        return NULL;
+    return server ? TLS_SERVER : TLS_CLIENT;
+}
+
+const char *engine_tls_client(const EngineLink *link)
+{
+    return tls_creds(link, FALSE);
+}
+
+/* A COLO channel between the hosts: on TLS unless the configuration says no. */
+static JsonObject *link_chardev(const EngineLink *link, const char *id, const char *host,
+                                guint port, gboolean server)
+{
+    JsonObject *args = chardev_at(id, inet_addr(host, port), server);
+    const char *creds = tls_creds(link, server);
+
+    if (creds)
+        json_object_set_string_member(
+            json_object_get_object_member(
+                json_object_get_object_member(args, "backend"), "data"),
+            "tls-creds", creds);
+    return args;
+}
+
+/* The migration stream's credentials; "" (in clear) also undoes an earlier role's. */
+static JsonObject *migration_tls(const EngineLink *link, gboolean server)
+{
+    const char *creds = tls_creds(link, server);
+    JsonObject *params = json_object_new();
+
+    json_object_set_string_member(params, "tls-creds", creds ? creds : "");
+    return params;
 }
 
 /*
@@ -156,6 +191,32 @@ static gboolean has_object(Qmp *q, const EngineLink *link, const char *id,
             *found = TRUE;
     }
     return TRUE;
+}
+
+static gboolean add_creds(Qmp *q, const EngineLink *link, const char *id,
+                          const char *endpoint, GError **err)
+{
+    JsonObject *args;
+    gboolean found;
+
+    if (!has_object(q, link, id, &found, err))
+        return FALSE;
+    if (found)
+        return TRUE;
+    args = json_object_new();
+    json_object_set_string_member(args, "qom-type", "tls-creds-psk");
+    json_object_set_string_member(args, "id", id);
+    json_object_set_string_member(args, "endpoint", endpoint);
+    json_object_set_string_member(args, "dir", link->tls_dir);
+    if (strcmp(endpoint, "client") == 0)
+        json_object_set_string_member(args, "username", TLSPSK_USERNAME);
+    return run(q, link, "object-add", args, err);
+}
+
+gboolean engine_add_tls_creds(Qmp *q, const EngineLink *link, GError **err)
+{
+    return !link->tls_dir || (add_creds(q, link, TLS_SERVER, "server", err) &&
+                              add_creds(q, link, TLS_CLIENT, "client", err));
 }
 
 static JsonObject *colo_capability(void)
@@ -344,12 +405,13 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
     const char *sec = link->secondary_addr;
     JsonObject *nbd;
 
-    if (needs_sink(link) && !run(q, link, "chardev-add", null_chardev("sink0"), err))
+    if (!engine_add_tls_creds(q, link, err) ||
+        (needs_sink(link) && !run(q, link, "chardev-add", null_chardev("sink0"), err)))
         return FALSE;
     if (!run(q, link, "chardev-add",
-             socket_chardev("red0", pri, base + FT_PORT_MIRROR, FALSE), err) ||
+             link_chardev(link, "red0", pri, base + FT_PORT_MIRROR, FALSE), err) ||
         !run(q, link, "chardev-add",
-             socket_chardev("red1", pri, base + FT_PORT_COMPARE, FALSE), err) ||
+             link_chardev(link, "red1", pri, base + FT_PORT_COMPARE, FALSE), err) ||
         !run(q, link, "object-add",
              filter("filter-redirector", "f1", "tx", "indev", "red0"), err) ||
         !add_output_filters(q, link, err) ||
@@ -360,6 +422,8 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
 
     nbd = json_object_new();
     json_object_set_object_member(nbd, "addr", inet_addr(sec, base + FT_PORT_NBD));
+    if (tls_creds(link, TRUE))
+        json_object_set_string_member(nbd, "tls-creds", tls_creds(link, TRUE));
     if (!run(q, link, "nbd-server-start", nbd, err))
         return FALSE;
     for (guint i = 0; i < link->def->disks->len; i++) {
@@ -371,8 +435,8 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
         if (!run(q, link, "nbd-server-add", args, err))
             return FALSE;
     }
-    return run(q, link, "migrate-incoming",
-               uri_arg(sec, base + FT_PORT_MIGRATION), err);
+    return run(q, link, "migrate-set-parameters", migration_tls(link, TRUE), err) &&
+           run(q, link, "migrate-incoming", uri_arg(sec, base + FT_PORT_MIGRATION), err);
 }
 
 /*
@@ -409,12 +473,14 @@ static gboolean add_replication(Qmp *q, const EngineLink *link, guint index,
 {
     g_autofree char *parent = domxml_parent_node(index);
     g_autofree char *quorum = domxml_quorum_node(index);
+    const char *creds = engine_tls_client(link);
+    g_autofree char *tls = creds ? g_strdup_printf(",file.tls-creds=%s", creds) : NULL;
     g_autofree char *line = g_strdup_printf(
         "drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,"
         "file.host=%s,file.port=%u,file.export=%s,node-name=replication%u,"
-        "file.node-name=nbd%u",
+        "file.node-name=nbd%u%s",
         link->secondary_addr, link->def->port_base + FT_PORT_NBD, parent,
-        index, index);
+        index, index, tls ? tls : "");
     g_autofree char *node = g_strdup_printf("replication%u", index);
     g_autofree char *what = g_strdup_printf("drive_add %s", node);
     JsonObject *change;
@@ -473,10 +539,11 @@ gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **e
     const guint base = link->def->port_base;
     const char *pri = link->primary_addr;
 
-    return run(q, link, "chardev-add",
-               socket_chardev("mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) &&
+    return engine_add_tls_creds(q, link, err) &&
            run(q, link, "chardev-add",
-               socket_chardev("compare1", pri, base + FT_PORT_COMPARE, TRUE), err) &&
+               link_chardev(link, "mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) &&
+           run(q, link, "chardev-add",
+               link_chardev(link, "compare1", pri, base + FT_PORT_COMPARE, TRUE), err) &&
            run(q, link, "chardev-add", local_chardev(link, "compare0", "colo-in", TRUE), err) &&
            run(q, link, "chardev-add", local_chardev(link, "compare0-0", "colo-in", FALSE),
                err) &&
@@ -540,7 +607,7 @@ static JsonObject *capabilities(gboolean pause)
 /* The first sync: a precopy that becomes COLO's first checkpoint. */
 static gboolean start_sync(Qmp *q, const EngineLink *link, gboolean pause, GError **err)
 {
-    JsonObject *params = json_object_new();
+    JsonObject *params = migration_tls(link, FALSE);
 
     for (guint i = 0; i < link->def->disks->len; i++) {
         if (!add_replication(q, link, i, err)) {

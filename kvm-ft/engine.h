@@ -18,7 +18,18 @@ typedef struct {
     const char *secondary_addr; /* dedicated-link address of the secondary host */
     guint timeout_ms;           /* per QMP command */
     const char *run_dir;        /* kvm-ftd's own (0700): the primary's local channels */
+    const char *tls_dir;        /* keys.psk of the channels between the hosts (tlspsk.h);
+                                 * NULL: they run in clear ([replication] tls = no) */
 } EngineLink;
+
+/*
+ * The credentials of QEMU's TLS channels between the hosts, once per QEMU
+ * (a survivor keeps those it had as the secondary): the server side's and
+ * the client's.  Nothing without link->tls_dir.
+ */
+gboolean engine_add_tls_creds(Qmp *q, const EngineLink *link, GError **err);
+/* The id of the client-side credentials, for an NBD client; NULL without TLS. */
+const char *engine_tls_client(const EngineLink *link);
 
 /* Secondary: COLO filters, NBD export of its disks, incoming migration. */
 gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err);

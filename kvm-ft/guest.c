@@ -14,6 +14,7 @@
 #include "log.h"
 #include "diskcompare.h"
 #include "nbdprobe.h"
+#include "tlspsk.h"
 #include "verify.h"
 #include "output.h"
 #include "qmp.h"
@@ -40,6 +41,7 @@ struct FtGuest {
 
     Qmp *qmp;
     char *qmp_path;
+    char *tls_dir;       /* the replication channels' keys.psk (tlspsk.h), or NULL */
     guint poll_id;
     gint64 deadline_us;
 
@@ -1156,6 +1158,7 @@ static EngineLink engine_link(FtGuest *g)
         .secondary_addr = (primary ? peer_host(g) : self_host(g))->link_address,
         .timeout_ms = daemon_config(g->d)->qmp_timeout_ms,
         .run_dir = daemon_config(g->d)->run_dir,
+        .tls_dir = g->tls_dir,
     };
     return link;
 }
@@ -1602,12 +1605,32 @@ static gboolean poll_channels(gpointer opaque)
     return G_SOURCE_REMOVE;
 }
 
+/*
+ * The replication channels' key (tlspsk.h), written before either side's
+ * QEMU is told about it; its directory goes into every EngineLink.
+ */
+static gboolean write_tls_key(FtGuest *g, GError **err)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+
+    g_clear_pointer(&g->tls_dir, g_free);
+    if (!cfg->replication_tls)
+        return TRUE;
+    g->tls_dir = tlspsk_write(cfg, g->def->name, err);
+    return g->tls_dir != NULL;
+}
+
 /* With this host's QEMU up and the secondary waiting: the channels it connects to. */
 static void continue_protection(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
-    EngineLink link = engine_link(g);
+    EngineLink link;
 
+    if (!write_tls_key(g, &err)) {
+        fail(g, "cannot set up replication: %s", err->message);
+        return;
+    }
+    link = engine_link(g);
     if (!engine_primary_open_channels(g->qmp, &link, &err)) {
         fail(g, "cannot set up replication: %s", err->message);
         return;
@@ -2016,6 +2039,10 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
     }
     plumbing.active_overlays = (const char *const *)active->pdata;
     plumbing.hidden_overlays = (const char *const *)hidden->pdata;
+    if (!write_tls_key(g, &err)) {
+        fail(g, "cannot start the secondary: %s", err->message);
+        return;
+    }
     link = engine_link(g);
     if (!start_qemu(g, &plumbing, FALSE, &err) ||
         !engine_secondary_setup(g->qmp, &link, &err)) {
@@ -2750,6 +2777,7 @@ void guest_free(FtGuest *g)
     g_free(g->domain_xml);
     g_free(g->error);
     g_free(g->qmp_path);
+    g_free(g->tls_dir);
     g_free(g->colo_mode);
     g_free(g->colo_reason);
     g_free(g);

@@ -226,12 +226,26 @@ static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *
     g_autofree char *node = target_node(job);
     g_autofree char *export = domxml_parent_node(i);
     g_autofree char *port = g_strdup_printf("%u", link->def->port_base + FT_PORT_NBD);
+    const char *creds = engine_tls_client(link);
+    JsonObject *args, *server;
+    gboolean ok;
 
-    return qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                             "{'execute': 'blockdev-add', 'arguments': {'driver': 'nbd', "
-                             "'node-name': %s, 'export': %s, 'server': {'type': 'inet', "
-                             "'host': %s, 'port': %s}}}",
-                             node, export, link->secondary_addr, port));
+    if (!engine_add_tls_creds(q, link, err))
+        return FALSE;
+    args = json_object_new();
+    server = json_object_new();
+    json_object_set_string_member(server, "type", "inet");
+    json_object_set_string_member(server, "host", link->secondary_addr);
+    json_object_set_string_member(server, "port", port);
+    json_object_set_string_member(args, "driver", "nbd");
+    json_object_set_string_member(args, "node-name", node);
+    json_object_set_string_member(args, "export", export);
+    json_object_set_object_member(args, "server", server);
+    if (creds)
+        json_object_set_string_member(args, "tls-creds", creds);
+    ok = qmp_answered(qmp_call(q, "blockdev-add", args, link->timeout_ms, err));
+    json_object_unref(args);
+    return ok;
 }
 
 static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean incremental,

@@ -3,10 +3,24 @@
 
 #include "domxml.h"
 #include "ft.h"
+#include "tlspsk.h"
 
 static char *export_id(guint i)
 {
     return g_strdup_printf("kvmft-verify%u", i);
+}
+
+/* The secondary's replication export, on TLS as QEMU's own client reaches it. */
+static char *peer_uri(const EngineLink *link, const char *export)
+{
+    const guint port = link->def->port_base + FT_PORT_NBD;
+    g_autofree char *psk = NULL;
+
+    if (!link->tls_dir)
+        return g_strdup_printf("nbd://%s:%u/%s", link->secondary_addr, port, export);
+    psk = g_build_filename(link->tls_dir, "keys.psk", NULL);
+    return g_strdup_printf("nbds://%s@%s:%u/%s?tls-psk-file=%s", TLSPSK_USERNAME,
+                           link->secondary_addr, port, export, psk);
 }
 
 JsonNode *verify_export(Qmp *q, const EngineLink *link, const char *socket_path,
@@ -28,8 +42,7 @@ JsonNode *verify_export(Qmp *q, const EngineLink *link, const char *socket_path,
         g_autofree char *node = domxml_data_node(i);
         g_autofree char *parent = domxml_parent_node(i);
         g_autofree char *own = g_strdup_printf("nbd+unix:///%s?socket=%s", id, socket_path);
-        g_autofree char *peer = g_strdup_printf("nbd://%s:%u/%s", link->secondary_addr,
-                                                link->def->port_base + FT_PORT_NBD, parent);
+        g_autofree char *peer = peer_uri(link, parent);
 
         if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
                                "{'execute': 'block-export-add', 'arguments': {'type': 'nbd', "

@@ -297,6 +297,19 @@ START_TEST(drbd_prefix_directory)
 }
 END_TEST
 
+START_TEST(replication_tls_off)
+{
+    g_autofree char *path = write_conf(DAEMON "[replication]\ntls = no\n");
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtConfig) c = config_load(path, &err);
+
+    ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
+    ck_assert(!c->replication_tls);
+}
+END_TEST
+
+BAD(replication_tls_bad, DAEMON "[replication]\ntls = off\n", "[replication] tls: 'off'",
+    "neither yes nor no")
 BAD(drbd_prefix_missing, DAEMON "[drbd]\ncommand-prefix = /nonexistent/in-node\n",
     "[drbd] command-prefix: '/nonexistent/in-node': No such file", "remove the line")
 BAD(drbd_prefix_relative, DAEMON "[drbd]\ncommand-prefix = in-node\n",
@@ -349,6 +362,7 @@ START_TEST(valid_defaults)
     ck_assert_uint_eq(c->miss_count, 5);
     ck_assert_uint_eq(c->rt_priority, 10);
     ck_assert_uint_eq(c->resync_rate_bytes, 100 * 1024 * 1024);
+    ck_assert(c->replication_tls);
     ck_assert_ptr_nonnull(c->key);
     k = g_bytes_get_data(c->key, &len);
     ck_assert_uint_eq(len, sizeof(key_bytes));
@@ -450,8 +464,8 @@ BAD(syntax_group_unclosed, "[daemon\n", "line 1", "without ']'")
 BAD(syntax_key_before_group, "host-name = hostA\n" DAEMON, "line 1",
     "host-name: the key comes before any group")
 BAD(unknown_group, DAEMON "[deamon]\n", "[deamon]",
-    "unknown group; the groups are [daemon], [timeouts], [failover], [resync], [witness] "
-    "and [drbd]")
+    "unknown group; the groups are [daemon], [timeouts], [failover], [resync], [witness], "
+    "[drbd] and [replication]")
 BAD(unknown_key, DAEMON "listen-prot = 7790\n", "[daemon] listen-prot",
     "unknown key (line 5)")
 BAD(unknown_key_underscore, DAEMON "listen_port = 7790\n", "[daemon] listen_port",
@@ -720,6 +734,8 @@ static Suite *config_suite(void)
     tcase_add_test(tc, drbd_prefix_not_executable);
     tcase_add_test(tc, drbd_prefix_directory);
     tcase_add_test(tc, drbd_prefix_missing);
+    tcase_add_test(tc, replication_tls_off);
+    tcase_add_test(tc, replication_tls_bad);
     tcase_add_test(tc, drbd_prefix_relative);
     tcase_add_test(tc, drbd_prefix_empty);
     tcase_add_test(tc, drbd_unknown_key);
