@@ -2953,6 +2953,8 @@ JsonNode *guest_status(FtGuest *g)
     json_builder_set_member_name(b, "qmp");
     json_builder_add_string_value(b, !g->qmp ? "closed"
                                      : g->qmp_stalled ? "not answering" : "ok");
+    json_builder_set_member_name(b, "replication_tls");
+    json_builder_add_boolean_value(b, g->tls_dir != NULL);
     json_builder_set_member_name(b, "checkpoint_interval_ms");
     json_builder_add_int_value(b, g->def->checkpoint_interval_ms);
     json_builder_set_member_name(b, "output_mode");

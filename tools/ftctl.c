@@ -479,6 +479,10 @@ static void print_guest(JsonObject *g, const char *host)
     }
     if (member_str(g, "qmp"))
         printf("  QEMU (QMP):      %s\n", member_str(g, "qmp"));
+    if (colo && json_object_has_member(g, "replication_tls"))
+        printf("  link channels:   %s\n",
+               json_object_get_boolean_member_with_default(g, "replication_tls", FALSE)
+                   ? "TLS (pre-shared key)" : "in clear ([replication] tls = no)");
     if (member_num(g, "checkpoint_interval_ms", &v))
         printf("  interval:        %.0f ms\n", v);
     if (member_str(g, "output_mode"))

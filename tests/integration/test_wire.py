@@ -167,6 +167,8 @@ def run_round(name, qemu, gdir):
                     found_marker, found_ram)
         st = lab.status("hostA")
         assert st["state"] == "protected", st
+        assert st["replication_tls"] is tls, "status says replication_tls %s" % (
+            st["replication_tls"])
         summary = client.stop()
         client = None
         log("client: %s" % summary)
