@@ -758,13 +758,20 @@ static gboolean get_replication_tls(GKeyFile *kf, const char *path, gboolean *ou
     g_autofree char *v = NULL;
     g_autofree char *sv = NULL;
 
-    *out = TRUE;
+    /*
+     * Off unless asked for: once in four link cuts on TLS, the primary's
+     * QEMU crashed while kvm-ftd dropped its secondary (test_failover
+     * lossy-link, after "Cannot read from TLS channel"), which leaves the
+     * guest running nowhere.  Until that is understood, clear text is the
+     * default.
+     */
+    *out = FALSE;
     if (!get_value(kf, path, "replication", "tls", &v, err))
         return FALSE;
-    if (!v || strcmp(v, "yes") == 0)
+    if (!v || strcmp(v, "no") == 0)
         return TRUE;
-    if (strcmp(v, "no") == 0) {
-        *out = FALSE;
+    if (strcmp(v, "yes") == 0) {
+        *out = TRUE;
         return TRUE;
     }
     sv = show(v);

@@ -75,8 +75,8 @@ typedef struct {
     guint witness_timeout_ms;  /* [witness] timeout-ms */
     char *drbd_command_prefix; /* [drbd] command-prefix: an executable that runs
                                 * `drbdadm ARGS` for kvm-ftd; NULL: drbdadm itself */
-    gboolean replication_tls;  /* [replication] tls: QEMU's channels between the hosts
-                                * (migration, NBD, COLO) on TLS with a pre-shared key */
+    gboolean replication_tls;  /* [replication] tls (default no): QEMU's channels between
+                                * the hosts (migration, NBD, COLO) on TLS with a PSK */
 } FtConfig;
 
 #define CONFIG_ERROR config_error_quark()

@@ -15,7 +15,7 @@ guest's init script (in its RAM since boot).
 
   plain  ([replication] tls = no on both hosts): the control, which shows that the
          method finds what crosses in clear: both strings must be in the capture.
-  tls    (the default): neither may be, although the capture holds the replication
+  tls    ([replication] tls = yes): neither may be, although the capture holds the replication
          ports' traffic (tens of MB: the first sync).  And on hostA's link
          address, a client without the key cannot use hostB's NBD export: qemu-img
          without TLS is refused ("TLS"), and with TLS and another key the handshake
@@ -107,12 +107,11 @@ def run_round(name, qemu, gdir):
     pcap = os.path.join(lab.artifacts, "link.pcap")
     try:
         lab.up()
-        if not tls:
-            for host in ("hostA", "hostB"):
-                with open(lab.path(host, "/etc/kvm-ft/kvm-ftd.conf"), "a") as f:
-                    f.write("\n[replication]\ntls = no\n")
-                lab.lab("daemon-kill", host[-1])
-                lab.lab("daemon-start", host[-1])
+        for host in ("hostA", "hostB"):
+            with open(lab.path(host, "/etc/kvm-ft/kvm-ftd.conf"), "a") as f:
+                f.write("\n[replication]\ntls = %s\n" % ("yes" if tls else "no"))
+            lab.lab("daemon-kill", host[-1])
+            lab.lab("daemon-start", host[-1])
         lab.install_guest(qemu, gdir)
         capture = subprocess.Popen(
             [os.path.join(TOOLS, "lab"), "exec", "B", "tcpdump", "-Z", "root", "-ni", "ftlink",

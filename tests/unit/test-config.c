@@ -297,14 +297,14 @@ START_TEST(drbd_prefix_directory)
 }
 END_TEST
 
-START_TEST(replication_tls_off)
+START_TEST(replication_tls_on)
 {
-    g_autofree char *path = write_conf(DAEMON "[replication]\ntls = no\n");
+    g_autofree char *path = write_conf(DAEMON "[replication]\ntls = yes\n");
     g_autoptr(GError) err = NULL;
     g_autoptr(FtConfig) c = config_load(path, &err);
 
     ck_assert_msg(c != NULL, "refused: %s", err ? err->message : "?");
-    ck_assert(!c->replication_tls);
+    ck_assert(c->replication_tls);
 }
 END_TEST
 
@@ -362,7 +362,7 @@ START_TEST(valid_defaults)
     ck_assert_uint_eq(c->miss_count, 5);
     ck_assert_uint_eq(c->rt_priority, 10);
     ck_assert_uint_eq(c->resync_rate_bytes, 100 * 1024 * 1024);
-    ck_assert(c->replication_tls);
+    ck_assert(!c->replication_tls);
     ck_assert_ptr_nonnull(c->key);
     k = g_bytes_get_data(c->key, &len);
     ck_assert_uint_eq(len, sizeof(key_bytes));
@@ -734,7 +734,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, drbd_prefix_not_executable);
     tcase_add_test(tc, drbd_prefix_directory);
     tcase_add_test(tc, drbd_prefix_missing);
-    tcase_add_test(tc, replication_tls_off);
+    tcase_add_test(tc, replication_tls_on);
     tcase_add_test(tc, replication_tls_bad);
     tcase_add_test(tc, drbd_prefix_relative);
     tcase_add_test(tc, drbd_prefix_empty);
