@@ -747,11 +747,6 @@ static gboolean get_witness(GKeyFile *kf, const char *path, FtConfig *c, GError 
     return TRUE;
 }
 
-/*
- * [drbd] command-prefix: an executable that runs `drbdadm ARGS...` for
- * kvm-ftd (PREFIX drbdadm ARGS...), e.g. somewhere else; checked now, so
- * that a typo shows when kvm-ftd starts, not when DRBD fences.
- */
 static gboolean get_replication_tls(GKeyFile *kf, const char *path, gboolean *out,
                                     GError **err)
 {
@@ -759,7 +754,7 @@ static gboolean get_replication_tls(GKeyFile *kf, const char *path, gboolean *ou
     g_autofree char *sv = NULL;
 
     /*
-     * Off unless asked for: once in four link cuts on TLS, the primary's
+     * Off unless asked for: once in six link cuts on TLS, the primary's
      * QEMU crashed while kvm-ftd dropped its secondary (test_failover
      * lossy-link, after "Cannot read from TLS channel"), which leaves the
      * guest running nowhere.  Until that is understood, clear text is the
@@ -778,6 +773,11 @@ static gboolean get_replication_tls(GKeyFile *kf, const char *path, gboolean *ou
     return bad_key(path, "replication", "tls", err, "'%s' is neither yes nor no", sv);
 }
 
+/*
+ * [drbd] command-prefix: an executable that runs `drbdadm ARGS...` for
+ * kvm-ftd (PREFIX drbdadm ARGS...), e.g. somewhere else; checked now, so
+ * that a typo shows when kvm-ftd starts, not when DRBD fences.
+ */
 static gboolean get_drbd(GKeyFile *kf, const char *path, FtConfig *c, GError **err)
 {
     struct stat st;

@@ -413,6 +413,7 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
     const guint base = link->def->port_base;
     const char *pri = link->primary_addr;
     const char *sec = link->secondary_addr;
+    const char *server_creds = tls_creds(link, TRUE);
     JsonObject *nbd;
 
     if (!engine_add_tls_creds(q, link, err) ||
@@ -432,8 +433,8 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
 
     nbd = json_object_new();
     json_object_set_object_member(nbd, "addr", inet_addr(sec, base + FT_PORT_NBD));
-    if (tls_creds(link, TRUE))
-        json_object_set_string_member(nbd, "tls-creds", tls_creds(link, TRUE));
+    if (server_creds)
+        json_object_set_string_member(nbd, "tls-creds", server_creds);
     if (!run(q, link, "nbd-server-start", nbd, err))
         return FALSE;
     for (guint i = 0; i < link->def->disks->len; i++) {

@@ -230,8 +230,6 @@ static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *
     JsonObject *args, *server;
     gboolean ok;
 
-    if (!engine_add_tls_creds(q, link, err))
-        return FALSE;
     args = json_object_new();
     server = json_object_new();
     json_object_set_string_member(server, "type", "inet");
@@ -330,6 +328,9 @@ gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
      */
     if (leftovers(q, link))
         resync_abort(q, link);
+    /* The targets are NBD clients of the secondary's export: on TLS unless configured off. */
+    if (!engine_add_tls_creds(q, link, err))
+        return FALSE;
     for (guint i = 0; i < link->def->disks->len; i++) {
         if (!start_disk(q, link, i, incremental, since, rate_bytes, err)) {
             g_prefix_error(err, "disk %u: ", i);

@@ -14,17 +14,15 @@ char *tlspsk_dir(const FtConfig *cfg, const char *guest)
     return g_build_filename(cfg->run_dir, name, NULL);
 }
 
-char *tlspsk_file(const FtConfig *cfg, const char *guest)
+char *tlspsk_file(const char *dir)
 {
-    g_autofree char *dir = tlspsk_dir(cfg, guest);
-
     return g_build_filename(dir, "keys.psk", NULL);
 }
 
 char *tlspsk_write(const FtConfig *cfg, const char *guest, GError **err)
 {
     g_autofree char *dir = tlspsk_dir(cfg, guest);
-    g_autofree char *file = tlspsk_file(cfg, guest);
+    g_autofree char *file = tlspsk_file(dir);
     gsize key_len = 0;
     const guint8 *key = g_bytes_get_data(cfg->key, &key_len);
     g_autoptr(GHmac) mac = g_hmac_new(G_CHECKSUM_SHA256, key, key_len);

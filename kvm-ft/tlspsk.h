@@ -26,8 +26,8 @@
 /* RUN_DIR/GUEST.tls: the directory QEMU's tls-creds-psk reads keys.psk from. */
 char *tlspsk_dir(const FtConfig *cfg, const char *guest);
 
-/* keys.psk's path in it: what libnbd's clients read. */
-char *tlspsk_file(const FtConfig *cfg, const char *guest);
+/* keys.psk's path in that directory: what libnbd's clients read. */
+char *tlspsk_file(const char *dir);
 
 /*
  * Writes the guest's keys.psk ("kvmft:HEX", 0600, in a 0700 directory),

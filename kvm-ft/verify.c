@@ -18,7 +18,7 @@ static char *peer_uri(const EngineLink *link, const char *export)
 
     if (!link->tls_dir)
         return g_strdup_printf("nbd://%s:%u/%s", link->secondary_addr, port, export);
-    psk = g_build_filename(link->tls_dir, "keys.psk", NULL);
+    psk = tlspsk_file(link->tls_dir);
     return g_strdup_printf("nbds://%s@%s:%u/%s?tls-psk-file=%s", TLSPSK_USERNAME,
                            link->secondary_addr, port, export, psk);
 }
