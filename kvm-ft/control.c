@@ -189,10 +189,10 @@ static void client_queue_node(ControlClient *c, JsonNode *node)
     client_flush(c);
 }
 
-static void client_reply(ControlClient *c, JsonNode *result, const char *error)
+/* A reply line's object: {"ok": true, "result": ...} or {"ok": false, "error": ...}. */
+static JsonNode *reply_node(JsonNode *result, const char *error)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonNode) root = NULL;
 
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "ok");
@@ -211,7 +211,13 @@ static void client_reply(ControlClient *c, JsonNode *result, const char *error)
             json_builder_add_null_value(b);
     }
     json_builder_end_object(b);
-    root = json_builder_get_root(b);
+    return json_builder_get_root(b);
+}
+
+static void client_reply(ControlClient *c, JsonNode *result, const char *error)
+{
+    g_autoptr(JsonNode) root = reply_node(result, error);
+
     client_queue_node(c, root);
 }
 
@@ -368,7 +374,9 @@ static gboolean peer_allowed(GSocket *sock, uid_t *uid_out)
 /* Best effort, non-blocking: a refused client gets a reason if it fits. */
 static void refuse(GSocket *sock, const char *error)
 {
-    g_autofree char *line = g_strdup_printf("{\"ok\":false,\"error\":\"%s\"}\n", error);
+    g_autoptr(JsonNode) reply = reply_node(NULL, error);
+    g_autofree char *text = json_to_string(reply, FALSE);
+    g_autofree char *line = g_strconcat(text, "\n", NULL);
 
     g_socket_send(sock, line, strlen(line), NULL, NULL);
     g_socket_close(sock, NULL);

@@ -30,18 +30,24 @@
 /* The first sync's rate: the link's, not QEMU's cautious default. */
 #define SYNC_BANDWIDTH (10LL << 30)
 
-static gboolean run(Qmp *q, const EngineLink *link, const char *command,
-                    JsonObject *args, GError **err)
+JsonNode *engine_query(Qmp *q, const EngineLink *link, const char *command, JsonObject *args,
+                       GError **err)
 {
-    g_autoptr(JsonNode) ret = qmp_call(q, command, args, link->timeout_ms, err);
+    JsonNode *ret = qmp_call(q, command, args, link->timeout_ms, err);
 
     if (args)
         json_object_unref(args);
-    if (!ret) {
+    if (!ret)
         g_prefix_error(err, "%s: ", command);
-        return FALSE;
-    }
-    return TRUE;
+    return ret;
+}
+
+gboolean engine_run(Qmp *q, const EngineLink *link, const char *command, JsonObject *args,
+                    GError **err)
+{
+    g_autoptr(JsonNode) ret = engine_query(q, link, command, args, err);
+
+    return ret != NULL;
 }
 
 static JsonObject *inet_addr(const char *host, guint port)
@@ -57,7 +63,7 @@ static JsonObject *inet_addr(const char *host, guint port)
     return addr;
 }
 
-static JsonObject *unix_addr(const char *path)
+JsonObject *engine_unix_addr(const char *path)
 {
     JsonObject *data = json_object_new();
     JsonObject *addr = json_object_new();
@@ -136,7 +142,7 @@ static JsonObject *local_chardev(const EngineLink *link, const char *id, const c
     g_autofree char *file = g_strdup_printf("%s.%s", link->def->name, channel);
     g_autofree char *path = g_build_filename(link->run_dir, file, NULL);
 
-    return chardev_at(id, unix_addr(path), server);
+    return chardev_at(id, engine_unix_addr(path), server);
 }
 
 /* libvirt opens the tap with a virtio-net header: every filter must expect it. */
@@ -184,9 +190,8 @@ static JsonObject *primary_filter(const char *type, const char *id, const char *
 static gboolean has_object(Qmp *q, const EngineLink *link, const char *id,
                            gboolean *found, GError **err)
 {
-    g_autoptr(JsonNode) ret = qmp_callf(q, link->timeout_ms, err,
-                                        "{'execute': 'qom-list', 'arguments': "
-                                        "{'path': '/objects'}}");
+    g_autoptr(JsonNode) ret = engine_query(q, link, "qom-list", engine_arg("path", "/objects"),
+                                           err);
     JsonArray *props;
 
     if (!ret)
@@ -220,7 +225,7 @@ static gboolean add_creds(Qmp *q, const EngineLink *link, const char *id,
     json_object_set_string_member(args, "priority", TLS_PRIORITY);
     if (strcmp(endpoint, "client") == 0)
         json_object_set_string_member(args, "username", TLSPSK_USERNAME);
-    return run(q, link, "object-add", args, err);
+    return engine_run(q, link, "object-add", args, err);
 }
 
 gboolean engine_add_tls_creds(Qmp *q, const EngineLink *link, GError **err)
@@ -282,7 +287,7 @@ static gboolean add_output_filters(Qmp *q, const EngineLink *link, GError **err)
     JsonObject *to_sink;
 
     if (link->def->output_mode != FTDEF_OUTPUT_PASSIVE &&
-        !run(q, link, "object-add",
+        !engine_run(q, link, "object-add",
              filter("filter-redirector", TO_COMPARE, "rx", "outdev", "red1"), err))
         return FALSE;
     if (!needs_sink(link))
@@ -291,7 +296,7 @@ static gboolean add_output_filters(Qmp *q, const EngineLink *link, GError **err)
     /* auto starts in compare */
     if (link->def->output_mode == FTDEF_OUTPUT_AUTO)
         json_object_set_string_member(to_sink, "status", "off");
-    return run(q, link, "object-add", to_sink, err);
+    return engine_run(q, link, "object-add", to_sink, err);
 }
 
 /* qom-set PATH PROPERTY to value (taken). */
@@ -303,7 +308,7 @@ static gboolean qom_set(Qmp *q, const EngineLink *link, const char *path, const 
     json_object_set_string_member(args, "path", path);
     json_object_set_string_member(args, "property", property);
     json_object_set_member(args, "value", value);
-    return run(q, link, "qom-set", args, err);
+    return engine_run(q, link, "qom-set", args, err);
 }
 
 static gboolean set_filter_status(Qmp *q, const EngineLink *link, const char *id,
@@ -371,10 +376,11 @@ static gboolean qom_set_uint(Qmp *q, const EngineLink *link, const char *path,
 static gboolean compare_number(Qmp *q, const EngineLink *link, const char *property,
                                const char *patch, gint64 *value, GError **err)
 {
-    g_autoptr(JsonNode) ret = qmp_callf(q, link->timeout_ms, err,
-                                        "{'execute': 'qom-get', 'arguments': "
-                                        "{'path': 'comp0', 'property': %s}}", property);
+    JsonObject *args = engine_arg("path", "comp0");
+    g_autoptr(JsonNode) ret = NULL;
 
+    json_object_set_string_member(args, "property", property);
+    ret = engine_query(q, link, "qom-get", args, err);
     if (!ret)
         return FALSE;
     if (!JSON_NODE_HOLDS_VALUE(ret) || json_node_get_value_type(ret) != G_TYPE_INT64) {
@@ -417,25 +423,25 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
     JsonObject *nbd;
 
     if (!engine_add_tls_creds(q, link, err) ||
-        (needs_sink(link) && !run(q, link, "chardev-add", null_chardev("sink0"), err)))
+        (needs_sink(link) && !engine_run(q, link, "chardev-add", null_chardev("sink0"), err)))
         return FALSE;
-    if (!run(q, link, "chardev-add",
+    if (!engine_run(q, link, "chardev-add",
              link_chardev(link, "red0", pri, base + FT_PORT_MIRROR, FALSE), err) ||
-        !run(q, link, "chardev-add",
+        !engine_run(q, link, "chardev-add",
              link_chardev(link, "red1", pri, base + FT_PORT_COMPARE, FALSE), err) ||
-        !run(q, link, "object-add",
+        !engine_run(q, link, "object-add",
              filter("filter-redirector", "f1", "tx", "indev", "red0"), err) ||
         !add_output_filters(q, link, err) ||
-        !run(q, link, "object-add",
+        !engine_run(q, link, "object-add",
              filter("filter-rewriter", REWRITER, "all", NULL, NULL), err) ||
-        !run(q, link, "migrate-set-capabilities", colo_capability(), err))
+        !engine_run(q, link, "migrate-set-capabilities", colo_capability(), err))
         return FALSE;
 
     nbd = json_object_new();
     json_object_set_object_member(nbd, "addr", inet_addr(sec, base + FT_PORT_NBD));
     if (server_creds)
         json_object_set_string_member(nbd, "tls-creds", server_creds);
-    if (!run(q, link, "nbd-server-start", nbd, err))
+    if (!engine_run(q, link, "nbd-server-start", nbd, err))
         return FALSE;
     for (guint i = 0; i < link->def->disks->len; i++) {
         JsonObject *args = json_object_new();
@@ -443,11 +449,11 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
 
         json_object_set_string_member(args, "device", parent);
         json_object_set_boolean_member(args, "writable", TRUE);
-        if (!run(q, link, "nbd-server-add", args, err))
+        if (!engine_run(q, link, "nbd-server-add", args, err))
             return FALSE;
     }
-    return run(q, link, "migrate-set-parameters", migration_tls(link, TRUE), err) &&
-           run(q, link, "migrate-incoming", uri_arg(sec, base + FT_PORT_MIGRATION), err);
+    return engine_run(q, link, "migrate-set-parameters", migration_tls(link, TRUE), err) &&
+           engine_run(q, link, "migrate-incoming", uri_arg(sec, base + FT_PORT_MIGRATION), err);
 }
 
 /*
@@ -501,7 +507,7 @@ static gboolean add_replication(Qmp *q, const EngineLink *link, guint index,
     change = json_object_new();
     json_object_set_string_member(change, "parent", quorum);
     json_object_set_string_member(change, "node", node);
-    return run(q, link, "x-blockdev-change", change, err);
+    return engine_run(q, link, "x-blockdev-change", change, err);
 }
 
 static gboolean chardev_connected(JsonArray *devs, const char *label)
@@ -551,16 +557,16 @@ gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **e
     const char *pri = link->primary_addr;
 
     return engine_add_tls_creds(q, link, err) &&
-           run(q, link, "chardev-add",
+           engine_run(q, link, "chardev-add",
                link_chardev(link, "mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) &&
-           run(q, link, "chardev-add",
+           engine_run(q, link, "chardev-add",
                link_chardev(link, "compare1", pri, base + FT_PORT_COMPARE, TRUE), err) &&
-           run(q, link, "chardev-add", local_chardev(link, "compare0", "colo-in", TRUE), err) &&
-           run(q, link, "chardev-add", local_chardev(link, "compare0-0", "colo-in", FALSE),
+           engine_run(q, link, "chardev-add", local_chardev(link, "compare0", "colo-in", TRUE), err) &&
+           engine_run(q, link, "chardev-add", local_chardev(link, "compare0-0", "colo-in", FALSE),
                err) &&
-           run(q, link, "chardev-add", local_chardev(link, "compare_out", "colo-out", TRUE),
+           engine_run(q, link, "chardev-add", local_chardev(link, "compare_out", "colo-out", TRUE),
                err) &&
-           run(q, link, "chardev-add", local_chardev(link, "compare_out0", "colo-out", FALSE),
+           engine_run(q, link, "chardev-add", local_chardev(link, "compare_out0", "colo-out", FALSE),
                err);
 }
 
@@ -575,12 +581,12 @@ static gboolean add_filters(Qmp *q, const EngineLink *link, GError **err)
 
     if (!has_object(q, link, REWRITER, &rewriter, err))
         return FALSE;
-    if (!run(q, link, "object-add",
+    if (!engine_run(q, link, "object-add",
              primary_filter("filter-mirror", "m0", "tx", "outdev", "mirror0", rewriter), err) ||
-        !run(q, link, "object-add",
+        !engine_run(q, link, "object-add",
              primary_filter("filter-redirector", "redire0", "rx", "indev", "compare_out",
                             rewriter), err) ||
-        !run(q, link, "object-add",
+        !engine_run(q, link, "object-add",
              primary_filter("filter-redirector", "redire1", "rx", "outdev", "compare0",
                             rewriter), err))
         return FALSE;
@@ -595,7 +601,7 @@ static gboolean add_filters(Qmp *q, const EngineLink *link, GError **err)
     set_compare_wait(compare, compare_wait(link, link->def->output_mode == FTDEF_OUTPUT_PASSIVE
                                                      ? FTDEF_OUTPUT_PASSIVE
                                                      : FTDEF_OUTPUT_COMPARE));
-    return run(q, link, "object-add", compare, err);
+    return engine_run(q, link, "object-add", compare, err);
 }
 
 static JsonObject *capabilities(gboolean pause)
@@ -630,9 +636,9 @@ static gboolean start_sync(Qmp *q, const EngineLink *link, gboolean pause, GErro
                                link->def->checkpoint_interval_ms);
     /* QEMU's default of 128 MiB/s would make the first sync take seconds. */
     json_object_set_int_member(params, "max-bandwidth", SYNC_BANDWIDTH);
-    return run(q, link, "migrate-set-capabilities", capabilities(pause), err) &&
-           run(q, link, "migrate-set-parameters", params, err) &&
-           run(q, link, "migrate",
+    return engine_run(q, link, "migrate-set-capabilities", capabilities(pause), err) &&
+           engine_run(q, link, "migrate-set-parameters", params, err) &&
+           engine_run(q, link, "migrate",
                uri_arg(link->secondary_addr, link->def->port_base + FT_PORT_MIGRATION), err);
 }
 
@@ -671,7 +677,7 @@ gboolean engine_primary_switch_over(Qmp *q, const EngineLink *link, GError **err
         json_object_unref(args);
         return FALSE;
     }
-    return run(q, link, "migrate-continue", args, err);
+    return engine_run(q, link, "migrate-continue", args, err);
 }
 
 gboolean engine_set_checkpoint_interval(Qmp *q, const EngineLink *link, guint interval_ms,
@@ -680,7 +686,7 @@ gboolean engine_set_checkpoint_interval(Qmp *q, const EngineLink *link, guint in
     JsonObject *params = json_object_new();
 
     json_object_set_int_member(params, "x-checkpoint-delay", interval_ms);
-    return run(q, link, "migrate-set-parameters", params, err);
+    return engine_run(q, link, "migrate-set-parameters", params, err);
 }
 
 gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
@@ -728,11 +734,11 @@ char *engine_run_state(Qmp *q, guint timeout_ms, GError **err)
     return query_string(q, "query-status", "status", "unknown", timeout_ms, err);
 }
 
-static JsonObject *id_arg(const char *key, const char *id)
+JsonObject *engine_arg(const char *key, const char *value)
 {
     JsonObject *args = json_object_new();
 
-    json_object_set_string_member(args, key, id);
+    json_object_set_string_member(args, key, value);
     return args;
 }
 
@@ -749,7 +755,7 @@ static gboolean run_gone_ok(Qmp *q, const EngineLink *link, const char *command,
 {
     g_autoptr(GError) e = NULL;
 
-    if (run(q, link, command, args, &e) || already_gone(e))
+    if (engine_run(q, link, command, args, &e) || already_gone(e))
         return TRUE;
     g_propagate_error(err, g_steal_pointer(&e));
     return FALSE;
@@ -771,7 +777,7 @@ static gboolean leave_colo(Qmp *q, const EngineLink *link, GError **err)
 {
     g_autoptr(GError) e = NULL;
 
-    if (run(q, link, "x-colo-lost-heartbeat", NULL, &e))
+    if (engine_run(q, link, "x-colo-lost-heartbeat", NULL, &e))
         return TRUE;
     /* Not in COLO, or (a copy that was never a secondary) COLO never set up. */
     if (e->code == QMP_ERROR_COMMAND &&
@@ -810,6 +816,15 @@ static gboolean yank(Qmp *q, const EngineLink *link, JsonArray *instances, GErro
         return FALSE;
     }
     return TRUE;
+}
+
+void engine_yank_node(Qmp *q, const EngineLink *link, const char *node)
+{
+    JsonArray *instances = json_array_new();
+
+    json_array_add_object_element(instances, yank_instance("block-node", "node-name", node));
+    /* A node without a connection is no yank instance: nothing to cut. */
+    yank(q, link, instances, NULL);
 }
 
 static const char *const primary_chardevs[] = {
@@ -858,7 +873,7 @@ static void announce(Qmp *q, const EngineLink *link)
     json_object_set_int_member(args, "max", 200);
     json_object_set_int_member(args, "rounds", 4);
     json_object_set_int_member(args, "step", 50);
-    if (!run(q, link, "announce-self", args, &e))
+    if (!engine_run(q, link, "announce-self", args, &e))
         log_warn(link->def->name, "secondary", "announcing the guest on the network: %s",
                  e->message);
 }
@@ -884,15 +899,15 @@ gboolean engine_secondary_takeover(Qmp *q, const EngineLink *link, GError **err)
      */
     if (!run_gone_ok(q, link, "nbd-server-stop", NULL, err) ||
         (link->def->output_mode != FTDEF_OUTPUT_PASSIVE &&
-         !run_gone_ok(q, link, "object-del", id_arg("id", TO_COMPARE), err)) ||
+         !run_gone_ok(q, link, "object-del", engine_arg("id", TO_COMPARE), err)) ||
         (needs_sink(link) &&
-         !run_gone_ok(q, link, "object-del", id_arg("id", TO_SINK), err)) ||
-        !run_gone_ok(q, link, "object-del", id_arg("id", "f1"), err) ||
+         !run_gone_ok(q, link, "object-del", engine_arg("id", TO_SINK), err)) ||
+        !run_gone_ok(q, link, "object-del", engine_arg("id", "f1"), err) ||
         !leave_colo(q, link, err) ||
-        !run_gone_ok(q, link, "chardev-remove", id_arg("id", "red1"), err) ||
-        !run_gone_ok(q, link, "chardev-remove", id_arg("id", "red0"), err) ||
+        !run_gone_ok(q, link, "chardev-remove", engine_arg("id", "red1"), err) ||
+        !run_gone_ok(q, link, "chardev-remove", engine_arg("id", "red0"), err) ||
         (needs_sink(link) &&
-         !run_gone_ok(q, link, "chardev-remove", id_arg("id", "sink0"), err)))
+         !run_gone_ok(q, link, "chardev-remove", engine_arg("id", "sink0"), err)))
         return FALSE;
     announce(q, link);
     return TRUE;
@@ -923,15 +938,15 @@ gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **
             !hmp_gone_ok(q, link, line, line, err))
             return FALSE;
     }
-    if (!run_gone_ok(q, link, "object-del", id_arg("id", "comp0"), err) ||
-        !run_gone_ok(q, link, "object-del", id_arg("id", "m0"), err) ||
-        !run_gone_ok(q, link, "object-del", id_arg("id", "redire0"), err) ||
-        !run_gone_ok(q, link, "object-del", id_arg("id", "redire1"), err) ||
+    if (!run_gone_ok(q, link, "object-del", engine_arg("id", "comp0"), err) ||
+        !run_gone_ok(q, link, "object-del", engine_arg("id", "m0"), err) ||
+        !run_gone_ok(q, link, "object-del", engine_arg("id", "redire0"), err) ||
+        !run_gone_ok(q, link, "object-del", engine_arg("id", "redire1"), err) ||
         !leave_colo(q, link, err))
         return FALSE;
     /* Re-protection adds them anew. */
     for (guint i = 0; i < G_N_ELEMENTS(primary_chardevs); i++) {
-        if (!run_gone_ok(q, link, "chardev-remove", id_arg("id", primary_chardevs[i]), err))
+        if (!run_gone_ok(q, link, "chardev-remove", engine_arg("id", primary_chardevs[i]), err))
             return FALSE;
     }
     return TRUE;
@@ -939,10 +954,10 @@ gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **
 
 gboolean engine_cancel_first_sync(Qmp *q, const EngineLink *link, GError **err)
 {
-    return run(q, link, "migrate_cancel", NULL, err);
+    return engine_run(q, link, "migrate_cancel", NULL, err);
 }
 
 gboolean engine_quit(Qmp *q, const EngineLink *link, GError **err)
 {
-    return run(q, link, "quit", NULL, err);
+    return engine_run(q, link, "quit", NULL, err);
 }

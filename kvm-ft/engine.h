@@ -31,6 +31,26 @@ gboolean engine_add_tls_creds(Qmp *q, const EngineLink *link, GError **err);
 /* The id of the client-side credentials, for an NBD client; NULL without TLS. */
 const char *engine_tls_client(const EngineLink *link);
 
+/*
+ * One QMP command with args (consumed; NULL: none) within link's deadline;
+ * the error names the command.  For the QMP steps other modules take on
+ * the engine's QEMU (resync.h, verify.h).
+ */
+gboolean engine_run(Qmp *q, const EngineLink *link, const char *command, JsonObject *args,
+                    GError **err);
+/* The same for a query: its answer, owned by the caller, or NULL. */
+JsonNode *engine_query(Qmp *q, const EngineLink *link, const char *command, JsonObject *args,
+                       GError **err);
+/* Arguments of one string member, as most teardown steps take. */
+JsonObject *engine_arg(const char *key, const char *value);
+/* A QMP SocketAddress of a unix socket. */
+JsonObject *engine_unix_addr(const char *path);
+/*
+ * Out of band: cuts the connection of an NBD client node at once, even
+ * while QEMU's main loop waits on it.  Nothing if it has none.
+ */
+void engine_yank_node(Qmp *q, const EngineLink *link, const char *node);
+
 /* Secondary: COLO filters, NBD export of its disks, incoming migration. */
 gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err);
 

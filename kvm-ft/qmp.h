@@ -96,41 +96,6 @@ JsonNode *qmp_call_oob(Qmp *q, const char *command, JsonObject *args,
                        guint timeout_ms, GError **err);
 
 /*
- * command_json is a whole request object as text, {"execute": ...} or
- * {"exec-oob": ...}, so command sequences can be kept as data; its "id",
- * if any, is replaced by ours.  Text that is not such an object is
- * QMP_ERROR_PROTOCOL and nothing is sent.
- */
-JsonNode *qmp_call_json(Qmp *q, const char *command_json, guint timeout_ms,
-                        GError **err);
-
-/*
- * For a call whose answer is not needed: TRUE if there was one (the call
- * succeeded), which it releases.
- */
-gboolean qmp_answered(JsonNode *answer);
-
-/*
- * Builds JSON text from a template and values, so call sites never splice
- * strings into JSON themselves.  The template is JSON in which strings may
- * be single-quoted (readable in C literals); outside template strings:
- *   %s            a JSON string, escaped (NULL gives null; must be UTF-8)
- *   %d %i %u      and the l, ll, z and G_G[U]INT64_FORMAT forms: a number
- *   %f %g         a finite double
- * e.g. qmp_format(&err, "{'exec-oob': 'yank', 'arguments': {'instances':"
- *                 " [{'type': 'block-node', 'node-name': %s}]}}", node);
- * The result is checked to parse.  Returns NULL with QMP_ERROR_PROTOCOL
- * for a bad template or a string that is not UTF-8.
- */
-char *qmp_format(GError **err, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
-char *qmp_formatv(GError **err, const char *fmt, va_list ap)
-    G_GNUC_PRINTF(2, 0);
-
-/* qmp_format() followed by qmp_call_json(). */
-JsonNode *qmp_callf(Qmp *q, guint timeout_ms, GError **err,
-                    const char *fmt, ...) G_GNUC_PRINTF(4, 5);
-
-/*
  * TRUE if err is QEMU's answer with the given error class, e.g.
  * "CommandNotFound" or "DeviceNotFound": lets a caller treat "already
  * gone" as success when undoing a half-done setup.

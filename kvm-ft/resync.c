@@ -39,12 +39,18 @@ static gboolean is_qcow2(const EngineLink *link, guint i)
     return g_strcmp0(disk->format, "qcow2") == 0;
 }
 
+static JsonObject *bitmap_arg(const char *node, const char *name)
+{
+    JsonObject *args = engine_arg("node", node);
+
+    json_object_set_string_member(args, "name", name);
+    return args;
+}
+
 /* None there is no error. */
 static void remove_bitmap(Qmp *q, const EngineLink *link, const char *node, const char *name)
 {
-    qmp_answered(qmp_callf(q, link->timeout_ms, NULL,
-                           "{'execute': 'block-dirty-bitmap-remove', 'arguments': "
-                           "{'node': %s, 'name': %s}}", node, name));
+    engine_run(q, link, "block-dirty-bitmap-remove", bitmap_arg(node, name), NULL);
 }
 
 /*
@@ -55,30 +61,12 @@ static gboolean add_bitmap(Qmp *q, const EngineLink *link, guint i, const char *
                            guint granularity, gboolean disabled, GError **err)
 {
     g_autofree char *node = domxml_data_node(i);
-    g_autoptr(JsonBuilder) b = json_builder_new();
-    g_autoptr(JsonNode) cmd = NULL;
-    g_autofree char *text = NULL;
+    JsonObject *args = bitmap_arg(node, name);
 
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "execute");
-    json_builder_add_string_value(b, "block-dirty-bitmap-add");
-    json_builder_set_member_name(b, "arguments");
-    json_builder_begin_object(b);
-    json_builder_set_member_name(b, "node");
-    json_builder_add_string_value(b, node);
-    json_builder_set_member_name(b, "name");
-    json_builder_add_string_value(b, name);
-    json_builder_set_member_name(b, "granularity");
-    json_builder_add_int_value(b, granularity);
-    json_builder_set_member_name(b, "persistent");
-    json_builder_add_boolean_value(b, is_qcow2(link, i));
-    json_builder_set_member_name(b, "disabled");
-    json_builder_add_boolean_value(b, disabled);
-    json_builder_end_object(b);
-    json_builder_end_object(b);
-    cmd = json_builder_get_root(b);
-    text = json_to_string(cmd, FALSE);
-    return qmp_answered(qmp_call_json(q, text, link->timeout_ms, err));
+    json_object_set_int_member(args, "granularity", granularity);
+    json_object_set_boolean_member(args, "persistent", is_qcow2(link, i));
+    json_object_set_boolean_member(args, "disabled", disabled);
+    return engine_run(q, link, "block-dirty-bitmap-add", args, err);
 }
 
 /* A fresh, empty, disabled outage bitmap on every disk. */
@@ -108,9 +96,8 @@ gboolean resync_outage_begin(Qmp *q, const EngineLink *link, GError **err)
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *node = domxml_data_node(i);
 
-        if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                               "{'execute': 'block-dirty-bitmap-enable', 'arguments': "
-                               "{'node': %s, 'name': %s}}", node, OUTAGE_BITMAP)))
+        if (!engine_run(q, link, "block-dirty-bitmap-enable", bitmap_arg(node, OUTAGE_BITMAP),
+                        err))
             return FALSE;
     }
     return TRUE;
@@ -162,14 +149,14 @@ static JsonObject *find_node(JsonArray *nodes, const char *name)
 }
 
 /* A query whose answer is an array; *holder keeps it alive. */
-static JsonArray *query_array(Qmp *q, const EngineLink *link, const char *request,
-                              JsonNode **holder, GError **err)
+static JsonArray *query_array(Qmp *q, const EngineLink *link, const char *command,
+                              JsonObject *args, JsonNode **holder, GError **err)
 {
-    *holder = qmp_call_json(q, request, link->timeout_ms, err);
+    *holder = engine_query(q, link, command, args, err);
     if (!*holder)
         return NULL;
     if (!JSON_NODE_HOLDS_ARRAY(*holder)) {
-        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL, "%s: unexpected reply", request);
+        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL, "%s: unexpected reply", command);
         return NULL;
     }
     return json_node_get_array(*holder);
@@ -178,8 +165,10 @@ static JsonArray *query_array(Qmp *q, const EngineLink *link, const char *reques
 static JsonArray *named_nodes(Qmp *q, const EngineLink *link, JsonNode **holder,
                               GError **err)
 {
-    return query_array(q, link, "{\"execute\": \"query-named-block-nodes\", "
-                       "\"arguments\": {\"flat\": true}}", holder, err);
+    JsonObject *args = json_object_new();
+
+    json_object_set_boolean_member(args, "flat", TRUE);
+    return query_array(q, link, "query-named-block-nodes", args, holder, err);
 }
 
 /*
@@ -228,7 +217,6 @@ static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *
     g_autofree char *port = g_strdup_printf("%u", link->def->port_base + FT_PORT_NBD);
     const char *creds = engine_tls_client(link);
     JsonObject *args, *server;
-    gboolean ok;
 
     args = json_object_new();
     server = json_object_new();
@@ -241,9 +229,18 @@ static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *
     json_object_set_object_member(args, "server", server);
     if (creds)
         json_object_set_string_member(args, "tls-creds", creds);
-    ok = qmp_answered(qmp_call(q, "blockdev-add", args, link->timeout_ms, err));
-    json_object_unref(args);
-    return ok;
+    return engine_run(q, link, "blockdev-add", args, err);
+}
+
+/* A job that the caller ends itself (auto-dismiss off), so its error can be read. */
+static JsonObject *job_args(const char *job, const char *device, const char *target)
+{
+    JsonObject *args = engine_arg("job-id", job);
+
+    json_object_set_string_member(args, "device", device);
+    json_object_set_string_member(args, "target", target);
+    json_object_set_boolean_member(args, "auto-dismiss", FALSE);
+    return args;
 }
 
 static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean incremental,
@@ -255,34 +252,32 @@ static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean inc
     g_autofree char *copy_to = target_node(copy);
     g_autofree char *device = domxml_disk_node(i);
     g_autofree char *data = domxml_data_node(i);
+    JsonObject *args;
 
     if (!add_target(q, link, i, mirror, err) || !add_target(q, link, i, copy, err))
         return FALSE;
     /* First the mirror: from here on the peer gets every new write. */
-    if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                           "{'execute': 'blockdev-mirror', 'arguments': {'job-id': %s, "
-                           "'device': %s, 'target': %s, 'sync': 'none', "
-                           "'copy-mode': 'write-blocking', 'auto-dismiss': false}}",
-                           mirror, device, mirror_to)))
+    args = job_args(mirror, device, mirror_to);
+    json_object_set_string_member(args, "sync", "none");
+    json_object_set_string_member(args, "copy-mode", "write-blocking");
+    if (!engine_run(q, link, "blockdev-mirror", args, err))
         return FALSE;
-    if (incremental)
-        return qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                                 "{'execute': 'blockdev-backup', 'arguments': {'job-id': %s, "
-                                 "'device': %s, 'target': %s, 'sync': 'bitmap', "
-                                 "'bitmap': %s, 'bitmap-mode': 'never', "
-                                 "'speed': %" G_GUINT64_FORMAT ", 'auto-dismiss': false}}",
-                                 copy, data, copy_to, bitmap_name(since), rate_bytes));
-    return qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                             "{'execute': 'blockdev-backup', 'arguments': {'job-id': %s, "
-                             "'device': %s, 'target': %s, 'sync': 'full', "
-                             "'speed': %" G_GUINT64_FORMAT ", 'auto-dismiss': false}}",
-                             copy, data, copy_to, rate_bytes));
+    args = job_args(copy, data, copy_to);
+    json_object_set_int_member(args, "speed", (gint64)rate_bytes);
+    if (incremental) {
+        json_object_set_string_member(args, "sync", "bitmap");
+        json_object_set_string_member(args, "bitmap", bitmap_name(since));
+        json_object_set_string_member(args, "bitmap-mode", "never");
+    } else {
+        json_object_set_string_member(args, "sync", "full");
+    }
+    return engine_run(q, link, "blockdev-backup", args, err);
 }
 
 static JsonArray *block_jobs(Qmp *q, const EngineLink *link, JsonNode **holder,
                              GError **err)
 {
-    return query_array(q, link, "{\"execute\": \"query-block-jobs\"}", holder, err);
+    return query_array(q, link, "query-block-jobs", NULL, holder, err);
 }
 
 static JsonObject *find_job(JsonArray *jobs, const char *id)
@@ -411,8 +406,7 @@ static gboolean end_job(Qmp *q, const EngineLink *link, const char *id, GError *
             g_autofree char *failure = g_strdup(
                 json_object_get_string_member_with_default(job, "error", NULL));
 
-            if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                                   "{'execute': 'job-dismiss', 'arguments': {'id': %s}}", id)))
+            if (!engine_run(q, link, "job-dismiss", engine_arg("id", id), err))
                 return FALSE;
             if (failure) {
                 g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "block job %s failed: %s", id,
@@ -435,9 +429,7 @@ static gboolean del_node(Qmp *q, const EngineLink *link, const char *job, GError
 {
     g_autofree char *node = target_node(job);
 
-    return qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                             "{'execute': 'blockdev-del', 'arguments': {'node-name': %s}}",
-                             node));
+    return engine_run(q, link, "blockdev-del", engine_arg("node-name", node), err);
 }
 
 /*
@@ -456,9 +448,7 @@ gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err)
         g_autofree char *copy = copy_job(i);
 
         /* Cancelling a mirror that is in sync completes it, without a pivot. */
-        if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                               "{'execute': 'block-job-cancel', 'arguments': {'device': %s}}",
-                               mirror)) ||
+        if (!engine_run(q, link, "block-job-cancel", engine_arg("device", mirror), err) ||
             !end_job(q, link, mirror, err) || !end_job(q, link, copy, err))
             return FALSE;
     }
@@ -469,21 +459,17 @@ gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err)
 static void yank_target(Qmp *q, const EngineLink *link, const char *job)
 {
     g_autofree char *node = target_node(job);
-    g_autoptr(GError) e = NULL;
 
-    if (!qmp_answered(qmp_callf(q, link->timeout_ms, &e,
-                           "{'exec-oob': 'yank', 'arguments': {'instances': "
-                           "[{'type': 'block-node', 'node-name': %s}]}}", node)))
-        g_clear_error(&e);
+    engine_yank_node(q, link, node);
 }
 
 static void abort_job(Qmp *q, const EngineLink *link, const char *job)
 {
     g_autoptr(GError) e = NULL;
+    JsonObject *args = engine_arg("device", job);
 
-    if (!qmp_answered(qmp_callf(q, link->timeout_ms, &e,
-                           "{'execute': 'block-job-cancel', 'arguments': "
-                           "{'device': %s, 'force': true}}", job)))
+    json_object_set_boolean_member(args, "force", TRUE);
+    if (!engine_run(q, link, "block-job-cancel", args, &e))
         g_clear_error(&e);
     if (!end_job(q, link, job, &e)) {
         log_warn(link->def->name, "primary", "giving up the disk copy: %s", e->message);

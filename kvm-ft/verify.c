@@ -27,11 +27,11 @@ JsonNode *verify_export(Qmp *q, const EngineLink *link, const char *socket_path,
                         GError **err)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
+    JsonObject *args = json_object_new();
 
     verify_unexport(q, link);
-    if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                           "{'execute': 'nbd-server-start', 'arguments': {'addr': "
-                           "{'type': 'unix', 'data': {'path': %s}}}}", socket_path)))
+    json_object_set_object_member(args, "addr", engine_unix_addr(socket_path));
+    if (!engine_run(q, link, "nbd-server-start", args, err))
         return NULL;
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "disks");
@@ -44,10 +44,12 @@ JsonNode *verify_export(Qmp *q, const EngineLink *link, const char *socket_path,
         g_autofree char *own = g_strdup_printf("nbd+unix:///%s?socket=%s", id, socket_path);
         g_autofree char *peer = peer_uri(link, parent);
 
-        if (!qmp_answered(qmp_callf(q, link->timeout_ms, err,
-                               "{'execute': 'block-export-add', 'arguments': {'type': 'nbd', "
-                               "'id': %s, 'node-name': %s, 'name': %s, 'writable': false}}",
-                               id, node, id))) {
+        args = engine_arg("type", "nbd");
+        json_object_set_string_member(args, "id", id);
+        json_object_set_string_member(args, "node-name", node);
+        json_object_set_string_member(args, "name", id);
+        json_object_set_boolean_member(args, "writable", FALSE);
+        if (!engine_run(q, link, "block-export-add", args, err)) {
             verify_unexport(q, link);
             return NULL;
         }
@@ -69,15 +71,13 @@ void verify_unexport(Qmp *q, const EngineLink *link)
 {
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *id = export_id(i);
-        g_autoptr(GError) e = NULL;
+        JsonObject *args = engine_arg("id", id);
 
         /* Hard: a reader that is gone or stuck must not keep the export. */
-        if (!qmp_answered(qmp_callf(q, link->timeout_ms, &e,
-                               "{'execute': 'block-export-del', 'arguments': "
-                               "{'id': %s, 'mode': 'hard'}}", id)))
-            g_clear_error(&e);
+        json_object_set_string_member(args, "mode", "hard");
+        engine_run(q, link, "block-export-del", args, NULL);
     }
-    qmp_answered(qmp_callf(q, link->timeout_ms, NULL, "{'execute': 'nbd-server-stop'}"));
+    engine_run(q, link, "nbd-server-stop", NULL, NULL);
 }
 
 static gboolean bad(GError **err, const char *what)

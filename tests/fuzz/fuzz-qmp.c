@@ -8,8 +8,8 @@
  * and sends qmp_capabilities (id 1): a line such as {"return": {}} answers
  * it.  After that the client is attached to the main loop: each event
  * (up to four) is answered with one more command (ids 2, 3, ...:
- * query-status, an out-of-band yank, a command built with qmp_format() from
- * the event's name), whose replies come from the rest of the input.
+ * query-status, an out-of-band yank, a command with the event's name as an
+ * argument), whose replies come from the rest of the input.
  */
 #include "fuzz-common.h"
 
@@ -133,11 +133,14 @@ static void on_event(Qmp *q, const char *event, JsonObject *data, gint64 timesta
         ret = qmp_call_oob(q, "yank", args, CALL_TIMEOUT_MS, &e);
         break;
     }
-    default:
-        ret = qmp_callf(q, CALL_TIMEOUT_MS, &e,
-                        "{'execute': 'human-monitor-command', 'arguments': "
-                        "{'command-line': %s, 'cpu-index': %d}}", event, 0);
+    default: {
+        g_autoptr(JsonObject) args = json_object_new();
+
+        json_object_set_string_member(args, "command-line", event);
+        json_object_set_int_member(args, "cpu-index", 0);
+        ret = qmp_call(q, "human-monitor-command", args, CALL_TIMEOUT_MS, &e);
         break;
+    }
     }
     /* qmp.h: the "return" value, or NULL with err set. */
     g_assert((ret != NULL) != (e != NULL));
