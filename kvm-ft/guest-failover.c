@@ -1,0 +1,516 @@
+/* guest-failover.c - failure detection on the heartbeat tick, and the failovers it decides */
+#include "guest-internal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+
+#include "log.h"
+#include "qmp.h"
+#include "timeouts.h"
+#include "witness.h"
+
+static void record_failover(FtGuest *g)
+{
+    g_free(g->failover_reason);
+    g->failover_reason = g_strdup(g->failover_cause);
+    g->failover_at_us = g_get_real_time();
+    g->failover_ms = (g_get_monotonic_time() - g->failover_started_us) / 1000.0;
+}
+
+void guest_end_claim(FtGuest *g)
+{
+    g->claim_seq++; /* an answer still on its way is for nobody now */
+    if (g->claim_retry_id)
+        g_source_remove(g->claim_retry_id);
+    g->claim_retry_id = 0;
+    g_clear_pointer(&g->claim_trouble, g_free);
+}
+
+/*
+ * The second half of every failover, once this copy may run alone: QEMU's
+ * teardown for this role, then this copy is the only one, hence the primary.
+ */
+static void run_alone(FtGuest *g)
+{
+    const GuestState during = g->state;
+    const gboolean dropping = during == GUEST_DROPPING_SECONDARY;
+    g_autoptr(GError) err = NULL;
+    EngineLink link = guest_engine_link(g);
+
+    /* Recorded before this copy can run alone: a crash in between must not hide it. */
+    guest_mark_diverged(g);
+    (dropping ? engine_primary_cut : engine_secondary_cut)(g->qmp, &link);
+    /*
+     * Once the cut lets QEMU answer, and before the takeover's commit of the
+     * secondary's own blocks, which it must count.
+     */
+    g->outage_tracked = resync_outage_begin(g->qmp, &link, &err);
+    if (!g->outage_tracked) {
+        log_warn(g->def->name, guest_role_name(g), "the writes of this outage are not tracked on "
+                 "their own (%s): the next copy moves all since the pair was in sync",
+                 err->message);
+        g_clear_error(&err);
+    }
+    if (!(dropping ? engine_primary_drop_secondary : engine_secondary_takeover)(g->qmp, &link,
+                                                                               &err)) {
+        guest_fail(g, "%s failed: %s", guest_state_name(during), err->message);
+        return;
+    }
+    record_failover(g);
+    g->role = FT_ROLE_PRIMARY;
+    g_free(g->colo_mode);
+    g->colo_mode = g_strdup("none");
+    if (dropping) {
+        /* If its kvm-ftd still listens, the stale secondary goes away. */
+        guest_tell_peer(g, "stand-down", g->failover_cause);
+        guest_transition(g, GUEST_DEGRADED, "running alone, unprotected");
+        resync_release_targets(g->qmp, &link);
+    } else {
+        guest_transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
+    }
+}
+
+static void claim_solo_run(FtGuest *g);
+
+static gboolean retry_claim(gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    g->claim_retry_id = 0;
+    claim_solo_run(g);
+    return G_SOURCE_REMOVE;
+}
+
+/* No claim, no solo run: the guest stays held until the witness decides or an operator does. */
+static void hold(FtGuest *g, const char *why)
+{
+    if (g_strcmp0(g->claim_trouble, why) != 0)
+        log_err(g->def->name, guest_role_name(g), "not running alone: %s; the guest stays held, "
+                "its output too (asking again every %d ms; `ftctl takeover %s --force` "
+                "decides instead, once the other copy is known to be stopped)", why,
+                WITNESS_RETRY_MS, g->def->name);
+    g_free(g->claim_trouble);
+    g->claim_trouble = g_strdup(why);
+    if (!g->claim_retry_id)
+        g->claim_retry_id = g_timeout_add(WITNESS_RETRY_MS, retry_claim, g);
+}
+
+typedef struct {
+    GuestRef ref;       /* seq: claim_seq */
+    char *generation;
+} ClaimAsk;
+
+static void on_claim(const char *owner, const GError *error, gpointer opaque)
+{
+    ClaimAsk *a = opaque;
+    FtGuest *g = guest_ref_find(&a->ref);
+    g_autofree char *why = NULL;
+
+    if (!g || g->claim_seq != a->ref.seq ||
+        (g->state != GUEST_TAKING_OVER && g->state != GUEST_DROPPING_SECONDARY))
+        goto out;
+    if (error) {
+        hold(g, error->message);
+    } else if (strcmp(owner, daemon_config(g->d)->host_name) == 0) {
+        g->claim_ms = (g_get_monotonic_time() - g->failover_started_us) / 1000.0;
+        log_info(g->def->name, guest_role_name(g), "the witness gave the guest (generation %s) to "
+                 "this host, %.1f ms into the failover: running alone", a->generation,
+                 g->claim_ms);
+        run_alone(g);
+    } else {
+        why = g_strdup_printf("the witness gave the guest (generation %s) to %s: this copy "
+                              "stops; its output was held, so nothing it ran since the last "
+                              "checkpoint reached anyone", a->generation, owner);
+        /* A primary ran past its last checkpoint: its disks hold writes the winner lacks. */
+        if (g->role == FT_ROLE_PRIMARY)
+            guest_mark_diverged(g);
+        /* For `ftctl status` too, until the next protection. */
+        g_free(g->error);
+        g->error = g_strdup(why);
+        guest_stop(g, why);
+    }
+out:
+    guest_ref_clear(&a->ref);
+    g_free(a->generation);
+    g_free(a);
+}
+
+/*
+ * Before this copy runs alone, its host claims the protection's generation
+ * at the witness; only the owner of the key runs (witness.h).
+ */
+static void claim_solo_run(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    GenerationMark mark;
+    g_autofree char *recorded = resync_generation_read(cfg, g->def->name, &mark);
+    const char *generation = g->generation ? g->generation : recorded;
+    g_autofree char *key = NULL;
+    ClaimAsk *a;
+
+    if (!generation) {
+        hold(g, "no protection generation is known here to claim at the witness");
+        return;
+    }
+    key = witness_key(guest_self_host(g)->name, guest_peer_host(g)->name, g->def->name, generation);
+    a = g_new0(ClaimAsk, 1);
+    guest_ref_init(&a->ref, g, ++g->claim_seq);
+    a->generation = g_strdup(generation);
+    witness_claim(daemon_witness(g->d), key, cfg->host_name, on_claim, a);
+}
+
+/*
+ * Both failovers begin here: the state says which, and with a witness the
+ * copy runs alone only once its host owns the claim.
+ */
+static void fail_over(FtGuest *g, GuestState during, const char *reason)
+{
+    if (!guest_transition(g, during, reason))
+        return;
+    g->failover_started_us = g_get_monotonic_time();
+    g_free(g->failover_cause);
+    g->failover_cause = g_strdup(reason);
+    g->claim_ms = -1;
+    if (daemon_witness(g->d))
+        claim_solo_run(g);
+    else
+        run_alone(g);
+}
+
+/* Primary: the secondary is gone; carry on alone. */
+void guest_drop_secondary(FtGuest *g, const char *reason)
+{
+    fail_over(g, GUEST_DROPPING_SECONDARY, reason);
+}
+
+/* Secondary: the primary is gone; this copy becomes the guest. */
+static void take_over(FtGuest *g, const char *reason)
+{
+    fail_over(g, GUEST_TAKING_OVER, reason);
+}
+
+gboolean guest_force_solo(FtGuest *g, GError **err)
+{
+    if (g->state != GUEST_TAKING_OVER && g->state != GUEST_DROPPING_SECONDARY) {
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "guest '%s' is %s on %s: no failover "
+                    "waits for the witness here", g->def->name, guest_state_name(g->state),
+                    daemon_config(g->d)->host_name);
+        return FALSE;
+    }
+    log_warn(g->def->name, guest_role_name(g), "an operator forced this copy to run alone without "
+             "the witness's word (it was waiting: %s)",
+             g->claim_trouble ? g->claim_trouble : "for the witness's answer");
+    run_alone(g);
+    return TRUE;
+}
+
+/* Whether the peer's kvm-ftd answers on the dedicated link right now. */
+gboolean guest_peer_answers(FtGuest *g)
+{
+    const FtHost *peer = guest_peer_host(g);
+
+    return daemon_peer_connected(g->d, peer->name) &&
+           daemon_peer_path(g->d, peer->link_address, 1) == PEER_PATH_ALIVE;
+}
+
+/*
+ * Silence windows that tell a dead peer from one busy re-protecting: its
+ * kvm-ftd waits on its QEMU, which is loading the first sync, for a second
+ * or more.  Until then, a dead peer costs the guest's disk writes that
+ * long (the mirror carries them synchronously).
+ */
+static guint rejoin_windows(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    guint window_ms = cfg->heartbeat_ms * cfg->miss_count;
+
+    return MAX(2, (REJOIN_SILENCE_MS + window_ms - 1) / window_ms);
+}
+
+/*
+ * Outside COLO: a guest running alone asks its peer for a new secondary as
+ * soon as the peer's kvm-ftd answers again; a re-protection under way
+ * gives up when the peer goes silent (the guest carries on alone and tries
+ * again), and so does a secondary still waiting for its primary.
+ */
+static void check_rejoin(FtGuest *g)
+{
+    const FtHost *peer = guest_peer_host(g);
+
+    if (g->state == GUEST_DEGRADED) {
+        if (g->role != FT_ROLE_PRIMARY || !g->qmp || !qmp_is_open(g->qmp))
+            return;
+        /* Keeps a session to the peer open, so its return is noticed. */
+        daemon_watch_peer(g->d, peer->link_address);
+        if (g_get_monotonic_time() >= g->rejoin_after_us && guest_peer_answers(g))
+            guest_start_rejoin(g);
+        return;
+    }
+    /*
+     * While it starts the secondary, the peer's kvm-ftd may not be heard for
+     * a while (its answer has a deadline of its own); after that it only
+     * waits, and silence means it is gone.  A dead secondary has nothing the
+     * guest needs: giving up early costs only another attempt.
+     */
+    if (g->rejoin && g->state != GUEST_REJOINING &&
+        daemon_peer_path(g->d, peer->link_address, rejoin_windows(g)) == PEER_PATH_SILENT) {
+        g_autofree char *why = g_strdup_printf("%s went silent on the dedicated link",
+                                               peer->name);
+
+        guest_abort_rejoin(g, why);
+    }
+    /* A secondary whose primary died before COLO began has nothing to wait for. */
+    if (g->state == GUEST_SECONDARY_WAITING &&
+        daemon_peer_path(g->d, peer->link_address, rejoin_windows(g)) == PEER_PATH_SILENT) {
+        g_autofree char *why = g_strdup_printf("primary %s went silent on the dedicated "
+                                               "link before COLO began", peer->name);
+
+        guest_stop(g, why);
+    }
+}
+
+/*
+ * The primary's watchdog.  COLO stops the guest for each checkpoint for
+ * milliseconds, and checkpoints at least every interval.  A checkpoint
+ * that has held the guest stopped for CHECKPOINT_STUCK_MS while QEMU
+ * answers waits on a secondary that hangs: the secondary is dropped.  No
+ * checkpoint for an interval + WATCHDOG_SLACK_MS: if QEMU answers and its
+ * guest is not paused by a user, COLO is stuck on the secondary (QEMU asks
+ * the secondary before it stops the guest, whose output colo-compare holds
+ * meanwhile); if QEMU does not answer, it hangs (a checkpoint saving with
+ * QEMU's lock held is never that long): it is killed, and its closed
+ * monitor makes the secondary take over as for any dead QEMU.  Either way
+ * the guest's own TCP peers back off while its output is held: this must
+ * be quick.
+ * Returns FALSE when it acted.
+ */
+static gboolean checkpoints_flow(FtGuest *g)
+{
+    const gint64 bound_ms = (gint64)g->def->checkpoint_interval_ms + WATCHDOG_SLACK_MS;
+    const gint64 silent_ms = (g_get_monotonic_time() - g->checkpoint_seen_us) / 1000;
+    const gint64 stopped_ms = g->stop_us ? (g_get_real_time() - g->stop_us) / 1000 : 0;
+    g_autoptr(GError) err = NULL;
+    g_autofree char *why = NULL;
+    g_autofree char *state = NULL;
+    pid_t pid;
+
+    if (!g->checkpoint_seen_us || !g->qmp ||
+        (silent_ms <= bound_ms && stopped_ms <= CHECKPOINT_STUCK_MS) ||
+        g_get_monotonic_time() < g->watchdog_quiet_until_us)
+        return TRUE;
+    state = engine_run_state(g->qmp, STATUS_QMP_TIMEOUT_MS, &err);
+    if (state && strcmp(state, "colo") == 0 && stopped_ms > CHECKPOINT_STUCK_MS) {
+        why = g_strdup_printf("a checkpoint has held the guest stopped for %" G_GINT64_FORMAT
+                              " ms while QEMU answers: the secondary hangs", stopped_ms);
+    } else if (state && strcmp(state, "running") == 0 && silent_ms > bound_ms) {
+        why = g_strdup_printf("no checkpoint for %" G_GINT64_FORMAT " ms (bound %"
+                              G_GINT64_FORMAT " ms) while QEMU answers: COLO is stuck",
+                              silent_ms, bound_ms);
+    } else if (state || silent_ms <= bound_ms) {
+        /* Paused by a user, or a slow checkpoint: look again in a while. */
+        g->watchdog_quiet_until_us = g_get_monotonic_time() + WATCHDOG_SLACK_MS * 1000;
+        return TRUE;
+    }
+    if (why) {
+        guest_drop_secondary(g, why);
+        return FALSE;
+    }
+    pid = qmp_peer_pid(g->qmp);
+    log_err(g->def->name, guest_role_name(g), "no checkpoint for %" G_GINT64_FORMAT " ms (bound %"
+            G_GINT64_FORMAT " ms) and QEMU does not answer (%s): killing it (pid %d) so that "
+            "the secondary takes over", silent_ms, bound_ms, err->message, (int)pid);
+    /* Once: its monitor closing is what reports it, as for any dead QEMU. */
+    g->checkpoint_seen_us = 0;
+    if (pid <= 0 || kill(pid, SIGKILL) != 0)
+        log_err(g->def->name, guest_role_name(g), "cannot kill QEMU (pid %d): %s", (int)pid,
+                pid <= 0 ? "pid unknown" : g_strerror(errno));
+    return FALSE;
+}
+
+/*
+ * Failure detection, run on every heartbeat tick.  The dedicated link is
+ * the pair's heartbeat; the LAN path only tells a cut link from a dead
+ * host, and a host whose kernel still answers is up even when its kvm-ftd
+ * is not (then its QEMU carries on and nothing is done).
+ */
+void guest_check_peer(FtGuest *g)
+{
+    const FtHost *peer;
+    PeerPath link, lan;
+    g_autofree char *why = NULL;
+    guint windows, window;
+
+    if (g->state != GUEST_PROTECTED) {
+        check_rejoin(g);
+        return;
+    }
+    peer = guest_peer_host(g);
+    if (g->confirm_since_us) {
+        if (g_get_monotonic_time() - g->confirm_since_us < STALL_CONFIRM_TIMEOUT_MS * 1000)
+            return;
+        log_warn(g->def->name, guest_role_name(g), "%s did not say in %d ms whether it took over: "
+                 "failure detection decides", peer->name, STALL_CONFIRM_TIMEOUT_MS);
+        g->confirm_since_us = 0;
+        /* A COLO exit seen meanwhile waited for this. */
+        if (g->role == FT_ROLE_PRIMARY && g_strcmp0(g->colo_mode, "none") == 0) {
+            why = g_strdup_printf("QEMU left COLO (reason: %s); %s did not answer whether "
+                                  "it took over", g->exit_reason, peer->name);
+            guest_drop_secondary(g, why);
+            return;
+        }
+    }
+    /* After the question above: a stall is not a hung QEMU. */
+    if (g->role == FT_ROLE_PRIMARY && !checkpoints_flow(g))
+        return;
+    /*
+     * The secondary waits twice as long as the primary: a primary that is
+     * alive acts first (drops the secondary and tells it to stand down),
+     * so a transient silence never leaves two copies running.
+     */
+    windows = g->role == FT_ROLE_SECONDARY ? 2 : 1;
+    link = daemon_peer_path(g->d, peer->link_address, windows);
+    if (link == PEER_PATH_ALIVE) {
+        if (g->peer_daemon_down_logged)
+            log_info(g->def->name, guest_role_name(g), "kvm-ftd on %s answers again",
+                     peer->name);
+        g->peer_daemon_down_logged = FALSE;
+        return;
+    }
+    if (link == PEER_PATH_HOST_UP) {
+        if (!g->peer_daemon_down_logged)
+            log_warn(g->def->name, guest_role_name(g), "kvm-ftd on %s does not answer but "
+                     "its host does: no failover, the pair stays in COLO", peer->name);
+        g->peer_daemon_down_logged = TRUE;
+        return;
+    }
+
+    window = daemon_config(g->d)->heartbeat_ms * daemon_config(g->d)->miss_count * windows;
+    lan = daemon_peer_path(g->d, peer->lan_address, windows);
+    if (lan == PEER_PATH_ALIVE || lan == PEER_PATH_HOST_UP) {
+        why = g_strdup_printf("dedicated link to %s silent for %u ms while %s "
+                              "answers on the LAN", peer->name, window, peer->name);
+        if (g->role == FT_ROLE_PRIMARY) {
+            guest_drop_secondary(g, why);
+        } else {
+            g_autofree char *msg = g_strdup_printf("%s: the primary continues alone; "
+                                                   "standing down", why);
+
+            guest_stop(g, msg);
+        }
+        return;
+    }
+    why = g_strdup_printf("%s silent for %u ms on the dedicated link%s: host down",
+                          peer->name, window,
+                          lan == PEER_PATH_NONE ? "" : " and the LAN");
+    if (g->role == FT_ROLE_PRIMARY)
+        guest_drop_secondary(g, why);
+    else
+        take_over(g, why);
+}
+
+/* The longest the peer waits before acting on this host's silence. */
+static guint peer_window_ms(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+
+    /* The secondary waits two windows (guest_check_peer()), the primary one. */
+    return cfg->heartbeat_ms * cfg->miss_count * (g->role == FT_ROLE_PRIMARY ? 2 : 1);
+}
+
+
+/*
+ * The peer's answer after this daemon's stall.  A peer that is the primary
+ * now, while this copy was the primary, took over: this copy is the stale
+ * one and stops (the peer re-protects onto this host).  A primary that
+ * dropped this secondary has done what a stand-down says.  Otherwise the
+ * stall harmed nothing, and a COLO exit seen meanwhile is acted on now.
+ */
+static void on_peer_role(PeerConn *conn, JsonNode *result, const GError *error,
+                         gpointer opaque)
+{
+    GuestRef *ref = opaque; /* seq: the confirm_since_us it asks for */
+    FtGuest *g = guest_ref_find(ref);
+    JsonObject *o = result && JSON_NODE_HOLDS_OBJECT(result) ? json_node_get_object(result)
+                                                             : NULL;
+    const char *role = o ? json_object_get_string_member_with_default(o, "role", "") : "";
+    const char *state = o ? json_object_get_string_member_with_default(o, "state", "") : "";
+    g_autofree char *why = NULL;
+
+    (void)conn;
+    if (!g || (guint64)g->confirm_since_us != ref->seq || g->state != GUEST_PROTECTED)
+        goto out;
+    if (error) {
+        /* guest_check_peer() lets failure detection decide once the wait is over. */
+        log_warn(g->def->name, guest_role_name(g), "%s did not answer whether it took over: %s",
+                 guest_peer_host(g)->name, error->message);
+        goto out;
+    }
+    g->confirm_since_us = 0;
+    log_info(g->def->name, guest_role_name(g), "%s says it is %s, %s", guest_peer_host(g)->name,
+             role, state);
+    if (g->role == FT_ROLE_PRIMARY && strcmp(role, "primary") == 0) {
+        why = g_strdup_printf("%s took over while kvm-ftd here did not run: this copy is "
+                              "the stale one and stops", guest_peer_host(g)->name);
+        guest_stop(g, why);
+    } else if (g->role == FT_ROLE_SECONDARY && strcmp(role, "primary") == 0 &&
+               strcmp(state, guest_state_name(GUEST_PROTECTED)) != 0) {
+        why = g_strdup_printf("primary %s runs %s without this secondary", guest_peer_host(g)->name,
+                              state);
+        guest_stop(g, why);
+    } else if (g->role == FT_ROLE_PRIMARY && g_strcmp0(g->colo_mode, "none") == 0) {
+        why = g_strdup_printf("QEMU left COLO (reason: %s) while kvm-ftd here did not run; "
+                              "%s did not take over", g->exit_reason, guest_peer_host(g)->name);
+        guest_drop_secondary(g, why);
+    }
+out:
+    guest_ref_free(ref);
+}
+
+void guest_stalled(FtGuest *g, gint64 stalled_ms)
+{
+    const char *paths[] = { guest_peer_host(g)->link_address, guest_peer_host(g)->lan_address };
+    JsonObject *params;
+
+    if (g->state != GUEST_PROTECTED || g->confirm_since_us || stalled_ms <= peer_window_ms(g))
+        return;
+    g->confirm_since_us = g_get_monotonic_time();
+    log_warn(g->def->name, guest_role_name(g), "kvm-ftd here did not run for %" G_GINT64_FORMAT
+             " ms, longer than %s waits before acting on silence: no failover step until it "
+             "says whether it took over", stalled_ms, guest_peer_host(g)->name);
+    params = json_object_new();
+    json_object_set_string_member(params, "guest", g->def->name);
+    /* On both paths: a cut link must not hide the answer; the first one counts. */
+    for (guint i = 0; i < G_N_ELEMENTS(paths); i++) {
+        if (paths[i])
+            daemon_peer_call(g->d, paths[i], "guest-role", params, STALL_CONFIRM_TIMEOUT_MS,
+                             on_peer_role, guest_ref_new(g, (guint64)g->confirm_since_us));
+    }
+    json_object_unref(params);
+}
+
+void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject *data)
+{
+    const char *reason = json_object_get_string_member_with_default(data, "reason", "");
+    g_autofree char *why = g_strdup_printf("%s: %s", from, reason);
+
+    if (g_strcmp0(from, guest_peer_host(g)->name) != 0) {
+        log_warn(g->def->name, guest_role_name(g), "ignored '%s' from %s, not this guest's "
+                 "peer", name, from);
+        return;
+    }
+    if (g->state != GUEST_PROTECTED && !(g->role == FT_ROLE_SECONDARY &&
+                                         guest_is_busy(g) && strcmp(name, "stand-down") == 0)) {
+        log_info(g->def->name, guest_role_name(g), "'%s' from %s in state %s: nothing to do",
+                 name, from, guest_state_name(g->state));
+        return;
+    }
+    if (strcmp(name, "take-over") == 0 && g->role == FT_ROLE_SECONDARY)
+        take_over(g, why);
+    else if (strcmp(name, "secondary-lost") == 0 && g->role == FT_ROLE_PRIMARY)
+        guest_drop_secondary(g, why);
+    else if (strcmp(name, "stand-down") == 0 && g->role == FT_ROLE_SECONDARY)
+        guest_stop(g, why);
+    else
+        log_warn(g->def->name, guest_role_name(g), "ignored '%s' from %s", name, from);
+}

@@ -1,0 +1,224 @@
+/*
+ * guest-internal.h - what the guest*.c files share of one protected guest
+ *
+ * guest.c is the state machine and the life cycle of this host's copy; the
+ * other files hold one job each: guest-primary.c the primary's way into
+ * protection (a secondary, the disk comparison or copy, COLO) and verify,
+ * guest-secondary.c the secondary's storage and start, guest-failover.c
+ * failure detection and the failovers it decides, guest-output.c
+ * output="auto", guest-status.c what `ftctl status` shows.  Only they
+ * include this header; the rest of kvm-ft knows guest.h.
+ */
+#pragma once
+
+#include <json-glib/json-glib.h>
+
+#include "daemon.h"
+#include "domxml.h"
+#include "engine.h"
+#include "guest.h"
+#include "output.h"
+#include "peer.h"
+#include "resync.h"
+
+/* Checkpoints remembered for `ftctl status` figures and benchmarks. */
+#define CHECKPOINT_HISTORY 4096
+
+struct FtGuest {
+    Daemon *d;
+    FtDef *def;
+    char *domain_xml;
+    FtRole role;
+    GuestState state;
+    char *error;
+
+    Qmp *qmp;
+    char *qmp_path;
+    char *tls_dir;       /* the replication channels' keys.psk (tlspsk.h), or NULL */
+    guint poll_id;
+    gint64 deadline_us;
+
+    /* Secondary: the primary's pending prepare-secondary request. */
+    PeerConn *reply_conn;
+    guint64 reply_id;
+    /* Secondary: the generation its disks had before the primary asked. */
+    char *found_generation;
+    GenerationMark found_mark;
+    /* Secondary: a disk was missing and was created blank for the primary's copy. */
+    gboolean created_blank;
+
+    /* The generation the pair enters protection with (resync.h). */
+    char *generation;
+    /* This protection started from a guest running alone: failing leaves it so. */
+    gboolean rejoin;
+    gint64 rejoin_after_us;
+    /* Primary: the disk copy this protection needs, and how it goes. */
+    ResyncPlan resync_plan;   /* none, incremental or full */
+    ResyncSince resync_since; /* what an incremental copy moves */
+    gboolean resync_running;
+    ResyncProgress resync;
+    guint64 disk_bytes;
+    gint64 resync_started_us; /* wall clock */
+    gint64 resync_ended_us;
+    double resync_rate;
+    guint64 rate_done;
+    gint64 rate_us;
+    JsonNode *last_resync;
+    JsonNode *last_verify;    /* ftctl verify's findings, with "at" (verify.h) */
+    /* Primary re-protecting: how long entering COLO stopped the running guest. */
+    gboolean entry_pending;
+    double entry_pause_ms;
+    /* Primary re-protecting: the first sync's pause before switchover is handled. */
+    gboolean switched_over;
+    guint switchover_idle_id;
+    /* Planned failover: QEMU was asked to quit; libvirt destroys it if it does not. */
+    guint handover_timer;
+
+    char *colo_mode;
+    char *colo_reason;
+    gboolean qmp_stalled;
+    guint polls_skipped;
+    guint64 checkpoints;
+    guint64 checkpoints_forced;
+    /* Of those, as colo-compare counted them (qemu-patches 0010); -1: unknown. */
+    gint64 forced_difference;
+    gint64 forced_expired;
+    /* Primary, output="auto": what runs now and why (output.h). */
+    OutputAuto output;
+    guint output_timer;
+    guint64 output_token;  /* the switch waiting for the secondary, if nonzero */
+    guint64 output_requests;
+    gint64 stop_us;
+    gint64 last_checkpoint_stop_us;
+    double last_pause_ms;
+    gint64 last_checkpoint_us;
+
+    char *exit_reason;
+    guint exit_idle_id;
+
+    /* Primary: QEMU announced it exits on purpose (its SHUTDOWN cause). */
+    char *shutdown_cause;
+    /* This protect adopts a QEMU that `virsh start` launched (paused). */
+    gboolean started_by_libvirt;
+
+    /* The status element in the domain's metadata follows the state. */
+    char *status_reason;
+    guint status_idle_id;
+
+    /* Failure detection and the last failover, for the log and ftctl. */
+    gboolean peer_daemon_down_logged;
+    /*
+     * Non-zero after a stall of this daemon (guest_stalled()): since when
+     * no failover step is taken alone, until the peer says what it is.
+     */
+    gint64 confirm_since_us;
+    /* Primary, protected: when the last checkpoint ended (monotonic), for the watchdog. */
+    gint64 checkpoint_seen_us;
+    gint64 watchdog_quiet_until_us;
+    /* Primary on its way into COLO: until when the secondary may take to connect. */
+    gint64 channels_deadline_us;
+    char *failover_reason;
+    gint64 failover_at_us;
+    double failover_ms;
+    /*
+     * A failover under way (taking-over, dropping-secondary): why and since
+     * when, and its claim at the witness (witness.h): which one is current,
+     * the retry timer while the witness does not decide, and why it did not.
+     */
+    char *failover_cause;
+    gint64 failover_started_us;
+    guint64 claim_seq;
+    guint64 setup_seq;     /* the peer's answer (prepare-secondary, receive-copy) that counts */
+    guint64 nbd_probe_seq; /* the probe of the peer's NBD server that counts */
+    guint64 compare_seq;   /* the comparison of administrator-copied disks that counts */
+    /*
+     * The outage bitmap began at this split (resync.h); and whether a guest
+     * write failed on the secondary's copy while protected (QUORUM_REPORT_BAD):
+     * then it may be on this copy alone from before the split.
+     */
+    gboolean outage_tracked;
+    gboolean replica_write_failed;
+    gboolean full_copy_asked; /* ftctl verify --repair: the next copy is a whole one */
+    guint claim_retry_id;
+    char *claim_trouble;
+    double claim_ms;        /* the last won claim; -1: none (no witness, or forced) */
+
+    /* Ring of the latest checkpoints: QEMU wall-clock stamp and pause. */
+    gint64 history_us[CHECKPOINT_HISTORY];
+    double history_pause_ms[CHECKPOINT_HISTORY];
+};
+
+/*
+ * What a callback that can outlive the guest holds (a peer's or the
+ * witness's answer, a worker thread's result), never the FtGuest itself:
+ * the guest is found again by name, and the answer counts only if seq is
+ * still the step it was asked for (each kind of step counts its own).
+ */
+typedef struct {
+    Daemon *d;
+    char *name;
+    guint64 seq;
+} GuestRef;
+
+void guest_ref_init(GuestRef *ref, FtGuest *g, guint64 seq);
+/* The guest, or NULL if it is gone or the daemon is quitting. */
+FtGuest *guest_ref_find(const GuestRef *ref);
+void guest_ref_clear(GuestRef *ref);
+GuestRef *guest_ref_new(FtGuest *g, guint64 seq);
+void guest_ref_free(GuestRef *ref);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(GuestRef, guest_ref_free)
+
+/* guest.c: the state machine and the life cycle of this host's copy */
+const char *guest_role_name(FtGuest *g);
+const FtHost *guest_self_host(FtGuest *g);
+const FtHost *guest_peer_host(FtGuest *g);
+/* Every state change goes through here: refused unless the table allows it; logged. */
+gboolean guest_transition(FtGuest *g, GuestState to, const char *reason);
+/* Protection failed (a printf-style reason): undoes what it must, keeps a running copy. */
+void guest_fail(FtGuest *g, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
+void guest_abort_rejoin(FtGuest *g, const char *reason);
+/* An event for ftctl about this guest in its role: begin, add members, broadcast. */
+void guest_begin_event(FtGuest *g, JsonBuilder *b);
+void guest_broadcast_event(FtGuest *g, JsonBuilder *b);
+void guest_stop_polling(FtGuest *g);
+void guest_arm_deadline(FtGuest *g);
+gboolean guest_past_deadline(FtGuest *g);
+EngineLink guest_engine_link(FtGuest *g);
+/* The same with a status call's short QMP deadline, for calls made while protected. */
+EngineLink guest_quick_link(FtGuest *g);
+gboolean guest_start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing, gboolean paused,
+                          GError **err);
+gboolean guest_attach_qemu(FtGuest *g, GError **err);
+void guest_refresh_colo_status(FtGuest *g);
+gboolean guest_write_tls_key(FtGuest *g, GError **err);
+void guest_forget_checkpoints(FtGuest *g);
+void guest_enter_protected(FtGuest *g, const char *reason, gboolean new_epoch);
+void guest_mark_diverged(FtGuest *g);
+void guest_tell_peer_to_stop(FtGuest *g, const char *reason);
+/* An acknowledged decision for the peer (decision.h), in this protection's generation. */
+void guest_tell_peer(FtGuest *g, const char *decision, const char *reason);
+gboolean guest_protected_primary_here(FtGuest *g, const char *what, const char *otherwise,
+                                      GError **err);
+
+/* guest-primary.c */
+void guest_start_rejoin(FtGuest *g);
+gboolean guest_on_pre_switchover(gpointer opaque);
+
+/* guest-secondary.c */
+void guest_answer_primary(FtGuest *g, const char *error);
+JsonArray *guest_disk_sizes(FtGuest *g, GError **err);
+
+/* guest-failover.c */
+void guest_drop_secondary(FtGuest *g, const char *reason);
+void guest_end_claim(FtGuest *g);
+gboolean guest_peer_answers(FtGuest *g);
+
+/* guest-output.c */
+void guest_start_output_auto(FtGuest *g);
+void guest_stop_output_auto(FtGuest *g);
+
+/* guest-status.c */
+double guest_pause_p50(FtGuest *g);
+double guest_copy_seconds(FtGuest *g);
+void guest_add_progress(FtGuest *g, JsonBuilder *b);
+void guest_record_resync(FtGuest *g);

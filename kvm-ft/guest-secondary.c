@@ -1,0 +1,359 @@
+/* guest-secondary.c - the secondary: its storage (overlays, blank disks) and its start */
+#include "guest-internal.h"
+
+#include <errno.h>
+#include <glib/gstdio.h>
+#include <string.h>
+
+#include "log.h"
+#include "timeouts.h"
+
+/* The secondary's overlays in STATE-DIR/GUEST/: KIND-INDEX.qcow2 */
+#define OVERLAY_ACTIVE "active"
+#define OVERLAY_HIDDEN "hidden"
+#define OVERLAY_SUFFIX ".qcow2"
+
+void guest_answer_primary(FtGuest *g, const char *error)
+{
+    if (!g->reply_conn)
+        return;
+    if (error) {
+        peer_conn_reply_error(g->reply_conn, g->reply_id, error);
+    } else {
+        g_autoptr(JsonNode) ok = json_node_new(JSON_NODE_OBJECT);
+        JsonObject *result = json_object_new();
+
+        /* What the primary's disk copy has to bring this host's disks up to. */
+        if (g->found_generation)
+            json_object_set_string_member(result, "generation", g->found_generation);
+        else
+            json_object_set_null_member(result, "generation");
+        json_object_set_string_member(result, "mark", resync_mark_name(g->found_mark));
+        /* Whatever either host's generation says, blank disks need everything. */
+        json_object_set_boolean_member(result, "blank", g->created_blank);
+        json_node_take_object(ok, result);
+        peer_conn_reply(g->reply_conn, g->reply_id, ok);
+    }
+    g_clear_pointer(&g->reply_conn, peer_conn_unref);
+}
+
+static char *overlay_path(FtGuest *g, const char *kind, guint index)
+{
+    g_autofree char *file = g_strdup_printf("%s-%u" OVERLAY_SUFFIX, kind, index);
+
+    return g_build_filename(daemon_config(g->d)->state_dir, g->def->name, file,
+                            NULL);
+}
+
+static gboolean is_overlay(const char *file)
+{
+    return (g_str_has_prefix(file, OVERLAY_ACTIVE "-") ||
+            g_str_has_prefix(file, OVERLAY_HIDDEN "-")) &&
+           g_str_has_suffix(file, OVERLAY_SUFFIX);
+}
+
+/* By what is on disk, not by the current definition: it may have had more disks. */
+void guest_remove_overlays(const FtConfig *cfg, const char *name)
+{
+    g_autofree char *dir = g_build_filename(cfg->state_dir, name, NULL);
+    g_autoptr(GDir) listing = g_dir_open(dir, 0, NULL);
+    const char *file;
+
+    if (!listing)
+        return;
+    while ((file = g_dir_read_name(listing))) {
+        g_autofree char *path = g_build_filename(dir, file, NULL);
+
+        if (is_overlay(file) && g_unlink(path) < 0)
+            log_warn(name, NULL, "cannot remove %s: %s", path, g_strerror(errno));
+    }
+    /* Only if nothing else is in there. */
+    g_rmdir(dir);
+}
+
+static gboolean run_qemu_img(const char *const *argv, char **out, GError **err)
+{
+    g_autofree char *err_text = NULL;
+    int status;
+
+    if (!g_spawn_sync(NULL, (char **)argv, NULL, G_SPAWN_SEARCH_PATH, NULL, NULL,
+                      out, &err_text, &status, err))
+        return FALSE;
+    if (!g_spawn_check_wait_status(status, NULL)) {
+        g_set_error(err, G_SPAWN_ERROR, G_SPAWN_ERROR_FAILED, "%s failed: %s",
+                    argv[3], err_text ? g_strstrip(err_text) : "");
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static gboolean disk_virtual_size(const char *path, gint64 *size, GError **err)
+{
+    const char *argv[] = { "timeout", QEMU_IMG_TIMEOUT_S, "qemu-img", "info", "-U",
+                           "--output=json", path, NULL };
+    g_autofree char *out = NULL;
+    g_autoptr(JsonParser) parser = json_parser_new();
+    JsonNode *root;
+
+    if (!run_qemu_img(argv, &out, err))
+        return FALSE;
+    if (!json_parser_load_from_data(parser, out, -1, err))
+        return FALSE;
+    root = json_parser_get_root(parser);
+    if (!root || !JSON_NODE_HOLDS_OBJECT(root) ||
+        !json_object_has_member(json_node_get_object(root), "virtual-size")) {
+        g_set_error(err, G_SPAWN_ERROR, G_SPAWN_ERROR_FAILED,
+                    "qemu-img info %s: no virtual size", path);
+        return FALSE;
+    }
+    *size = json_object_get_int_member(json_node_get_object(root), "virtual-size");
+    return TRUE;
+}
+
+/* The guest's disks' sizes, for a peer that has to create blank ones. */
+JsonArray *guest_disk_sizes(FtGuest *g, GError **err)
+{
+    g_autoptr(JsonArray) sizes = json_array_new();
+
+    g->disk_bytes = 0;
+    for (guint i = 0; i < g->def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
+        gint64 size;
+
+        if (!disk_virtual_size(disk->source_path, &size, err))
+            return NULL;
+        json_array_add_int_element(sizes, size);
+        g->disk_bytes += size;
+    }
+    return g_steal_pointer(&sizes);
+}
+
+static gboolean create_overlay(const char *path, gint64 size, GError **err)
+{
+    g_autofree char *size_s = g_strdup_printf("%" G_GINT64_FORMAT, size);
+    const char *argv[] = { "timeout", QEMU_IMG_TIMEOUT_S, "qemu-img", "create",
+                           "-q", "-f", "qcow2", path, size_s, NULL };
+
+    return run_qemu_img(argv, NULL, err);
+}
+
+/*
+ * A replacement host has no copy yet: a blank disk of the primary's size
+ * takes the full copy.  Only where nothing is: an existing file of the
+ * wrong size is the administrator's to sort out.
+ */
+static gboolean create_blank_disk(FtGuest *g, const FtDisk *disk, JsonArray *sizes,
+                                  guint index, GError **err)
+{
+    g_autofree char *size_s = NULL;
+    g_autofree char *dir = g_path_get_dirname(disk->source_path);
+    gint64 size = sizes && index < json_array_get_length(sizes)
+                      ? json_array_get_int_element(sizes, index)
+                      : 0;
+    const char *argv[] = { "timeout", QEMU_IMG_TIMEOUT_S, "qemu-img", "create", "-q",
+                           "-f", disk->format, disk->source_path, NULL, NULL };
+
+    if (size <= 0) {
+        g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_NOENT,
+                    "disk %s (%s) does not exist on %s: copy the guest's disk there "
+                    "before protecting it", disk->source_path, disk->target,
+                    daemon_config(g->d)->host_name);
+        return FALSE;
+    }
+    if (g_mkdir_with_parents(dir, 0755) < 0) {
+        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot create %s: %s", dir, g_strerror(errno));
+        return FALSE;
+    }
+    size_s = g_strdup_printf("%" G_GINT64_FORMAT, size);
+    argv[8] = size_s;
+    if (!run_qemu_img(argv, NULL, err))
+        return FALSE;
+    log_info(g->def->name, guest_role_name(g), "created blank disk %s (%s, %" G_GINT64_FORMAT
+             " bytes) for the primary's full copy", disk->source_path, disk->format, size);
+    return TRUE;
+}
+
+/* The secondary's replication chain: active and hidden overlays on its copy. */
+static gboolean prepare_overlays(FtGuest *g, JsonArray *sizes, GPtrArray *active,
+                                 GPtrArray *hidden, GError **err)
+{
+    g_autofree char *dir = g_build_filename(daemon_config(g->d)->state_dir,
+                                            g->def->name, NULL);
+
+    if (g_mkdir_with_parents(dir, 0700) < 0) {
+        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
+                    "cannot create %s: %s", dir, g_strerror(errno));
+        return FALSE;
+    }
+    for (guint i = 0; i < g->def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
+        gint64 size;
+
+        if (!g_file_test(disk->source_path, G_FILE_TEST_EXISTS)) {
+            if (!create_blank_disk(g, disk, sizes, i, err))
+                return FALSE;
+            g->created_blank = TRUE;
+        }
+        if (!g_file_test(disk->source_path, G_FILE_TEST_IS_REGULAR)) {
+            g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                        "disk %s (%s) on %s is not a regular file",
+                        disk->source_path, disk->target, daemon_config(g->d)->host_name);
+            return FALSE;
+        }
+        if (!disk_virtual_size(disk->source_path, &size, err))
+            return FALSE;
+        /* The primary's copy and replication write its blocks one for one. */
+        if (sizes && i < json_array_get_length(sizes) &&
+            json_array_get_int_element(sizes, i) != size) {
+            g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_INVAL,
+                        "disk %s (%s) on %s is %" G_GINT64_FORMAT " bytes, the primary's "
+                        "is %" G_GINT64_FORMAT ": remove it (a blank one of the right size "
+                        "is created and copied in full) or resize it",
+                        disk->source_path, disk->target, daemon_config(g->d)->host_name,
+                        size, json_array_get_int_element(sizes, i));
+            return FALSE;
+        }
+        g_ptr_array_add(active, overlay_path(g, OVERLAY_ACTIVE, i));
+        g_ptr_array_add(hidden, overlay_path(g, OVERLAY_HIDDEN, i));
+        if (!create_overlay(g_ptr_array_index(active, i), size, err) ||
+            !create_overlay(g_ptr_array_index(hidden, i), size, err))
+            return FALSE;
+    }
+    g_ptr_array_add(active, NULL);
+    g_ptr_array_add(hidden, NULL);
+    return TRUE;
+}
+
+static gboolean poll_secondary_sync(gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    guest_refresh_colo_status(g);
+    if (g->colo_mode && strcmp(g->colo_mode, "secondary") == 0) {
+        g->poll_id = 0;
+        guest_enter_protected(g, "primary's first checkpoint loaded; COLO running", TRUE);
+        return G_SOURCE_REMOVE;
+    }
+    if (guest_past_deadline(g)) {
+        g->poll_id = 0;
+        guest_fail(g, "the primary did not start COLO within %u ms",
+                   daemon_config(g->d)->start_timeout_ms);
+        return G_SOURCE_REMOVE;
+    }
+    return G_SOURCE_CONTINUE;
+}
+
+/* A generation speaks for the disks it was recorded with, not for replacements. */
+static gboolean disks_present(FtGuest *g)
+{
+    for (guint i = 0; i < g->def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
+
+        if (!g_file_test(disk->source_path, G_FILE_TEST_IS_REGULAR))
+            return FALSE;
+    }
+    return TRUE;
+}
+
+void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject *params)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    JsonArray *sizes = json_object_has_member(params, "disk-bytes") &&
+                               JSON_NODE_HOLDS_ARRAY(json_object_get_member(params, "disk-bytes"))
+                           ? json_object_get_array_member(params, "disk-bytes")
+                           : NULL;
+    gint64 wait_ms = json_object_get_int_member_with_default(params, "wait-ms", 0);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) active = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) hidden = g_ptr_array_new_with_free_func(g_free);
+    DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
+    EngineLink link;
+    gboolean defined;
+
+    g_clear_pointer(&g->error, g_free);
+    guest_forget_checkpoints(g);
+    g->created_blank = FALSE;
+    g->reply_conn = peer_conn_ref(conn);
+    g->reply_id = id;
+    guest_arm_deadline(g);
+    /* Through the primary's disk copy, which it sized; within reason. */
+    g->deadline_us += CLAMP(wait_ms, 0, 24 * 3600 * 1000LL) * 1000;
+    g_free(g->generation);
+    g->generation = g_strdup(json_object_get_string_member_with_default(params, "generation",
+                                                                        NULL));
+    if (g->generation && !g_uuid_string_is_valid(g->generation))
+        g_clear_pointer(&g->generation, g_free);
+    if (!guest_transition(g, GUEST_STARTING_SECONDARY, "primary asked for a secondary"))
+        return;
+    /*
+     * What the primary needs to know of these disks to copy only what
+     * they lack -- or to refuse to overwrite them.  A disk created blank
+     * belongs to no generation.
+     */
+    g_free(g->found_generation);
+    g->found_generation = resync_generation_read(cfg, g->def->name, &g->found_mark);
+    if (!disks_present(g)) {
+        if (g->found_generation)
+            log_warn(g->def->name, guest_role_name(g), "a disk of the guest is missing: the "
+                     "primary copies all of them in full");
+        g_clear_pointer(&g->found_generation, g_free);
+        g->found_mark = GENERATION_IN_SYNC;
+        resync_generation_forget(cfg, g->def->name);
+    }
+
+    if (!virt_domain_define_missing(daemon_virt(g->d), g->def->name,
+                                    g->domain_xml, &defined, &err)) {
+        guest_fail(g, "%s", err->message);
+        return;
+    }
+    if (defined)
+        log_info(g->def->name, guest_role_name(g), "defined the guest on this host");
+    if (!virt_room_for(daemon_virt(g->d), g->def->name, &err)) {
+        guest_fail(g, "%s", err->message);
+        return;
+    }
+    if (!prepare_overlays(g, sizes, active, hidden, &err)) {
+        guest_fail(g, "cannot prepare replication storage: %s", err->message);
+        return;
+    }
+    plumbing.active_overlays = (const char *const *)active->pdata;
+    plumbing.hidden_overlays = (const char *const *)hidden->pdata;
+    if (!guest_write_tls_key(g, &err)) {
+        guest_fail(g, "cannot start the secondary: %s", err->message);
+        return;
+    }
+    link = guest_engine_link(g);
+    if (!guest_start_qemu(g, &plumbing, FALSE, &err) ||
+        !engine_secondary_setup(g->qmp, &link, &err)) {
+        guest_fail(g, "cannot start the secondary: %s", err->message);
+        return;
+    }
+    if (!guest_transition(g, GUEST_SECONDARY_WAITING, "incoming side ready"))
+        return;
+    /* Silence from the primary from here on means it is gone (check_rejoin()). */
+    daemon_watch_peer(g->d, guest_peer_host(g)->link_address);
+    guest_answer_primary(g, NULL);
+    g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_secondary_sync, g);
+}
+
+gboolean guest_receive_copy(FtGuest *g, GError **err)
+{
+    if (g->role != FT_ROLE_SECONDARY ||
+        (g->state != GUEST_STARTING_SECONDARY && g->state != GUEST_SECONDARY_WAITING)) {
+        g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "'%s' is %s here, not a secondary "
+                    "waiting for its primary", g->def->name, guest_state_name(g->state));
+        return FALSE;
+    }
+    /*
+     * Until the pair is protected these disks may be a mix of old and new
+     * blocks: never the source of the guest.  The generation stays, so a
+     * copy cut short is followed by an incremental one again.
+     */
+    if (g->found_generation &&
+        !resync_generation_write(daemon_config(g->d), g->def->name, g->found_generation,
+                                 GENERATION_RECEIVING, err))
+        return FALSE;
+    log_info(g->def->name, guest_role_name(g), "the primary copies to this host's disks");
+    return TRUE;
+}
