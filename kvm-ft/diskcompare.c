@@ -5,12 +5,11 @@
 #include <gio/gio.h>
 #include <libnbd.h>
 
+#include "timeouts.h"
+
 #define COMPARE_CHUNK (1u << 20)
 /* A block that differs may have a guest write under way to one copy: read again. */
 #define COMPARE_RETRIES 5
-#define COMPARE_RETRY_MS 50
-/* One read from either copy; a secondary loading a checkpoint answers late, not this late. */
-#define COMPARE_READ_TIMEOUT_MS 30000
 
 typedef struct {
     struct nbd_handle *own;  /* the primary's copy */

@@ -288,7 +288,7 @@ static gboolean add_output_filters(Qmp *q, const EngineLink *link, GError **err)
 
     if (link->def->output_mode != FTDEF_OUTPUT_PASSIVE &&
         !engine_run(q, link, "object-add",
-             filter("filter-redirector", TO_COMPARE, "rx", "outdev", "red1"), err))
+                    filter("filter-redirector", TO_COMPARE, "rx", "outdev", "red1"), err))
         return FALSE;
     if (!needs_sink(link))
         return TRUE;
@@ -426,14 +426,14 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
         (needs_sink(link) && !engine_run(q, link, "chardev-add", null_chardev("sink0"), err)))
         return FALSE;
     if (!engine_run(q, link, "chardev-add",
-             link_chardev(link, "red0", pri, base + FT_PORT_MIRROR, FALSE), err) ||
+                    link_chardev(link, "red0", pri, base + FT_PORT_MIRROR, FALSE), err) ||
         !engine_run(q, link, "chardev-add",
-             link_chardev(link, "red1", pri, base + FT_PORT_COMPARE, FALSE), err) ||
+                    link_chardev(link, "red1", pri, base + FT_PORT_COMPARE, FALSE), err) ||
         !engine_run(q, link, "object-add",
-             filter("filter-redirector", "f1", "tx", "indev", "red0"), err) ||
+                    filter("filter-redirector", "f1", "tx", "indev", "red0"), err) ||
         !add_output_filters(q, link, err) ||
         !engine_run(q, link, "object-add",
-             filter("filter-rewriter", REWRITER, "all", NULL, NULL), err) ||
+                    filter("filter-rewriter", REWRITER, "all", NULL, NULL), err) ||
         !engine_run(q, link, "migrate-set-capabilities", colo_capability(), err))
         return FALSE;
 
@@ -558,16 +558,17 @@ gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **e
 
     return engine_add_tls_creds(q, link, err) &&
            engine_run(q, link, "chardev-add",
-               link_chardev(link, "mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) &&
+                      link_chardev(link, "mirror0", pri, base + FT_PORT_MIRROR, TRUE), err) &&
            engine_run(q, link, "chardev-add",
-               link_chardev(link, "compare1", pri, base + FT_PORT_COMPARE, TRUE), err) &&
-           engine_run(q, link, "chardev-add", local_chardev(link, "compare0", "colo-in", TRUE), err) &&
-           engine_run(q, link, "chardev-add", local_chardev(link, "compare0-0", "colo-in", FALSE),
-               err) &&
-           engine_run(q, link, "chardev-add", local_chardev(link, "compare_out", "colo-out", TRUE),
-               err) &&
-           engine_run(q, link, "chardev-add", local_chardev(link, "compare_out0", "colo-out", FALSE),
-               err);
+                      link_chardev(link, "compare1", pri, base + FT_PORT_COMPARE, TRUE), err) &&
+           engine_run(q, link, "chardev-add",
+                      local_chardev(link, "compare0", "colo-in", TRUE), err) &&
+           engine_run(q, link, "chardev-add",
+                      local_chardev(link, "compare0-0", "colo-in", FALSE), err) &&
+           engine_run(q, link, "chardev-add",
+                      local_chardev(link, "compare_out", "colo-out", TRUE), err) &&
+           engine_run(q, link, "chardev-add",
+                      local_chardev(link, "compare_out0", "colo-out", FALSE), err);
 }
 
 /*
@@ -582,13 +583,14 @@ static gboolean add_filters(Qmp *q, const EngineLink *link, GError **err)
     if (!has_object(q, link, REWRITER, &rewriter, err))
         return FALSE;
     if (!engine_run(q, link, "object-add",
-             primary_filter("filter-mirror", "m0", "tx", "outdev", "mirror0", rewriter), err) ||
+                    primary_filter("filter-mirror", "m0", "tx", "outdev", "mirror0", rewriter),
+                    err) ||
         !engine_run(q, link, "object-add",
-             primary_filter("filter-redirector", "redire0", "rx", "indev", "compare_out",
-                            rewriter), err) ||
+                    primary_filter("filter-redirector", "redire0", "rx", "indev", "compare_out",
+                                   rewriter), err) ||
         !engine_run(q, link, "object-add",
-             primary_filter("filter-redirector", "redire1", "rx", "outdev", "compare0",
-                            rewriter), err))
+                    primary_filter("filter-redirector", "redire1", "rx", "outdev", "compare0",
+                                   rewriter), err))
         return FALSE;
 
     compare = net_object("colo-compare", "comp0");
@@ -639,12 +641,8 @@ static gboolean start_sync(Qmp *q, const EngineLink *link, gboolean pause, GErro
     return engine_run(q, link, "migrate-set-capabilities", capabilities(pause), err) &&
            engine_run(q, link, "migrate-set-parameters", params, err) &&
            engine_run(q, link, "migrate",
-               uri_arg(link->secondary_addr, link->def->port_base + FT_PORT_MIGRATION), err);
+                      uri_arg(link->secondary_addr, link->def->port_base + FT_PORT_MIGRATION), err);
 }
-
-/* A periodic checkpoint may start this much before its interval is up: the timer's own
- * slack and the stamps' (QEMU's event times) are well under it. */
-#define PERIODIC_EARLY_MS 20
 
 EngineCheckpointCause engine_checkpoint_cause(gint64 prev_stop_us, gint64 stop_us,
                                               guint interval_ms)

@@ -28,7 +28,6 @@
 #define MAX_HANDSHAKES_PER_SOURCE 2
 /* Refusals are logged at most this many times per window, then counted. */
 #define REFUSAL_LOG_BURST 20
-#define REFUSAL_LOG_WINDOW_S 10
 
 static void log_refusal(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 /* Requests the peer may leave us owing: bounds a peer flooding requests. */

@@ -24,6 +24,12 @@
 /* Upper bound for qemu-img, which only creates small files here. */
 #define QEMU_IMG_TIMEOUT_S "60"
 
+/*
+ * A periodic checkpoint may start this much before its interval is up: the
+ * timer's own slack and the stamps' (QEMU's event times) are well under it.
+ */
+#define PERIODIC_EARLY_MS 20
+
 /* ---- entering protection ------------------------------------------------------------------ */
 /* How often a guest on its way into COLO is checked. */
 #define ENTER_POLL_MS 200
@@ -36,6 +42,10 @@
 /* ---- re-protection and disk copies -------------------------------------------------------- */
 /* The peer's NBD server must greet kvm-ftd's own connection this fast (nbdprobe.h). */
 #define NBD_PROBE_TIMEOUT_MS 3000
+/* Comparing two copies (diskcompare.h): a differing block is read again after this... */
+#define COMPARE_RETRY_MS 50
+/* ...and one read from either copy may take this long (a secondary loading a checkpoint). */
+#define COMPARE_READ_TIMEOUT_MS 30000
 /* How often a disk copy reports progress. */
 #define RESYNC_POLL_MS 500
 /* How long a cancelled block job gets to wind down before its nodes are removed. */
@@ -99,6 +109,8 @@
 /* ---- peers, libvirt, ftctl ---------------------------------------------------------------- */
 /* An unauthenticated peer socket gets this long to finish its handshake. */
 #define PEER_HANDSHAKE_TIMEOUT_MS 5000
+/* Refused handshakes are logged REFUSAL_LOG_BURST times per window this long (peer.c). */
+#define REFUSAL_LOG_WINDOW_S 10
 /* How often a lost libvirt connection is re-opened (besides before each call). */
 #define VIRT_REOPEN_MS 1000
 /* libvirtd silent for KEEPALIVE_S * KEEPALIVE_COUNT seconds: the connection is dropped. */
