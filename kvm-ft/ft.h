@@ -13,6 +13,15 @@ typedef enum {
 const char *ft_role_name(FtRole role);
 
 /*
+ * Replaces STATE-DIR/FILE with text atomically (a reader sees the old or
+ * the new text, never a mix) and durably (file and directory fsynced): a
+ * power cut must not bring back what was there before.  The state dir is
+ * created (0700) if needed.
+ */
+gboolean ft_write_state_file(const char *state_dir, const char *file, const char *text,
+                             GError **err);
+
+/*
  * Port layout on the dedicated link, relative to <ft:ports base>:
  * the secondary listens for the migration stream and NBD, the primary
  * for the two COLO network channels.  The primary's pairs between its

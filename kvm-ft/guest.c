@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "decision.h"
+#include "journal.h"
 #include "definitions.h"
 #include "log.h"
 #include "qmp.h"
@@ -104,6 +105,26 @@ void guest_broadcast_event(FtGuest *g, JsonBuilder *b)
     daemon_broadcast(g->d, event);
 }
 
+/*
+ * Before a transition takes effect (journal.h).  A failover must not wait
+ * for a disk that is full or gone, so a failed write is said, not fatal:
+ * a restart then knows the state before.
+ */
+static void journal_transition(FtGuest *g, GuestState to)
+{
+    g_autoptr(GError) err = NULL;
+    const JournalEntry entry = {
+        .role = g->role,
+        .state = (char *)guest_state_name(to),
+        .generation = g->generation,
+        .rejoin = g->rejoin,
+    };
+
+    if (!journal_write(daemon_config(g->d)->state_dir, g->def->name, &entry, &err))
+        log_err(g->def->name, guest_role_name(g), "cannot journal the state %s (a restart of "
+                "kvm-ftd would not know it): %s", guest_state_name(to), err->message);
+}
+
 gboolean guest_transition(FtGuest *g, GuestState to, const char *reason)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
@@ -114,6 +135,7 @@ gboolean guest_transition(FtGuest *g, GuestState to, const char *reason)
                 guest_state_name(from), guest_state_name(to), reason);
         return FALSE;
     }
+    journal_transition(g, to);
     g->state = to;
     log_info(g->def->name, guest_role_name(g), "%s -> %s: %s",
              guest_state_name(from), guest_state_name(to), reason);
@@ -829,9 +851,70 @@ gboolean guest_hand_over(FtGuest *g, GError **err)
     return TRUE;
 }
 
+static gboolean journal_says(const JournalEntry *was, FtRole role, const char *const *states)
+{
+    return was->state && was->role == role && g_strv_contains(states, was->state);
+}
+
+/*
+ * What a QEMU out of COLO was, by the journal, when that is not running
+ * alone: a secondary that never entered COLO is no copy of the guest (its
+ * primary starts a new one), nor is a first protection's primary whose
+ * guest never ran (it starts paused); a re-protection of a guest running
+ * alone is undone, its copy's nodes and COLO objects too, and tried again.
+ * FALSE if none of these: the copy runs alone, as it did.
+ */
+static gboolean undo_interrupted_setup(FtGuest *g, const JournalEntry *was)
+{
+    static const char *const secondary_setup[] = {
+        "starting-secondary", "secondary-waiting", NULL };
+    static const char *const primary_setup[] = {
+        "preparing-peer", "starting-primary", "entering-colo", "resyncing", "rejoining", NULL };
+    g_autofree char *why = g_strdup_printf("kvm-ftd restarted while this copy was %s (%s)",
+                                           was->state ? was->state : "unknown",
+                                           ft_role_name(was->role));
+    g_autofree char *run_state = NULL;
+
+    if (journal_says(was, FT_ROLE_SECONDARY, secondary_setup)) {
+        g->role = FT_ROLE_SECONDARY;
+        g->error = g_strdup_printf("%s: it never ran the guest; the primary starts a new "
+                                   "secondary", why);
+        guest_stop(g, g->error);
+        return TRUE;
+    }
+    if (!journal_says(was, FT_ROLE_PRIMARY, primary_setup))
+        return FALSE;
+    g->role = FT_ROLE_PRIMARY;
+    if (was->rejoin) {
+        /* Everything the attempt may have added goes; the guest runs on alone. */
+        g->rejoin = TRUE;
+        g->resync_running = TRUE;
+        guest_abort_rejoin(g, why);
+        return TRUE;
+    }
+    run_state = engine_run_state(g->qmp, STATUS_QMP_TIMEOUT_MS, NULL);
+    if (g_strcmp0(run_state, "running") == 0)
+        return FALSE;
+    g->error = g_strdup_printf("%s: the guest had not run yet; protect it again", why);
+    guest_tell_peer_to_stop(g, g->error);
+    guest_stop(g, g->error);
+    return TRUE;
+}
+
 gboolean guest_reattach(FtGuest *g, GError **err)
 {
-    g->qmp = qmp_connect(g->qmp_path, daemon_config(g->d)->qmp_timeout_ms, err);
+    const FtConfig *cfg = daemon_config(g->d);
+    g_auto(JournalEntry) was = { 0 };
+    g_autoptr(GError) jerr = NULL;
+
+    if (!journal_read(cfg->state_dir, g->def->name, &was, &jerr)) {
+        if (!g_error_matches(jerr, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+            log_warn(g->def->name, NULL, "%s", jerr->message);
+    } else {
+        g_free(g->generation);
+        g->generation = g_strdup(was.generation);
+    }
+    g->qmp = qmp_connect(g->qmp_path, cfg->qmp_timeout_ms, err);
     if (!g->qmp)
         return FALSE;
     qmp_set_handlers(g->qmp, on_qmp_event, on_qmp_closed, g);
@@ -841,7 +924,7 @@ gboolean guest_reattach(FtGuest *g, GError **err)
         g->role = strcmp(g->colo_mode, "primary") == 0 ? FT_ROLE_PRIMARY : FT_ROLE_SECONDARY;
         guest_enter_protected(g, "kvm-ftd restarted; re-attached to the running QEMU in COLO",
                               FALSE);
-    } else {
+    } else if (!undo_interrupted_setup(g, &was)) {
         /* Out of COLO but running: whatever it was, it is the only copy now. */
         g->role = FT_ROLE_PRIMARY;
         guest_transition(g, GUEST_DEGRADED, "kvm-ftd restarted; re-attached to the running "

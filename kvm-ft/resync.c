@@ -594,46 +594,16 @@ char *resync_generation_read(const FtConfig *cfg, const char *name, GenerationMa
     return g_strdup(words[0]);
 }
 
-static gboolean sync_dir(const char *dir, GError **err)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-    if (fd < 0 || fsync(fd) < 0) {
-        int saved = errno;
-
-        if (fd >= 0)
-            close(fd);
-        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(saved),
-                    "cannot sync %s: %s", dir, g_strerror(saved));
-        return FALSE;
-    }
-    close(fd);
-    return TRUE;
-}
-
 gboolean resync_generation_write(const FtConfig *cfg, const char *name,
                                  const char *generation, GenerationMark mark, GError **err)
 {
-    g_autofree char *path = generation_path(cfg, name);
+    g_autofree char *file = g_strdup_printf("%s.generation", name);
     g_autofree char *text = g_strdup_printf("%s%s%s\n", generation,
                                             mark_words[mark] ? " " : "",
                                             mark_words[mark] ? mark_words[mark] : "");
 
-    if (g_mkdir_with_parents(cfg->state_dir, 0700) < 0) {
-        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
-                    "cannot create %s: %s", cfg->state_dir, g_strerror(errno));
-        return FALSE;
-    }
-    /*
-     * Atomically (a half-written id would be taken for a stranger's disk) and
-     * durably, the rename included: a power cut must not bring back the mark
-     * before this one.
-     */
-    if (!g_file_set_contents_full(path, text, -1,
-                                  G_FILE_SET_CONTENTS_CONSISTENT | G_FILE_SET_CONTENTS_DURABLE,
-                                  0600, err))
-        return FALSE;
-    return sync_dir(cfg->state_dir, err);
+    /* A half-written id would be taken for a stranger's disk; an old mark, for a true one. */
+    return ft_write_state_file(cfg->state_dir, file, text, err);
 }
 
 void resync_generation_forget(const FtConfig *cfg, const char *name)

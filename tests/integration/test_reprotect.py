@@ -50,6 +50,12 @@ from start to end):
                    copies to it (copy rate capped to make the window wide):
                    the guest carries on alone; when the host returns once
                    more the pair re-protects by itself.
+  daemon-restarts-mid-resync
+                   the returning host's kvm-ftd is killed and started again
+                   while its secondary waits for the survivor's copy: from its
+                   journal the restarted daemon knows that QEMU for a secondary
+                   that never ran the guest, not a guest running alone, and
+                   stops it; the survivor gives the copy up and re-protects.
   survivor-dies-mid-resync
                    the survivor, the guest's only copy, loses power while it
                    copies to the returning host (the client is stopped first:
@@ -397,6 +403,34 @@ def scenario_mid_resync(lab):
     return power_pull(lab, survivor)
 
 
+def scenario_daemon_restarts_mid_resync(lab):
+    survivor = power_pull(lab, "hostA")
+    set_rate_cap(lab, survivor, CAPPED_MIB_PER_S)
+    wait_state(lab, survivor, "degraded", timeout=30)
+    return_host(lab, "hostA", blank=True)
+    st = wait_state(lab, survivor, "resyncing", timeout=120)
+    log("copy under way: %s" % st["resync"])
+    sec = lab.status("hostA")
+    assert sec and sec["role"] == "secondary", sec
+    since = time.time()
+    lab.lab("daemon-kill", "A")
+    lab.lab("daemon-start", "A")
+    # What the restarted daemon made of the QEMU it found is in its log (a stopped
+    # guest's status is made anew from its definition, without the reason).
+    said = wait_for("hostA's restarted kvm-ftd to take up the QEMU it found running",
+                    lambda: [l for l in lab.daemon_log_since("hostA", since)
+                             if "kvm-ftd restarted" in l], timeout=60)
+    log("hostA: %s" % said[0])
+    assert running_copies(lab) == [survivor], running_copies(lab)
+    assert "never ran the guest" in said[0], said
+    st = wait_state(lab, survivor, "degraded", timeout=60)
+    log("the copy was given up: %s" % st["error"])
+    since = time.time()
+    reprotected(lab, survivor, "full", 0, since)
+    time.sleep(3)
+    return power_pull(lab, survivor)
+
+
 def stop_client(lab):
     """Ends the client's connection now; finish() checks what it saw."""
     lab.client_summary = lab.seq_client.stop()
@@ -447,6 +481,7 @@ SCENARIOS = {
     "role-switch": scenario_role_switch,
     "link-returns": scenario_link_returns,
     "secondary-dies-mid-resync": scenario_mid_resync,
+    "daemon-restarts-mid-resync": scenario_daemon_restarts_mid_resync,
     "survivor-dies-mid-resync": scenario_survivor_dies_mid_resync,
 }
 
