@@ -384,13 +384,20 @@ def scenario_link_returns(lab):
     return power_pull(lab, "hostA")
 
 
-def scenario_mid_resync(lab):
+def slow_copy_to_blank_host_a(lab):
+    """hostA's power pulled; it comes back blank and the survivor copies to it,
+    rate-capped to widen the window.  Returns the survivor, copying."""
     survivor = power_pull(lab, "hostA")
     set_rate_cap(lab, survivor, CAPPED_MIB_PER_S)
     wait_state(lab, survivor, "degraded", timeout=30)
     return_host(lab, "hostA", blank=True)
     st = wait_state(lab, survivor, "resyncing", timeout=120)
     log("copy under way: %s" % st["resync"])
+    return survivor
+
+
+def scenario_mid_resync(lab):
+    survivor = slow_copy_to_blank_host_a(lab)
     lab.lab("power-off", "A")
     st = wait_state(lab, survivor, "degraded", timeout=60)
     assert "re-protection failed" in (st["error"] or ""), st
@@ -404,12 +411,7 @@ def scenario_mid_resync(lab):
 
 
 def scenario_daemon_restarts_mid_resync(lab):
-    survivor = power_pull(lab, "hostA")
-    set_rate_cap(lab, survivor, CAPPED_MIB_PER_S)
-    wait_state(lab, survivor, "degraded", timeout=30)
-    return_host(lab, "hostA", blank=True)
-    st = wait_state(lab, survivor, "resyncing", timeout=120)
-    log("copy under way: %s" % st["resync"])
+    survivor = slow_copy_to_blank_host_a(lab)
     sec = lab.status("hostA")
     assert sec and sec["role"] == "secondary", sec
     since = time.time()
