@@ -140,6 +140,30 @@ static gboolean copy_params_valid(JsonObject *params)
                     g_uuid_string_is_valid(json_node_get_string(gen)));
 }
 
+/*
+ * Both ends of every replication channel must agree on TLS, or the channels
+ * never connect and the protection fails on a timeout that says nothing:
+ * the primary says what it runs.  NULL if it agrees (or did not say).
+ */
+static char *replication_tls_mismatch(Daemon *d, JsonObject *params, const char *sender)
+{
+    JsonNode *tls = json_object_get_member(params, "replication-tls");
+    gboolean theirs;
+
+    if (!tls)
+        return NULL;
+    if (!JSON_NODE_HOLDS_VALUE(tls) || json_node_get_value_type(tls) != G_TYPE_BOOLEAN)
+        return g_strdup("prepare-secondary: replication-tls must be true or false");
+    theirs = json_node_get_boolean(tls);
+    if (theirs == d->cfg->replication_tls)
+        return NULL;
+    return g_strdup_printf("the replication channels run %s on %s ([replication] tls = %s) "
+                           "but %s on %s (tls = %s): set the same on both hosts",
+                           theirs ? "on TLS" : "in clear", sender, theirs ? "yes" : "no",
+                           d->cfg->replication_tls ? "on TLS" : "in clear",
+                           d->cfg->host_name, d->cfg->replication_tls ? "yes" : "no");
+}
+
 static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
                                      JsonObject *params)
 {
@@ -162,6 +186,11 @@ static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
         daemon_reply_error(conn, id, "prepare-secondary: disk-bytes must be a list of "
                            "positive sizes, wait-ms a number of milliseconds, generation "
                            "a UUID");
+        return;
+    }
+    why = replication_tls_mismatch(d, params, sender);
+    if (why) {
+        daemon_reply_error(conn, id, "%s", why);
         return;
     }
     /* The secondary loads the primary's state: the same QEMU must run both. */

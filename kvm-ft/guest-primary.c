@@ -586,6 +586,7 @@ static void ask_for_secondary(FtGuest *g)
     json_object_set_string_member(params, "qemu-version", version);
     json_object_set_string_member(params, "generation", g->generation);
     json_object_set_array_member(params, "disk-bytes", json_array_ref(sizes));
+    json_object_set_boolean_member(params, "replication-tls", cfg->replication_tls);
     /*
      * The secondary waits for COLO through a comparison of the disks and
      * their copy, however long they take.

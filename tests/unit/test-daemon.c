@@ -527,6 +527,32 @@ START_TEST(prepare_secondary_refuses_malformed_copy_params)
 }
 END_TEST
 
+/* The primary's channels and these must agree on TLS: said at once, by name. */
+START_TEST(prepare_secondary_refuses_another_tls_setting)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *mine = NULL;
+    g_autofree char *tls = NULL, *word = NULL, *same = NULL;
+
+    start_peer(FALSE);
+    start_daemon();
+    mine = virt_qemu_version(daemon_virt(lab.d), &err);
+    ck_assert_ptr_nonnull(mine);
+    tls = prepare_secondary_with(mine, "replication-tls", "true");
+    ck_assert_msg(tls && strstr(tls, "the replication channels run on TLS on hostB "
+                                     "([replication] tls = yes) but in clear on hostA "
+                                     "(tls = no): set the same on both hosts"), "%s",
+                  tls ? tls : "(accepted)");
+    word = prepare_secondary_with(mine, "replication-tls", "\"yes\"");
+    ck_assert_msg(word && strstr(word, "replication-tls must be true or false"), "%s",
+                  word ? word : "(accepted)");
+    /* Agreeing, it goes on, and fails further on: the disk is nowhere. */
+    same = prepare_secondary_with(mine, "replication-tls", "false");
+    ck_assert_msg(same && strstr(same, "does not exist on hostA"), "%s",
+                  same ? same : "(accepted)");
+}
+END_TEST
+
 /*
  * "\ud800" is valid JSON text but no character: whatever json-glib makes of
  * it (Debian 12's refuses it as a parse error), the reply must be UTF-8 JSON.
@@ -1037,6 +1063,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, quit_while_prepare_secondary_waits_for_the_peer);
     tcase_add_test(tc, prepare_secondary_needs_the_same_qemu);
     tcase_add_test(tc, prepare_secondary_refuses_malformed_copy_params);
+    tcase_add_test(tc, prepare_secondary_refuses_another_tls_setting);
     tcase_add_test(tc, protect_refuses_a_path_for_a_name);
     tcase_add_test(tc, detector_since_far_future);
     tcase_add_test(tc, prepare_secondary_vets_the_peer_definition);
