@@ -975,6 +975,12 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
     /* Before looking at the domains: what changes meanwhile is seen again. */
     if (!virt_watch_events(d->virt, definitions_on_virt_event, d->defs, err))
         goto fail;
+    /*
+     * Before the peer can connect: a connection accepted by a daemon that
+     * does not answer yet is silence to the peer's failure detection, and
+     * re-attaching (QMP, libvirt) can take seconds.  A refused one is not.
+     */
+    reattach_guests(d);
     d->server = peer_server_new(cfg->listen_address, cfg->listen_port, cfg->key,
                                 cfg->host_name, &server_callbacks, d, err);
     if (!d->server)
@@ -999,7 +1005,6 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
         goto fail;
     log_info(NULL, NULL, "kvm-ftd up: peer protocol on %s:%u, control socket %s",
              cfg->listen_address, cfg->listen_port, cfg->control_socket);
-    reattach_guests(d);
     definitions_consider_all(d->defs);
     return d;
 
