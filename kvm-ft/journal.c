@@ -4,6 +4,8 @@
 #include <string.h>
 #include <json-glib/json-glib.h>
 
+#include "jsontext.h"
+
 /* A state name is short; anything longer is not one of ours. */
 #define JOURNAL_STATE_MAX 32
 /* The file is a few dozen bytes: a bigger one is not ours either. */
@@ -73,7 +75,9 @@ gboolean journal_read(const char *state_dir, const char *name, JournalEntry *ent
         return FALSE;
     if (len > JOURNAL_MAX_BYTES)
         return invalid(err, path, "too long");
-    if (!json_parser_load_from_data(parser, text, (gssize)len, NULL))
+    /* Strict, single-valued JSON first: json-glib leaks what follows a first value. */
+    if (!json_text_sane(text, len, JSON_TEXT_MAX_DEPTH) ||
+        !json_parser_load_from_data(parser, text, (gssize)len, NULL))
         return invalid(err, path, "not JSON");
     root = json_parser_get_root(parser);
     if (!root || !JSON_NODE_HOLDS_OBJECT(root))
