@@ -56,6 +56,12 @@ from start to end):
                    journal the restarted daemon knows that QEMU for a secondary
                    that never ran the guest, not a guest running alone, and
                    stops it; the survivor gives the copy up and re-protects.
+  survivor-daemon-restarts-mid-resync
+                   the same on the survivor: its kvm-ftd is killed and started
+                   again while it copies; from its journal it undoes the
+                   re-protection under way (the copy's jobs and nodes, the
+                   COLO objects, the peer's waiting secondary) while the guest
+                   runs on, and the next attempt protects it again.
   survivor-dies-mid-resync
                    the survivor, the guest's only copy, loses power while it
                    copies to the returning host (the client is stopped first:
@@ -433,6 +439,24 @@ def scenario_daemon_restarts_mid_resync(lab):
     return power_pull(lab, survivor)
 
 
+def scenario_survivor_daemon_restarts_mid_resync(lab):
+    survivor = slow_copy_to_blank_host_a(lab)
+    since = time.time()
+    lab.lab("daemon-kill", survivor[-1])
+    lab.lab("daemon-start", survivor[-1])
+    said = wait_for("%s's restarted kvm-ftd to take up the QEMU it found running" % survivor,
+                    lambda: [l for l in lab.daemon_log_since(survivor, since)
+                             if "kvm-ftd restarted" in l], timeout=60)
+    log("%s: %s" % (survivor, said[0]))
+    assert "re-protection failed" in said[0], said
+    assert running_copies(lab) == [survivor], running_copies(lab)
+    # The waiting secondary was told to go: nothing holds the next attempt back.
+    since = time.time()
+    reprotected(lab, survivor, "full", 0, since)
+    time.sleep(3)
+    return power_pull(lab, survivor)
+
+
 def stop_client(lab):
     """Ends the client's connection now; finish() checks what it saw."""
     lab.client_summary = lab.seq_client.stop()
@@ -484,6 +508,7 @@ SCENARIOS = {
     "link-returns": scenario_link_returns,
     "secondary-dies-mid-resync": scenario_mid_resync,
     "daemon-restarts-mid-resync": scenario_daemon_restarts_mid_resync,
+    "survivor-daemon-restarts-mid-resync": scenario_survivor_daemon_restarts_mid_resync,
     "survivor-dies-mid-resync": scenario_survivor_dies_mid_resync,
 }
 
