@@ -154,7 +154,11 @@ def run_mode(mode, qemu, gdir):
             difference, missing = caused(first, after)
             log("compare: colo-compare forced %d checkpoints for a difference, %d for a "
                 "missing counterpart" % (difference, missing))
-            assert difference >= n["replies"] / 2 and difference > missing, \
+            # Missing counterparts here come from the secondary's lag, which the machine's
+            # load sets (42 differences to 43 missing in one loaded full check, 44 to 29
+            # before): no bound on them.  That the two counters are not swapped is
+            # run_divergence()'s to show, where nothing differs and only they count.
+            assert difference >= n["replies"] / 2, \
                 "%d ndet replies differ, but colo-compare counted %d checkpoints for a " \
                 "difference and %d for a missing counterpart" % (n["replies"], difference, missing)
         assert_kernels_clean(lab)
