@@ -8,6 +8,7 @@
 #include "definitions.h"
 #include "guest.h"
 #include "ha.h"
+#include "jsontext.h"
 #include "log.h"
 #include "summary.h"
 
@@ -135,9 +136,7 @@ static gboolean copy_params_valid(JsonObject *params)
     }
     if (wait && !is_int(wait, 0))
         return FALSE;
-    return !gen || (JSON_NODE_HOLDS_VALUE(gen) &&
-                    json_node_get_value_type(gen) == G_TYPE_STRING &&
-                    g_uuid_string_is_valid(json_node_get_string(gen)));
+    return !gen || json_node_is_uuid(gen);
 }
 
 /*

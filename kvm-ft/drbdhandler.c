@@ -23,6 +23,7 @@
 
 #include "control.h"
 #include "ha.h"
+#include "jsontext.h"
 #include "timeouts.h"
 
 static const char *socket_path(void)
@@ -41,15 +42,6 @@ static JsonNode *ask(const char *handler, const char *resource, guint timeout_ms
     json_object_set_string_member(req, "handler", handler);
     json_object_set_string_member(req, "resource", resource);
     return control_request(socket_path(), req, timeout_ms, err);
-}
-
-static const char *member_str(JsonObject *o, const char *name)
-{
-    JsonNode *n = o ? json_object_get_member(o, name) : NULL;
-
-    return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
-               ? json_node_get_string(n)
-               : NULL;
 }
 
 /* 7 on the witness's word for this host, else 1 (never 5). */
@@ -77,8 +69,8 @@ static int fence_peer(const char *resource)
             return HA_EXIT_REFUSED;
         }
         o = JSON_NODE_HOLDS_OBJECT(answer) ? json_node_get_object(answer) : NULL;
-        verdict = member_str(o, "verdict");
-        reason = member_str(o, "reason");
+        verdict = json_member_string(o, "verdict");
+        reason = json_member_string(o, "reason");
         if (g_strcmp0(verdict, "pending") == 0) {
             g_usleep(HA_FENCE_POLL_MS * 1000);
             continue;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "diskcompare.h"
+#include "jsontext.h"
 #include "log.h"
 #include "nbdprobe.h"
 #include "qmp.h"
@@ -511,8 +512,7 @@ static gboolean peer_disks_reported(JsonObject *obj, const char **generation,
         *blank = json_node_get_boolean(b);
     }
     if (gen && !JSON_NODE_HOLDS_NULL(gen)) {
-        if (!JSON_NODE_HOLDS_VALUE(gen) || json_node_get_value_type(gen) != G_TYPE_STRING ||
-            !g_uuid_string_is_valid(json_node_get_string(gen)))
+        if (!json_node_is_uuid(gen))
             return FALSE;
         *generation = json_node_get_string(gen);
     }

@@ -1,6 +1,7 @@
 /* guest-status.c - what `ftctl status` and the benchmarks see of a guest */
 #include "guest-internal.h"
 
+#include "jsontext.h"
 #include "log.h"
 #include "qmp.h"
 #include "summary.h"
@@ -224,11 +225,7 @@ JsonNode *guest_status(FtGuest *g)
         json_builder_add_string_value(b, ftdef_output_mode_name(g->output.mode));
         json_builder_set_member_name(b, "switches");
         json_builder_add_int_value(b, g->output.switches);
-        json_builder_set_member_name(b, "reason");
-        if (g->output.last_reason)
-            json_builder_add_string_value(b, g->output.last_reason);
-        else
-            json_builder_add_null_value(b);
+        json_add_string_or_null(b, "reason", g->output.last_reason);
         json_builder_end_object(b);
     }
     json_builder_set_member_name(b, "checkpoints");
@@ -278,11 +275,7 @@ JsonNode *guest_status(FtGuest *g)
         json_builder_add_value(b, json_node_copy(g->last_verify));
     else
         json_builder_add_null_value(b);
-    json_builder_set_member_name(b, "error");
-    if (g->error)
-        json_builder_add_string_value(b, g->error);
-    else
-        json_builder_add_null_value(b);
+    json_add_string_or_null(b, "error", g->error);
     json_builder_end_object(b);
     return json_builder_get_root(b);
 }

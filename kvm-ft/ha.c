@@ -7,6 +7,7 @@
 #include "definitions.h"
 #include "drbdcmd.h"
 #include "drbdres.h"
+#include "jsontext.h"
 #include "log.h"
 #include "timeouts.h"
 #include "virt.h"
@@ -262,15 +263,6 @@ static FtDef *find_guest(Ha *ha, const char *resource, GError **err)
 
 /* ---- reporting ------------------------------------------------------------------------ */
 
-static void add_string_or_null(JsonBuilder *b, const char *name, const char *value)
-{
-    json_builder_set_member_name(b, name);
-    if (value)
-        json_builder_add_string_value(b, value);
-    else
-        json_builder_add_null_value(b);
-}
-
 /* {"drbd": {"guest", "resource", "handler"[, "verdict", "reason", "owner", "generation"]}} */
 static void broadcast(Ha *ha, const char *guest, const char *resource, const char *handler,
                       const HaVerdict *v)
@@ -281,14 +273,14 @@ static void broadcast(Ha *ha, const char *guest, const char *resource, const cha
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "drbd");
     json_builder_begin_object(b);
-    add_string_or_null(b, "guest", guest);
-    add_string_or_null(b, "resource", resource);
-    add_string_or_null(b, "handler", handler);
+    json_add_string_or_null(b, "guest", guest);
+    json_add_string_or_null(b, "resource", resource);
+    json_add_string_or_null(b, "handler", handler);
     if (v) {
-        add_string_or_null(b, "verdict", ha_verdict_name(v->kind));
-        add_string_or_null(b, "reason", v->reason);
-        add_string_or_null(b, "owner", v->owner);
-        add_string_or_null(b, "generation", v->generation);
+        json_add_string_or_null(b, "verdict", ha_verdict_name(v->kind));
+        json_add_string_or_null(b, "reason", v->reason);
+        json_add_string_or_null(b, "owner", v->owner);
+        json_add_string_or_null(b, "generation", v->generation);
     }
     json_builder_end_object(b);
     json_builder_end_object(b);
@@ -301,11 +293,11 @@ static JsonNode *verdict_json(const HaVerdict *v)
     g_autoptr(JsonBuilder) b = json_builder_new();
 
     json_builder_begin_object(b);
-    add_string_or_null(b, "verdict", ha_verdict_name(v->kind));
-    add_string_or_null(b, "reason", v->reason ? v->reason
+    json_add_string_or_null(b, "verdict", ha_verdict_name(v->kind));
+    json_add_string_or_null(b, "reason", v->reason ? v->reason
                                               : "deciding: ask again");
-    add_string_or_null(b, "owner", v->owner);
-    add_string_or_null(b, "generation", v->generation);
+    json_add_string_or_null(b, "owner", v->owner);
+    json_add_string_or_null(b, "generation", v->generation);
     json_builder_end_object(b);
     return json_builder_get_root(b);
 }

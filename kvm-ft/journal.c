@@ -29,11 +29,7 @@ gboolean journal_write(const char *state_dir, const char *name, const JournalEnt
     json_builder_add_string_value(b, ft_role_name(entry->role));
     json_builder_set_member_name(b, "state");
     json_builder_add_string_value(b, entry->state);
-    json_builder_set_member_name(b, "generation");
-    if (entry->generation)
-        json_builder_add_string_value(b, entry->generation);
-    else
-        json_builder_add_null_value(b);
+    json_add_string_or_null(b, "generation", entry->generation);
     json_builder_set_member_name(b, "rejoin");
     json_builder_add_boolean_value(b, entry->rejoin);
     json_builder_end_object(b);
@@ -47,15 +43,6 @@ static gboolean invalid(GError **err, const char *path, const char *why)
     g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_INVAL, "%s is not a kvm-ft journal: %s",
                 path, why);
     return FALSE;
-}
-
-static const char *string_member(JsonObject *o, const char *member)
-{
-    JsonNode *n = json_object_get_member(o, member);
-
-    return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
-               ? json_node_get_string(n)
-               : NULL;
 }
 
 gboolean journal_read(const char *state_dir, const char *name, JournalEntry *entry,
@@ -83,17 +70,15 @@ gboolean journal_read(const char *state_dir, const char *name, JournalEntry *ent
     if (!root || !JSON_NODE_HOLDS_OBJECT(root))
         return invalid(err, path, "not a JSON object");
     o = json_node_get_object(root);
-    role = string_member(o, "role");
-    state = string_member(o, "state");
+    role = json_member_string(o, "role");
+    state = json_member_string(o, "state");
     gen = json_object_get_member(o, "generation");
     rejoin = json_object_get_member(o, "rejoin");
     if (g_strcmp0(role, "primary") != 0 && g_strcmp0(role, "secondary") != 0)
         return invalid(err, path, "no role primary or secondary");
     if (!state || !*state || strlen(state) > JOURNAL_STATE_MAX)
         return invalid(err, path, "no state");
-    if (!gen || (!JSON_NODE_HOLDS_NULL(gen) &&
-                 !(JSON_NODE_HOLDS_VALUE(gen) && json_node_get_value_type(gen) == G_TYPE_STRING &&
-                   g_uuid_string_is_valid(json_node_get_string(gen)))))
+    if (!gen || (!JSON_NODE_HOLDS_NULL(gen) && !json_node_is_uuid(gen)))
         return invalid(err, path, "the generation is neither null nor a UUID");
     if (!rejoin || !JSON_NODE_HOLDS_VALUE(rejoin) ||
         json_node_get_value_type(rejoin) != G_TYPE_BOOLEAN)

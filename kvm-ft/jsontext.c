@@ -102,3 +102,28 @@ gboolean json_text_sane(const char *s, gsize n, guint max_depth)
     }
     return !in_str;
 }
+
+const char *json_member_string(JsonObject *o, const char *name)
+{
+    JsonNode *n = o ? json_object_get_member(o, name) : NULL;
+
+    return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_STRING
+               ? json_node_get_string(n)
+               : NULL;
+}
+
+gboolean json_node_is_uuid(JsonNode *node)
+{
+    return node && JSON_NODE_HOLDS_VALUE(node) &&
+           json_node_get_value_type(node) == G_TYPE_STRING &&
+           g_uuid_string_is_valid(json_node_get_string(node));
+}
+
+void json_add_string_or_null(JsonBuilder *b, const char *name, const char *value)
+{
+    json_builder_set_member_name(b, name);
+    if (value)
+        json_builder_add_string_value(b, value);
+    else
+        json_builder_add_null_value(b);
+}

@@ -287,15 +287,6 @@ static gint64 member_int(JsonObject *o, const char *name, gint64 fallback)
     return json_node_get_int(n);
 }
 
-static const char *member_string(JsonObject *o, const char *name)
-{
-    JsonNode *n = json_object_get_member(o, name);
-
-    if (!n || json_node_get_value_type(n) != G_TYPE_STRING)
-        return NULL;
-    return json_node_get_string(n);
-}
-
 static JsonObject *member_object(JsonObject *o, const char *name)
 {
     JsonNode *n = json_object_get_member(o, name);
@@ -305,7 +296,7 @@ static JsonObject *member_object(JsonObject *o, const char *name)
 
 static void qmp_queue_event(Qmp *q, JsonObject *msg)
 {
-    const char *name = member_string(msg, "event");
+    const char *name = json_member_string(msg, "event");
     JsonObject *ts = member_object(msg, "timestamp");
     JsonObject *data = member_object(msg, "data");
     QmpEvent *ev;
@@ -380,8 +371,8 @@ static JsonNode *qmp_reply_result(const char *command, JsonNode *reply,
     if (ret)
         return json_node_copy(ret);
     error = member_object(o, "error");
-    cls = error ? member_string(error, "class") : NULL;
-    desc = error ? member_string(error, "desc") : NULL;
+    cls = error ? json_member_string(error, "class") : NULL;
+    desc = error ? json_member_string(error, "desc") : NULL;
     if (!cls || !desc) {
         g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
                     "%s: malformed error reply from QEMU", command);
@@ -408,25 +399,21 @@ static void qmp_drain_lines(Qmp *q)
     }
 }
 
-/* req is a request object without id; sends it and waits for its reply. */
-static JsonNode *qmp_request(Qmp *q, JsonObject *req, gint64 deadline,
-                             guint timeout_ms, GError **err)
+/*
+ * Sends command (out of band if oob) with args (may be NULL; not consumed)
+ * and waits for its reply.
+ */
+static JsonNode *qmp_request(Qmp *q, const char *command, gboolean oob, JsonObject *args,
+                             gint64 deadline, guint timeout_ms, GError **err)
 {
-    const char *command = member_string(req, "execute");
-    gboolean oob = FALSE;
+    g_autoptr(JsonObject) req = json_object_new();
     g_autoptr(JsonNode) root = json_node_new(JSON_NODE_OBJECT);
     g_autofree char *text = NULL;
     gint64 id;
 
-    if (!command) {
-        command = member_string(req, "exec-oob");
-        oob = TRUE;
-    }
-    if (!command) {
-        g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
-                    "request has no \"execute\" or \"exec-oob\" string");
-        return NULL;
-    }
+    json_object_set_string_member(req, oob ? "exec-oob" : "execute", command);
+    if (args)
+        json_object_set_object_member(req, "arguments", json_object_ref(args));
     if (oob && !q->oob) {
         g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
                     "%s: QEMU did not offer out-of-band execution", command);
@@ -463,29 +450,24 @@ static JsonNode *qmp_request(Qmp *q, JsonObject *req, gint64 deadline,
     }
 }
 
-static JsonNode *qmp_call_kind(Qmp *q, const char *kind, const char *command,
+static JsonNode *qmp_call_kind(Qmp *q, gboolean oob, const char *command,
                                JsonObject *args, guint timeout_ms,
                                GError **err)
 {
-    g_autoptr(JsonObject) req = json_object_new();
-
     g_return_val_if_fail(q && command, NULL);
-    json_object_set_string_member(req, kind, command);
-    if (args)
-        json_object_set_object_member(req, "arguments", json_object_ref(args));
-    return qmp_request(q, req, deadline_after(timeout_ms), timeout_ms, err);
+    return qmp_request(q, command, oob, args, deadline_after(timeout_ms), timeout_ms, err);
 }
 
 JsonNode *qmp_call(Qmp *q, const char *command, JsonObject *args,
                    guint timeout_ms, GError **err)
 {
-    return qmp_call_kind(q, "execute", command, args, timeout_ms, err);
+    return qmp_call_kind(q, FALSE, command, args, timeout_ms, err);
 }
 
 JsonNode *qmp_call_oob(Qmp *q, const char *command, JsonObject *args,
                        guint timeout_ms, GError **err)
 {
-    return qmp_call_kind(q, "exec-oob", command, args, timeout_ms, err);
+    return qmp_call_kind(q, TRUE, command, args, timeout_ms, err);
 }
 
 static Qmp *qmp_new(int fd, const char *path)
@@ -554,7 +536,7 @@ static gboolean qmp_handshake(Qmp *q, gint64 deadline, guint timeout_ms,
                               GError **err)
 {
     g_autoptr(JsonNode) greeting = NULL;
-    g_autoptr(JsonObject) req = json_object_new();
+    g_autoptr(JsonObject) args = NULL;
     g_autoptr(JsonNode) ret = NULL;
     JsonObject *qmp, *version, *qemu;
     JsonNode *caps;
@@ -593,16 +575,14 @@ static gboolean qmp_handshake(Qmp *q, gint64 deadline, guint timeout_ms,
         }
     }
 
-    json_object_set_string_member(req, "execute", "qmp_capabilities");
     if (q->oob) {
-        JsonObject *args = json_object_new();
         JsonArray *enable = json_array_new();
 
         json_array_add_string_element(enable, "oob");
+        args = json_object_new();
         json_object_set_array_member(args, "enable", enable);
-        json_object_set_object_member(req, "arguments", args);
     }
-    ret = qmp_request(q, req, deadline, timeout_ms, err);
+    ret = qmp_request(q, "qmp_capabilities", FALSE, args, deadline, timeout_ms, err);
     return ret != NULL;
 }
 

@@ -2,9 +2,7 @@
 #include "resync.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <string.h>
-#include <unistd.h>
 #include <glib/gstdio.h>
 
 #include "domxml.h"
@@ -543,9 +541,14 @@ ResyncPlan resync_plan(const char *own, GenerationMark own_mark, const char *pee
     return RESYNC_NONE;
 }
 
+static char *generation_file(const char *name)
+{
+    return g_strdup_printf("%s.generation", name);
+}
+
 static char *generation_path(const FtConfig *cfg, const char *name)
 {
-    g_autofree char *file = g_strdup_printf("%s.generation", name);
+    g_autofree char *file = generation_file(name);
 
     return g_build_filename(cfg->state_dir, file, NULL);
 }
@@ -597,7 +600,7 @@ char *resync_generation_read(const FtConfig *cfg, const char *name, GenerationMa
 gboolean resync_generation_write(const FtConfig *cfg, const char *name,
                                  const char *generation, GenerationMark mark, GError **err)
 {
-    g_autofree char *file = g_strdup_printf("%s.generation", name);
+    g_autofree char *file = generation_file(name);
     g_autofree char *text = g_strdup_printf("%s%s%s\n", generation,
                                             mark_words[mark] ? " " : "",
                                             mark_words[mark] ? mark_words[mark] : "");

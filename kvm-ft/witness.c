@@ -465,11 +465,7 @@ void witness_add_status(Witness *w, JsonBuilder *b)
     json_builder_end_array(b);
     json_builder_set_member_name(b, "reachable");
     json_builder_add_boolean_value(b, w->trouble == NULL);
-    json_builder_set_member_name(b, "error");
-    if (w->trouble)
-        json_builder_add_string_value(b, w->trouble);
-    else
-        json_builder_add_null_value(b);
+    json_add_string_or_null(b, "error", w->trouble);
     json_builder_set_member_name(b, "last_claim_ms");
     if (w->last_claim_ms > 0)
         json_builder_add_double_value(b, w->last_claim_ms);
