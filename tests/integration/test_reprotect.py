@@ -416,21 +416,27 @@ def scenario_mid_resync(lab):
     return power_pull(lab, survivor)
 
 
+def restart_daemon(lab, host):
+    """SIGKILLs host's kvm-ftd and starts it again; returns the log line in which the
+    restarted daemon says what it made of the QEMU it found running (a stopped guest's
+    status is made anew from its definition, without the reason)."""
+    since = time.time()
+    lab.lab("daemon-kill", host[-1])
+    lab.lab("daemon-start", host[-1])
+    said = wait_for("%s's restarted kvm-ftd to take up the QEMU it found running" % host,
+                    lambda: [l for l in lab.daemon_log_since(host, since)
+                             if "kvm-ftd restarted" in l], timeout=60)
+    log("%s: %s" % (host, said[0]))
+    return said[0]
+
+
 def scenario_daemon_restarts_mid_resync(lab):
     survivor = slow_copy_to_blank_host_a(lab)
     sec = lab.status("hostA")
     assert sec and sec["role"] == "secondary", sec
-    since = time.time()
-    lab.lab("daemon-kill", "A")
-    lab.lab("daemon-start", "A")
-    # What the restarted daemon made of the QEMU it found is in its log (a stopped
-    # guest's status is made anew from its definition, without the reason).
-    said = wait_for("hostA's restarted kvm-ftd to take up the QEMU it found running",
-                    lambda: [l for l in lab.daemon_log_since("hostA", since)
-                             if "kvm-ftd restarted" in l], timeout=60)
-    log("hostA: %s" % said[0])
+    said = restart_daemon(lab, "hostA")
     assert running_copies(lab) == [survivor], running_copies(lab)
-    assert "never ran the guest" in said[0], said
+    assert "never ran the guest" in said, said
     st = wait_state(lab, survivor, "degraded", timeout=60)
     log("the copy was given up: %s" % st["error"])
     since = time.time()
@@ -441,14 +447,8 @@ def scenario_daemon_restarts_mid_resync(lab):
 
 def scenario_survivor_daemon_restarts_mid_resync(lab):
     survivor = slow_copy_to_blank_host_a(lab)
-    since = time.time()
-    lab.lab("daemon-kill", survivor[-1])
-    lab.lab("daemon-start", survivor[-1])
-    said = wait_for("%s's restarted kvm-ftd to take up the QEMU it found running" % survivor,
-                    lambda: [l for l in lab.daemon_log_since(survivor, since)
-                             if "kvm-ftd restarted" in l], timeout=60)
-    log("%s: %s" % (survivor, said[0]))
-    assert "re-protection failed" in said[0], said
+    said = restart_daemon(lab, survivor)
+    assert "re-protection failed" in said, said
     assert running_copies(lab) == [survivor], running_copies(lab)
     # The waiting secondary was told to go: nothing holds the next attempt back.
     since = time.time()
