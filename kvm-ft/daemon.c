@@ -10,10 +10,13 @@
 #include "ha.h"
 #include "jsontext.h"
 #include "log.h"
+#include "loopwait.h"
 #include "summary.h"
 
 /* Judging rounds remembered for the detector's lateness: 164 s at the default 20 ms. */
 #define JUDGE_HISTORY 8192
+/* The "detector" request names this many of the main loop's longest waits. */
+#define DETECTOR_WAITS_SHOWN 10
 
 typedef struct {
     char *method;
@@ -631,6 +634,7 @@ static gboolean judge_tick(gpointer opaque)
     Daemon *d = opaque;
     gint64 now = g_get_monotonic_time();
     gint64 late = now - d->last_judge_us - (gint64)d->cfg->heartbeat_ms * 1000;
+    const gint64 previous_us = d->last_judge_us;
     GHashTableIter it;
     gpointer value;
 
@@ -638,8 +642,11 @@ static gboolean judge_tick(gpointer opaque)
     d->judge_at_us[d->judge_rounds % JUDGE_HISTORY] = g_get_real_time();
     d->judge_late_ms[d->judge_rounds++ % JUDGE_HISTORY] = MAX(late, 0) / 1000.0;
     if (late > (gint64)d->cfg->heartbeat_ms * 1000 * 2) {
+        g_autofree char *cause = loopwait_longest_since(previous_us);
+
         log_warn(NULL, NULL, "failure detection ran %" G_GINT64_FORMAT " ms late "
-                 "(kvm-ftd busy or not scheduled): it skips a round", late / 1000);
+                 "(kvm-ftd %s%s): it skips a round", late / 1000,
+                 cause ? "waited longest on " : "busy or not scheduled", cause ? cause : "");
         g_hash_table_iter_init(&it, d->guests);
         while (g_hash_table_iter_next(&it, NULL, &value))
             guest_stalled(value, late / 1000);
@@ -693,7 +700,7 @@ static FtGuest *find_guest(Daemon *d, JsonObject *request, GError **err)
  * How far behind its interval the failure detector ran in its remembered
  * rounds since since_us (wall clock), as the builder's next value.
  */
-static void add_detector(Daemon *d, JsonBuilder *b, gint64 since_us)
+static void add_detector(Daemon *d, JsonBuilder *b, gint64 since_us, gboolean waits)
 {
     const guint kept = (guint)MIN(d->judge_rounds, (guint64)JUDGE_HISTORY);
     const double skip_ms = d->cfg->heartbeat_ms * 2.0;
@@ -715,6 +722,10 @@ static void add_detector(Daemon *d, JsonBuilder *b, gint64 since_us)
     json_builder_add_int_value(b, skipped);
     json_builder_set_member_name(b, "late_ms");
     summary_add(b, late, n);
+    if (waits) {
+        json_builder_set_member_name(b, "waits");
+        loopwait_add(b, since_us, DETECTOR_WAITS_SHOWN);
+    }
     json_builder_end_object(b);
 }
 
@@ -722,7 +733,7 @@ static JsonNode *control_detector(Daemon *d, JsonObject *request)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
 
-    add_detector(d, b, request_since_us(request));
+    add_detector(d, b, request_since_us(request), TRUE);
     return json_builder_get_root(b);
 }
 
@@ -740,7 +751,7 @@ static JsonNode *control_status(Daemon *d, JsonObject *request, GError **err)
     json_builder_set_member_name(b, "host");
     json_builder_add_string_value(b, d->cfg->host_name);
     json_builder_set_member_name(b, "detector");
-    add_detector(d, b, 0);
+    add_detector(d, b, 0, FALSE);
     json_builder_set_member_name(b, "witness");
     if (d->witness)
         witness_add_status(d->witness, b);
@@ -994,6 +1005,7 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
     if (!peer_pulse_start(cfg->heartbeat_ms, cfg->rt_priority, err))
         goto fail;
     d->pulsing = TRUE;
+    loopwait_init();
     d->last_judge_us = g_get_monotonic_time();
     d->judge_id = g_timeout_add_full(G_PRIORITY_LOW, cfg->heartbeat_ms, judge_tick, d, NULL);
     d->ha = ha_new(d);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "loopwait.h"
 #include "timeouts.h"
 
 /* The secondary's overlays in STATE-DIR/GUEST/: KIND-INDEX.qcow2 */
@@ -73,6 +74,7 @@ void guest_remove_overlays(const FtConfig *cfg, const char *name)
 
 static gboolean run_qemu_img(const char *const *argv, char **out, GError **err)
 {
+    LOOPWAIT_SCOPE("qemu-img", NULL);
     g_autofree char *err_text = NULL;
     int status;
 

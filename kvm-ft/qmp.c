@@ -13,6 +13,7 @@
 
 #include "jsontext.h"
 #include "log.h"
+#include "loopwait.h"
 #include "timeouts.h"
 
 /*
@@ -44,6 +45,7 @@ struct Qmp {
     int refs;
     gboolean freed;
     char *path;
+    char *owner;            /* the guest, for loopwait.h */
     int fd;                 /* -1 once the connection is lost */
     GString *in;            /* read but not yet a whole line */
     GByteArray *out;        /* not yet written: left over after a timeout */
@@ -103,6 +105,7 @@ static void qmp_unref(Qmp *q)
     g_byte_array_unref(q->out);
     g_free(q->version);
     g_free(q->path);
+    g_free(q->owner);
     g_free(q);
 }
 
@@ -454,8 +457,15 @@ static JsonNode *qmp_call_kind(Qmp *q, gboolean oob, const char *command,
                                JsonObject *args, guint timeout_ms,
                                GError **err)
 {
+    gint64 began = loopwait_begin();
+    g_autofree char *what = NULL;
+    JsonNode *result;
+
     g_return_val_if_fail(q && command, NULL);
-    return qmp_request(q, command, oob, args, deadline_after(timeout_ms), timeout_ms, err);
+    result = qmp_request(q, command, oob, args, deadline_after(timeout_ms), timeout_ms, err);
+    what = g_strconcat("QMP ", command, NULL);
+    loopwait_end(began, what, q->owner);
+    return result;
 }
 
 JsonNode *qmp_call(Qmp *q, const char *command, JsonObject *args,
@@ -470,6 +480,15 @@ JsonNode *qmp_call_oob(Qmp *q, const char *command, JsonObject *args,
     return qmp_call_kind(q, TRUE, command, args, timeout_ms, err);
 }
 
+/* kvm-ftd names each QMP socket after its guest: "DIR/GUEST.qmp". */
+static char *socket_owner(const char *path)
+{
+    g_autofree char *base = g_path_get_basename(path);
+
+    return g_str_has_suffix(base, ".qmp") ? g_strndup(base, strlen(base) - 4)
+                                          : g_steal_pointer(&base);
+}
+
 static Qmp *qmp_new(int fd, const char *path)
 {
     Qmp *q = g_new0(Qmp, 1);
@@ -477,6 +496,7 @@ static Qmp *qmp_new(int fd, const char *path)
     q->refs = 1;
     q->fd = fd;
     q->path = g_strdup(path);
+    q->owner = socket_owner(path);
     q->in = g_string_new(NULL);
     q->out = g_byte_array_new();
     g_queue_init(&q->events);
@@ -594,7 +614,19 @@ static pid_t socket_peer_pid(int fd)
     return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? cred.pid : 0;
 }
 
+static Qmp *qmp_connect_now(const char *socket_path, guint timeout_ms, GError **err);
+
 Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err)
+{
+    gint64 began = loopwait_begin();
+    g_autofree char *guest = socket_owner(socket_path);
+    Qmp *q = qmp_connect_now(socket_path, timeout_ms, err);
+
+    loopwait_end(began, "QMP connect", guest);
+    return q;
+}
+
+static Qmp *qmp_connect_now(const char *socket_path, guint timeout_ms, GError **err)
 {
     gint64 deadline = deadline_after(timeout_ms);
     g_autoptr(Qmp) q = NULL;

@@ -8,6 +8,7 @@
 #include "domxml.h"
 #include "ft.h"
 #include "log.h"
+#include "loopwait.h"
 #include "timeouts.h"
 
 #define TRACKING_BITMAP "kvmft-dirty"
@@ -387,6 +388,7 @@ gboolean resync_poll(Qmp *q, const EngineLink *link, ResyncProgress *progress,
 /* Waits until the job has concluded, then dismisses it. */
 static gboolean end_job(Qmp *q, const EngineLink *link, const char *id, GError **err)
 {
+    LOOPWAIT_SCOPE("waiting for a block job to end", NULL);
     gint64 deadline = g_get_monotonic_time() + JOB_END_TIMEOUT_MS * 1000;
 
     for (;;) {

@@ -6,6 +6,7 @@
 
 #include "ftdef.h"
 #include "log.h"
+#include "loopwait.h"
 #include "status.h"
 #include "timeouts.h"
 
@@ -375,6 +376,7 @@ static virDomainPtr lookup(Virt *v, const char *name, GError **err)
 
 char *virt_domain_xml(Virt *v, const char *name, GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt read definition", name);
     g_autoptr(virDomain) dom = lookup(v, name, err);
     char *xml;
     char *stripped;
@@ -394,6 +396,7 @@ char *virt_domain_xml(Virt *v, const char *name, GError **err)
 
 gboolean virt_domain_define(Virt *v, const char *name, const char *xml, GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt define", name);
     g_autoptr(virDomain) dom = virDomainDefineXML(conn(v), xml);
 
     if (!dom) {
@@ -406,6 +409,7 @@ gboolean virt_domain_define(Virt *v, const char *name, const char *xml, GError *
 gboolean virt_domain_define_missing(Virt *v, const char *name, const char *xml,
                                     gboolean *defined, GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt define", name);
     g_autoptr(virDomain) dom = virDomainLookupByName(conn(v), name);
 
     *defined = FALSE;
@@ -422,6 +426,7 @@ gboolean virt_domain_define_missing(Virt *v, const char *name, const char *xml,
 
 gboolean virt_domain_undefine(Virt *v, const char *name, GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt undefine", name);
     g_autoptr(virDomain) dom = lookup(v, name, err);
 
     if (!dom)
@@ -441,6 +446,7 @@ gboolean virt_domain_undefine(Virt *v, const char *name, GError **err)
 gboolean virt_domain_start(Virt *v, const char *runtime_xml, gboolean paused,
                            GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt start", NULL);
     g_autoptr(virDomain) dom =
         virDomainCreateXML(conn(v), runtime_xml,
                            paused ? VIR_DOMAIN_START_PAUSED : 0);
@@ -455,6 +461,7 @@ gboolean virt_domain_start(Virt *v, const char *runtime_xml, gboolean paused,
 
 gboolean virt_domain_destroy(Virt *v, const char *name, GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt destroy", name);
     g_autoptr(virDomain) dom = lookup(v, name, err);
 
     if (!dom)
@@ -469,6 +476,7 @@ gboolean virt_domain_destroy(Virt *v, const char *name, GError **err)
 gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
                                GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt is-active", name);
     g_autoptr(virDomain) dom = lookup(v, name, err);
     int ret;
 
@@ -487,6 +495,7 @@ gboolean virt_domain_is_active(Virt *v, const char *name, gboolean *active,
 static gboolean set_metadata(Virt *v, const char *name, const char *element, const char *key,
                              const char *uri, const char *what, GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt set metadata", name);
     g_autoptr(virDomain) dom = lookup(v, name, err);
     unsigned int flags = VIR_DOMAIN_AFFECT_CONFIG;
 
@@ -525,6 +534,7 @@ gboolean virt_domain_set_ft_metadata(Virt *v, const char *name, const char *elem
 
 static GPtrArray *list_domains(Virt *v, unsigned int flags, GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt list domains", NULL);
     virDomainPtr *doms = NULL;
     int n = virConnectListAllDomains(conn(v), &doms, flags);
     GPtrArray *names;
@@ -555,6 +565,7 @@ GPtrArray *virt_defined_domains(Virt *v, GError **err)
 
 char *virt_qemu_version(Virt *v, GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt version", NULL);
     unsigned long version;
 
     if (virConnectGetVersion(conn(v), &version) < 0) {
@@ -568,6 +579,7 @@ char *virt_qemu_version(Virt *v, GError **err)
 
 gboolean virt_room_for(Virt *v, const char *name, GError **err)
 {
+    LOOPWAIT_SCOPE("libvirt free memory", name);
     g_autoptr(virDomain) dom = lookup(v, name, err);
     unsigned long long free_bytes;
     unsigned long need_kib;
