@@ -643,13 +643,21 @@ static gboolean judge_tick(gpointer opaque)
     d->judge_late_ms[d->judge_rounds++ % JUDGE_HISTORY] = MAX(late, 0) / 1000.0;
     if (late > (gint64)d->cfg->heartbeat_ms * 1000 * 2) {
         g_autofree char *cause = loopwait_longest_since(previous_us);
+        /*
+         * What the peer saw: a main loop that only waited kept beating from
+         * the heartbeat thread, and nothing needs confirming; a daemon that
+         * was stopped did not.
+         */
+        gint64 unheard_ms = peer_pulse_longest_gap_ms(previous_us);
 
         log_warn(NULL, NULL, "failure detection ran %" G_GINT64_FORMAT " ms late "
-                 "(kvm-ftd %s%s): it skips a round", late / 1000,
-                 cause ? "waited longest on " : "busy or not scheduled", cause ? cause : "");
+                 "(kvm-ftd %s%s; heartbeats %s): it skips a round", late / 1000,
+                 cause ? "waited longest on " : "busy or not scheduled", cause ? cause : "",
+                 unheard_ms < 0 ? "not running" : unheard_ms * 1000 < late / 2 ? "went on"
+                                                                                 : "stopped too");
         g_hash_table_iter_init(&it, d->guests);
         while (g_hash_table_iter_next(&it, NULL, &value))
-            guest_stalled(value, late / 1000);
+            guest_stalled(value, unheard_ms < 0 ? late / 1000 : unheard_ms);
         return G_SOURCE_CONTINUE;
     }
     g_hash_table_iter_init(&it, d->guests);

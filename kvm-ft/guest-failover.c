@@ -42,6 +42,15 @@ static void run_alone(FtGuest *g)
     guest_mark_diverged(g);
     (dropping ? engine_primary_cut : engine_secondary_cut)(g->qmp, &link);
     /*
+     * A re-protection's disk-copy targets are NBD connections to the
+     * secondary too.  Stopping the guest to leave COLO flushes every node,
+     * and a flush to a host that lost power would hold QEMU's main loop
+     * until TCP gives up: on a primary re-protected once, x-colo-lost-heartbeat
+     * went unanswered for 5 s (test_pair).
+     */
+    if (dropping)
+        resync_release_targets(g->qmp, &link);
+    /*
      * Once the cut lets QEMU answer, and before the takeover's commit of the
      * secondary's own blocks, which it must count.
      */
@@ -65,7 +74,6 @@ static void run_alone(FtGuest *g)
         /* If its kvm-ftd still listens, the stale secondary goes away. */
         guest_tell_peer(g, "stand-down", g->failover_cause);
         guest_transition(g, GUEST_DEGRADED, "running alone, unprotected");
-        resync_release_targets(g->qmp, &link);
     } else {
         guest_transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
     }
@@ -475,9 +483,9 @@ void guest_stalled(FtGuest *g, gint64 stalled_ms)
     if (g->state != GUEST_PROTECTED || g->confirm_since_us || stalled_ms <= peer_window_ms(g))
         return;
     g->confirm_since_us = g_get_monotonic_time();
-    log_warn(g->def->name, guest_role_name(g), "kvm-ftd here did not run for %" G_GINT64_FORMAT
-             " ms, longer than %s waits before acting on silence: no failover step until it "
-             "says whether it took over", stalled_ms, guest_peer_host(g)->name);
+    log_warn(g->def->name, guest_role_name(g), "kvm-ftd here sent no heartbeat for %"
+             G_GINT64_FORMAT " ms, longer than %s waits before acting on silence: no failover "
+             "step until it says whether it took over", stalled_ms, guest_peer_host(g)->name);
     params = json_object_new();
     json_object_set_string_member(params, "guest", g->def->name);
     /* On both paths: a cut link must not hide the answer; the first one counts. */

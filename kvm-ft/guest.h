@@ -128,8 +128,9 @@ JsonNode *guest_status(FtGuest *g);
 void guest_check_peer(FtGuest *g);
 
 /*
- * kvm-ftd here did not run for stalled_ms, longer than the peer's
- * detection window allows: the peer may have taken this host for dead.
+ * kvm-ftd here sent no heartbeat for stalled_ms (it was stopped or not
+ * scheduled): if that is longer than the peer's detection window allows,
+ * the peer may have taken this host for dead.
  */
 void guest_stalled(FtGuest *g, gint64 stalled_ms);
 

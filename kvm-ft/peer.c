@@ -983,9 +983,14 @@ static void conn_reject_protocol(PeerConn *conn, const char *fmt, ...)
  * heartbeat says "this host and its kvm-ftd are up", no more: decisions
  * still travel as requests the main loop answers.
  */
+/* When the thread last ran, over more than any main-loop wait (QMP's longest deadline). */
+#define PULSE_KEPT 1024
+
 static struct {
     GMutex lock;         /* the list; taken before any connection's send_lock */
     GPtrArray *conns;    /* established sessions (weak: each leaves in conn_teardown) */
+    gint64 beat_us[PULSE_KEPT]; /* monotonic, a ring; under lock */
+    guint64 beats;
     GThread *thread;
     gint running;        /* atomic */
     guint users;
@@ -1046,6 +1051,7 @@ static gpointer pulse_main(gpointer data)
         g_mutex_lock(&pulse.lock);
         for (guint i = 0; i < pulse.conns->len; i++)
             pulse_beat(g_ptr_array_index(pulse.conns, i));
+        pulse.beat_us[pulse.beats++ % PULSE_KEPT] = g_get_monotonic_time();
         g_mutex_unlock(&pulse.lock);
     }
     return NULL;
@@ -1085,6 +1091,34 @@ void peer_pulse_stop(void)
     g_mutex_unlock(&pulse.lock);
     if (thread)
         g_thread_join(thread);
+}
+
+gint64 peer_pulse_longest_gap_ms(gint64 since_us)
+{
+    gint64 now = g_get_monotonic_time();
+    gint64 longest = -1;
+    gint64 later = now;
+
+    g_mutex_lock(&pulse.lock);
+    if (pulse.users > 0 && pulse.beats > 0) {
+        /* Backwards from now, to the first beat at or before since_us. */
+        guint64 kept = MIN(pulse.beats, (guint64)PULSE_KEPT);
+
+        longest = 0;
+        for (guint64 i = 0; i < kept; i++) {
+            gint64 at = pulse.beat_us[(pulse.beats - 1 - i) % PULSE_KEPT];
+
+            longest = MAX(longest, later - at);
+            later = at;
+            if (at <= since_us)
+                break;
+        }
+        /* The ring does not reach back to since_us: its oldest gap counts from there. */
+        if (later > since_us)
+            longest = MAX(longest, later - since_us);
+    }
+    g_mutex_unlock(&pulse.lock);
+    return longest < 0 ? -1 : longest / 1000;
 }
 
 static void pulse_add(PeerConn *conn)

@@ -248,6 +248,15 @@ gboolean peer_conn_send_heartbeat(PeerConn *conn, JsonObject *data);
 gboolean peer_pulse_start(guint interval_ms, guint rt_priority, GError **err);
 void peer_pulse_stop(void);
 
+/*
+ * The longest time since since_us (monotonic) that the heartbeat thread
+ * did not run, up to now, in ms; -1 if it is not running.  What tells a
+ * main loop that only waited (heartbeats went on: the peer saw this host
+ * alive) from a daemon that was stopped or not scheduled (the peer may
+ * have taken it for dead).
+ */
+gint64 peer_pulse_longest_gap_ms(gint64 since_us);
+
 /* ---- for tests and fuzzing only (tests/fuzz/fuzz-peer-frame.c) ------------ */
 
 /*

@@ -178,12 +178,14 @@ class Lab:
 
     def install_guest(self, qemu, gdir, interval_ms=2000, name=GUEST, workload="",
                       output="compare", on_reboot="destroy", ft=True, compare_timeout_ms=None,
-                      flavor="busybox", vcpus=1, data_disk=None, acpi=False):
+                      flavor="busybox", vcpus=1, data_disk=None, acpi=False, ip=None,
+                      mac=None, tap=None, port_base=None):
         """Same disk on both hosts (the secondary replicates from an identical copy),
         the definition on hostA.  flavor "debian": gdir is tools/build-debian-guest's
         folder and the disk its root disk.  data_disk "raw" or "qcow2": a second replicated
         data disk, vdb, in that format (the busybox guest needs workload "data2").  acpi: the
-        guest has ACPI, so `virsh shutdown` powers it off."""
+        guest has ACPI, so `virsh shutdown` powers it off.  ip ("10.0.0.11/24"), mac, tap
+        ("ftap1") and port_base: a second guest's own (guest-xml's defaults are the first's)."""
         image = "root.qcow2" if flavor == "debian" else "disk.qcow2"
         if data_disk:
             self.data_disk = "/var/lib/libvirt/images/%s-data.%s" % (name, data_disk)
@@ -204,6 +206,9 @@ class Lab:
                   *(["--workload", workload] if workload else []), "--on-reboot", on_reboot,
                   *(["--data-disk", "%s:%s" % (self.data_disk, data_disk)] if data_disk else []),
                   *(["--acpi"] if acpi else []),
+                  *(["--ip", ip] if ip else []), *(["--mac", mac] if mac else []),
+                  *(["--tap", tap] if tap else []),
+                  *(["--port-base", str(port_base)] if port_base else []),
                   *(ft_args if ft else [])).stdout
         xml_path = os.path.join(self.path("hostA", "/var/lib/kvm-ft"), name + ".xml")
         with open(xml_path, "w") as f:
@@ -289,9 +294,10 @@ class SeqClient(ClientProcess):
     """tools/seqclient in the client namespace: one TCP connection to the guest."""
 
     def __init__(self, lab, seconds=0, interval=0.1, log_path=None, port=7000, echo=False,
-                 skip_after=0):
+                 skip_after=0, host=None):
         args = ["python3", os.path.join(TOOLS, "seqclient"),
-                "--interval", str(interval), "--seconds", str(seconds), "--port", str(port)]
+                "--interval", str(interval), "--seconds", str(seconds), "--port", str(port),
+                *(["--host", host] if host else [])]
         if echo:
             args.append("--echo")
         if skip_after:
@@ -352,10 +358,10 @@ def last_count(serial_text):
     return int(counts[-1]) if counts else None
 
 
-def overlays_in_use(lab, host):
+def overlays_in_use(lab, host, name=GUEST):
     """The secondary's replication overlays (kvm-ftd's state dir) that host's QEMU still has
     in its block graph, or None when no QEMU runs the guest there."""
-    res = lab.virsh(host, "qemu-monitor-command", GUEST,
+    res = lab.virsh(host, "qemu-monitor-command", name,
                     '{"execute": "query-named-block-nodes", "arguments": {"flat": true}}',
                     check=False)
     if res.returncode != 0:
@@ -364,25 +370,25 @@ def overlays_in_use(lab, host):
     return sorted({n["file"] for n in nodes if "/var/lib/kvm-ft/" in (n.get("file") or "")})
 
 
-def wait_disk_consolidated(lab, host, timeout=120):
+def wait_disk_consolidated(lab, host, timeout=120, name=GUEST):
     """After a takeover, QEMU commits the secondary's replication overlays into the guest's
     image (an internal job: no event, not in query-block-jobs); until the commit is done the
     image alone is a mix of the last checkpoint and later writes, not the guest's disk."""
     wait_for("%s's QEMU to commit its replication overlays" % host,
-             lambda: not overlays_in_use(lab, host), timeout=timeout)
+             lambda: not overlays_in_use(lab, host, name), timeout=timeout)
 
 
-def check_disk(lab, host, disk="vda"):
+def check_disk(lab, host, disk="vda", name=GUEST):
     """tools/check-guest-disk on host's guest image (may be in use): fsck-clean, a gapless
     log that reaches what the guest on host printed before the image was read (less one
     fsync interval, and one for a number printed but not yet written), and every blob the
     guest wrote through lab.guest_write() intact.  disk "vdb": the second data disk, which
     has blobs and no log."""
-    image = lab.path(host, "/var/lib/libvirt/images/%s.qcow2" % GUEST if disk == "vda"
+    image = lab.path(host, "/var/lib/libvirt/images/%s.qcow2" % name if disk == "vda"
                      else lab.data_disk)
-    wait_disk_consolidated(lab, host)
+    wait_disk_consolidated(lab, host, name=name)
     args = []
-    printed = last_count(lab.serial(host))
+    printed = last_count(lab.serial(host, name))
     if disk == "vdb":
         args.append("--no-counter")
     elif printed is not None:
@@ -392,7 +398,7 @@ def check_disk(lab, host, disk="vda"):
     # unsynced append can read as NUL bytes, as after a power cut (seen once in a full
     # check: 'bad_lines': ['\x00...'] on a survivor 1 s after its failover).  --min-last
     # still demands every number up to that fsync.
-    if lab.virsh(host, "domstate", GUEST, check=False).stdout.strip() == "running":
+    if lab.virsh(host, "domstate", name, check=False).stdout.strip() == "running":
         args.append("--crash-tail")
     written = lab.blobs if disk == "vda" else lab.blobs_vdb
     if written:
@@ -448,14 +454,14 @@ def wait_for(what, predicate, timeout, interval=0.5):
     raise AssertionError("timed out after %ss waiting for %s (last: %r)" % (timeout, what, last))
 
 
-def running_copies(lab, hosts=("hostA", "hostB")):
+def running_copies(lab, hosts=("hostA", "hostB"), name=GUEST):
     """Hosts whose libvirt runs the guest as the guest: anything but a secondary
     (which only replays the primary, in COLO or on its way there)."""
     live = []
     for host in hosts:
-        res = lab.virsh(host, "domstate", GUEST, check=False)
+        res = lab.virsh(host, "domstate", name, check=False)
         if res.returncode == 0 and res.stdout.strip() in ("running", "paused"):
-            st = lab.status(host)
+            st = lab.status(host, name)
             if not st or st["role"] != "secondary":
                 live.append(host)
     return live
@@ -466,10 +472,10 @@ def running_copies(lab, hosts=("hostA", "hostB")):
 AFTER_FAILOVER = ("degraded", "rejoining", "resyncing", "entering-colo", "protected")
 
 
-def wait_failed_over(lab, host, timeout=60):
+def wait_failed_over(lab, host, timeout=60, name=GUEST):
     """Waits until host runs the guest as primary after a failover; returns its status."""
     def check():
-        st = lab.status(host)
+        st = lab.status(host, name)
         return (st if st and st["last_failover"] and st["role"] == "primary" and
                 st["state"] in AFTER_FAILOVER else None)
     return wait_for("a failover to %s" % host, check, timeout=timeout)
@@ -486,9 +492,9 @@ def generation_mark(lab, host, name=GUEST):
     return words[1] if len(words) > 1 else "in-sync"
 
 
-def wait_state(lab, host, state, timeout=60):
+def wait_state(lab, host, state, timeout=60, name=GUEST):
     """Waits until the guest is in that kvm-ft state on host; returns its status."""
     def check():
-        st = lab.status(host)
+        st = lab.status(host, name)
         return st if st and st["state"] == state else None
-    return wait_for("%s on %s" % (state, host), check, timeout=timeout)
+    return wait_for("%s %s on %s" % (name, state, host), check, timeout=timeout)

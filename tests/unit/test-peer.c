@@ -1316,13 +1316,23 @@ END_TEST
 /* A main loop that waits (on QEMU, on libvirt) must not stop the heartbeats. */
 START_TEST(test_pulse_beats_while_loop_waits)
 {
+    gint64 before_start, waited_from;
     int hb0;
 
     connect_good_client();
+    ck_assert_int_eq(peer_pulse_longest_gap_ms(0), -1);
+    before_start = g_get_monotonic_time();
+    g_usleep(200 * 1000);
     ck_assert(peer_pulse_start(10, 0, NULL));
     hb0 = env.srv.heartbeats;
+    waited_from = g_get_monotonic_time();
     g_usleep(300 * 1000); /* the main context does not run */
+    /* The loop waited; the heartbeats went on, which is what the peer saw. */
+    ck_assert_int_lt(peer_pulse_longest_gap_ms(waited_from), 150);
+    /* Before the thread started, nothing beat: that counts as silence. */
+    ck_assert_int_ge(peer_pulse_longest_gap_ms(before_start), 200);
     peer_pulse_stop();
+    ck_assert_int_eq(peer_pulse_longest_gap_ms(0), -1);
     spin(200);
     /* ~30 beats went out while the loop waited; allow for a slow, loaded machine. */
     ck_assert_int_ge(env.srv.heartbeats - hb0, 15);
