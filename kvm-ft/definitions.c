@@ -330,6 +330,32 @@ FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *ver
 
 /* ---- following libvirt's domain events -------------------------------------- */
 
+/*
+ * Two guests whose ports overlap cannot both be protected: the second's
+ * QEMU cannot listen, and worse, a secondary could take the other guest's
+ * replication stream.  The error names the guest that has them.
+ */
+static gboolean ports_free(Definitions *defs, const FtDef *def, GError **err)
+{
+    GHashTableIter it;
+    gpointer value;
+
+    g_hash_table_iter_init(&it, defs->guests);
+    while (g_hash_table_iter_next(&it, NULL, &value)) {
+        const FtDef *other = guest_def(value);
+
+        if (strcmp(other->name, def->name) == 0 || !ftdef_ports_overlap(def, other))
+            continue;
+        g_set_error(err, FTDEF_ERROR, FTDEF_ERROR_INVALID,
+                    "<ft:ports base='%u'>: its ports %u-%u overlap guest '%s''s %u-%u on %s: "
+                    "give each guest its own range", def->port_base, def->port_base,
+                    def->port_base + ftdef_port_count(def) - 1, other->name, other->port_base,
+                    other->port_base + ftdef_port_count(other) - 1, defs->cfg->host_name);
+        return FALSE;
+    }
+    return TRUE;
+}
+
 /* Not to be protected, nothing prepared for it: only the refusal remains. */
 static void refuse(Definitions *defs, const char *name, const char *peer, const char *message)
 {
@@ -477,6 +503,10 @@ static void consider_domain(Definitions *defs, const char *name)
             /* Undefined meanwhile (its event follows), or libvirt failing. */
             log_warn(name, "none", "cannot read its definition: %s", err->message);
         }
+        return;
+    }
+    if (!ports_free(defs, def, &err)) {
+        refuse(defs, name, NULL, err->message);
         return;
     }
     g_hash_table_remove(defs->refused, name);
@@ -643,6 +673,10 @@ static void handle_define_guest(Definitions *defs, PeerConn *conn, guint64 id,
         daemon_reply_error(conn, id, "guest '%s' is %s on %s as %s", def->name,
                            guest_state_name(guest_state(g)), defs->cfg->host_name,
                            ft_role_name(guest_role(g)));
+        return;
+    }
+    if (!ports_free(defs, def, &err)) {
+        daemon_reply_error(conn, id, "%s", err->message);
         return;
     }
     r = g_hash_table_lookup(defs->refused, def->name);

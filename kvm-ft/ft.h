@@ -33,4 +33,5 @@ enum {
     FT_PORT_NBD = 1,
     FT_PORT_MIRROR = 2,
     FT_PORT_COMPARE = 3,
+    FT_PORT_COUNT
 };

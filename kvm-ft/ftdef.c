@@ -13,6 +13,8 @@
 #include <libxml/xpath.h>
 #include <libxml/xpathInternals.h>
 
+#include "ft.h"
+
 /* Longest attribute value quoted back in a message. */
 #define SHOW_MAX 64
 
@@ -1308,6 +1310,17 @@ FtDef *ftdef_parse(const char *domain_xml, GError **err)
     if (!check_interfaces(xp, def, err) || !check_devices(xp, def, err))
         return NULL;
     return g_steal_pointer(&def);
+}
+
+guint ftdef_port_count(const FtDef *def)
+{
+    return def->level == FTDEF_LEVEL_HA ? MAX(def->disks->len, 1) : FT_PORT_COUNT;
+}
+
+gboolean ftdef_ports_overlap(const FtDef *a, const FtDef *b)
+{
+    return a->port_base < b->port_base + ftdef_port_count(b) &&
+           b->port_base < a->port_base + ftdef_port_count(a);
 }
 
 gboolean ftdef_same_pair_and_disks(const FtDef *a, const FtDef *b)

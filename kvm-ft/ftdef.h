@@ -145,6 +145,15 @@ typedef enum {
  */
 FtDef *ftdef_parse(const char *domain_xml, GError **err);
 
+/*
+ * The TCP ports the guest uses on the dedicated link: port_base and the
+ * next ones (ft: the four of ft.h's layout; ha: one per disk).
+ */
+guint ftdef_port_count(const FtDef *def);
+
+/* Whether two guests' ports (ftdef_port_count()) have one in common. */
+gboolean ftdef_ports_overlap(const FtDef *a, const FtDef *b);
+
 /* The same two hosts (names and addresses), ports, protection level and
  * replicated disks (for ha: their backing devices and DRBD minors). */
 gboolean ftdef_same_pair_and_disks(const FtDef *a, const FtDef *b);

@@ -608,6 +608,73 @@ START_TEST(detector_since_far_future)
 END_TEST
 
 /* The key is shared: a third host holding it must not steer web1 (hostA + hostB). */
+/* Defines a copy of web1 under another name, with text replaced (from -> to, may be NULL). */
+static void define_like_web1(const char *name, const char *from, const char *to)
+{
+    g_autoptr(GString) xml = g_string_new(guest_xml);
+    g_autofree char *name_element = g_strdup_printf("<name>%s</name>", name);
+    g_autoptr(GError) err = NULL;
+    gboolean defined = FALSE;
+
+    ck_assert_uint_eq(g_string_replace(xml, "<name>web1</name>", name_element, 1), 1);
+    if (from)
+        ck_assert_uint_eq(g_string_replace(xml, from, to, 1), 1);
+    ck_assert_msg(virt_domain_define_missing(daemon_virt(lab.d), name, xml->str, &defined, &err),
+                  "define %s: %s", name, err ? err->message : "?");
+}
+
+/* What `ftctl status` says of one guest: its "error", or "" if it has none. */
+static char *status_error(const char *name)
+{
+    g_autoptr(JsonObject) req = json_object_new();
+    g_autoptr(JsonNode) result = NULL;
+    g_autofree char *error = NULL;
+    JsonArray *guests;
+
+    json_object_set_string_member(req, "command", "status");
+    json_object_set_string_member(req, "guest", name);
+    error = control(req, &result);
+    if (error)
+        return g_steal_pointer(&error);
+    guests = json_object_get_array_member(json_node_get_object(result), "guests");
+    if (json_array_get_length(guests) != 1)
+        return g_strdup("");
+    return g_strdup(json_object_get_string_member_with_default(
+        json_array_get_object_element(guests, 0), "error", ""));
+}
+
+/* Two guests on the same ports could never both be protected: the second is refused. */
+START_TEST(a_guest_on_another_guests_ports_is_refused)
+{
+    const char *define_name;
+    char *error = NULL;
+
+    start_peer(FALSE);
+    start_daemon();
+    define_web1();
+    WAIT_FOR(lab.define != NULL, 10000);
+    g_clear_pointer(&lab.define, json_object_unref);
+    define_like_web1("web2", NULL, NULL);
+    for (int i = 0; i < 100 && !(error && *error); i++) {
+        g_free(error);
+        WAIT_FOR(FALSE, 50);
+        error = status_error("web2");
+    }
+    ck_assert_msg(error && strstr(error, "<ft:ports base='9100'>: its ports 9100-9103 overlap "
+                                         "guest 'web1''s 9100-9103 on hostA"),
+                  "web2: %s", error ? error : "(accepted)");
+    g_free(error);
+    ck_assert_msg(lab.define == NULL, "define-guest of a refused guest reached hostB");
+    /* Its own range, and it is a guest like any other. */
+    define_like_web1("web3", "<ft:disk target='vda'/>",
+                     "<ft:ports base='9104'/><ft:disk target='vda'/>");
+    WAIT_FOR(lab.define != NULL, 10000);
+    ck_assert_msg(lab.define != NULL, "web3 on ports of its own was not defined on hostB");
+    define_name = json_object_get_string_member_with_default(lab.define, "domain-xml", "");
+    ck_assert_msg(strstr(define_name, "<name>web3</name>"), "%s", define_name);
+}
+END_TEST
+
 START_TEST(requests_from_a_host_that_is_not_the_peer_are_refused)
 {
     static const char *const methods[] = { "stop-secondary", "receive-copy", "decision" };
@@ -1068,6 +1135,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, detector_since_far_future);
     tcase_add_test(tc, prepare_secondary_vets_the_peer_definition);
     tcase_add_test(tc, requests_from_a_host_that_is_not_the_peer_are_refused);
+    tcase_add_test(tc, a_guest_on_another_guests_ports_is_refused);
     tcase_add_test(tc, control_reply_is_utf8_whatever_the_request);
     tcase_add_test(tc, decision_for_an_unknown_guest_is_refused);
     tcase_add_test(tc, guest_role_of_an_unknown_guest_is_none);
