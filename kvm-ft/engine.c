@@ -803,17 +803,31 @@ static JsonObject *yank_instance(const char *type, const char *key, const char *
  */
 static gboolean yank(Qmp *q, const EngineLink *link, JsonArray *instances, GError **err)
 {
-    JsonObject *args = json_object_new();
-    g_autoptr(JsonNode) ret = NULL;
+    g_autoptr(JsonArray) all = instances;
+    gboolean ok = TRUE;
 
-    json_object_set_array_member(args, "instances", instances);
-    ret = qmp_call_oob(q, "yank", args, link->timeout_ms, err);
-    json_object_unref(args);
-    if (!ret) {
-        g_prefix_error(err, "yank: ");
-        return FALSE;
+    /*
+     * One instance per call: QEMU refuses a whole yank for one instance it
+     * does not know (a migration not started yet, a node already gone), and
+     * that must not leave the others connected.  What does not exist has
+     * nothing to cut.
+     */
+    for (guint i = 0; i < json_array_get_length(all); i++) {
+        g_autoptr(JsonObject) args = json_object_new();
+        g_autoptr(JsonNode) ret = NULL;
+        g_autoptr(GError) e = NULL;
+        JsonArray *one = json_array_new();
+
+        json_array_add_element(one, json_node_copy(json_array_get_element(all, i)));
+        json_object_set_array_member(args, "instances", one);
+        ret = qmp_call_oob(q, "yank", args, link->timeout_ms, &e);
+        if (ret || qmp_error_is_class(e, "DeviceNotFound"))
+            continue;
+        if (ok)
+            g_propagate_prefixed_error(err, g_steal_pointer(&e), "yank: ");
+        ok = FALSE;
     }
-    return TRUE;
+    return ok;
 }
 
 void engine_yank_node(Qmp *q, const EngineLink *link, const char *node)
@@ -915,10 +929,7 @@ void engine_primary_cut(Qmp *q, const EngineLink *link)
 {
     g_autoptr(GError) yank_err = NULL;
 
-    /*
-     * A yank of something already gone fails as a whole; the steps after
-     * it do not need it then, so it is reported but not fatal.
-     */
+    /* What could not be cut is reported; the steps after it may still work. */
     if (!yank_secondary_channels(q, link, &yank_err))
         log_warn(link->def->name, "primary", "%s (continuing)", yank_err->message);
 }

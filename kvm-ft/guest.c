@@ -278,13 +278,20 @@ void guest_abort_rejoin(FtGuest *g, const char *reason)
                                            REJOIN_BACKOFF_S);
 
     guest_stop_polling(g);
+    /*
+     * Every connection to the peer first, out of band: a guest write in
+     * flight to a secondary that lost power holds every drain of the block
+     * layer, and with it QEMU's main loop, so each in-band command below
+     * would wait for its deadline (35 s of a frozen guest when the secondary
+     * died entering COLO: test_reprotect secondary-dies-entering-colo).
+     */
+    engine_primary_cut(g->qmp, &link);
     /* A first sync still running would otherwise enter COLO after all. */
     if (!engine_cancel_first_sync(g->qmp, &link, &err))
         g_clear_error(&err);
     if (g->resync_running)
         resync_abort(g->qmp, &link);
     g->resync_running = FALSE;
-    engine_primary_cut(g->qmp, &link);
     if (!engine_primary_drop_secondary(g->qmp, &link, &err))
         log_warn(g->def->name, guest_role_name(g), "removing the replication: %s", err->message);
     resync_release_targets(g->qmp, &link);

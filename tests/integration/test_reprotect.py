@@ -62,6 +62,17 @@ from start to end):
                    re-protection under way (the copy's jobs and nodes, the
                    COLO objects, the peer's waiting secondary) while the guest
                    runs on, and the next attempt protects it again.
+  secondary-dies-entering-colo
+                   the returning host loses power while the survivor enters
+                   COLO with it (the first RAM sync, the guest paused for the
+                   switch-over): the survivor leaves the attempt and runs the
+                   guest on, never left paused; when the host returns once
+                   more the pair re-protects.
+  survivor-daemon-restarts-entering-colo
+                   the survivor's kvm-ftd is killed and started again while it
+                   enters COLO: from its journal it undoes the attempt (the
+                   guest resumed if it was paused for the switch-over) and the
+                   next attempt protects the guest again.
   survivor-dies-mid-resync
                    the survivor, the guest's only copy, loses power while it
                    copies to the returning host (the client is stopped first:
@@ -457,6 +468,62 @@ def scenario_survivor_daemon_restarts_mid_resync(lab):
     return power_pull(lab, survivor)
 
 
+def entering_colo(lab):
+    """hostA's power pulled; when it returns, waits (polling the survivor's control
+    socket, which answers in a millisecond) until the survivor enters COLO with it.
+    Returns the survivor, in entering-colo."""
+    survivor = power_pull(lab, "hostA")
+    wait_state(lab, survivor, "degraded", timeout=30)
+    return_host(lab, "hostA")
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        guests = lab.control(survivor, {"command": "status", "guest": GUEST})["guests"]
+        if guests and guests[0]["state"] == "entering-colo":
+            log("%s enters COLO" % survivor)
+            return survivor
+        if guests and guests[0]["state"] == "protected":
+            raise AssertionError("%s was protected before the poll saw entering-colo" %
+                                 survivor)
+        time.sleep(0.01)
+    raise AssertionError("%s never entered COLO" % survivor)
+
+
+def assert_runs_alone_unpaused(lab, survivor, since):
+    """After an attempt to enter COLO was cut short: one copy, running (not paused for
+    the switch-over), and the client answered again soon."""
+    st = wait_state(lab, survivor, "degraded", timeout=60)
+    assert running_copies(lab) == [survivor], running_copies(lab)
+    state = lab.virsh(survivor, "domstate", GUEST).stdout.strip()
+    assert state == "running", "the guest is %s on %s after the attempt was given up" % (
+        state, survivor)
+    log("the attempt was given up: %s" % st["error"])
+    lab.reprotect_windows.append((since, time.time()))
+
+
+def scenario_secondary_dies_entering_colo(lab):
+    survivor = entering_colo(lab)
+    since = time.time()
+    lab.lab("power-off", "A")
+    assert_runs_alone_unpaused(lab, survivor, since)
+    since = time.time()
+    return_host(lab, "hostA")
+    reprotected(lab, survivor, "incremental", None, since)
+    time.sleep(3)
+    return power_pull(lab, survivor)
+
+
+def scenario_survivor_daemon_restarts_entering_colo(lab):
+    survivor = entering_colo(lab)
+    since = time.time()
+    said = restart_daemon(lab, survivor)
+    assert "re-protection" in said, said
+    assert_runs_alone_unpaused(lab, survivor, since)
+    since = time.time()
+    reprotected(lab, survivor, "incremental", None, since)
+    time.sleep(3)
+    return power_pull(lab, survivor)
+
+
 def stop_client(lab):
     """Ends the client's connection now; finish() checks what it saw."""
     lab.client_summary = lab.seq_client.stop()
@@ -510,6 +577,8 @@ SCENARIOS = {
     "daemon-restarts-mid-resync": scenario_daemon_restarts_mid_resync,
     "survivor-daemon-restarts-mid-resync": scenario_survivor_daemon_restarts_mid_resync,
     "survivor-dies-mid-resync": scenario_survivor_dies_mid_resync,
+    "secondary-dies-entering-colo": scenario_secondary_dies_entering_colo,
+    "survivor-daemon-restarts-entering-colo": scenario_survivor_daemon_restarts_entering_colo,
 }
 
 
