@@ -258,6 +258,92 @@ static gboolean disks_present(FtGuest *g)
     return TRUE;
 }
 
+/*
+ * The secondary's start, once libvirt has the domain and room for it: its
+ * storage, its QEMU, its incoming side.
+ */
+static void start_secondary(FtGuest *g, JsonArray *sizes)
+{
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) active = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) hidden = g_ptr_array_new_with_free_func(g_free);
+    DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
+    EngineLink link;
+
+    if (!prepare_overlays(g, sizes, active, hidden, &err)) {
+        guest_fail(g, "cannot prepare replication storage: %s", err->message);
+        return;
+    }
+    plumbing.active_overlays = (const char *const *)active->pdata;
+    plumbing.hidden_overlays = (const char *const *)hidden->pdata;
+    if (!guest_write_tls_key(g, &err)) {
+        guest_fail(g, "cannot start the secondary: %s", err->message);
+        return;
+    }
+    link = guest_engine_link(g);
+    if (!guest_start_qemu(g, &plumbing, FALSE, &err) ||
+        !engine_secondary_setup(g->qmp, &link, &err)) {
+        guest_fail(g, "cannot start the secondary: %s", err->message);
+        return;
+    }
+    if (!guest_transition(g, GUEST_SECONDARY_WAITING, "incoming side ready"))
+        return;
+    /* Silence from the primary from here on means it is gone (check_rejoin()). */
+    daemon_watch_peer(g->d, guest_peer_host(g)->link_address);
+    guest_answer_primary(g, NULL);
+    g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_secondary_sync, g);
+}
+
+/*
+ * Defining the domain here and asking for its memory waits on libvirtd,
+ * which may be busy with the last secondary's exit (1.8 s measured in
+ * test_pair): done in the libvirt thread, not where the failure detector
+ * runs.
+ */
+typedef struct {
+    GuestRef ref; /* seq: setup_seq */
+    char *xml;
+    JsonArray *sizes;
+    gboolean defined;
+} DefineJob;
+
+static void define_job_free(gpointer data)
+{
+    DefineJob *j = data;
+
+    guest_ref_clear(&j->ref);
+    g_free(j->xml);
+    if (j->sizes)
+        json_array_unref(j->sizes);
+    g_free(j);
+}
+
+/* In the libvirt thread. */
+static gboolean define_here(Virt *v, gpointer data, GError **err)
+{
+    DefineJob *j = data;
+
+    return virt_domain_define_missing(v, j->ref.name, j->xml, &j->defined, err) &&
+           virt_room_for(v, j->ref.name, err);
+}
+
+static void on_defined_here(gpointer data, const GError *error)
+{
+    DefineJob *j = data;
+    FtGuest *g = guest_ref_find(&j->ref);
+
+    /* Stopped, failed or asked again meanwhile: that answer came already. */
+    if (!g || g->setup_seq != j->ref.seq || g->state != GUEST_STARTING_SECONDARY)
+        return;
+    if (error) {
+        guest_fail(g, "%s", error->message);
+        return;
+    }
+    if (j->defined)
+        log_info(g->def->name, guest_role_name(g), "defined the guest on this host");
+    start_secondary(g, j->sizes);
+}
+
 void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject *params)
 {
     const FtConfig *cfg = daemon_config(g->d);
@@ -266,13 +352,7 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
                            ? json_object_get_array_member(params, "disk-bytes")
                            : NULL;
     gint64 wait_ms = json_object_get_int_member_with_default(params, "wait-ms", 0);
-    g_autoptr(GError) err = NULL;
-    g_autoptr(GPtrArray) active = g_ptr_array_new_with_free_func(g_free);
-    g_autoptr(GPtrArray) hidden = g_ptr_array_new_with_free_func(g_free);
-    DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
-    EngineLink link;
-    gboolean defined;
-
+    DefineJob *job;
     g_clear_pointer(&g->error, g_free);
     guest_forget_checkpoints(g);
     g->created_blank = FALSE;
@@ -304,39 +384,11 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
         resync_generation_forget(cfg, g->def->name);
     }
 
-    if (!virt_domain_define_missing(daemon_virt(g->d), g->def->name,
-                                    g->domain_xml, &defined, &err)) {
-        guest_fail(g, "%s", err->message);
-        return;
-    }
-    if (defined)
-        log_info(g->def->name, guest_role_name(g), "defined the guest on this host");
-    if (!virt_room_for(daemon_virt(g->d), g->def->name, &err)) {
-        guest_fail(g, "%s", err->message);
-        return;
-    }
-    if (!prepare_overlays(g, sizes, active, hidden, &err)) {
-        guest_fail(g, "cannot prepare replication storage: %s", err->message);
-        return;
-    }
-    plumbing.active_overlays = (const char *const *)active->pdata;
-    plumbing.hidden_overlays = (const char *const *)hidden->pdata;
-    if (!guest_write_tls_key(g, &err)) {
-        guest_fail(g, "cannot start the secondary: %s", err->message);
-        return;
-    }
-    link = guest_engine_link(g);
-    if (!guest_start_qemu(g, &plumbing, FALSE, &err) ||
-        !engine_secondary_setup(g->qmp, &link, &err)) {
-        guest_fail(g, "cannot start the secondary: %s", err->message);
-        return;
-    }
-    if (!guest_transition(g, GUEST_SECONDARY_WAITING, "incoming side ready"))
-        return;
-    /* Silence from the primary from here on means it is gone (check_rejoin()). */
-    daemon_watch_peer(g->d, guest_peer_host(g)->link_address);
-    guest_answer_primary(g, NULL);
-    g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_secondary_sync, g);
+    job = g_new0(DefineJob, 1);
+    guest_ref_init(&job->ref, g, ++g->setup_seq);
+    job->xml = g_strdup(g->domain_xml);
+    job->sizes = sizes ? json_array_ref(sizes) : NULL;
+    virt_run(daemon_virt(g->d), define_here, on_defined_here, job, define_job_free);
 }
 
 gboolean guest_receive_copy(FtGuest *g, GError **err)

@@ -24,9 +24,18 @@ typedef struct {
 
 struct Virt {
     char *uri;
+    /*
+     * conn, its replacement and its event registrations: calls come from
+     * the libvirt thread (virt_run()) and the status writer as well as the
+     * main loop.  Recursive: libvirt may call on_connection_closed() from
+     * inside a call made under it.
+     */
+    GRecMutex lock;
     virConnectPtr conn;
     /* libvirtd closed the connection: the next call opens a new one. */
     gboolean lost;
+    GThreadPool *jobs; /* virt_run(): one thread, in order */
+    gint *open;        /* an atomic rc box: FALSE once closed, for jobs' done */
     guint reopen_id;
     VirtWatch *watch;
     int lifecycle_id;
@@ -34,6 +43,7 @@ struct Virt {
 };
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomain, virDomainFree)
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(virConnect, virConnectClose)
 
 G_DEFINE_QUARK(kvmft-virt-error-quark, virt_error)
 
@@ -192,6 +202,7 @@ static void on_connection_closed(virConnectPtr c, int reason, void *opaque)
         [VIR_CONNECT_CLOSE_REASON_CLIENT] = "closed by kvm-ftd",
     };
     Virt *v = opaque;
+    g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
 
     if (reason == VIR_CONNECT_CLOSE_REASON_CLIENT || c != v->conn)
         return;
@@ -202,6 +213,7 @@ static void on_connection_closed(virConnectPtr c, int reason, void *opaque)
     log_err(NULL, NULL, "connection to libvirtd lost (%s): opening a new one",
             reason >= 0 && reason < (int)G_N_ELEMENTS(reasons) ? reasons[reason] : "unknown");
     v->lost = TRUE;
+    /* The main loop's: libvirt's event loop runs there. */
     if (!v->reopen_id)
         v->reopen_id = g_timeout_add(VIRT_REOPEN_MS, reopen, v);
 }
@@ -211,6 +223,8 @@ static gboolean register_events(Virt *v, GError **err);
 gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **err)
 {
     VirtWatch *w;
+
+    g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
 
     g_return_val_if_fail(!v->watch, FALSE);
     w = g_rc_box_new0(VirtWatch);
@@ -311,6 +325,7 @@ static gboolean ensure_conn(Virt *v, GError **err)
 static gboolean reopen(gpointer opaque)
 {
     Virt *v = opaque;
+    g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
     g_autoptr(GError) err = NULL;
 
     if (ensure_conn(v, &err) || !v->lost) {
@@ -321,14 +336,80 @@ static gboolean reopen(gpointer opaque)
     return G_SOURCE_CONTINUE;
 }
 
-/* The connection for a call: a lost one is re-opened first (a failure shows in the call). */
-static virConnectPtr conn(Virt *v)
+/*
+ * The connection for a call, a reference the caller drops: a lost one is
+ * re-opened first (a failure shows in the call), and a replacement made
+ * meanwhile by another thread leaves this one valid until then.
+ */
+static virConnectPtr conn_ref(Virt *v)
 {
+    g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
     g_autoptr(GError) err = NULL;
 
     if (!ensure_conn(v, &err))
         log_warn(NULL, NULL, "%s", err->message);
+    virConnectRef(v->conn);
     return v->conn;
+}
+
+/* ---- the libvirt thread ------------------------------------------------ */
+
+typedef struct {
+    VirtJobFunc job;
+    VirtDoneFunc done;
+    gpointer data;
+    GDestroyNotify free;
+    GMainContext *context; /* where done runs */
+    gint *open;            /* the Virt's: done does not run once it is closed */
+    GError *error;
+} VirtJob;
+
+static void job_free(VirtJob *j)
+{
+    if (j->free)
+        j->free(j->data);
+    g_main_context_unref(j->context);
+    g_atomic_rc_box_release(j->open);
+    g_clear_error(&j->error);
+    g_free(j);
+}
+
+static gboolean job_done(gpointer opaque)
+{
+    VirtJob *j = opaque;
+
+    if (g_atomic_int_get(j->open))
+        j->done(j->data, j->error);
+    return G_SOURCE_REMOVE;
+}
+
+/* In the libvirt thread. */
+static void run_job(gpointer data, gpointer opaque)
+{
+    VirtJob *j = data;
+    GSource *source = g_idle_source_new();
+
+    if (!j->job(opaque, j->data, &j->error) && !j->error)
+        g_set_error(&j->error, VIRT_ERROR, VIRT_ERROR_FAILED, "libvirt call failed");
+    g_source_set_priority(source, G_PRIORITY_DEFAULT);
+    g_source_set_callback(source, job_done, j, (GDestroyNotify)job_free);
+    g_source_attach(source, j->context);
+    g_source_unref(source);
+}
+
+void virt_run(Virt *v, VirtJobFunc job, VirtDoneFunc done, gpointer data,
+              GDestroyNotify free_data)
+{
+    VirtJob *j = g_new0(VirtJob, 1);
+
+    j->job = job;
+    j->done = done;
+    j->data = data;
+    j->free = free_data;
+    j->context = g_main_context_ref_thread_default();
+    j->open = g_atomic_rc_box_acquire(v->open);
+    /* Pushing to a pool of one thread that exists cannot fail. */
+    g_thread_pool_push(v->jobs, j, NULL);
 }
 
 Virt *virt_open(const char *uri, GError **err)
@@ -339,8 +420,16 @@ Virt *virt_open(const char *uri, GError **err)
     if (!register_event_loop(err))
         return NULL;
     v = g_new0(Virt, 1);
+    g_rec_mutex_init(&v->lock);
+    v->open = g_atomic_rc_box_new0(gint);
+    *v->open = TRUE;
     v->uri = g_strdup(uri);
-    if (!open_conn(v, err)) {
+    v->jobs = g_thread_pool_new_full(run_job, v, (GDestroyNotify)job_free, 1, FALSE, err);
+    if (!v->jobs || !open_conn(v, err)) {
+        if (v->jobs)
+            g_thread_pool_free(v->jobs, TRUE, TRUE);
+        g_atomic_rc_box_release(v->open);
+        g_rec_mutex_clear(&v->lock);
         g_free(v->uri);
         g_free(v);
         return NULL;
@@ -352,6 +441,10 @@ void virt_close(Virt *v)
 {
     if (!v)
         return;
+    /* Queued jobs are dropped, a running one is waited for: it uses v. */
+    g_thread_pool_free(v->jobs, TRUE, TRUE);
+    g_atomic_int_set(v->open, FALSE);
+    g_atomic_rc_box_release(v->open);
     if (v->reopen_id)
         g_source_remove(v->reopen_id);
     close_conn(v);
@@ -359,6 +452,7 @@ void virt_close(Virt *v)
         v->watch->cb = NULL;
         watch_release(v->watch);
     }
+    g_rec_mutex_clear(&v->lock);
     g_free(v->uri);
     g_free(v);
 }
@@ -367,7 +461,8 @@ void virt_close(Virt *v)
 
 static virDomainPtr lookup(Virt *v, const char *name, GError **err)
 {
-    virDomainPtr dom = virDomainLookupByName(conn(v), name);
+    g_autoptr(virConnect) c = conn_ref(v);
+    virDomainPtr dom = virDomainLookupByName(c, name);
 
     if (!dom)
         set_virt_error(err, "no such domain", name);
@@ -397,7 +492,8 @@ char *virt_domain_xml(Virt *v, const char *name, GError **err)
 gboolean virt_domain_define(Virt *v, const char *name, const char *xml, GError **err)
 {
     LOOPWAIT_SCOPE("libvirt define", name);
-    g_autoptr(virDomain) dom = virDomainDefineXML(conn(v), xml);
+    g_autoptr(virConnect) c = conn_ref(v);
+    g_autoptr(virDomain) dom = virDomainDefineXML(c, xml);
 
     if (!dom) {
         set_virt_error(err, "cannot define", name);
@@ -410,12 +506,13 @@ gboolean virt_domain_define_missing(Virt *v, const char *name, const char *xml,
                                     gboolean *defined, GError **err)
 {
     LOOPWAIT_SCOPE("libvirt define", name);
-    g_autoptr(virDomain) dom = virDomainLookupByName(conn(v), name);
+    g_autoptr(virConnect) c = conn_ref(v);
+    g_autoptr(virDomain) dom = virDomainLookupByName(c, name);
 
     *defined = FALSE;
     if (dom)
         return TRUE;
-    dom = virDomainDefineXML(conn(v), xml);
+    dom = virDomainDefineXML(c, xml);
     if (!dom) {
         set_virt_error(err, "cannot define", name);
         return FALSE;
@@ -447,8 +544,9 @@ gboolean virt_domain_start(Virt *v, const char *runtime_xml, gboolean paused,
                            GError **err)
 {
     LOOPWAIT_SCOPE("libvirt start", NULL);
+    g_autoptr(virConnect) c = conn_ref(v);
     g_autoptr(virDomain) dom =
-        virDomainCreateXML(conn(v), runtime_xml,
+        virDomainCreateXML(c, runtime_xml,
                            paused ? VIR_DOMAIN_START_PAUSED : 0);
 
     if (!dom) {
@@ -535,8 +633,9 @@ gboolean virt_domain_set_ft_metadata(Virt *v, const char *name, const char *elem
 static GPtrArray *list_domains(Virt *v, unsigned int flags, GError **err)
 {
     LOOPWAIT_SCOPE("libvirt list domains", NULL);
+    g_autoptr(virConnect) c = conn_ref(v);
     virDomainPtr *doms = NULL;
-    int n = virConnectListAllDomains(conn(v), &doms, flags);
+    int n = virConnectListAllDomains(c, &doms, flags);
     GPtrArray *names;
 
     if (n < 0) {
@@ -566,9 +665,10 @@ GPtrArray *virt_defined_domains(Virt *v, GError **err)
 char *virt_qemu_version(Virt *v, GError **err)
 {
     LOOPWAIT_SCOPE("libvirt version", NULL);
+    g_autoptr(virConnect) c = conn_ref(v);
     unsigned long version;
 
-    if (virConnectGetVersion(conn(v), &version) < 0) {
+    if (virConnectGetVersion(c, &version) < 0) {
         g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
                     "cannot read the hypervisor's version: %s", virGetLastErrorMessage());
         return NULL;
@@ -580,6 +680,7 @@ char *virt_qemu_version(Virt *v, GError **err)
 gboolean virt_room_for(Virt *v, const char *name, GError **err)
 {
     LOOPWAIT_SCOPE("libvirt free memory", name);
+    g_autoptr(virConnect) c = conn_ref(v);
     g_autoptr(virDomain) dom = lookup(v, name, err);
     unsigned long long free_bytes;
     unsigned long need_kib;
@@ -587,7 +688,7 @@ gboolean virt_room_for(Virt *v, const char *name, GError **err)
     if (!dom)
         return FALSE;
     need_kib = virDomainGetMaxMemory(dom);
-    free_bytes = virNodeGetFreeMemory(conn(v));
+    free_bytes = virNodeGetFreeMemory(c);
     /* Unknown either way: libvirt's start will say what is wrong. */
     if (need_kib == 0 || free_bytes == 0)
         return TRUE;

@@ -8,9 +8,11 @@
  * guest, the derived primary definition that `virsh start` runs
  * (definitions.c keeps the administrator's original).
  *
- * Calls are synchronous.  The connection's keepalive bounds how long a hung
- * libvirtd can hold one (15 s), but a libvirtd that waits for a domain's
- * job lock answers keepalives and holds the call for up to its job timeout.
+ * Calls are synchronous and may come from any thread.  The connection's
+ * keepalive bounds how long a hung libvirtd can hold one (15 s), but a
+ * libvirtd that waits for a domain's job lock answers keepalives and holds
+ * the call for up to its job timeout: from the main loop, where the failure
+ * detector runs, calls go through virt_run().
  * libvirt's default event loop, which carries the domain events and the
  * keepalive, is GLib's default main context: the daemon's main loop runs
  * it.  One Virt per process.
@@ -57,6 +59,19 @@ typedef struct {
 
 /* event is borrowed for the duration of the call. */
 typedef void (*VirtEventFunc)(const VirtEvent *event, gpointer opaque);
+
+/*
+ * Runs job(v, data, &err) in kvm-ftd's libvirt thread (one thread: jobs run
+ * in the order they were queued), then done(data, error) on the caller's
+ * thread-default main context, then free_data(data).  error is NULL if job
+ * returned TRUE.  done must not assume what it worked for still exists: it
+ * finds it again (by name).  At virt_close() the queued jobs are dropped
+ * (done does not run; data is freed) and the running one is waited for.
+ */
+typedef gboolean (*VirtJobFunc)(Virt *v, gpointer data, GError **err);
+typedef void (*VirtDoneFunc)(gpointer data, const GError *error);
+void virt_run(Virt *v, VirtJobFunc job, VirtDoneFunc done, gpointer data,
+              GDestroyNotify free_data);
 
 /*
  * From now until virt_close(), cb runs for each domain event, on the main
