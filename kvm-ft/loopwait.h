@@ -44,7 +44,7 @@ void loopwait_scope_end(LoopWaitScope *scope);
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(LoopWaitScope, loopwait_scope_end)
 
 #define LOOPWAIT_SCOPE(what, guest) \
-    g_auto(LoopWaitScope) loopwait_scope_ = { loopwait_begin(), (what), (guest) }
+    G_GNUC_UNUSED g_auto(LoopWaitScope) loopwait_scope_ = { loopwait_begin(), (what), (guest) }
 
 /*
  * The longest wait that ended after since_us (monotonic), as

@@ -202,7 +202,7 @@ static void on_connection_closed(virConnectPtr c, int reason, void *opaque)
         [VIR_CONNECT_CLOSE_REASON_CLIENT] = "closed by kvm-ftd",
     };
     Virt *v = opaque;
-    g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
+    G_GNUC_UNUSED g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
 
     if (reason == VIR_CONNECT_CLOSE_REASON_CLIENT || c != v->conn)
         return;
@@ -224,7 +224,7 @@ gboolean virt_watch_events(Virt *v, VirtEventFunc cb, gpointer opaque, GError **
 {
     VirtWatch *w;
 
-    g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
+    G_GNUC_UNUSED g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
 
     g_return_val_if_fail(!v->watch, FALSE);
     w = g_rc_box_new0(VirtWatch);
@@ -325,7 +325,7 @@ static gboolean ensure_conn(Virt *v, GError **err)
 static gboolean reopen(gpointer opaque)
 {
     Virt *v = opaque;
-    g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
+    G_GNUC_UNUSED g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
     g_autoptr(GError) err = NULL;
 
     if (ensure_conn(v, &err) || !v->lost) {
@@ -343,7 +343,7 @@ static gboolean reopen(gpointer opaque)
  */
 static virConnectPtr conn_ref(Virt *v)
 {
-    g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
+    G_GNUC_UNUSED g_autoptr(GRecMutexLocker) locked = g_rec_mutex_locker_new(&v->lock);
     g_autoptr(GError) err = NULL;
 
     if (!ensure_conn(v, &err))
