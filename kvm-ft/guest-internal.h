@@ -186,6 +186,8 @@ gboolean guest_past_deadline(FtGuest *g);
 EngineLink guest_engine_link(FtGuest *g);
 /* The same with a status call's short QMP deadline, for calls made while protected. */
 EngineLink guest_quick_link(FtGuest *g);
+/* The derived definition QEMU runs for this host's role (the run dir made, no stale socket). */
+char *guest_runtime_xml(FtGuest *g, const DomxmlPlumbing *plumbing, GError **err);
 gboolean guest_start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing, gboolean paused,
                           GError **err);
 gboolean guest_attach_qemu(FtGuest *g, GError **err);

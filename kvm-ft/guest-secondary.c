@@ -259,30 +259,69 @@ static gboolean disks_present(FtGuest *g)
 }
 
 /*
- * The secondary's start, once libvirt has the domain and room for it: its
- * storage, its QEMU, its incoming side.
+ * libvirt's part of the secondary's start -- defining the domain here,
+ * checking its memory, starting its QEMU -- waits on libvirtd, which may
+ * still be cleaning up the QEMU that just died (1.8 s measured in
+ * test_pair): it runs in the libvirt thread, not where the failure
+ * detector runs.
  */
-static void start_secondary(FtGuest *g, JsonArray *sizes)
+typedef struct {
+    GuestRef ref; /* seq: setup_seq */
+    char *xml;    /* the persistent definition */
+    char *runtime_xml;
+    gboolean defined;
+    gboolean started;
+} StartJob;
+
+static void start_job_free(gpointer data)
 {
+    StartJob *j = data;
+
+    guest_ref_clear(&j->ref);
+    g_free(j->xml);
+    g_free(j->runtime_xml);
+    g_free(j);
+}
+
+/* In the libvirt thread. */
+static gboolean start_here(Virt *v, gpointer data, GError **err)
+{
+    StartJob *j = data;
+
+    if (!virt_domain_define_missing(v, j->ref.name, j->xml, &j->defined, err) ||
+        !virt_room_for(v, j->ref.name, err))
+        return FALSE;
+    j->started = virt_domain_start(v, j->runtime_xml, FALSE, err);
+    return j->started;
+}
+
+static void on_started_here(gpointer data, const GError *error)
+{
+    StartJob *j = data;
+    FtGuest *g = guest_ref_find(&j->ref);
     g_autoptr(GError) err = NULL;
-    g_autoptr(GPtrArray) active = g_ptr_array_new_with_free_func(g_free);
-    g_autoptr(GPtrArray) hidden = g_ptr_array_new_with_free_func(g_free);
-    DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
     EngineLink link;
 
-    if (!prepare_overlays(g, sizes, active, hidden, &err)) {
-        guest_fail(g, "cannot prepare replication storage: %s", err->message);
+    if (!g || g->setup_seq != j->ref.seq || g->state != GUEST_STARTING_SECONDARY) {
+        /*
+         * Stopped, failed or asked again meanwhile: that answer came
+         * already, and a QEMU started for it is nobody's.  Stopped here and
+         * now, before anything later can start this guest again.
+         */
+        if (j->started && !daemon_quitting(j->ref.d) && !(g && g->qmp) &&
+            !virt_domain_destroy(daemon_virt(j->ref.d), j->ref.name, &err))
+            log_warn(j->ref.name, "secondary", "cannot stop the QEMU of an abandoned start: %s",
+                     err->message);
         return;
     }
-    plumbing.active_overlays = (const char *const *)active->pdata;
-    plumbing.hidden_overlays = (const char *const *)hidden->pdata;
-    if (!guest_write_tls_key(g, &err)) {
-        guest_fail(g, "cannot start the secondary: %s", err->message);
+    if (j->defined)
+        log_info(g->def->name, guest_role_name(g), "defined the guest on this host");
+    if (error) {
+        guest_fail(g, "%s", error->message);
         return;
     }
     link = guest_engine_link(g);
-    if (!guest_start_qemu(g, &plumbing, FALSE, &err) ||
-        !engine_secondary_setup(g->qmp, &link, &err)) {
+    if (!guest_attach_qemu(g, &err) || !engine_secondary_setup(g->qmp, &link, &err)) {
         guest_fail(g, "cannot start the secondary: %s", err->message);
         return;
     }
@@ -294,54 +333,35 @@ static void start_secondary(FtGuest *g, JsonArray *sizes)
     g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_secondary_sync, g);
 }
 
-/*
- * Defining the domain here and asking for its memory waits on libvirtd,
- * which may be busy with the last secondary's exit (1.8 s measured in
- * test_pair): done in the libvirt thread, not where the failure detector
- * runs.
- */
-typedef struct {
-    GuestRef ref; /* seq: setup_seq */
-    char *xml;
-    JsonArray *sizes;
-    gboolean defined;
-} DefineJob;
-
-static void define_job_free(gpointer data)
+/* The secondary's storage and derived definition, then libvirt's part in its thread. */
+static void start_secondary(FtGuest *g, JsonArray *sizes)
 {
-    DefineJob *j = data;
+    g_autoptr(GError) err = NULL;
+    g_autoptr(GPtrArray) active = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) hidden = g_ptr_array_new_with_free_func(g_free);
+    DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
+    StartJob *job;
 
-    guest_ref_clear(&j->ref);
-    g_free(j->xml);
-    if (j->sizes)
-        json_array_unref(j->sizes);
-    g_free(j);
-}
-
-/* In the libvirt thread. */
-static gboolean define_here(Virt *v, gpointer data, GError **err)
-{
-    DefineJob *j = data;
-
-    return virt_domain_define_missing(v, j->ref.name, j->xml, &j->defined, err) &&
-           virt_room_for(v, j->ref.name, err);
-}
-
-static void on_defined_here(gpointer data, const GError *error)
-{
-    DefineJob *j = data;
-    FtGuest *g = guest_ref_find(&j->ref);
-
-    /* Stopped, failed or asked again meanwhile: that answer came already. */
-    if (!g || g->setup_seq != j->ref.seq || g->state != GUEST_STARTING_SECONDARY)
-        return;
-    if (error) {
-        guest_fail(g, "%s", error->message);
+    if (!prepare_overlays(g, sizes, active, hidden, &err)) {
+        guest_fail(g, "cannot prepare replication storage: %s", err->message);
         return;
     }
-    if (j->defined)
-        log_info(g->def->name, guest_role_name(g), "defined the guest on this host");
-    start_secondary(g, j->sizes);
+    plumbing.active_overlays = (const char *const *)active->pdata;
+    plumbing.hidden_overlays = (const char *const *)hidden->pdata;
+    if (!guest_write_tls_key(g, &err)) {
+        guest_fail(g, "cannot start the secondary: %s", err->message);
+        return;
+    }
+    job = g_new0(StartJob, 1);
+    job->runtime_xml = guest_runtime_xml(g, &plumbing, &err);
+    if (!job->runtime_xml) {
+        start_job_free(job);
+        guest_fail(g, "cannot start the secondary: %s", err->message);
+        return;
+    }
+    guest_ref_init(&job->ref, g, ++g->setup_seq);
+    job->xml = g_strdup(g->domain_xml);
+    virt_run(daemon_virt(g->d), start_here, on_started_here, job, start_job_free);
 }
 
 void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject *params)
@@ -352,7 +372,6 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
                            ? json_object_get_array_member(params, "disk-bytes")
                            : NULL;
     gint64 wait_ms = json_object_get_int_member_with_default(params, "wait-ms", 0);
-    DefineJob *job;
     g_clear_pointer(&g->error, g_free);
     guest_forget_checkpoints(g);
     g->created_blank = FALSE;
@@ -384,11 +403,7 @@ void guest_prepare_secondary(FtGuest *g, PeerConn *conn, guint64 id, JsonObject 
         resync_generation_forget(cfg, g->def->name);
     }
 
-    job = g_new0(DefineJob, 1);
-    guest_ref_init(&job->ref, g, ++g->setup_seq);
-    job->xml = g_strdup(g->domain_xml);
-    job->sizes = sizes ? json_array_ref(sizes) : NULL;
-    virt_run(daemon_virt(g->d), define_here, on_defined_here, job, define_job_free);
+    start_secondary(g, sizes);
 }
 
 gboolean guest_receive_copy(FtGuest *g, GError **err)

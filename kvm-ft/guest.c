@@ -580,21 +580,27 @@ gboolean guest_attach_qemu(FtGuest *g, GError **err)
     return TRUE;
 }
 
-gboolean guest_start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing,
-                           gboolean paused, GError **err)
+char *guest_runtime_xml(FtGuest *g, const DomxmlPlumbing *plumbing, GError **err)
 {
     const FtConfig *cfg = daemon_config(g->d);
     DomxmlPlumbing own = *plumbing;
-    g_autofree char *xml = NULL;
 
     if (g_mkdir_with_parents(cfg->run_dir, 0700) < 0) {
         g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
                     "cannot create %s: %s", cfg->run_dir, g_strerror(errno));
-        return FALSE;
+        return NULL;
     }
+    /* A socket left by an earlier QEMU must not be taken for the new one's. */
     g_unlink(g->qmp_path);
     own.own_start = TRUE;
-    xml = domxml_for_role(g->domain_xml, g->def, g->role, &own, err);
+    return domxml_for_role(g->domain_xml, g->def, g->role, &own, err);
+}
+
+gboolean guest_start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing,
+                           gboolean paused, GError **err)
+{
+    g_autofree char *xml = guest_runtime_xml(g, plumbing, err);
+
     if (!xml || !virt_domain_start(daemon_virt(g->d), xml, paused, err))
         return FALSE;
     return guest_attach_qemu(g, err);
