@@ -463,6 +463,18 @@ static void yank_target(Qmp *q, const EngineLink *link, const char *job)
     engine_yank_node(q, link, node);
 }
 
+/* Every copy target's connection to the secondary. */
+static void cut_targets(Qmp *q, const EngineLink *link)
+{
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+
+        yank_target(q, link, mirror);
+        yank_target(q, link, copy);
+    }
+}
+
 static void abort_job(Qmp *q, const EngineLink *link, const char *job)
 {
     g_autoptr(GError) e = NULL;
@@ -488,13 +500,7 @@ void resync_abort(Qmp *q, const EngineLink *link)
      * main loop, until its own connection is gone (measured: ~15 s of a
      * frozen guest when the mirror's turn came after the copy's).
      */
-    for (guint i = 0; i < link->def->disks->len; i++) {
-        g_autofree char *mirror = mirror_job(i);
-        g_autofree char *copy = copy_job(i);
-
-        yank_target(q, link, mirror);
-        yank_target(q, link, copy);
-    }
+    cut_targets(q, link);
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *mirror = mirror_job(i);
         g_autofree char *copy = copy_job(i);
@@ -506,14 +512,13 @@ void resync_abort(Qmp *q, const EngineLink *link)
 
 void resync_release_targets(Qmp *q, const EngineLink *link)
 {
+    /* Cut first: a dead secondary's connection would hold the deletions. */
+    cut_targets(q, link);
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *mirror = mirror_job(i);
         g_autofree char *copy = copy_job(i);
         g_autoptr(GError) e = NULL;
 
-        /* Cut first: a dead secondary's connection would hold the deletion. */
-        yank_target(q, link, mirror);
-        yank_target(q, link, copy);
         if (!del_node(q, link, mirror, &e))
             g_clear_error(&e);
         if (!del_node(q, link, copy, &e))

@@ -492,6 +492,19 @@ def generation_mark(lab, host, name=GUEST):
     return words[1] if len(words) > 1 else "in-sync"
 
 
+def detector_since(lab, host, since):
+    """host's failure-detector rounds since `since` (epoch s), from its control socket:
+    rounds, rounds skipped, lateness (nearest-rank n/p50/p99/max) and the main loop's five
+    longest waits, as "WHAT (GUEST): MS ms"."""
+    d = lab.control(host, {"command": "detector", "since-ms": int(since * 1000)})
+    late = d["late_ms"]
+    return {"rounds": d["rounds"], "skipped": d["skipped"],
+            "late_ms": {"n": late["count"], "p50": late["p50"], "p99": late["p99"],
+                        "max": late["max"]} if late else None,
+            "longest_waits": ["%s%s: %.1f ms" % (w["what"], " (%s)" % w["guest"] if w["guest"] else "",
+                                                 w["ms"]) for w in d.get("waits", [])[:5]]}
+
+
 def wait_state(lab, host, state, timeout=60, name=GUEST):
     """Waits until the guest is in that kvm-ft state on host; returns its status."""
     def check():

@@ -26,8 +26,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (AFTER_FAILOVER, GUEST, Lab, SeqClient, assert_kernels_clean,  # noqa: E402
-                     check_disk, guest_dir, log, qemu_binary, running_copies, wait_failed_over,
-                     wait_for, wait_state)
+                     check_disk, detector_since, guest_dir, log, qemu_binary,
+                     running_copies, wait_failed_over, wait_for, wait_state)
 
 GUEST2 = "ftguest2"
 GUEST2_IP = "10.0.0.11"
@@ -54,13 +54,6 @@ def assert_client_gapless(name, summary):
         (name, summary)
     assert summary["replies"] > 0, (name, summary)
     assert summary["max_silence_ms"] < MAX_SILENCE_MS, (name, summary)
-
-
-def detector(lab, host, since):
-    d = lab.control(host, {"command": "detector", "since-ms": int(since * 1000)})
-    return {"rounds": d["rounds"], "skipped": d["skipped"], "late_ms": d["late_ms"],
-            "longest_waits": ["%s (%s): %.0f ms" % (w["what"], w["guest"], w["ms"])
-                              for w in d["waits"][:3]]}
 
 
 def protect_both(lab):
@@ -120,7 +113,7 @@ def main():
         reprotect_beside(lab)
         time.sleep(5)
         for host in ("hostA", "hostB"):
-            log("%s's failure detector so far: %s" % (host, detector(lab, host, t0)))
+            log("%s's failure detector so far: %s" % (host, detector_since(lab, host, t0)))
         lab.lab("power-off", "A")
         wait_failed_over(lab, "hostB", timeout=30, name=GUEST)
         wait_for("%s alone on hostB" % GUEST2,
@@ -137,7 +130,7 @@ def main():
             assert ok, "%s's disk on hostB is not the guest's: %s" % (name, disk)
             log("%s on hostB: %s, disk clean: %s" % (name, st["state"], disk))
         assert_kernels_clean(lab, ("hostB",))
-        log("hostB's failure detector over the run: %s" % detector(lab, "hostB", t0))
+        log("hostB's failure detector over the run: %s" % detector_since(lab, "hostB", t0))
         log("PASS two guests with opposite roles: one re-protected beside the other, then "
             "a power pull")
     finally:
