@@ -578,7 +578,8 @@ PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows)
      * core taken away) would otherwise count its own stall as the peer's
      * silence, with the peer's frames waiting unread in the sockets -- a
      * woken secondary took over beside the primary that way.  The round
-     * after a stall is late and skipped (judge_tick()).
+     * after a stall is late: it is skipped, or it judges only once it has
+     * read what waits (judge_tick()).
      */
     gint64 now = d->last_judge_us;
     gint64 frame_us;
@@ -623,11 +624,32 @@ gint64 daemon_stalled_ms(Daemon *d)
     return MAX(late, 0) / 1000;
 }
 
+/* What waits unread in every session's socket, read now. */
+static void read_waiting_frames(Daemon *d)
+{
+    g_autoptr(GPtrArray) sessions = g_ptr_array_new_with_free_func(
+        (GDestroyNotify)peer_conn_unref);
+
+    /* Reading may close a session, which leaves d->sessions. */
+    for (guint i = 0; i < d->sessions->len; i++)
+        g_ptr_array_add(sessions, peer_conn_ref(g_ptr_array_index(d->sessions, i)));
+    for (guint i = 0; i < sessions->len; i++)
+        peer_conn_read_waiting(g_ptr_array_index(sessions, i));
+}
+
 /*
- * Every guest judges its peer, at low priority so that frames already
- * waiting in our sockets are read first.  When this daemon itself was not
- * scheduled for a while, silence proves nothing about the peer: that round
- * is skipped, and the next one judges on fresh input.
+ * Every guest judges its peer, after reading what waits in the sockets:
+ * frames that came while the main loop was busy are evidence too.  The
+ * round runs at high priority: a callback that waits longer than its own
+ * interval (a status poll on a QEMU that holds its lock) is ready again
+ * the moment it returns, and at a lower priority the round never ran --
+ * for a minute, while a QEMU sent its last pass to a secondary that had
+ * lost power (test_reprotect secondary-dies-after-switch-over).  When this
+ * daemon itself was not scheduled for a while (its heartbeats stopped
+ * too), silence proves nothing about the peer, which may have acted on
+ * ours: that round is skipped, and the next one judges on fresh input.
+ * When the main loop only waited, the heartbeat thread kept beating, and
+ * the round judges.
  */
 static gboolean judge_tick(gpointer opaque)
 {
@@ -649,17 +671,21 @@ static gboolean judge_tick(gpointer opaque)
          * was stopped did not.
          */
         gint64 unheard_ms = peer_pulse_longest_gap_ms(previous_us);
+        gboolean beats_went_on = unheard_ms >= 0 && unheard_ms * 1000 < late / 2;
 
         log_warn(NULL, NULL, "failure detection ran %" G_GINT64_FORMAT " ms late "
-                 "(kvm-ftd %s%s; heartbeats %s): it skips a round", late / 1000,
+                 "(kvm-ftd %s%s; heartbeats %s): %s", late / 1000,
                  cause ? "waited longest on " : "busy or not scheduled", cause ? cause : "",
-                 unheard_ms < 0 ? "not running" : unheard_ms * 1000 < late / 2 ? "went on"
-                                                                                 : "stopped too");
+                 unheard_ms < 0 ? "not running" : beats_went_on ? "went on" : "stopped too",
+                 beats_went_on ? "it judges" : "it skips a round");
         g_hash_table_iter_init(&it, d->guests);
         while (g_hash_table_iter_next(&it, NULL, &value))
             guest_stalled(value, unheard_ms < 0 ? late / 1000 : unheard_ms);
-        return G_SOURCE_CONTINUE;
+        if (!beats_went_on)
+            return G_SOURCE_CONTINUE;
     }
+    read_waiting_frames(d);
+    d->last_judge_us = g_get_monotonic_time();
     g_hash_table_iter_init(&it, d->guests);
     while (g_hash_table_iter_next(&it, NULL, &value))
         guest_check_peer(value);
@@ -1015,7 +1041,7 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
     d->pulsing = TRUE;
     loopwait_init();
     d->last_judge_us = g_get_monotonic_time();
-    d->judge_id = g_timeout_add_full(G_PRIORITY_LOW, cfg->heartbeat_ms, judge_tick, d, NULL);
+    d->judge_id = g_timeout_add_full(G_PRIORITY_HIGH, cfg->heartbeat_ms, judge_tick, d, NULL);
     d->ha = ha_new(d);
     d->control = control_server_new(cfg->control_socket, on_control, d, err);
     if (!d->control)

@@ -22,6 +22,7 @@
 #define HOST_MAX 255
 #define NAME_MAX_LEN 128
 #define READ_CHUNK (64 * 1024)
+#define WAITING_READS_MAX 16
 /* Unauthenticated sockets held at once: bounds what a port scan can cost. */
 #define MAX_HANDSHAKES 8
 /* Of those, from one address: one host cannot keep the real peer out. */
@@ -721,6 +722,17 @@ static void conn_read(PeerConn *conn)
         break;
     }
     conn_close(conn, reason);
+}
+
+void peer_conn_read_waiting(PeerConn *conn)
+{
+    peer_conn_ref(conn);
+    /* Each read takes up to READ_CHUNK: a few cover seconds of heartbeats. */
+    for (guint reads = 0; reads < WAITING_READS_MAX && conn->io && !conn_dead(conn) &&
+                          (g_socket_condition_check(conn->sock, G_IO_IN | G_IO_HUP | G_IO_ERR));
+         reads++)
+        conn_read(conn);
+    peer_conn_unref(conn);
 }
 
 static gboolean conn_source_dispatch(GSource *src, GSourceFunc cb, gpointer data)

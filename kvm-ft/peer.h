@@ -217,6 +217,12 @@ const char *peer_conn_get_remote_ip(PeerConn *conn);
 gboolean peer_conn_host_answered(PeerConn *conn);
 /* g_get_monotonic_time() of the last authenticated frame: failure detection. */
 gint64 peer_conn_get_last_rx_time(PeerConn *conn);
+/*
+ * Reads and handles, now, what already waits in the connection's socket
+ * (a bounded amount): after the main loop was held, the failure detector
+ * must see the frames the peer sent meanwhile before it judges.
+ */
+void peer_conn_read_waiting(PeerConn *conn);
 
 /*
  * Sends REQUEST {"id", "method", "params"}; params is borrowed and may be
