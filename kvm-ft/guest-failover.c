@@ -226,13 +226,19 @@ gboolean guest_peer_answers(FtGuest *g)
  * Silence windows that tell a dead peer from one busy re-protecting: its
  * kvm-ftd waits on its QEMU, which is loading the first sync, for a second
  * or more.  Until then, a dead peer costs the guest's disk writes that
- * long (the mirror carries them synchronously).
+ * long (the mirror carries them synchronously).  Once the primary has
+ * switched over, colo-compare holds the guest's output for the secondary:
+ * its silence is judged as in COLO (the client waited 13 s when hostA was
+ * powered off during the first checkpoint: test_reprotect
+ * secondary-dies-entering-colo).
  */
 static guint rejoin_windows(FtGuest *g)
 {
     const FtConfig *cfg = daemon_config(g->d);
     guint window_ms = cfg->heartbeat_ms * cfg->miss_count;
 
+    if (g->role == FT_ROLE_PRIMARY && g->state == GUEST_ENTERING_COLO && g->switched_over)
+        return 1;
     return MAX(2, (REJOIN_SILENCE_MS + window_ms - 1) / window_ms);
 }
 

@@ -27,6 +27,8 @@ static void switch_over(FtGuest *g)
     if (g->switched_over)
         return;
     g->switched_over = TRUE;
+    log_info(g->def->name, guest_role_name(g), "switching over to COLO: the guest is paused "
+             "for the first sync's last pass, its output from now on compared");
     if (!engine_primary_switch_over(g->qmp, &link, &err)) {
         guest_stop_polling(g);
         guest_fail(g, "cannot switch over to COLO: %s", err->message);
@@ -43,12 +45,60 @@ gboolean guest_on_pre_switchover(gpointer opaque)
     return G_SOURCE_REMOVE;
 }
 
+static gboolean poll_copy_end(gpointer opaque)
+{
+    FtGuest *g = opaque;
+    g_autoptr(GError) err = NULL;
+    EngineLink link = guest_quick_link(g);
+    gboolean ended = FALSE;
+    gboolean asked = resync_finish_poll(g->qmp, &link, &ended, &err);
+
+    /* A QEMU that did not answer in time is asked again, until the deadline. */
+    if ((asked || g_error_matches(err, QMP_ERROR, QMP_ERROR_TIMEOUT)) && !ended &&
+        g_get_monotonic_time() < g->deadline_us)
+        return G_SOURCE_CONTINUE;
+    g->poll_id = 0;
+    if (!ended) {
+        /* The copies may differ: this protection must not count as one. */
+        guest_fail(g, "the disk copy did not end cleanly: %s",
+                   err ? err->message : "its block jobs did not end in time");
+        return G_SOURCE_REMOVE;
+    }
+    g->resync_running = FALSE;
+    guest_enter_protected(g, "first checkpoint done; COLO running", TRUE);
+    return G_SOURCE_REMOVE;
+}
+
+/*
+ * COLO's replication carries the guest's writes now, the mirror no more.
+ * Its jobs wind down while failure detection goes on: a secondary that
+ * dies now holds them, and the guest's output with them, until it is
+ * found dead and cut off.
+ */
+static void finish_copy(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    EngineLink link = guest_engine_link(g);
+
+    if (!resync_finish_begin(g->qmp, &link, &err)) {
+        guest_fail(g, "the disk copy did not end cleanly: %s", err->message);
+        return;
+    }
+    g->deadline_us = g_get_monotonic_time() + JOB_END_TIMEOUT_MS * 1000;
+    g->poll_id = g_timeout_add(JOB_END_POLL_MS, poll_copy_end, g);
+}
+
 static gboolean poll_primary_sync(gpointer opaque)
 {
     FtGuest *g = opaque;
     g_autoptr(GError) err = NULL;
-    g_autofree char *status =
-        engine_migration_status(g->qmp, daemon_config(g->d)->qmp_timeout_ms, &err);
+    /*
+     * A short deadline: a QEMU sending its last pass to a secondary that lost
+     * power holds its lock until the connection is cut, and that is decided
+     * on this loop (test_reprotect secondary-dies-after-switch-over).
+     */
+    g_autofree char *status = engine_migration_status(g->qmp, guest_quick_link(g).timeout_ms,
+                                                      &err);
 
     /* In case QEMU's MIGRATION event was missed. */
     if (status && strcmp(status, "pre-switchover") == 0) {
@@ -59,7 +109,10 @@ static gboolean poll_primary_sync(gpointer opaque)
     if (status && strcmp(status, "colo") == 0) {
         g->poll_id = 0;
         guest_refresh_colo_status(g);
-        guest_enter_protected(g, "first checkpoint done; COLO running", TRUE);
+        if (g->resync_running)
+            finish_copy(g);
+        else
+            guest_enter_protected(g, "first checkpoint done; COLO running", TRUE);
         return G_SOURCE_REMOVE;
     }
     if (status && (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0)) {

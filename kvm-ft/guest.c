@@ -656,13 +656,7 @@ void guest_enter_protected(FtGuest *g, const char *reason, gboolean new_epoch)
     g_autoptr(GError) err = NULL;
 
     guest_stop_polling(g);
-    /* COLO's replication carries the guest's writes now, the mirror no more. */
-    if (g->resync_running && !resync_finish(g->qmp, &link, &err)) {
-        /* The copies may differ: this protection must not count as one. */
-        guest_fail(g, "the disk copy did not end cleanly: %s", err->message);
-        return;
-    }
-    g->resync_running = FALSE;
+    g_assert(!g->resync_running);
     /* Without tracking, the next re-protection copies the whole disk: safe, slow. */
     if (!resync_track_writes(g->qmp, &link, new_epoch, cfg->resync_granularity_bytes, &err)) {
         log_warn(g->def->name, guest_role_name(g), "%s", err->message);

@@ -385,6 +385,31 @@ gboolean resync_poll(Qmp *q, const EngineLink *link, ResyncProgress *progress,
     return TRUE;
 }
 
+/*
+ * One look at a job that was told to end: a concluded job is dismissed
+ * (*ended), and one that concluded with an error fails.
+ */
+static gboolean job_end_step(Qmp *q, const EngineLink *link, JsonArray *jobs, const char *id,
+                             gboolean *ended, GError **err)
+{
+    JsonObject *job = find_job(jobs, id);
+    g_autofree char *failure = NULL;
+
+    *ended = !job;
+    if (!job || strcmp(job_status(job), "concluded") != 0)
+        return TRUE;
+    /* A mirror that failed may have left guest writes off the target. */
+    failure = g_strdup(json_object_get_string_member_with_default(job, "error", NULL));
+    if (!engine_run(q, link, "job-dismiss", engine_arg("id", id), err))
+        return FALSE;
+    *ended = TRUE;
+    if (failure) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "block job %s failed: %s", id, failure);
+        return FALSE;
+    }
+    return TRUE;
+}
+
 /* Waits until the job has concluded, then dismisses it. */
 static gboolean end_job(Qmp *q, const EngineLink *link, const char *id, GError **err)
 {
@@ -394,31 +419,16 @@ static gboolean end_job(Qmp *q, const EngineLink *link, const char *id, GError *
     for (;;) {
         g_autoptr(JsonNode) holder = NULL;
         JsonArray *jobs = block_jobs(q, link, &holder, err);
-        JsonObject *job;
+        gboolean ended;
 
-        if (!jobs)
+        if (!jobs || !job_end_step(q, link, jobs, id, &ended, err))
             return FALSE;
-        job = find_job(jobs, id);
-        if (!job)
+        if (ended)
             return TRUE;
-        if (strcmp(job_status(job), "concluded") == 0) {
-            /* A mirror that failed may have left guest writes off the target. */
-            g_autofree char *failure = g_strdup(
-                json_object_get_string_member_with_default(job, "error", NULL));
-
-            if (!engine_run(q, link, "job-dismiss", engine_arg("id", id), err))
-                return FALSE;
-            if (failure) {
-                g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "block job %s failed: %s", id,
-                            failure);
-                return FALSE;
-            }
-            return TRUE;
-        }
         if (g_get_monotonic_time() > deadline) {
             g_set_error(err, QMP_ERROR, QMP_ERROR_TIMEOUT,
                         "block job %s did not end within %d ms (status %s)", id,
-                        JOB_END_TIMEOUT_MS, job_status(job));
+                        JOB_END_TIMEOUT_MS, job_status(find_job(jobs, id)));
             return FALSE;
         }
         g_usleep(JOB_END_POLL_MS * 1000);
@@ -441,16 +451,35 @@ static gboolean del_node(Qmp *q, const EngineLink *link, const char *job, GError
  * primary's QEMU stopped answering for 10 s, blockdev-del waiting, the
  * guest's replies held, until the secondary was dropped.
  */
-gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err)
+gboolean resync_finish_begin(Qmp *q, const EngineLink *link, GError **err)
 {
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *mirror = mirror_job(i);
-        g_autofree char *copy = copy_job(i);
 
         /* Cancelling a mirror that is in sync completes it, without a pivot. */
-        if (!engine_run(q, link, "block-job-cancel", engine_arg("device", mirror), err) ||
-            !end_job(q, link, mirror, err) || !end_job(q, link, copy, err))
+        if (!engine_run(q, link, "block-job-cancel", engine_arg("device", mirror), err))
             return FALSE;
+    }
+    return TRUE;
+}
+
+gboolean resync_finish_poll(Qmp *q, const EngineLink *link, gboolean *ended, GError **err)
+{
+    g_autoptr(JsonNode) holder = NULL;
+    JsonArray *jobs = block_jobs(q, link, &holder, err);
+
+    if (!jobs)
+        return FALSE;
+    *ended = TRUE;
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+        gboolean mirror_ended, copy_ended;
+
+        if (!job_end_step(q, link, jobs, mirror, &mirror_ended, err) ||
+            !job_end_step(q, link, jobs, copy, &copy_ended, err))
+            return FALSE;
+        *ended = *ended && mirror_ended && copy_ended;
     }
     return TRUE;
 }

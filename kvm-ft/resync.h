@@ -73,12 +73,18 @@ gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
 gboolean resync_poll(Qmp *q, const EngineLink *link, ResyncProgress *progress,
                      GError **err);
 
-/* Once COLO replicates the guest's writes: the mirror and the copy end. */
-gboolean resync_finish(Qmp *q, const EngineLink *link, GError **err);
+/*
+ * Once COLO replicates the guest's writes, the mirror and the copy end:
+ * resync_finish_begin tells them to, then resync_finish_poll, called until
+ * *ended, dismisses each that has ended.  No wait: failure detection runs
+ * between the calls, and a secondary that dies meanwhile holds the jobs.
+ */
+gboolean resync_finish_begin(Qmp *q, const EngineLink *link, GError **err);
+gboolean resync_finish_poll(Qmp *q, const EngineLink *link, gboolean *ended, GError **err);
 
 /*
  * Once the pair has split (the secondary is dropped or lost): the copy's
- * connections to it, left idle by resync_finish, go.  Nothing of them
+ * connections to it, left idle once the copy finished, go.  Nothing of them
  * there is no error.
  */
 void resync_release_targets(Qmp *q, const EngineLink *link);

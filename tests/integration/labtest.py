@@ -307,6 +307,17 @@ class SeqClient(ClientProcess):
         super().__init__(lab, args, "seqclient")
 
 
+def longest_wait(client_log):
+    """Where a client's longest wait for an answer was (its log's UTC stamps), so that a
+    failed silence bound can be matched with the daemons' logs."""
+    stamps = [json.loads(line)["t"] for line in open(client_log)]
+    if len(stamps) < 2:
+        return "no answers logged"
+    wait, start = max((b - a, a) for a, b in zip(stamps, stamps[1:]))
+    utc = lambda t: time.strftime("%H:%M:%S", time.gmtime(t)) + ".%03d" % (t % 1 * 1000)
+    return "%.0f ms from %s to %s UTC" % (wait * 1000, utc(start), utc(start + wait))
+
+
 # What a guest prints when it is not healthy: its kernel's alarms, a disk that failed it
 # (I/O errors, ext4 giving up and going read-only), the counter's failed writes.
 KERNEL_TROUBLE = re.compile(r"Kernel panic|Oops|BUG:|kernel BUG|general protection fault|"

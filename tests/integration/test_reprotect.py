@@ -68,6 +68,13 @@ from start to end):
                    switch-over): the survivor leaves the attempt and runs the
                    guest on, never left paused; when the host returns once
                    more the pair re-protects.
+  secondary-dies-after-switch-over
+                   the same, the power pulled as soon as the survivor begins
+                   the switch-over (its log says so): from there the guest's
+                   output waits for the secondary (colo-compare), through the
+                   pause, the first checkpoint and the end of the disk copy;
+                   the survivor finds the secondary dead as fast as in COLO
+                   and runs on alone.
   survivor-daemon-restarts-entering-colo
                    the survivor's kvm-ftd is killed and started again while it
                    enters COLO: from its journal it undoes the attempt (the
@@ -97,8 +104,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, LINK, TOOLS, WRITER_PORT, ClientProcess, Lab, SeqClient,  # noqa: E402
                      assert_kernels_clean, check_disk, generation_mark, guest_dir, log,
-                     qemu_binary, run, run_all, running_copies, scenarios_asked, wait_for,
-                     wait_state)
+                     longest_wait, qemu_binary, run, run_all, running_copies, scenarios_asked,
+                     wait_for, wait_state)
 
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 MIB = 1 << 20
@@ -205,8 +212,8 @@ def finish(lab, survivor):
     assert summary["connection_broken"] is None, "connection broke: %s" % summary
     assert not summary["gaps"] and not summary["repeats"] and not summary["rewinds"], summary
     assert summary["max_silence_ms"] < MAX_SILENCE_MS, \
-        "the client waited %.0f ms for an answer (bound %d ms)" % (summary["max_silence_ms"],
-                                                                   MAX_SILENCE_MS)
+        "the client waited %.0f ms for an answer (bound %d ms): %s" % (
+            summary["max_silence_ms"], MAX_SILENCE_MS, longest_wait(lab.client_log))
     for since, until in lab.reprotect_windows:
         wait = longest_wait_ms(lab.client_log, since, until)
         log("longest wait for an answer while re-protecting: %.0f ms" % wait)
@@ -500,16 +507,54 @@ def assert_runs_alone_unpaused(lab, survivor, since):
     lab.reprotect_windows.append((since, time.time()))
 
 
-def scenario_secondary_dies_entering_colo(lab):
-    survivor = entering_colo(lab)
-    since = time.time()
-    lab.lab("power-off", "A")
-    assert_runs_alone_unpaused(lab, survivor, since)
+def reprotect_and_pull(lab, survivor):
+    """hostA returns, the survivor re-protects onto it, then loses its own power."""
     since = time.time()
     return_host(lab, "hostA")
     reprotected(lab, survivor, "incremental", None, since)
     time.sleep(3)
     return power_pull(lab, survivor)
+
+
+def scenario_secondary_dies_entering_colo(lab):
+    survivor = entering_colo(lab)
+    since = time.time()
+    lab.lab("power-off", "A")
+    assert_runs_alone_unpaused(lab, survivor, since)
+    return reprotect_and_pull(lab, survivor)
+
+
+def wait_log_line(path, offset, text, timeout):
+    """Follows a log from offset until a line holds text (polled every 2 ms)."""
+    deadline = time.time() + timeout
+    pending = ""
+    with open(path, errors="replace") as f:
+        f.seek(offset)
+        while time.time() < deadline:
+            pending += f.read()
+            lines = pending.split("\n")
+            pending = lines.pop()
+            if any(text in line for line in lines):
+                return
+            time.sleep(0.002)
+    raise AssertionError("no %r in %s within %d s" % (text, path, timeout))
+
+
+def scenario_secondary_dies_after_switch_over(lab):
+    survivor = power_pull(lab, "hostA")
+    wait_state(lab, survivor, "degraded", timeout=30)
+    daemon_log = lab.path(survivor, "/var/log/kvm-ft/kvm-ftd.log")
+    offset = os.path.getsize(daemon_log)
+    return_host(lab, "hostA")
+    # The guest is paused for the switch-over, then runs with colo-compare holding its
+    # output for the secondary; the first checkpoint and the copy's end are still to come.
+    wait_log_line(daemon_log, offset, "switching over to COLO", 180)
+    since = time.time()
+    lab.lab("power-off", "A")
+    log("hostA's power pulled %.0f ms after the switch-over began" %
+        ((time.time() - since) * 1000))
+    assert_runs_alone_unpaused(lab, survivor, since)
+    return reprotect_and_pull(lab, survivor)
 
 
 def scenario_survivor_daemon_restarts_entering_colo(lab):
@@ -578,6 +623,7 @@ SCENARIOS = {
     "survivor-daemon-restarts-mid-resync": scenario_survivor_daemon_restarts_mid_resync,
     "survivor-dies-mid-resync": scenario_survivor_dies_mid_resync,
     "secondary-dies-entering-colo": scenario_secondary_dies_entering_colo,
+    "secondary-dies-after-switch-over": scenario_secondary_dies_after_switch_over,
     "survivor-daemon-restarts-entering-colo": scenario_survivor_daemon_restarts_entering_colo,
 }
 
