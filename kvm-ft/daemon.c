@@ -66,6 +66,7 @@ struct Daemon {
      */
     double judge_late_ms[JUDGE_HISTORY];
     gint64 judge_at_us[JUDGE_HISTORY];   /* wall clock, for "since" */
+    gboolean judge_skipped[JUDGE_HISTORY];
     guint64 judge_rounds;
 };
 
@@ -657,12 +658,14 @@ static gboolean judge_tick(gpointer opaque)
     gint64 now = g_get_monotonic_time();
     gint64 late = now - d->last_judge_us - (gint64)d->cfg->heartbeat_ms * 1000;
     const gint64 previous_us = d->last_judge_us;
+    const guint slot = (guint)(d->judge_rounds++ % JUDGE_HISTORY);
     GHashTableIter it;
     gpointer value;
 
     d->last_judge_us = now;
-    d->judge_at_us[d->judge_rounds % JUDGE_HISTORY] = g_get_real_time();
-    d->judge_late_ms[d->judge_rounds++ % JUDGE_HISTORY] = MAX(late, 0) / 1000.0;
+    d->judge_at_us[slot] = g_get_real_time();
+    d->judge_late_ms[slot] = MAX(late, 0) / 1000.0;
+    d->judge_skipped[slot] = FALSE;
     if (late > (gint64)d->cfg->heartbeat_ms * 1000 * 2) {
         g_autofree char *cause = loopwait_longest_since(previous_us);
         /*
@@ -681,8 +684,10 @@ static gboolean judge_tick(gpointer opaque)
         g_hash_table_iter_init(&it, d->guests);
         while (g_hash_table_iter_next(&it, NULL, &value))
             guest_stalled(value, unheard_ms < 0 ? late / 1000 : unheard_ms);
-        if (!beats_went_on)
+        if (!beats_went_on) {
+            d->judge_skipped[slot] = TRUE;
             return G_SOURCE_CONTINUE;
+        }
     }
     read_waiting_frames(d);
     d->last_judge_us = g_get_monotonic_time();
@@ -737,7 +742,6 @@ static FtGuest *find_guest(Daemon *d, JsonObject *request, GError **err)
 static void add_detector(Daemon *d, JsonBuilder *b, gint64 since_us, gboolean waits)
 {
     const guint kept = (guint)MIN(d->judge_rounds, (guint64)JUDGE_HISTORY);
-    const double skip_ms = d->cfg->heartbeat_ms * 2.0;
     g_autofree double *late = g_new(double, kept ? kept : 1);
     guint n = 0, skipped = 0;
 
@@ -745,7 +749,7 @@ static void add_detector(Daemon *d, JsonBuilder *b, gint64 since_us, gboolean wa
         if (d->judge_at_us[i] < since_us)
             continue;
         late[n++] = d->judge_late_ms[i];
-        skipped += d->judge_late_ms[i] > skip_ms;
+        skipped += d->judge_skipped[i];
     }
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "interval_ms");

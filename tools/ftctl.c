@@ -580,7 +580,7 @@ static void print_detector(JsonObject *det)
         !member_num(late, "p50", &p50) || !member_num(late, "p99", &p99) ||
         !member_num(late, "max", &max))
         return;
-    printf("\nfailure detector: every %.0f ms, %.0f rounds (%.0f skipped: kvm-ftd was busy); "
+    printf("\nfailure detector: every %.0f ms, %.0f rounds (%.0f skipped: kvm-ftd stopped); "
            "late by p50 %.1f, p99 %.1f, max %.1f ms\n", interval, rounds, skipped, p50, p99,
            max);
 }
