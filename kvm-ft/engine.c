@@ -740,12 +740,17 @@ JsonObject *engine_arg(const char *key, const char *value)
     return args;
 }
 
-/* Teardown steps tolerate what is already gone: failover may run twice. */
+/*
+ * Teardown steps tolerate what is already gone: a failover runs again
+ * after kvm-ftd's restart.  QEMU then says "... not found", "... does not
+ * have child ...", or (nbd-server-stop) "NBD server not running".
+ */
 static gboolean already_gone(const GError *e)
 {
     return qmp_error_is_class(e, "DeviceNotFound") ||
            (e->code == QMP_ERROR_COMMAND &&
-            (strstr(e->message, "not found") || strstr(e->message, "does not have child")));
+            (strstr(e->message, "not found") || strstr(e->message, "does not have child") ||
+             strstr(e->message, "NBD server not running")));
 }
 
 static gboolean run_gone_ok(Qmp *q, const EngineLink *link, const char *command,

@@ -212,6 +212,12 @@ JsonArray *guest_disk_sizes(FtGuest *g, GError **err);
 
 /* guest-failover.c */
 void guest_drop_secondary(FtGuest *g, const char *reason);
+/*
+ * A restarted kvm-ftd whose QEMU left COLO while the journal says it was
+ * failing over (taking-over, dropping-secondary): the failover is finished.
+ * FALSE if the journal says no such thing.
+ */
+gboolean guest_finish_failover(FtGuest *g, FtRole was_role, const char *was_state);
 void guest_end_claim(FtGuest *g);
 gboolean guest_peer_answers(FtGuest *g);
 

@@ -35,9 +35,13 @@ static const char *const state_names[GUEST_N_STATES] = {
 
 /* The only transitions there are; anything else is a bug and is refused. */
 static const guint allowed[GUEST_N_STATES] = {
-    /* Protected or degraded straight away: a restarted kvm-ftd re-attaching. */
+    /*
+     * Protected, degraded or finishing a failover straight away: a restarted
+     * kvm-ftd re-attaching.
+     */
     [GUEST_STOPPED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
-                      BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED),
+                      BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED) |
+                      BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY),
     [GUEST_PREPARING_PEER] = BIT(GUEST_STARTING_PRIMARY) | ENDINGS,
     [GUEST_STARTING_PRIMARY] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) | ENDINGS,
     /* Back to degraded: a re-protection that failed leaves the guest running alone. */
@@ -931,7 +935,8 @@ gboolean guest_reattach(FtGuest *g, GError **err)
         g->role = strcmp(g->colo_mode, "primary") == 0 ? FT_ROLE_PRIMARY : FT_ROLE_SECONDARY;
         guest_enter_protected(g, "kvm-ftd restarted; re-attached to the running QEMU in COLO",
                               FALSE);
-    } else if (!undo_interrupted_setup(g, &was)) {
+    } else if (!guest_finish_failover(g, was.role, was.state) &&
+               !undo_interrupted_setup(g, &was)) {
         /* Out of COLO but running: whatever it was, it is the only copy now. */
         g->role = FT_ROLE_PRIMARY;
         guest_transition(g, GUEST_DEGRADED, "kvm-ftd restarted; re-attached to the running "

@@ -318,6 +318,24 @@ def longest_wait(client_log):
     return "%.0f ms from %s to %s UTC" % (wait * 1000, utc(start), utc(start + wait))
 
 
+def wait_log_line(path, offset, text, timeout):
+    """Follows a log from offset until a line holds text (polled every 2 ms); returns
+    that line."""
+    deadline = time.time() + timeout
+    pending = ""
+    with open(path, errors="replace") as f:
+        f.seek(offset)
+        while time.time() < deadline:
+            pending += f.read()
+            lines = pending.split("\n")
+            pending = lines.pop()
+            for line in lines:
+                if text in line:
+                    return line
+            time.sleep(0.002)
+    raise AssertionError("no %r in %s within %d s" % (text, path, timeout))
+
+
 # What a guest prints when it is not healthy: its kernel's alarms, a disk that failed it
 # (I/O errors, ext4 giving up and going read-only), the counter's failed writes.
 KERNEL_TROUBLE = re.compile(r"Kernel panic|Oops|BUG:|kernel BUG|general protection fault|"

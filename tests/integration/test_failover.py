@@ -25,6 +25,12 @@ guest before, during and after the fault):
   kill-daemon-A      kvm-ftd SIGKILLed on the primary and restarted: nothing
   kill-daemon-B      happens to the guest, the daemon re-attaches, the pair
                      stays protected (same on the secondary)
+  kill-daemon-taking-over  power pulled on the primary, and the secondary's
+                     kvm-ftd SIGKILLed the moment its log says it takes over,
+                     then started again: from its journal and its QEMU it
+                     finishes the takeover (or does it anew), and the guest
+                     carries on on hostB with the client's connection; when
+                     hostA returns, the pair protects the guest again
   stop-daemon-primary  kvm-ftd frozen (SIGSTOP) on the primary for 0.5 s, 3 s
                      and 30 s, then SIGCONT: its heartbeats stop with it, so
                      its peer takes over; the woken primary asks its peer,
@@ -75,7 +81,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import colotrace  # noqa: E402
 from labtest import (GUEST, LINK, Lab, SeqClient, check_disk, fault_time, guest_dir,  # noqa: E402
                      kernel_trouble, log, qemu_binary, run_all, running_copies, wait_failed_over, wait_for,
-                     wait_state)
+                     wait_log_line, wait_state)
 
 BEFORE_S = 8
 AFTER_S = 10
@@ -93,6 +99,10 @@ MAX_SILENCE_MS = {
     "kill-qemu-primary": 1000, "power-mid-checkpoint": 1000, "resume-window": 1000,
     "kill-daemon-A": 1000, "kill-daemon-B": 1000, "garbage-peer": 1000,
     "stop-daemon-primary": 1000, "stop-daemon-secondary": 1000,
+    # The takeover waits for the restarted kvm-ftd (~1-2 s under ASan), then the client's
+    # next answer for its TCP's next retransmission (tries ~0.2, 0.6, 1.4, 3.0, 6.2 s after
+    # its request).
+    "kill-daemon-taking-over": 7000,
     # The guest's output stops with a QEMU: the watchdog acts within WATCHDOG_S, then the
     # client's next answer waits for its TCP's next retransmission, backed off meanwhile
     # (tries ~0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s after its request): 6.9-7.0 s measured, and
@@ -108,6 +118,10 @@ HELD_REPLY_ANSWER_MS = 1000
 # 2 s interval, counted from the last checkpoint, so at most 4 s after the freeze), its
 # QMP probe (0.5 s) and the failover, with slack.
 WATCHDOG_S = 6.5
+# kill-daemon-taking-over: the kill this long after the log says the takeover began.
+# Here that lands after QEMU left COLO and before the takeover's last steps (at once,
+# it landed before QEMU left COLO); either way the restarted kvm-ftd must finish it.
+TAKEOVER_KILL_AFTER_S = 0.010
 # A frozen kvm-ftd (SIGSTOP) for each of these seconds, then SIGCONT.
 STOP_SECONDS = (0.5, 3, 30)
 # lossy-link: how long, and how much of each way's traffic on the link is lost.
@@ -286,6 +300,36 @@ def holder(lab, role):
     raise AssertionError("no protected %s: %s" % (role, [lab.status(h) for h in OTHER]))
 
 
+def daemon_pid(lab, host):
+    pids = [int(words[0]) for words in (line.split() for line in
+                                         lab.lab("pids", host[-1], "-v").stdout.splitlines())
+            if len(words) > 1 and os.path.basename(words[1]) == "kvm-ftd"]
+    assert len(pids) == 1, "kvm-ftd on %s: %s" % (host, pids)
+    return pids[0]
+
+
+def kill_daemon_taking_over(lab):
+    """hostA's power pulled; hostB's kvm-ftd SIGKILLed as soon as its log says it takes
+    over (the takeover's steps take ~20 ms: the log says where the kill landed), then
+    started again.  Returns the time of the pull."""
+    pid = daemon_pid(lab, "hostB")
+    daemon_log = lab.path("hostB", "/var/log/kvm-ft/kvm-ftd.log")
+    offset = os.path.getsize(daemon_log)
+    t = fault_time(lab.lab("power-off", "A").stdout)
+    wait_log_line(daemon_log, offset, "-> taking-over", 30)
+    time.sleep(TAKEOVER_KILL_AFTER_S)
+    os.kill(pid, signal.SIGKILL)
+    wait_for("the killed kvm-ftd gone", lambda: not os.path.exists("/proc/%d" % pid), 10)
+    with open(daemon_log, errors="replace") as f:
+        f.seek(offset)
+        log("kill-daemon-taking-over: hostB's kvm-ftd said before the kill:\n  %s" %
+            "\n  ".join(f.read().splitlines()[-6:]))
+    lab.lab("daemon-start", "B")
+    restarted = wait_log_line(daemon_log, offset, "kvm-ftd restarted", 30)
+    log("kill-daemon-taking-over: the restarted kvm-ftd: %s" % restarted.split(": ", 1)[-1])
+    return t
+
+
 def freeze_daemon(lab, role):
     """SIGSTOP the kvm-ftd of the guest's current `role` for each of STOP_SECONDS,
     then SIGCONT.  Its heartbeats stop with it: a frozen primary's peer takes
@@ -430,6 +474,9 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
         elif name == "resume-window":
             t = kill_in_resume_window(lab)
             survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
+        elif name == "kill-daemon-taking-over":
+            t = kill_daemon_taking_over(lab)
+            survivor, state, alive = "hostB", "degraded", ["hostB"]
         elif name.startswith("kill-daemon-"):
             host = "host" + name[-1]
             t = time.time()
@@ -512,6 +559,11 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
         }
         if strict:
             check_invariants(facts)
+            if name == "kill-daemon-taking-over":
+                # Nothing the interrupted takeover left stands in the next protection's way.
+                lab.lab("power-on", "A")
+                st = wait_state(lab, "hostB", "protected", timeout=180)
+                log("%s: hostA back, protected again: %s" % (name, st["last_resync"]))
             log("PASS %s: client answered %.0f ms after the fault"
                 % (name, facts["answer_after_fault_ms"] or -1))
         return facts
@@ -545,7 +597,7 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "two-disks",
              "power-secondary",
              "cut-link", "lossy-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
-             "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
+             "kill-daemon-taking-over", "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
              "stop-qemu-secondary", "held-reply", "resume-window", "power-mid-checkpoint"]
 
 

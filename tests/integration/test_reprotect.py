@@ -105,7 +105,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, LINK, TOOLS, WRITER_PORT, ClientProcess, Lab, SeqClient,  # noqa: E402
                      assert_kernels_clean, check_disk, generation_mark, guest_dir, log,
                      longest_wait, qemu_binary, run, run_all, running_copies, scenarios_asked,
-                     wait_for, wait_state)
+                     wait_for, wait_log_line, wait_state)
 
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 MIB = 1 << 20
@@ -522,22 +522,6 @@ def scenario_secondary_dies_entering_colo(lab):
     lab.lab("power-off", "A")
     assert_runs_alone_unpaused(lab, survivor, since)
     return reprotect_and_pull(lab, survivor)
-
-
-def wait_log_line(path, offset, text, timeout):
-    """Follows a log from offset until a line holds text (polled every 2 ms)."""
-    deadline = time.time() + timeout
-    pending = ""
-    with open(path, errors="replace") as f:
-        f.seek(offset)
-        while time.time() < deadline:
-            pending += f.read()
-            lines = pending.split("\n")
-            pending = lines.pop()
-            if any(text in line for line in lines):
-                return
-            time.sleep(0.002)
-    raise AssertionError("no %r in %s within %d s" % (text, path, timeout))
 
 
 def scenario_secondary_dies_after_switch_over(lab):
