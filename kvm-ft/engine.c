@@ -668,14 +668,10 @@ gboolean engine_primary_setup_live(Qmp *q, const EngineLink *link, GError **err)
 
 gboolean engine_primary_switch_over(Qmp *q, const EngineLink *link, GError **err)
 {
-    JsonObject *args = json_object_new();
+    g_autoptr(JsonObject) args = json_object_new();
 
     json_object_set_string_member(args, "state", "pre-switchover");
-    if (!add_filters(q, link, err)) {
-        json_object_unref(args);
-        return FALSE;
-    }
-    return engine_run(q, link, "migrate-continue", args, err);
+    return add_filters(q, link, err) && qmp_send(q, "migrate-continue", args, err);
 }
 
 gboolean engine_set_checkpoint_interval(Qmp *q, const EngineLink *link, guint interval_ms,

@@ -80,6 +80,12 @@ gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err);
  * qemu-patches 0007.
  */
 gboolean engine_primary_setup_live(Qmp *q, const EngineLink *link, GError **err);
+/*
+ * migrate-continue is sent, not waited for: QEMU answers it only once its
+ * main loop runs again, after the migration thread has sent the last pass
+ * with QEMU's lock held -- to a secondary that lost power, until the
+ * connection is cut.  The migration's status tells the outcome.
+ */
 gboolean engine_primary_switch_over(Qmp *q, const EngineLink *link, GError **err);
 
 /* The primary's longest time between two checkpoints, changed while in COLO. */

@@ -403,11 +403,11 @@ static void qmp_drain_lines(Qmp *q)
 }
 
 /*
- * Sends command (out of band if oob) with args (may be NULL; not consumed)
- * and waits for its reply.
+ * Queues command (out of band if oob) with args (may be NULL; not consumed)
+ * for sending; returns its id, or 0 with err.
  */
-static JsonNode *qmp_request(Qmp *q, const char *command, gboolean oob, JsonObject *args,
-                             gint64 deadline, guint timeout_ms, GError **err)
+static gint64 qmp_queue_request(Qmp *q, const char *command, gboolean oob, JsonObject *args,
+                                GError **err)
 {
     g_autoptr(JsonObject) req = json_object_new();
     g_autoptr(JsonNode) root = json_node_new(JSON_NODE_OBJECT);
@@ -420,11 +420,11 @@ static JsonNode *qmp_request(Qmp *q, const char *command, gboolean oob, JsonObje
     if (oob && !q->oob) {
         g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
                     "%s: QEMU did not offer out-of-band execution", command);
-        return NULL;
+        return 0;
     }
     if (q->fd < 0) {
         qmp_set_lost_error(q, command, err);
-        return NULL;
+        return 0;
     }
 
     id = ++q->last_id;
@@ -433,7 +433,30 @@ static JsonNode *qmp_request(Qmp *q, const char *command, gboolean oob, JsonObje
     text = json_to_string(root, FALSE);
     g_byte_array_append(q->out, (const guint8 *)text, strlen(text));
     g_byte_array_append(q->out, (const guint8 *)"\n", 1);
+    return id;
+}
 
+gboolean qmp_send(Qmp *q, const char *command, JsonObject *args, GError **err)
+{
+    g_return_val_if_fail(q && command, FALSE);
+    if (!qmp_queue_request(q, command, FALSE, args, err))
+        return FALSE;
+    /* What one write leaves goes with the next command's. */
+    if (!qmp_write_some(q)) {
+        qmp_set_lost_error(q, command, err);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* Sends command and waits for its reply. */
+static JsonNode *qmp_request(Qmp *q, const char *command, gboolean oob, JsonObject *args,
+                             gint64 deadline, guint timeout_ms, GError **err)
+{
+    gint64 id = qmp_queue_request(q, command, oob, args, err);
+
+    if (!id)
+        return NULL;
     for (;;) {
         g_autoptr(GError) lerr = NULL;
         g_autoptr(JsonNode) msg = qmp_next_message(q, deadline, command,

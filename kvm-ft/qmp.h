@@ -87,6 +87,13 @@ JsonNode *qmp_call(Qmp *q, const char *command, JsonObject *args,
                    guint timeout_ms, GError **err);
 
 /*
+ * Sends command without waiting for its reply, which is dropped when it
+ * comes: for a command whose outcome a later query shows.  FALSE with err
+ * only if the connection is lost.
+ */
+gboolean qmp_send(Qmp *q, const char *command, JsonObject *args, GError **err);
+
+/*
  * As qmp_call(), but sent as "exec-oob": QEMU runs it in the monitor's own
  * thread even while its main loop is blocked, which is what makes "yank"
  * of a dead peer's connections possible.  QMP_ERROR_PROTOCOL without

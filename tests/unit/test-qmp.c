@@ -468,6 +468,37 @@ START_TEST(test_stub_timeout_then_late_reply)
 }
 END_TEST
 
+/* A command sent without waiting: its reply, when it comes, is not the next call's. */
+START_TEST(test_stub_send_without_waiting)
+{
+    static const StubStep script[] = {
+        STUB_HELLO(GREETING_NO_OOB),
+        { STUB_RECV, NULL },
+        { STUB_RECV, NULL },
+        { STUB_SEND, "{\"return\": \"sent\", \"id\": %PREVID%}" },
+        { STUB_SEND, "{\"return\": \"awaited\", \"id\": %ID%}" },
+        { STUB_END, NULL },
+    };
+    Stub *s = stub_start(script);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Qmp) q = qmp_connect(s->path, 2000, &err);
+    g_autoptr(JsonNode) ret = NULL;
+    gint64 t0;
+
+    ck_assert_msg(q, "connect: %s", err ? err->message : "");
+    t0 = now_ms();
+    ck_assert_msg(qmp_send(q, "migrate-continue", NULL, &err), "send: %s",
+                  err ? err->message : "");
+    ck_assert_msg(now_ms() - t0 < 100, "qmp_send waited");
+    ret = qmp_call(q, "query-migrate", NULL, 2000, &err);
+    ck_assert_msg(ret, "call: %s", err ? err->message : "");
+    ck_assert_str_eq(json_node_get_string(ret), "awaited");
+
+    g_clear_pointer(&q, qmp_free);
+    stub_stop(s);
+}
+END_TEST
+
 START_TEST(test_stub_greeting_timeout)
 {
     static const StubStep script[] = { { STUB_END, NULL } };
@@ -1115,6 +1146,7 @@ static Suite *qmp_suite(void)
     tcase_add_test(tc, test_stub_handshake_oob);
     tcase_add_test(tc, test_stub_no_oob);
     tcase_add_test(tc, test_stub_timeout_then_late_reply);
+    tcase_add_test(tc, test_stub_send_without_waiting);
     tcase_add_test(tc, test_stub_greeting_timeout);
     tcase_add_test(tc, test_stub_capabilities_timeout);
     tcase_add_test(tc, test_connect_missing_socket);
