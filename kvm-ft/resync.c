@@ -398,15 +398,20 @@ static gboolean job_end_step(Qmp *q, const EngineLink *link, JsonArray *jobs, co
     *ended = !job;
     if (!job || strcmp(job_status(job), "concluded") != 0)
         return TRUE;
-    /* A mirror that failed may have left guest writes off the target. */
+    /*
+     * A mirror that failed may have left guest writes off the target: that
+     * is reported whatever its dismissal does, or a dismissal unanswered in
+     * time and a job gone by the next look would pass for a clean end.
+     */
     failure = g_strdup(json_object_get_string_member_with_default(job, "error", NULL));
-    if (!engine_run(q, link, "job-dismiss", engine_arg("id", id), err))
-        return FALSE;
-    *ended = TRUE;
     if (failure) {
+        engine_run(q, link, "job-dismiss", engine_arg("id", id), NULL);
         g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "block job %s failed: %s", id, failure);
         return FALSE;
     }
+    if (!engine_run(q, link, "job-dismiss", engine_arg("id", id), err))
+        return FALSE;
+    *ended = TRUE;
     return TRUE;
 }
 
@@ -467,10 +472,10 @@ gboolean resync_finish_poll(Qmp *q, const EngineLink *link, gboolean *ended, GEr
 {
     g_autoptr(JsonNode) holder = NULL;
     JsonArray *jobs = block_jobs(q, link, &holder, err);
+    gboolean all_ended = TRUE;
 
     if (!jobs)
         return FALSE;
-    *ended = TRUE;
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *mirror = mirror_job(i);
         g_autofree char *copy = copy_job(i);
@@ -479,8 +484,10 @@ gboolean resync_finish_poll(Qmp *q, const EngineLink *link, gboolean *ended, GEr
         if (!job_end_step(q, link, jobs, mirror, &mirror_ended, err) ||
             !job_end_step(q, link, jobs, copy, &copy_ended, err))
             return FALSE;
-        *ended = *ended && mirror_ended && copy_ended;
+        all_ended = all_ended && mirror_ended && copy_ended;
     }
+    /* Only a look that saw every job: a failed one must never read as ended. */
+    *ended = all_ended;
     return TRUE;
 }
 
