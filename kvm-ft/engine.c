@@ -456,25 +456,22 @@ gboolean engine_secondary_setup(Qmp *q, const EngineLink *link, GError **err)
            engine_run(q, link, "migrate-incoming", uri_arg(sec, base + FT_PORT_MIGRATION), err);
 }
 
+static JsonObject *hmp_args(const char *line)
+{
+    JsonObject *args = json_object_new();
+
+    json_object_set_string_member(args, "command-line", line);
+    return args;
+}
+
 /*
  * HMP reports failure as text, not as a QMP error: it becomes a command
  * error ("what: text"), so "already gone" reads as it does from QMP.
  */
-static gboolean hmp(Qmp *q, const EngineLink *link, const char *what, const char *line,
-                    GError **err)
+static gboolean hmp_output_ok(JsonNode *out, const char *what, GError **err)
 {
-    JsonObject *args = json_object_new();
-    g_autoptr(JsonNode) out = NULL;
-    const char *text;
+    const char *text = JSON_NODE_HOLDS_VALUE(out) ? json_node_get_string(out) : NULL;
 
-    json_object_set_string_member(args, "command-line", line);
-    out = qmp_call(q, "human-monitor-command", args, link->timeout_ms, err);
-    json_object_unref(args);
-    if (!out) {
-        g_prefix_error(err, "%s: ", what);
-        return FALSE;
-    }
-    text = JSON_NODE_HOLDS_VALUE(out) ? json_node_get_string(out) : NULL;
     if (text && *text) {
         g_autofree char *msg = g_strstrip(g_strdup(text));
 
@@ -484,27 +481,148 @@ static gboolean hmp(Qmp *q, const EngineLink *link, const char *what, const char
     return TRUE;
 }
 
-/* The replication child has no QMP command in 7.2 other than HMP's drive_add. */
-static gboolean add_replication(Qmp *q, const EngineLink *link, guint index,
-                                GError **err)
+static gboolean hmp(Qmp *q, const EngineLink *link, const char *what, const char *line,
+                    GError **err)
 {
-    g_autofree char *parent = domxml_parent_node(index);
-    g_autofree char *quorum = domxml_quorum_node(index);
+    g_autoptr(JsonObject) args = hmp_args(line);
+    g_autoptr(JsonNode) out = qmp_call(q, "human-monitor-command", args, link->timeout_ms, err);
+
+    if (!out) {
+        g_prefix_error(err, "%s: ", what);
+        return FALSE;
+    }
+    return hmp_output_ok(out, what, err);
+}
+
+/* ---- commands not waited for -------------------------------------------- */
+
+typedef struct {
+    char *command;
+    JsonObject *args;
+} SequenceStep;
+
+struct EngineSequence {
+    GQueue steps;           /* of SequenceStep *, the one under way first */
+    guint timeout_ms;
+    EngineDoneFunc done;
+    gpointer opaque;
+    GDestroyNotify destroy;
+};
+
+static void sequence_step_free(SequenceStep *step)
+{
+    g_free(step->command);
+    if (step->args)
+        json_object_unref(step->args);
+    g_free(step);
+}
+
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(SequenceStep, sequence_step_free)
+
+EngineSequence *engine_sequence_new(void)
+{
+    EngineSequence *seq = g_new0(EngineSequence, 1);
+
+    g_queue_init(&seq->steps);
+    return seq;
+}
+
+void engine_sequence_add(EngineSequence *seq, const char *command, JsonObject *args)
+{
+    SequenceStep *step = g_new0(SequenceStep, 1);
+
+    step->command = g_strdup(command);
+    step->args = args;
+    g_queue_push_tail(&seq->steps, step);
+}
+
+static void sequence_free(EngineSequence *seq)
+{
+    g_queue_clear_full(&seq->steps, (GDestroyNotify)sequence_step_free);
+    g_free(seq);
+}
+
+/* The connection went first: the caller's data goes without an answer. */
+static void sequence_drop(gpointer opaque)
+{
+    EngineSequence *seq = opaque;
+
+    if (seq->destroy)
+        seq->destroy(seq->opaque);
+    sequence_free(seq);
+}
+
+static void sequence_reply(Qmp *q, JsonNode *result, const GError *error, gpointer opaque);
+
+static gboolean sequence_send(EngineSequence *seq, Qmp *q, GError **err)
+{
+    SequenceStep *step = g_queue_peek_head(&seq->steps);
+
+    return qmp_call_async(q, step->command, step->args, seq->timeout_ms, sequence_reply, seq,
+                          sequence_drop, err);
+}
+
+static void sequence_reply(Qmp *q, JsonNode *result, const GError *error, gpointer opaque)
+{
+    EngineSequence *seq = opaque;
+    g_autoptr(SequenceStep) step = g_queue_pop_head(&seq->steps);
+    g_autoptr(GError) err = error ? g_error_copy(error) : NULL;
+
+    if (!err && strcmp(step->command, "human-monitor-command") == 0)
+        hmp_output_ok(result, json_object_get_string_member(step->args, "command-line"), &err);
+    if (!err && !g_queue_is_empty(&seq->steps) && sequence_send(seq, q, &err))
+        return;
+    seq->done(err, seq->opaque);
+    sequence_free(seq);
+}
+
+gboolean engine_sequence_run(EngineSequence *seq, Qmp *q, const EngineLink *link,
+                             EngineDoneFunc done, gpointer opaque, GDestroyNotify destroy,
+                             GError **err)
+{
+    g_return_val_if_fail(!g_queue_is_empty(&seq->steps), FALSE);
+    seq->timeout_ms = link->timeout_ms;
+    seq->done = done;
+    seq->opaque = opaque;
+    seq->destroy = destroy;
+    if (sequence_send(seq, q, err))
+        return TRUE;
+    sequence_free(seq);
+    return FALSE;
+}
+
+/*
+ * The replication child has no QMP command in 7.2 other than HMP's
+ * drive_add, which opens its NBD connection at once.
+ */
+gboolean engine_primary_connect_replication(Qmp *q, const EngineLink *link, EngineDoneFunc done,
+                                            gpointer opaque, GDestroyNotify destroy,
+                                            GError **err)
+{
+    EngineSequence *seq = engine_sequence_new();
     const char *creds = engine_tls_client(link);
     g_autofree char *tls = creds ? g_strdup_printf(",file.tls-creds=%s", creds) : NULL;
-    g_autofree char *line = g_strdup_printf(
-        "drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,"
-        "file.host=%s,file.port=%u,file.export=%s,node-name=replication%u,"
-        "file.node-name=nbd%u%s",
-        link->secondary_addr, link->def->port_base + FT_PORT_NBD, parent,
-        index, index, tls ? tls : "");
-    g_autofree char *node = g_strdup_printf("replication%u", index);
-    g_autofree char *what = g_strdup_printf("drive_add %s", node);
-    JsonObject *change;
 
-    if (!hmp(q, link, what, line, err))
-        return FALSE;
-    change = json_object_new();
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *parent = domxml_parent_node(i);
+        g_autofree char *line = g_strdup_printf(
+            "drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,"
+            "file.host=%s,file.port=%u,file.export=%s,node-name=replication%u,"
+            "file.node-name=nbd%u%s",
+            link->secondary_addr, link->def->port_base + FT_PORT_NBD, parent,
+            i, i, tls ? tls : "");
+
+        engine_sequence_add(seq, "human-monitor-command", hmp_args(line));
+    }
+    return engine_sequence_run(seq, q, link, done, opaque, destroy, err);
+}
+
+static gboolean attach_replication(Qmp *q, const EngineLink *link, guint index, GError **err)
+{
+    g_autofree char *quorum = domxml_quorum_node(index);
+    g_autofree char *node = g_strdup_printf("replication%u", index);
+    JsonObject *change = json_object_new();
+
     json_object_set_string_member(change, "parent", quorum);
     json_object_set_string_member(change, "node", node);
     return engine_run(q, link, "x-blockdev-change", change, err);
@@ -629,7 +747,7 @@ static gboolean start_sync(Qmp *q, const EngineLink *link, gboolean pause, GErro
     JsonObject *params = migration_tls(link, FALSE);
 
     for (guint i = 0; i < link->def->disks->len; i++) {
-        if (!add_replication(q, link, i, err)) {
+        if (!attach_replication(q, link, i, err)) {
             json_object_unref(params);
             return FALSE;
         }

@@ -41,6 +41,26 @@ gboolean engine_run(Qmp *q, const EngineLink *link, const char *command, JsonObj
 /* The same for a query: its answer, owned by the caller, or NULL. */
 JsonNode *engine_query(Qmp *q, const EngineLink *link, const char *command, JsonObject *args,
                        GError **err);
+/*
+ * Commands run one after the other without waiting for any (qmp.h's
+ * qmp_call_async()): for steps QEMU takes long over in its main loop, an
+ * NBD client's connect above all (~90 ms under TCG), which the daemon's
+ * failure detector must not wait for.  done gets NULL once every command
+ * succeeded, or the first failure, after which nothing more is sent.
+ * Exactly one of done and destroy is called (destroy: the QMP connection
+ * was freed first).
+ */
+typedef void (*EngineDoneFunc)(const GError *err, gpointer opaque);
+typedef struct EngineSequence EngineSequence;
+
+EngineSequence *engine_sequence_new(void);
+/* args: consumed; NULL: none. */
+void engine_sequence_add(EngineSequence *seq, const char *command, JsonObject *args);
+/* Takes seq.  FALSE with err, nothing called, if the first command cannot be sent. */
+gboolean engine_sequence_run(EngineSequence *seq, Qmp *q, const EngineLink *link,
+                             EngineDoneFunc done, gpointer opaque, GDestroyNotify destroy,
+                             GError **err);
+
 /* Arguments of one string member, as most teardown steps take. */
 JsonObject *engine_arg(const char *key, const char *value);
 /* A QMP SocketAddress of a unix socket. */
@@ -68,12 +88,22 @@ gboolean engine_primary_open_channels(Qmp *q, const EngineLink *link, GError **e
 gboolean engine_primary_channels_connected(Qmp *q, const EngineLink *link, gint64 deadline_us,
                                            gboolean *connected, GError **err);
 
-/* Primary, paused: colo-compare and filters, replication to the
- * secondary's NBD export, then the migration that enters COLO. */
+/*
+ * Primary: the replication children, NBD clients of the secondary's
+ * export, connected without waiting (engine_sequence_run()); each is
+ * attached to its disk only by engine_primary_setup*().
+ */
+gboolean engine_primary_connect_replication(Qmp *q, const EngineLink *link, EngineDoneFunc done,
+                                            gpointer opaque, GDestroyNotify destroy,
+                                            GError **err);
+
+/* Primary, paused, its replication connected: colo-compare and filters,
+ * the replication attached, then the migration that enters COLO. */
 gboolean engine_primary_setup(Qmp *q, const EngineLink *link, GError **err);
 
 /*
- * Primary, running: replication and the migration, which pauses before
+ * Primary, running, its replication connected: the replication attached and
+ * the migration, which pauses before
  * its switchover (status "pre-switchover", VM stopped) for
  * engine_primary_switch_over() to add the filters and go on.  The guest's
  * output is held only from then on, not through the whole precopy.  Needs

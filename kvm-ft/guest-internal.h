@@ -131,6 +131,7 @@ struct FtGuest {
     guint64 setup_seq;     /* the peer's answer (prepare-secondary, receive-copy) that counts */
     guint64 nbd_probe_seq; /* the probe of the peer's NBD server that counts */
     guint64 compare_seq;   /* the comparison of administrator-copied disks that counts */
+    guint64 qmp_step_seq;   /* the QMP commands not waited for (engine_sequence_run) that count */
     /*
      * The outage bitmap began at this split (resync.h); and whether a guest
      * write failed on the secondary's copy while protected (QUORUM_REPORT_BAD):

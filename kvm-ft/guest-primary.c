@@ -152,23 +152,45 @@ static void broadcast_progress(FtGuest *g)
     guest_broadcast_event(g, b);
 }
 
-static void setup_colo(FtGuest *g)
+static void on_replication_connected(const GError *error, gpointer opaque)
 {
+    g_autoptr(GuestRef) ref = opaque; /* seq: qmp_step_seq */
+    FtGuest *g = guest_ref_find(ref);
     g_autoptr(GError) err = NULL;
-    EngineLink link = guest_engine_link(g);
+    EngineLink link;
 
-    g->switched_over = FALSE;
-    g->entry_pending = g->rejoin;
-    g->entry_pause_ms = 0;
+    if (!g || g->qmp_step_seq != ref->seq || g->state != GUEST_ENTERING_COLO)
+        return;
+    if (error) {
+        guest_fail(g, "cannot set up replication: %s", error->message);
+        return;
+    }
+    link = guest_engine_link(g);
     if (!(g->rejoin ? engine_primary_setup_live(g->qmp, &link, &err)
                     : engine_primary_setup(g->qmp, &link, &err))) {
         guest_fail(g, "cannot set up replication: %s", err->message);
         return;
     }
-    guest_arm_deadline(g);
-    if (!guest_transition(g, GUEST_ENTERING_COLO, "replication attached; first full sync"))
-        return;
     g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_primary_sync, g);
+}
+
+static void setup_colo(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *why = g_strdup_printf("connecting the replication to %s; then the first "
+                                           "full sync", guest_peer_host(g)->name);
+    EngineLink link = guest_engine_link(g);
+
+    g->switched_over = FALSE;
+    g->entry_pending = g->rejoin;
+    g->entry_pause_ms = 0;
+    guest_arm_deadline(g);
+    if (!guest_transition(g, GUEST_ENTERING_COLO, why))
+        return;
+    if (!engine_primary_connect_replication(g->qmp, &link, on_replication_connected,
+                                            guest_ref_new(g, ++g->qmp_step_seq),
+                                            (GDestroyNotify)guest_ref_free, &err))
+        guest_fail(g, "cannot set up replication: %s", err->message);
 }
 
 static gboolean poll_resync(gpointer opaque)
@@ -205,6 +227,25 @@ static gboolean poll_resync(gpointer opaque)
     return G_SOURCE_REMOVE;
 }
 
+static void on_targets_connected(const GError *error, gpointer opaque)
+{
+    g_autoptr(GuestRef) ref = opaque; /* seq: qmp_step_seq */
+    FtGuest *g = guest_ref_find(ref);
+    g_autoptr(GError) err = NULL;
+    EngineLink link;
+
+    if (!g || g->qmp_step_seq != ref->seq || g->state != GUEST_RESYNCING)
+        return;
+    link = guest_engine_link(g);
+    if (error || !resync_start(g->qmp, &link, g->resync_plan == RESYNC_INCREMENTAL,
+                               g->resync_since, daemon_config(g->d)->resync_rate_bytes, &err)) {
+        guest_fail(g, "cannot start the disk copy to %s: %s", guest_peer_host(g)->name,
+                   error ? error->message : err->message);
+        return;
+    }
+    g->poll_id = g_timeout_add(RESYNC_POLL_MS, poll_resync, g);
+}
+
 /* The secondary has marked its disks as receiving: the copy starts. */
 static void start_copy(FtGuest *g)
 {
@@ -230,12 +271,7 @@ static void start_copy(FtGuest *g)
         g_clear_error(&err);
         g->resync_plan = RESYNC_FULL;
     }
-    if (!resync_start(g->qmp, &link, g->resync_plan == RESYNC_INCREMENTAL, g->resync_since,
-                      daemon_config(g->d)->resync_rate_bytes, &err)) {
-        guest_fail(g, "cannot start the disk copy to %s: %s", guest_peer_host(g)->name,
-                   err->message);
-        return;
-    }
+    /* From here on a failure removes whatever of the copy QEMU has. */
     g->resync_running = TRUE;
     memset(&g->resync, 0, sizeof(g->resync));
     g->resync_rate = 0;
@@ -253,7 +289,11 @@ static void start_copy(FtGuest *g)
                           g->resync_plan == RESYNC_INCREMENTAL ? "incremental" : "full");
     if (!guest_transition(g, GUEST_RESYNCING, why))
         return;
-    g->poll_id = g_timeout_add(RESYNC_POLL_MS, poll_resync, g);
+    if (!resync_connect_targets(g->qmp, &link, on_targets_connected,
+                                guest_ref_new(g, ++g->qmp_step_seq),
+                                (GDestroyNotify)guest_ref_free, &err))
+        guest_fail(g, "cannot start the disk copy to %s: %s", guest_peer_host(g)->name,
+                   err->message);
 }
 
 /* Where the primary's verify exports listen: kvm-ftd's run dir, as its other sockets. */

@@ -35,6 +35,19 @@ typedef struct {
     gint64 timestamp_us;
 } QmpEvent;
 
+/* A command sent with qmp_call_async(), then its outcome until delivered. */
+typedef struct {
+    gint64 id;
+    char *command;
+    guint timeout_ms;
+    gint64 deadline;        /* monotonic */
+    QmpReplyFunc done;
+    gpointer opaque;
+    GDestroyNotify destroy;
+    JsonNode *result;
+    GError *error;
+} QmpAwaited;
+
 typedef struct {
     GSource base;
     Qmp *q;
@@ -59,6 +72,8 @@ struct Qmp {
     gpointer opaque;
     gboolean events_unwanted;   /* handlers were set without an event handler */
     GQueue events;          /* of QmpEvent *, not yet delivered */
+    GHashTable *awaited;    /* id -> QmpAwaited *: sent asynchronously, unanswered */
+    GQueue answered;        /* of QmpAwaited *: outcome known, not yet delivered */
     GError *close_reason;
     gboolean close_reported;
     QmpSource *source;
@@ -72,6 +87,23 @@ static void qmp_event_free(QmpEvent *ev)
     if (ev->data)
         json_object_unref(ev->data);
     g_free(ev);
+}
+
+static void qmp_awaited_free(QmpAwaited *a)
+{
+    g_free(a->command);
+    if (a->result)
+        json_node_unref(a->result);
+    g_clear_error(&a->error);
+    g_free(a);
+}
+
+/* The caller's data goes without its callback: the connection is freed. */
+static void qmp_awaited_drop(QmpAwaited *a)
+{
+    if (a->destroy)
+        a->destroy(a->opaque);
+    qmp_awaited_free(a);
 }
 
 static gint64 deadline_after(guint timeout_ms)
@@ -100,6 +132,7 @@ static void qmp_unref(Qmp *q)
     if (--q->refs > 0)
         return;
     g_queue_clear_full(&q->events, (GDestroyNotify)qmp_event_free);
+    g_hash_table_unref(q->awaited);
     g_clear_error(&q->close_reason);
     g_string_free(q->in, TRUE);
     g_byte_array_unref(q->out);
@@ -114,6 +147,34 @@ static void qmp_drop_fd_watch(Qmp *q)
     if (q->source && q->source->fd_tag) {
         g_source_remove_unix_fd(&q->source->base, q->source->fd_tag);
         q->source->fd_tag = NULL;
+    }
+}
+
+static gint awaited_by_id(gconstpointer x, gconstpointer y)
+{
+    const QmpAwaited *a = x, *b = y;
+
+    return (a->id > b->id) - (a->id < b->id);
+}
+
+static void qmp_answer(Qmp *q, QmpAwaited *a)
+{
+    g_hash_table_steal(q->awaited, &a->id);
+    g_queue_push_tail(&q->answered, a);
+}
+
+/* Every command still awaited fails with the loss of the connection. */
+static void qmp_fail_awaited(Qmp *q)
+{
+    g_autoptr(GList) all = g_hash_table_get_values(q->awaited);
+
+    all = g_list_sort(all, awaited_by_id);
+    for (GList *l = all; l; l = l->next) {
+        QmpAwaited *a = l->data;
+
+        a->error = g_error_new(QMP_ERROR, q->close_reason->code, "%s: %s", a->command,
+                               q->close_reason->message);
+        qmp_answer(q, a);
     }
 }
 
@@ -132,6 +193,7 @@ static void qmp_lose(Qmp *q, GError *reason)
     g_string_truncate(q->in, 0);
     g_byte_array_set_size(q->out, 0);
     q->close_reason = reason;
+    qmp_fail_awaited(q);
 }
 
 static void qmp_set_lost_error(Qmp *q, const char *what, GError **err)
@@ -330,16 +392,21 @@ static void qmp_queue_event(Qmp *q, JsonObject *msg)
     g_queue_push_tail(&q->events, ev);
 }
 
+static JsonNode *qmp_reply_result(const char *command, JsonNode *reply, GError **err);
+
 /*
- * Queues events and recognises the reply to want_id (0: nothing is
- * awaited).  An error reply without an id is QEMU rejecting a request it
- * could not parse, which can only be the one awaited.
+ * Queues events and the replies to qmp_call_async(), and recognises the
+ * reply to want_id (0: nothing is waited for).  An error reply without an
+ * id is QEMU rejecting a request it could not parse, which can only be the
+ * one waited for.
  */
 static gboolean qmp_is_reply(Qmp *q, JsonNode *msg, gint64 want_id,
                              GError **err)
 {
     JsonObject *o = json_node_get_object(msg);
+    QmpAwaited *awaited;
     JsonNode *id;
+    gint64 n;
 
     if (json_object_has_member(o, "event")) {
         qmp_queue_event(q, o);
@@ -354,12 +421,17 @@ static gboolean qmp_is_reply(Qmp *q, JsonNode *msg, gint64 want_id,
     id = json_object_get_member(o, "id");
     if (want_id > 0 && !id)
         return TRUE;
-    if (want_id > 0 && json_node_get_value_type(id) == G_TYPE_INT64 &&
-        json_node_get_int(id) == want_id)
+    n = id && json_node_get_value_type(id) == G_TYPE_INT64 ? json_node_get_int(id) : -1;
+    if (want_id > 0 && n == want_id)
         return TRUE;
+    awaited = g_hash_table_lookup(q->awaited, &n);
+    if (awaited) {
+        awaited->result = qmp_reply_result(awaited->command, msg, &awaited->error);
+        qmp_answer(q, awaited);
+        return FALSE;
+    }
     log_debug(NULL, NULL, "QMP %s: dropped a reply nobody waits for (id %" G_GINT64_FORMAT ")",
-              q->path, id && json_node_get_value_type(id) == G_TYPE_INT64 ?
-              json_node_get_int(id) : -1);
+              q->path, n);
     return FALSE;
 }
 
@@ -449,6 +521,59 @@ gboolean qmp_send(Qmp *q, const char *command, JsonObject *args, GError **err)
     return TRUE;
 }
 
+gboolean qmp_call_async(Qmp *q, const char *command, JsonObject *args, guint timeout_ms,
+                        QmpReplyFunc done, gpointer opaque, GDestroyNotify destroy,
+                        GError **err)
+{
+    QmpAwaited *a;
+    gint64 id;
+
+    g_return_val_if_fail(q && command && done && timeout_ms > 0, FALSE);
+    id = qmp_queue_request(q, command, FALSE, args, err);
+    if (!id)
+        return FALSE;
+    if (!qmp_write_some(q)) {
+        qmp_set_lost_error(q, command, err);
+        return FALSE;
+    }
+    a = g_new0(QmpAwaited, 1);
+    a->id = id;
+    a->command = g_strdup(command);
+    a->timeout_ms = timeout_ms;
+    a->deadline = deadline_after(timeout_ms);
+    a->done = done;
+    a->opaque = opaque;
+    a->destroy = destroy;
+    g_hash_table_insert(q->awaited, &a->id, a);
+    /* A source sleeping without a deadline must wake for this one. */
+    if (q->source)
+        g_main_context_wakeup(g_source_get_context(&q->source->base));
+    return TRUE;
+}
+
+/* Commands sent asynchronously whose deadline passed fail; the soonest one left, or -1. */
+static gint64 qmp_expire_awaited(Qmp *q)
+{
+    gint64 now = g_get_monotonic_time(), soonest = -1;
+    g_autoptr(GList) all = g_hash_table_get_values(q->awaited);
+
+    all = g_list_sort(all, awaited_by_id);
+    for (GList *l = all; l; l = l->next) {
+        QmpAwaited *a = l->data;
+
+        if (a->deadline <= now) {
+            /* QEMU may still run it; its late reply is dropped. */
+            a->error = g_error_new(QMP_ERROR, QMP_ERROR_TIMEOUT,
+                                   "%s: no answer from QEMU within %u ms", a->command,
+                                   a->timeout_ms);
+            qmp_answer(q, a);
+        } else if (soonest < 0 || a->deadline < soonest) {
+            soonest = a->deadline;
+        }
+    }
+    return soonest;
+}
+
 /* Sends command and waits for its reply. */
 static JsonNode *qmp_request(Qmp *q, const char *command, gboolean oob, JsonObject *args,
                              gint64 deadline, guint timeout_ms, GError **err)
@@ -523,6 +648,9 @@ static Qmp *qmp_new(int fd, const char *path)
     q->in = g_string_new(NULL);
     q->out = g_byte_array_new();
     g_queue_init(&q->events);
+    q->awaited = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
+                                       (GDestroyNotify)qmp_awaited_drop);
+    g_queue_init(&q->answered);
     return q;
 }
 
@@ -670,20 +798,24 @@ static Qmp *qmp_connect_now(const char *socket_path, guint timeout_ms, GError **
 
 static gboolean qmp_has_pending(Qmp *q)
 {
-    return (q->event_cb && q->events.length > 0) ||
+    return q->answered.length > 0 || (q->event_cb && q->events.length > 0) ||
            (q->closed_cb && q->close_reason && !q->close_reported);
 }
 
 static gboolean qmp_source_prepare(GSource *s, gint *timeout)
 {
-    *timeout = -1;
-    return qmp_has_pending(((QmpSource *)s)->q);
+    Qmp *q = ((QmpSource *)s)->q;
+    gint64 soonest = qmp_expire_awaited(q);
+
+    *timeout = soonest < 0 ? -1 : remaining_ms(soonest);
+    return qmp_has_pending(q);
 }
 
 static gboolean qmp_source_check(GSource *s)
 {
     QmpSource *qs = (QmpSource *)s;
 
+    qmp_expire_awaited(qs->q);
     if (qmp_has_pending(qs->q))
         return TRUE;
     return qs->fd_tag && g_source_query_unix_fd(s, qs->fd_tag) != 0;
@@ -701,6 +833,12 @@ static gboolean qmp_source_dispatch(GSource *s, GSourceFunc cb, gpointer data)
         qmp_drain_lines(q);
 
     /* Popping one at a time: a handler may run commands that queue more. */
+    while (!q->freed && q->answered.length > 0) {
+        QmpAwaited *a = g_queue_pop_head(&q->answered);
+
+        a->done(q, a->result, a->error, a->opaque);
+        qmp_awaited_free(a);
+    }
     while (!q->freed && q->event_cb && q->events.length > 0) {
         QmpEvent *ev = g_queue_pop_head(&q->events);
 
@@ -801,6 +939,8 @@ void qmp_free(Qmp *q)
         q->fd = -1;
     }
     g_queue_clear_full(&q->events, (GDestroyNotify)qmp_event_free);
+    g_hash_table_remove_all(q->awaited);
+    g_queue_clear_full(&q->answered, (GDestroyNotify)qmp_awaited_drop);
     qmp_unref(q);
 }
 

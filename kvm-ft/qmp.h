@@ -87,6 +87,28 @@ JsonNode *qmp_call(Qmp *q, const char *command, JsonObject *args,
                    guint timeout_ms, GError **err);
 
 /*
+ * The reply to qmp_call_async(): result is the "return" value (borrowed,
+ * valid during the call) or NULL with error: QEMU's answer, the deadline
+ * passed (QMP_ERROR_TIMEOUT) or the connection was lost (QMP_ERROR_IO).
+ */
+typedef void (*QmpReplyFunc)(Qmp *q, JsonNode *result, const GError *error, gpointer opaque);
+
+/*
+ * Sends command (args may be NULL; not consumed) and returns at once: a
+ * command QEMU takes long to run (an NBD connect in its main loop) must not
+ * hold the daemon's.  Exactly one of done and destroy (may be NULL) is
+ * called for each call: done with its outcome, from the source attached
+ * with qmp_attach() (never inside qmp_call*()), or destroy if qmp_free()
+ * comes first.  Replies are delivered in the order they came, before the
+ * events read with them.  QEMU runs in-band commands one after the other,
+ * so a qmp_call() made meanwhile waits for those sent before it.  FALSE
+ * with err, and nothing called, only if the connection is lost.
+ */
+gboolean qmp_call_async(Qmp *q, const char *command, JsonObject *args, guint timeout_ms,
+                        QmpReplyFunc done, gpointer opaque, GDestroyNotify destroy,
+                        GError **err);
+
+/*
  * Sends command without waiting for its reply, which is dropped when it
  * comes: for a command whose outcome a later query shows.  FALSE with err
  * only if the connection is lost.

@@ -208,8 +208,7 @@ gboolean resync_is_tracking(Qmp *q, const EngineLink *link, ResyncSince since,
     return TRUE;
 }
 
-static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *job,
-                           GError **err)
+static JsonObject *target_args(const EngineLink *link, guint i, const char *job)
 {
     g_autofree char *node = target_node(job);
     g_autofree char *export = domxml_parent_node(i);
@@ -228,7 +227,7 @@ static gboolean add_target(Qmp *q, const EngineLink *link, guint i, const char *
     json_object_set_object_member(args, "server", server);
     if (creds)
         json_object_set_string_member(args, "tls-creds", creds);
-    return engine_run(q, link, "blockdev-add", args, err);
+    return args;
 }
 
 /* A job that the caller ends itself (auto-dismiss off), so its error can be read. */
@@ -253,8 +252,6 @@ static gboolean start_disk(Qmp *q, const EngineLink *link, guint i, gboolean inc
     g_autofree char *data = domxml_data_node(i);
     JsonObject *args;
 
-    if (!add_target(q, link, i, mirror, err) || !add_target(q, link, i, copy, err))
-        return FALSE;
     /* First the mirror: from here on the peer gets every new write. */
     args = job_args(mirror, device, mirror_to);
     json_object_set_string_member(args, "sync", "none");
@@ -312,9 +309,11 @@ static gboolean leftovers(Qmp *q, const EngineLink *link)
     return FALSE;
 }
 
-gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
-                      ResyncSince since, guint64 rate_bytes, GError **err)
+gboolean resync_connect_targets(Qmp *q, const EngineLink *link, EngineDoneFunc done,
+                                gpointer opaque, GDestroyNotify destroy, GError **err)
 {
+    EngineSequence *seq;
+
     /*
      * A copy given up while its target was dying may have left its jobs and
      * target nodes behind (QEMU did not answer while the dead connection
@@ -325,6 +324,20 @@ gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
     /* The targets are NBD clients of the secondary's export: on TLS unless configured off. */
     if (!engine_add_tls_creds(q, link, err))
         return FALSE;
+    seq = engine_sequence_new();
+    for (guint i = 0; i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+
+        engine_sequence_add(seq, "blockdev-add", target_args(link, i, mirror));
+        engine_sequence_add(seq, "blockdev-add", target_args(link, i, copy));
+    }
+    return engine_sequence_run(seq, q, link, done, opaque, destroy, err);
+}
+
+gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
+                      ResyncSince since, guint64 rate_bytes, GError **err)
+{
     for (guint i = 0; i < link->def->disks->len; i++) {
         if (!start_disk(q, link, i, incremental, since, rate_bytes, err)) {
             g_prefix_error(err, "disk %u: ", i);

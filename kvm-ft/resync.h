@@ -62,9 +62,19 @@ gboolean resync_is_tracking(Qmp *q, const EngineLink *link, ResyncSince since,
                             gboolean *tracking, GError **err);
 
 /*
- * Starts copying to the secondary's NBD export (engine_secondary_setup):
- * the tracked blocks if incremental, else everything.  rate_bytes caps the
- * background copy (0: no cap); the guest's own writes are never held back.
+ * The copy's targets, NBD clients of the secondary's export
+ * (engine_secondary_setup), connected without waiting
+ * (engine_sequence_run()), after what an earlier copy left behind is
+ * removed.  FALSE with err, nothing called, if that or the first command
+ * fails.
+ */
+gboolean resync_connect_targets(Qmp *q, const EngineLink *link, EngineDoneFunc done,
+                                gpointer opaque, GDestroyNotify destroy, GError **err);
+
+/*
+ * Starts copying to the targets connected: the tracked blocks if
+ * incremental, else everything.  rate_bytes caps the background copy (0: no
+ * cap); the guest's own writes are never held back.
  */
 gboolean resync_start(Qmp *q, const EngineLink *link, gboolean incremental,
                       ResyncSince since, guint64 rate_bytes, GError **err);

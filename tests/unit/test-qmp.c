@@ -499,6 +499,165 @@ START_TEST(test_stub_send_without_waiting)
 }
 END_TEST
 
+/* What qmp_call_async() delivered, and whether it came inside a qmp_call(). */
+typedef struct {
+    int done;
+    int destroyed;
+    gboolean in_call;
+    int reentered;
+    char *result;           /* the "return" value as a string, or NULL */
+    int code;               /* QMP_ERROR code, or -1 */
+    GString *order;
+} Answer;
+
+static void answer_done(Qmp *q, JsonNode *result, const GError *error, gpointer opaque)
+{
+    Answer *a = opaque;
+
+    (void)q;
+    if (a->in_call)
+        a->reentered++;
+    a->done++;
+    g_free(a->result);
+    a->result = result && JSON_NODE_HOLDS_VALUE(result) ? g_strdup(json_node_get_string(result))
+                                                        : NULL;
+    a->code = error && error->domain == QMP_ERROR ? error->code : -1;
+    if (a->order)
+        g_string_append_printf(a->order, "%s,", a->result ? a->result : "error");
+}
+
+static void answer_destroy(gpointer opaque)
+{
+    ((Answer *)opaque)->destroyed++;
+}
+
+/*
+ * A command sent without waiting is answered from the main loop, never
+ * inside a qmp_call() that reads its reply first; replies come before the
+ * events read with them.
+ */
+START_TEST(test_stub_async_reply)
+{
+    static const StubStep script[] = {
+        STUB_HELLO(GREETING_NO_OOB),
+        { STUB_RECV, NULL },
+        { STUB_RECV, NULL },
+        { STUB_SEND, "{\"return\": \"slow\", \"id\": %PREVID%}" },
+        { STUB_SEND, "{\"event\": \"AFTER\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 0}}" },
+        { STUB_SEND, "{\"return\": \"awaited\", \"id\": %ID%}" },
+        { STUB_END, NULL },
+    };
+    Stub *s = stub_start(script);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Qmp) q = qmp_connect(s->path, 2000, &err);
+    g_autoptr(GMainContext) ctx = g_main_context_new();
+    g_autoptr(JsonNode) ret = NULL;
+    Answer a = { .code = -1, .order = g_string_new(NULL) };
+    Rec r;
+    gint64 t0;
+
+    ck_assert_msg(q, "connect: %s", err ? err->message : "");
+    rec_attach(&r, q, ctx);
+    t0 = now_ms();
+    ck_assert_msg(qmp_call_async(q, "blockdev-add", NULL, 2000, answer_done, &a, answer_destroy,
+                                 &err), "async: %s", err ? err->message : "");
+    ck_assert_msg(now_ms() - t0 < 100, "qmp_call_async waited");
+    ck_assert_int_eq(a.done, 0);
+    a.in_call = r.in_call = TRUE;
+    ret = qmp_call(q, "query-status", NULL, 2000, &err);
+    a.in_call = r.in_call = FALSE;
+    ck_assert_msg(ret, "call: %s", err ? err->message : "");
+    ck_assert_str_eq(json_node_get_string(ret), "awaited");
+    ck_assert_int_eq(a.done, 0);
+    ck_assert(run_until(ctx, &r.nevents, 1, 2000));
+    ck_assert_int_eq(a.done, 1);
+    ck_assert_int_eq(a.reentered, 0);
+    ck_assert_str_eq(a.result, "slow");
+    ck_assert_int_eq(a.code, -1);
+    ck_assert_int_eq(a.destroyed, 0);
+    g_string_append(a.order, r.order->str);
+    ck_assert_str_eq(a.order->str, "slow,AFTER,");
+
+    g_clear_pointer(&q, qmp_free);
+    ck_assert_int_eq(a.destroyed, 0);
+    stub_stop(s);
+    rec_clear(&r);
+    g_string_free(a.order, TRUE);
+    g_free(a.result);
+}
+END_TEST
+
+/* QEMU's error, a deadline and a lost connection each reach the callback, once. */
+START_TEST(test_stub_async_failures)
+{
+    static const StubStep script[] = {
+        STUB_HELLO(GREETING_NO_OOB),
+        { STUB_RECV, NULL },
+        { STUB_SEND, "{\"error\": {\"class\": \"GenericError\", \"desc\": \"no\"}, \"id\": %ID%}" },
+        { STUB_RECV, NULL },
+        { STUB_RECV, NULL },
+        { STUB_CLOSE, NULL },
+        { STUB_END, NULL },
+    };
+    Stub *s = stub_start(script);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Qmp) q = qmp_connect(s->path, 2000, &err);
+    g_autoptr(GMainContext) ctx = g_main_context_new();
+    Answer refused = { .code = -1 }, late = { .code = -1 }, lost = { .code = -1 };
+    gint64 t0;
+
+    ck_assert_msg(q, "connect: %s", err ? err->message : "");
+    qmp_attach(q, ctx);
+    ck_assert(qmp_call_async(q, "drive_add", NULL, 2000, answer_done, &refused, NULL, &err));
+    ck_assert(run_until(ctx, &refused.done, 1, 2000));
+    ck_assert_int_eq(refused.code, QMP_ERROR_COMMAND);
+
+    t0 = now_ms();
+    ck_assert(qmp_call_async(q, "blockdev-add", NULL, 300, answer_done, &late, NULL, &err));
+    ck_assert(run_until(ctx, &late.done, 1, 2000));
+    ck_assert_int_eq(late.code, QMP_ERROR_TIMEOUT);
+    ck_assert_msg(now_ms() - t0 >= 300 && now_ms() - t0 < 800, "timed out after %" G_GINT64_FORMAT
+                  " ms", now_ms() - t0);
+
+    ck_assert(qmp_call_async(q, "blockdev-add", NULL, 5000, answer_done, &lost, NULL, &err));
+    ck_assert(run_until(ctx, &lost.done, 1, 3000));
+    ck_assert_int_eq(lost.code, QMP_ERROR_IO);
+    run_for(ctx, 100);
+    ck_assert_int_eq(refused.done + late.done + lost.done, 3);
+
+    g_clear_pointer(&q, qmp_free);
+    stub_stop(s);
+    g_free(refused.result);
+    g_free(late.result);
+    g_free(lost.result);
+}
+END_TEST
+
+/* Freed before the reply: the callback never runs, its data is let go. */
+START_TEST(test_stub_async_freed_first)
+{
+    static const StubStep script[] = {
+        STUB_HELLO(GREETING_NO_OOB),
+        { STUB_RECV, NULL },
+        { STUB_END, NULL },
+    };
+    Stub *s = stub_start(script);
+    g_autoptr(GError) err = NULL;
+    Qmp *q = qmp_connect(s->path, 2000, &err);
+    g_autoptr(GMainContext) ctx = g_main_context_new();
+    Answer a = { .code = -1 };
+
+    ck_assert_msg(q, "connect: %s", err ? err->message : "");
+    qmp_attach(q, ctx);
+    ck_assert(qmp_call_async(q, "blockdev-add", NULL, 200, answer_done, &a, answer_destroy, &err));
+    qmp_free(q);
+    run_for(ctx, 400);
+    ck_assert_int_eq(a.done, 0);
+    ck_assert_int_eq(a.destroyed, 1);
+    stub_stop(s);
+}
+END_TEST
+
 START_TEST(test_stub_greeting_timeout)
 {
     static const StubStep script[] = { { STUB_END, NULL } };
@@ -1147,6 +1306,9 @@ static Suite *qmp_suite(void)
     tcase_add_test(tc, test_stub_no_oob);
     tcase_add_test(tc, test_stub_timeout_then_late_reply);
     tcase_add_test(tc, test_stub_send_without_waiting);
+    tcase_add_test(tc, test_stub_async_reply);
+    tcase_add_test(tc, test_stub_async_failures);
+    tcase_add_test(tc, test_stub_async_freed_first);
     tcase_add_test(tc, test_stub_greeting_timeout);
     tcase_add_test(tc, test_stub_capabilities_timeout);
     tcase_add_test(tc, test_connect_missing_socket);
