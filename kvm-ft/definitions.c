@@ -635,6 +635,106 @@ void definitions_consider_all(Definitions *defs)
 
 /* ---- the peer's requests ---------------------------------------------------- */
 
+/* A peer's define-guest while libvirt defines the domain in its thread. */
+typedef struct {
+    Definitions *defs;
+    PeerConn *conn;
+    guint64 id;
+    char *name;
+    char *xml;
+    gboolean defined;
+} DefineRequest;
+
+static void define_request_free(gpointer data)
+{
+    DefineRequest *req = data;
+
+    peer_conn_unref(req->conn);
+    g_free(req->name);
+    g_free(req->xml);
+    g_free(req);
+}
+
+/* Refuses, with the reason, a guest this host cannot take now; NULL if it can. */
+static char *define_refusal(Definitions *defs, const FtDef *def)
+{
+    g_autoptr(GError) err = NULL;
+    FtGuest *g = g_hash_table_lookup(defs->guests, def->name);
+    Refusal *r;
+
+    /* E.g. after a failover the guest runs here alone: not ready over there. */
+    if (g && guest_is_busy(g))
+        return g_strdup_printf("guest '%s' is %s on %s as %s", def->name,
+                               guest_state_name(guest_state(g)), defs->cfg->host_name,
+                               ft_role_name(guest_role(g)));
+    if (!ports_free(defs, def, &err))
+        return g_strdup(err->message);
+    r = g_hash_table_lookup(defs->refused, def->name);
+    if (r && !r->peer)
+        return g_strdup_printf("guest '%s' is refused on %s: %s", def->name,
+                               defs->cfg->host_name, r->message);
+    return NULL;
+}
+
+/* In the libvirt thread: libvirtd's first define may probe QEMU for seconds (4 s seen). */
+static gboolean define_in_thread(Virt *v, gpointer data, GError **err)
+{
+    DefineRequest *req = data;
+
+    return virt_domain_define_missing(v, req->name, req->xml, &req->defined, err);
+}
+
+static void on_defined(gpointer data, const GError *error)
+{
+    DefineRequest *req = data;
+    Definitions *defs = req->defs;
+    const char *sender = peer_conn_get_peer_host(req->conn);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(FtDef) local = NULL;
+    g_autofree char *local_xml = NULL;
+    g_autofree char *reason = NULL;
+    g_autofree char *refusal = NULL;
+    g_autoptr(JsonNode) answer = json_node_new(JSON_NODE_OBJECT);
+    JsonObject *result;
+    gboolean active = FALSE;
+    FtGuest *g;
+
+    if (error) {
+        daemon_reply_error(req->conn, req->id, "%s", error->message);
+        return;
+    }
+    if (req->defined)
+        log_info(req->name, "none", "defined at the request of %s", sender);
+    /* Whatever had the name here already must be the same pair's guest, stopped. */
+    local = definitions_read(defs, req->name, sender, &local_xml, &err);
+    if (!local || !virt_domain_is_active(defs->virt, req->name, &active, &err)) {
+        daemon_reply_error(req->conn, req->id, "the domain '%s' on %s: %s", req->name,
+                           defs->cfg->host_name, err->message);
+        return;
+    }
+    if (active) {
+        daemon_reply_error(req->conn, req->id, "guest '%s' runs on %s, unprotected",
+                           req->name, defs->cfg->host_name);
+        return;
+    }
+    /* What changed while libvirt worked. */
+    refusal = define_refusal(defs, local);
+    if (refusal) {
+        daemon_reply_error(req->conn, req->id, "%s", refusal);
+        return;
+    }
+    g_hash_table_remove(defs->refused, local->name);
+    g = guest_new(defs->d, g_steal_pointer(&local), local_xml, FT_ROLE_PRIMARY);
+    g_hash_table_replace(defs->guests, g_strdup(guest_name(g)), g);
+    reason = g_strdup_printf("defined here and on %s", sender);
+    definitions_set_status(defs, guest_name(g), STATUS_READY, reason);
+    install_plumbing(defs, guest_name(g), local_xml, guest_def(g));
+    result = json_object_new();
+    json_object_set_boolean_member(result, "defined", req->defined);
+    json_node_take_object(answer, result);
+    peer_conn_reply(req->conn, req->id, answer);
+}
+
 /*
  * The peer has a new FT guest: it is defined here too, unless this host
  * cannot run its copy.  Answers {"defined": whether it was defined now}.
@@ -648,15 +748,8 @@ static void handle_define_guest(Definitions *defs, PeerConn *conn, guint64 id,
     const char *sender = peer_conn_get_peer_host(conn);
     g_autoptr(GError) err = NULL;
     g_autoptr(FtDef) def = NULL;
-    g_autoptr(FtDef) local = NULL;
-    g_autofree char *local_xml = NULL;
-    g_autofree char *reason = NULL;
-    g_autoptr(JsonNode) answer = json_node_new(JSON_NODE_OBJECT);
-    JsonObject *result;
-    gboolean defined = FALSE;
-    gboolean active = FALSE;
-    Refusal *r;
-    FtGuest *g;
+    g_autofree char *refusal = NULL;
+    DefineRequest *req;
 
     if (!xml || !version) {
         daemon_reply_error(conn, id, "define-guest needs domain-xml and qemu-version");
@@ -667,52 +760,18 @@ static void handle_define_guest(Definitions *defs, PeerConn *conn, guint64 id,
         daemon_reply_error(conn, id, "%s", err->message);
         return;
     }
-    /* E.g. after a failover the guest runs here alone: not ready over there. */
-    g = g_hash_table_lookup(defs->guests, def->name);
-    if (g && guest_is_busy(g)) {
-        daemon_reply_error(conn, id, "guest '%s' is %s on %s as %s", def->name,
-                           guest_state_name(guest_state(g)), defs->cfg->host_name,
-                           ft_role_name(guest_role(g)));
+    refusal = define_refusal(defs, def);
+    if (refusal) {
+        daemon_reply_error(conn, id, "%s", refusal);
         return;
     }
-    if (!ports_free(defs, def, &err)) {
-        daemon_reply_error(conn, id, "%s", err->message);
-        return;
-    }
-    r = g_hash_table_lookup(defs->refused, def->name);
-    if (r && !r->peer) {
-        daemon_reply_error(conn, id, "guest '%s' is refused on %s: %s", def->name,
-                           defs->cfg->host_name, r->message);
-        return;
-    }
-    if (!virt_domain_define_missing(defs->virt, def->name, xml, &defined, &err)) {
-        daemon_reply_error(conn, id, "%s", err->message);
-        return;
-    }
-    if (defined)
-        log_info(def->name, "none", "defined at the request of %s", sender);
-    /* Whatever had the name here already must be the same pair's guest, stopped. */
-    local = definitions_read(defs, def->name, sender, &local_xml, &err);
-    if (!local || !virt_domain_is_active(defs->virt, def->name, &active, &err)) {
-        daemon_reply_error(conn, id, "the domain '%s' on %s: %s", def->name,
-                           defs->cfg->host_name, err->message);
-        return;
-    }
-    if (active) {
-        daemon_reply_error(conn, id, "guest '%s' runs on %s, unprotected", def->name,
-                           defs->cfg->host_name);
-        return;
-    }
-    g_hash_table_remove(defs->refused, local->name);
-    g = guest_new(defs->d, g_steal_pointer(&local), local_xml, FT_ROLE_PRIMARY);
-    g_hash_table_replace(defs->guests, g_strdup(guest_name(g)), g);
-    reason = g_strdup_printf("defined here and on %s", sender);
-    definitions_set_status(defs, guest_name(g), STATUS_READY, reason);
-    install_plumbing(defs, guest_name(g), local_xml, guest_def(g));
-    result = json_object_new();
-    json_object_set_boolean_member(result, "defined", defined);
-    json_node_take_object(answer, result);
-    peer_conn_reply(conn, id, answer);
+    req = g_new0(DefineRequest, 1);
+    req->defs = defs;
+    req->conn = peer_conn_ref(conn);
+    req->id = id;
+    req->name = g_strdup(def->name);
+    req->xml = g_strdup(xml);
+    virt_run(defs->virt, define_in_thread, on_defined, req, define_request_free);
 }
 
 /*

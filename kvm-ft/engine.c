@@ -805,10 +805,14 @@ gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
                             char **reason, GError **err)
 {
     g_autoptr(JsonNode) ret = qmp_call(q, "query-colo-status", NULL, timeout_ms, err);
+
+    return ret && engine_colo_status_parse(ret, mode, reason, err);
+}
+
+gboolean engine_colo_status_parse(JsonNode *ret, char **mode, char **reason, GError **err)
+{
     JsonObject *obj;
 
-    if (!ret)
-        return FALSE;
     if (!JSON_NODE_HOLDS_OBJECT(ret)) {
         g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL,
                     "query-colo-status: unexpected reply");
@@ -821,13 +825,9 @@ gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
 }
 
 /* One string member of a query's answer (an object); dflt if it has none. */
-static char *query_string(Qmp *q, const char *command, const char *member, const char *dflt,
-                          guint timeout_ms, GError **err)
+static char *answer_string(JsonNode *ret, const char *command, const char *member,
+                           const char *dflt, GError **err)
 {
-    g_autoptr(JsonNode) ret = qmp_call(q, command, NULL, timeout_ms, err);
-
-    if (!ret)
-        return NULL;
     if (!JSON_NODE_HOLDS_OBJECT(ret)) {
         g_set_error(err, QMP_ERROR, QMP_ERROR_PROTOCOL, "%s: unexpected reply", command);
         return NULL;
@@ -836,9 +836,22 @@ static char *query_string(Qmp *q, const char *command, const char *member, const
                                                                member, dflt));
 }
 
+static char *query_string(Qmp *q, const char *command, const char *member, const char *dflt,
+                          guint timeout_ms, GError **err)
+{
+    g_autoptr(JsonNode) ret = qmp_call(q, command, NULL, timeout_ms, err);
+
+    return ret ? answer_string(ret, command, member, dflt, err) : NULL;
+}
+
 char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err)
 {
     return query_string(q, "query-migrate", "status", "none", timeout_ms, err);
+}
+
+char *engine_migration_status_parse(JsonNode *answer, GError **err)
+{
+    return answer_string(answer, "query-migrate", "status", "none", err);
 }
 
 char *engine_run_state(Qmp *q, guint timeout_ms, GError **err)

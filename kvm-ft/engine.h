@@ -161,6 +161,8 @@ EngineCheckpointCause engine_checkpoint_cause(gint64 prev_stop_us, gint64 stop_u
 /* query-colo-status: mode is "none", "primary" or "secondary". */
 gboolean engine_colo_status(Qmp *q, guint timeout_ms, char **mode,
                             char **reason, GError **err);
+/* The same from its answer (qmp_call_async()). */
+gboolean engine_colo_status_parse(JsonNode *answer, char **mode, char **reason, GError **err);
 
 /*
  * query-status's run state: "running", "paused" (stopped by a user), "colo"
@@ -170,6 +172,8 @@ char *engine_run_state(Qmp *q, guint timeout_ms, GError **err);
 
 /* query-migrate's status ("colo" once the pair is in COLO). */
 char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err);
+/* The same from its answer (qmp_call_async()). */
+char *engine_migration_status_parse(JsonNode *answer, GError **err);
 
 /*
  * Failover's first step on either side: the dead peer's channels are

@@ -70,6 +70,7 @@ struct FtGuest {
     double entry_pause_ms;
     /* Primary re-protecting: the first sync's pause before switchover is handled. */
     gboolean switched_over;
+    char *migration_status;  /* its first sync's, as last polled (or why not known) */
     guint switchover_idle_id;
     /* Planned failover: QEMU was asked to quit; libvirt destroys it if it does not. */
     guint handover_timer;
@@ -131,7 +132,9 @@ struct FtGuest {
     guint64 setup_seq;     /* the peer's answer (prepare-secondary, receive-copy) that counts */
     guint64 nbd_probe_seq; /* the probe of the peer's NBD server that counts */
     guint64 compare_seq;   /* the comparison of administrator-copied disks that counts */
-    guint64 qmp_step_seq;   /* the QMP commands not waited for (engine_sequence_run) that count */
+    guint64 qmp_step_seq;  /* the QMP commands not waited for (engine_sequence_run) that count */
+    guint64 query_seq;     /* the poll's query (guest_query()) that counts, and if it is out */
+    gboolean query_pending;
     /*
      * The outage bitmap began at this split (resync.h); and whether a guest
      * write failed on the secondary's copy while protected (QUORUM_REPORT_BAD):
@@ -193,6 +196,16 @@ gboolean guest_start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing, gboolean p
                           GError **err);
 gboolean guest_attach_qemu(FtGuest *g, GError **err);
 void guest_refresh_colo_status(FtGuest *g);
+/*
+ * A poll's question to this host's QEMU, not waited for (qmp_call_async()):
+ * then(g, answer, error) runs when it comes, if the guest is still in the
+ * state it was asked in.  One at a time: while one is out, this sends
+ * nothing, so a QEMU that is slow to answer is not asked again and again.
+ */
+typedef void (*GuestAnswerFunc)(FtGuest *g, JsonNode *answer, const GError *error);
+void guest_query(FtGuest *g, const char *command, guint timeout_ms, GuestAnswerFunc then);
+/* query-colo-status's answer, or its failure, taken as guest_refresh_colo_status() does. */
+void guest_take_colo_status(FtGuest *g, JsonNode *answer, const GError *error);
 gboolean guest_write_tls_key(FtGuest *g, GError **err);
 void guest_forget_checkpoints(FtGuest *g);
 void guest_enter_protected(FtGuest *g, const char *reason, gboolean new_epoch);

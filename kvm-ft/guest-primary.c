@@ -100,43 +100,44 @@ static void finish_copy(FtGuest *g)
     g->poll_id = g_timeout_add(JOB_END_POLL_MS, poll_copy_end, g);
 }
 
-static gboolean poll_primary_sync(gpointer opaque)
+static void on_primary_sync_status(FtGuest *g, JsonNode *answer, const GError *error)
 {
-    FtGuest *g = opaque;
     g_autoptr(GError) err = NULL;
-    /*
-     * A short deadline (timeouts.h): a QEMU sending its last pass to a
-     * secondary that lost power holds its lock until the connection is cut,
-     * and that is decided on this loop (test_reprotect
-     * secondary-dies-after-switch-over).
-     */
-    g_autofree char *status = engine_migration_status(g->qmp, ENTER_POLL_QMP_TIMEOUT_MS, &err);
+    g_autofree char *status = answer ? engine_migration_status_parse(answer, &err) : NULL;
 
+    g_free(g->migration_status);
+    g->migration_status = g_strdup(status ? status : error ? error->message : err->message);
     /* In case QEMU's MIGRATION event was missed. */
     if (status && strcmp(status, "pre-switchover") == 0) {
         switch_over(g);
-        return G_SOURCE_CONTINUE;
-    }
-
-    if (status && strcmp(status, "colo") == 0) {
-        g->poll_id = 0;
+    } else if (status && strcmp(status, "colo") == 0) {
+        guest_stop_polling(g);
         guest_refresh_colo_status(g);
         if (g->resync_running)
             finish_copy(g);
         else
             guest_enter_protected(g, "first checkpoint done; COLO running", TRUE);
-        return G_SOURCE_REMOVE;
-    }
-    if (status && (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0)) {
-        g->poll_id = 0;
+    } else if (status && (strcmp(status, "failed") == 0 || strcmp(status, "cancelled") == 0)) {
+        guest_stop_polling(g);
         guest_fail(g, "the first synchronisation to the secondary %s", status);
-        return G_SOURCE_REMOVE;
     }
+}
+
+static gboolean poll_primary_sync(gpointer opaque)
+{
+    FtGuest *g = opaque;
+
+    /*
+     * Not waited for: a QEMU sending its last pass to a secondary that lost
+     * power holds its lock until the connection is cut, and that is decided
+     * on this loop (test_reprotect secondary-dies-after-switch-over).
+     */
+    guest_query(g, "query-migrate", daemon_config(g->d)->qmp_timeout_ms, on_primary_sync_status);
     if (guest_past_deadline(g)) {
         g->poll_id = 0;
         guest_fail(g, "the pair did not enter COLO within %u ms (migration: %s)",
                    daemon_config(g->d)->start_timeout_ms,
-                   status ? status : err->message);
+                   g->migration_status ? g->migration_status : "not known yet");
         return G_SOURCE_REMOVE;
     }
     return G_SOURCE_CONTINUE;
@@ -182,6 +183,7 @@ static void setup_colo(FtGuest *g)
     EngineLink link = guest_engine_link(g);
 
     g->switched_over = FALSE;
+    g_clear_pointer(&g->migration_status, g_free);
     g->entry_pending = g->rejoin;
     g->entry_pause_ms = 0;
     guest_arm_deadline(g);

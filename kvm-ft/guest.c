@@ -610,17 +610,14 @@ gboolean guest_start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing,
     return guest_attach_qemu(g, err);
 }
 
-void guest_refresh_colo_status(FtGuest *g)
+static guint status_timeout(FtGuest *g)
 {
-    g_autoptr(GError) err = NULL;
-    char *mode = NULL;
-    char *reason = NULL;
-    guint timeout = MIN(daemon_config(g->d)->qmp_timeout_ms, STATUS_QMP_TIMEOUT_MS);
+    return MIN(daemon_config(g->d)->qmp_timeout_ms, STATUS_QMP_TIMEOUT_MS);
+}
 
-    if (g->qmp_stalled && ++g->polls_skipped < STALLED_POLL_EVERY)
-        return;
-    g->polls_skipped = 0;
-    if (!engine_colo_status(g->qmp, timeout, &mode, &reason, &err)) {
+static void take_colo_status(FtGuest *g, char *mode, char *reason, const GError *err)
+{
+    if (err) {
         if (!g->qmp_stalled)
             log_warn(g->def->name, guest_role_name(g), "QEMU does not answer QMP: %s",
                      err->message);
@@ -634,6 +631,83 @@ void guest_refresh_colo_status(FtGuest *g)
     g_free(g->colo_reason);
     g->colo_mode = mode;
     g->colo_reason = reason;
+}
+
+void guest_refresh_colo_status(FtGuest *g)
+{
+    g_autoptr(GError) err = NULL;
+    char *mode = NULL;
+    char *reason = NULL;
+
+    if (g->qmp_stalled && ++g->polls_skipped < STALLED_POLL_EVERY)
+        return;
+    g->polls_skipped = 0;
+    engine_colo_status(g->qmp, status_timeout(g), &mode, &reason, &err);
+    take_colo_status(g, mode, reason, err);
+}
+
+void guest_take_colo_status(FtGuest *g, JsonNode *answer, const GError *error)
+{
+    g_autoptr(GError) err = NULL;
+    char *mode = NULL;
+    char *reason = NULL;
+
+    if (answer)
+        engine_colo_status_parse(answer, &mode, &reason, &err);
+    take_colo_status(g, mode, reason, error ? error : err);
+}
+
+typedef struct {
+    GuestRef ref;   /* seq: query_seq */
+    GuestState state;
+    GuestAnswerFunc then;
+} GuestQuery;
+
+static void guest_query_free(GuestQuery *query)
+{
+    FtGuest *g = guest_ref_find(&query->ref);
+
+    /* Its QEMU connection went (detach()): the next poll asks anew. */
+    if (g && g->query_seq == query->ref.seq)
+        g->query_pending = FALSE;
+    guest_ref_clear(&query->ref);
+    g_free(query);
+}
+
+static void on_query_answer(Qmp *q, JsonNode *answer, const GError *error, gpointer opaque)
+{
+    GuestQuery *query = opaque;
+    FtGuest *g = guest_ref_find(&query->ref);
+
+    (void)q;
+    if (g && g->query_seq == query->ref.seq) {
+        g->query_pending = FALSE;
+        if (g->state == query->state)
+            query->then(g, answer, error);
+    }
+    guest_ref_clear(&query->ref);
+    g_free(query);
+}
+
+void guest_query(FtGuest *g, const char *command, guint timeout_ms, GuestAnswerFunc then)
+{
+    g_autoptr(GError) err = NULL;
+    GuestQuery *query;
+
+    if (g->query_pending || !g->qmp)
+        return;
+    query = g_new0(GuestQuery, 1);
+    guest_ref_init(&query->ref, g, ++g->query_seq);
+    query->state = g->state;
+    query->then = then;
+    /* A connection already lost is reported by on_qmp_closed(). */
+    if (!qmp_call_async(g->qmp, command, NULL, timeout_ms, on_query_answer, query,
+                        (GDestroyNotify)guest_query_free, &err)) {
+        guest_ref_clear(&query->ref);
+        g_free(query);
+        return;
+    }
+    g->query_pending = TRUE;
 }
 
 /*
@@ -1030,6 +1104,7 @@ void guest_free(FtGuest *g)
     guest_stop_output_auto(g);
     output_auto_clear(&g->output);
     g_free(g->exit_reason);
+    g_free(g->migration_status);
     g_free(g->shutdown_cause);
     g_free(g->status_reason);
     g_free(g->failover_reason);
