@@ -607,10 +607,10 @@ gboolean engine_primary_connect_replication(Qmp *q, const EngineLink *link, Engi
         g_autofree char *parent = domxml_parent_node(i);
         g_autofree char *line = g_strdup_printf(
             "drive_add -n buddy driver=replication,mode=primary,file.driver=nbd,"
-            "file.host=%s,file.port=%u,file.export=%s,node-name=replication%u,"
-            "file.node-name=nbd%u%s",
+            "file.host=%s,file.port=%u,file.export=%s,file.open-timeout=%u,"
+            "node-name=replication%u,file.node-name=nbd%u%s",
             link->secondary_addr, link->def->port_base + FT_PORT_NBD, parent,
-            i, i, tls ? tls : "");
+            NBD_OPEN_TIMEOUT_S, i, i, tls ? tls : "");
 
         engine_sequence_add(seq, "human-monitor-command", hmp_args(line));
     }

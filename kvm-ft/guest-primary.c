@@ -160,35 +160,43 @@ static void on_replication_connected(const GError *error, gpointer opaque)
     g_autoptr(GError) err = NULL;
     EngineLink link;
 
-    if (!g || g->qmp_step_seq != ref->seq || g->state != GUEST_ENTERING_COLO)
+    /* Still where setup_colo() left it (a failure moves it on, a new attempt counts anew). */
+    if (!g || g->qmp_step_seq != ref->seq ||
+        (g->state != GUEST_STARTING_PRIMARY && g->state != GUEST_REJOINING &&
+         g->state != GUEST_RESYNCING))
         return;
     if (error) {
         guest_fail(g, "cannot set up replication: %s", error->message);
         return;
     }
     link = guest_engine_link(g);
+    g->switched_over = FALSE;
+    g_clear_pointer(&g->migration_status, g_free);
+    g->entry_pending = g->rejoin;
+    g->entry_pause_ms = 0;
     if (!(g->rejoin ? engine_primary_setup_live(g->qmp, &link, &err)
                     : engine_primary_setup(g->qmp, &link, &err))) {
         guest_fail(g, "cannot set up replication: %s", err->message);
         return;
     }
+    guest_arm_deadline(g);
+    if (!guest_transition(g, GUEST_ENTERING_COLO, "replication attached; first full sync"))
+        return;
     g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_primary_sync, g);
 }
 
+/*
+ * The replication's NBD connection first, not waited for.  A secondary
+ * that dies while QEMU opens it holds QEMU's main loop, and the guest with
+ * it, for up to NBD_OPEN_TIMEOUT_S (timeouts.h).
+ */
 static void setup_colo(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
-    g_autofree char *why = g_strdup_printf("connecting the replication to %s; then the first "
-                                           "full sync", guest_peer_host(g)->name);
     EngineLink link = guest_engine_link(g);
 
-    g->switched_over = FALSE;
-    g_clear_pointer(&g->migration_status, g_free);
-    g->entry_pending = g->rejoin;
-    g->entry_pause_ms = 0;
-    guest_arm_deadline(g);
-    if (!guest_transition(g, GUEST_ENTERING_COLO, why))
-        return;
+    log_info(g->def->name, guest_role_name(g), "connecting the replication to %s",
+             guest_peer_host(g)->name);
     if (!engine_primary_connect_replication(g->qmp, &link, on_replication_connected,
                                             guest_ref_new(g, ++g->qmp_step_seq),
                                             (GDestroyNotify)guest_ref_free, &err))

@@ -28,6 +28,13 @@
  * commands must not grow without bound.
  */
 #define QMP_MAX_QUEUED_EVENTS 4096
+/*
+ * QEMU queues at most 8 in-band commands and stops reading its socket
+ * while the queue is full -- out-of-band ones too, so a yank would wait
+ * behind commands a stuck main loop never runs.  Beyond this many
+ * unanswered, an in-band command is not sent; it fails as unanswered.
+ */
+#define QMP_MAX_IN_FLIGHT 6
 
 typedef struct {
     char *name;
@@ -74,6 +81,7 @@ struct Qmp {
     GQueue events;          /* of QmpEvent *, not yet delivered */
     GHashTable *awaited;    /* id -> QmpAwaited *: sent asynchronously, unanswered */
     GQueue answered;        /* of QmpAwaited *: outcome known, not yet delivered */
+    GHashTable *in_flight;  /* ids of in-band commands QEMU has not answered (timed out too) */
     GError *close_reason;
     gboolean close_reported;
     QmpSource *source;
@@ -133,6 +141,7 @@ static void qmp_unref(Qmp *q)
         return;
     g_queue_clear_full(&q->events, (GDestroyNotify)qmp_event_free);
     g_hash_table_unref(q->awaited);
+    g_hash_table_unref(q->in_flight);
     g_clear_error(&q->close_reason);
     g_string_free(q->in, TRUE);
     g_byte_array_unref(q->out);
@@ -193,6 +202,7 @@ static void qmp_lose(Qmp *q, GError *reason)
     g_string_truncate(q->in, 0);
     g_byte_array_set_size(q->out, 0);
     q->close_reason = reason;
+    g_hash_table_remove_all(q->in_flight);
     qmp_fail_awaited(q);
 }
 
@@ -419,9 +429,12 @@ static gboolean qmp_is_reply(Qmp *q, JsonNode *msg, gint64 want_id,
         return FALSE;
     }
     id = json_object_get_member(o, "id");
-    if (want_id > 0 && !id)
+    if (want_id > 0 && !id) {
+        g_hash_table_remove(q->in_flight, &want_id);
         return TRUE;
+    }
     n = id && json_node_get_value_type(id) == G_TYPE_INT64 ? json_node_get_int(id) : -1;
+    g_hash_table_remove(q->in_flight, &n);
     if (want_id > 0 && n == want_id)
         return TRUE;
     awaited = g_hash_table_lookup(q->awaited, &n);
@@ -498,8 +511,19 @@ static gint64 qmp_queue_request(Qmp *q, const char *command, gboolean oob, JsonO
         qmp_set_lost_error(q, command, err);
         return 0;
     }
+    if (!oob && g_hash_table_size(q->in_flight) >= QMP_MAX_IN_FLIGHT) {
+        g_set_error(err, QMP_ERROR, QMP_ERROR_TIMEOUT, "%s: not sent: QEMU has not answered "
+                    "%u earlier commands", command, g_hash_table_size(q->in_flight));
+        return 0;
+    }
 
     id = ++q->last_id;
+    if (!oob) {
+        gint64 *key = g_new(gint64, 1);
+
+        *key = id;
+        g_hash_table_add(q->in_flight, key);
+    }
     json_object_set_int_member(req, "id", id);
     json_node_set_object(root, req);
     text = json_to_string(root, FALSE);
@@ -651,6 +675,7 @@ static Qmp *qmp_new(int fd, const char *path)
     q->awaited = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL,
                                        (GDestroyNotify)qmp_awaited_drop);
     g_queue_init(&q->answered);
+    q->in_flight = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL);
     return q;
 }
 

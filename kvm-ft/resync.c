@@ -225,6 +225,7 @@ static JsonObject *target_args(const EngineLink *link, guint i, const char *job)
     json_object_set_string_member(args, "node-name", node);
     json_object_set_string_member(args, "export", export);
     json_object_set_object_member(args, "server", server);
+    json_object_set_int_member(args, "open-timeout", NBD_OPEN_TIMEOUT_S);
     if (creds)
         json_object_set_string_member(args, "tls-creds", creds);
     return args;

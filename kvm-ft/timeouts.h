@@ -32,6 +32,15 @@
 
 /* ---- entering protection ------------------------------------------------------------------ */
 /*
+ * How long QEMU may take to open an NBD client of the peer's export (the
+ * copy's targets, the replication child): it waits for the connection and
+ * the handshake with its main loop, and a peer that dies in between holds
+ * it until TCP gives up -- minutes, with every QMP command unanswered, even
+ * the out-of-band yank (test_reprotect secondary-dies-entering-colo).  A
+ * healthy open takes ~90 ms under TCG.  QEMU's unit is the second.
+ */
+#define NBD_OPEN_TIMEOUT_S 1
+/*
  * How often a guest on its way into COLO is checked: not waited for
  * (guest_query()), as QEMU may hold its lock for long meanwhile.
  */

@@ -658,6 +658,56 @@ START_TEST(test_stub_async_freed_first)
 }
 END_TEST
 
+/*
+ * QEMU stops reading its socket, out-of-band commands included, once 8
+ * in-band ones wait: past QMP_MAX_IN_FLIGHT unanswered, no more are sent,
+ * and a yank still gets through.
+ */
+START_TEST(test_stub_in_flight_bound)
+{
+    static const StubStep script[] = {
+        STUB_HELLO(GREETING_OOB),
+        { STUB_RECV, NULL }, { STUB_RECV, NULL }, { STUB_RECV, NULL },
+        { STUB_RECV, NULL }, { STUB_RECV, NULL }, { STUB_RECV, NULL },
+        { STUB_RECV, NULL },
+        { STUB_SEND, "{\"return\": \"yanked\", \"id\": %ID%}" },
+        { STUB_END, NULL },
+    };
+    Stub *s = stub_start(script);
+    g_autoptr(GError) err = NULL;
+    g_autoptr(Qmp) q = qmp_connect(s->path, 2000, &err);
+    g_autoptr(JsonNode) ret = NULL;
+    g_autoptr(JsonObject) last = NULL;
+    gint64 t0;
+
+    ck_assert_msg(q, "connect: %s", err ? err->message : "");
+    for (int i = 0; i < 6; i++) {
+        g_autoptr(JsonNode) none = qmp_call(q, "blockdev-del", NULL, 30, &err);
+
+        ck_assert_ptr_null(none);
+        ck_assert(g_error_matches(err, QMP_ERROR, QMP_ERROR_TIMEOUT));
+        g_clear_error(&err);
+    }
+    t0 = now_ms();
+    ret = qmp_call(q, "query-status", NULL, 2000, &err);
+    ck_assert_ptr_null(ret);
+    ck_assert_msg(now_ms() - t0 < 20, "waited %" G_GINT64_FORMAT " ms", now_ms() - t0);
+    ck_assert_msg(g_error_matches(err, QMP_ERROR, QMP_ERROR_TIMEOUT) &&
+                  strstr(err->message, "not sent"), "%s", err ? err->message : "no error");
+    g_clear_error(&err);
+    ret = qmp_call_oob(q, "yank", NULL, 2000, &err);
+    ck_assert_msg(ret, "yank: %s", err ? err->message : "");
+    ck_assert_str_eq(json_node_get_string(ret), "yanked");
+    /* hello + 6 + the yank: query-status never left. */
+    ck_assert_uint_eq(stub_received(s), 8);
+    last = stub_request(s, 7);
+    ck_assert_str_eq(json_object_get_string_member(last, "exec-oob"), "yank");
+
+    g_clear_pointer(&q, qmp_free);
+    stub_stop(s);
+}
+END_TEST
+
 START_TEST(test_stub_greeting_timeout)
 {
     static const StubStep script[] = { { STUB_END, NULL } };
@@ -1309,6 +1359,7 @@ static Suite *qmp_suite(void)
     tcase_add_test(tc, test_stub_async_reply);
     tcase_add_test(tc, test_stub_async_failures);
     tcase_add_test(tc, test_stub_async_freed_first);
+    tcase_add_test(tc, test_stub_in_flight_bound);
     tcase_add_test(tc, test_stub_greeting_timeout);
     tcase_add_test(tc, test_stub_capabilities_timeout);
     tcase_add_test(tc, test_connect_missing_socket);
