@@ -132,7 +132,9 @@ struct FtGuest {
     guint64 setup_seq;     /* the peer's answer (prepare-secondary, receive-copy) that counts */
     guint64 nbd_probe_seq; /* the probe of the peer's NBD server that counts */
     guint64 compare_seq;   /* the comparison of administrator-copied disks that counts */
-    guint64 qmp_step_seq;  /* the QMP commands not waited for (engine_sequence_run) that count */
+    /* The QMP steps not waited for (engine_sequence_run) that count; each transition bumps it. */
+    guint64 qmp_step_seq;
+    guint64 transitions;   /* how many this guest made: what an answer was asked in */
     guint64 query_seq;     /* the poll's query (guest_query()) that counts, and if it is out */
     gboolean query_pending;
     /*
@@ -198,8 +200,8 @@ gboolean guest_attach_qemu(FtGuest *g, GError **err);
 void guest_refresh_colo_status(FtGuest *g);
 /*
  * A poll's question to this host's QEMU, not waited for (qmp_call_async()):
- * then(g, answer, error) runs when it comes, if the guest is still in the
- * state it was asked in.  One at a time: while one is out, this sends
+ * then(g, answer, error) runs when it comes, if the guest made no
+ * transition since it was asked.  One at a time: while one is out, this sends
  * nothing, so a QEMU that is slow to answer is not asked again and again.
  */
 typedef void (*GuestAnswerFunc)(FtGuest *g, JsonNode *answer, const GError *error);
@@ -222,7 +224,12 @@ gboolean guest_on_pre_switchover(gpointer opaque);
 
 /* guest-secondary.c */
 void guest_answer_primary(FtGuest *g, const char *error);
-JsonArray *guest_disk_sizes(FtGuest *g, GError **err);
+/*
+ * The virtual sizes of the disk images at paths (NULL-terminated) and
+ * their total, for a peer that has to create blank ones.  qemu-img, ~10 ms
+ * a disk: from a worker thread, not the main loop.
+ */
+JsonArray *guest_disk_sizes(const char *const *paths, guint64 *total, GError **err);
 
 /* guest-failover.c */
 void guest_drop_secondary(FtGuest *g, const char *reason);

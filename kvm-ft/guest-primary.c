@@ -160,10 +160,8 @@ static void on_replication_connected(const GError *error, gpointer opaque)
     g_autoptr(GError) err = NULL;
     EngineLink link;
 
-    /* Still where setup_colo() left it (a failure moves it on, a new attempt counts anew). */
-    if (!g || g->qmp_step_seq != ref->seq ||
-        (g->state != GUEST_STARTING_PRIMARY && g->state != GUEST_REJOINING &&
-         g->state != GUEST_RESYNCING))
+    /* Any transition since (a failure, a new attempt) made this answer stale. */
+    if (!g || g->qmp_step_seq != ref->seq)
         return;
     if (error) {
         guest_fail(g, "cannot set up replication: %s", error->message);
@@ -244,7 +242,7 @@ static void on_targets_connected(const GError *error, gpointer opaque)
     g_autoptr(GError) err = NULL;
     EngineLink link;
 
-    if (!g || g->qmp_step_seq != ref->seq || g->state != GUEST_RESYNCING)
+    if (!g || g->qmp_step_seq != ref->seq)
         return;
     link = guest_engine_link(g);
     if (error || !resync_start(g->qmp, &link, g->resync_plan == RESYNC_INCREMENTAL,
@@ -668,37 +666,95 @@ static void on_secondary_prepared(PeerConn *conn, JsonNode *result,
         start_primary(g);
 }
 
+/* What the peer is told of this host's copy, found in the libvirt thread. */
+typedef struct {
+    GuestRef ref;          /* seq: setup_seq */
+    GStrv paths;           /* the disk images */
+    char *version;         /* QEMU's, through libvirt */
+    JsonArray *sizes;
+    guint64 total;
+    char *sizes_error;
+} PeerFacts;
+
+static void peer_facts_free(gpointer data)
+{
+    PeerFacts *f = data;
+
+    guest_ref_clear(&f->ref);
+    g_strfreev(f->paths);
+    g_free(f->version);
+    if (f->sizes)
+        json_array_unref(f->sizes);
+    g_free(f->sizes_error);
+    g_free(f);
+}
+
+static gboolean find_peer_facts(Virt *v, gpointer data, GError **err)
+{
+    PeerFacts *f = data;
+    g_autoptr(GError) sizes_err = NULL;
+
+    f->version = virt_qemu_version(v, err);
+    if (!f->version)
+        return FALSE;
+    f->sizes = guest_disk_sizes((const char *const *)f->paths, &f->total, &sizes_err);
+    if (!f->sizes)
+        f->sizes_error = g_strdup(sizes_err->message);
+    return TRUE;
+}
+
+static void ask_with_facts(FtGuest *g, PeerFacts *f);
+
+static void on_peer_facts(gpointer data, const GError *error)
+{
+    PeerFacts *f = data;
+    FtGuest *g = guest_ref_find(&f->ref);
+
+    if (!g || g->setup_seq != f->ref.seq ||
+        (g->state != GUEST_PREPARING_PEER && g->state != GUEST_REJOINING))
+        return;
+    if (error) {
+        guest_fail(g, "%s", error->message);
+        return;
+    }
+    ask_with_facts(g, f);
+}
+
 /* Asks the peer for a secondary: the same QEMU, disks ready to be written. */
 static void ask_for_secondary(FtGuest *g)
 {
+    PeerFacts *f = g_new0(PeerFacts, 1);
+    GPtrArray *paths = g_ptr_array_new();
+
+    for (guint i = 0; i < g->def->disks->len; i++)
+        g_ptr_array_add(paths, g_strdup(((FtDisk *)g_ptr_array_index(g->def->disks, i))
+                                            ->source_path));
+    g_ptr_array_add(paths, NULL);
+    f->paths = (GStrv)g_ptr_array_free(paths, FALSE);
+    guest_ref_init(&f->ref, g, ++g->setup_seq);
+    virt_run(daemon_virt(g->d), find_peer_facts, on_peer_facts, f, peer_facts_free);
+}
+
+static void ask_with_facts(FtGuest *g, PeerFacts *f)
+{
     const FtConfig *cfg = daemon_config(g->d);
-    g_autoptr(GError) err = NULL;
-    g_autofree char *version = NULL;
-    g_autoptr(JsonArray) sizes = NULL;
+    g_autoptr(JsonArray) sizes = f->sizes ? json_array_ref(f->sizes) : json_array_new();
     guint64 speed = cfg->resync_rate_bytes ? MIN(cfg->resync_rate_bytes, RESYNC_SLOWEST_BYTES)
                                            : RESYNC_SLOWEST_BYTES;
     JsonObject *params;
 
-    /* The peer refuses a secondary on another QEMU than the primary's. */
-    version = virt_qemu_version(daemon_virt(g->d), &err);
-    if (!version) {
-        guest_fail(g, "%s", err->message);
-        return;
-    }
     /* Without them the peer cannot create blank disks, nothing else. */
-    sizes = guest_disk_sizes(g, &err);
-    if (!sizes) {
-        log_warn(g->def->name, guest_role_name(g), "disk sizes unknown: %s", err->message);
-        g_clear_error(&err);
-        sizes = json_array_new();
-    }
+    if (f->sizes_error)
+        log_warn(g->def->name, guest_role_name(g), "disk sizes unknown: %s", f->sizes_error);
+    g->disk_bytes = f->total;
     g_free(g->generation);
     g->generation = g_uuid_string_random();
     params = json_object_new();
     json_object_set_string_member(params, "guest", g->def->name);
     json_object_set_string_member(params, "domain-xml", g->domain_xml);
     json_object_set_string_member(params, "primary", guest_self_host(g)->name);
-    json_object_set_string_member(params, "qemu-version", version);
+    /* The peer refuses a secondary on another QEMU than the primary's. */
+    json_object_set_string_member(params, "qemu-version", f->version);
     json_object_set_string_member(params, "generation", g->generation);
     json_object_set_array_member(params, "disk-bytes", json_array_ref(sizes));
     json_object_set_boolean_member(params, "replication-tls", cfg->replication_tls);
@@ -710,7 +766,7 @@ static void ask_for_secondary(FtGuest *g)
                                (gint64)(g->disk_bytes * 3000 / speed) + cfg->start_timeout_ms);
     daemon_peer_call(g->d, guest_peer_host(g)->link_address, "prepare-secondary", params,
                      cfg->start_timeout_ms, on_secondary_prepared,
-                     guest_ref_new(g, ++g->setup_seq));
+                     guest_ref_new(g, g->setup_seq));
     json_object_unref(params);
 }
 

@@ -112,20 +112,18 @@ static gboolean disk_virtual_size(const char *path, gint64 *size, GError **err)
     return TRUE;
 }
 
-/* The guest's disks' sizes, for a peer that has to create blank ones. */
-JsonArray *guest_disk_sizes(FtGuest *g, GError **err)
+JsonArray *guest_disk_sizes(const char *const *paths, guint64 *total, GError **err)
 {
     g_autoptr(JsonArray) sizes = json_array_new();
 
-    g->disk_bytes = 0;
-    for (guint i = 0; i < g->def->disks->len; i++) {
-        const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
+    *total = 0;
+    for (guint i = 0; paths[i]; i++) {
         gint64 size;
 
-        if (!disk_virtual_size(disk->source_path, &size, err))
+        if (!disk_virtual_size(paths[i], &size, err))
             return NULL;
         json_array_add_int_element(sizes, size);
-        g->disk_bytes += size;
+        *total += size;
     }
     return g_steal_pointer(&sizes);
 }
@@ -139,27 +137,74 @@ static gboolean create_overlay(const char *path, gint64 size, GError **err)
     return run_qemu_img(argv, NULL, err);
 }
 
+/* One disk of the secondary's storage, as its start in the libvirt thread needs it. */
+typedef struct {
+    char *source;
+    char *format;
+    char *target;
+    gint64 primary_size;   /* the primary's, or -1 if it did not say */
+    char *active;          /* the replication's overlays */
+    char *hidden;
+} StorageDisk;
+
+static void storage_disk_free(StorageDisk *disk)
+{
+    g_free(disk->source);
+    g_free(disk->format);
+    g_free(disk->target);
+    g_free(disk->active);
+    g_free(disk->hidden);
+    g_free(disk);
+}
+
+/*
+ * libvirt's part of the secondary's start -- defining the domain here,
+ * checking its memory, starting its QEMU -- waits on libvirtd, which may
+ * still be cleaning up the QEMU that just died (1.8 s measured in
+ * test_pair); its storage takes qemu-img three times a disk (~10 ms each).
+ * Both run in the libvirt thread, not where the failure detector runs.
+ */
+typedef struct {
+    GuestRef ref; /* seq: setup_seq */
+    char *xml;    /* the persistent definition */
+    char *runtime_xml;
+    char *host_name;
+    char *overlay_dir;
+    GPtrArray *disks; /* of StorageDisk * */
+    gboolean created_blank;
+    gboolean defined;
+    gboolean started;
+} StartJob;
+
+static void start_job_free(gpointer data)
+{
+    StartJob *j = data;
+
+    guest_ref_clear(&j->ref);
+    g_free(j->xml);
+    g_free(j->runtime_xml);
+    g_free(j->host_name);
+    g_free(j->overlay_dir);
+    g_ptr_array_unref(j->disks);
+    g_free(j);
+}
+
 /*
  * A replacement host has no copy yet: a blank disk of the primary's size
  * takes the full copy.  Only where nothing is: an existing file of the
  * wrong size is the administrator's to sort out.
  */
-static gboolean create_blank_disk(FtGuest *g, const FtDisk *disk, JsonArray *sizes,
-                                  guint index, GError **err)
+static gboolean create_blank_disk(StartJob *j, const StorageDisk *disk, GError **err)
 {
     g_autofree char *size_s = NULL;
-    g_autofree char *dir = g_path_get_dirname(disk->source_path);
-    gint64 size = sizes && index < json_array_get_length(sizes)
-                      ? json_array_get_int_element(sizes, index)
-                      : 0;
+    g_autofree char *dir = g_path_get_dirname(disk->source);
     const char *argv[] = { "timeout", QEMU_IMG_TIMEOUT_S, "qemu-img", "create", "-q",
-                           "-f", disk->format, disk->source_path, NULL, NULL };
+                           "-f", disk->format, disk->source, NULL, NULL };
 
-    if (size <= 0) {
+    if (disk->primary_size <= 0) {
         g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_NOENT,
                     "disk %s (%s) does not exist on %s: copy the guest's disk there "
-                    "before protecting it", disk->source_path, disk->target,
-                    daemon_config(g->d)->host_name);
+                    "before protecting it", disk->source, disk->target, j->host_name);
         return FALSE;
     }
     if (g_mkdir_with_parents(dir, 0755) < 0) {
@@ -167,63 +212,54 @@ static gboolean create_blank_disk(FtGuest *g, const FtDisk *disk, JsonArray *siz
                     "cannot create %s: %s", dir, g_strerror(errno));
         return FALSE;
     }
-    size_s = g_strdup_printf("%" G_GINT64_FORMAT, size);
+    size_s = g_strdup_printf("%" G_GINT64_FORMAT, disk->primary_size);
     argv[8] = size_s;
     if (!run_qemu_img(argv, NULL, err))
         return FALSE;
-    log_info(g->def->name, guest_role_name(g), "created blank disk %s (%s, %" G_GINT64_FORMAT
-             " bytes) for the primary's full copy", disk->source_path, disk->format, size);
+    log_info(j->ref.name, "secondary", "created blank disk %s (%s, %" G_GINT64_FORMAT
+             " bytes) for the primary's full copy", disk->source, disk->format,
+             disk->primary_size);
     return TRUE;
 }
 
-/* The secondary's replication chain: active and hidden overlays on its copy. */
-static gboolean prepare_overlays(FtGuest *g, JsonArray *sizes, GPtrArray *active,
-                                 GPtrArray *hidden, GError **err)
+/* In the libvirt thread: the replication chain, active and hidden overlays on each copy. */
+static gboolean prepare_storage(StartJob *j, GError **err)
 {
-    g_autofree char *dir = g_build_filename(daemon_config(g->d)->state_dir,
-                                            g->def->name, NULL);
-
-    if (g_mkdir_with_parents(dir, 0700) < 0) {
+    if (g_mkdir_with_parents(j->overlay_dir, 0700) < 0) {
         g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno),
-                    "cannot create %s: %s", dir, g_strerror(errno));
+                    "cannot create %s: %s", j->overlay_dir, g_strerror(errno));
         return FALSE;
     }
-    for (guint i = 0; i < g->def->disks->len; i++) {
-        const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
+    for (guint i = 0; i < j->disks->len; i++) {
+        const StorageDisk *disk = g_ptr_array_index(j->disks, i);
         gint64 size;
 
-        if (!g_file_test(disk->source_path, G_FILE_TEST_EXISTS)) {
-            if (!create_blank_disk(g, disk, sizes, i, err))
+        if (!g_file_test(disk->source, G_FILE_TEST_EXISTS)) {
+            if (!create_blank_disk(j, disk, err))
                 return FALSE;
-            g->created_blank = TRUE;
+            j->created_blank = TRUE;
         }
-        if (!g_file_test(disk->source_path, G_FILE_TEST_IS_REGULAR)) {
+        if (!g_file_test(disk->source, G_FILE_TEST_IS_REGULAR)) {
             g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_INVAL,
                         "disk %s (%s) on %s is not a regular file",
-                        disk->source_path, disk->target, daemon_config(g->d)->host_name);
+                        disk->source, disk->target, j->host_name);
             return FALSE;
         }
-        if (!disk_virtual_size(disk->source_path, &size, err))
+        if (!disk_virtual_size(disk->source, &size, err))
             return FALSE;
         /* The primary's copy and replication write its blocks one for one. */
-        if (sizes && i < json_array_get_length(sizes) &&
-            json_array_get_int_element(sizes, i) != size) {
+        if (disk->primary_size >= 0 && disk->primary_size != size) {
             g_set_error(err, G_FILE_ERROR, G_FILE_ERROR_INVAL,
                         "disk %s (%s) on %s is %" G_GINT64_FORMAT " bytes, the primary's "
                         "is %" G_GINT64_FORMAT ": remove it (a blank one of the right size "
                         "is created and copied in full) or resize it",
-                        disk->source_path, disk->target, daemon_config(g->d)->host_name,
-                        size, json_array_get_int_element(sizes, i));
+                        disk->source, disk->target, j->host_name, size, disk->primary_size);
             return FALSE;
         }
-        g_ptr_array_add(active, overlay_path(g, OVERLAY_ACTIVE, i));
-        g_ptr_array_add(hidden, overlay_path(g, OVERLAY_HIDDEN, i));
-        if (!create_overlay(g_ptr_array_index(active, i), size, err) ||
-            !create_overlay(g_ptr_array_index(hidden, i), size, err))
+        if (!create_overlay(disk->active, size, err) ||
+            !create_overlay(disk->hidden, size, err))
             return FALSE;
     }
-    g_ptr_array_add(active, NULL);
-    g_ptr_array_add(hidden, NULL);
     return TRUE;
 }
 
@@ -267,36 +303,15 @@ static gboolean disks_present(FtGuest *g)
     return TRUE;
 }
 
-/*
- * libvirt's part of the secondary's start -- defining the domain here,
- * checking its memory, starting its QEMU -- waits on libvirtd, which may
- * still be cleaning up the QEMU that just died (1.8 s measured in
- * test_pair): it runs in the libvirt thread, not where the failure
- * detector runs.
- */
-typedef struct {
-    GuestRef ref; /* seq: setup_seq */
-    char *xml;    /* the persistent definition */
-    char *runtime_xml;
-    gboolean defined;
-    gboolean started;
-} StartJob;
-
-static void start_job_free(gpointer data)
-{
-    StartJob *j = data;
-
-    guest_ref_clear(&j->ref);
-    g_free(j->xml);
-    g_free(j->runtime_xml);
-    g_free(j);
-}
-
 /* In the libvirt thread. */
 static gboolean start_here(Virt *v, gpointer data, GError **err)
 {
     StartJob *j = data;
 
+    if (!prepare_storage(j, err)) {
+        g_prefix_error(err, "cannot prepare replication storage: ");
+        return FALSE;
+    }
     if (!virt_domain_define_missing(v, j->ref.name, j->xml, &j->defined, err) ||
         !virt_room_for(v, j->ref.name, err))
         return FALSE;
@@ -325,6 +340,7 @@ static void on_started_here(gpointer data, const GError *error)
     }
     if (j->defined)
         log_info(g->def->name, guest_role_name(g), "defined the guest on this host");
+    g->created_blank = j->created_blank;
     if (error) {
         guest_fail(g, "%s", error->message);
         return;
@@ -342,34 +358,46 @@ static void on_started_here(gpointer data, const GError *error)
     g->poll_id = g_timeout_add(ENTER_POLL_MS, poll_secondary_sync, g);
 }
 
-/* The secondary's storage and derived definition, then libvirt's part in its thread. */
+/* The secondary's derived definition here, then its storage and libvirt's part in its thread. */
 static void start_secondary(FtGuest *g, JsonArray *sizes)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(GPtrArray) active = g_ptr_array_new_with_free_func(g_free);
-    g_autoptr(GPtrArray) hidden = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GPtrArray) active = g_ptr_array_new();
+    g_autoptr(GPtrArray) hidden = g_ptr_array_new();
     DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
-    StartJob *job;
+    StartJob *job = g_new0(StartJob, 1);
 
-    if (!prepare_overlays(g, sizes, active, hidden, &err)) {
-        guest_fail(g, "cannot prepare replication storage: %s", err->message);
-        return;
+    job->disks = g_ptr_array_new_with_free_func((GDestroyNotify)storage_disk_free);
+    for (guint i = 0; i < g->def->disks->len; i++) {
+        const FtDisk *disk = g_ptr_array_index(g->def->disks, i);
+        StorageDisk *sd = g_new0(StorageDisk, 1);
+
+        sd->source = g_strdup(disk->source_path);
+        sd->format = g_strdup(disk->format);
+        sd->target = g_strdup(disk->target);
+        sd->primary_size = sizes && i < json_array_get_length(sizes)
+                               ? json_array_get_int_element(sizes, i)
+                               : -1;
+        sd->active = overlay_path(g, OVERLAY_ACTIVE, i);
+        sd->hidden = overlay_path(g, OVERLAY_HIDDEN, i);
+        g_ptr_array_add(job->disks, sd);
+        g_ptr_array_add(active, sd->active);
+        g_ptr_array_add(hidden, sd->hidden);
     }
+    g_ptr_array_add(active, NULL);
+    g_ptr_array_add(hidden, NULL);
     plumbing.active_overlays = (const char *const *)active->pdata;
     plumbing.hidden_overlays = (const char *const *)hidden->pdata;
-    if (!guest_write_tls_key(g, &err)) {
-        guest_fail(g, "cannot start the secondary: %s", err->message);
-        return;
-    }
-    job = g_new0(StartJob, 1);
-    job->runtime_xml = guest_runtime_xml(g, &plumbing, &err);
-    if (!job->runtime_xml) {
+    if (!guest_write_tls_key(g, &err) ||
+        !(job->runtime_xml = guest_runtime_xml(g, &plumbing, &err))) {
         start_job_free(job);
         guest_fail(g, "cannot start the secondary: %s", err->message);
         return;
     }
     guest_ref_init(&job->ref, g, ++g->setup_seq);
     job->xml = g_strdup(g->domain_xml);
+    job->host_name = g_strdup(daemon_config(g->d)->host_name);
+    job->overlay_dir = g_build_filename(daemon_config(g->d)->state_dir, g->def->name, NULL);
     virt_run(daemon_virt(g->d), start_here, on_started_here, job, start_job_free);
 }
 

@@ -141,6 +141,9 @@ gboolean guest_transition(FtGuest *g, GuestState to, const char *reason)
     }
     journal_transition(g, to);
     g->state = to;
+    /* What was asked of QEMU before counts no more (guest_query(), engine sequences). */
+    g->transitions++;
+    g->qmp_step_seq++;
     log_info(g->def->name, guest_role_name(g), "%s -> %s: %s",
              guest_state_name(from), guest_state_name(to), reason);
     if (to != GUEST_PROTECTED)
@@ -659,7 +662,7 @@ void guest_take_colo_status(FtGuest *g, JsonNode *answer, const GError *error)
 
 typedef struct {
     GuestRef ref;   /* seq: query_seq */
-    GuestState state;
+    guint64 transitions;
     GuestAnswerFunc then;
 } GuestQuery;
 
@@ -682,7 +685,7 @@ static void on_query_answer(Qmp *q, JsonNode *answer, const GError *error, gpoin
     (void)q;
     if (g && g->query_seq == query->ref.seq) {
         g->query_pending = FALSE;
-        if (g->state == query->state)
+        if (g->transitions == query->transitions)
             query->then(g, answer, error);
     }
     guest_ref_clear(&query->ref);
@@ -698,7 +701,7 @@ void guest_query(FtGuest *g, const char *command, guint timeout_ms, GuestAnswerF
         return;
     query = g_new0(GuestQuery, 1);
     guest_ref_init(&query->ref, g, ++g->query_seq);
-    query->state = g->state;
+    query->transitions = g->transitions;
     query->then = then;
     /* A connection already lost is reported by on_qmp_closed(). */
     if (!qmp_call_async(g->qmp, command, NULL, timeout_ms, on_query_answer, query,

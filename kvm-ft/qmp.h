@@ -81,7 +81,10 @@ void qmp_attach(Qmp *q, GMainContext *ctx);
  * from inside a main loop callback.  Returns the "return" value, owned by
  * the caller, or NULL with err set.  Replies are matched by id, so a late
  * reply to an earlier timed-out command is discarded, not mistaken for
- * this one.  A timeout leaves the connection open.
+ * this one.  A timeout leaves the connection open.  While QEMU has not
+ * answered 6 in-band commands (timed out or not yet due), no more is sent:
+ * the call fails at once with QMP_ERROR_TIMEOUT ("not sent"), as QEMU
+ * would stop reading its socket, out-of-band commands included, at 8.
  */
 JsonNode *qmp_call(Qmp *q, const char *command, JsonObject *args,
                    guint timeout_ms, GError **err);
@@ -102,7 +105,8 @@ typedef void (*QmpReplyFunc)(Qmp *q, JsonNode *result, const GError *error, gpoi
  * comes first.  Replies are delivered in the order they came, before the
  * events read with them.  QEMU runs in-band commands one after the other,
  * so a qmp_call() made meanwhile waits for those sent before it.  FALSE
- * with err, and nothing called, only if the connection is lost.
+ * with err, and nothing called, if the connection is lost or too many
+ * commands are unanswered (see qmp_call()).
  */
 gboolean qmp_call_async(Qmp *q, const char *command, JsonObject *args, guint timeout_ms,
                         QmpReplyFunc done, gpointer opaque, GDestroyNotify destroy,

@@ -535,36 +535,35 @@ def scenario_secondary_dies_entering_colo(lab):
     return reprotect_and_pull(lab, survivor)
 
 
-def scenario_secondary_dies_after_switch_over(lab):
+def pull_returning_host_at(lab, line, what):
+    """hostA's power pulled; when it returns, its power is pulled again as soon as the
+    survivor's log says `line`.  Returns the survivor and the time of the second pull."""
     survivor = power_pull(lab, "hostA")
     wait_state(lab, survivor, "degraded", timeout=30)
     daemon_log = lab.path(survivor, "/var/log/kvm-ft/kvm-ftd.log")
     offset = os.path.getsize(daemon_log)
     return_host(lab, "hostA")
-    # The guest is paused for the switch-over, then runs with colo-compare holding its
-    # output for the secondary; the first checkpoint and the copy's end are still to come.
-    wait_log_line(daemon_log, offset, "switching over to COLO", 180)
+    wait_log_line(daemon_log, offset, line, 180)
     since = time.time()
     lab.lab("power-off", "A")
-    log("hostA's power pulled %.0f ms after the switch-over began" %
-        ((time.time() - since) * 1000))
+    log("hostA's power pulled %.0f ms after the survivor began %s" %
+        ((time.time() - since) * 1000, what))
+    return survivor, since
+
+
+def scenario_secondary_dies_after_switch_over(lab):
+    # The guest is paused for the switch-over, then runs with colo-compare holding its
+    # output for the secondary; the first checkpoint and the copy's end are still to come.
+    survivor, since = pull_returning_host_at(lab, "switching over to COLO", "the switch-over")
     assert_runs_alone_unpaused(lab, survivor, since)
     return reprotect_and_pull(lab, survivor)
 
 
 def scenario_secondary_dies_connecting(lab):
-    survivor = power_pull(lab, "hostA")
-    wait_state(lab, survivor, "degraded", timeout=30)
-    daemon_log = lab.path(survivor, "/var/log/kvm-ft/kvm-ftd.log")
-    offset = os.path.getsize(daemon_log)
-    return_host(lab, "hostA")
     # The copy is done; QEMU opens the replication's NBD connection to hostA next, and
     # holds its main loop while it does.
-    wait_log_line(daemon_log, offset, "connecting the replication to", 180)
-    since = time.time()
-    lab.lab("power-off", "A")
-    log("hostA's power pulled %.0f ms after the survivor began connecting the replication" %
-        ((time.time() - since) * 1000))
+    survivor, since = pull_returning_host_at(lab, "connecting the replication to",
+                                             "connecting the replication")
     lab.extra_wait_ms = NBD_OPEN_TIMEOUT_MS
     assert_runs_alone_unpaused(lab, survivor, since)
     return reprotect_and_pull(lab, survivor)

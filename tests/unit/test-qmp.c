@@ -543,7 +543,8 @@ START_TEST(test_stub_async_reply)
         { STUB_RECV, NULL },
         { STUB_RECV, NULL },
         { STUB_SEND, "{\"return\": \"slow\", \"id\": %PREVID%}" },
-        { STUB_SEND, "{\"event\": \"AFTER\", \"timestamp\": {\"seconds\": 1, \"microseconds\": 0}}" },
+        { STUB_SEND, "{\"event\": \"AFTER\", "
+                     "\"timestamp\": {\"seconds\": 1, \"microseconds\": 0}}" },
         { STUB_SEND, "{\"return\": \"awaited\", \"id\": %ID%}" },
         { STUB_END, NULL },
     };
