@@ -56,7 +56,10 @@ typedef struct EngineSequence EngineSequence;
 EngineSequence *engine_sequence_new(void);
 /* args: consumed; NULL: none. */
 void engine_sequence_add(EngineSequence *seq, const char *command, JsonObject *args);
-/* Takes seq.  FALSE with err, nothing called, if the first command cannot be sent. */
+/*
+ * Takes seq.  FALSE with err if the first command cannot be sent: then
+ * nothing is called, and opaque is still the caller's.
+ */
 gboolean engine_sequence_run(EngineSequence *seq, Qmp *q, const EngineLink *link,
                              EngineDoneFunc done, gpointer opaque, GDestroyNotify destroy,
                              GError **err);

@@ -191,14 +191,17 @@ static void on_replication_connected(const GError *error, gpointer opaque)
 static void setup_colo(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
+    g_autoptr(GuestRef) ref = guest_ref_new(g, ++g->qmp_step_seq);
     EngineLink link = guest_engine_link(g);
 
     log_info(g->def->name, guest_role_name(g), "connecting the replication to %s",
              guest_peer_host(g)->name);
-    if (!engine_primary_connect_replication(g->qmp, &link, on_replication_connected,
-                                            guest_ref_new(g, ++g->qmp_step_seq),
-                                            (GDestroyNotify)guest_ref_free, &err))
+    if (!engine_primary_connect_replication(g->qmp, &link, on_replication_connected, ref,
+                                            (GDestroyNotify)guest_ref_free, &err)) {
         guest_fail(g, "cannot set up replication: %s", err->message);
+        return;
+    }
+    g_steal_pointer(&ref);
 }
 
 static gboolean poll_resync(gpointer opaque)
@@ -258,6 +261,7 @@ static void on_targets_connected(const GError *error, gpointer opaque)
 static void start_copy(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
+    g_autoptr(GuestRef) ref = NULL;
     g_autofree char *why = NULL;
     EngineLink link = guest_engine_link(g);
     gboolean tracking = FALSE;
@@ -297,11 +301,14 @@ static void start_copy(FtGuest *g)
                           g->resync_plan == RESYNC_INCREMENTAL ? "incremental" : "full");
     if (!guest_transition(g, GUEST_RESYNCING, why))
         return;
-    if (!resync_connect_targets(g->qmp, &link, on_targets_connected,
-                                guest_ref_new(g, ++g->qmp_step_seq),
-                                (GDestroyNotify)guest_ref_free, &err))
+    ref = guest_ref_new(g, ++g->qmp_step_seq);
+    if (!resync_connect_targets(g->qmp, &link, on_targets_connected, ref,
+                                (GDestroyNotify)guest_ref_free, &err)) {
         guest_fail(g, "cannot start the disk copy to %s: %s", guest_peer_host(g)->name,
                    err->message);
+        return;
+    }
+    g_steal_pointer(&ref);
 }
 
 /* Where the primary's verify exports listen: kvm-ftd's run dir, as its other sockets. */
@@ -592,6 +599,10 @@ static gboolean judge_peer_disks(FtGuest *g, const char *peer_generation,
                      "closing its disks: writes it had under way may be on its disks alone, "
                      "in blocks no one tracked; copying the whole disk",
                      mark == GENERATION_PRIMARY ? self : peer);
+        else if (own && peer_generation && strcmp(own, peer_generation) != 0)
+            log_info(g->def->name, guest_role_name(g), "%s's disks were last in sync in "
+                     "another protection than %s's (it stopped before it recorded the last "
+                     "one): copying the whole disk", peer, self);
         return TRUE;
     case RESYNC_COMPARE:
         /* A running guest writes while they are read: no two copies to compare then. */

@@ -65,8 +65,8 @@ gboolean resync_is_tracking(Qmp *q, const EngineLink *link, ResyncSince since,
  * The copy's targets, NBD clients of the secondary's export
  * (engine_secondary_setup), connected without waiting
  * (engine_sequence_run()), after what an earlier copy left behind is
- * removed.  FALSE with err, nothing called, if that or the first command
- * fails.
+ * removed.  FALSE with err if that or the first command fails: then
+ * nothing is called, and opaque is still the caller's.
  */
 gboolean resync_connect_targets(Qmp *q, const EngineLink *link, EngineDoneFunc done,
                                 gpointer opaque, GDestroyNotify destroy, GError **err);

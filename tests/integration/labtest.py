@@ -510,15 +510,21 @@ def wait_failed_over(lab, host, timeout=60, name=GUEST):
     return wait_for("a failover to %s" % host, check, timeout=timeout)
 
 
-def generation_mark(lab, host, name=GUEST):
-    """What host's kvm-ftd recorded of its copy of the guest's disks (resync.h): "in-sync",
-    "diverged", "receiving" or "primary"; None without a generation file."""
+def generation(lab, host, name=GUEST):
+    """What host's kvm-ftd recorded of its copy of the guest's disks (resync.h): the
+    protection it was last in sync in, and the mark ("in-sync", "diverged", "receiving" or
+    "primary"); (None, None) without a generation file."""
     try:
         with open(lab.path(host, "/var/lib/kvm-ft/%s.generation" % name)) as f:
             words = f.read().split()
     except FileNotFoundError:
-        return None
-    return words[1] if len(words) > 1 else "in-sync"
+        return None, None
+    return words[0], words[1] if len(words) > 1 else "in-sync"
+
+
+def generation_mark(lab, host, name=GUEST):
+    """The mark of generation(): None without a generation file."""
+    return generation(lab, host, name)[1]
 
 
 def detector_since(lab, host, since):

@@ -109,8 +109,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, LINK, TOOLS, WRITER_PORT, ClientProcess, Lab, SeqClient,  # noqa: E402
-                     assert_kernels_clean, check_disk, generation_mark, guest_dir, log,
-                     longest_wait, qemu_binary, run, run_all, running_copies, scenarios_asked,
+                     assert_kernels_clean, check_disk, generation, generation_mark, guest_dir,
+                     log, longest_wait, qemu_binary, run, run_all, running_copies, scenarios_asked,
                      wait_for, wait_log_line, wait_state)
 
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
@@ -518,11 +518,11 @@ def assert_runs_alone_unpaused(lab, survivor, since):
     lab.reprotect_windows.append((since, time.time()))
 
 
-def reprotect_and_pull(lab, survivor):
+def reprotect_and_pull(lab, survivor, mode="incremental"):
     """hostA returns, the survivor re-protects onto it, then loses its own power."""
     since = time.time()
     return_host(lab, "hostA")
-    reprotected(lab, survivor, "incremental", None, since)
+    reprotected(lab, survivor, mode, None, since)
     time.sleep(3)
     return power_pull(lab, survivor)
 
@@ -556,7 +556,14 @@ def scenario_secondary_dies_after_switch_over(lab):
     # output for the secondary; the first checkpoint and the copy's end are still to come.
     survivor, since = pull_returning_host_at(lab, "switching over to COLO", "the switch-over")
     assert_runs_alone_unpaused(lab, survivor, since)
-    return reprotect_and_pull(lab, survivor)
+    # The pull may come after the survivor entered COLO but before hostA's kvm-ftd saw it
+    # and recorded the new protection: hostA's disks then lack what went to its overlays
+    # in between, and only a whole copy is safe.
+    ours, theirs = generation(lab, survivor)[0], generation(lab, "hostA")[0]
+    mode = "incremental" if ours == theirs else "full"
+    log("generations: %s %s, hostA %s: the next copy must be %s" % (survivor, ours, theirs,
+                                                                      mode))
+    return reprotect_and_pull(lab, survivor, mode)
 
 
 def scenario_secondary_dies_connecting(lab):
