@@ -844,11 +844,6 @@ static char *query_string(Qmp *q, const char *command, const char *member, const
     return ret ? answer_string(ret, command, member, dflt, err) : NULL;
 }
 
-char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err)
-{
-    return query_string(q, "query-migrate", "status", "none", timeout_ms, err);
-}
-
 char *engine_migration_status_parse(JsonNode *answer, GError **err)
 {
     return answer_string(answer, "query-migrate", "status", "none", err);

@@ -173,9 +173,7 @@ gboolean engine_colo_status_parse(JsonNode *answer, char **mode, char **reason, 
  */
 char *engine_run_state(Qmp *q, guint timeout_ms, GError **err);
 
-/* query-migrate's status ("colo" once the pair is in COLO). */
-char *engine_migration_status(Qmp *q, guint timeout_ms, GError **err);
-/* The same from its answer (qmp_call_async()). */
+/* query-migrate's status ("colo" once the pair is in COLO), from its answer (guest_query()). */
 char *engine_migration_status_parse(JsonNode *answer, GError **err);
 
 /*
