@@ -364,10 +364,42 @@ static gboolean checkpoints_flow(FtGuest *g)
 }
 
 /*
+ * A secondary whose primary's kernel refuses or resets its connections:
+ * the primary's kvm-ftd is down (killed, restarting) or someone forges the
+ * refusals.  A refusal is not authenticated, so it only makes the secondary
+ * wait for evidence that is: checkpoints from the primary's QEMU, which
+ * carries on in COLO without its kvm-ftd.  When they stop for as long as the
+ * primary's own watchdog allows, nothing runs the guest there any more, or
+ * it is paused by a broken COLO stream with nobody to fail it over: take
+ * over.  A forger delays a failover by that bound; it cannot prevent one.
+ * Returns TRUE when it took over.
+ */
+static gboolean take_over_without_checkpoints(FtGuest *g, const FtHost *peer)
+{
+    const gint64 bound_ms = (gint64)g->def->checkpoint_interval_ms + WATCHDOG_SLACK_MS;
+    gint64 silent_ms;
+    g_autofree char *why = NULL;
+
+    if (!g->checkpoint_seen_us)
+        g->checkpoint_seen_us = g_get_monotonic_time();
+    silent_ms = (g_get_monotonic_time() - g->checkpoint_seen_us) / 1000;
+    if (silent_ms <= bound_ms)
+        return FALSE;
+    why = g_strdup_printf("kvm-ftd on %s does not answer, only its host's kernel does, and no "
+                          "checkpoint came from its QEMU for %" G_GINT64_FORMAT " ms (bound %"
+                          G_GINT64_FORMAT " ms): the primary is not running the guest",
+                          peer->name, silent_ms, bound_ms);
+    take_over(g, why);
+    return TRUE;
+}
+
+/*
  * Failure detection, run on every heartbeat tick.  The dedicated link is
  * the pair's heartbeat; the LAN path only tells a cut link from a dead
- * host, and a host whose kernel still answers is up even when its kvm-ftd
- * is not (then its QEMU carries on and nothing is done).
+ * host.  Only authenticated frames show a peer alive: a host whose kernel
+ * answers while its kvm-ftd does not is trusted no further than its
+ * QEMU's checkpoints show (take_over_without_checkpoints()), and a refusal
+ * on the LAN, which anyone there can forge, counts for nothing.
  */
 void guest_check_peer(FtGuest *g)
 {
@@ -413,16 +445,20 @@ void guest_check_peer(FtGuest *g)
         return;
     }
     if (link == PEER_PATH_HOST_UP) {
+        /* The primary's own watchdog (checkpoints_flow()) judges its secondary's QEMU. */
+        if (g->role == FT_ROLE_SECONDARY && take_over_without_checkpoints(g, peer))
+            return;
         if (!g->peer_daemon_down_logged)
             log_warn(g->def->name, guest_role_name(g), "kvm-ftd on %s does not answer but "
-                     "its host does: no failover, the pair stays in COLO", peer->name);
+                     "its host does and checkpoints flow: no failover, the pair stays in "
+                     "COLO", peer->name);
         g->peer_daemon_down_logged = TRUE;
         return;
     }
 
     window = daemon_config(g->d)->heartbeat_ms * daemon_config(g->d)->miss_count * windows;
     lan = daemon_peer_path(g->d, peer->lan_address, windows);
-    if (lan == PEER_PATH_ALIVE || lan == PEER_PATH_HOST_UP) {
+    if (lan == PEER_PATH_ALIVE) {
         why = g_strdup_printf("dedicated link to %s silent for %u ms while %s "
                               "answers on the LAN", peer->name, window, peer->name);
         if (g->role == FT_ROLE_PRIMARY) {

@@ -113,7 +113,7 @@ struct FtGuest {
      * no failover step is taken alone, until the peer says what it is.
      */
     gint64 confirm_since_us;
-    /* Primary, protected: when the last checkpoint ended (monotonic), for the watchdog. */
+    /* Protected: when the last checkpoint ended (monotonic), for the watchdogs. */
     gint64 checkpoint_seen_us;
     gint64 watchdog_quiet_until_us;
     /* Primary on its way into COLO: until when the secondary may take to connect. */

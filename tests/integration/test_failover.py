@@ -25,6 +25,15 @@ guest before, during and after the fault):
   kill-daemon-A      kvm-ftd SIGKILLed on the primary and restarted: nothing
   kill-daemon-B      happens to the guest, the daemon re-attaches, the pair
                      stays protected (same on the secondary)
+  kill-daemon-then-qemu-A  kvm-ftd SIGKILLed on the primary (the secondary waits:
+                     checkpoints still come), then the primary's QEMU: its host
+                     still refuses connections, but no checkpoint comes for an
+                     interval + 2 s: the secondary takes over
+  forged-lan-resets  a forger on the LAN answers for hostA with TCP resets
+                     (stand-in: hostB's own firewall, tools/lab forge-resets),
+                     then hostA's power is pulled: a refusal is not
+                     authenticated, so hostB takes over as for any pull, and
+                     does not stand down
   kill-daemon-taking-over  power pulled on the primary, and the secondary's
                      kvm-ftd SIGKILLed the moment its log says it takes over,
                      then started again: from its journal and its QEMU it
@@ -98,6 +107,7 @@ MAX_SILENCE_MS = {
     "cut-link": 1000, "lossy-link": 1000,
     "kill-qemu-primary": 1000, "power-mid-checkpoint": 1000, "resume-window": 1000,
     "kill-daemon-A": 1000, "kill-daemon-B": 1000, "garbage-peer": 1000,
+    "forged-lan-resets": 1000,
     "stop-daemon-primary": 1000, "stop-daemon-secondary": 1000,
     # The takeover waits for the restarted kvm-ftd (~1-2 s under ASan), then the client's
     # next answer for its TCP's next retransmission (tries ~0.2, 0.6, 1.4, 3.0, 6.2 s after
@@ -108,6 +118,8 @@ MAX_SILENCE_MS = {
     # (tries ~0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s after its request): 6.9-7.0 s measured, and
     # 12.6 s when the failover ends just after the 6.2 s try.
     "stop-qemu-primary": 14000, "stop-qemu-secondary": 14000,
+    # The same bound, counted by the secondary (its kvm-ftd watches the checkpoints it gets).
+    "kill-daemon-then-qemu-A": 14000,
     "held-reply": 1000 * HOLD_S + 1000,
 }
 # The survivor's answer to a reply the dead primary held, from the fault: detection and
@@ -129,7 +141,7 @@ LOSSY_S = 120
 LOSSY_PERCENT = 1
 # Scenarios that end when their faults are over: the client runs until then.
 OPEN_ENDED = ("stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
-              "stop-qemu-secondary", "lossy-link")
+              "stop-qemu-secondary", "lossy-link", "kill-daemon-then-qemu-A")
 OTHER = {"hostA": "hostB", "hostB": "hostA"}
 
 
@@ -285,13 +297,6 @@ def kill_in_resume_window(lab):
     raise AssertionError("unreachable: primary_trace() ends by raising")
 
 
-def daemon_pid(lab, host):
-    pids = [int(l.split()[0]) for l in lab.lab("pids", host[-1], "-v").stdout.splitlines()
-            if "kvm-ftd --config" in l]
-    assert len(pids) == 1, pids
-    return pids[0]
-
-
 def holder(lab, role):
     for host in ("hostA", "hostB"):
         st = lab.status(host)
@@ -306,6 +311,44 @@ def daemon_pid(lab, host):
             if len(words) > 1 and os.path.basename(words[1]) == "kvm-ftd"]
     assert len(pids) == 1, "kvm-ftd on %s: %s" % (host, pids)
     return pids[0]
+
+
+def kill_daemon_then_qemu(lab, client_log):
+    """hostA's kvm-ftd SIGKILLed: hostB waits while checkpoints come; then hostA's QEMU:
+    hostB takes over within the watchdog's bound.  Returns the time of the QEMU's kill."""
+    lab.lab("daemon-kill", "A")
+    time.sleep(2 * INTERVAL_MS.get("kill-daemon-then-qemu-A", 2000) / 1000)
+    st = lab.status("hostB")
+    assert st and st["state"] == "protected", \
+        "hostB acted while hostA's QEMU still sent checkpoints: %s" % st
+    t = time.time()
+    os.kill(qemu_pid(lab, "hostA"), signal.SIGKILL)
+    st = wait_failed_over(lab, "hostB", timeout=30)
+    reason = st["last_failover"]["reason"]
+    log("kill-daemon-then-qemu-A: hostB took over %.1f s after the QEMU's kill: %s"
+        % (time.time() - t, reason))
+    assert time.time() - t < WATCHDOG_S, \
+        "hostB took over %.1f s after the QEMU's kill (bound %.1f s)" % (time.time() - t, WATCHDOG_S)
+    assert "no checkpoint came" in reason, reason
+    wait_for("the client's next answer", lambda: client_answer_after(client_log, t),
+             timeout=MAX_SILENCE_MS["kill-daemon-then-qemu-A"] / 1000 + 5)
+    time.sleep(2)
+    return t
+
+
+def forge_lan_resets_then_pull(lab):
+    """A forger on the LAN resets hostB's connections to hostA: nothing happens while the
+    link carries authenticated frames; then hostA's power is pulled.  Returns its time."""
+    forged = fault_time(lab.lab("forge-resets", "B", "lan").stdout)
+    time.sleep(1)
+    for host in ("hostA", "hostB"):
+        st = lab.status(host)
+        assert st and st["state"] == "protected", "%s after forged LAN resets: %s" % (host, st)
+    resets = [line for line in lab.daemon_log_since("hostB", forged)
+              if "(10.0.0.1:" in line and "disconnected" in line]
+    assert resets, "no forged reset reached hostB's kvm-ftd"
+    log("forged-lan-resets: %s" % resets[0])
+    return fault_time(lab.lab("power-off", "A").stdout)
 
 
 def kill_daemon_taking_over(lab):
@@ -474,6 +517,12 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
         elif name == "resume-window":
             t = kill_in_resume_window(lab)
             survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
+        elif name == "kill-daemon-then-qemu-A":
+            t = kill_daemon_then_qemu(lab, client_log)
+            survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
+        elif name == "forged-lan-resets":
+            t = forge_lan_resets_then_pull(lab)
+            survivor, state, alive = "hostB", "degraded", ["hostB"]
         elif name == "kill-daemon-taking-over":
             t = kill_daemon_taking_over(lab)
             survivor, state, alive = "hostB", "degraded", ["hostB"]
@@ -597,6 +646,7 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "two-disks",
              "power-secondary",
              "cut-link", "lossy-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
+             "kill-daemon-then-qemu-A", "forged-lan-resets",
              "kill-daemon-taking-over", "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
              "stop-qemu-secondary", "held-reply", "resume-window", "power-mid-checkpoint"]
 
