@@ -421,12 +421,20 @@ def scenario_link_returns(lab):
 
 def slow_copy_to_blank_host_a(lab):
     """hostA's power pulled; it comes back blank and the survivor copies to it,
-    rate-capped to widen the window.  Returns the survivor, copying."""
+    rate-capped to widen the window.  Returns the survivor, copying: bytes moved, so its
+    QEMU has connected to hostA's disks (a death while it connects is another scenario,
+    secondary-dies-connecting, with its own bound)."""
     survivor = power_pull(lab, "hostA")
     set_rate_cap(lab, survivor, CAPPED_MIB_PER_S)
     wait_state(lab, survivor, "degraded", timeout=30)
     return_host(lab, "hostA", blank=True)
-    st = wait_state(lab, survivor, "resyncing", timeout=120)
+    wait_state(lab, survivor, "resyncing", timeout=120)
+
+    def moving():
+        st = lab.status(survivor)
+        return st if st and st["state"] == "resyncing" and (st["resync"] or {}).get("bytes_done") \
+            else None
+    st = wait_for("the copy to move data", moving, timeout=60)
     log("copy under way: %s" % st["resync"])
     return survivor
 
