@@ -153,16 +153,53 @@ static void broadcast_progress(FtGuest *g)
     guest_broadcast_event(g, b);
 }
 
-static void on_replication_connected(const GError *error, gpointer opaque)
+/* An engine step's commands, sent to QEMU and not waited for. */
+typedef gboolean (*StepSendFunc)(Qmp *q, const EngineLink *link, EngineDoneFunc done,
+                                 gpointer opaque, GDestroyNotify destroy, GError **err);
+/* Its outcome, for the guest that asked, if it made no transition since. */
+typedef void (*StepThenFunc)(FtGuest *g, const GError *error);
+
+typedef struct {
+    GuestRef ref;        /* seq: qmp_step_seq */
+    StepThenFunc then;
+} GuestStep;
+
+static void guest_step_free(GuestStep *step)
 {
-    g_autoptr(GuestRef) ref = opaque; /* seq: qmp_step_seq */
-    FtGuest *g = guest_ref_find(ref);
+    guest_ref_clear(&step->ref);
+    g_free(step);
+}
+
+static void guest_step_done(const GError *error, gpointer opaque)
+{
+    GuestStep *step = opaque;
+    FtGuest *g = guest_ref_find(&step->ref);
+
+    /* Any transition since (a failure, a new attempt) made this answer stale. */
+    if (g && g->qmp_step_seq == step->ref.seq)
+        step->then(g, error);
+    guest_step_free(step);
+}
+
+static gboolean run_step(FtGuest *g, StepSendFunc send, StepThenFunc then, GError **err)
+{
+    GuestStep *step = g_new0(GuestStep, 1);
+    EngineLink link = guest_engine_link(g);
+
+    guest_ref_init(&step->ref, g, ++g->qmp_step_seq);
+    step->then = then;
+    if (!send(g->qmp, &link, guest_step_done, step, (GDestroyNotify)guest_step_free, err)) {
+        guest_step_free(step);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static void on_replication_connected(FtGuest *g, const GError *error)
+{
     g_autoptr(GError) err = NULL;
     EngineLink link;
 
-    /* Any transition since (a failure, a new attempt) made this answer stale. */
-    if (!g || g->qmp_step_seq != ref->seq)
-        return;
     if (error) {
         guest_fail(g, "cannot set up replication: %s", error->message);
         return;
@@ -191,17 +228,11 @@ static void on_replication_connected(const GError *error, gpointer opaque)
 static void setup_colo(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(GuestRef) ref = guest_ref_new(g, ++g->qmp_step_seq);
-    EngineLink link = guest_engine_link(g);
 
     log_info(g->def->name, guest_role_name(g), "connecting the replication to %s",
              guest_peer_host(g)->name);
-    if (!engine_primary_connect_replication(g->qmp, &link, on_replication_connected, ref,
-                                            (GDestroyNotify)guest_ref_free, &err)) {
+    if (!run_step(g, engine_primary_connect_replication, on_replication_connected, &err))
         guest_fail(g, "cannot set up replication: %s", err->message);
-        return;
-    }
-    g_steal_pointer(&ref);
 }
 
 static gboolean poll_resync(gpointer opaque)
@@ -238,16 +269,11 @@ static gboolean poll_resync(gpointer opaque)
     return G_SOURCE_REMOVE;
 }
 
-static void on_targets_connected(const GError *error, gpointer opaque)
+static void on_targets_connected(FtGuest *g, const GError *error)
 {
-    g_autoptr(GuestRef) ref = opaque; /* seq: qmp_step_seq */
-    FtGuest *g = guest_ref_find(ref);
     g_autoptr(GError) err = NULL;
-    EngineLink link;
+    EngineLink link = guest_engine_link(g);
 
-    if (!g || g->qmp_step_seq != ref->seq)
-        return;
-    link = guest_engine_link(g);
     if (error || !resync_start(g->qmp, &link, g->resync_plan == RESYNC_INCREMENTAL,
                                g->resync_since, daemon_config(g->d)->resync_rate_bytes, &err)) {
         guest_fail(g, "cannot start the disk copy to %s: %s", guest_peer_host(g)->name,
@@ -261,7 +287,6 @@ static void on_targets_connected(const GError *error, gpointer opaque)
 static void start_copy(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
-    g_autoptr(GuestRef) ref = NULL;
     g_autofree char *why = NULL;
     EngineLink link = guest_engine_link(g);
     gboolean tracking = FALSE;
@@ -301,14 +326,9 @@ static void start_copy(FtGuest *g)
                           g->resync_plan == RESYNC_INCREMENTAL ? "incremental" : "full");
     if (!guest_transition(g, GUEST_RESYNCING, why))
         return;
-    ref = guest_ref_new(g, ++g->qmp_step_seq);
-    if (!resync_connect_targets(g->qmp, &link, on_targets_connected, ref,
-                                (GDestroyNotify)guest_ref_free, &err)) {
+    if (!run_step(g, resync_connect_targets, on_targets_connected, &err))
         guest_fail(g, "cannot start the disk copy to %s: %s", guest_peer_host(g)->name,
                    err->message);
-        return;
-    }
-    g_steal_pointer(&ref);
 }
 
 /* Where the primary's verify exports listen: kvm-ftd's run dir, as its other sockets. */

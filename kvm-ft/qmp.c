@@ -579,9 +579,25 @@ gboolean qmp_call_async(Qmp *q, const char *command, JsonObject *args, guint tim
 static gint64 qmp_expire_awaited(Qmp *q)
 {
     gint64 now = g_get_monotonic_time(), soonest = -1;
-    g_autoptr(GList) all = g_hash_table_get_values(q->awaited);
+    g_autoptr(GList) all = NULL;
+    gboolean expired = FALSE;
+    GHashTableIter it;
+    gpointer value;
 
-    all = g_list_sort(all, awaited_by_id);
+    /* Run before every main-loop iteration: nothing is allocated unless one expired. */
+    g_hash_table_iter_init(&it, q->awaited);
+    while (!expired && g_hash_table_iter_next(&it, NULL, &value)) {
+        const QmpAwaited *a = value;
+
+        expired = a->deadline <= now;
+        if (!expired && (soonest < 0 || a->deadline < soonest))
+            soonest = a->deadline;
+    }
+    if (!expired)
+        return soonest;
+    soonest = -1;
+    /* Failed in the order they were sent, as QEMU would have answered them. */
+    all = g_list_sort(g_hash_table_get_values(q->awaited), awaited_by_id);
     for (GList *l = all; l; l = l->next) {
         QmpAwaited *a = l->data;
 
