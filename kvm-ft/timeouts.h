@@ -119,8 +119,12 @@
 #define HANDOVER_QUIT_TIMEOUT_MS 10000
 
 /* ---- peers, libvirt, ftctl ---------------------------------------------------------------- */
-/* An unauthenticated peer socket gets this long to finish its handshake. */
-#define PEER_HANDSHAKE_TIMEOUT_MS 5000
+/*
+ * An unauthenticated peer socket gets this long to finish its handshake: a
+ * real peer needs one round trip and two MACs.  Short, because a connection
+ * that says nothing holds one of a listener's few handshake slots meanwhile.
+ */
+#define PEER_HANDSHAKE_TIMEOUT_MS 1000
 /* Refused handshakes are logged REFUSAL_LOG_BURST times per window this long (peer.c). */
 #define REFUSAL_LOG_WINDOW_S 10
 /* How often a lost libvirt connection is re-opened (besides before each call). */
