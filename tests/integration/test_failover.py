@@ -28,7 +28,8 @@ guest before, during and after the fault):
   kill-daemon-then-qemu-A  kvm-ftd SIGKILLed on the primary (the secondary waits:
                      checkpoints still come), then the primary's QEMU: its host
                      still refuses connections, but no checkpoint comes for an
-                     interval + 2 s: the secondary takes over
+                     interval + 2 s: the secondary takes over; hostA's
+                     kvm-ftd started again, the pair protects the guest again
   forged-lan-resets  a forger on the LAN answers for hostA with TCP resets
                      (stand-in: hostB's own firewall, tools/lab forge-resets),
                      then hostA's power is pulled: a refusal is not
@@ -613,6 +614,11 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
                 lab.lab("power-on", "A")
                 st = wait_state(lab, "hostB", "protected", timeout=180)
                 log("%s: hostA back, protected again: %s" % (name, st["last_resync"]))
+            if name == "kill-daemon-then-qemu-A":
+                # hostA's kvm-ftd, back, finds no QEMU: the survivor protects onto it again.
+                lab.lab("daemon-start", "A")
+                st = wait_state(lab, "hostB", "protected", timeout=180)
+                log("%s: hostA's kvm-ftd back, protected again: %s" % (name, st["last_resync"]))
             log("PASS %s: client answered %.0f ms after the fault"
                 % (name, facts["answer_after_fault_ms"] or -1))
         return facts
