@@ -305,6 +305,12 @@ static void check_rejoin(FtGuest *g)
     }
 }
 
+/* Both roles' watchdogs judge checkpoints by one bound, so that they agree. */
+static gint64 checkpoint_silence_bound_ms(FtGuest *g)
+{
+    return (gint64)g->def->checkpoint_interval_ms + WATCHDOG_SLACK_MS;
+}
+
 /*
  * The primary's watchdog.  COLO stops the guest for each checkpoint for
  * milliseconds, and checkpoints at least every interval.  A checkpoint
@@ -322,7 +328,7 @@ static void check_rejoin(FtGuest *g)
  */
 static gboolean checkpoints_flow(FtGuest *g)
 {
-    const gint64 bound_ms = (gint64)g->def->checkpoint_interval_ms + WATCHDOG_SLACK_MS;
+    const gint64 bound_ms = checkpoint_silence_bound_ms(g);
     const gint64 silent_ms = (g_get_monotonic_time() - g->checkpoint_seen_us) / 1000;
     const gint64 stopped_ms = g->stop_us ? (g_get_real_time() - g->stop_us) / 1000 : 0;
     g_autoptr(GError) err = NULL;
@@ -376,7 +382,7 @@ static gboolean checkpoints_flow(FtGuest *g)
  */
 static gboolean take_over_without_checkpoints(FtGuest *g, const FtHost *peer)
 {
-    const gint64 bound_ms = (gint64)g->def->checkpoint_interval_ms + WATCHDOG_SLACK_MS;
+    const gint64 bound_ms = checkpoint_silence_bound_ms(g);
     gint64 silent_ms;
     g_autofree char *why = NULL;
 
