@@ -29,8 +29,9 @@ typedef struct {
 /*
  * Our outgoing session to one peer address, and calls waiting for it.  A
  * watched link is kept connected and is one path of failure detection:
- * evidence_us is the last time the host at addr showed it was up (a frame
- * from its kvm-ftd, or its kernel refusing or closing a connection).
+ * evidence_us is the last time the kvm-ftd at addr showed it was up (an
+ * authenticated session or frame); answered_us the last time only its host's
+ * kernel did, which anyone on the path can forge.
  */
 typedef struct {
     Daemon *d;
@@ -433,7 +434,7 @@ static void on_link_closed(PeerConn *conn, const GError *reason, gpointer opaque
 
     session_down(link->d, conn, reason);
     if (peer_conn_host_answered(conn))
-        link->answered_us = link->evidence_us = g_get_monotonic_time();
+        link->answered_us = g_get_monotonic_time();
     while ((call = g_queue_pop_head(&link->pending))) {
         call->cb(conn, NULL, reason, call->opaque);
         pending_free(call);
@@ -570,6 +571,16 @@ static gint64 path_last_frame_us(Daemon *d, const char *addr)
     return last;
 }
 
+gint64 daemon_peer_heard_us(Daemon *d, const char *addr)
+{
+    PeerLink *link = addr ? g_hash_table_lookup(d->links, addr) : NULL;
+
+    if (!link)
+        return 0;
+    link->evidence_us = MAX(link->evidence_us, path_last_frame_us(d, addr));
+    return link->evidence_us;
+}
+
 PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows)
 {
     gint64 window = (gint64)d->cfg->heartbeat_ms * d->cfg->miss_count * windows * 1000;
@@ -583,7 +594,6 @@ PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows)
      * read what waits (judge_tick()).
      */
     gint64 now = d->last_judge_us;
-    gint64 frame_us;
     PeerLink *link;
 
     if (!addr)
@@ -591,16 +601,12 @@ PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows)
     link = g_hash_table_lookup(d->links, addr);
     if (!link)
         return PEER_PATH_SILENT;
-    frame_us = path_last_frame_us(d, addr);
-    link->evidence_us = MAX(link->evidence_us, frame_us);
-    if (now - frame_us <= window)
+    /* A frame, a session coming up, or watching beginning: within the window. */
+    if (now - daemon_peer_heard_us(d, addr) <= window)
         return PEER_PATH_ALIVE;
-    if (link->conn && peer_conn_is_connected(link->conn))
-        return now - link->evidence_us <= window ? PEER_PATH_ALIVE : PEER_PATH_SILENT;
-    if (now - link->answered_us <= window)
+    if (!(link->conn && peer_conn_is_connected(link->conn)) && now - link->answered_us <= window)
         return PEER_PATH_HOST_UP;
-    /* Still connecting, within the window since watching began. */
-    return now - link->evidence_us <= window ? PEER_PATH_ALIVE : PEER_PATH_SILENT;
+    return PEER_PATH_SILENT;
 }
 
 const char *peer_path_name(PeerPath path)

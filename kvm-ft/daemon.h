@@ -63,6 +63,8 @@ const char *peer_path_name(PeerPath path);
 
 /* Keeps a session to addr (NULL: nothing) up for failure detection. */
 void daemon_watch_peer(Daemon *d, const char *addr);
+/* When the peer's kvm-ftd last showed itself on that path (monotonic µs, 0: never). */
+gint64 daemon_peer_heard_us(Daemon *d, const char *addr);
 /* The path's state, judged over that many detection windows. */
 PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows);
 

@@ -465,8 +465,27 @@ void guest_check_peer(FtGuest *g)
     window = daemon_config(g->d)->heartbeat_ms * daemon_config(g->d)->miss_count * windows;
     lan = daemon_peer_path(g->d, peer->lan_address, windows);
     if (lan == PEER_PATH_ALIVE) {
-        why = g_strdup_printf("dedicated link to %s silent for %u ms while %s "
-                              "answers on the LAN", peer->name, window, peer->name);
+        gint64 now = g_get_monotonic_time();
+        gint64 link_us = daemon_peer_heard_us(g->d, peer->link_address);
+        gint64 lan_us = daemon_peer_heard_us(g->d, peer->lan_address);
+
+        /*
+         * A host that dies falls silent on both paths within about a
+         * heartbeat round (its frames leave one session after the other, its
+         * interfaces can fail a moment apart): its last LAN frame can be
+         * newer than its last link frame, and young enough to count.  Only a
+         * LAN frame sent more than the primary's window after the link fell
+         * silent shows the peer alive; after a cut, one has come by the time
+         * the secondary's longer window runs out.  Until one comes, or the
+         * LAN falls silent too, the secondary waits.  (The primary drops its
+         * secondary either way.)
+         */
+        if (g->role == FT_ROLE_SECONDARY && lan_us - link_us <= (gint64)window / windows * 1000)
+            return;
+        why = g_strdup_printf("dedicated link to %s silent for %" G_GINT64_FORMAT " ms while %s "
+                              "answers on the LAN (last heard %" G_GINT64_FORMAT " ms ago)",
+                              peer->name, (now - link_us) / 1000, peer->name,
+                              (now - lan_us) / 1000);
         if (g->role == FT_ROLE_PRIMARY) {
             guest_drop_secondary(g, why);
         } else {

@@ -35,6 +35,12 @@ guest before, during and after the fault):
                      then hostA's power is pulled: a refusal is not
                      authenticated, so hostB takes over as for any pull, and
                      does not stand down
+  link-then-power-A  hostA's dedicated link goes down LINK_FIRST_S before the
+                     rest of its power: its last LAN frames are newer than its
+                     last link frames, and young enough to count, when the
+                     secondary judges the link silent; it must not stand down
+                     (nothing runs the guest then) but take over once the LAN
+                     falls silent too
   kill-daemon-taking-over  power pulled on the primary, and the secondary's
                      kvm-ftd SIGKILLed the moment its log says it takes over,
                      then started again: from its journal and its QEMU it
@@ -108,7 +114,7 @@ MAX_SILENCE_MS = {
     "cut-link": 1000, "lossy-link": 1000,
     "kill-qemu-primary": 1000, "power-mid-checkpoint": 1000, "resume-window": 1000,
     "kill-daemon-A": 1000, "kill-daemon-B": 1000, "garbage-peer": 1000,
-    "forged-lan-resets": 1000,
+    "forged-lan-resets": 1000, "link-then-power-A": 1000,
     "stop-daemon-primary": 1000, "stop-daemon-secondary": 1000,
     # The takeover waits for the restarted kvm-ftd (~1-2 s under ASan), then the client's
     # next answer for its TCP's next retransmission (tries ~0.2, 0.6, 1.4, 3.0, 6.2 s after
@@ -131,6 +137,12 @@ HELD_REPLY_ANSWER_MS = 1000
 # 2 s interval, counted from the last checkpoint, so at most 4 s after the freeze), its
 # QMP probe (0.5 s) and the failover, with slack.
 WATCHDOG_S = 6.5
+# link-then-power-A: the link goes down this long before the LAN.  Each path's last frame
+# is up to a heartbeat (20 ms) older than its loss, so the LAN's is 20-60 ms newer than
+# the link's: under the window (100 ms) by which a LAN frame must follow the link's last
+# to show the peer alive, and long enough for judging rounds (every 20 ms) to find the
+# link silent while the LAN is not yet.
+LINK_FIRST_S = 0.040
 # kill-daemon-taking-over: the kill this long after the log says the takeover began.
 # Here that lands after QEMU left COLO and before the takeover's last steps (at once,
 # it landed before QEMU left COLO); either way the restarted kvm-ftd must finish it.
@@ -360,6 +372,16 @@ def forge_lan_resets_then_pull(lab):
     return fault_time(lab.lab("power-off", "A").stdout)
 
 
+def link_then_power(lab):
+    """hostA's dedicated link goes down, its LAN LINK_FIRST_S later (one command in its
+    namespace, for the timing), then the rest of its power.  Returns the link's loss."""
+    out = lab.lab("exec", "A", "sh", "-c", "ip link set ftlink down; echo T_LINK_DOWN "
+                  "$(date +%%s%%3N); sleep %s; ip link set lan0 down" % LINK_FIRST_S).stdout
+    t = fault_time(out)
+    lab.lab("power-off", "A")
+    return t
+
+
 def kill_daemon_taking_over(lab):
     """hostA's power pulled; hostB's kvm-ftd SIGKILLed as soon as its log says it takes
     over (the takeover's steps take ~20 ms: the log says where the kill landed), then
@@ -532,6 +554,9 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
         elif name == "forged-lan-resets":
             t = forge_lan_resets_then_pull(lab)
             survivor, state, alive = "hostB", "degraded", ["hostB"]
+        elif name == "link-then-power-A":
+            t = link_then_power(lab)
+            survivor, state, alive = "hostB", "degraded", ["hostB"]
         elif name == "kill-daemon-taking-over":
             t = kill_daemon_taking_over(lab)
             survivor, state, alive = "hostB", "degraded", ["hostB"]
@@ -653,7 +678,7 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "two-disks",
              "power-secondary",
              "cut-link", "lossy-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
-             "kill-daemon-then-qemu-A", "forged-lan-resets",
+             "kill-daemon-then-qemu-A", "forged-lan-resets", "link-then-power-A",
              "kill-daemon-taking-over", "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
              "stop-qemu-secondary", "held-reply", "resume-window", "power-mid-checkpoint"]
 
