@@ -169,6 +169,35 @@ static char *replication_tls_mismatch(Daemon *d, JsonObject *params, const char 
 }
 
 static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
+                                     JsonObject *params);
+
+/* A prepare-secondary that came while this host's copy was still stopping. */
+typedef struct {
+    Daemon *d;
+    PeerConn *conn;
+    guint64 id;
+    JsonObject *params;
+} DeferredPrepare;
+
+static void deferred_prepare_free(gpointer data)
+{
+    DeferredPrepare *p = data;
+
+    peer_conn_unref(p->conn);
+    json_object_unref(p->params);
+    g_free(p);
+}
+
+static gboolean prepare_after_stop(gpointer data)
+{
+    DeferredPrepare *p = data;
+
+    if (peer_conn_is_connected(p->conn))
+        handle_prepare_secondary(p->d, p->conn, p->id, p->params);
+    return G_SOURCE_REMOVE;
+}
+
+static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
                                      JsonObject *params)
 {
     const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
@@ -210,6 +239,14 @@ static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
         return;
     }
     g = g_hash_table_lookup(d->guests, def->name);
+    if (g && guest_state(g) == GUEST_STOPPING) {
+        /* Its last copy is being destroyed here (seconds at most): then the answer. */
+        DeferredPrepare *p = g_new0(DeferredPrepare, 1);
+
+        *p = (DeferredPrepare){ d, peer_conn_ref(conn), id, json_object_ref(params) };
+        guest_when_stopped(g, prepare_after_stop, p, deferred_prepare_free);
+        return;
+    }
     if (g && guest_is_busy(g)) {
         daemon_reply_error(conn, id, "guest '%s' is already %s here as %s", def->name,
                            guest_state_name(guest_state(g)), ft_role_name(guest_role(g)));

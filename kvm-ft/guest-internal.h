@@ -147,6 +147,7 @@ struct FtGuest {
     gboolean full_copy_asked; /* ftctl verify --repair: the next copy is a whole one */
     guint claim_retry_id;
     char *claim_trouble;
+    GSList *stop_waiters;   /* guest_when_stopped() */
     double claim_ms;        /* the last won claim; -1: none (no witness, or forced) */
 
     /* Ring of the latest checkpoints: QEMU wall-clock stamp and pause. */

@@ -27,11 +27,12 @@ static const char *const state_names[GUEST_N_STATES] = {
     [GUEST_REJOINING] = "rejoining",
     [GUEST_RESYNCING] = "resyncing",
     [GUEST_HANDING_OVER] = "handing-over",
+    [GUEST_STOPPING] = "stopping",
     [GUEST_FAILED] = "failed",
 };
 
 #define BIT(s) (1u << (s))
-#define ENDINGS (BIT(GUEST_FAILED) | BIT(GUEST_STOPPED))
+#define ENDINGS (BIT(GUEST_FAILED) | BIT(GUEST_STOPPED) | BIT(GUEST_STOPPING))
 
 /* The only transitions there are; anything else is a bug and is refused. */
 static const guint allowed[GUEST_N_STATES] = {
@@ -41,7 +42,8 @@ static const guint allowed[GUEST_N_STATES] = {
      */
     [GUEST_STOPPED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
                       BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED) |
-                      BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY),
+                      BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) |
+                      BIT(GUEST_STOPPING),
     [GUEST_PREPARING_PEER] = BIT(GUEST_STARTING_PRIMARY) | ENDINGS,
     [GUEST_STARTING_PRIMARY] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) | ENDINGS,
     /* Back to degraded: a re-protection that failed leaves the guest running alone. */
@@ -57,9 +59,10 @@ static const guint allowed[GUEST_N_STATES] = {
     [GUEST_DEGRADED] = BIT(GUEST_REJOINING) | ENDINGS,
     [GUEST_REJOINING] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) |
                         BIT(GUEST_DEGRADED) | ENDINGS,
-    [GUEST_HANDING_OVER] = BIT(GUEST_STOPPED) | BIT(GUEST_FAILED),
+    [GUEST_HANDING_OVER] = ENDINGS,
+    [GUEST_STOPPING] = BIT(GUEST_STOPPED) | BIT(GUEST_FAILED),
     [GUEST_FAILED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
-                     BIT(GUEST_STOPPED),
+                     BIT(GUEST_STOPPED) | BIT(GUEST_STOPPING),
 };
 
 const char *guest_state_name(GuestState state)
@@ -129,6 +132,36 @@ static void journal_transition(FtGuest *g, GuestState to)
                 "kvm-ftd would not know it): %s", guest_state_name(to), err->message);
 }
 
+typedef struct {
+    GSourceFunc fn;
+    gpointer data;
+    GDestroyNotify free_data;
+} StopWaiter;
+
+void guest_when_stopped(FtGuest *g, GSourceFunc fn, gpointer data, GDestroyNotify free_data)
+{
+    StopWaiter *w = g_new(StopWaiter, 1);
+
+    *w = (StopWaiter){ fn, data, free_data };
+    g->stop_waiters = g_slist_append(g->stop_waiters, w);
+}
+
+/* From an idle callback: what each waiter does may replace the guest. */
+static void wake_stop_waiters(FtGuest *g, gboolean run)
+{
+    GSList *waiters = g_steal_pointer(&g->stop_waiters);
+
+    for (GSList *l = waiters; l; l = l->next) {
+        StopWaiter *w = l->data;
+
+        if (run)
+            g_idle_add_full(G_PRIORITY_DEFAULT, w->fn, w->data, w->free_data);
+        else
+            w->free_data(w->data);
+    }
+    g_slist_free_full(waiters, g_free);
+}
+
 gboolean guest_transition(FtGuest *g, GuestState to, const char *reason)
 {
     g_autoptr(JsonBuilder) b = json_builder_new();
@@ -164,6 +197,8 @@ gboolean guest_transition(FtGuest *g, GuestState to, const char *reason)
     json_builder_set_member_name(b, "reason");
     json_builder_add_string_value(b, reason);
     guest_broadcast_event(g, b);
+    if (from == GUEST_STOPPING)
+        wake_stop_waiters(g, TRUE);
     return TRUE;
 }
 
@@ -194,19 +229,29 @@ static void detach(FtGuest *g)
     g_clear_pointer(&g->colo_reason, g_free);
 }
 
-/* Tears down this host's copy; leaves the administrator's definition alone. */
+/* This host's copy of the guest and, for a secondary, its overlays go; the definition stays. */
+static gboolean destroy_copy(Virt *v, const FtConfig *cfg, const char *name, gboolean overlays,
+                             GError **err)
+{
+    gboolean active = FALSE;
+    gboolean ok = virt_domain_is_active(v, name, &active, err) &&
+                  (!active || virt_domain_destroy(v, name, err));
+
+    if (overlays)
+        guest_remove_overlays(cfg, name);
+    return ok;
+}
+
+/* Tears down this host's copy at once (guest_stop() does it off the main loop). */
 static void release(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
-    gboolean active = FALSE;
 
     detach(g);
-    if (virt_domain_is_active(daemon_virt(g->d), g->def->name, &active, &err) &&
-        active && !virt_domain_destroy(daemon_virt(g->d), g->def->name, &err))
+    if (!destroy_copy(daemon_virt(g->d), daemon_config(g->d), g->def->name,
+                      g->role == FT_ROLE_SECONDARY, &err))
         log_warn(g->def->name, guest_role_name(g), "cannot stop the guest: %s",
                  err->message);
-    if (g->role == FT_ROLE_SECONDARY)
-        guest_remove_overlays(daemon_config(g->d), g->def->name);
 }
 
 static void on_peer_stopped(PeerConn *conn, JsonNode *result,
@@ -1007,6 +1052,12 @@ gboolean guest_reattach(FtGuest *g, GError **err)
         return FALSE;
     qmp_set_handlers(g->qmp, on_qmp_event, on_qmp_closed, g);
     qmp_attach(g->qmp, NULL);
+    if (g_strcmp0(was.state, guest_state_name(GUEST_STOPPING)) == 0) {
+        /* Decided before the restart, whatever the copy is doing now: it goes. */
+        g->role = was.role;
+        guest_stop(g, "kvm-ftd restarted while this copy was stopping");
+        return TRUE;
+    }
     guest_refresh_colo_status(g);
     if (g_strcmp0(g->colo_mode, "primary") == 0 || g_strcmp0(g->colo_mode, "secondary") == 0) {
         g->role = strcmp(g->colo_mode, "primary") == 0 ? FT_ROLE_PRIMARY : FT_ROLE_SECONDARY;
@@ -1022,15 +1073,70 @@ gboolean guest_reattach(FtGuest *g, GError **err)
     return TRUE;
 }
 
+typedef struct {
+    GuestRef ref;            /* seq: the guest's transitions when it began */
+    const FtConfig *cfg;
+    gboolean overlays;       /* a secondary's: they go with its QEMU */
+    char *reason;
+} StopJob;
+
+static void stop_job_free(gpointer data)
+{
+    StopJob *j = data;
+
+    guest_ref_clear(&j->ref);
+    g_free(j->reason);
+    g_free(j);
+}
+
+/* In the libvirt thread: the queue keeps any later start of the guest behind it. */
+static gboolean stop_here(Virt *v, gpointer data, GError **err)
+{
+    StopJob *j = data;
+
+    return destroy_copy(v, j->cfg, j->ref.name, j->overlays, err);
+}
+
+static void on_stopped_here(gpointer data, const GError *error)
+{
+    StopJob *j = data;
+    FtGuest *g = guest_ref_find(&j->ref);
+
+    if (!g || g->state != GUEST_STOPPING || g->transitions != j->ref.seq)
+        return;
+    if (error) {
+        /* Failed, not stopped: whatever libvirt left running is for an operator to see. */
+        g_free(g->error);
+        g->error = g_strdup_printf("cannot stop this host's copy (%s): %s", j->reason,
+                                   error->message);
+        guest_transition(g, GUEST_FAILED, g->error);
+        return;
+    }
+    guest_transition(g, GUEST_STOPPED, j->reason);
+}
+
+/*
+ * libvirt can take seconds to destroy a QEMU (it waits for SIGTERM first):
+ * that waits in the libvirt thread, not on the loop that judges the peers
+ * of every guest.  Meanwhile the guest is "stopping", busy to any request.
+ */
 void guest_stop(FtGuest *g, const char *reason)
 {
-    /* Said first: stopping QEMU can take libvirt seconds, and the reason must not wait. */
-    if (g->qmp)
-        log_info(g->def->name, guest_role_name(g), "stopping this host's copy: %s", reason);
+    gboolean attached = g->qmp != NULL;
+    StopJob *j;
+
     guest_answer_primary(g, reason);
-    release(g);
-    if (g->state != GUEST_STOPPED)
-        guest_transition(g, GUEST_STOPPED, reason);
+    detach(g);
+    /* A stopped guest runs no QEMU of kvm-ftd's unless one was attached to it. */
+    if ((g->state == GUEST_STOPPED && !attached) || g->state == GUEST_STOPPING ||
+        !guest_transition(g, GUEST_STOPPING, reason))
+        return;
+    j = g_new0(StopJob, 1);
+    guest_ref_init(&j->ref, g, g->transitions);
+    j->cfg = daemon_config(g->d);
+    j->overlays = g->role == FT_ROLE_SECONDARY;
+    j->reason = g_strdup(reason);
+    virt_run(daemon_virt(g->d), stop_here, on_stopped_here, j, stop_job_free);
 }
 
 const char *guest_domain_xml(FtGuest *g)
@@ -1096,6 +1202,7 @@ void guest_free(FtGuest *g)
     if (!g)
         return;
     guest_stop_polling(g);
+    wake_stop_waiters(g, FALSE);
     if (g->exit_idle_id)
         g_source_remove(g->exit_idle_id);
     if (g->status_idle_id)

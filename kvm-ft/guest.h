@@ -29,6 +29,7 @@ typedef enum {
     GUEST_REJOINING,          /* primary, running alone: the peer starts a new secondary */
     GUEST_RESYNCING,          /* primary: copying what the secondary's disks lack */
     GUEST_HANDING_OVER,       /* primary: stopping so that the secondary takes over */
+    GUEST_STOPPING,           /* this host's copy goes: libvirt destroys its QEMU */
     GUEST_FAILED,             /* protection failed; the reason is kept */
     GUEST_N_STATES
 } GuestState;
@@ -36,6 +37,13 @@ typedef enum {
 typedef struct FtGuest FtGuest;
 
 const char *guest_state_name(GuestState state);
+
+/*
+ * fn(data) from the main loop once the guest, now stopping, has stopped
+ * (or failed to); then free_data(data).  If the guest is freed first, only
+ * free_data runs.
+ */
+void guest_when_stopped(FtGuest *g, GSourceFunc fn, gpointer data, GDestroyNotify free_data);
 
 /* kvm-ftd's own QMP socket of a guest: a restarted daemon finds its guests by it. */
 char *guest_qmp_socket(const FtConfig *cfg, const char *name);

@@ -15,7 +15,8 @@ guest before, during and after the fault):
                      the guest wrote
   power-secondary    power pulled on the secondary: the primary runs alone
   cut-link           dedicated link cut, LAN alive: the primary runs alone,
-                     the secondary stands down, no takeover
+                     the secondary stands down, no takeover; libvirt's destroy of
+                     its copy does not hold up its failure detection
   lossy-link         1 % of the packets on the dedicated link lost, each way,
                      for LOSSY_S (tools/lab lossy-link: loss only, this machine
                      has no sch_netem for delay): no failover, no secondary
@@ -492,6 +493,9 @@ def check_invariants(facts, window_required=True):
     if name in ("cut-link", "lossy-link"):
         other = facts["peer_after_cut"]
         assert other and other["state"] == "stopped", "secondary did not stand down: %s" % other
+        assert not facts["detector_behind_destroy"], \
+            "hostB's failure detection waited for its copy's destroy:\n%s" % "\n".join(
+                facts["detector_behind_destroy"])
     assert facts["disk_ok"], "%s: survivor's disk not clean and gapless: %s" % (name, facts["disk"])
 
 
@@ -627,6 +631,10 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
             "live_copies": running_copies(lab, alive) if state == "degraded" else None,
             "peer_after_cut": (lab.status("hostB") if name in ("cut-link", "lossy-link")
                                else None),
+            # What the stand-down's destroy held up (libvirt waits for SIGTERM first).
+            "detector_behind_destroy": [
+                line for line in lab.daemon_log_since("hostB", t)
+                if "failure detection ran" in line and "libvirt destroy" in line],
             "disk_ok": disk_ok, "disk": disk,
             "answer_after_fault_ms": client_answer_after(client_log, t),
             "answer_before_fault_ms": client_answer_before(client_log, t),

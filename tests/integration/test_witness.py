@@ -74,7 +74,11 @@ def stopped_by_witness(lab, host, winner):
     line = "to %s: this copy stops" % winner
     wait_for("%s to stop for losing the claim to %s" % (host, winner),
              lambda: line in lab.daemon_log(host), timeout=30)
-    st = lab.status(host)
+    # The line comes as the copy begins to stop (libvirt destroys its QEMU meanwhile).
+    def stopped():
+        st = lab.status(host)
+        return st if st and st["state"] != "stopping" else None
+    st = wait_for("%s to finish stopping" % host, stopped, timeout=30)
     assert st["state"] == "stopped" or st["role"] == "secondary", \
         "%s lost the claim and still runs the guest: %s" % (host, st)
     return st
