@@ -40,6 +40,12 @@ struct Virt {
     VirtWatch *watch;
     int lifecycle_id;
     int metadata_id;
+    /*
+     * virt_qemu_version(): the last one read, in the libvirt thread.  The
+     * first read after libvirtd starts has it probe QEMU, seconds here.
+     */
+    GMutex version_lock;
+    char *version;
 };
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomain, virDomainFree)
@@ -378,10 +384,13 @@ static gboolean job_done(gpointer opaque)
 {
     VirtJob *j = opaque;
 
-    if (g_atomic_int_get(j->open))
+    if (j->done && g_atomic_int_get(j->open))
         j->done(j->data, j->error);
     return G_SOURCE_REMOVE;
 }
+
+/* Set in the libvirt thread, which may wait for libvirt as long as it takes. */
+static GPrivate in_libvirt_thread;
 
 /* In the libvirt thread. */
 static void run_job(gpointer data, gpointer opaque)
@@ -389,6 +398,7 @@ static void run_job(gpointer data, gpointer opaque)
     VirtJob *j = data;
     GSource *source = g_idle_source_new();
 
+    g_private_set(&in_libvirt_thread, GINT_TO_POINTER(1));
     if (!j->job(opaque, j->data, &j->error) && !j->error)
         g_set_error(&j->error, VIRT_ERROR, VIRT_ERROR_FAILED, "libvirt call failed");
     g_source_set_priority(source, G_PRIORITY_DEFAULT);
@@ -412,6 +422,8 @@ void virt_run(Virt *v, VirtJobFunc job, VirtDoneFunc done, gpointer data,
     g_thread_pool_push(v->jobs, j, NULL);
 }
 
+static gboolean refresh_qemu_version(Virt *v, gpointer data, GError **err);
+
 Virt *virt_open(const char *uri, GError **err)
 {
     Virt *v;
@@ -421,6 +433,7 @@ Virt *virt_open(const char *uri, GError **err)
         return NULL;
     v = g_new0(Virt, 1);
     g_rec_mutex_init(&v->lock);
+    g_mutex_init(&v->version_lock);
     v->open = g_atomic_rc_box_new0(gint);
     *v->open = TRUE;
     v->uri = g_strdup(uri);
@@ -430,10 +443,12 @@ Virt *virt_open(const char *uri, GError **err)
             g_thread_pool_free(v->jobs, TRUE, TRUE);
         g_atomic_rc_box_release(v->open);
         g_rec_mutex_clear(&v->lock);
+        g_mutex_clear(&v->version_lock);
         g_free(v->uri);
         g_free(v);
         return NULL;
     }
+    virt_run(v, refresh_qemu_version, NULL, NULL, NULL);
     return v;
 }
 
@@ -453,6 +468,8 @@ void virt_close(Virt *v)
         watch_release(v->watch);
     }
     g_rec_mutex_clear(&v->lock);
+    g_mutex_clear(&v->version_lock);
+    g_free(v->version);
     g_free(v->uri);
     g_free(v);
 }
@@ -662,19 +679,54 @@ GPtrArray *virt_defined_domains(Virt *v, GError **err)
     return list_domains(v, VIR_CONNECT_LIST_DOMAINS_PERSISTENT, err);
 }
 
-char *virt_qemu_version(Virt *v, GError **err)
+static char *read_qemu_version(Virt *v, GError **err)
 {
     LOOPWAIT_SCOPE("libvirt version", NULL);
     g_autoptr(virConnect) c = conn_ref(v);
     unsigned long version;
+    char *text;
 
     if (virConnectGetVersion(c, &version) < 0) {
         g_set_error(err, VIRT_ERROR, VIRT_ERROR_FAILED,
                     "cannot read the hypervisor's version: %s", virGetLastErrorMessage());
         return NULL;
     }
-    return g_strdup_printf("%lu.%lu.%lu", version / 1000000, version / 1000 % 1000,
+    text = g_strdup_printf("%lu.%lu.%lu", version / 1000000, version / 1000 % 1000,
                            version % 1000);
+    g_mutex_lock(&v->version_lock);
+    g_free(v->version);
+    v->version = g_strdup(text);
+    g_mutex_unlock(&v->version_lock);
+    return text;
+}
+
+/* In the libvirt thread. */
+static gboolean refresh_qemu_version(Virt *v, gpointer data, GError **err)
+{
+    g_autofree char *version = read_qemu_version(v, err);
+
+    (void)data;
+    return version != NULL;
+}
+
+/*
+ * Outside the libvirt thread: the version last read, and a read queued for
+ * the next call (an upgrade of QEMU shows there); only the first call of all
+ * waits for libvirt.
+ */
+char *virt_qemu_version(Virt *v, GError **err)
+{
+    char *version;
+
+    if (g_private_get(&in_libvirt_thread))
+        return read_qemu_version(v, err);
+    g_mutex_lock(&v->version_lock);
+    version = g_strdup(v->version);
+    g_mutex_unlock(&v->version_lock);
+    if (!version)
+        return read_qemu_version(v, err);
+    virt_run(v, refresh_qemu_version, NULL, NULL, NULL);
+    return version;
 }
 
 gboolean virt_room_for(Virt *v, const char *name, GError **err)

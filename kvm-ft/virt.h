@@ -126,5 +126,7 @@ GPtrArray *virt_defined_domains(Virt *v, GError **err);
  * The version of the QEMU libvirt runs on this host, e.g. "7.2.0": two
  * hosts whose versions differ cannot run the two copies of one guest.
  * (That of libvirt's default emulator; the builds are not told apart.)
+ * Off the libvirt thread, the one it last read (virt_open() queues a read,
+ * each call another); only a call before any read waits for libvirt.
  */
 char *virt_qemu_version(Virt *v, GError **err);

@@ -97,6 +97,27 @@ START_TEST(the_loop_runs_while_a_job_waits)
 }
 END_TEST
 
+/*
+ * The main loop's answer is the version the libvirt thread read (at open,
+ * then after each call): the same as libvirt's, without waiting for it.
+ */
+START_TEST(the_loop_gets_the_version_the_thread_read)
+{
+    g_autoptr(Virt) v = open_test_driver();
+    g_autoptr(GError) err = NULL;
+    Job read = { 0 };
+    g_autofree char *cached = NULL;
+
+    virt_run(v, version_job, job_done, &read, NULL);
+    WAIT_FOR(read.done, 5000);
+    ck_assert_ptr_nonnull(read.version);
+    cached = virt_qemu_version(v, &err);
+    ck_assert_msg(cached != NULL, "%s", err ? err->message : "?");
+    ck_assert_str_eq(cached, read.version);
+    g_free(read.version);
+}
+END_TEST
+
 /* Closing waits for the running job; queued ones are freed, never answered. */
 START_TEST(close_drops_queued_jobs)
 {
@@ -125,6 +146,7 @@ static Suite *virt_suite(void)
 
     tcase_add_test(tc, a_job_runs_off_the_loop_and_answers_on_it);
     tcase_add_test(tc, the_loop_runs_while_a_job_waits);
+    tcase_add_test(tc, the_loop_gets_the_version_the_thread_read);
     tcase_add_test(tc, close_drops_queued_jobs);
     suite_add_tcase(s, tc);
     return s;
