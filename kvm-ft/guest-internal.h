@@ -195,8 +195,11 @@ EngineLink guest_engine_link(FtGuest *g);
 EngineLink guest_quick_link(FtGuest *g);
 /* The derived definition QEMU runs for this host's role (the run dir made, no stale socket). */
 char *guest_runtime_xml(FtGuest *g, const DomxmlPlumbing *plumbing, GError **err);
-gboolean guest_start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing, gboolean paused,
-                          GError **err);
+/*
+ * A QEMU that the libvirt thread started for a step given up meanwhile:
+ * nobody's, so it goes (in that thread, after anything queued before).
+ */
+void guest_discard_started(Daemon *d, const char *name, const char *role);
 gboolean guest_attach_qemu(FtGuest *g, GError **err);
 void guest_refresh_colo_status(FtGuest *g);
 /*

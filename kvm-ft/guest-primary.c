@@ -559,23 +559,78 @@ static void continue_protection(FtGuest *g)
     g->poll_id = g_timeout_add(CHANNEL_POLL_MS, poll_channels, g);
 }
 
+typedef struct {
+    GuestRef ref;          /* seq: the guest's transitions when it was asked */
+    char *xml;
+    gboolean started;
+} PrimaryStart;
+
+static void primary_start_free(gpointer data)
+{
+    PrimaryStart *p = data;
+
+    guest_ref_clear(&p->ref);
+    g_free(p->xml);
+    g_free(p);
+}
+
+/* In the libvirt thread: a QEMU starting under TCG takes it a quarter of a second. */
+static gboolean start_primary_here(Virt *v, gpointer data, GError **err)
+{
+    PrimaryStart *p = data;
+
+    /* Paused: not one guest write may happen before replication is attached. */
+    p->started = virt_domain_start(v, p->xml, TRUE, err);
+    return p->started;
+}
+
+static void on_primary_started(gpointer data, const GError *error)
+{
+    PrimaryStart *p = data;
+    FtGuest *g = guest_ref_find(&p->ref);
+    g_autoptr(GError) err = NULL;
+
+    if (!g || g->transitions != p->ref.seq || g->state != GUEST_STARTING_PRIMARY) {
+        /* Failed or stopped meanwhile (the secondary gave up, say). */
+        if (p->started && !daemon_quitting(p->ref.d) && !(g && g->qmp))
+            guest_discard_started(p->ref.d, p->ref.name, "primary");
+        return;
+    }
+    if (error || !guest_attach_qemu(g, &err)) {
+        guest_fail(g, "cannot start the primary: %s", error ? error->message : err->message);
+        return;
+    }
+    continue_protection(g);
+}
+
 static void start_primary(FtGuest *g)
 {
     g_autoptr(GError) err = NULL;
     DomxmlPlumbing plumbing = { .qmp_socket = g->qmp_path };
+    PrimaryStart *p;
 
     if (!guest_transition(g, GUEST_STARTING_PRIMARY,
                           g->started_by_libvirt
                         ? "secondary ready; the primary was started paused by libvirt"
                         : "secondary ready; starting the primary paused"))
         return;
-    /* Paused: not one guest write may happen before replication is attached. */
-    if (!(g->started_by_libvirt ? guest_attach_qemu(g, &err)
-                                : guest_start_qemu(g, &plumbing, TRUE, &err))) {
+    if (g->started_by_libvirt) {
+        if (!guest_attach_qemu(g, &err)) {
+            guest_fail(g, "cannot start the primary: %s", err->message);
+            return;
+        }
+        continue_protection(g);
+        return;
+    }
+    p = g_new0(PrimaryStart, 1);
+    p->xml = guest_runtime_xml(g, &plumbing, &err);
+    if (!p->xml) {
+        primary_start_free(p);
         guest_fail(g, "cannot start the primary: %s", err->message);
         return;
     }
-    continue_protection(g);
+    guest_ref_init(&p->ref, g, g->transitions);
+    virt_run(daemon_virt(g->d), start_primary_here, on_primary_started, p, primary_start_free);
 }
 
 /* FALSE if this host's disks cannot be the source of the guest. */

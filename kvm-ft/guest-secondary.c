@@ -327,15 +327,9 @@ static void on_started_here(gpointer data, const GError *error)
     EngineLink link;
 
     if (!g || g->setup_seq != j->ref.seq || g->state != GUEST_STARTING_SECONDARY) {
-        /*
-         * Stopped, failed or asked again meanwhile: that answer came
-         * already, and a QEMU started for it is nobody's.  Stopped here and
-         * now, before anything later can start this guest again.
-         */
-        if (j->started && !daemon_quitting(j->ref.d) && !(g && g->qmp) &&
-            !virt_domain_destroy(daemon_virt(j->ref.d), j->ref.name, &err))
-            log_warn(j->ref.name, "secondary", "cannot stop the QEMU of an abandoned start: %s",
-                     err->message);
+        /* Stopped, failed or asked again meanwhile: that answer came already. */
+        if (j->started && !daemon_quitting(j->ref.d) && !(g && g->qmp))
+            guest_discard_started(j->ref.d, j->ref.name, "secondary");
         return;
     }
     if (j->defined)

@@ -648,16 +648,6 @@ char *guest_runtime_xml(FtGuest *g, const DomxmlPlumbing *plumbing, GError **err
     return domxml_for_role(g->domain_xml, g->def, g->role, &own, err);
 }
 
-gboolean guest_start_qemu(FtGuest *g, const DomxmlPlumbing *plumbing,
-                           gboolean paused, GError **err)
-{
-    g_autofree char *xml = guest_runtime_xml(g, plumbing, err);
-
-    if (!xml || !virt_domain_start(daemon_virt(g->d), xml, paused, err))
-        return FALSE;
-    return guest_attach_qemu(g, err);
-}
-
 static guint status_timeout(FtGuest *g)
 {
     return MIN(daemon_config(g->d)->qmp_timeout_ms, STATUS_QMP_TIMEOUT_MS);
@@ -1077,7 +1067,7 @@ typedef struct {
     GuestRef ref;            /* seq: the guest's transitions when it began */
     const FtConfig *cfg;
     gboolean overlays;       /* a secondary's: they go with its QEMU */
-    char *reason;
+    char *reason;            /* guest_discard_started(): the role it was started in */
 } StopJob;
 
 static void stop_job_free(gpointer data)
@@ -1095,6 +1085,26 @@ static gboolean stop_here(Virt *v, gpointer data, GError **err)
     StopJob *j = data;
 
     return destroy_copy(v, j->cfg, j->ref.name, j->overlays, err);
+}
+
+static void on_discarded(gpointer data, const GError *error)
+{
+    StopJob *j = data;
+
+    if (error)
+        log_warn(j->ref.name, j->reason, "cannot stop a QEMU started for a step that was "
+                 "given up: %s", error->message);
+}
+
+void guest_discard_started(Daemon *d, const char *name, const char *role)
+{
+    StopJob *j = g_new0(StopJob, 1);
+
+    j->ref.d = d;
+    j->ref.name = g_strdup(name);
+    j->cfg = daemon_config(d);
+    j->reason = g_strdup(role);
+    virt_run(daemon_virt(d), stop_here, on_discarded, j, stop_job_free);
 }
 
 static void on_stopped_here(gpointer data, const GError *error)
