@@ -289,8 +289,8 @@ static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
 
     if (g && !sent_by_peer_of(d, conn, id, g, "stop-secondary"))
         return;
-    if (g && guest_role(g) == FT_ROLE_SECONDARY)
-        guest_stop(g, why);
+    if (g)
+        guest_handle(g, GUEST_EV_STOP_ASKED, why);
     peer_conn_reply(conn, id, ok);
 }
 

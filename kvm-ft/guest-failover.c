@@ -67,7 +67,6 @@ static void run_alone(FtGuest *g)
         return;
     }
     record_failover(g);
-    g->role = FT_ROLE_PRIMARY;
     g_free(g->colo_mode);
     g->colo_mode = g_strdup("none");
     if (dropping) {
@@ -75,8 +74,28 @@ static void run_alone(FtGuest *g)
         guest_tell_peer(g, "stand-down", g->failover_cause);
         guest_transition(g, GUEST_DEGRADED, "running alone, unprotected");
     } else {
-        guest_transition(g, GUEST_DEGRADED, "took over; running alone, unprotected");
+        guest_transition_as(g, GUEST_DEGRADED, FT_ROLE_PRIMARY,
+                            "took over; running alone, unprotected");
     }
+}
+
+/* The witness gave this host the claim, or an operator overrode it (reason says which). */
+void guest_run_alone(FtGuest *g, const char *reason)
+{
+    log_info(g->def->name, guest_role_name(g), "%s", reason);
+    run_alone(g);
+}
+
+/* The witness gave the guest to the other copy: this one stops. */
+void guest_yield_to_winner(FtGuest *g, const char *reason)
+{
+    /* A primary ran past its last checkpoint: its disks hold writes the winner lacks. */
+    if (g->role == FT_ROLE_PRIMARY)
+        guest_mark_diverged(g);
+    /* For `ftctl status` too, until the next protection. */
+    g_free(g->error);
+    g->error = g_strdup(reason);
+    guest_stop(g, reason);
 }
 
 static void claim_solo_run(FtGuest *g);
@@ -115,28 +134,21 @@ static void on_claim(const char *owner, const GError *error, gpointer opaque)
     FtGuest *g = guest_ref_find(&a->ref);
     g_autofree char *why = NULL;
 
-    if (!g || g->claim_seq != a->ref.seq ||
-        (g->state != GUEST_TAKING_OVER && g->state != GUEST_DROPPING_SECONDARY))
+    /* Each transition out of a failover ends its claim (guest_end_claim()). */
+    if (!g || g->claim_seq != a->ref.seq)
         goto out;
     if (error) {
         hold(g, error->message);
     } else if (strcmp(owner, daemon_config(g->d)->host_name) == 0) {
         g->claim_ms = (g_get_monotonic_time() - g->failover_started_us) / 1000.0;
-        log_info(g->def->name, guest_role_name(g), "the witness gave the guest (generation %s) to "
-                 "this host, %.1f ms into the failover: running alone", a->generation,
-                 g->claim_ms);
-        run_alone(g);
+        why = g_strdup_printf("the witness gave the guest (generation %s) to this host, %.1f ms "
+                              "into the failover: running alone", a->generation, g->claim_ms);
+        guest_handle(g, GUEST_EV_CLAIM_WON, why);
     } else {
         why = g_strdup_printf("the witness gave the guest (generation %s) to %s: this copy "
                               "stops; its output was held, so nothing it ran since the last "
                               "checkpoint reached anyone", a->generation, owner);
-        /* A primary ran past its last checkpoint: its disks hold writes the winner lacks. */
-        if (g->role == FT_ROLE_PRIMARY)
-            guest_mark_diverged(g);
-        /* For `ftctl status` too, until the next protection. */
-        g_free(g->error);
-        g->error = g_strdup(why);
-        guest_stop(g, why);
+        guest_handle(g, GUEST_EV_CLAIM_LOST, why);
     }
 out:
     guest_ref_clear(&a->ref);
@@ -214,23 +226,24 @@ void guest_drop_secondary(FtGuest *g, const char *reason)
 }
 
 /* Secondary: the primary is gone; this copy becomes the guest. */
-static void take_over(FtGuest *g, const char *reason)
+void guest_take_over(FtGuest *g, const char *reason)
 {
     fail_over(g, GUEST_TAKING_OVER, reason);
 }
 
 gboolean guest_force_solo(FtGuest *g, GError **err)
 {
-    if (g->state != GUEST_TAKING_OVER && g->state != GUEST_DROPPING_SECONDARY) {
+    g_autofree char *why = g_strdup_printf("an operator forced this copy to run alone without "
+                                           "the witness's word (it was waiting: %s)",
+                                           g->claim_trouble ? g->claim_trouble
+                                                            : "for the witness's answer");
+
+    if (!guest_handle(g, GUEST_EV_SOLO_FORCED, why)) {
         g_set_error(err, G_IO_ERROR, G_IO_ERROR_FAILED, "guest '%s' is %s on %s: no failover "
                     "waits for the witness here", g->def->name, guest_state_name(g->state),
                     daemon_config(g->d)->host_name);
         return FALSE;
     }
-    log_warn(g->def->name, guest_role_name(g), "an operator forced this copy to run alone without "
-             "the witness's word (it was waiting: %s)",
-             g->claim_trouble ? g->claim_trouble : "for the witness's answer");
-    run_alone(g);
     return TRUE;
 }
 
@@ -279,7 +292,7 @@ static void check_rejoin(FtGuest *g)
         /* Keeps a session to the peer open, so its return is noticed. */
         daemon_watch_peer(g->d, peer->link_address);
         if (g_get_monotonic_time() >= g->rejoin_after_us && guest_peer_answers(g))
-            guest_start_rejoin(g);
+            guest_handle(g, GUEST_EV_PEER_BACK, "peer is back; starting a new secondary there");
         return;
     }
     /*
@@ -288,20 +301,12 @@ static void check_rejoin(FtGuest *g)
      * waits, and silence means it is gone.  A dead secondary has nothing the
      * guest needs: giving up early costs only another attempt.
      */
-    if (g->rejoin && g->state != GUEST_REJOINING &&
+    if (((g->rejoin && g->state != GUEST_REJOINING) || g->state == GUEST_SECONDARY_WAITING) &&
         daemon_peer_path(g->d, peer->link_address, rejoin_windows(g)) == PEER_PATH_SILENT) {
-        g_autofree char *why = g_strdup_printf("%s went silent on the dedicated link",
-                                               peer->name);
+        g_autofree char *why = g_strdup_printf("%s went silent on the dedicated link before "
+                                               "COLO began", peer->name);
 
-        guest_abort_rejoin(g, why);
-    }
-    /* A secondary whose primary died before COLO began has nothing to wait for. */
-    if (g->state == GUEST_SECONDARY_WAITING &&
-        daemon_peer_path(g->d, peer->link_address, rejoin_windows(g)) == PEER_PATH_SILENT) {
-        g_autofree char *why = g_strdup_printf("primary %s went silent on the dedicated "
-                                               "link before COLO began", peer->name);
-
-        guest_stop(g, why);
+        guest_handle(g, GUEST_EV_PEER_GONE_IN_SETUP, why);
     }
 }
 
@@ -354,7 +359,7 @@ static gboolean checkpoints_flow(FtGuest *g)
         return TRUE;
     }
     if (why) {
-        guest_drop_secondary(g, why);
+        guest_handle(g, GUEST_EV_SECONDARY_HUNG, why);
         return FALSE;
     }
     pid = qmp_peer_pid(g->qmp);
@@ -395,7 +400,7 @@ static gboolean take_over_without_checkpoints(FtGuest *g, const FtHost *peer)
                           "checkpoint came from its QEMU for %" G_GINT64_FORMAT " ms (bound %"
                           G_GINT64_FORMAT " ms): the primary is not running the guest",
                           peer->name, silent_ms, bound_ms);
-    take_over(g, why);
+    guest_handle(g, GUEST_EV_PRIMARY_NOT_RUNNING, why);
     return TRUE;
 }
 
@@ -426,11 +431,11 @@ void guest_check_peer(FtGuest *g)
                  "failure detection decides", peer->name, STALL_CONFIRM_TIMEOUT_MS);
         g->confirm_since_us = 0;
         /* A COLO exit seen meanwhile waited for this. */
-        if (g->role == FT_ROLE_PRIMARY && g_strcmp0(g->colo_mode, "none") == 0) {
+        if (g_strcmp0(g->colo_mode, "none") == 0) {
             why = g_strdup_printf("QEMU left COLO (reason: %s); %s did not answer whether "
                                   "it took over", g->exit_reason, peer->name);
-            guest_drop_secondary(g, why);
-            return;
+            if (guest_handle(g, GUEST_EV_COLO_EXIT_UNCONTESTED, why))
+                return;
         }
     }
     /* After the question above: a stall is not a hung QEMU. */
@@ -483,26 +488,16 @@ void guest_check_peer(FtGuest *g)
         if (g->role == FT_ROLE_SECONDARY && lan_us - link_us <= (gint64)window / windows * 1000)
             return;
         why = g_strdup_printf("dedicated link to %s silent for %" G_GINT64_FORMAT " ms while %s "
-                              "answers on the LAN (last heard %" G_GINT64_FORMAT " ms ago)",
-                              peer->name, (now - link_us) / 1000, peer->name,
-                              (now - lan_us) / 1000);
-        if (g->role == FT_ROLE_PRIMARY) {
-            guest_drop_secondary(g, why);
-        } else {
-            g_autofree char *msg = g_strdup_printf("%s: the primary continues alone; "
-                                                   "standing down", why);
-
-            guest_stop(g, msg);
-        }
+                              "answers on the LAN (last heard %" G_GINT64_FORMAT " ms ago): "
+                              "the primary carries on alone", peer->name, (now - link_us) / 1000,
+                              peer->name, (now - lan_us) / 1000);
+        guest_handle(g, GUEST_EV_LINK_CUT, why);
         return;
     }
     why = g_strdup_printf("%s silent for %u ms on the dedicated link%s: host down",
                           peer->name, window,
                           lan == PEER_PATH_NONE ? "" : " and the LAN");
-    if (g->role == FT_ROLE_PRIMARY)
-        guest_drop_secondary(g, why);
-    else
-        take_over(g, why);
+    guest_handle(g, GUEST_EV_PEER_DEAD, why);
 }
 
 /* The longest the peer waits before acting on this host's silence. */
@@ -548,16 +543,16 @@ static void on_peer_role(PeerConn *conn, JsonNode *result, const GError *error,
     if (g->role == FT_ROLE_PRIMARY && strcmp(role, "primary") == 0) {
         why = g_strdup_printf("%s took over while kvm-ftd here did not run: this copy is "
                               "the stale one and stops", guest_peer_host(g)->name);
-        guest_stop(g, why);
+        guest_handle(g, GUEST_EV_PEER_RUNS_GUEST, why);
     } else if (g->role == FT_ROLE_SECONDARY && strcmp(role, "primary") == 0 &&
                strcmp(state, guest_state_name(GUEST_PROTECTED)) != 0) {
         why = g_strdup_printf("primary %s runs %s without this secondary", guest_peer_host(g)->name,
                               state);
-        guest_stop(g, why);
-    } else if (g->role == FT_ROLE_PRIMARY && g_strcmp0(g->colo_mode, "none") == 0) {
+        guest_handle(g, GUEST_EV_PEER_RUNS_GUEST, why);
+    } else if (g_strcmp0(g->colo_mode, "none") == 0) {
         why = g_strdup_printf("QEMU left COLO (reason: %s) while kvm-ftd here did not run; "
                               "%s did not take over", g->exit_reason, guest_peer_host(g)->name);
-        guest_drop_secondary(g, why);
+        guest_handle(g, GUEST_EV_COLO_EXIT_UNCONTESTED, why);
     }
 out:
     guest_ref_free(ref);
@@ -595,18 +590,37 @@ void guest_peer_event(FtGuest *g, const char *from, const char *name, JsonObject
                  "peer", name, from);
         return;
     }
-    if (g->state != GUEST_PROTECTED && !(g->role == FT_ROLE_SECONDARY &&
-                                         guest_is_busy(g) && strcmp(name, "stand-down") == 0)) {
-        log_info(g->def->name, guest_role_name(g), "'%s' from %s in state %s: nothing to do",
-                 name, from, guest_state_name(g->state));
-        return;
-    }
-    if (strcmp(name, "take-over") == 0 && g->role == FT_ROLE_SECONDARY)
-        take_over(g, why);
-    else if (strcmp(name, "secondary-lost") == 0 && g->role == FT_ROLE_PRIMARY)
-        guest_drop_secondary(g, why);
-    else if (strcmp(name, "stand-down") == 0 && g->role == FT_ROLE_SECONDARY)
-        guest_stop(g, why);
+    if (strcmp(name, "take-over") == 0)
+        guest_handle(g, GUEST_EV_TAKE_OVER_ASKED, why);
+    else if (strcmp(name, "secondary-lost") == 0)
+        guest_handle(g, GUEST_EV_SECONDARY_LOST, why);
+    else if (strcmp(name, "stand-down") == 0)
+        guest_handle(g, GUEST_EV_STAND_DOWN_ASKED, why);
     else
         log_warn(g->def->name, guest_role_name(g), "ignored '%s' from %s", name, from);
+}
+
+void guest_leave_colo(FtGuest *g, const char *reason)
+{
+    g_autofree char *why = g_strdup_printf("%s: the secondary or its stream is gone", reason);
+
+    /* Its QEMU keeps the guest paused and its output held until told otherwise. */
+    guest_stalled(g, daemon_stalled_ms(g->d));
+    if (g->confirm_since_us) {
+        log_warn(g->def->name, guest_role_name(g), "%s; waiting for %s's word before running "
+                 "alone", why, guest_peer_host(g)->name);
+        return;
+    }
+    guest_drop_secondary(g, why);
+}
+
+/*
+ * The stream from the primary broke.  Whether the primary's QEMU is dead
+ * is for its kvm-ftd (take-over) or failure detection to say: taking over
+ * next to a live primary would make two copies.
+ */
+void guest_await_primary(FtGuest *g, const char *reason)
+{
+    log_warn(g->def->name, guest_role_name(g), "%s; waiting for the primary's word or failure "
+             "detection", reason);
 }

@@ -1,9 +1,10 @@
 /*
  * guest-internal.h - what the guest*.c files share of one protected guest
  *
- * guest.c is the state machine and the life cycle of this host's copy; the
- * other files hold one job each: guest-primary.c the primary's way into
- * protection (a secondary, the disk comparison or copy, COLO) and verify,
+ * guest-machine.c is the state machine (its transitions and its rules),
+ * guest.c the life cycle of this host's copy; the other files hold one job
+ * each: guest-primary.c the primary's way into protection (a secondary,
+ * the disk comparison or copy, COLO) and verify,
  * guest-secondary.c the secondary's storage and start, guest-failover.c
  * failure detection and the failovers it decides, guest-output.c
  * output="auto", guest-status.c what `ftctl status` shows.  Only they
@@ -175,15 +176,32 @@ GuestRef *guest_ref_new(FtGuest *g, guint64 seq);
 void guest_ref_free(GuestRef *ref);
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(GuestRef, guest_ref_free)
 
-/* guest.c: the state machine and the life cycle of this host's copy */
+/* guest-machine.c: the state machine */
+/*
+ * Every state change goes through here: refused unless the table allows
+ * it, journalled, logged.  A role changes only where a secondary that took
+ * over starts running alone.
+ */
+gboolean guest_transition_as(FtGuest *g, GuestState to, FtRole role, const char *reason);
+/* The same in the guest's role. */
+gboolean guest_transition(FtGuest *g, GuestState to, const char *reason);
+/* The name of what event does in state and role: "" nothing, NULL no rule (for tests). */
+const char *guest_rule_action(GuestState state, FtRole role, GuestEvent event);
+
+/* guest.c: the life cycle of this host's copy */
 const char *guest_role_name(FtGuest *g);
 const FtHost *guest_self_host(FtGuest *g);
 const FtHost *guest_peer_host(FtGuest *g);
-/* Every state change goes through here: refused unless the table allows it; logged. */
-gboolean guest_transition(FtGuest *g, GuestState to, const char *reason);
 /* Protection failed (a printf-style reason): undoes what it must, keeps a running copy. */
 void guest_fail(FtGuest *g, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 void guest_abort_rejoin(FtGuest *g, const char *reason);
+/* The rules' actions for this host's QEMU going (reason: how). */
+void guest_finish_hand_over(FtGuest *g, const char *reason);
+void guest_stop_planned(FtGuest *g, const char *reason);
+void guest_fail_and_tell_peer(FtGuest *g, const char *reason);
+void guest_fail_because(FtGuest *g, const char *reason);
+/* Runs the guest_when_stopped() waiters (run) or only frees them. */
+void guest_wake_stop_waiters(FtGuest *g, gboolean run);
 /* An event for ftctl about this guest in its role: begin, add members, broadcast. */
 void guest_begin_event(FtGuest *g, JsonBuilder *b);
 void guest_broadcast_event(FtGuest *g, JsonBuilder *b);
@@ -223,7 +241,7 @@ gboolean guest_protected_primary_here(FtGuest *g, const char *what, const char *
                                       GError **err);
 
 /* guest-primary.c */
-void guest_start_rejoin(FtGuest *g);
+void guest_start_rejoin(FtGuest *g, const char *reason);
 gboolean guest_on_pre_switchover(gpointer opaque);
 
 /* guest-secondary.c */
@@ -235,8 +253,14 @@ void guest_answer_primary(FtGuest *g, const char *error);
  */
 JsonArray *guest_disk_sizes(const char *const *paths, guint64 *total, GError **err);
 
-/* guest-failover.c */
+/* guest-failover.c: the failovers the rules start, and their ends */
 void guest_drop_secondary(FtGuest *g, const char *reason);
+void guest_take_over(FtGuest *g, const char *reason);
+void guest_run_alone(FtGuest *g, const char *reason);
+void guest_yield_to_winner(FtGuest *g, const char *reason);
+/* QEMU left COLO: the primary acts (guest_leave_colo), the secondary waits for word. */
+void guest_leave_colo(FtGuest *g, const char *reason);
+void guest_await_primary(FtGuest *g, const char *reason);
 /*
  * A restarted kvm-ftd whose QEMU left COLO while the journal says it was
  * failing over (taking-over, dropping-secondary): the failover is finished.

@@ -869,11 +869,11 @@ void guest_protect(FtGuest *g, gboolean started_by_libvirt)
 }
 
 /* The peer is back: the guest, running alone here, gets a secondary again. */
-void guest_start_rejoin(FtGuest *g)
+void guest_start_rejoin(FtGuest *g, const char *reason)
 {
     g->rejoin = TRUE;
     guest_arm_deadline(g);
-    if (!guest_transition(g, GUEST_REJOINING, "peer is back; starting a new secondary there"))
+    if (!guest_transition(g, GUEST_REJOINING, reason))
         return;
     ask_for_secondary(g);
 }
@@ -962,6 +962,6 @@ gboolean guest_verify_repair(FtGuest *g, GError **err)
     why = g_strdup_printf("ftctl verify --repair: the copies differ in %" G_GINT64_FORMAT
                           " bytes; the secondary's disks are copied whole again", differing);
     g->full_copy_asked = TRUE;
-    guest_drop_secondary(g, why);
+    guest_handle(g, GUEST_EV_REPAIR_ASKED, why);
     return TRUE;
 }

@@ -1,4 +1,4 @@
-/* guest.c - one protected guest on this host: its state machine and life cycle */
+/* guest.c - one protected guest on this host: the life cycle of its copy here */
 #include "guest-internal.h"
 
 #include <errno.h>
@@ -13,84 +13,9 @@
 #include "timeouts.h"
 #include "tlspsk.h"
 
-static const char *const state_names[GUEST_N_STATES] = {
-    [GUEST_STOPPED] = "stopped",
-    [GUEST_PREPARING_PEER] = "preparing-peer",
-    [GUEST_STARTING_PRIMARY] = "starting-primary",
-    [GUEST_ENTERING_COLO] = "entering-colo",
-    [GUEST_STARTING_SECONDARY] = "starting-secondary",
-    [GUEST_SECONDARY_WAITING] = "secondary-waiting",
-    [GUEST_PROTECTED] = "protected",
-    [GUEST_TAKING_OVER] = "taking-over",
-    [GUEST_DROPPING_SECONDARY] = "dropping-secondary",
-    [GUEST_DEGRADED] = "degraded",
-    [GUEST_REJOINING] = "rejoining",
-    [GUEST_RESYNCING] = "resyncing",
-    [GUEST_HANDING_OVER] = "handing-over",
-    [GUEST_STOPPING] = "stopping",
-    [GUEST_FAILED] = "failed",
-};
-
-#define BIT(s) (1u << (s))
-#define ENDINGS (BIT(GUEST_FAILED) | BIT(GUEST_STOPPED) | BIT(GUEST_STOPPING))
-
-/* The only transitions there are; anything else is a bug and is refused. */
-static const guint allowed[GUEST_N_STATES] = {
-    /*
-     * Protected, degraded or finishing a failover straight away: a restarted
-     * kvm-ftd re-attaching.
-     */
-    [GUEST_STOPPED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
-                      BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED) |
-                      BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) |
-                      BIT(GUEST_STOPPING),
-    [GUEST_PREPARING_PEER] = BIT(GUEST_STARTING_PRIMARY) | ENDINGS,
-    [GUEST_STARTING_PRIMARY] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) | ENDINGS,
-    /* Back to degraded: a re-protection that failed leaves the guest running alone. */
-    [GUEST_RESYNCING] = BIT(GUEST_ENTERING_COLO) | BIT(GUEST_DEGRADED) | ENDINGS,
-    [GUEST_ENTERING_COLO] = BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED) | ENDINGS,
-    [GUEST_STARTING_SECONDARY] = BIT(GUEST_SECONDARY_WAITING) | ENDINGS,
-    [GUEST_SECONDARY_WAITING] = BIT(GUEST_PROTECTED) | ENDINGS,
-    [GUEST_PROTECTED] = BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) |
-                        BIT(GUEST_HANDING_OVER) | ENDINGS,
-    /* Stopped: the witness gave the guest to the other copy. */
-    [GUEST_TAKING_OVER] = BIT(GUEST_DEGRADED) | ENDINGS,
-    [GUEST_DROPPING_SECONDARY] = BIT(GUEST_DEGRADED) | ENDINGS,
-    [GUEST_DEGRADED] = BIT(GUEST_REJOINING) | ENDINGS,
-    [GUEST_REJOINING] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) |
-                        BIT(GUEST_DEGRADED) | ENDINGS,
-    [GUEST_HANDING_OVER] = ENDINGS,
-    [GUEST_STOPPING] = BIT(GUEST_STOPPED) | BIT(GUEST_FAILED),
-    [GUEST_FAILED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
-                     BIT(GUEST_STOPPED) | BIT(GUEST_STOPPING),
-};
-
-const char *guest_state_name(GuestState state)
-{
-    return state < GUEST_N_STATES ? state_names[state] : "invalid";
-}
-
 const char *guest_role_name(FtGuest *g)
 {
     return ft_role_name(g->role);
-}
-
-/*
- * Writing the status is a libvirt call, which waits for the domain's job
- * lock: it must never delay a failover.  It is written from an idle
- * callback, once the failover the transition belongs to has run to its
- * end, and never in a state a failover passes through.
- */
-static gboolean write_status(gpointer opaque)
-{
-    FtGuest *g = opaque;
-
-    g->status_idle_id = 0;
-    if (g->state == GUEST_TAKING_OVER || g->state == GUEST_DROPPING_SECONDARY)
-        return G_SOURCE_REMOVE; /* the transition out of it writes */
-    definitions_set_status(daemon_definitions(g->d), g->def->name,
-                           guest_state_name(g->state), g->status_reason);
-    return G_SOURCE_REMOVE;
 }
 
 /* An event for ftctl: about this guest, in this role. */
@@ -112,26 +37,6 @@ void guest_broadcast_event(FtGuest *g, JsonBuilder *b)
     daemon_broadcast(g->d, event);
 }
 
-/*
- * Before a transition takes effect (journal.h).  A failover must not wait
- * for a disk that is full or gone, so a failed write is said, not fatal:
- * a restart then knows the state before.
- */
-static void journal_transition(FtGuest *g, GuestState to)
-{
-    g_autoptr(GError) err = NULL;
-    const JournalEntry entry = {
-        .role = g->role,
-        .state = (char *)guest_state_name(to),
-        .generation = g->generation,
-        .rejoin = g->rejoin,
-    };
-
-    if (!journal_write(daemon_config(g->d)->state_dir, g->def->name, &entry, &err))
-        log_err(g->def->name, guest_role_name(g), "cannot journal the state %s (a restart of "
-                "kvm-ftd would not know it): %s", guest_state_name(to), err->message);
-}
-
 typedef struct {
     GSourceFunc fn;
     gpointer data;
@@ -147,7 +52,7 @@ void guest_when_stopped(FtGuest *g, GSourceFunc fn, gpointer data, GDestroyNotif
 }
 
 /* From an idle callback: what each waiter does may replace the guest. */
-static void wake_stop_waiters(FtGuest *g, gboolean run)
+void guest_wake_stop_waiters(FtGuest *g, gboolean run)
 {
     GSList *waiters = g_steal_pointer(&g->stop_waiters);
 
@@ -160,46 +65,6 @@ static void wake_stop_waiters(FtGuest *g, gboolean run)
             w->free_data(w->data);
     }
     g_slist_free_full(waiters, g_free);
-}
-
-gboolean guest_transition(FtGuest *g, GuestState to, const char *reason)
-{
-    g_autoptr(JsonBuilder) b = json_builder_new();
-    GuestState from = g->state;
-
-    if (!(allowed[from] & BIT(to))) {
-        log_err(g->def->name, guest_role_name(g), "refused transition %s -> %s (%s)",
-                guest_state_name(from), guest_state_name(to), reason);
-        return FALSE;
-    }
-    journal_transition(g, to);
-    g->state = to;
-    /* What was asked of QEMU before counts no more (guest_query(), engine sequences). */
-    g->transitions++;
-    g->qmp_step_seq++;
-    log_info(g->def->name, guest_role_name(g), "%s -> %s: %s",
-             guest_state_name(from), guest_state_name(to), reason);
-    if (to != GUEST_PROTECTED)
-        guest_stop_output_auto(g);
-    /* Whichever way a failover ended, its claim is over. */
-    if (from == GUEST_TAKING_OVER || from == GUEST_DROPPING_SECONDARY)
-        guest_end_claim(g);
-    g_free(g->status_reason);
-    g->status_reason = g_strdup(reason);
-    if (!g->status_idle_id)
-        g->status_idle_id = g_idle_add(write_status, g);
-
-    guest_begin_event(g, b);
-    json_builder_set_member_name(b, "from");
-    json_builder_add_string_value(b, guest_state_name(from));
-    json_builder_set_member_name(b, "to");
-    json_builder_add_string_value(b, guest_state_name(to));
-    json_builder_set_member_name(b, "reason");
-    json_builder_add_string_value(b, reason);
-    guest_broadcast_event(g, b);
-    if (from == GUEST_STOPPING)
-        wake_stop_waiters(g, TRUE);
-    return TRUE;
 }
 
 const FtHost *guest_self_host(FtGuest *g)
@@ -406,35 +271,12 @@ void guest_fail(FtGuest *g, const char *fmt, ...)
 static gboolean after_colo_exit(gpointer opaque)
 {
     FtGuest *g = opaque;
+    g_autofree char *why = g_strdup_printf("QEMU left COLO (reason: %s)", g->exit_reason);
 
     g->exit_idle_id = 0;
     g_free(g->colo_mode);
     g->colo_mode = g_strdup("none");
-    if (g->state != GUEST_PROTECTED)
-        return G_SOURCE_REMOVE;
-    if (g->role == FT_ROLE_PRIMARY) {
-        g_autofree char *why = g_strdup_printf(
-            "QEMU left COLO (reason: %s): the secondary or its stream is gone",
-            g->exit_reason);
-
-        /* Its QEMU keeps the guest paused and its output held until told otherwise. */
-        guest_stalled(g, daemon_stalled_ms(g->d));
-        if (g->confirm_since_us) {
-            log_warn(g->def->name, guest_role_name(g), "%s; waiting for %s's word before running "
-                     "alone", why, guest_peer_host(g)->name);
-            return G_SOURCE_REMOVE;
-        }
-        guest_drop_secondary(g, why);
-    } else {
-        /*
-         * The stream from the primary broke.  Whether the primary's QEMU
-         * is dead is for its kvm-ftd (take-over) or failure detection to
-         * say: taking over next to a live primary would make two copies.
-         */
-        log_warn(g->def->name, guest_role_name(g),
-                 "QEMU left COLO (reason: %s); waiting for the primary's word "
-                 "or failure detection", g->exit_reason);
-    }
+    guest_handle(g, GUEST_EV_COLO_EXIT, why);
     return G_SOURCE_REMOVE;
 }
 
@@ -541,15 +383,11 @@ static void on_qmp_event(Qmp *q, const char *event, JsonObject *data,
 
 /*
  * The primary's QEMU, which was running, stops on purpose (how says why):
- * its secondary goes too, nothing fails over.  FALSE if this copy is not a
- * primary past its setup (a setup that fails undoes both hosts already).
+ * its secondary goes too, nothing fails over.  (A setup that fails undoes
+ * both hosts already.)
  */
-static gboolean stop_planned(FtGuest *g, const char *how)
+void guest_stop_planned(FtGuest *g, const char *how)
 {
-    if (g->role != FT_ROLE_PRIMARY ||
-        (g->state != GUEST_PROTECTED && g->state != GUEST_DEGRADED &&
-         g->state != GUEST_FAILED))
-        return FALSE;
     if (g->state == GUEST_PROTECTED) {
         mark_closed_cleanly(g);
         guest_tell_peer_to_stop(g, how);
@@ -557,7 +395,6 @@ static gboolean stop_planned(FtGuest *g, const char *how)
     /* QEMU is gone or on its way out: nothing left to destroy. */
     detach(g);
     guest_transition(g, GUEST_STOPPED, how);
-    return TRUE;
 }
 
 static char *planned_stop_reason(const char *cause)
@@ -582,7 +419,7 @@ void guest_domain_stopped(FtGuest *g, VirtStopped how)
     else
         why = g_strdup(how == VIRT_STOPPED_SHUTDOWN ? "shut down (libvirt)"
                                                     : "destroyed (libvirt)");
-    stop_planned(g, why);
+    guest_handle(g, GUEST_EV_DOMAIN_STOPPED, why);
 }
 
 void guest_tell_peer(FtGuest *g, const char *decision, const char *reason)
@@ -590,36 +427,30 @@ void guest_tell_peer(FtGuest *g, const char *decision, const char *reason)
     decision_send(g->d, guest_peer_host(g), g->def->name, g->generation, decision, reason);
 }
 
-static void finish_hand_over(FtGuest *g);
-
 static void on_qmp_closed(Qmp *q, const GError *reason, gpointer opaque)
 {
     FtGuest *g = opaque;
-    g_autofree char *why = g_strdup_printf("QEMU on %s exited (%s)",
-                                           daemon_config(g->d)->host_name,
-                                           reason ? reason->message : "closed");
+    g_autofree char *how = g->shutdown_cause ? planned_stop_reason(g->shutdown_cause) : NULL;
+    g_autofree char *why = how ? g_strdup_printf("QEMU on %s exited: %s",
+                                                 daemon_config(g->d)->host_name, how)
+                               : g_strdup_printf("QEMU on %s exited (%s)",
+                                                 daemon_config(g->d)->host_name,
+                                                 reason ? reason->message : "closed");
 
     (void)q;
-    if (g->state == GUEST_HANDING_OVER) {
-        finish_hand_over(g);
-        return;
-    }
-    if (g->shutdown_cause) {
-        g_autofree char *how = planned_stop_reason(g->shutdown_cause);
+    guest_handle(g, how ? GUEST_EV_QEMU_SHUT_DOWN : GUEST_EV_QEMU_EXITED, why);
+}
 
-        if (stop_planned(g, how))
-            return;
-    }
-    if (g->state == GUEST_STOPPED || g->state == GUEST_FAILED)
-        return;
-    /*
-     * The other copy is the guest now: the peer must hear it at once.  A
-     * secondary that has not entered COLO yet ignores it.
-     */
-    if (g->state == GUEST_PROTECTED ||
-        (g->state == GUEST_ENTERING_COLO && g->role == FT_ROLE_PRIMARY))
-        guest_tell_peer(g, g->role == FT_ROLE_PRIMARY ? "take-over" : "secondary-lost", why);
-    guest_fail(g, "%s", why);
+/* A secondary that has not entered COLO yet ignores what it is told. */
+void guest_fail_and_tell_peer(FtGuest *g, const char *reason)
+{
+    guest_tell_peer(g, g->role == FT_ROLE_PRIMARY ? "take-over" : "secondary-lost", reason);
+    guest_fail(g, "%s", reason);
+}
+
+void guest_fail_because(FtGuest *g, const char *reason)
+{
+    guest_fail(g, "%s", reason);
 }
 
 gboolean guest_attach_qemu(FtGuest *g, GError **err)
@@ -887,10 +718,12 @@ void guest_forget_checkpoints(FtGuest *g)
     g->last_checkpoint_stop_us = 0;
 }
 
-/* This copy's QEMU is gone: the secondary takes over from its last checkpoint. */
-static void finish_hand_over(FtGuest *g)
+/* This copy's QEMU is gone (how): the secondary takes over from its last checkpoint. */
+void guest_finish_hand_over(FtGuest *g, const char *how)
 {
     g_autofree char *why = g_strdup_printf("planned failover to %s", guest_peer_host(g)->name);
+    g_autofree char *done = g_strdup_printf("handed over (%s); the new primary re-protects "
+                                            "the guest onto this host", how);
 
     if (g->handover_timer) {
         g_source_remove(g->handover_timer);
@@ -899,8 +732,7 @@ static void finish_hand_over(FtGuest *g)
     mark_closed_cleanly(g);
     detach(g);
     guest_tell_peer(g, "take-over", why);
-    guest_transition(g, GUEST_STOPPED, "handed over; the new primary re-protects the guest "
-                     "onto this host");
+    guest_transition(g, GUEST_STOPPED, done);
 }
 
 static gboolean hand_over_timed_out(gpointer opaque)
@@ -916,7 +748,7 @@ static gboolean hand_over_timed_out(gpointer opaque)
         guest_fail(g, "cannot stop this copy for the planned failover: %s", err->message);
         return G_SOURCE_REMOVE;
     }
-    finish_hand_over(g);
+    guest_finish_hand_over(g, "destroyed by libvirt");
     return G_SOURCE_REMOVE;
 }
 
@@ -1212,7 +1044,7 @@ void guest_free(FtGuest *g)
     if (!g)
         return;
     guest_stop_polling(g);
-    wake_stop_waiters(g, FALSE);
+    guest_wake_stop_waiters(g, FALSE);
     if (g->exit_idle_id)
         g_source_remove(g->exit_idle_id);
     if (g->status_idle_id)

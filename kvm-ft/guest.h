@@ -3,7 +3,9 @@
  *
  * Every state change goes through one transition function, which checks
  * it against the table of allowed transitions and logs it with its reason;
- * the guest's status element in libvirt (status.h) follows it.
+ * the guest's status element in libvirt (status.h) follows it.  Events
+ * from outside (the peer, failure detection, QEMU, the witness) go through
+ * guest_handle() (guest-machine.c).
  */
 #pragma once
 
@@ -34,9 +36,48 @@ typedef enum {
     GUEST_N_STATES
 } GuestState;
 
+/*
+ * What happens to a guest from outside its own sequences; what each does
+ * depends on the guest's state and role (guest-machine.c's rules).
+ */
+typedef enum {
+    /* Failure detection, on the heartbeat tick */
+    GUEST_EV_PEER_DEAD,            /* the peer is silent on the link and the LAN */
+    GUEST_EV_LINK_CUT,             /* the link is silent; the peer answers on the LAN */
+    GUEST_EV_PRIMARY_NOT_RUNNING,  /* the primary's kvm-ftd is down, its QEMU checkpoints no more */
+    GUEST_EV_SECONDARY_HUNG,       /* the primary's watchdog: COLO waits on the secondary */
+    GUEST_EV_PEER_BACK,            /* running alone: the peer's kvm-ftd answers again */
+    GUEST_EV_PEER_GONE_IN_SETUP,   /* the peer went silent before COLO began */
+    /* This host's QEMU */
+    GUEST_EV_COLO_EXIT,            /* it left COLO */
+    GUEST_EV_QEMU_EXITED,          /* its monitor closed, no stop announced */
+    GUEST_EV_QEMU_SHUT_DOWN,       /* its monitor closed after it announced a planned stop */
+    GUEST_EV_DOMAIN_STOPPED,       /* libvirt saw it shut down or destroyed */
+    /* The peer's kvm-ftd */
+    GUEST_EV_TAKE_OVER_ASKED,      /* the primary's QEMU died */
+    GUEST_EV_SECONDARY_LOST,       /* the secondary's QEMU died */
+    GUEST_EV_STAND_DOWN_ASKED,     /* the primary carries on without this secondary */
+    GUEST_EV_STOP_ASKED,           /* the primary stops its secondary (stop-secondary) */
+    GUEST_EV_PEER_RUNS_GUEST,      /* after a stall here: the peer runs the guest without us */
+    GUEST_EV_COLO_EXIT_UNCONTESTED, /* after a stall here: QEMU left COLO, the peer did not take over */
+    /* The witness and operators */
+    GUEST_EV_CLAIM_WON,            /* this host owns the failover's claim */
+    GUEST_EV_CLAIM_LOST,           /* the other host does */
+    GUEST_EV_SOLO_FORCED,          /* ftctl takeover --force */
+    GUEST_EV_REPAIR_ASKED,         /* ftctl verify --repair */
+    GUEST_N_EVENTS
+} GuestEvent;
+
 typedef struct FtGuest FtGuest;
 
 const char *guest_state_name(GuestState state);
+const char *guest_event_name(GuestEvent event);
+
+/*
+ * What event does to g in its state and role, by the rules; reason says
+ * why, for the log and the guest's status.  FALSE if it does nothing here.
+ */
+gboolean guest_handle(FtGuest *g, GuestEvent event, const char *reason);
 
 /*
  * fn(data) from the main loop once the guest, now stopping, has stopped
