@@ -46,6 +46,15 @@ struct Virt {
      */
     GMutex version_lock;
     char *version;
+    /*
+     * The jobs' results on their way to the loop that asked (GSources),
+     * each freed when it runs: closing destroys those that did not run yet,
+     * and frees the jobs it dropped unrun.
+     */
+    GMutex results_lock;
+    GSList *results;
+    GSList *dropped;
+    gint closing;
 };
 
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(virDomain, virDomainFree)
@@ -395,15 +404,40 @@ static GPrivate in_libvirt_thread;
 /* In the libvirt thread. */
 static void run_job(gpointer data, gpointer opaque)
 {
+    Virt *v = opaque;
     VirtJob *j = data;
-    GSource *source = g_idle_source_new();
+    GSource *source;
+    GSList *ran;
 
+    if (g_atomic_int_get(&v->closing)) {
+        /* Freed where the Virt is closed, not here: a job's data belongs to its loop. */
+        g_mutex_lock(&v->results_lock);
+        v->dropped = g_slist_prepend(v->dropped, j);
+        g_mutex_unlock(&v->results_lock);
+        return;
+    }
     g_private_set(&in_libvirt_thread, GINT_TO_POINTER(1));
-    if (!j->job(opaque, j->data, &j->error) && !j->error)
+    if (!j->job(v, j->data, &j->error) && !j->error)
         g_set_error(&j->error, VIRT_ERROR, VIRT_ERROR_FAILED, "libvirt call failed");
+    source = g_idle_source_new();
     g_source_set_priority(source, G_PRIORITY_DEFAULT);
     g_source_set_callback(source, job_done, j, (GDestroyNotify)job_free);
     g_source_attach(source, j->context);
+    g_mutex_lock(&v->results_lock);
+    for (GSList *l = v->results; l; l = ran) {
+        ran = l->next;
+        if (g_source_is_destroyed(l->data)) {
+            g_source_unref(l->data);
+            v->results = g_slist_delete_link(v->results, l);
+        }
+    }
+    v->results = g_slist_prepend(v->results, source); /* the reference */
+    g_mutex_unlock(&v->results_lock);
+}
+
+static void drop_result(gpointer source)
+{
+    g_source_destroy(source);
     g_source_unref(source);
 }
 
@@ -434,6 +468,7 @@ Virt *virt_open(const char *uri, GError **err)
     v = g_new0(Virt, 1);
     g_rec_mutex_init(&v->lock);
     g_mutex_init(&v->version_lock);
+    g_mutex_init(&v->results_lock);
     v->open = g_atomic_rc_box_new0(gint);
     *v->open = TRUE;
     v->uri = g_strdup(uri);
@@ -444,6 +479,7 @@ Virt *virt_open(const char *uri, GError **err)
         g_atomic_rc_box_release(v->open);
         g_rec_mutex_clear(&v->lock);
         g_mutex_clear(&v->version_lock);
+        g_mutex_clear(&v->results_lock);
         g_free(v->uri);
         g_free(v);
         return NULL;
@@ -456,8 +492,16 @@ void virt_close(Virt *v)
 {
     if (!v)
         return;
-    /* Queued jobs are dropped, a running one is waited for: it uses v. */
-    g_thread_pool_free(v->jobs, TRUE, TRUE);
+    /*
+     * Queued jobs are dropped, a running one is waited for: it uses v.  Each
+     * queued job still goes through run_job(), which drops it: GLib's
+     * immediate free loses a job its thread has just taken.
+     */
+    g_atomic_int_set(&v->closing, TRUE);
+    g_thread_pool_free(v->jobs, FALSE, TRUE);
+    g_slist_free_full(g_steal_pointer(&v->dropped), (GDestroyNotify)job_free);
+    /* A result that has not reached its loop yet never will: its job is freed. */
+    g_slist_free_full(g_steal_pointer(&v->results), drop_result);
     g_atomic_int_set(v->open, FALSE);
     g_atomic_rc_box_release(v->open);
     if (v->reopen_id)
@@ -469,6 +513,7 @@ void virt_close(Virt *v)
     }
     g_rec_mutex_clear(&v->lock);
     g_mutex_clear(&v->version_lock);
+    g_mutex_clear(&v->results_lock);
     g_free(v->version);
     g_free(v->uri);
     g_free(v);
