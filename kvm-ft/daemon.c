@@ -8,6 +8,7 @@
 #include "definitions.h"
 #include "guest.h"
 #include "ha.h"
+#include "journal.h"
 #include "jsontext.h"
 #include "log.h"
 #include "loopwait.h"
@@ -1039,6 +1040,38 @@ static void reattach_guests(Daemon *d)
     }
 }
 
+/*
+ * Guests whose QEMU went while kvm-ftd was down: their journal says what
+ * each copy was, and its peer may be waiting to hear that it is gone (a
+ * secondary waits for a primary whose kvm-ftd answers again).
+ */
+static void reattach_gone_guests(Daemon *d)
+{
+    g_autoptr(GPtrArray) names = journal_list(d->cfg->state_dir);
+
+    for (guint i = 0; i < names->len; i++) {
+        const char *name = g_ptr_array_index(names, i);
+        g_auto(JournalEntry) was = { 0 };
+        g_autoptr(GError) e = NULL;
+        g_autofree char *xml = NULL;
+        g_autoptr(FtDef) def = NULL;
+        FtGuest *g;
+
+        if (g_hash_table_contains(d->guests, name) ||
+            !journal_read(d->cfg->state_dir, name, &was, NULL) || !guest_journal_ran(&was))
+            continue;
+        def = definitions_read(d->defs, name, NULL, &xml, &e);
+        if (!def) {
+            log_warn(name, ft_role_name(was.role), "its journal says %s here, but it is no FT "
+                     "guest of this host now: %s", was.state, e->message);
+            continue;
+        }
+        g = guest_new(d, g_steal_pointer(&def), xml, was.role);
+        g_hash_table_replace(d->guests, g_strdup(name), g);
+        guest_reattach_gone(g, &was);
+    }
+}
+
 Daemon *daemon_new(FtConfig *cfg, GError **err)
 {
     Daemon *d = g_new0(Daemon, 1);
@@ -1072,6 +1105,7 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
      * re-attaching (QMP, libvirt) can take seconds.  A refused one is not.
      */
     reattach_guests(d);
+    reattach_gone_guests(d);
     d->server = peer_server_new(cfg->listen_address, cfg->listen_port, cfg->key,
                                 cfg->host_name, &server_callbacks, d, err);
     if (!d->server)

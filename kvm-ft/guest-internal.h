@@ -185,6 +185,8 @@ G_DEFINE_AUTOPTR_CLEANUP_FUNC(GuestRef, guest_ref_free)
 gboolean guest_transition_as(FtGuest *g, GuestState to, FtRole role, const char *reason);
 /* The same in the guest's role. */
 gboolean guest_transition(FtGuest *g, GuestState to, const char *reason);
+gboolean guest_state_from_name(const char *name, GuestState *state);
+gboolean guest_transition_allowed(GuestState from, GuestState to);
 /* The name of what event does in state and role: "" nothing, NULL no rule (for tests). */
 const char *guest_rule_action(GuestState state, FtRole role, GuestEvent event);
 

@@ -42,13 +42,14 @@ static const char *const state_names[GUEST_N_STATES] = {
 /* The only transitions there are; anything else is a bug and is refused. */
 static const guint allowed[GUEST_N_STATES] = {
     /*
-     * Protected, degraded or finishing a failover straight away: a restarted
-     * kvm-ftd re-attaching.
+     * Protected, degraded, finishing a failover or handing over straight
+     * away: a restarted kvm-ftd re-attaching, or re-entering what its
+     * journal says a copy whose QEMU went meanwhile was.
      */
     [GUEST_STOPPED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
                       BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED) |
                       BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) |
-                      BIT(GUEST_STOPPING),
+                      BIT(GUEST_HANDING_OVER) | BIT(GUEST_STOPPING),
     [GUEST_PREPARING_PEER] = BIT(GUEST_STARTING_PRIMARY) | ENDINGS,
     [GUEST_STARTING_PRIMARY] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) | ENDINGS,
     /* Back to degraded: a re-protection that failed leaves the guest running alone. */
@@ -73,6 +74,22 @@ static const guint allowed[GUEST_N_STATES] = {
 const char *guest_state_name(GuestState state)
 {
     return state < GUEST_N_STATES ? state_names[state] : "invalid";
+}
+
+gboolean guest_state_from_name(const char *name, GuestState *state)
+{
+    for (GuestState s = 0; s < GUEST_N_STATES; s++) {
+        if (g_strcmp0(name, state_names[s]) == 0) {
+            *state = s;
+            return TRUE;
+        }
+    }
+    return FALSE;
+}
+
+gboolean guest_transition_allowed(GuestState from, GuestState to)
+{
+    return from < GUEST_N_STATES && to < GUEST_N_STATES && (allowed[from] & BIT(to));
 }
 
 /*

@@ -895,6 +895,32 @@ gboolean guest_reattach(FtGuest *g, GError **err)
     return TRUE;
 }
 
+gboolean guest_journal_ran(const JournalEntry *was)
+{
+    GuestState state;
+
+    /* A copy stopping had nothing left to do but go. */
+    return guest_state_from_name(was->state, &state) && state != GUEST_STOPPING &&
+           guest_transition_allowed(GUEST_STOPPED, state);
+}
+
+void guest_reattach_gone(FtGuest *g, const JournalEntry *was)
+{
+    g_autofree char *why = g_strdup_printf("kvm-ftd restarted: this copy was %s, and its QEMU "
+                                           "is gone", was->state);
+    g_autofree char *gone = g_strdup_printf("QEMU on %s exited while kvm-ftd was down",
+                                            daemon_config(g->d)->host_name);
+    GuestState state;
+
+    if (!guest_state_from_name(was->state, &state))
+        return;
+    g_free(g->generation);
+    g->generation = g_strdup(was->generation);
+    g->rejoin = was->rejoin;
+    if (guest_transition(g, state, why))
+        guest_handle(g, GUEST_EV_QEMU_EXITED, gone);
+}
+
 typedef struct {
     GuestRef ref;            /* seq: the guest's transitions when it began */
     const FtConfig *cfg;

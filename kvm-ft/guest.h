@@ -15,6 +15,7 @@
 #include "daemon.h"
 #include "ft.h"
 #include "ftdef.h"
+#include "journal.h"
 #include "peer.h"
 
 typedef enum {
@@ -126,6 +127,17 @@ gboolean guest_set_output(FtGuest *g, const char *mode, GError **err);
 
 /* A restarted kvm-ftd takes its running guest back, found by its QMP socket. */
 gboolean guest_reattach(FtGuest *g, GError **err);
+/*
+ * Whether a restarted kvm-ftd that finds no QEMU of a guest must act on
+ * what its journal says: a copy ran, or was starting, there.
+ */
+gboolean guest_journal_ran(const JournalEntry *was);
+/*
+ * That copy's QEMU went while kvm-ftd was down: the guest (new, in the
+ * journal's role) re-enters the state its journal says and judges the
+ * QEMU's end as if it had seen it (a peer may be waiting to hear of it).
+ */
+void guest_reattach_gone(FtGuest *g, const JournalEntry *was);
 
 /*
  * Planned switch of roles: this protected primary stops and its secondary

@@ -95,3 +95,19 @@ void journal_entry_clear(JournalEntry *entry)
     g_clear_pointer(&entry->state, g_free);
     g_clear_pointer(&entry->generation, g_free);
 }
+
+GPtrArray *journal_list(const char *state_dir)
+{
+    static const char suffix[] = ".journal";
+    GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+    g_autoptr(GDir) dir = g_dir_open(state_dir, 0, NULL);
+    const char *file;
+
+    while (dir && (file = g_dir_read_name(dir))) {
+        gsize len = strlen(file);
+
+        if (len > sizeof(suffix) - 1 && g_str_has_suffix(file, suffix))
+            g_ptr_array_add(names, g_strndup(file, len - (sizeof(suffix) - 1)));
+    }
+    return names;
+}

@@ -37,4 +37,7 @@ gboolean journal_read(const char *state_dir, const char *name, JournalEntry *ent
 
 void journal_entry_clear(JournalEntry *entry);
 
+/* The names of the guests with a journal in state_dir (none if it cannot be read). */
+GPtrArray *journal_list(const char *state_dir);
+
 G_DEFINE_AUTO_CLEANUP_CLEAR_FUNC(JournalEntry, journal_entry_clear)
