@@ -1035,8 +1035,11 @@ static void reattach_guests(Daemon *d)
             continue;
         g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
         g_hash_table_replace(d->guests, g_strdup(name), g);
-        if (!guest_reattach(g, &e))
+        if (!guest_reattach(g, &e)) {
+            /* Dead before libvirt noticed: what it was is for its journal to say. */
             log_err(name, NULL, "cannot re-attach to the running guest: %s", e->message);
+            g_hash_table_remove(d->guests, name);
+        }
     }
 }
 

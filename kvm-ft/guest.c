@@ -869,7 +869,7 @@ gboolean guest_reattach(FtGuest *g, GError **err)
         g_free(g->generation);
         g->generation = g_strdup(was.generation);
     }
-    g->qmp = qmp_connect(g->qmp_path, cfg->qmp_timeout_ms, err);
+    g->qmp = qmp_connect_running(g->qmp_path, cfg->qmp_timeout_ms, err);
     if (!g->qmp)
         return FALSE;
     qmp_set_handlers(g->qmp, on_qmp_event, on_qmp_closed, g);

@@ -696,8 +696,9 @@ static Qmp *qmp_new(int fd, const char *path)
 }
 
 /* A fresh socket per attempt: a failed connect() leaves it unusable. */
-static int qmp_open_socket(const char *path, gint64 deadline, guint timeout_ms,
-                           GError **err)
+/* running: the QEMU runs already, so a socket nobody listens on will not be listened on. */
+static int qmp_open_socket(const char *path, gboolean running, gint64 deadline,
+                           guint timeout_ms, GError **err)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
@@ -734,7 +735,7 @@ static int qmp_open_socket(const char *path, gint64 deadline, guint timeout_ms,
         if (e == EINTR)
             continue;
         left = remaining_ms(deadline);
-        if ((e != ENOENT && e != ECONNREFUSED && e != EAGAIN) || left == 0) {
+        if ((e != ENOENT && e != ECONNREFUSED && e != EAGAIN) || left == 0 || running) {
             g_set_error(err, QMP_ERROR, QMP_ERROR_IO,
                         "cannot connect to QMP socket %s within %u ms: %s",
                         path, timeout_ms, g_strerror(e));
@@ -806,26 +807,38 @@ static pid_t socket_peer_pid(int fd)
     return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 ? cred.pid : 0;
 }
 
-static Qmp *qmp_connect_now(const char *socket_path, guint timeout_ms, GError **err);
+static Qmp *qmp_connect_now(const char *socket_path, gboolean running, guint timeout_ms,
+                            GError **err);
 
 Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err)
 {
     gint64 began = loopwait_begin();
     g_autofree char *guest = socket_owner(socket_path);
-    Qmp *q = qmp_connect_now(socket_path, timeout_ms, err);
+    Qmp *q = qmp_connect_now(socket_path, FALSE, timeout_ms, err);
 
     loopwait_end(began, "QMP connect", guest);
     return q;
 }
 
-static Qmp *qmp_connect_now(const char *socket_path, guint timeout_ms, GError **err)
+Qmp *qmp_connect_running(const char *socket_path, guint timeout_ms, GError **err)
+{
+    gint64 began = loopwait_begin();
+    g_autofree char *guest = socket_owner(socket_path);
+    Qmp *q = qmp_connect_now(socket_path, TRUE, timeout_ms, err);
+
+    loopwait_end(began, "QMP connect", guest);
+    return q;
+}
+
+static Qmp *qmp_connect_now(const char *socket_path, gboolean running, guint timeout_ms,
+                            GError **err)
 {
     gint64 deadline = deadline_after(timeout_ms);
     g_autoptr(Qmp) q = NULL;
     int fd;
 
     g_return_val_if_fail(socket_path, NULL);
-    fd = qmp_open_socket(socket_path, deadline, timeout_ms, err);
+    fd = qmp_open_socket(socket_path, running, deadline, timeout_ms, err);
     if (fd < 0)
         return NULL;
     q = qmp_new(fd, socket_path);

@@ -57,6 +57,12 @@ typedef void (*QmpClosedFunc)(Qmp *q, const GError *reason, gpointer opaque);
  * does not greet gives QMP_ERROR_TIMEOUT.
  */
 Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err);
+/*
+ * The same for a QEMU that runs already (a restarted kvm-ftd re-attaching):
+ * a socket that is missing or refuses the connection fails at once, for
+ * that QEMU is gone (libvirt may not have noticed yet).
+ */
+Qmp *qmp_connect_running(const char *socket_path, guint timeout_ms, GError **err);
 
 /*
  * Events and the loss of the connection are only reported through a source

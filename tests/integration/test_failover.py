@@ -31,6 +31,11 @@ guest before, during and after the fault):
                      still refuses connections, but no checkpoint comes for an
                      interval + 2 s: the secondary takes over; hostA's
                      kvm-ftd started again, the pair protects the guest again
+  kill-daemon-qemu-restart-A  kvm-ftd SIGKILLed on the primary, then its QEMU,
+                     then kvm-ftd started again at once, long before hostB's
+                     watchdog would miss the checkpoints (a 5 s interval):
+                     from its journal the restarted daemon tells hostB its
+                     QEMU is gone, hostB takes over and re-protects onto hostA
   forged-lan-resets  a forger on the LAN answers for hostA with TCP resets
                      (stand-in: hostB's own firewall, tools/lab forge-resets),
                      then hostA's power is pulled: a refusal is not
@@ -122,6 +127,8 @@ MAX_SILENCE_MS = {
     # next answer for its TCP's next retransmission (tries ~0.2, 0.6, 1.4, 3.0, 6.2 s after
     # its request).
     "kill-daemon-taking-over": 7000,
+    # The same wait for the restarted kvm-ftd, whose word then starts the takeover.
+    "kill-daemon-qemu-restart-A": 7000,
     # The guest's output stops with a QEMU: the watchdog acts within WATCHDOG_S, then the
     # client's next answer waits for its TCP's next retransmission, backed off meanwhile
     # (tries ~0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s after its request): 6.9-7.0 s measured, and
@@ -242,7 +249,9 @@ DATA_DISK = {"two-disks": "raw"}
 # MiB the guest writes to each of its disks before the fault, in those scenarios.
 DATA_DISK_WRITE_MIB = 2
 OUTPUT = {"power-primary-passive": "passive"}
-INTERVAL_MS = {"held-reply": 5000}
+# kill-daemon-qemu-restart-A: hostB's watchdog (an interval + 2 s) must not act before
+# the restarted kvm-ftd on hostA answers (~1-2 s under ASan).
+INTERVAL_MS = {"held-reply": 5000, "kill-daemon-qemu-restart-A": 5000}
 RESUME_WINDOW_ATTEMPTS = 3
 
 
@@ -342,6 +351,26 @@ def kill_daemon_then_qemu(lab, client_log):
                            "hostA's QEMU killed")
     assert "no checkpoint came" in st["last_failover"]["reason"], st["last_failover"]
     time.sleep(2)
+    return t
+
+
+def kill_daemon_qemu_restart(lab):
+    """hostA's kvm-ftd SIGKILLed, then its QEMU, then kvm-ftd started again at once:
+    back before hostB's watchdog acts, it must tell hostB from its journal that the
+    primary is gone (else hostB hears a live peer and waits for ever).  Returns the time
+    of the QEMU's kill."""
+    lab.lab("daemon-kill", "A")
+    t = time.time()
+    os.kill(qemu_pid(lab, "hostA"), signal.SIGKILL)
+    lab.lab("daemon-start", "A")
+    log("kill-daemon-qemu-restart-A: hostA's kvm-ftd started again %.1f s after its QEMU's "
+        "kill" % (time.time() - t))
+    st = wait_failed_over(lab, "hostB", timeout=30)
+    reason = st["last_failover"]["reason"]
+    log("kill-daemon-qemu-restart-A: hostB ran alone %.1f s after the kill: %s"
+        % (time.time() - t, reason))
+    assert "while kvm-ftd was down" in reason, \
+        "hostB did not take over on hostA's word: %s" % st["last_failover"]
     return t
 
 
@@ -556,6 +585,9 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
         elif name == "kill-daemon-then-qemu-A":
             t = kill_daemon_then_qemu(lab, client_log)
             survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
+        elif name == "kill-daemon-qemu-restart-A":
+            t = kill_daemon_qemu_restart(lab)
+            survivor, state, alive = "hostB", "degraded", ["hostA", "hostB"]
         elif name == "forged-lan-resets":
             t = forge_lan_resets_then_pull(lab)
             survivor, state, alive = "hostB", "degraded", ["hostB"]
@@ -649,9 +681,10 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
                 lab.lab("power-on", "A")
                 st = wait_state(lab, "hostB", "protected", timeout=180)
                 log("%s: hostA back, protected again: %s" % (name, st["last_resync"]))
-            if name == "kill-daemon-then-qemu-A":
+            if name in ("kill-daemon-then-qemu-A", "kill-daemon-qemu-restart-A"):
                 # hostA's kvm-ftd, back, finds no QEMU: the survivor protects onto it again.
-                lab.lab("daemon-start", "A")
+                if name == "kill-daemon-then-qemu-A":
+                    lab.lab("daemon-start", "A")
                 st = wait_state(lab, "hostB", "protected", timeout=180)
                 log("%s: hostA's kvm-ftd back, protected again: %s" % (name, st["last_resync"]))
             log("PASS %s: client answered %.0f ms after the fault"
@@ -687,7 +720,8 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "two-disks",
              "power-secondary",
              "cut-link", "lossy-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
-             "kill-daemon-then-qemu-A", "forged-lan-resets", "link-then-power-A",
+             "kill-daemon-then-qemu-A", "kill-daemon-qemu-restart-A", "forged-lan-resets",
+             "link-then-power-A",
              "kill-daemon-taking-over", "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
              "stop-qemu-secondary", "held-reply", "resume-window", "power-mid-checkpoint"]
 
