@@ -854,6 +854,11 @@ char *engine_run_state(Qmp *q, guint timeout_ms, GError **err)
     return query_string(q, "query-status", "status", "unknown", timeout_ms, err);
 }
 
+char *engine_run_state_parse(JsonNode *answer, GError **err)
+{
+    return answer_string(answer, "query-status", "status", "unknown", err);
+}
+
 JsonObject *engine_arg(const char *key, const char *value)
 {
     JsonObject *args = json_object_new();

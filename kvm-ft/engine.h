@@ -173,6 +173,9 @@ gboolean engine_colo_status_parse(JsonNode *answer, char **mode, char **reason, 
  */
 char *engine_run_state(Qmp *q, guint timeout_ms, GError **err);
 
+/* query-status's status, from its answer (guest_query()). */
+char *engine_run_state_parse(JsonNode *answer, GError **err);
+
 /* query-migrate's status ("colo" once the pair is in COLO), from its answer (guest_query()). */
 char *engine_migration_status_parse(JsonNode *answer, GError **err);
 

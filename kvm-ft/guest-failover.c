@@ -328,24 +328,31 @@ static gint64 checkpoint_silence_bound_ms(FtGuest *g)
  * QEMU's lock held is never that long): it is killed, and its closed
  * monitor makes the secondary take over as for any dead QEMU.  Either way
  * the guest's own TCP peers back off while its output is held: this must
- * be quick.
- * Returns FALSE when it acted.
+ * be quick.  QEMU is asked without waiting (a hung one would hold every
+ * guest's failure detection for the call's deadline); its answer, or the
+ * deadline passing, decides in on_watchdog_status().
  */
-static gboolean checkpoints_flow(FtGuest *g)
+static gboolean checkpoints_late(FtGuest *g, gint64 *silent_ms, gint64 *stopped_ms)
+{
+    *silent_ms = (g_get_monotonic_time() - g->checkpoint_seen_us) / 1000;
+    *stopped_ms = g->stop_us ? (g_get_real_time() - g->stop_us) / 1000 : 0;
+    return g->checkpoint_seen_us && g->qmp &&
+           (*silent_ms > checkpoint_silence_bound_ms(g) || *stopped_ms > CHECKPOINT_STUCK_MS);
+}
+
+/* guest_query() calls it only if the guest made no transition meanwhile. */
+static void on_watchdog_status(FtGuest *g, JsonNode *answer, const GError *error)
 {
     const gint64 bound_ms = checkpoint_silence_bound_ms(g);
-    const gint64 silent_ms = (g_get_monotonic_time() - g->checkpoint_seen_us) / 1000;
-    const gint64 stopped_ms = g->stop_us ? (g_get_real_time() - g->stop_us) / 1000 : 0;
-    g_autoptr(GError) err = NULL;
+    gint64 silent_ms, stopped_ms;
     g_autofree char *why = NULL;
-    g_autofree char *state = NULL;
+    g_autofree char *state = answer ? engine_run_state_parse(answer, NULL) : NULL;
     pid_t pid;
 
-    if (!g->checkpoint_seen_us || !g->qmp ||
-        (silent_ms <= bound_ms && stopped_ms <= CHECKPOINT_STUCK_MS) ||
-        g_get_monotonic_time() < g->watchdog_quiet_until_us)
-        return TRUE;
-    state = engine_run_state(g->qmp, STATUS_QMP_TIMEOUT_MS, &err);
+    /* A connection that closed reports it (on_qmp_closed()); a checkpoint meanwhile clears it all. */
+    if (!checkpoints_late(g, &silent_ms, &stopped_ms) ||
+        (error && !g_error_matches(error, QMP_ERROR, QMP_ERROR_TIMEOUT)))
+        return;
     if (state && strcmp(state, "colo") == 0 && stopped_ms > CHECKPOINT_STUCK_MS) {
         why = g_strdup_printf("a checkpoint has held the guest stopped for %" G_GINT64_FORMAT
                               " ms while QEMU answers: the secondary hangs", stopped_ms);
@@ -353,25 +360,34 @@ static gboolean checkpoints_flow(FtGuest *g)
         why = g_strdup_printf("no checkpoint for %" G_GINT64_FORMAT " ms (bound %"
                               G_GINT64_FORMAT " ms) while QEMU answers: COLO is stuck",
                               silent_ms, bound_ms);
-    } else if (state || silent_ms <= bound_ms) {
+    } else if (!error) {
         /* Paused by a user, or a slow checkpoint: look again in a while. */
         g->watchdog_quiet_until_us = g_get_monotonic_time() + WATCHDOG_SLACK_MS * 1000;
-        return TRUE;
+        return;
     }
     if (why) {
         guest_handle(g, GUEST_EV_SECONDARY_HUNG, why);
-        return FALSE;
+        return;
     }
     pid = qmp_peer_pid(g->qmp);
     log_err(g->def->name, guest_role_name(g), "no checkpoint for %" G_GINT64_FORMAT " ms (bound %"
             G_GINT64_FORMAT " ms) and QEMU does not answer (%s): killing it (pid %d) so that "
-            "the secondary takes over", silent_ms, bound_ms, err->message, (int)pid);
+            "the secondary takes over", silent_ms, bound_ms, error->message, (int)pid);
     /* Once: its monitor closing is what reports it, as for any dead QEMU. */
     g->checkpoint_seen_us = 0;
     if (pid <= 0 || kill(pid, SIGKILL) != 0)
         log_err(g->def->name, guest_role_name(g), "cannot kill QEMU (pid %d): %s", (int)pid,
                 pid <= 0 ? "pid unknown" : g_strerror(errno));
-    return FALSE;
+}
+
+static void watch_checkpoints(FtGuest *g)
+{
+    gint64 silent_ms, stopped_ms;
+
+    if (!checkpoints_late(g, &silent_ms, &stopped_ms) ||
+        g_get_monotonic_time() < g->watchdog_quiet_until_us)
+        return;
+    guest_query(g, "query-status", STATUS_QMP_TIMEOUT_MS, on_watchdog_status);
 }
 
 /*
@@ -439,8 +455,8 @@ void guest_check_peer(FtGuest *g)
         }
     }
     /* After the question above: a stall is not a hung QEMU. */
-    if (g->role == FT_ROLE_PRIMARY && !checkpoints_flow(g))
-        return;
+    if (g->role == FT_ROLE_PRIMARY)
+        watch_checkpoints(g);
     /*
      * The secondary waits twice as long as the primary: a primary that is
      * alive acts first (drops the secondary and tells it to stand down),
@@ -456,7 +472,7 @@ void guest_check_peer(FtGuest *g)
         return;
     }
     if (link == PEER_PATH_HOST_UP) {
-        /* The primary's own watchdog (checkpoints_flow()) judges its secondary's QEMU. */
+        /* The primary's own watchdog (watch_checkpoints()) judges its secondary's QEMU. */
         if (g->role == FT_ROLE_SECONDARY && take_over_without_checkpoints(g, peer))
             return;
         if (!g->peer_daemon_down_logged)

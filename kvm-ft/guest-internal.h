@@ -225,8 +225,9 @@ void guest_refresh_colo_status(FtGuest *g);
 /*
  * A poll's question to this host's QEMU, not waited for (qmp_call_async()):
  * then(g, answer, error) runs when it comes, if the guest made no
- * transition since it was asked.  One at a time: while one is out, this sends
- * nothing, so a QEMU that is slow to answer is not asked again and again.
+ * transition since it was asked, or at once with the error if it cannot be
+ * sent.  One at a time: while one is out, this sends nothing, so a QEMU
+ * that is slow to answer is not asked again and again.
  */
 typedef void (*GuestAnswerFunc)(FtGuest *g, JsonNode *answer, const GError *error);
 void guest_query(FtGuest *g, const char *command, guint timeout_ms, GuestAnswerFunc then);

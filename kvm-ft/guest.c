@@ -569,11 +569,16 @@ void guest_query(FtGuest *g, const char *command, guint timeout_ms, GuestAnswerF
     guest_ref_init(&query->ref, g, ++g->query_seq);
     query->transitions = g->transitions;
     query->then = then;
-    /* A connection already lost is reported by on_qmp_closed(). */
+    /*
+     * Not sent (QEMU has left too many calls unanswered, or the connection
+     * is lost): that is the answer, at once.  (A lost connection is also
+     * reported by on_qmp_closed().)
+     */
     if (!qmp_call_async(g->qmp, command, NULL, timeout_ms, on_query_answer, query,
                         (GDestroyNotify)guest_query_free, &err)) {
         guest_ref_clear(&query->ref);
         g_free(query);
+        then(g, NULL, err);
         return;
     }
     g->query_pending = TRUE;
