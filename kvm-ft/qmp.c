@@ -810,24 +810,26 @@ static pid_t socket_peer_pid(int fd)
 static Qmp *qmp_connect_now(const char *socket_path, gboolean running, guint timeout_ms,
                             GError **err);
 
-Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err)
+/* The wait, on whatever loop calls, is the failure detector's to know (loopwait.h). */
+static Qmp *qmp_connect_timed(const char *socket_path, gboolean running, guint timeout_ms,
+                              GError **err)
 {
     gint64 began = loopwait_begin();
     g_autofree char *guest = socket_owner(socket_path);
-    Qmp *q = qmp_connect_now(socket_path, FALSE, timeout_ms, err);
+    Qmp *q = qmp_connect_now(socket_path, running, timeout_ms, err);
 
     loopwait_end(began, "QMP connect", guest);
     return q;
 }
 
+Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err)
+{
+    return qmp_connect_timed(socket_path, FALSE, timeout_ms, err);
+}
+
 Qmp *qmp_connect_running(const char *socket_path, guint timeout_ms, GError **err)
 {
-    gint64 began = loopwait_begin();
-    g_autofree char *guest = socket_owner(socket_path);
-    Qmp *q = qmp_connect_now(socket_path, TRUE, timeout_ms, err);
-
-    loopwait_end(began, "QMP connect", guest);
-    return q;
+    return qmp_connect_timed(socket_path, TRUE, timeout_ms, err);
 }
 
 static Qmp *qmp_connect_now(const char *socket_path, gboolean running, guint timeout_ms,
