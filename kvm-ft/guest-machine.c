@@ -187,7 +187,6 @@ gboolean guest_transition_as(FtGuest *g, GuestState to, FtRole role, const char 
     return TRUE;
 }
 
-
 gboolean guest_transition(FtGuest *g, GuestState to, const char *reason)
 {
     return guest_transition_as(g, to, g->role, reason);
