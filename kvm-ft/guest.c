@@ -107,17 +107,7 @@ static gboolean destroy_copy(Virt *v, const FtConfig *cfg, const char *name, gbo
     return ok;
 }
 
-/* Tears down this host's copy at once (guest_stop() does it off the main loop). */
-static void release(FtGuest *g)
-{
-    g_autoptr(GError) err = NULL;
-
-    detach(g);
-    if (!destroy_copy(daemon_virt(g->d), daemon_config(g->d), g->def->name,
-                      g->role == FT_ROLE_SECONDARY, &err))
-        log_warn(g->def->name, guest_role_name(g), "cannot stop the guest: %s",
-                 err->message);
-}
+static void stop_copy(FtGuest *g, const char *reason, gboolean failed);
 
 static void on_peer_stopped(PeerConn *conn, JsonNode *result,
                             const GError *error, gpointer opaque)
@@ -247,10 +237,12 @@ void guest_fail(FtGuest *g, const char *fmt, ...)
         if (g->role == FT_ROLE_PRIMARY && g->state != GUEST_PREPARING_PEER)
             guest_tell_peer_to_stop(g, g->error);
         /* libvirt stops what it started once its hook reports the failure. */
-        if (g->started_by_libvirt)
+        if (g->started_by_libvirt) {
             detach(g);
-        else
-            release(g);
+        } else {
+            stop_copy(g, g->error, TRUE);
+            return;
+        }
     } else {
         /*
          * A copy that was in COLO may be the only one left: it is never
@@ -930,6 +922,7 @@ typedef struct {
     GuestRef ref;            /* seq: the guest's transitions when it began */
     const FtConfig *cfg;
     gboolean overlays;       /* a secondary's: they go with its QEMU */
+    gboolean failed;         /* protection failed (guest_fail()): it ends failed, not stopped */
     char *reason;            /* guest_discard_started(): the role it was started in */
 } StopJob;
 
@@ -985,15 +978,17 @@ static void on_stopped_here(gpointer data, const GError *error)
         guest_transition(g, GUEST_FAILED, g->error);
         return;
     }
-    guest_transition(g, GUEST_STOPPED, j->reason);
+    guest_transition(g, j->failed ? GUEST_FAILED : GUEST_STOPPED,
+                     j->failed ? g->error : j->reason);
 }
 
 /*
  * libvirt can take seconds to destroy a QEMU (it waits for SIGTERM first):
  * that waits in the libvirt thread, not on the loop that judges the peers
- * of every guest.  Meanwhile the guest is "stopping", busy to any request.
+ * of every guest.  Meanwhile the guest is "stopping", busy to any request;
+ * then stopped, or failed for a protection that failed (g->error says why).
  */
-void guest_stop(FtGuest *g, const char *reason)
+static void stop_copy(FtGuest *g, const char *reason, gboolean failed)
 {
     gboolean attached = g->qmp != NULL;
     StopJob *j;
@@ -1001,15 +996,25 @@ void guest_stop(FtGuest *g, const char *reason)
     guest_answer_primary(g, reason);
     detach(g);
     /* A stopped guest runs no QEMU of kvm-ftd's unless one was attached to it. */
-    if ((g->state == GUEST_STOPPED && !attached) || g->state == GUEST_STOPPING ||
-        !guest_transition(g, GUEST_STOPPING, reason))
+    if ((g->state == GUEST_STOPPED && !attached) || g->state == GUEST_STOPPING) {
+        if (failed)
+            guest_transition(g, GUEST_FAILED, g->error);
+        return;
+    }
+    if (!guest_transition(g, GUEST_STOPPING, reason))
         return;
     j = g_new0(StopJob, 1);
     guest_ref_init(&j->ref, g, g->transitions);
     j->cfg = daemon_config(g->d);
     j->overlays = g->role == FT_ROLE_SECONDARY;
+    j->failed = failed;
     j->reason = g_strdup(reason);
     virt_run(daemon_virt(g->d), stop_here, on_stopped_here, j, stop_job_free);
+}
+
+void guest_stop(FtGuest *g, const char *reason)
+{
+    stop_copy(g, reason, FALSE);
 }
 
 const char *guest_domain_xml(FtGuest *g)
