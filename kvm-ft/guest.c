@@ -98,10 +98,18 @@ static void detach(FtGuest *g)
 static gboolean destroy_copy(Virt *v, const FtConfig *cfg, const char *name, gboolean overlays,
                              GError **err)
 {
+    g_autoptr(GError) e = NULL;
     gboolean active = FALSE;
-    gboolean ok = virt_domain_is_active(v, name, &active, err) &&
-                  (!active || virt_domain_destroy(v, name, err));
+    gboolean ok = TRUE;
 
+    if (!virt_domain_is_active(v, name, &active, &e)) {
+        /* A copy never defined here (its start failed first), or undefined since, is gone. */
+        ok = g_error_matches(e, VIRT_ERROR, VIRT_ERROR_NO_DOMAIN);
+        if (!ok)
+            g_propagate_error(err, g_steal_pointer(&e));
+    } else if (active) {
+        ok = virt_domain_destroy(v, name, err);
+    }
     if (overlays)
         guest_remove_overlays(cfg, name);
     return ok;
@@ -970,6 +978,14 @@ static void on_stopped_here(gpointer data, const GError *error)
 
     if (!g || g->state != GUEST_STOPPING || g->transitions != j->ref.seq)
         return;
+    if (j->failed) {
+        /* The failure's own reason is what an operator needs; the destroy's is said. */
+        if (error)
+            log_warn(g->def->name, guest_role_name(g), "cannot stop this host's copy: %s",
+                     error->message);
+        guest_transition(g, GUEST_FAILED, g->error);
+        return;
+    }
     if (error) {
         /* Failed, not stopped: whatever libvirt left running is for an operator to see. */
         g_free(g->error);
@@ -978,8 +994,7 @@ static void on_stopped_here(gpointer data, const GError *error)
         guest_transition(g, GUEST_FAILED, g->error);
         return;
     }
-    guest_transition(g, j->failed ? GUEST_FAILED : GUEST_STOPPED,
-                     j->failed ? g->error : j->reason);
+    guest_transition(g, GUEST_STOPPED, j->reason);
 }
 
 /*

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "control.h"
 #include "daemon.h"
+#include "guest.h"
 #include "peer.h"
 #include "virt.h"
 #include "wait.h"
@@ -438,6 +439,7 @@ START_TEST(prepare_secondary_needs_the_same_qemu)
     g_autofree char *missing = NULL;
     g_autofree char *same = NULL;
     g_autofree char *expected = NULL;
+    FtGuest *web1;
 
     start_peer(FALSE);
     start_daemon();
@@ -456,6 +458,11 @@ START_TEST(prepare_secondary_needs_the_same_qemu)
     same = prepare_secondary(mine);
     ck_assert_ptr_nonnull(same);
     ck_assert_msg(strstr(same, "does not exist on hostA") != NULL, "%s", same);
+    /* What the failed start left goes in the libvirt thread; then the guest is failed. */
+    web1 = daemon_find_guest(lab.d, "web1");
+    ck_assert_ptr_nonnull(web1);
+    WAIT_FOR(guest_state(web1) == GUEST_FAILED, 5000);
+    ck_assert_str_eq(guest_state_name(guest_state(web1)), "failed");
 }
 END_TEST
 
