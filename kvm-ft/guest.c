@@ -115,6 +115,13 @@ static gboolean destroy_copy(Virt *v, const FtConfig *cfg, const char *name, gbo
     return ok;
 }
 
+/* What follows a copy's destroy in the libvirt thread. */
+typedef enum {
+    STOP_THEN_STOPPED,
+    STOP_THEN_FAILED,    /* protection failed (guest_fail()): g->error says why */
+    STOP_THEN_HAND_OVER, /* a planned failover whose QEMU did not quit */
+} StopThen;
+
 static void stop_copy(FtGuest *g, const char *reason, gboolean failed);
 
 static void on_peer_stopped(PeerConn *conn, JsonNode *result,
@@ -740,20 +747,17 @@ void guest_finish_hand_over(FtGuest *g, const char *how)
     guest_transition(g, GUEST_STOPPED, done);
 }
 
+static void destroy_in_thread(FtGuest *g, GuestState during, StopThen then, const char *reason);
+
 static gboolean hand_over_timed_out(gpointer opaque)
 {
     FtGuest *g = opaque;
-    g_autoptr(GError) err = NULL;
 
     g->handover_timer = 0;
     log_warn(g->def->name, guest_role_name(g), "QEMU did not quit within %d ms: libvirt "
              "destroys it", HANDOVER_QUIT_TIMEOUT_MS);
     detach(g);
-    if (!virt_domain_destroy(daemon_virt(g->d), g->def->name, &err)) {
-        guest_fail(g, "cannot stop this copy for the planned failover: %s", err->message);
-        return G_SOURCE_REMOVE;
-    }
-    guest_finish_hand_over(g, "destroyed by libvirt");
+    destroy_in_thread(g, GUEST_HANDING_OVER, STOP_THEN_HAND_OVER, "destroyed by libvirt");
     return G_SOURCE_REMOVE;
 }
 
@@ -930,8 +934,10 @@ typedef struct {
     GuestRef ref;            /* seq: the guest's transitions when it began */
     const FtConfig *cfg;
     gboolean overlays;       /* a secondary's: they go with its QEMU */
-    gboolean failed;         /* protection failed (guest_fail()): it ends failed, not stopped */
-    char *reason;            /* guest_discard_started(): the role it was started in */
+    GuestState during;       /* the guest's state while it waits */
+    StopThen then;
+    char *reason;
+    char *role;              /* guest_discard_started(): the role it was started in */
 } StopJob;
 
 static void stop_job_free(gpointer data)
@@ -940,6 +946,7 @@ static void stop_job_free(gpointer data)
 
     guest_ref_clear(&j->ref);
     g_free(j->reason);
+    g_free(j->role);
     g_free(j);
 }
 
@@ -956,7 +963,7 @@ static void on_discarded(gpointer data, const GError *error)
     StopJob *j = data;
 
     if (error)
-        log_warn(j->ref.name, j->reason, "cannot stop a QEMU started for a step that was "
+        log_warn(j->ref.name, j->role, "cannot stop a QEMU started for a step that was "
                  "given up: %s", error->message);
 }
 
@@ -967,7 +974,7 @@ void guest_discard_started(Daemon *d, const char *name, const char *role)
     j->ref.d = d;
     j->ref.name = g_strdup(name);
     j->cfg = daemon_config(d);
-    j->reason = g_strdup(role);
+    j->role = g_strdup(role);
     virt_run(daemon_virt(d), stop_here, on_discarded, j, stop_job_free);
 }
 
@@ -976,9 +983,16 @@ static void on_stopped_here(gpointer data, const GError *error)
     StopJob *j = data;
     FtGuest *g = guest_ref_find(&j->ref);
 
-    if (!g || g->state != GUEST_STOPPING || g->transitions != j->ref.seq)
+    if (!g || g->state != j->during || g->transitions != j->ref.seq)
         return;
-    if (j->failed) {
+    if (j->then == STOP_THEN_HAND_OVER) {
+        if (error)
+            guest_fail(g, "cannot stop this copy for the planned failover: %s", error->message);
+        else
+            guest_finish_hand_over(g, j->reason);
+        return;
+    }
+    if (j->then == STOP_THEN_FAILED) {
         /* The failure's own reason is what an operator needs; the destroy's is said. */
         if (error)
             log_warn(g->def->name, guest_role_name(g), "cannot stop this host's copy: %s",
@@ -1006,7 +1020,6 @@ static void on_stopped_here(gpointer data, const GError *error)
 static void stop_copy(FtGuest *g, const char *reason, gboolean failed)
 {
     gboolean attached = g->qmp != NULL;
-    StopJob *j;
 
     guest_answer_primary(g, reason);
     detach(g);
@@ -1016,13 +1029,21 @@ static void stop_copy(FtGuest *g, const char *reason, gboolean failed)
             guest_transition(g, GUEST_FAILED, g->error);
         return;
     }
-    if (!guest_transition(g, GUEST_STOPPING, reason))
-        return;
-    j = g_new0(StopJob, 1);
+    if (guest_transition(g, GUEST_STOPPING, reason))
+        destroy_in_thread(g, GUEST_STOPPING, failed ? STOP_THEN_FAILED : STOP_THEN_STOPPED,
+                          reason);
+}
+
+/* From state during, which the guest keeps meanwhile; then as then says. */
+static void destroy_in_thread(FtGuest *g, GuestState during, StopThen then, const char *reason)
+{
+    StopJob *j = g_new0(StopJob, 1);
+
     guest_ref_init(&j->ref, g, g->transitions);
     j->cfg = daemon_config(g->d);
     j->overlays = g->role == FT_ROLE_SECONDARY;
-    j->failed = failed;
+    j->during = during;
+    j->then = then;
     j->reason = g_strdup(reason);
     virt_run(daemon_virt(g->d), stop_here, on_stopped_here, j, stop_job_free);
 }
