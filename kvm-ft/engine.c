@@ -1098,7 +1098,3 @@ gboolean engine_cancel_first_sync(Qmp *q, const EngineLink *link, GError **err)
     return engine_run(q, link, "migrate_cancel", NULL, err);
 }
 
-gboolean engine_quit(Qmp *q, const EngineLink *link, GError **err)
-{
-    return engine_run(q, link, "quit", NULL, err);
-}

@@ -204,6 +204,3 @@ gboolean engine_primary_drop_secondary(Qmp *q, const EngineLink *link, GError **
 
 /* Primary: a first sync still under way stops (the guest runs on unprotected). */
 gboolean engine_cancel_first_sync(Qmp *q, const EngineLink *link, GError **err);
-
-/* QEMU exits at once, disk writes under way completed (planned failover). */
-gboolean engine_quit(Qmp *q, const EngineLink *link, GError **err);

@@ -780,10 +780,19 @@ gboolean guest_protected_primary_here(FtGuest *g, const char *what, const char *
     return FALSE;
 }
 
+/* Quitting closes the monitor, which says the rest: only a QEMU that does not answer is news. */
+static void on_quit_answer(Qmp *q, JsonNode *answer, const GError *error, gpointer opaque)
+{
+    (void)q;
+    (void)answer;
+    if (error && g_error_matches(error, QMP_ERROR, QMP_ERROR_TIMEOUT))
+        log_warn(opaque, "primary", "QEMU did not take 'quit' (%s): libvirt destroys it %d ms "
+                 "after it was asked", error->message, HANDOVER_QUIT_TIMEOUT_MS);
+}
+
 gboolean guest_hand_over(FtGuest *g, GError **err)
 {
     const FtHost *peer = guest_peer_host(g);
-    EngineLink link = guest_engine_link(g);
     g_autoptr(GError) e = NULL;
     g_autofree char *why = NULL;
 
@@ -808,7 +817,8 @@ gboolean guest_hand_over(FtGuest *g, GError **err)
      * not wait for it -- a daemon blocked here would fall silent, and its
      * peer would take that for a dead host.
      */
-    if (!engine_quit(g->qmp, &link, &e) && qmp_is_open(g->qmp))
+    if (!qmp_call_async(g->qmp, "quit", NULL, daemon_config(g->d)->qmp_timeout_ms,
+                        on_quit_answer, g_strdup(g->def->name), g_free, &e))
         log_warn(g->def->name, guest_role_name(g), "QEMU did not take 'quit' (%s): libvirt "
                  "destroys it in %d ms", e->message, HANDOVER_QUIT_TIMEOUT_MS);
     g->handover_timer = g_timeout_add(HANDOVER_QUIT_TIMEOUT_MS, hand_over_timed_out, g);
