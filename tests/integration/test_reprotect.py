@@ -41,6 +41,12 @@ from start to end):
                    new primary re-protects onto the old one (incremental);
                    `ftctl migrate` moves it back the same way; then a power
                    pull on the primary proves the copy.
+  role-switch-frozen  `ftctl failover` while the primary's QEMU is frozen
+                   (SIGSTOP): it cannot quit, so after 10 s libvirt destroys
+                   it (SIGTERM, then SIGKILL); kvm-ftd waits for neither (its
+                   failure detector is never a second late), then hostB takes
+                   over and re-protects onto hostA (a whole copy: hostA's
+                   QEMU was killed); a power pull on hostB proves the copy.
   link-returns     the dedicated link is cut (the primary runs alone, the
                    secondary stands down) and restored: the primary
                    re-protects by itself, incrementally; a power pull on it
@@ -104,6 +110,7 @@ entering COLO stopped the guest for less than that.
 import json
 import os
 import re
+import signal
 import sys
 import time
 
@@ -408,6 +415,34 @@ def scenario_role_switch(lab):
     return power_pull(lab, "hostA")
 
 
+# role-switch-frozen: the frozen primary's output is held while QEMU is asked to quit (10 s)
+# and libvirt destroys it (its SIGTERM waits 10 s, then SIGKILL), then the client's TCP
+# retries when its backed-off timer says (~25 s after its request, or ~51 s).
+FROZEN_HANDOVER_EXTRA_MS = 60000
+
+
+def scenario_role_switch_frozen(lab):
+    with open(lab.path("hostA", "/run/libvirt/qemu/%s.pid" % GUEST)) as f:
+        pid = int(f.read().strip())
+    since = time.time()
+    os.kill(pid, signal.SIGSTOP)
+    log("hostA's QEMU (pid %d) frozen; asking for a planned failover" % pid)
+    res = lab.ftctl("hostA", "failover", GUEST, "--timeout-s", "240", check=False)
+    log("ftctl failover: rc=%d\n%s%s" % (res.returncode, res.stdout, res.stderr))
+    assert res.returncode == 0, res.stderr
+    lab.extra_wait_ms = FROZEN_HANDOVER_EXTRA_MS
+    said = lab.daemon_log_since("hostA", since)
+    assert any("did not quit within" in line for line in said), \
+        "hostA's frozen QEMU quit by itself?\n%s" % "\n".join(said[-20:])
+    # Killed, not quit: hostA's disks may hold writes hostB lacks, so the copy is whole.
+    reprotected(lab, "hostB", "full", None, since)
+    late = late_detector_rounds(lab, "hostA", since)
+    assert not late, "kvm-ftd on hostA waited on its frozen QEMU or on libvirt:\n%s" % \
+        "\n".join(late)
+    time.sleep(3)
+    return power_pull(lab, "hostB")
+
+
 def scenario_link_returns(lab):
     lab.lab("cut-link")
     st = wait_state(lab, "hostA", "degraded", timeout=60)
@@ -650,6 +685,7 @@ SCENARIOS = {
     "crashed-primary": scenario_crashed_primary,
     "disk-port-blocked": scenario_disk_port_blocked,
     "role-switch": scenario_role_switch,
+    "role-switch-frozen": scenario_role_switch_frozen,
     "link-returns": scenario_link_returns,
     "secondary-dies-mid-resync": scenario_mid_resync,
     "daemon-restarts-mid-resync": scenario_daemon_restarts_mid_resync,
