@@ -201,13 +201,16 @@ void guest_abort_rejoin(FtGuest *g, const char *reason)
 
     guest_stop_polling(g);
     /*
-     * Every connection to the peer first, out of band: a guest write in
-     * flight to a secondary that lost power holds every drain of the block
-     * layer, and with it QEMU's main loop, so each in-band command below
-     * would wait for its deadline (35 s of a frozen guest when the secondary
-     * died entering COLO: test_reprotect secondary-dies-entering-colo).
+     * Every connection to the peer first, out of band, the disk copy's
+     * too: a guest write in flight to a secondary that lost power holds
+     * every drain of the block layer, and with it QEMU's main loop, so each
+     * in-band command below would wait for its deadline (35 s of a frozen
+     * guest when the secondary died entering COLO: test_reprotect
+     * secondary-dies-entering-colo; 5.8 s, migrate_cancel waiting behind
+     * the copy's mirror, in secondary-dies-after-switch-over).
      */
     engine_primary_cut(g->qmp, &link);
+    resync_cut_targets(g->qmp, &link);
     /* A first sync still running would otherwise enter COLO after all. */
     if (!engine_cancel_first_sync(g->qmp, &link, &err))
         g_clear_error(&err);

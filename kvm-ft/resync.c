@@ -513,8 +513,7 @@ static void yank_target(Qmp *q, const EngineLink *link, const char *job)
     engine_yank_node(q, link, node);
 }
 
-/* Every copy target's connection to the secondary. */
-static void cut_targets(Qmp *q, const EngineLink *link)
+void resync_cut_targets(Qmp *q, const EngineLink *link)
 {
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *mirror = mirror_job(i);
@@ -550,7 +549,7 @@ void resync_abort(Qmp *q, const EngineLink *link)
      * main loop, until its own connection is gone (measured: ~15 s of a
      * frozen guest when the mirror's turn came after the copy's).
      */
-    cut_targets(q, link);
+    resync_cut_targets(q, link);
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *mirror = mirror_job(i);
         g_autofree char *copy = copy_job(i);
@@ -563,7 +562,7 @@ void resync_abort(Qmp *q, const EngineLink *link)
 void resync_release_targets(Qmp *q, const EngineLink *link)
 {
     /* Cut first: a dead secondary's connection would hold the deletions. */
-    cut_targets(q, link);
+    resync_cut_targets(q, link);
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *mirror = mirror_job(i);
         g_autofree char *copy = copy_job(i);

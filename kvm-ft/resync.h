@@ -93,6 +93,12 @@ gboolean resync_finish_begin(Qmp *q, const EngineLink *link, GError **err);
 gboolean resync_finish_poll(Qmp *q, const EngineLink *link, gboolean *ended, GError **err);
 
 /*
+ * Every copy target's connection to the secondary cut, out of band: the
+ * in-band commands that follow would wait behind a dead secondary's.
+ */
+void resync_cut_targets(Qmp *q, const EngineLink *link);
+
+/*
  * Once the pair has split (the secondary is dropped or lost): the copy's
  * connections to it, left idle once the copy finished, go.  Nothing of them
  * there is no error.
