@@ -146,6 +146,10 @@ HELD_REPLY_ANSWER_MS = 1000
 # 2 s interval, counted from the last checkpoint, so at most 4 s after the freeze), its
 # QMP probe (0.5 s) and the failover, with slack.
 WATCHDOG_S = 6.5
+# stop-qemu-primary: how late hostA's failure detector may run while its watchdog asks the
+# frozen QEMU (whose answer has a 500 ms deadline).  This VM's own vCPU stops make rounds
+# 40-100 ms late.
+WATCHDOG_LATE_MS = 300
 # link-then-power-A: the link goes down this long before the LAN.  Each path's last frame
 # is up to a heartbeat (20 ms) older than its loss, so the LAN's is 20-60 ms newer than
 # the link's: under the window (200 ms in the lab) by which a LAN frame must follow the link's last
@@ -619,6 +623,13 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
             t = time.time()
             os.kill(qemu_pid(lab, victim), signal.SIGSTOP)
             watchdog_failover(lab, name, survivor, t, client_log, "%s's QEMU frozen" % victim)
+            if victim == "hostA":
+                # The watchdog asks the frozen QEMU without waiting for it.
+                late = [line for line in lab.daemon_log_since("hostA", t)
+                        if (m := re.search(r"failure detection ran (\d+) ms late", line)) and
+                        int(m.group(1)) >= WATCHDOG_LATE_MS]
+                assert not late, "hostA's detector waited on its frozen QEMU:\n%s" % \
+                    "\n".join(late)
             if victim == "hostB":
                 # Stood down, its frozen QEMU goes (libvirt's SIGTERM waits, then SIGKILL).
                 wait_for("hostB's frozen secondary gone", lambda: lab.virsh(
