@@ -92,4 +92,11 @@ typedef enum {
 FtConfig *config_load(const char *path, GError **err);
 
 void config_free(FtConfig *c);
+
+/* The failure detector's window: a path unheard this long is silent
+ * ([failover] heartbeat-ms x miss-count).  The secondary waits two. */
+static inline guint config_window_ms(const FtConfig *c)
+{
+    return c->heartbeat_ms * c->miss_count;
+}
 G_DEFINE_AUTOPTR_CLEANUP_FUNC(FtConfig, config_free)

@@ -621,7 +621,7 @@ gint64 daemon_peer_heard_us(Daemon *d, const char *addr)
 
 PeerPath daemon_peer_path(Daemon *d, const char *addr, guint windows)
 {
-    gint64 window = (gint64)d->cfg->heartbeat_ms * d->cfg->miss_count * windows * 1000;
+    gint64 window = (gint64)config_window_ms(d->cfg) * windows * 1000;
     /*
      * Silence is measured up to the start of the judging round, never to
      * the clock: a round that began on time and then stalled (SIGSTOP, a

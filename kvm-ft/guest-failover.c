@@ -268,8 +268,7 @@ gboolean guest_peer_answers(FtGuest *g)
  */
 static guint rejoin_windows(FtGuest *g)
 {
-    const FtConfig *cfg = daemon_config(g->d);
-    guint window_ms = cfg->heartbeat_ms * cfg->miss_count;
+    guint window_ms = config_window_ms(daemon_config(g->d));
 
     if (g->role == FT_ROLE_PRIMARY && g->state == GUEST_ENTERING_COLO && g->switched_over)
         return 1;
@@ -433,7 +432,7 @@ void guest_check_peer(FtGuest *g)
     const FtHost *peer;
     PeerPath link, lan;
     g_autofree char *why = NULL;
-    guint windows, window;
+    guint windows, window_ms;
 
     if (g->state != GUEST_PROTECTED) {
         check_rejoin(g);
@@ -483,7 +482,7 @@ void guest_check_peer(FtGuest *g)
         return;
     }
 
-    window = daemon_config(g->d)->heartbeat_ms * daemon_config(g->d)->miss_count * windows;
+    window_ms = config_window_ms(daemon_config(g->d));
     lan = daemon_peer_path(g->d, peer->lan_address, windows);
     if (lan == PEER_PATH_ALIVE) {
         gint64 now = g_get_monotonic_time();
@@ -501,7 +500,7 @@ void guest_check_peer(FtGuest *g)
          * LAN falls silent too, the secondary waits.  (The primary drops its
          * secondary either way.)
          */
-        if (g->role == FT_ROLE_SECONDARY && lan_us - link_us <= (gint64)window / windows * 1000)
+        if (g->role == FT_ROLE_SECONDARY && lan_us - link_us <= (gint64)window_ms * 1000)
             return;
         why = g_strdup_printf("dedicated link to %s silent for %" G_GINT64_FORMAT " ms while %s "
                               "answers on the LAN (last heard %" G_GINT64_FORMAT " ms ago): "
@@ -511,7 +510,7 @@ void guest_check_peer(FtGuest *g)
         return;
     }
     why = g_strdup_printf("%s silent for %u ms on the dedicated link%s: host down",
-                          peer->name, window,
+                          peer->name, window_ms * windows,
                           lan == PEER_PATH_NONE ? "" : " and the LAN");
     guest_handle(g, GUEST_EV_PEER_DEAD, why);
 }
@@ -519,10 +518,8 @@ void guest_check_peer(FtGuest *g)
 /* The longest the peer waits before acting on this host's silence. */
 static guint peer_window_ms(FtGuest *g)
 {
-    const FtConfig *cfg = daemon_config(g->d);
-
     /* The secondary waits two windows (guest_check_peer()), the primary one. */
-    return cfg->heartbeat_ms * cfg->miss_count * (g->role == FT_ROLE_PRIMARY ? 2 : 1);
+    return config_window_ms(daemon_config(g->d)) * (g->role == FT_ROLE_PRIMARY ? 2 : 1);
 }
 
 
