@@ -122,7 +122,128 @@ typedef enum {
     STOP_THEN_HAND_OVER, /* a planned failover whose QEMU did not quit */
 } StopThen;
 
-static void stop_copy(FtGuest *g, const char *reason, gboolean failed);
+typedef struct {
+    GuestRef ref;            /* seq: the guest's transitions when it began */
+    const FtConfig *cfg;
+    gboolean overlays;       /* a secondary's: they go with its QEMU */
+    GuestState during;       /* the guest's state while it waits */
+    StopThen then;
+    char *reason;
+    char *role;              /* guest_discard_started(): the role it was started in */
+} StopJob;
+
+static void stop_job_free(gpointer data)
+{
+    StopJob *j = data;
+
+    guest_ref_clear(&j->ref);
+    g_free(j->reason);
+    g_free(j->role);
+    g_free(j);
+}
+
+/* In the libvirt thread: the queue keeps any later start of the guest behind it. */
+static gboolean stop_here(Virt *v, gpointer data, GError **err)
+{
+    StopJob *j = data;
+
+    return destroy_copy(v, j->cfg, j->ref.name, j->overlays, err);
+}
+
+static void on_discarded(gpointer data, const GError *error)
+{
+    StopJob *j = data;
+
+    if (error)
+        log_warn(j->ref.name, j->role, "cannot stop a QEMU started for a step that was "
+                 "given up: %s", error->message);
+}
+
+void guest_discard_started(Daemon *d, const char *name, const char *role)
+{
+    StopJob *j = g_new0(StopJob, 1);
+
+    j->ref.d = d;
+    j->ref.name = g_strdup(name);
+    j->cfg = daemon_config(d);
+    j->role = g_strdup(role);
+    virt_run(daemon_virt(d), stop_here, on_discarded, j, stop_job_free);
+}
+
+static void on_stopped_here(gpointer data, const GError *error)
+{
+    StopJob *j = data;
+    FtGuest *g = guest_ref_find(&j->ref);
+
+    if (!g || g->state != j->during || g->transitions != j->ref.seq)
+        return;
+    if (j->then == STOP_THEN_HAND_OVER) {
+        if (error)
+            guest_fail(g, "cannot stop this copy for the planned failover: %s", error->message);
+        else
+            guest_finish_hand_over(g, j->reason);
+        return;
+    }
+    if (j->then == STOP_THEN_FAILED) {
+        /* The failure's own reason is what an operator needs; the destroy's is said. */
+        if (error)
+            log_warn(g->def->name, guest_role_name(g), "cannot stop this host's copy: %s",
+                     error->message);
+        guest_transition(g, GUEST_FAILED, g->error);
+        return;
+    }
+    if (error) {
+        /* Failed, not stopped: whatever libvirt left running is for an operator to see. */
+        g_free(g->error);
+        g->error = g_strdup_printf("cannot stop this host's copy (%s): %s", j->reason,
+                                   error->message);
+        guest_transition(g, GUEST_FAILED, g->error);
+        return;
+    }
+    guest_transition(g, GUEST_STOPPED, j->reason);
+}
+
+/* From state during, which the guest keeps meanwhile; then as then says. */
+static void destroy_in_thread(FtGuest *g, GuestState during, StopThen then, const char *reason)
+{
+    StopJob *j = g_new0(StopJob, 1);
+
+    guest_ref_init(&j->ref, g, g->transitions);
+    j->cfg = daemon_config(g->d);
+    j->overlays = g->role == FT_ROLE_SECONDARY;
+    j->during = during;
+    j->then = then;
+    j->reason = g_strdup(reason);
+    virt_run(daemon_virt(g->d), stop_here, on_stopped_here, j, stop_job_free);
+}
+
+/*
+ * libvirt can take seconds to destroy a QEMU (it waits for SIGTERM first):
+ * that waits in the libvirt thread, not on the loop that judges the peers
+ * of every guest.  Meanwhile the guest is "stopping", busy to any request;
+ * then stopped, or failed for a protection that failed (g->error says why).
+ */
+static void stop_copy(FtGuest *g, const char *reason, gboolean failed)
+{
+    gboolean attached = g->qmp != NULL;
+
+    guest_answer_primary(g, reason);
+    detach(g);
+    /* A stopped guest runs no QEMU of kvm-ftd's unless one was attached to it. */
+    if ((g->state == GUEST_STOPPED && !attached) || g->state == GUEST_STOPPING) {
+        if (failed)
+            guest_transition(g, GUEST_FAILED, g->error);
+        return;
+    }
+    if (guest_transition(g, GUEST_STOPPING, reason))
+        destroy_in_thread(g, GUEST_STOPPING, failed ? STOP_THEN_FAILED : STOP_THEN_STOPPED,
+                          reason);
+}
+
+void guest_stop(FtGuest *g, const char *reason)
+{
+    stop_copy(g, reason, FALSE);
+}
 
 static void on_peer_stopped(PeerConn *conn, JsonNode *result,
                             const GError *error, gpointer opaque)
@@ -750,8 +871,6 @@ void guest_finish_hand_over(FtGuest *g, const char *how)
     guest_transition(g, GUEST_STOPPED, done);
 }
 
-static void destroy_in_thread(FtGuest *g, GuestState during, StopThen then, const char *reason);
-
 static gboolean hand_over_timed_out(gpointer opaque)
 {
     FtGuest *g = opaque;
@@ -941,129 +1060,6 @@ void guest_reattach_gone(FtGuest *g, const JournalEntry *was)
     g->rejoin = was->rejoin;
     if (guest_transition(g, state, why))
         guest_handle(g, GUEST_EV_QEMU_EXITED, gone);
-}
-
-typedef struct {
-    GuestRef ref;            /* seq: the guest's transitions when it began */
-    const FtConfig *cfg;
-    gboolean overlays;       /* a secondary's: they go with its QEMU */
-    GuestState during;       /* the guest's state while it waits */
-    StopThen then;
-    char *reason;
-    char *role;              /* guest_discard_started(): the role it was started in */
-} StopJob;
-
-static void stop_job_free(gpointer data)
-{
-    StopJob *j = data;
-
-    guest_ref_clear(&j->ref);
-    g_free(j->reason);
-    g_free(j->role);
-    g_free(j);
-}
-
-/* In the libvirt thread: the queue keeps any later start of the guest behind it. */
-static gboolean stop_here(Virt *v, gpointer data, GError **err)
-{
-    StopJob *j = data;
-
-    return destroy_copy(v, j->cfg, j->ref.name, j->overlays, err);
-}
-
-static void on_discarded(gpointer data, const GError *error)
-{
-    StopJob *j = data;
-
-    if (error)
-        log_warn(j->ref.name, j->role, "cannot stop a QEMU started for a step that was "
-                 "given up: %s", error->message);
-}
-
-void guest_discard_started(Daemon *d, const char *name, const char *role)
-{
-    StopJob *j = g_new0(StopJob, 1);
-
-    j->ref.d = d;
-    j->ref.name = g_strdup(name);
-    j->cfg = daemon_config(d);
-    j->role = g_strdup(role);
-    virt_run(daemon_virt(d), stop_here, on_discarded, j, stop_job_free);
-}
-
-static void on_stopped_here(gpointer data, const GError *error)
-{
-    StopJob *j = data;
-    FtGuest *g = guest_ref_find(&j->ref);
-
-    if (!g || g->state != j->during || g->transitions != j->ref.seq)
-        return;
-    if (j->then == STOP_THEN_HAND_OVER) {
-        if (error)
-            guest_fail(g, "cannot stop this copy for the planned failover: %s", error->message);
-        else
-            guest_finish_hand_over(g, j->reason);
-        return;
-    }
-    if (j->then == STOP_THEN_FAILED) {
-        /* The failure's own reason is what an operator needs; the destroy's is said. */
-        if (error)
-            log_warn(g->def->name, guest_role_name(g), "cannot stop this host's copy: %s",
-                     error->message);
-        guest_transition(g, GUEST_FAILED, g->error);
-        return;
-    }
-    if (error) {
-        /* Failed, not stopped: whatever libvirt left running is for an operator to see. */
-        g_free(g->error);
-        g->error = g_strdup_printf("cannot stop this host's copy (%s): %s", j->reason,
-                                   error->message);
-        guest_transition(g, GUEST_FAILED, g->error);
-        return;
-    }
-    guest_transition(g, GUEST_STOPPED, j->reason);
-}
-
-/*
- * libvirt can take seconds to destroy a QEMU (it waits for SIGTERM first):
- * that waits in the libvirt thread, not on the loop that judges the peers
- * of every guest.  Meanwhile the guest is "stopping", busy to any request;
- * then stopped, or failed for a protection that failed (g->error says why).
- */
-static void stop_copy(FtGuest *g, const char *reason, gboolean failed)
-{
-    gboolean attached = g->qmp != NULL;
-
-    guest_answer_primary(g, reason);
-    detach(g);
-    /* A stopped guest runs no QEMU of kvm-ftd's unless one was attached to it. */
-    if ((g->state == GUEST_STOPPED && !attached) || g->state == GUEST_STOPPING) {
-        if (failed)
-            guest_transition(g, GUEST_FAILED, g->error);
-        return;
-    }
-    if (guest_transition(g, GUEST_STOPPING, reason))
-        destroy_in_thread(g, GUEST_STOPPING, failed ? STOP_THEN_FAILED : STOP_THEN_STOPPED,
-                          reason);
-}
-
-/* From state during, which the guest keeps meanwhile; then as then says. */
-static void destroy_in_thread(FtGuest *g, GuestState during, StopThen then, const char *reason)
-{
-    StopJob *j = g_new0(StopJob, 1);
-
-    guest_ref_init(&j->ref, g, g->transitions);
-    j->cfg = daemon_config(g->d);
-    j->overlays = g->role == FT_ROLE_SECONDARY;
-    j->during = during;
-    j->then = then;
-    j->reason = g_strdup(reason);
-    virt_run(daemon_virt(g->d), stop_here, on_stopped_here, j, stop_job_free);
-}
-
-void guest_stop(FtGuest *g, const char *reason)
-{
-    stop_copy(g, reason, FALSE);
 }
 
 const char *guest_domain_xml(FtGuest *g)
