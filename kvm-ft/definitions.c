@@ -34,6 +34,8 @@ struct Definitions {
     GHashTable *guests;  /* the daemon's: name -> FtGuest */
     GHashTable *refused; /* name -> Refusal */
     GThreadPool *status_writer;
+    GHashTable *asked;   /* name -> the ask (of asks) whose reading decides for it */
+    guint asks;
 };
 
 static void refusal_free(Refusal *r)
@@ -130,11 +132,11 @@ char *definitions_pairing_error(Definitions *defs, const FtDef *def, const char 
 }
 
 /* The administrator's definition, kept while libvirt holds the derived one. */
-static char *original_path(Definitions *defs, const char *name)
+static char *original_path(const FtConfig *cfg, const char *name)
 {
     g_autofree char *file = g_strdup_printf("%s.xml", name);
 
-    return g_build_filename(defs->cfg->state_dir, file, NULL);
+    return g_build_filename(cfg->state_dir, file, NULL);
 }
 
 /*
@@ -150,7 +152,7 @@ static void install_plumbing(Definitions *defs, const char *name, const char *xm
 {
     g_autoptr(GError) err = NULL;
     g_autofree char *current = virt_domain_xml(defs->virt, name, &err);
-    g_autofree char *path = original_path(defs, name);
+    g_autofree char *path = original_path(defs->cfg, name);
     g_autofree char *qmp = guest_qmp_socket(defs->cfg, name);
     DomxmlPlumbing plumbing = { .qmp_socket = qmp };
     g_autofree char *derived = NULL;
@@ -173,7 +175,7 @@ static void install_plumbing(Definitions *defs, const char *name, const char *xm
 /* What kvm-ft keeps of a guest on this host, for a guest that is gone. */
 static void forget_storage(Definitions *defs, const char *name)
 {
-    g_autofree char *path = original_path(defs, name);
+    g_autofree char *path = original_path(defs->cfg, name);
 
     guest_remove_overlays(defs->cfg, name);
     /* A guest defined again under this name starts as a new pair. */
@@ -182,9 +184,9 @@ static void forget_storage(Definitions *defs, const char *name)
         log_warn(name, "none", "cannot remove %s: %s", path, g_strerror(errno));
 }
 
-static char *read_original(Definitions *defs, const char *name, GError **err)
+static char *read_original(const FtConfig *cfg, const char *name, GError **err)
 {
-    g_autofree char *path = original_path(defs, name);
+    g_autofree char *path = original_path(cfg, name);
     char *original = NULL;
 
     if (!g_file_get_contents(path, &original, NULL, NULL))
@@ -224,14 +226,18 @@ static FtDef *parse_paired(Definitions *defs, char *text /* taken */, const char
     return g_steal_pointer(&def);
 }
 
-/* The domain's definition as the administrator wrote it (the original of a derived one). */
-static char *read_definition(Definitions *defs, const char *name, GError **err)
+/*
+ * The domain's definition as the administrator wrote it (the original of a
+ * derived one).  Touches nothing of Definitions: it also runs in the
+ * libvirt thread.
+ */
+static char *read_definition(Virt *v, const FtConfig *cfg, const char *name, GError **err)
 {
-    g_autofree char *text = virt_domain_xml(defs->virt, name, err);
+    g_autofree char *text = virt_domain_xml(v, name, err);
 
     if (text && domxml_is_derived(text)) {
-        g_autofree char *path = original_path(defs, name);
-        g_autofree char *original = read_original(defs, name, err);
+        g_autofree char *path = original_path(cfg, name);
+        g_autofree char *original = read_original(cfg, name, err);
         g_autofree char *derived = g_steal_pointer(&text);
 
         if (!original || !(text = domxml_with_ft_metadata_of(original, derived, err)))
@@ -247,18 +253,20 @@ static char *read_definition(Definitions *defs, const char *name, GError **err)
 FtDef *definitions_read(Definitions *defs, const char *name, const char *with, char **xml,
                         GError **err)
 {
-    return parse_paired(defs, read_definition(defs, name, err), with, FALSE, xml, err);
+    return parse_paired(defs, read_definition(defs->virt, defs->cfg, name, err), with, FALSE,
+                        xml, err);
 }
 
 FtDef *definitions_read_ha(Definitions *defs, const char *name, GError **err)
 {
-    return parse_paired(defs, read_definition(defs, name, err), NULL, TRUE, NULL, err);
+    return parse_paired(defs, read_definition(defs->virt, defs->cfg, name, err), NULL, TRUE,
+                        NULL, err);
 }
 
 FtDef *definitions_read_started(Definitions *defs, const char *name, char **xml,
                                 GError **err)
 {
-    return parse_paired(defs, read_original(defs, name, err), NULL, FALSE, xml, err);
+    return parse_paired(defs, read_original(defs->cfg, name, err), NULL, FALSE, xml, err);
 }
 
 /*
@@ -455,27 +463,65 @@ static void on_peer_defined(PeerConn *conn, JsonNode *result, const GError *erro
     peer_call_free(call);
 }
 
-/*
- * A domain was defined, redefined, or its kvm-ft metadata changed (or
- * kvm-ftd starts): an FT guest is validated here, then the peer is asked
- * to define it too; anything wrong, here or there, refuses it.  A guest
- * that runs here keeps running as it is.  Either way the peer gets the
- * metadata.
- */
-static void consider_domain(Definitions *defs, const char *name)
+/* What consider_domain() reads in the libvirt thread. */
+typedef struct {
+    Definitions *defs; /* for on_domain_read() only: the job touches none of it */
+    const FtConfig *cfg;
+    char *name;
+    guint ask;
+    char *text;        /* read_definition()'s, or NULL with read_error */
+    GError *read_error;
+    gboolean active;
+    char *version;     /* virt_qemu_version()'s, or NULL with version_error */
+    GError *version_error;
+} DomainRead;
+
+static void domain_read_free(gpointer data)
 {
+    DomainRead *r = data;
+
+    g_free(r->name);
+    g_free(r->text);
+    g_clear_error(&r->read_error);
+    g_free(r->version);
+    g_clear_error(&r->version_error);
+    g_free(r);
+}
+
+/*
+ * libvirt answers a definition's reading only once it has the domain's
+ * job lock, which a start, a destroy or a monitor command can hold for
+ * seconds: in its thread, not on the loop that judges the peers.
+ */
+static gboolean read_domain(Virt *v, gpointer data, GError **err)
+{
+    DomainRead *r = data;
+    g_autoptr(GError) e = NULL;
+
+    (void)err;
+    r->text = read_definition(v, r->cfg, r->name, &r->read_error);
+    if (!r->text)
+        return TRUE;
+    /* Unknown: as the decision had it before, not active. */
+    if (!virt_domain_is_active(v, r->name, &r->active, &e))
+        r->active = FALSE;
+    r->version = virt_qemu_version(v, &r->version_error);
+    return TRUE;
+}
+
+static void decide_domain(Definitions *defs, DomainRead *r)
+{
+    const char *name = r->name;
     FtGuest *g = g_hash_table_lookup(defs->guests, name);
-    g_autoptr(GError) err = NULL;
+    g_autoptr(GError) err = g_steal_pointer(&r->read_error);
     g_autofree char *xml = NULL;
-    g_autofree char *version = NULL;
-    g_autoptr(FtDef) def = NULL;
-    gboolean active = FALSE;
+    g_autoptr(FtDef) def = parse_paired(defs, g_steal_pointer(&r->text), NULL, FALSE, &xml,
+                                        &err);
     JsonObject *params;
 
     if (g && guest_is_busy(g)) {
         g_autofree char *later = NULL;
 
-        def = definitions_read(defs, name, NULL, &xml, &err);
         if (!def) {
             log_warn(name, ft_role_name(guest_role(g)), "its new definition cannot be "
                      "used (%s); it keeps running as it was", err->message);
@@ -490,7 +536,6 @@ static void consider_domain(Definitions *defs, const char *name)
         share_metadata(defs, name, def, xml);
         return;
     }
-    def = definitions_read(defs, name, NULL, &xml, &err);
     if (!def) {
         if (g_error_matches(err, FTDEF_ERROR, FTDEF_ERROR_NOT_FT)) {
             if (forget(defs, name)) {
@@ -510,24 +555,58 @@ static void consider_domain(Definitions *defs, const char *name)
         return;
     }
     g_hash_table_remove(defs->refused, name);
-    if (virt_domain_is_active(defs->virt, name, &active, &err) && active) {
+    if (r->active) {
         /* Started outside kvm-ft, or failed and carrying on alone: not ready. */
         log_info(name, "none", "valid, but it runs unprotected: kvm-ftd reads its "
                  "definition again when it is protected");
         return;
     }
-    g_clear_error(&err);
-    version = virt_qemu_version(defs->virt, &err);
-    if (!version) {
-        refuse(defs, name, NULL, err->message);
+    if (!r->version) {
+        refuse(defs, name, NULL, r->version_error->message);
         return;
     }
     g = guest_new(defs->d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
     g_hash_table_replace(defs->guests, g_strdup(name), g);
     params = json_object_new();
     json_object_set_string_member(params, "domain-xml", xml);
-    json_object_set_string_member(params, "qemu-version", version);
+    json_object_set_string_member(params, "qemu-version", r->version);
     call_peer(defs, name, guest_def(g), "define-guest", params, on_peer_defined);
+}
+
+static void on_domain_read(gpointer data, const GError *error)
+{
+    DomainRead *r = data;
+    Definitions *defs = r->defs;
+
+    (void)error;
+    /* Asked again, or undefined, since: the newer event decides. */
+    if (daemon_quitting(defs->d) ||
+        GPOINTER_TO_UINT(g_hash_table_lookup(defs->asked, r->name)) != r->ask)
+        return;
+    g_hash_table_remove(defs->asked, r->name);
+    decide_domain(defs, r);
+}
+
+/*
+ * A domain was defined, redefined, or its kvm-ft metadata changed (or
+ * kvm-ftd starts): an FT guest is validated here, then the peer is asked
+ * to define it too; anything wrong, here or there, refuses it.  A guest
+ * that runs here keeps running as it is.  Either way the peer gets the
+ * metadata.
+ */
+static void consider_domain(Definitions *defs, const char *name)
+{
+    DomainRead *r = g_new0(DomainRead, 1);
+
+    r->defs = defs;
+    r->cfg = defs->cfg;
+    r->name = g_strdup(name);
+    /* 0 is no ask (the table's answer for a name it does not have). */
+    if (++defs->asks == 0)
+        defs->asks = 1;
+    r->ask = defs->asks;
+    g_hash_table_replace(defs->asked, g_strdup(name), GUINT_TO_POINTER(r->ask));
+    virt_run(defs->virt, read_domain, on_domain_read, r, domain_read_free);
 }
 
 void definitions_peer_up(Definitions *defs, const char *host)
@@ -569,6 +648,8 @@ static void domain_undefined(Definitions *defs, const char *name)
     const FtHost *peer;
     JsonObject *params;
 
+    /* What was asked about it before does not decide any more. */
+    g_hash_table_remove(defs->asked, name);
     if (!g) {
         g_hash_table_remove(defs->refused, name);
         return;
@@ -975,6 +1056,7 @@ Definitions *definitions_new(Daemon *d, GHashTable *guests, GError **err)
     defs->guests = guests;
     defs->refused = g_hash_table_new_full(g_str_hash, g_str_equal, g_free,
                                           (GDestroyNotify)refusal_free);
+    defs->asked = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
     defs->status_writer = g_thread_pool_new(status_writer_run, defs, 1, FALSE, err);
     if (!defs->status_writer) {
         definitions_free(defs);
@@ -988,6 +1070,7 @@ void definitions_free(Definitions *defs)
     if (!defs)
         return;
     g_hash_table_destroy(defs->refused);
+    g_hash_table_destroy(defs->asked);
     /* The writes already queued still go out. */
     if (defs->status_writer)
         g_thread_pool_free(defs->status_writer, FALSE, TRUE);
