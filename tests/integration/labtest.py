@@ -341,7 +341,7 @@ def wait_log_line(path, offset, text, timeout):
 KERNEL_TROUBLE = re.compile(r"Kernel panic|Oops|BUG:|kernel BUG|general protection fault|"
                             r"list_del corruption|list_add corruption|stack-protector|"
                             r"soft lockup|Call Trace|I/O error|EXT4-fs error|"
-                            r"Remounting filesystem read-only|^CNT_ERR")
+                            r"Remounting filesystem read-only|is not a head!|^CNT_ERR")
 
 
 def kernel_trouble(serial_text):

@@ -13,12 +13,13 @@ secondary ran a guest that could not read its disk until the next checkpoint
 (after a failover in between: for good).  qemu-patches 0013 fixes it.
 
 The race is arranged, not waited for: with a long checkpoint interval, the
-primary's guest is paused (QMP stop, in steps) between virtio_pci's reset of
-the disk (its status shows ACKNOWLEDGE) and the disk's queue set-up (the
-queue's descriptor address is still 0); the secondary's guest runs on until
-it has completed requests on the disk; then a checkpoint is forced (setting
-x-checkpoint-delay wakes COLO's checkpoint thread), which also resumes the
-primary.  Asserts that the arrangement held, then that the secondary's guest,
+guest's /init waits PAUSE_S seconds between loading virtio_pci, which resets
+the virtio devices, and loading their drivers (workload probe-pause, announced
+on the console).  The primary's guest is paused there (HMP stop): the disk's
+status shows ACKNOWLEDGE and its queue is not set up (descriptor address 0).
+The secondary's guest runs on until it has completed requests on the disk;
+then a checkpoint is forced (setting x-checkpoint-delay wakes COLO's
+checkpoint thread), which also resumes the primary.  Asserts that the arrangement held, then that the secondary's guest,
 from that checkpoint on, mounts its disk and boots (its console shows "GUEST
 BOOT", no I/O error, no kernel trouble).
 """
@@ -36,7 +37,8 @@ from labtest import (GUEST, Lab, assert_kernels_clean, guest_dir, kernel_trouble
 INTERVAL_MS = 10000
 VBLK = "/machine/peripheral/kvmft-vblk0/virtio-backend"
 ACKNOWLEDGE = "VIRTIO_CONFIG_S_ACKNOWLEDGE"
-MAX_STEPS = 400
+# The window in which the primary is paused; after it the secondary probes its disk.
+PAUSE_S = 3
 
 
 def qmp(lab, host, command, **arguments):
@@ -54,24 +56,16 @@ def disk_queue(lab, host):
 
 
 def pause_primary_before_disk_setup(lab):
-    """Pauses the primary's guest after virtio_pci reset its disk and before the disk's
-    queue is set up: runs it in short steps from the moment /init starts."""
-    wait_for("the primary's guest runs /init",
-             lambda: "Run /init as init process" in lab.serial("hostA"), timeout=120,
-             interval=0.005)
-    for step in range(MAX_STEPS):
-        lab.virsh("hostA", "qemu-monitor-command", GUEST, "--hmp", "stop")
-        statuses, queue = disk_queue(lab, "hostA")
-        assert queue["vring-desc"] == 0, \
-            "the primary's guest set its disk's queue up within one step (%d): the race " \
-            "could not be arranged (statuses %s, queue %s)" % (step, statuses, queue)
-        if any(s.startswith(ACKNOWLEDGE) for s in statuses):
-            log("primary paused after %d steps: disk reset and acknowledged, queue not set "
-                "up (%s)" % (step, queue))
-            return
-        lab.virsh("hostA", "qemu-monitor-command", GUEST, "--hmp", "cont")
-    raise AssertionError("the primary's guest did not reach its disk's probe in %d steps"
-                         % MAX_STEPS)
+    """Pauses the primary's guest in its probe pause: after virtio_pci reset the disk,
+    before the disk's queue is set up."""
+    wait_for("the primary's guest in its probe pause",
+             lambda: "GUEST PROBE PAUSE" in lab.serial("hostA"), timeout=120, interval=0.01)
+    lab.virsh("hostA", "qemu-monitor-command", GUEST, "--hmp", "stop")
+    statuses, queue = disk_queue(lab, "hostA")
+    assert any(s.startswith(ACKNOWLEDGE) for s in statuses) and queue["vring-desc"] == 0, \
+        "the primary was not paused between its disk's reset and its queue's set-up " \
+        "(statuses %s, queue %s)" % (statuses, queue)
+    log("primary paused: disk reset and acknowledged, queue not set up (%s)" % queue)
 
 
 def main():
@@ -79,7 +73,7 @@ def main():
     lab = Lab("test_secondary_ahead")
     try:
         lab.up()
-        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS)
+        lab.install_guest(qemu, gdir, interval_ms=INTERVAL_MS, workload="probe-pause:%d" % PAUSE_S)
         res = lab.protect("hostA")
         assert res.returncode == 0, "ftctl protect failed: %s" % res.stderr
         wait_state(lab, "hostB", "protected", timeout=60)
@@ -88,7 +82,7 @@ def main():
         _, ahead = wait_for("the secondary's guest completes requests on its disk",
                             lambda: (lambda q: q if q[1]["used-idx"] >= 2 else None)(
                                 disk_queue(lab, "hostB")),
-                            timeout=8, interval=0.1)
+                            timeout=PAUSE_S + 5, interval=0.1)
         log("secondary's disk queue before the checkpoint: %s" % ahead)
         before = lab.status("hostA")["checkpoints"]
         seen = len(lab.serial("hostB"))
@@ -98,9 +92,9 @@ def main():
         assert qmp(lab, "hostA", "query-status")["status"] == "running", \
             "the checkpoint did not resume the primary"
 
-        tail = wait_for("the secondary's guest mounts its disk (or fails to)",
-                        lambda: (lambda t: t if "GUEST BOOT" in t or "GUEST FAIL" in t
-                                 else None)(lab.serial("hostB")[seen:]),
+        tail = wait_for("the secondary's guest mounts its disk (or breaks it)",
+                        lambda: (lambda t: t if "GUEST BOOT" in t or "GUEST FAIL" in t or
+                                 kernel_trouble(t) else None)(lab.serial("hostB")[seen:]),
                         timeout=INTERVAL_MS / 1000 - 2, interval=0.1)
         log("secondary's console after the checkpoint:\n%s" % tail.strip())
         trouble = kernel_trouble(tail)
