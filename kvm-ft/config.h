@@ -92,6 +92,7 @@ typedef enum {
 FtConfig *config_load(const char *path, GError **err);
 
 void config_free(FtConfig *c);
+G_DEFINE_AUTOPTR_CLEANUP_FUNC(FtConfig, config_free)
 
 /* The failure detector's window: a path unheard this long is silent
  * ([failover] heartbeat-ms x miss-count).  The secondary waits two. */
@@ -99,4 +100,3 @@ static inline guint config_window_ms(const FtConfig *c)
 {
     return c->heartbeat_ms * c->miss_count;
 }
-G_DEFINE_AUTOPTR_CLEANUP_FUNC(FtConfig, config_free)

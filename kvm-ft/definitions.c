@@ -472,7 +472,7 @@ typedef struct {
     char *text;        /* read_definition()'s, or NULL with read_error */
     GError *read_error;
     gboolean active;
-    char *version;     /* virt_qemu_version()'s, or NULL with version_error */
+    char *version;     /* virt_qemu_version()'s if not active, or NULL with version_error */
     GError *version_error;
 } DomainRead;
 
@@ -505,7 +505,9 @@ static gboolean read_domain(Virt *v, gpointer data, GError **err)
     /* Unknown: as the decision had it before, not active. */
     if (!virt_domain_is_active(v, r->name, &r->active, &e))
         r->active = FALSE;
-    r->version = virt_qemu_version(v, &r->version_error);
+    /* Only a guest that does not run is defined on the peer, with the version. */
+    if (!r->active)
+        r->version = virt_qemu_version(v, &r->version_error);
     return TRUE;
 }
 

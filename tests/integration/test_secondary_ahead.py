@@ -26,7 +26,6 @@ BOOT", no I/O error, no kernel trouble).
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from labtest import (GUEST, Lab, assert_kernels_clean, guest_dir, kernel_trouble, log,  # noqa: E402
