@@ -172,6 +172,27 @@ static char *replication_tls_mismatch(Daemon *d, JsonObject *params, const char 
 static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
                                      JsonObject *params);
 
+/*
+ * A request about a guest this host re-attaches to after a restart is
+ * answered "restarting": an authenticated answer, so the peer knows this
+ * host lives, and asks again (decision.c) rather than act on a guess.
+ * TRUE if it was answered so.
+ */
+static gboolean answered_restarting(Daemon *d, PeerConn *conn, guint64 id, FtGuest *g,
+                                    const char *what)
+{
+    g_autofree char *msg = NULL;
+
+    if (!g || guest_state(g) != GUEST_REATTACHING)
+        return FALSE;
+    msg = g_strdup_printf("kvm-ftd on %s restarted and is re-attaching to guest '%s': ask "
+                          "again", d->cfg->host_name, guest_name(g));
+    log_info(guest_name(g), NULL, "'%s' from %s while re-attaching: answered \"restarting\"",
+             what, peer_conn_get_peer_host(conn));
+    peer_conn_reply_restarting(conn, id, msg);
+    return TRUE;
+}
+
 /* A prepare-secondary that came while this host's copy was still stopping. */
 typedef struct {
     Daemon *d;
@@ -240,6 +261,8 @@ static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
         return;
     }
     g = g_hash_table_lookup(d->guests, def->name);
+    if (answered_restarting(d, conn, id, g, "prepare-secondary"))
+        return;
     if (g && guest_state(g) == GUEST_STOPPING) {
         /* Its last copy is being destroyed here (seconds at most): then the answer. */
         DeferredPrepare *p = g_new0(DeferredPrepare, 1);
@@ -288,7 +311,8 @@ static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
     g_autofree char *why = g_strdup_printf("primary %s: %s",
                                            peer_conn_get_peer_host(conn), reason);
 
-    if (g && !sent_by_peer_of(d, conn, id, g, "stop-secondary"))
+    if (g && (!sent_by_peer_of(d, conn, id, g, "stop-secondary") ||
+              answered_restarting(d, conn, id, g, "stop-secondary")))
         return;
     if (g)
         guest_handle(g, GUEST_EV_STOP_ASKED, why);
@@ -296,7 +320,8 @@ static void handle_stop_secondary(Daemon *d, PeerConn *conn, guint64 id,
 }
 
 /* A request about one guest of this host, answered null or with the error of act. */
-static void handle_guest_request(Daemon *d, PeerConn *conn, guint64 id, JsonObject *params,
+static void handle_guest_request(Daemon *d, PeerConn *conn, guint64 id, const char *method,
+                                 JsonObject *params,
                                  gboolean (*act)(FtGuest *g, JsonObject *params,
                                                  GError **err))
 {
@@ -309,7 +334,7 @@ static void handle_guest_request(Daemon *d, PeerConn *conn, guint64 id, JsonObje
         daemon_reply_error(conn, id, "no guest '%s' on %s", name, d->cfg->host_name);
         return;
     }
-    if (!sent_by_peer_of(d, conn, id, g, "request"))
+    if (!sent_by_peer_of(d, conn, id, g, method) || answered_restarting(d, conn, id, g, method))
         return;
     if (!act(g, params, &err)) {
         daemon_reply_error(conn, id, "%s", err->message);
@@ -350,7 +375,8 @@ static void handle_decision(Daemon *d, PeerConn *conn, guint64 id, JsonObject *p
                            name, d->cfg->host_name);
         return;
     }
-    if (!sent_by_peer_of(d, conn, id, g, decision))
+    if (!sent_by_peer_of(d, conn, id, g, decision) ||
+        answered_restarting(d, conn, id, g, decision))
         return;
     own = guest_generation(g);
     if (generation && own && strcmp(generation, own) != 0) {
@@ -370,6 +396,8 @@ static void handle_guest_role(Daemon *d, PeerConn *conn, guint64 id, JsonObject 
     g_autoptr(JsonBuilder) b = json_builder_new();
     g_autoptr(JsonNode) answer = NULL;
 
+    if (answered_restarting(d, conn, id, g, "guest-role"))
+        return;
     json_builder_begin_object(b);
     json_builder_set_member_name(b, "role");
     json_builder_add_string_value(b, g && guest_is_busy(g) ? ft_role_name(guest_role(g))
@@ -396,9 +424,9 @@ static void on_request(PeerConn *conn, guint64 id, const char *method,
     else if (strcmp(method, "stop-secondary") == 0)
         handle_stop_secondary(d, conn, id, params);
     else if (strcmp(method, "receive-copy") == 0)
-        handle_guest_request(d, conn, id, params, receive_copy);
+        handle_guest_request(d, conn, id, method, params, receive_copy);
     else if (strcmp(method, "set-output") == 0)
-        handle_guest_request(d, conn, id, params, set_output);
+        handle_guest_request(d, conn, id, method, params, set_output);
     else if (strcmp(method, "guest-role") == 0)
         handle_guest_role(d, conn, id, params);
     else if (strcmp(method, "decision") == 0)
@@ -1011,7 +1039,8 @@ void daemon_broadcast(Daemon *d, JsonNode *event)
 
 /*
  * After a restart (or a crash) of kvm-ftd, its guests are still running:
- * each running FT guest with our QMP socket is taken back as it is.
+ * each running FT guest with our QMP socket is taken back as it is, without
+ * waiting for its QEMU (guest_reattach()).
  */
 static void reattach_guests(Daemon *d)
 {
@@ -1035,11 +1064,7 @@ static void reattach_guests(Daemon *d)
             continue;
         g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
         g_hash_table_replace(d->guests, g_strdup(name), g);
-        if (!guest_reattach(g, &e)) {
-            /* Dead before libvirt noticed: what it was is for its journal to say. */
-            log_err(name, NULL, "cannot re-attach to the running guest: %s", e->message);
-            g_hash_table_remove(d->guests, name);
-        }
+        guest_reattach(g);
     }
 }
 
@@ -1051,6 +1076,9 @@ static void reattach_guests(Daemon *d)
 static void reattach_gone_guests(Daemon *d)
 {
     g_autoptr(GPtrArray) names = journal_list(d->cfg->state_dir);
+
+    g_autofree char *gone = g_strdup_printf("QEMU on %s exited while kvm-ftd was down",
+                                            d->cfg->host_name);
 
     for (guint i = 0; i < names->len; i++) {
         const char *name = g_ptr_array_index(names, i);
@@ -1071,7 +1099,7 @@ static void reattach_gone_guests(Daemon *d)
         }
         g = guest_new(d, g_steal_pointer(&def), xml, was.role);
         g_hash_table_replace(d->guests, g_strdup(name), g);
-        guest_reattach_gone(g, &was);
+        guest_reattach_gone(g, &was, gone);
     }
 }
 
@@ -1103,9 +1131,9 @@ Daemon *daemon_new(FtConfig *cfg, GError **err)
     if (!virt_watch_events(d->virt, definitions_on_virt_event, d->defs, err))
         goto fail;
     /*
-     * Before the peer can connect: a connection accepted by a daemon that
-     * does not answer yet is silence to the peer's failure detection, and
-     * re-attaching (QMP, libvirt) can take seconds.  A refused one is not.
+     * Nothing here waits for a QEMU: the peer connects as soon as the loop
+     * runs, its heartbeats flow, and what it asks about a guest still
+     * re-attaching is answered "restarting" (ask again).
      */
     reattach_guests(d);
     reattach_gone_guests(d);

@@ -14,6 +14,7 @@ typedef struct {
     guint pending;       /* calls under way */
     guint retry_id;
     gboolean answered;
+    gboolean heard_restarting;
 } Decision;
 
 /* Every decision still being delivered, for decision_cancel_all(). */
@@ -72,6 +73,12 @@ static void on_answer(PeerConn *conn, JsonNode *result, const GError *error, gpo
     (void)conn;
     (void)result;
     dc->pending--;
+    /* Its kvm-ftd restarted and does not know the guest's copy yet: asked again. */
+    if (g_error_matches(error, PEER_ERROR, PEER_ERROR_RESTARTING) && !dc->heard_restarting) {
+        dc->heard_restarting = TRUE;
+        log_info(dc->guest, NULL, "%s: %s; '%s' is sent again until it is answered",
+                 dc->paths[call->path], error->message, dc->name);
+    }
     /* An error the peer sent is an answer too: it heard the decision and refused it. */
     if (!error || g_error_matches(error, PEER_ERROR, PEER_ERROR_REMOTE)) {
         if (!dc->answered && error)

@@ -103,6 +103,9 @@ struct FtGuest {
     /* This protect adopts a QEMU that `virsh start` launched (paused). */
     gboolean started_by_libvirt;
 
+    /* Re-attaching after a restart: what the journal said, until QEMU says the rest. */
+    JournalEntry journaled;
+
     /* The status element in the domain's metadata follows the state. */
     char *status_reason;
     guint status_idle_id;
@@ -202,6 +205,8 @@ void guest_finish_hand_over(FtGuest *g, const char *reason);
 void guest_stop_planned(FtGuest *g, const char *reason);
 void guest_fail_and_tell_peer(FtGuest *g, const char *reason);
 void guest_fail_because(FtGuest *g, const char *reason);
+/* Re-attaching, its QEMU went: what the journal says decides (guest_reattach_gone()). */
+void guest_reattach_lost(FtGuest *g, const char *reason);
 /* Runs the guest_when_stopped() waiters (run) or only frees them. */
 void guest_wake_stop_waiters(FtGuest *g, gboolean run);
 /* An event for ftctl about this guest in its role: begin, add members, broadcast. */

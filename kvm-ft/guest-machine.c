@@ -20,6 +20,7 @@
 
 static const char *const state_names[GUEST_N_STATES] = {
     [GUEST_STOPPED] = "stopped",
+    [GUEST_REATTACHING] = "re-attaching",
     [GUEST_PREPARING_PEER] = "preparing-peer",
     [GUEST_STARTING_PRIMARY] = "starting-primary",
     [GUEST_ENTERING_COLO] = "entering-colo",
@@ -49,7 +50,12 @@ static const guint allowed[GUEST_N_STATES] = {
     [GUEST_STOPPED] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
                       BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED) |
                       BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) |
-                      BIT(GUEST_HANDING_OVER) | BIT(GUEST_STOPPING),
+                      BIT(GUEST_HANDING_OVER) | BIT(GUEST_STOPPING) | BIT(GUEST_REATTACHING),
+    /* What its QEMU and journal say it was; or what its journal says, if that QEMU is gone. */
+    [GUEST_REATTACHING] = BIT(GUEST_PREPARING_PEER) | BIT(GUEST_STARTING_SECONDARY) |
+                          BIT(GUEST_PROTECTED) | BIT(GUEST_DEGRADED) |
+                          BIT(GUEST_TAKING_OVER) | BIT(GUEST_DROPPING_SECONDARY) |
+                          BIT(GUEST_HANDING_OVER) | ENDINGS,
     [GUEST_PREPARING_PEER] = BIT(GUEST_STARTING_PRIMARY) | ENDINGS,
     [GUEST_STARTING_PRIMARY] = BIT(GUEST_RESYNCING) | BIT(GUEST_ENTERING_COLO) | ENDINGS,
     /* Back to degraded: a re-protection that failed leaves the guest running alone. */
@@ -113,7 +119,8 @@ static gboolean write_status(gpointer opaque)
 /*
  * Before a transition takes effect (journal.h).  A failover must not wait
  * for a disk that is full or gone, so a failed write is said, not fatal:
- * a restart then knows the state before.
+ * a restart then knows the state before.  Re-attaching is not written: the
+ * journal keeps what the copy was, for a restart that interrupts it.
  */
 static void journal_transition(FtGuest *g, GuestState to)
 {
@@ -125,6 +132,8 @@ static void journal_transition(FtGuest *g, GuestState to)
         .rejoin = g->rejoin,
     };
 
+    if (to == GUEST_REATTACHING)
+        return;
     if (!journal_write(daemon_config(g->d)->state_dir, g->def->name, &entry, &err))
         log_err(g->def->name, guest_role_name(g), "cannot journal the state %s (a restart of "
                 "kvm-ftd would not know it): %s", guest_state_name(to), err->message);
@@ -240,6 +249,7 @@ static const GuestAction hand_over = { "hand-over", guest_finish_hand_over };
 static const GuestAction stop_planned = { "stop-planned", guest_stop_planned };
 static const GuestAction fail_and_tell_peer = { "fail-and-tell-peer", guest_fail_and_tell_peer };
 static const GuestAction fail = { "fail", guest_fail_because };
+static const GuestAction reattach_lost = { "reattach-lost", guest_reattach_lost };
 
 #define EV(e) (1u << (GUEST_EV_##e))
 #define S(s) BIT(GUEST_##s)
@@ -296,6 +306,8 @@ static const GuestRule rules[] = {
     { S(PROTECTED) | S(DEGRADED) | S(FAILED), PRIMARY, EV(QEMU_SHUT_DOWN) | EV(DOMAIN_STOPPED),
       &stop_planned },
     { S(STOPPED) | S(FAILED), ANY_ROLE, EV(QEMU_EXITED) | EV(QEMU_SHUT_DOWN), NULL },
+    /* Before QEMU said what it is: what the journal says it was decides. */
+    { S(REATTACHING), ANY_ROLE, EV(QEMU_EXITED) | EV(QEMU_SHUT_DOWN), &reattach_lost },
     /* The other copy is the guest now: the peer must hear it at once. */
     { S(PROTECTED), ANY_ROLE, EV(QEMU_EXITED) | EV(QEMU_SHUT_DOWN), &fail_and_tell_peer },
     { S(ENTERING_COLO), PRIMARY, EV(QEMU_EXITED) | EV(QEMU_SHUT_DOWN), &fail_and_tell_peer },

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <glib/gstdio.h>
+#include <signal.h>
 #include <string.h>
 
 #include "decision.h"
@@ -997,31 +998,34 @@ static gboolean undo_interrupted_setup(FtGuest *g, const JournalEntry *was)
     return TRUE;
 }
 
-gboolean guest_reattach(FtGuest *g, GError **err)
+/* What the journal said before the restart, for the decision that ends re-attaching. */
+static JournalEntry take_journaled(FtGuest *g)
 {
-    const FtConfig *cfg = daemon_config(g->d);
-    g_auto(JournalEntry) was = { 0 };
-    g_autoptr(GError) jerr = NULL;
+    JournalEntry was = g->journaled;
 
-    if (!journal_read(cfg->state_dir, g->def->name, &was, &jerr)) {
-        if (!g_error_matches(jerr, G_FILE_ERROR, G_FILE_ERROR_NOENT))
-            log_warn(g->def->name, NULL, "%s", jerr->message);
-    } else {
-        g_free(g->generation);
-        g->generation = g_strdup(was.generation);
+    memset(&g->journaled, 0, sizeof(g->journaled));
+    return was;
+}
+
+/* What QEMU says and the journal said, once QEMU answered. */
+static void reattach_decide(FtGuest *g, JsonNode *answer, const GError *error)
+{
+    g_auto(JournalEntry) was = take_journaled(g);
+    g_autofree char *why = NULL;
+
+    if (error) {
+        why = g_strdup_printf("kvm-ftd restarted, and the running QEMU does not say whether it "
+                              "is in COLO (%s)", error->message);
+        guest_reattach_hung(g, &was, qmp_peer_pid(g->qmp), why);
+        return;
     }
-    g->qmp = qmp_connect_running(g->qmp_path, cfg->qmp_timeout_ms, err);
-    if (!g->qmp)
-        return FALSE;
-    qmp_set_handlers(g->qmp, on_qmp_event, on_qmp_closed, g);
-    qmp_attach(g->qmp, NULL);
     if (g_strcmp0(was.state, guest_state_name(GUEST_STOPPING)) == 0) {
         /* Decided before the restart, whatever the copy is doing now: it goes. */
         g->role = was.role;
         guest_stop(g, "kvm-ftd restarted while this copy was stopping");
-        return TRUE;
+        return;
     }
-    guest_refresh_colo_status(g);
+    guest_take_colo_status(g, answer, NULL);
     if (g_strcmp0(g->colo_mode, "primary") == 0 || g_strcmp0(g->colo_mode, "secondary") == 0) {
         g->role = strcmp(g->colo_mode, "primary") == 0 ? FT_ROLE_PRIMARY : FT_ROLE_SECONDARY;
         guest_enter_protected(g, "kvm-ftd restarted; re-attached to the running QEMU in COLO",
@@ -1033,7 +1037,108 @@ gboolean guest_reattach(FtGuest *g, GError **err)
         guest_transition(g, GUEST_DEGRADED, "kvm-ftd restarted; re-attached to the running "
                          "QEMU, which is not in COLO: running alone, unprotected");
     }
-    return TRUE;
+}
+
+typedef struct {
+    GuestRef ref;      /* seq: the guest's transitions when it began */
+    char *qmp_path;
+    guint timeout_ms;
+    Qmp *qmp;
+    pid_t owner;       /* of the socket, when it took the connection */
+    GError *error;
+} ReattachJob;
+
+static void reattach_job_free(ReattachJob *j)
+{
+    guest_ref_clear(&j->ref);
+    g_free(j->qmp_path);
+    g_clear_pointer(&j->qmp, qmp_free);
+    g_clear_error(&j->error);
+    g_free(j);
+}
+
+/* A QEMU that does not greet holds a thread, not the loop that judges the peers. */
+static void connect_in_thread(GTask *task, gpointer source, gpointer data, GCancellable *c)
+{
+    ReattachJob *j = data;
+
+    (void)source;
+    (void)c;
+    j->qmp = qmp_connect_running(j->qmp_path, j->timeout_ms, &j->owner, &j->error);
+    g_task_return_boolean(task, TRUE);
+}
+
+static void on_reattach_connected(GObject *source, GAsyncResult *res, gpointer data)
+{
+    ReattachJob *j = g_task_get_task_data(G_TASK(res));
+    FtGuest *g = guest_ref_find(&j->ref);
+    g_auto(JournalEntry) was = { 0 };
+    g_autofree char *why = NULL;
+
+    (void)source;
+    (void)data;
+    if (!g || g->transitions != j->ref.seq || g->state != GUEST_REATTACHING)
+        return;
+    if (!j->qmp) {
+        was = take_journaled(g);
+        why = g_strdup_printf("kvm-ftd restarted and cannot re-attach to the running QEMU: %s",
+                              j->error->message);
+        /* Connected, but no greeting: the QEMU is there, and hung. */
+        if (g_error_matches(j->error, QMP_ERROR, QMP_ERROR_TIMEOUT))
+            guest_reattach_hung(g, &was, j->owner, why);
+        else
+            guest_reattach_gone(g, &was, why);
+        return;
+    }
+    g->qmp = g_steal_pointer(&j->qmp);
+    qmp_set_handlers(g->qmp, on_qmp_event, on_qmp_closed, g);
+    qmp_attach(g->qmp, NULL);
+    guest_query(g, "query-colo-status", daemon_config(g->d)->qmp_timeout_ms, reattach_decide);
+}
+
+void guest_reattach(FtGuest *g)
+{
+    const FtConfig *cfg = daemon_config(g->d);
+    g_autoptr(GError) jerr = NULL;
+    g_autoptr(GTask) task = NULL;
+    ReattachJob *j;
+
+    if (!journal_read(cfg->state_dir, g->def->name, &g->journaled, &jerr)) {
+        if (!g_error_matches(jerr, G_FILE_ERROR, G_FILE_ERROR_NOENT))
+            log_warn(g->def->name, NULL, "%s", jerr->message);
+    } else {
+        g_free(g->generation);
+        g->generation = g_strdup(g->journaled.generation);
+    }
+    if (!guest_transition(g, GUEST_REATTACHING, "kvm-ftd restarted; connecting to the "
+                          "running QEMU"))
+        return;
+    j = g_new0(ReattachJob, 1);
+    guest_ref_init(&j->ref, g, g->transitions);
+    j->qmp_path = g_strdup(g->qmp_path);
+    j->timeout_ms = cfg->qmp_timeout_ms;
+    task = g_task_new(NULL, NULL, on_reattach_connected, NULL);
+    g_task_set_task_data(task, j, (GDestroyNotify)reattach_job_free);
+    g_task_run_in_thread(task, connect_in_thread);
+}
+
+void guest_reattach_hung(FtGuest *g, const JournalEntry *was, pid_t pid, const char *reason)
+{
+    log_err(g->def->name, ft_role_name(was->role), "%s: killing it (pid %d), then going on "
+            "from the journal (%s)", reason, (int)pid, was->state ? was->state : "none");
+    if (pid <= 0 || kill(pid, SIGKILL) != 0)
+        log_err(g->def->name, ft_role_name(was->role), "cannot kill QEMU (pid %d): %s",
+                (int)pid, pid <= 0 ? "pid unknown" : g_strerror(errno));
+    detach(g);
+    guest_reattach_gone(g, was, reason);
+}
+
+void guest_reattach_lost(FtGuest *g, const char *reason)
+{
+    g_auto(JournalEntry) was = take_journaled(g);
+
+    detach(g);
+    guest_reattach_gone(g, &was, reason);
 }
 
 gboolean guest_journal_ran(const JournalEntry *was)
@@ -1042,22 +1147,24 @@ gboolean guest_journal_ran(const JournalEntry *was)
 
     /* A copy stopping had nothing left to do but go. */
     return guest_state_from_name(was->state, &state) && state != GUEST_STOPPING &&
-           guest_transition_allowed(GUEST_STOPPED, state);
+           state != GUEST_REATTACHING && guest_transition_allowed(GUEST_STOPPED, state);
 }
 
-void guest_reattach_gone(FtGuest *g, const JournalEntry *was)
+void guest_reattach_gone(FtGuest *g, const JournalEntry *was, const char *gone)
 {
     g_autofree char *why = g_strdup_printf("kvm-ftd restarted: this copy was %s, and its QEMU "
-                                           "is gone", was->state);
-    g_autofree char *gone = g_strdup_printf("QEMU on %s exited while kvm-ftd was down",
-                                            daemon_config(g->d)->host_name);
+                                           "is gone", was->state ? was->state : "not journaled");
     GuestState state;
 
-    if (!guest_state_from_name(was->state, &state))
+    if (!guest_journal_ran(was) || !guest_state_from_name(was->state, &state)) {
+        if (g->state == GUEST_REATTACHING)
+            guest_transition(g, GUEST_STOPPED, why);
         return;
+    }
     g_free(g->generation);
     g->generation = g_strdup(was->generation);
     g->rejoin = was->rejoin;
+    g->role = was->role;
     if (guest_transition(g, state, why))
         guest_handle(g, GUEST_EV_QEMU_EXITED, gone);
 }
@@ -1142,6 +1249,7 @@ void guest_free(FtGuest *g)
     g_free(g->status_reason);
     g_free(g->failover_reason);
     g_free(g->failover_cause);
+    journal_entry_clear(&g->journaled);
     guest_end_claim(g);
     g_clear_pointer(&g->reply_conn, peer_conn_unref);
     g_clear_pointer(&g->qmp, qmp_free);

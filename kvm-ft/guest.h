@@ -10,6 +10,7 @@
 #pragma once
 
 #include <glib.h>
+#include <sys/types.h>
 #include <json-glib/json-glib.h>
 
 #include "daemon.h"
@@ -20,6 +21,7 @@
 
 typedef enum {
     GUEST_STOPPED,            /* not running under kvm-ft on this host */
+    GUEST_REATTACHING,        /* kvm-ftd restarted: finding its running copy again */
     GUEST_PREPARING_PEER,     /* primary: the peer is starting the secondary */
     GUEST_STARTING_PRIMARY,   /* primary: QEMU starts paused, COLO plumbing added */
     GUEST_ENTERING_COLO,      /* primary: first full sync to the secondary */
@@ -125,19 +127,29 @@ gboolean guest_receive_copy(FtGuest *g, GError **err);
 /* Secondary, output="auto": send the guest's output for comparison or nowhere. */
 gboolean guest_set_output(FtGuest *g, const char *mode, GError **err);
 
-/* A restarted kvm-ftd takes its running guest back, found by its QMP socket. */
-gboolean guest_reattach(FtGuest *g, GError **err);
+/*
+ * A restarted kvm-ftd takes back the copy that libvirt runs here with its
+ * QMP socket, without waiting on the main loop: the guest is re-attaching
+ * (peers that ask about it hear "restarting") while a worker thread
+ * connects to its QEMU, then its QEMU's COLO status and its journal say
+ * what it is.  A QEMU that takes the connection but does not answer within
+ * the QMP deadline is hung: guest_reattach_hung().
+ */
+void guest_reattach(FtGuest *g);
+/* That QEMU (pid, from its socket) is killed; the guest goes on from its journal. */
+void guest_reattach_hung(FtGuest *g, const JournalEntry *was, pid_t pid, const char *reason);
 /*
  * Whether a restarted kvm-ftd that finds no QEMU of a guest must act on
  * what its journal says: a copy ran, or was starting, there.
  */
 gboolean guest_journal_ran(const JournalEntry *was);
 /*
- * That copy's QEMU went while kvm-ftd was down: the guest (new, in the
- * journal's role) re-enters the state its journal says and judges the
- * QEMU's end as if it had seen it (a peer may be waiting to hear of it).
+ * That copy's QEMU went (gone says how): the guest, new or re-attaching,
+ * re-enters the state its journal says, in the journal's role, and judges
+ * the QEMU's end as if it had seen it (a peer may be waiting to hear of
+ * it).  If the journal says no copy ran, a re-attaching guest is stopped.
  */
-void guest_reattach_gone(FtGuest *g, const JournalEntry *was);
+void guest_reattach_gone(FtGuest *g, const JournalEntry *was, const char *gone);
 
 /*
  * Planned switch of roles: this protected primary stops and its secondary

@@ -348,6 +348,15 @@ static const char *get_string(JsonObject *o, const char *name)
     return json_node_get_string(n);
 }
 
+/* Absent or anything but true: false. */
+static gboolean get_bool(JsonObject *o, const char *name)
+{
+    JsonNode *n = json_object_get_member(o, name);
+
+    return n && JSON_NODE_HOLDS_VALUE(n) && json_node_get_value_type(n) == G_TYPE_BOOLEAN &&
+           json_node_get_boolean(n);
+}
+
 /* Names end up in log lines: printable ASCII only, no spaces. */
 static gboolean name_valid(const char *s, gsize max)
 {
@@ -1390,7 +1399,8 @@ static void on_reply(PeerConn *conn, JsonObject *o)
     g_hash_table_steal(conn->pending, &id);
     destroy_source(&p->timer);
     if (error)
-        e = g_error_new_literal(PEER_ERROR, PEER_ERROR_REMOTE, msg);
+        e = g_error_new_literal(PEER_ERROR, get_bool(o, "restarting") ? PEER_ERROR_RESTARTING
+                                                                      : PEER_ERROR_REMOTE, msg);
     p->cb(conn, error ? NULL : result, e, p->opaque);
     pending_free(p);
 }
@@ -1565,7 +1575,7 @@ guint64 peer_conn_request(PeerConn *conn, const char *method, JsonObject *params
 }
 
 static gboolean conn_send_reply(PeerConn *conn, guint64 id, JsonNode *result,
-                                const char *msg)
+                                const char *msg, gboolean restarting)
 {
     g_autoptr(JsonObject) o = json_object_new();
     g_autoptr(GError) e = NULL;
@@ -1576,7 +1586,9 @@ static gboolean conn_send_reply(PeerConn *conn, guint64 id, JsonNode *result,
     json_object_set_int_member(o, "id", (gint64)id);
     if (msg)
         json_object_set_string_member(o, "error", msg);
-    else
+    if (restarting)
+        json_object_set_boolean_member(o, "restarting", TRUE);
+    if (!msg)
         json_object_set_member(o, "result",
                                result ? json_node_copy(result) : json_node_new(JSON_NODE_NULL));
     if (conn_send_frame(conn, PEER_MSG_REPLY, o, &e))
@@ -1595,13 +1607,19 @@ static gboolean conn_send_reply(PeerConn *conn, guint64 id, JsonNode *result,
 gboolean peer_conn_reply(PeerConn *conn, guint64 id, JsonNode *result)
 {
     g_return_val_if_fail(conn != NULL, FALSE);
-    return conn_send_reply(conn, id, result, NULL);
+    return conn_send_reply(conn, id, result, NULL, FALSE);
 }
 
 gboolean peer_conn_reply_error(PeerConn *conn, guint64 id, const char *msg)
 {
     g_return_val_if_fail(conn != NULL && msg != NULL, FALSE);
-    return conn_send_reply(conn, id, NULL, msg);
+    return conn_send_reply(conn, id, NULL, msg, FALSE);
+}
+
+gboolean peer_conn_reply_restarting(PeerConn *conn, guint64 id, const char *msg)
+{
+    g_return_val_if_fail(conn != NULL && msg != NULL, FALSE);
+    return conn_send_reply(conn, id, NULL, msg, TRUE);
 }
 
 gboolean peer_conn_send_event(PeerConn *conn, const char *name, JsonObject *data)

@@ -50,6 +50,7 @@ typedef enum {
     PEER_ERROR_REFUSED,     /* the peer hung up during the handshake */
     PEER_ERROR_TIMEOUT,     /* handshake or request deadline passed */
     PEER_ERROR_REMOTE,      /* the peer answered a request with an error */
+    PEER_ERROR_RESTARTING,  /* the peer's kvm-ftd restarted and is not ready: ask again */
     PEER_ERROR_IO,          /* connection lost, not connected, or send queue full */
     PEER_ERROR_CLOSED,      /* closed by this side (peer_conn_close() etc.) */
 } PeerError;
@@ -240,6 +241,12 @@ guint64 peer_conn_request(PeerConn *conn, const char *method,
  */
 gboolean peer_conn_reply(PeerConn *conn, guint64 id, JsonNode *result);
 gboolean peer_conn_reply_error(PeerConn *conn, guint64 id, const char *msg);
+/*
+ * An error that says "ask again soon": this kvm-ftd restarted and has not
+ * re-attached to what the request is about.  The asker gets
+ * PEER_ERROR_RESTARTING (REPLY {"id", "error", "restarting": true}).
+ */
+gboolean peer_conn_reply_restarting(PeerConn *conn, guint64 id, const char *msg);
 
 /* One-way.  data is borrowed, may be NULL.  FALSE if not sent. */
 gboolean peer_conn_send_event(PeerConn *conn, const char *name, JsonObject *data);

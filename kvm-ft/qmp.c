@@ -808,15 +808,15 @@ static pid_t socket_peer_pid(int fd)
 }
 
 static Qmp *qmp_connect_now(const char *socket_path, gboolean running, guint timeout_ms,
-                            GError **err);
+                            pid_t *owner, GError **err);
 
 /* The wait, on whatever loop calls, is the failure detector's to know (loopwait.h). */
 static Qmp *qmp_connect_timed(const char *socket_path, gboolean running, guint timeout_ms,
-                              GError **err)
+                              pid_t *owner, GError **err)
 {
     gint64 began = loopwait_begin();
     g_autofree char *guest = socket_owner(socket_path);
-    Qmp *q = qmp_connect_now(socket_path, running, timeout_ms, err);
+    Qmp *q = qmp_connect_now(socket_path, running, timeout_ms, owner, err);
 
     loopwait_end(began, "QMP connect", guest);
     return q;
@@ -824,27 +824,31 @@ static Qmp *qmp_connect_timed(const char *socket_path, gboolean running, guint t
 
 Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err)
 {
-    return qmp_connect_timed(socket_path, FALSE, timeout_ms, err);
+    pid_t owner;
+
+    return qmp_connect_timed(socket_path, FALSE, timeout_ms, &owner, err);
 }
 
-Qmp *qmp_connect_running(const char *socket_path, guint timeout_ms, GError **err)
+Qmp *qmp_connect_running(const char *socket_path, guint timeout_ms, pid_t *owner,
+                         GError **err)
 {
-    return qmp_connect_timed(socket_path, TRUE, timeout_ms, err);
+    return qmp_connect_timed(socket_path, TRUE, timeout_ms, owner, err);
 }
 
 static Qmp *qmp_connect_now(const char *socket_path, gboolean running, guint timeout_ms,
-                            GError **err)
+                            pid_t *owner, GError **err)
 {
     gint64 deadline = deadline_after(timeout_ms);
     g_autoptr(Qmp) q = NULL;
     int fd;
 
     g_return_val_if_fail(socket_path, NULL);
+    *owner = 0;
     fd = qmp_open_socket(socket_path, running, deadline, timeout_ms, err);
     if (fd < 0)
         return NULL;
     q = qmp_new(fd, socket_path);
-    q->peer_pid = socket_peer_pid(fd);
+    q->peer_pid = *owner = socket_peer_pid(fd);
     if (!qmp_handshake(q, deadline, timeout_ms, err))
         return NULL;
     log_debug(NULL, NULL, "QMP connected to %s: QEMU %s%s", socket_path,

@@ -60,9 +60,12 @@ Qmp *qmp_connect(const char *socket_path, guint timeout_ms, GError **err);
 /*
  * The same for a QEMU that runs already (a restarted kvm-ftd re-attaching):
  * a socket that is missing or refuses the connection fails at once, for
- * that QEMU is gone (libvirt may not have noticed yet).
+ * that QEMU is gone (libvirt may not have noticed yet).  *owner is the pid
+ * of the process that took the connection, also when it then did not
+ * answer (QMP_ERROR_TIMEOUT), or 0.
  */
-Qmp *qmp_connect_running(const char *socket_path, guint timeout_ms, GError **err);
+Qmp *qmp_connect_running(const char *socket_path, guint timeout_ms, pid_t *owner,
+                         GError **err);
 
 /*
  * Events and the loss of the connection are only reported through a source

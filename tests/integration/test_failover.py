@@ -26,6 +26,14 @@ guest before, during and after the fault):
   kill-daemon-A      kvm-ftd SIGKILLed on the primary and restarted: nothing
   kill-daemon-B      happens to the guest, the daemon re-attaches, the pair
                      stays protected (same on the secondary)
+  kill-daemon-frozen-qemu-A  kvm-ftd SIGKILLed on the primary, its QEMU frozen
+                     (SIGSTOP) right after a checkpoint, kvm-ftd started again:
+                     it listens at once and waits for the frozen QEMU in a
+                     thread; meanwhile its control socket answers (the guest
+                     is re-attaching), the secondary holds an authenticated
+                     session with it (evidence of life: no takeover, no step)
+                     and the QEMU, thawed REATTACH_FROZEN_S later, is taken
+                     back: protected again
   kill-daemon-then-qemu-A  kvm-ftd SIGKILLed on the primary (the secondary waits:
                      checkpoints still come), then the primary's QEMU: its host
                      still refuses connections, but no checkpoint comes for an
@@ -134,6 +142,9 @@ MAX_SILENCE_MS = {
     "kill-daemon-taking-over": 7000,
     # The same wait for the restarted kvm-ftd, whose word then starts the takeover.
     "kill-daemon-qemu-restart-A": 7000,
+    # The guest's output stops with its frozen QEMU (~REATTACH_FROZEN_S + kvm-ftd's start),
+    # then the client's TCP's next retransmission (tries ~0.2, 0.6, 1.4, 3.0, 6.2 s after).
+    "kill-daemon-frozen-qemu-A": 7000,
     # The guest's output stops with a QEMU: the watchdog acts within WATCHDOG_S, then the
     # client's next answer waits for its TCP's next retransmission, backed off meanwhile
     # (tries ~0.2, 0.6, 1.4, 3.0, 6.2, 12.6 s after its request): 6.9-7.0 s measured, and
@@ -165,6 +176,9 @@ LINK_FIRST_S = 0.040
 # Here that lands after QEMU left COLO and before the takeover's last steps (at once,
 # it landed before QEMU left COLO); either way the restarted kvm-ftd must finish it.
 TAKEOVER_KILL_AFTER_S = 0.010
+# kill-daemon-frozen-qemu-A: how long the primary's QEMU stays frozen once its kvm-ftd has
+# started again; under the QMP deadline (5 s), after which kvm-ftd takes it for hung.
+REATTACH_FROZEN_S = 3
 # A frozen kvm-ftd (SIGSTOP) for each of these seconds, then SIGCONT.
 STOP_SECONDS = (0.5, 3, 30)
 # lossy-link: how long, and how much of each way's traffic on the link is lost.
@@ -444,6 +458,46 @@ def kill_daemon_taking_over(lab):
     return t
 
 
+def kill_daemon_restart_frozen_qemu(lab):
+    """kvm-ftd SIGKILLed on the primary; its QEMU frozen right after a checkpoint (so that
+    hostB, refused meanwhile, waits an interval + 2 s for the next before it takes over);
+    kvm-ftd started again while the QEMU stays frozen.  The restarted daemon must listen
+    at once and answer, its guest re-attaching, hostB keep an authenticated session with
+    it and take no step; thawed, the QEMU is taken back, protected.  Returns the freeze's
+    time."""
+    lab.lab("daemon-kill", "A")
+    seen = lab.status("hostB")["checkpoints"]
+    wait_for("a checkpoint", lambda: lab.status("hostB")["checkpoints"] > seen, timeout=10,
+             interval=0.05)
+    pid = qemu_pid(lab, "hostA")
+    t = time.time()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        lab.lab("daemon-start", "A")
+        started = time.time()
+        mine, peer = lab.status("hostA"), lab.status("hostB")
+        time.sleep(max(0.0, started + REATTACH_FROZEN_S - time.time()))
+        peer_after = lab.status("hostB")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    log("kill-daemon-frozen-qemu-A: kvm-ftd started %.1f s after the freeze; hostA %s, "
+        "hostB %s, then %s" % (started - t, mine and mine["state"], peer and peer["state"],
+                               peer_after and peer_after["state"]))
+    assert mine and mine["state"] == "re-attaching", \
+        "hostA's restarted kvm-ftd beside a frozen QEMU: %s" % mine
+    for st in (peer, peer_after):
+        assert st and st["state"] == "protected", "hostB while hostA re-attaches: %s" % st
+    said = lab.daemon_log_since("hostB", t)
+    assert any("peer hostA connected" in line for line in said), \
+        "no session between hostB and the re-attaching kvm-ftd:\n%s" % "\n".join(said[-10:])
+    st = wait_state(lab, "hostA", "protected", timeout=30)
+    assert st["role"] == "primary", st
+    moved = [line for line in lab.daemon_log_since("hostB", t)
+             if re.search(r"role=\w+: protected -> ", line)]
+    assert not moved, "hostB acted while hostA re-attached:\n%s" % "\n".join(moved)
+    return t
+
+
 def freeze_daemon(lab, role):
     """SIGSTOP the kvm-ftd of the guest's current `role` for each of STOP_SECONDS,
     then SIGCONT.  Its heartbeats stop with it: a frozen primary's peer takes
@@ -603,6 +657,9 @@ def run_scenario(name, qemu, gdir, strict=True, label=None, witness=0):
         elif name == "link-then-power-A":
             t = link_then_power(lab)
             survivor, state, alive = "hostB", "degraded", ["hostB"]
+        elif name == "kill-daemon-frozen-qemu-A":
+            t = kill_daemon_restart_frozen_qemu(lab)
+            survivor, state, alive = "hostA", "protected", ["hostA", "hostB"]
         elif name == "kill-daemon-taking-over":
             t = kill_daemon_taking_over(lab)
             survivor, state, alive = "hostB", "degraded", ["hostB"]
@@ -736,7 +793,8 @@ print("sent garbage, an oversized header and a wrong-key HELLO")
 SCENARIOS = ["garbage-peer", "power-primary", "power-primary-passive", "two-disks",
              "power-secondary",
              "cut-link", "lossy-link", "kill-qemu-primary", "kill-daemon-A", "kill-daemon-B",
-             "kill-daemon-then-qemu-A", "kill-daemon-qemu-restart-A", "forged-lan-resets",
+             "kill-daemon-frozen-qemu-A", "kill-daemon-then-qemu-A",
+             "kill-daemon-qemu-restart-A", "forged-lan-resets",
              "link-then-power-A",
              "kill-daemon-taking-over", "stop-daemon-primary", "stop-daemon-secondary", "stop-qemu-primary",
              "stop-qemu-secondary", "held-reply", "resume-window", "power-mid-checkpoint"]

@@ -8,14 +8,19 @@
 #include <gio/gunixsocketaddress.h>
 #include <glib.h>
 #include <glib/gstdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "control.h"
 #include "daemon.h"
 #include "guest.h"
+#include "journal.h"
 #include "peer.h"
 #include "virt.h"
 #include "wait.h"
@@ -64,6 +69,7 @@ typedef struct {
     guint port;
     JsonObject *define;  /* the last define-guest hostB got */
     JsonObject *prepare; /* the last prepare-secondary hostB got */
+    JsonObject *decision; /* the last decision hostB got */
     char *extra_conf;    /* appended to kvm-ftd.conf, or NULL */
     GSocketService *etcd; /* a witness that answers every claim the same (fake_etcd()) */
     Daemon *d;
@@ -85,6 +91,9 @@ static void on_peer_request(PeerConn *conn, guint64 id, const char *method,
     } else if (strcmp(method, "prepare-secondary") == 0) {
         g_clear_pointer(&lab.prepare, json_object_unref);
         lab.prepare = json_object_ref(params);
+    } else if (strcmp(method, "decision") == 0) {
+        g_clear_pointer(&lab.decision, json_object_unref);
+        lab.decision = json_object_ref(params);
     }
 }
 
@@ -133,8 +142,9 @@ static void start_daemon(void)
 
     ck_assert(g_file_set_contents_full(key_file, key, -1, G_FILE_SET_CONTENTS_NONE, 0600,
                                        &err));
-    ck_assert_int_eq(g_mkdir(state, 0700), 0);
-    ck_assert_int_eq(g_mkdir(run, 0700), 0);
+    /* A test may have put a journal or a QMP socket there first. */
+    ck_assert_int_eq(g_mkdir_with_parents(state, 0700), 0);
+    ck_assert_int_eq(g_mkdir_with_parents(run, 0700), 0);
     lab.control_socket = g_build_filename(lab.dir, "kvm-ftd.sock", NULL);
     /* Calls to the peer stay on their way for as long as a test may take. */
     conf = g_strdup_printf("[daemon]\n"
@@ -197,6 +207,7 @@ static void teardown(void)
     g_clear_object(&lab.mute);
     g_clear_pointer(&lab.define, json_object_unref);
     g_clear_pointer(&lab.prepare, json_object_unref);
+    g_clear_pointer(&lab.decision, json_object_unref);
     g_bytes_unref(lab.psk);
     remove_tree(lab.dir);
     g_free(lab.dir);
@@ -346,6 +357,7 @@ typedef struct {
     gboolean connected;
     gboolean answered;
     char *error;
+    gboolean restarting; /* the error said "ask again" (PEER_ERROR_RESTARTING) */
     JsonNode *result;
 } Client;
 
@@ -366,12 +378,16 @@ static void on_reply(PeerConn *conn, JsonNode *result, const GError *error, gpoi
     (void)conn;
     c->answered = TRUE;
     c->error = error ? g_strdup(error->message) : NULL;
+    c->restarting = g_error_matches(error, PEER_ERROR, PEER_ERROR_RESTARTING);
     c->result = result ? json_node_copy(result) : NULL;
 }
 
-/* hostA's answer to a request from host: the error (NULL: success), *result if asked. */
-static char *ask_as(const char *host, const char *method, JsonObject *params,
-                    JsonNode **result)
+/*
+ * hostA's answer to a request from host: the error (NULL: success), *result
+ * if asked, *restarting if asked (whether the error says "ask again").
+ */
+static char *ask_peer(const char *host, const char *method, JsonObject *params,
+                      JsonNode **result, gboolean *restarting)
 {
     g_autoptr(GError) err = NULL;
     g_autoptr(PeerConn) conn = NULL;
@@ -389,7 +405,15 @@ static char *ask_as(const char *host, const char *method, JsonObject *params,
         *result = c.result;
     else if (c.result)
         json_node_unref(c.result);
+    if (restarting)
+        *restarting = c.restarting;
     return c.error;
+}
+
+static char *ask_as(const char *host, const char *method, JsonObject *params,
+                    JsonNode **result)
+{
+    return ask_peer(host, method, params, result, NULL);
 }
 
 /* ... from hostB, web1's peer. */
@@ -738,6 +762,119 @@ START_TEST(guest_role_of_an_unknown_guest_is_none)
     o = json_node_get_object(result);
     ck_assert_str_eq(json_object_get_string_member(o, "role"), "none");
     ck_assert_str_eq(json_object_get_string_member(o, "state"), "stopped");
+}
+END_TEST
+
+/* ---- a restart: re-attaching to a QEMU that does not answer ------------------------ */
+
+#define WEB1_GENERATION "6f1d3c0e-8a5b-4c1e-9d2f-0a7b3c5e9f11"
+
+/*
+ * A "QEMU" that takes connections on web1's QMP socket and never greets:
+ * hung.  A child process, for kvm-ftd kills what holds the socket.
+ */
+static pid_t start_hung_qemu(void)
+{
+    g_autofree char *run = g_build_filename(lab.dir, "run", NULL);
+    g_autofree char *path = g_build_filename(run, "web1.qmp", NULL);
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    pid_t pid;
+
+    ck_assert_int_eq(g_mkdir_with_parents(run, 0700), 0);
+    ck_assert(strlen(path) < sizeof(sun.sun_path));
+    strcpy(sun.sun_path, path);
+    pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+
+        if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 8) < 0)
+            _exit(1);
+        for (;;)
+            pause();
+    }
+    WAIT_FOR(g_file_test(path, G_FILE_TEST_EXISTS), 5000);
+    ck_assert_msg(g_file_test(path, G_FILE_TEST_EXISTS), "the hung QEMU did not listen");
+    return pid;
+}
+
+/* web1 running in libvirt, protected as primary before kvm-ftd "restarted". */
+static Virt *web1_running_as_protected_primary(void)
+{
+    g_autoptr(GError) err = NULL;
+    g_autofree char *state = g_build_filename(lab.dir, "state", NULL);
+    const JournalEntry was = { FT_ROLE_PRIMARY, (char *)"protected", (char *)WEB1_GENERATION,
+                               FALSE };
+    /* test:///default is one per process while a connection holds it. */
+    Virt *v = virt_open("test:///default", &err);
+
+    ck_assert_msg(v != NULL, "libvirt: %s", err ? err->message : "?");
+    ck_assert_msg(virt_domain_start(v, guest_xml, FALSE, &err),
+                  "web1: %s", err ? err->message : "?");
+    ck_assert_int_eq(g_mkdir_with_parents(state, 0700), 0);
+    ck_assert_msg(journal_write(state, "web1", &was, &err), "journal: %s",
+                  err ? err->message : "?");
+    return v;
+}
+
+static JsonObject *decision_params(const char *decision)
+{
+    JsonObject *params = json_object_new();
+
+    json_object_set_string_member(params, "guest", "web1");
+    json_object_set_string_member(params, "decision", decision);
+    json_object_set_string_member(params, "reason", "test");
+    json_object_set_string_member(params, "generation", WEB1_GENERATION);
+    return params;
+}
+
+/*
+ * kvm-ftd restarts beside a protected primary whose QEMU hangs: it listens
+ * at once, and answers the peer "restarting" about that guest (not
+ * refused, not silent, not acted on) while it waits for the QEMU in a
+ * thread; when the QMP deadline passes it kills the QEMU and goes on from
+ * the journal: the secondary is told to take over.
+ */
+START_TEST(a_restart_answers_restarting_until_it_has_re_attached)
+{
+    g_autoptr(Virt) v = NULL;
+    g_autoptr(JsonObject) stand_down = decision_params("stand-down");
+    g_autoptr(JsonObject) role = json_object_new();
+    g_autofree char *error = NULL;
+    g_autofree char *role_error = NULL;
+    gboolean restarting = FALSE, role_restarting = FALSE;
+    int status = 0;
+    pid_t hung, gone = 0;
+    FtGuest *web1;
+
+    start_peer(FALSE);
+    v = web1_running_as_protected_primary();
+    hung = start_hung_qemu();
+    start_daemon();
+    web1 = daemon_find_guest(lab.d, "web1");
+    ck_assert_ptr_nonnull(web1);
+    ck_assert_str_eq(guest_state_name(guest_state(web1)), "re-attaching");
+
+    error = ask_peer("hostB", "decision", stand_down, NULL, &restarting);
+    ck_assert_msg(error && restarting && strstr(error, "re-attaching to guest 'web1'"),
+                  "stand-down while re-attaching: %s (restarting: %d)",
+                  error ? error : "(accepted)", restarting);
+    json_object_set_string_member(role, "guest", "web1");
+    role_error = ask_peer("hostB", "guest-role", role, NULL, &role_restarting);
+    ck_assert_msg(role_error && role_restarting, "guest-role while re-attaching: %s",
+                  role_error ? role_error : "(answered)");
+    ck_assert_str_eq(guest_state_name(guest_state(web1)), "re-attaching");
+
+    /* The QMP deadline (5 s by default), then the kill. */
+    WAIT_FOR((gone = waitpid(hung, &status, WNOHANG)) == hung, 15000);
+    if (gone != hung)
+        kill(hung, SIGKILL);
+    ck_assert_msg(gone == hung && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL,
+                  "the hung QEMU was not killed");
+    WAIT_FOR(lab.decision != NULL, 5000);
+    ck_assert_msg(lab.decision != NULL, "hostB was not told anything");
+    ck_assert_str_eq(json_object_get_string_member(lab.decision, "decision"), "take-over");
+    ck_assert_str_eq(json_object_get_string_member(lab.decision, "generation"), WEB1_GENERATION);
 }
 END_TEST
 
@@ -1146,6 +1283,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, control_reply_is_utf8_whatever_the_request);
     tcase_add_test(tc, decision_for_an_unknown_guest_is_refused);
     tcase_add_test(tc, guest_role_of_an_unknown_guest_is_none);
+    tcase_add_test(tc, a_restart_answers_restarting_until_it_has_re_attached);
     tcase_add_test(tc, drbd_handler_requests_are_checked);
     tcase_add_test(tc, drbd_split_brain_is_told);
     tcase_add_test(tc, drbd_fence_peer_without_witness_is_refused);
