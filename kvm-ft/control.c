@@ -25,7 +25,13 @@ G_STATIC_ASSERT(CONTROL_MAX_LINE == 65536);
 
 G_DEFINE_QUARK(kvm-ft-control-error-quark, control_error)
 
-typedef struct {
+typedef struct ControlClient ControlClient;
+
+struct ControlReply {
+    ControlClient *client;      /* NULL once the client is gone: the reply is dropped */
+};
+
+struct ControlClient {
     ControlServer *srv;
     guint id;
     GSocket *sock;
@@ -37,7 +43,8 @@ typedef struct {
     gboolean events;            /* subscribed to broadcast events */
     gboolean closing;           /* stop reading; close once outbuf is sent */
     gboolean dead;              /* sources gone; freed by the reaper */
-} ControlClient;
+    ControlReply *awaiting;     /* a deferred reply: nothing is read until it is sent */
+};
 
 struct ControlServer {
     char *path;
@@ -48,6 +55,7 @@ struct ControlServer {
     GSource *reaper;
     ControlHandler handler;
     gpointer opaque;
+    ControlClient *handling;    /* the client whose request the handler runs */
     GPtrArray *clients;         /* ControlClient*, including dead ones not yet reaped */
     guint idle_timeout_ms;
     guint next_id;
@@ -112,6 +120,8 @@ static void client_kill(ControlClient *c, const char *why)
     if (c->dead)
         return;
     c->dead = TRUE;
+    if (c->awaiting)
+        c->awaiting->client = NULL;
     log_debug(NULL, NULL, "control: client %u disconnected (%s)", c->id, why);
     drop_source(&c->in_source);
     drop_source(&c->out_source);
@@ -287,7 +297,11 @@ static void client_handle_line(ControlClient *c, const char *line, gsize len)
         return;
     }
 
+    srv->handling = c;
     result = srv->handler(command, req, srv->opaque, &e);
+    srv->handling = NULL;
+    if (c->awaiting)
+        return;
     if (e) {
         client_reply(c, NULL, e->message);
         return;
@@ -297,7 +311,7 @@ static void client_handle_line(ControlClient *c, const char *line, gsize len)
 
 static void client_process(ControlClient *c)
 {
-    while (!c->dead && !c->closing) {
+    while (!c->dead && !c->closing && !c->awaiting) {
         guint8 *nl = find_newline(c->inbuf);
         gsize len;
 
@@ -354,6 +368,41 @@ static gboolean client_in_cb(GSocket *sock, GIOCondition cond, gpointer data)
     client_process(c);
     /* client_process may have dropped in_source (and with it this source). */
     return c->in_source ? G_SOURCE_CONTINUE : G_SOURCE_REMOVE;
+}
+
+static void client_read(ControlClient *c)
+{
+    c->in_source = g_socket_create_source(c->sock, G_IO_IN | G_IO_HUP | G_IO_ERR, NULL);
+    g_source_set_callback(c->in_source, G_SOURCE_FUNC(client_in_cb), c, NULL);
+    g_source_attach(c->in_source, c->srv->context);
+}
+
+ControlReply *control_server_defer(ControlServer *srv)
+{
+    ControlClient *c = srv->handling;
+
+    g_return_val_if_fail(c != NULL && !c->awaiting, NULL);
+    c->awaiting = g_new0(ControlReply, 1);
+    c->awaiting->client = c;
+    /* What it sends meanwhile waits in the socket: one reply per request, in order. */
+    drop_source(&c->in_source);
+    return c->awaiting;
+}
+
+void control_reply_finish(ControlReply *reply, JsonNode *result, const GError *error)
+{
+    ControlClient *c = reply->client;
+
+    g_free(reply);
+    if (!c)
+        return;
+    c->awaiting = NULL;
+    c->last_activity = g_get_monotonic_time();
+    client_reply(c, error ? NULL : result, error ? error->message : NULL);
+    if (c->dead || c->closing)
+        return;
+    client_read(c);
+    client_process(c);
 }
 
 /* ------------------------------------------------------------------ */
@@ -427,9 +476,7 @@ static gboolean accept_cb(GSocket *listener, GIOCondition cond, gpointer data)
         c->inbuf = g_byte_array_new();
         c->outbuf = g_byte_array_new();
         c->last_activity = g_get_monotonic_time();
-        c->in_source = g_socket_create_source(c->sock, G_IO_IN | G_IO_HUP | G_IO_ERR, NULL);
-        g_source_set_callback(c->in_source, G_SOURCE_FUNC(client_in_cb), c, NULL);
-        g_source_attach(c->in_source, srv->context);
+        client_read(c);
         g_ptr_array_add(srv->clients, c);
         log_debug(NULL, NULL, "control: client %u connected (uid %ld)", c->id, (long)uid);
     }
@@ -443,7 +490,8 @@ static gboolean idle_timer_cb(gpointer data)
     for (guint i = 0; i < srv->clients->len; i++) {
         ControlClient *c = g_ptr_array_index(srv->clients, i);
 
-        if (c->dead || (c->events && c->outbuf->len == 0))
+        /* One waiting for its reply waits for kvm-ftd, not the other way round. */
+        if (c->dead || c->awaiting || (c->events && c->outbuf->len == 0))
             continue;
         if (now - c->last_activity < (gint64)srv->idle_timeout_ms * 1000)
             continue;

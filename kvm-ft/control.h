@@ -69,6 +69,18 @@ ControlServer *control_server_new(const char *socket_path, ControlHandler handle
 /* Disconnect every client, stop listening and remove the socket file. */
 void control_server_free(ControlServer *srv);
 
+/*
+ * A reply the handler gives later, when what it answers would wait on
+ * something slow (libvirt): called from inside the handler, which then
+ * returns NULL without an error.  The client's further requests wait
+ * unread until control_reply_finish() sends this one's result (borrowed;
+ * NULL: JSON null) or error, on the server's main loop.  Call it exactly
+ * once, also after the client (or the server) went: it then only frees.
+ */
+typedef struct ControlReply ControlReply;
+ControlReply *control_server_defer(ControlServer *srv);
+void control_reply_finish(ControlReply *reply, JsonNode *result, const GError *error);
+
 /* Send {"event": event} to every client that asked for events.  Borrows event. */
 void control_server_broadcast_event(ControlServer *srv, JsonNode *event);
 

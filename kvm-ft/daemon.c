@@ -881,6 +881,79 @@ static JsonNode *control_status(Daemon *d, JsonObject *request, GError **err)
     return json_builder_get_root(b);
 }
 
+/* Whether name may be protected now; else why not, in err. */
+static gboolean protect_allowed(Daemon *d, const char *name, GError **err)
+{
+    FtGuest *g = g_hash_table_lookup(d->guests, name);
+    const char *refusal;
+
+    if (g && guest_is_busy(g)) {
+        g_set_error(err, DAEMON_ERROR, 0, "guest '%s' is already %s on %s as %s",
+                    name, guest_state_name(guest_state(g)), d->cfg->host_name,
+                    ft_role_name(guest_role(g)));
+        return FALSE;
+    }
+    refusal = definitions_refusal(d->defs, name);
+    if (refusal) {
+        g_set_error(err, DAEMON_ERROR, 0, "guest '%s' is refused on %s: %s", name,
+                    d->cfg->host_name, refusal);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+/* With its definition read (*def is taken if so): protected from now on, or why not. */
+static JsonNode *protect_now(Daemon *d, FtDef **def, const char *xml, gboolean started,
+                             gboolean active, GError **err)
+{
+    FtGuest *g;
+
+    /* Asked twice, started or refused while the definition was being read. */
+    if (!protect_allowed(d, (*def)->name, err))
+        return NULL;
+    if (!started && active) {
+        g_set_error(err, DAEMON_ERROR, 0, "guest '%s' is already running unprotected; "
+                    "protecting a running guest is not supported yet: shut it down, then "
+                    "protect it", (*def)->name);
+        return NULL;
+    }
+    g = guest_new(d, g_steal_pointer(def), xml, FT_ROLE_PRIMARY);
+    g_hash_table_replace(d->guests, g_strdup(guest_name(g)), g);
+    guest_protect(g, started);
+    return guest_status(g);
+}
+
+/* An ftctl protect whose answer waits for the definition, read in the libvirt thread. */
+typedef struct {
+    Daemon *d;
+    ControlReply *reply;
+} ProtectCall;
+
+static void protect_call_free(gpointer data)
+{
+    ProtectCall *p = data;
+
+    if (p->reply) {
+        g_autoptr(GError) e = g_error_new(DAEMON_ERROR, 0, "kvm-ftd is shutting down");
+
+        control_reply_finish(p->reply, NULL, e);
+    }
+    g_free(p);
+}
+
+static void on_protect_read(FtDef *def, char *xml, gboolean active, const GError *error,
+                            gpointer data)
+{
+    ProtectCall *p = data;
+    g_autoptr(FtDef) owned = def;
+    g_autofree char *text = xml;
+    g_autoptr(GError) err = error ? g_error_copy(error) : NULL;
+    g_autoptr(JsonNode) result = owned ? protect_now(p->d, &owned, text, FALSE, active, &err)
+                                       : NULL;
+
+    control_reply_finish(g_steal_pointer(&p->reply), result, err);
+}
+
 static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
 {
     const char *name = json_object_get_string_member_with_default(request, "guest", NULL);
@@ -889,10 +962,8 @@ static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
                                                                           FALSE);
     g_autofree char *xml = NULL;
     g_autoptr(FtDef) def = NULL;
-    gboolean active = FALSE;
-    const char *refusal;
     const char *bad_name;
-    FtGuest *g;
+    ProtectCall *p;
 
     if (!name) {
         g_set_error(err, DAEMON_ERROR, 0, "protect needs a guest name");
@@ -907,38 +978,18 @@ static JsonNode *control_protect(Daemon *d, JsonObject *request, GError **err)
                     bad_name);
         return NULL;
     }
-    g = g_hash_table_lookup(d->guests, name);
-    if (g && guest_is_busy(g)) {
-        g_set_error(err, DAEMON_ERROR, 0, "guest '%s' is already %s on %s as %s",
-                    name, guest_state_name(guest_state(g)), d->cfg->host_name,
-                    ft_role_name(guest_role(g)));
+    if (!protect_allowed(d, name, err))
         return NULL;
+    /* libvirt holds the domain until its hook returns: what kvm-ftd kept, not libvirt. */
+    if (started) {
+        def = definitions_read_started(d->defs, name, &xml, err);
+        return def ? protect_now(d, &def, xml, TRUE, TRUE, err) : NULL;
     }
-    refusal = definitions_refusal(d->defs, name);
-    if (refusal) {
-        g_set_error(err, DAEMON_ERROR, 0, "guest '%s' is refused on %s: %s", name,
-                    d->cfg->host_name, refusal);
-        return NULL;
-    }
-    def = started ? definitions_read_started(d->defs, name, &xml, err)
-                  : definitions_read(d->defs, name, NULL, &xml, err);
-    if (!def)
-        return NULL;
-    if (!started) {
-        if (!virt_domain_is_active(d->virt, name, &active, err))
-            return NULL;
-        if (active) {
-            g_set_error(err, DAEMON_ERROR, 0,
-                        "guest '%s' is already running unprotected; protecting a "
-                        "running guest is not supported yet: shut it down, then protect it",
-                        name);
-            return NULL;
-        }
-    }
-    g = guest_new(d, g_steal_pointer(&def), xml, FT_ROLE_PRIMARY);
-    g_hash_table_replace(d->guests, g_strdup(name), g);
-    guest_protect(g, started);
-    return guest_status(g);
+    p = g_new0(ProtectCall, 1);
+    p->d = d;
+    p->reply = control_server_defer(d->control);
+    definitions_read_async(d->defs, name, on_protect_read, p, protect_call_free);
+    return NULL;
 }
 
 static JsonNode *control_list(Daemon *d)

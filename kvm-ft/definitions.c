@@ -474,12 +474,18 @@ typedef struct {
     gboolean active;
     char *version;     /* virt_qemu_version()'s if not active, or NULL with version_error */
     GError *version_error;
+    /* definitions_read_async()'s caller, or NULL: consider_domain()'s */
+    DefinitionsReadFunc then;
+    gpointer then_data;
+    GDestroyNotify then_free;
 } DomainRead;
 
 static void domain_read_free(gpointer data)
 {
     DomainRead *r = data;
 
+    if (r->then_free)
+        r->then_free(r->then_data);
     g_free(r->name);
     g_free(r->text);
     g_clear_error(&r->read_error);
@@ -589,6 +595,41 @@ static void on_domain_read(gpointer data, const GError *error)
     decide_domain(defs, r);
 }
 
+static void on_read_for_caller(gpointer data, const GError *error)
+{
+    DomainRead *r = data;
+    g_autoptr(GError) err = g_steal_pointer(&r->read_error);
+    char *xml = NULL;
+    FtDef *def;
+
+    (void)error;
+    if (daemon_quitting(r->defs->d))
+        return;
+    def = parse_paired(r->defs, g_steal_pointer(&r->text), NULL, FALSE, &xml, &err);
+    r->then(def, xml, r->active, err, r->then_data);
+}
+
+static DomainRead *domain_read_new(Definitions *defs, const char *name)
+{
+    DomainRead *r = g_new0(DomainRead, 1);
+
+    r->defs = defs;
+    r->cfg = defs->cfg;
+    r->name = g_strdup(name);
+    return r;
+}
+
+void definitions_read_async(Definitions *defs, const char *name, DefinitionsReadFunc then,
+                            gpointer data, GDestroyNotify free_data)
+{
+    DomainRead *r = domain_read_new(defs, name);
+
+    r->then = then;
+    r->then_data = data;
+    r->then_free = free_data;
+    virt_run(defs->virt, read_domain, on_read_for_caller, r, domain_read_free);
+}
+
 /*
  * A domain was defined, redefined, or its kvm-ft metadata changed (or
  * kvm-ftd starts): an FT guest is validated here, then the peer is asked
@@ -598,11 +639,8 @@ static void on_domain_read(gpointer data, const GError *error)
  */
 static void consider_domain(Definitions *defs, const char *name)
 {
-    DomainRead *r = g_new0(DomainRead, 1);
+    DomainRead *r = domain_read_new(defs, name);
 
-    r->defs = defs;
-    r->cfg = defs->cfg;
-    r->name = g_strdup(name);
     /* 0 is no ask (the table's answer for a name it does not have). */
     if (++defs->asks == 0)
         defs->asks = 1;

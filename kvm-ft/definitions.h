@@ -73,6 +73,18 @@ FtDef *definitions_read(Definitions *defs, const char *name, const char *with, c
                         GError **err);
 
 /*
+ * definitions_read() with any peer, and whether the domain runs, from
+ * kvm-ftd's libvirt thread (libvirt answers only once it holds the
+ * domain's job lock): then gets them on the main loop, def and xml
+ * (transfer full) or the error, unless kvm-ftd quits first; free_data
+ * runs either way.
+ */
+typedef void (*DefinitionsReadFunc)(FtDef *def, char *xml, gboolean active,
+                                    const GError *error, gpointer data);
+void definitions_read_async(Definitions *defs, const char *name, DefinitionsReadFunc then,
+                            gpointer data, GDestroyNotify free_data);
+
+/*
  * The same for a guest libvirt is starting (`virsh start`, from its qemu
  * hook): libvirt keeps the domain locked until the hook returns, so this
  * reads only the original kvm-ftd kept, not libvirt.

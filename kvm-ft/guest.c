@@ -998,27 +998,50 @@ static gboolean undo_interrupted_setup(FtGuest *g, const JournalEntry *was)
     return TRUE;
 }
 
-/* What the journal said before the restart, for the decision that ends re-attaching. */
-static JournalEntry take_journaled(FtGuest *g)
+void guest_reattach_lost(FtGuest *g, const char *reason)
 {
-    JournalEntry was = g->journaled;
+    g_auto(JournalEntry) was = g->journaled;
 
     memset(&g->journaled, 0, sizeof(g->journaled));
-    return was;
+    detach(g);
+    guest_reattach_gone(g, &was, reason);
+}
+
+/*
+ * Re-attaching, its QEMU (pid, from its socket) does not answer: it is
+ * killed, and the journal says what the copy was.
+ */
+static void reattach_hung(FtGuest *g, pid_t pid, const char *reason)
+{
+    log_err(g->def->name, guest_role_name(g), "%s: killing it (pid %d); the journal says "
+            "what it was (%s)", reason, (int)pid,
+            g->journaled.state ? g->journaled.state : "nothing");
+    if (pid <= 0 || kill(pid, SIGKILL) != 0)
+        log_err(g->def->name, guest_role_name(g), "cannot kill QEMU (pid %d): %s", (int)pid,
+                pid <= 0 ? "pid unknown" : g_strerror(errno));
+    guest_reattach_lost(g, reason);
 }
 
 /* What QEMU says and the journal said, once QEMU answered. */
 static void reattach_decide(FtGuest *g, JsonNode *answer, const GError *error)
 {
-    g_auto(JournalEntry) was = take_journaled(g);
+    g_auto(JournalEntry) was = { 0 };
     g_autofree char *why = NULL;
 
-    if (error) {
-        why = g_strdup_printf("kvm-ftd restarted, and the running QEMU does not say whether it "
-                              "is in COLO (%s)", error->message);
-        guest_reattach_hung(g, &was, qmp_peer_pid(g->qmp), why);
+    if (g_error_matches(error, QMP_ERROR, QMP_ERROR_TIMEOUT)) {
+        why = g_strdup_printf("QEMU on %s does not say whether it is in COLO (%s)",
+                              daemon_config(g->d)->host_name, error->message);
+        reattach_hung(g, qmp_peer_pid(g->qmp), why);
         return;
     }
+    if (error) {
+        why = g_strdup_printf("QEMU on %s exited as kvm-ftd re-attached (%s)",
+                              daemon_config(g->d)->host_name, error->message);
+        guest_reattach_lost(g, why);
+        return;
+    }
+    was = g->journaled;
+    memset(&g->journaled, 0, sizeof(g->journaled));
     if (g_strcmp0(was.state, guest_state_name(GUEST_STOPPING)) == 0) {
         /* Decided before the restart, whatever the copy is doing now: it goes. */
         g->role = was.role;
@@ -1072,22 +1095,25 @@ static void on_reattach_connected(GObject *source, GAsyncResult *res, gpointer d
 {
     ReattachJob *j = g_task_get_task_data(G_TASK(res));
     FtGuest *g = guest_ref_find(&j->ref);
-    g_auto(JournalEntry) was = { 0 };
+    const char *host;
     g_autofree char *why = NULL;
 
     (void)source;
     (void)data;
     if (!g || g->transitions != j->ref.seq || g->state != GUEST_REATTACHING)
         return;
-    if (!j->qmp) {
-        was = take_journaled(g);
-        why = g_strdup_printf("kvm-ftd restarted and cannot re-attach to the running QEMU: %s",
+    host = daemon_config(g->d)->host_name;
+    /* Connected, but no greeting: the QEMU is there, and hung. */
+    if (g_error_matches(j->error, QMP_ERROR, QMP_ERROR_TIMEOUT)) {
+        why = g_strdup_printf("QEMU on %s does not answer kvm-ftd, which restarted (%s)", host,
                               j->error->message);
-        /* Connected, but no greeting: the QEMU is there, and hung. */
-        if (g_error_matches(j->error, QMP_ERROR, QMP_ERROR_TIMEOUT))
-            guest_reattach_hung(g, &was, j->owner, why);
-        else
-            guest_reattach_gone(g, &was, why);
+        reattach_hung(g, j->owner, why);
+        return;
+    }
+    if (!j->qmp) {
+        why = g_strdup_printf("QEMU on %s exited while kvm-ftd was down (%s)", host,
+                              j->error->message);
+        guest_reattach_lost(g, why);
         return;
     }
     g->qmp = g_steal_pointer(&j->qmp);
@@ -1120,25 +1146,6 @@ void guest_reattach(FtGuest *g)
     task = g_task_new(NULL, NULL, on_reattach_connected, NULL);
     g_task_set_task_data(task, j, (GDestroyNotify)reattach_job_free);
     g_task_run_in_thread(task, connect_in_thread);
-}
-
-void guest_reattach_hung(FtGuest *g, const JournalEntry *was, pid_t pid, const char *reason)
-{
-    log_err(g->def->name, ft_role_name(was->role), "%s: killing it (pid %d), then going on "
-            "from the journal (%s)", reason, (int)pid, was->state ? was->state : "none");
-    if (pid <= 0 || kill(pid, SIGKILL) != 0)
-        log_err(g->def->name, ft_role_name(was->role), "cannot kill QEMU (pid %d): %s",
-                (int)pid, pid <= 0 ? "pid unknown" : g_strerror(errno));
-    detach(g);
-    guest_reattach_gone(g, was, reason);
-}
-
-void guest_reattach_lost(FtGuest *g, const char *reason)
-{
-    g_auto(JournalEntry) was = take_journaled(g);
-
-    detach(g);
-    guest_reattach_gone(g, &was, reason);
 }
 
 gboolean guest_journal_ran(const JournalEntry *was)

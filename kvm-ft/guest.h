@@ -10,7 +10,6 @@
 #pragma once
 
 #include <glib.h>
-#include <sys/types.h>
 #include <json-glib/json-glib.h>
 
 #include "daemon.h"
@@ -136,8 +135,6 @@ gboolean guest_set_output(FtGuest *g, const char *mode, GError **err);
  * the QMP deadline is hung: guest_reattach_hung().
  */
 void guest_reattach(FtGuest *g);
-/* That QEMU (pid, from its socket) is killed; the guest goes on from its journal. */
-void guest_reattach_hung(FtGuest *g, const JournalEntry *was, pid_t pid, const char *reason);
 /*
  * Whether a restarted kvm-ftd that finds no QEMU of a guest must act on
  * what its journal says: a copy ran, or was starting, there.
