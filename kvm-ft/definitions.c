@@ -118,17 +118,23 @@ void definitions_set_status(Definitions *defs, const char *name, const char *sta
 
 /* ---- reading and checking definitions -------------------------------------- */
 
-char *definitions_pairing_error(Definitions *defs, const FtDef *def, const char *host)
+/* Touches only the configuration: it also runs in the libvirt thread. */
+static char *pairing_error(const FtConfig *cfg, const FtDef *def, const char *host)
 {
-    const FtHost *peer = ftdef_peer(def, defs->cfg->host_name);
+    const FtHost *peer = ftdef_peer(def, cfg->host_name);
 
     if (!peer)
         return g_strdup_printf("guest '%s' does not name this host (%s) in <ft:hosts>",
-                               def->name, defs->cfg->host_name);
+                               def->name, cfg->host_name);
     if (host && strcmp(peer->name, host) != 0)
         return g_strdup_printf("guest '%s' pairs this host with %s, not with %s",
                                def->name, peer->name, host);
     return NULL;
+}
+
+char *definitions_pairing_error(Definitions *defs, const FtDef *def, const char *host)
+{
+    return pairing_error(defs->cfg, def, host);
 }
 
 /* The administrator's definition, kept while libvirt holds the derived one. */
@@ -147,29 +153,78 @@ static char *original_path(const FtConfig *cfg, const char *name)
  * libvirt's qemu hook (dist/libvirt-hook-qemu) then has the pair protected
  * before the guest's CPUs run.
  */
+/* install_plumbing()'s work in the libvirt thread. */
+typedef struct {
+    const FtConfig *cfg;
+    char *name;
+    char *xml;       /* the administrator's definition */
+    char *derived;   /* the one `virsh start` is to run */
+    gboolean installed;
+} Plumbing;
+
+static void plumbing_free(gpointer data)
+{
+    Plumbing *p = data;
+
+    g_free(p->name);
+    g_free(p->xml);
+    g_free(p->derived);
+    g_free(p);
+}
+
+static gboolean install_in_thread(Virt *v, gpointer data, GError **err)
+{
+    Plumbing *p = data;
+    g_autofree char *current = virt_domain_xml(v, p->name, err);
+    g_autofree char *path = original_path(p->cfg, p->name);
+
+    if (!current)
+        return FALSE;
+    if (domxml_is_derived(current))
+        return TRUE;
+    if (g_mkdir_with_parents(p->cfg->state_dir, 0700) < 0) {
+        g_set_error(err, G_FILE_ERROR, g_file_error_from_errno(errno), "cannot create %s: %s",
+                    p->cfg->state_dir, g_strerror(errno));
+        return FALSE;
+    }
+    p->installed = g_file_set_contents_full(path, p->xml, -1, G_FILE_SET_CONTENTS_CONSISTENT,
+                                            0600, err) &&
+                   virt_domain_define(v, p->name, p->derived, err);
+    return p->installed;
+}
+
+static void on_plumbing_installed(gpointer data, const GError *error)
+{
+    Plumbing *p = data;
+    g_autofree char *path = original_path(p->cfg, p->name);
+
+    if (error)
+        log_warn(p->name, "none", "cannot install kvm-ft's plumbing in its definition (%s): "
+                 "protect it with ftctl protect", error->message);
+    else if (p->installed)
+        log_info(p->name, "none", "its persistent definition now carries kvm-ft's plumbing "
+                 "(the original is kept in %s): virsh start protects it", path);
+}
+
 static void install_plumbing(Definitions *defs, const char *name, const char *xml,
                              const FtDef *def)
 {
     g_autoptr(GError) err = NULL;
-    g_autofree char *current = virt_domain_xml(defs->virt, name, &err);
-    g_autofree char *path = original_path(defs->cfg, name);
     g_autofree char *qmp = guest_qmp_socket(defs->cfg, name);
     DomxmlPlumbing plumbing = { .qmp_socket = qmp };
-    g_autofree char *derived = NULL;
+    char *derived = domxml_for_role(xml, def, FT_ROLE_PRIMARY, &plumbing, &err);
+    Plumbing *p;
 
-    if (current && domxml_is_derived(current))
-        return;
-    if (!current || g_mkdir_with_parents(defs->cfg->state_dir, 0700) < 0 ||
-        !g_file_set_contents_full(path, xml, -1, G_FILE_SET_CONTENTS_CONSISTENT, 0600,
-                                  &err) ||
-        !(derived = domxml_for_role(xml, def, FT_ROLE_PRIMARY, &plumbing, &err)) ||
-        !virt_domain_define(defs->virt, name, derived, &err)) {
-        log_warn(name, "none", "cannot install kvm-ft's plumbing in its definition (%s): "
-                 "protect it with ftctl protect", err ? err->message : g_strerror(errno));
+    if (!derived) {
+        on_plumbing_installed(&(Plumbing){ .cfg = defs->cfg, .name = (char *)name }, err);
         return;
     }
-    log_info(name, "none", "its persistent definition now carries kvm-ft's plumbing "
-             "(the original is kept in %s): virsh start protects it", path);
+    p = g_new0(Plumbing, 1);
+    p->cfg = defs->cfg;
+    p->name = g_strdup(name);
+    p->xml = g_strdup(xml);
+    p->derived = derived;
+    virt_run(defs->virt, install_in_thread, on_plumbing_installed, p, plumbing_free);
 }
 
 /* What kvm-ft keeps of a guest on this host, for a guest that is gone. */
@@ -197,7 +252,7 @@ static char *read_original(const FtConfig *cfg, const char *name, GError **err)
 }
 
 /* ha: the ha guests only (definitions_read_ha()); else the guests kvm-ftd runs. */
-static FtDef *parse_paired(Definitions *defs, char *text /* taken */, const char *with,
+static FtDef *parse_paired(const FtConfig *cfg, char *text /* taken */, const char *with,
                            gboolean ha, char **xml, GError **err)
 {
     g_autofree char *owned = text;
@@ -206,7 +261,7 @@ static FtDef *parse_paired(Definitions *defs, char *text /* taken */, const char
 
     if (!owned || !(def = ftdef_parse(owned, err)))
         return NULL;
-    why = definitions_pairing_error(defs, def, with);
+    why = pairing_error(cfg, def, with);
     if (why) {
         g_set_error_literal(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, why);
         return NULL;
@@ -253,20 +308,20 @@ static char *read_definition(Virt *v, const FtConfig *cfg, const char *name, GEr
 FtDef *definitions_read(Definitions *defs, const char *name, const char *with, char **xml,
                         GError **err)
 {
-    return parse_paired(defs, read_definition(defs->virt, defs->cfg, name, err), with, FALSE,
+    return parse_paired(defs->cfg, read_definition(defs->virt, defs->cfg, name, err), with, FALSE,
                         xml, err);
 }
 
 FtDef *definitions_read_ha(Definitions *defs, const char *name, GError **err)
 {
-    return parse_paired(defs, read_definition(defs->virt, defs->cfg, name, err), NULL, TRUE,
+    return parse_paired(defs->cfg, read_definition(defs->virt, defs->cfg, name, err), NULL, TRUE,
                         NULL, err);
 }
 
 FtDef *definitions_read_started(Definitions *defs, const char *name, char **xml,
                                 GError **err)
 {
-    return parse_paired(defs, read_original(defs->cfg, name, err), NULL, FALSE, xml, err);
+    return parse_paired(defs->cfg, read_original(defs->cfg, name, err), NULL, FALSE, xml, err);
 }
 
 /*
@@ -523,7 +578,7 @@ static void decide_domain(Definitions *defs, DomainRead *r)
     FtGuest *g = g_hash_table_lookup(defs->guests, name);
     g_autoptr(GError) err = g_steal_pointer(&r->read_error);
     g_autofree char *xml = NULL;
-    g_autoptr(FtDef) def = parse_paired(defs, g_steal_pointer(&r->text), NULL, FALSE, &xml,
+    g_autoptr(FtDef) def = parse_paired(defs->cfg, g_steal_pointer(&r->text), NULL, FALSE, &xml,
                                         &err);
     JsonObject *params;
 
@@ -605,7 +660,7 @@ static void on_read_for_caller(gpointer data, const GError *error)
     (void)error;
     if (daemon_quitting(r->defs->d))
         return;
-    def = parse_paired(r->defs, g_steal_pointer(&r->text), NULL, FALSE, &xml, &err);
+    def = parse_paired(r->cfg, g_steal_pointer(&r->text), NULL, FALSE, &xml, &err);
     r->then(def, xml, r->active, err, r->then_data);
 }
 
@@ -756,23 +811,50 @@ void definitions_consider_all(Definitions *defs)
 
 /* ---- the peer's requests ---------------------------------------------------- */
 
-/* A peer's define-guest while libvirt defines the domain in its thread. */
+/*
+ * A peer's request whose libvirt calls run in kvm-ftd's libvirt thread
+ * (they wait for the domain's job lock, which a start or a monitor command
+ * holds for seconds); it is answered from the main loop.
+ */
 typedef struct {
-    Definitions *defs;
+    Definitions *defs;   /* on the main loop only */
+    const FtConfig *cfg;
     PeerConn *conn;
     guint64 id;
+    char *sender;
     char *name;
-    char *xml;
-    gboolean defined;
-} DefineRequest;
+    char *xml;           /* define-guest's, update-metadata's: the peer's definition */
+    char *text;          /* define-guest: this host's definition once defined */
+    gboolean active;     /* define-guest: whether it runs here */
+    gboolean defined;    /* define-guest: defined now */
+    gboolean absent;     /* undefine-guest: nothing defined here */
+    gboolean changed;    /* update-metadata: the settings changed */
+} PeerRequest;
 
-static void define_request_free(gpointer data)
+static PeerRequest *peer_request_new(Definitions *defs, PeerConn *conn, guint64 id,
+                                     const char *name, const char *xml)
 {
-    DefineRequest *req = data;
+    PeerRequest *req = g_new0(PeerRequest, 1);
+
+    req->defs = defs;
+    req->cfg = defs->cfg;
+    req->conn = peer_conn_ref(conn);
+    req->id = id;
+    req->sender = g_strdup(peer_conn_get_peer_host(conn));
+    req->name = g_strdup(name);
+    req->xml = g_strdup(xml);
+    return req;
+}
+
+static void peer_request_free(gpointer data)
+{
+    PeerRequest *req = data;
 
     peer_conn_unref(req->conn);
+    g_free(req->sender);
     g_free(req->name);
     g_free(req->xml);
+    g_free(req->text);
     g_free(req);
 }
 
@@ -797,19 +879,29 @@ static char *define_refusal(Definitions *defs, const FtDef *def)
     return NULL;
 }
 
-/* In the libvirt thread: libvirtd's first define may probe QEMU for seconds (4 s seen). */
+/*
+ * In the libvirt thread: libvirtd's first define may probe QEMU for
+ * seconds (4 s seen).  Whatever had the name here already must be the
+ * same pair's guest, stopped: its definition is read back.
+ */
 static gboolean define_in_thread(Virt *v, gpointer data, GError **err)
 {
-    DefineRequest *req = data;
+    PeerRequest *req = data;
 
-    return virt_domain_define_missing(v, req->name, req->xml, &req->defined, err);
+    if (!virt_domain_define_missing(v, req->name, req->xml, &req->defined, err))
+        return FALSE;
+    req->text = read_definition(v, req->cfg, req->name, err);
+    if (!req->text || !virt_domain_is_active(v, req->name, &req->active, err)) {
+        g_prefix_error(err, "the domain '%s' on %s: ", req->name, req->cfg->host_name);
+        return FALSE;
+    }
+    return TRUE;
 }
 
 static void on_defined(gpointer data, const GError *error)
 {
-    DefineRequest *req = data;
+    PeerRequest *req = data;
     Definitions *defs = req->defs;
-    const char *sender = peer_conn_get_peer_host(req->conn);
     g_autoptr(GError) err = NULL;
     g_autoptr(FtDef) local = NULL;
     g_autofree char *local_xml = NULL;
@@ -817,23 +909,24 @@ static void on_defined(gpointer data, const GError *error)
     g_autofree char *refusal = NULL;
     g_autoptr(JsonNode) answer = json_node_new(JSON_NODE_OBJECT);
     JsonObject *result;
-    gboolean active = FALSE;
     FtGuest *g;
 
+    if (daemon_quitting(defs->d))
+        return;
     if (error) {
         daemon_reply_error(req->conn, req->id, "%s", error->message);
         return;
     }
     if (req->defined)
-        log_info(req->name, "none", "defined at the request of %s", sender);
-    /* Whatever had the name here already must be the same pair's guest, stopped. */
-    local = definitions_read(defs, req->name, sender, &local_xml, &err);
-    if (!local || !virt_domain_is_active(defs->virt, req->name, &active, &err)) {
+        log_info(req->name, "none", "defined at the request of %s", req->sender);
+    local = parse_paired(req->cfg, g_steal_pointer(&req->text), req->sender, FALSE,
+                         &local_xml, &err);
+    if (!local) {
         daemon_reply_error(req->conn, req->id, "the domain '%s' on %s: %s", req->name,
                            defs->cfg->host_name, err->message);
         return;
     }
-    if (active) {
+    if (req->active) {
         daemon_reply_error(req->conn, req->id, "guest '%s' runs on %s, unprotected",
                            req->name, defs->cfg->host_name);
         return;
@@ -847,7 +940,7 @@ static void on_defined(gpointer data, const GError *error)
     g_hash_table_remove(defs->refused, local->name);
     g = guest_new(defs->d, g_steal_pointer(&local), local_xml, FT_ROLE_PRIMARY);
     g_hash_table_replace(defs->guests, g_strdup(guest_name(g)), g);
-    reason = g_strdup_printf("defined here and on %s", sender);
+    reason = g_strdup_printf("defined here and on %s", req->sender);
     definitions_set_status(defs, guest_name(g), STATUS_READY, reason);
     install_plumbing(defs, guest_name(g), local_xml, guest_def(g));
     result = json_object_new();
@@ -866,17 +959,15 @@ static void handle_define_guest(Definitions *defs, PeerConn *conn, guint64 id,
     const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
     const char *version = json_object_get_string_member_with_default(params, "qemu-version",
                                                                      NULL);
-    const char *sender = peer_conn_get_peer_host(conn);
     g_autoptr(GError) err = NULL;
     g_autoptr(FtDef) def = NULL;
     g_autofree char *refusal = NULL;
-    DefineRequest *req;
 
     if (!xml || !version) {
         daemon_reply_error(conn, id, "define-guest needs domain-xml and qemu-version");
         return;
     }
-    def = definitions_from_peer(defs, xml, version, sender, &err);
+    def = definitions_from_peer(defs, xml, version, peer_conn_get_peer_host(conn), &err);
     if (!def) {
         daemon_reply_error(conn, id, "%s", err->message);
         return;
@@ -886,31 +977,65 @@ static void handle_define_guest(Definitions *defs, PeerConn *conn, guint64 id,
         daemon_reply_error(conn, id, "%s", refusal);
         return;
     }
-    req = g_new0(DefineRequest, 1);
-    req->defs = defs;
-    req->conn = peer_conn_ref(conn);
-    req->id = id;
-    req->name = g_strdup(def->name);
-    req->xml = g_strdup(xml);
-    virt_run(defs->virt, define_in_thread, on_defined, req, define_request_free);
+    virt_run(defs->virt, define_in_thread, on_defined,
+             peer_request_new(defs, conn, id, def->name, xml), peer_request_free);
+}
+
+/* Never a domain that is not this pair's guest. */
+static gboolean undefine_in_thread(Virt *v, gpointer data, GError **err)
+{
+    PeerRequest *req = data;
+    g_autoptr(GError) e = NULL;
+    g_autoptr(FtDef) def = parse_paired(req->cfg, read_definition(v, req->cfg, req->name, &e),
+                                        req->sender, FALSE, NULL, &e);
+
+    if (!def && g_error_matches(e, VIRT_ERROR, VIRT_ERROR_NO_DOMAIN)) {
+        req->absent = TRUE;
+        return TRUE;
+    }
+    if (!def) {
+        g_propagate_prefixed_error(err, g_steal_pointer(&e), "the domain '%s' on %s: ",
+                                   req->name, req->cfg->host_name);
+        return FALSE;
+    }
+    return virt_domain_undefine(v, req->name, err);
+}
+
+static void on_undefined(gpointer data, const GError *error)
+{
+    PeerRequest *req = data;
+    Definitions *defs = req->defs;
+    FtGuest *g;
+
+    if (daemon_quitting(defs->d))
+        return;
+    if (error) {
+        daemon_reply_error(req->conn, req->id, "%s", error->message);
+        return;
+    }
+    g = g_hash_table_lookup(defs->guests, req->name);
+    /* Nothing defined here: what a secondary left behind still goes. */
+    if (!req->absent || g)
+        forget_storage(defs, req->name);
+    forget(defs, req->name);
+    if (!req->absent)
+        log_info(req->name, "none", "undefined at the request of %s, where it was undefined",
+                 req->sender);
+    peer_conn_reply(req->conn, req->id, NULL);
 }
 
 /*
  * The guest was undefined on the peer: its copy here goes too, with its
- * replication overlays; never a running one, nor a domain that is not this
- * pair's guest.
+ * replication overlays; never a running one (libvirt refuses it too).
  */
 static void handle_undefine_guest(Definitions *defs, PeerConn *conn, guint64 id,
                                   JsonObject *params)
 {
     const char *name = json_object_get_string_member_with_default(params, "guest", NULL);
-    const char *sender = peer_conn_get_peer_host(conn);
-    g_autoptr(GError) err = NULL;
-    g_autoptr(FtDef) def = NULL;
     FtGuest *g;
 
-    if (!name) {
-        daemon_reply_error(conn, id, "undefine-guest needs guest");
+    if (!name || ftdef_guest_name_problem(name)) {
+        daemon_reply_error(conn, id, "undefine-guest needs a guest's name");
         return;
     }
     g = g_hash_table_lookup(defs->guests, name);
@@ -920,30 +1045,8 @@ static void handle_undefine_guest(Definitions *defs, PeerConn *conn, guint64 id,
                            ft_role_name(guest_role(g)));
         return;
     }
-    def = definitions_read(defs, name, sender, NULL, &err);
-    if (!def && g_error_matches(err, VIRT_ERROR, VIRT_ERROR_NO_DOMAIN)) {
-        /* Nothing defined here; what a secondary left behind still goes. */
-        if (g)
-            forget_storage(defs, guest_name(g));
-        forget(defs, name);
-        peer_conn_reply(conn, id, NULL);
-        return;
-    }
-    if (!def) {
-        daemon_reply_error(conn, id, "the domain '%s' on %s: %s", name,
-                           defs->cfg->host_name, err->message);
-        return;
-    }
-    g_clear_error(&err);
-    if (!virt_domain_undefine(defs->virt, def->name, &err)) {
-        daemon_reply_error(conn, id, "%s", err->message);
-        return;
-    }
-    forget_storage(defs, def->name);
-    forget(defs, def->name);
-    log_info(def->name, "none", "undefined at the request of %s, where it was undefined",
-             sender);
-    peer_conn_reply(conn, id, NULL);
+    virt_run(defs->virt, undefine_in_thread, on_undefined,
+             peer_request_new(defs, conn, id, name, NULL), peer_request_free);
 }
 
 static gboolean same_settings(const FtDef *a, const FtDef *b)
@@ -955,63 +1058,80 @@ static gboolean same_settings(const FtDef *a, const FtDef *b)
 /*
  * The peer's <ft:guest> goes into this host's definition of the same
  * guest, as `virsh metadata --set` would put it; the change then takes the
- * way of a local one (consider_domain).
+ * way of a local one (consider_domain).  The peer may change how the pair
+ * runs the guest, not which pair or which disks.
  */
+static gboolean update_metadata_in_thread(Virt *v, gpointer data, GError **err)
+{
+    PeerRequest *req = data;
+    const char *host = req->cfg->host_name;
+    g_autoptr(GError) e = NULL;
+    g_autofree char *local_xml = NULL;
+    g_autoptr(FtDef) local = parse_paired(req->cfg, read_definition(v, req->cfg, req->name, &e),
+                                          req->sender, FALSE, &local_xml, &e);
+    g_autoptr(FtDef) wanted = NULL;
+    g_autofree char *merged = NULL;
+    g_autofree char *element = NULL;
+    g_autofree char *why = NULL;
+
+    if (!local) {
+        g_propagate_prefixed_error(err, g_steal_pointer(&e), "guest '%s' on %s: ", req->name,
+                                   host);
+        return FALSE;
+    }
+    if (!(merged = domxml_with_ft_metadata_of(local_xml, req->xml, &e)) ||
+        !(wanted = ftdef_parse(merged, &e))) {
+        g_propagate_prefixed_error(err, g_steal_pointer(&e), "guest '%s': %s's kvm-ft "
+                                   "metadata: ", req->name, req->sender);
+        return FALSE;
+    }
+    why = pairing_error(req->cfg, wanted, req->sender);
+    if (why || !ftdef_same_pair_and_disks(local, wanted)) {
+        g_set_error(err, FTDEF_ERROR, FTDEF_ERROR_INVALID, "guest '%s': %s's kvm-ft metadata "
+                    "names other hosts, ports or disks than %s's (%s): define the guest "
+                    "again on both", req->name, req->sender, host, why ? why : "changed");
+        return FALSE;
+    }
+    req->changed = !same_settings(local, wanted);
+    if (req->changed && (!(element = domxml_ft_metadata_element(merged, &e)) ||
+                         !virt_domain_set_ft_metadata(v, req->name, element, &e))) {
+        g_propagate_prefixed_error(err, g_steal_pointer(&e), "guest '%s' on %s: ", req->name,
+                                   host);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static void on_metadata_updated(gpointer data, const GError *error)
+{
+    PeerRequest *req = data;
+    g_autoptr(JsonNode) answer = json_node_new(JSON_NODE_OBJECT);
+    JsonObject *result = json_object_new();
+
+    json_node_take_object(answer, result);
+    if (error) {
+        daemon_reply_error(req->conn, req->id, "%s", error->message);
+        return;
+    }
+    if (req->changed)
+        log_info(req->name, role_here(req->defs, req->name), "kvm-ft metadata changed on %s: "
+                 "taken here too", req->sender);
+    json_object_set_boolean_member(result, "changed", req->changed);
+    peer_conn_reply(req->conn, req->id, answer);
+}
+
 static void handle_update_metadata(Definitions *defs, PeerConn *conn, guint64 id,
                                    JsonObject *params)
 {
     const char *name = json_object_get_string_member_with_default(params, "guest", NULL);
     const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
-    const char *sender = peer_conn_get_peer_host(conn);
-    g_autoptr(GError) err = NULL;
-    g_autoptr(FtDef) local = NULL;
-    g_autoptr(FtDef) wanted = NULL;
-    g_autofree char *local_xml = NULL;
-    g_autofree char *merged = NULL;
-    g_autofree char *element = NULL;
-    g_autofree char *why = NULL;
-    g_autoptr(JsonNode) answer = json_node_new(JSON_NODE_OBJECT);
-    JsonObject *result = json_object_new();
-    gboolean changed;
 
-    json_node_take_object(answer, result);
     if (!name || !xml || ftdef_guest_name_problem(name)) {
         daemon_reply_error(conn, id, "update-metadata needs a guest's name and domain-xml");
         return;
     }
-    local = definitions_read(defs, name, sender, &local_xml, &err);
-    if (!local) {
-        daemon_reply_error(conn, id, "guest '%s' on %s: %s", name, defs->cfg->host_name,
-                           err->message);
-        return;
-    }
-    if (!(merged = domxml_with_ft_metadata_of(local_xml, xml, &err)) ||
-        !(wanted = ftdef_parse(merged, &err))) {
-        daemon_reply_error(conn, id, "guest '%s': %s's kvm-ft metadata: %s", name, sender,
-                           err->message);
-        return;
-    }
-    why = definitions_pairing_error(defs, wanted, sender);
-    /* The peer may change how the pair runs the guest, not which pair or which disks. */
-    if (why || !ftdef_same_pair_and_disks(local, wanted)) {
-        daemon_reply_error(conn, id, "guest '%s': %s's kvm-ft metadata names other hosts, "
-                           "ports or disks than %s's (%s): define the guest again on both",
-                           name, sender, defs->cfg->host_name, why ? why : "changed");
-        return;
-    }
-    changed = !same_settings(local, wanted);
-    json_object_set_boolean_member(result, "changed", changed);
-    if (changed) {
-        if (!(element = domxml_ft_metadata_element(merged, &err)) ||
-            !virt_domain_set_ft_metadata(defs->virt, name, element, &err)) {
-            daemon_reply_error(conn, id, "guest '%s' on %s: %s", name, defs->cfg->host_name,
-                               err->message);
-            return;
-        }
-        log_info(name, role_here(defs, name), "kvm-ft metadata changed on %s: taken here too",
-                 sender);
-    }
-    peer_conn_reply(conn, id, answer);
+    virt_run(defs->virt, update_metadata_in_thread, on_metadata_updated,
+             peer_request_new(defs, conn, id, name, xml), peer_request_free);
 }
 
 gboolean definitions_peer_request(Definitions *defs, PeerConn *conn, guint64 id,
