@@ -846,6 +846,16 @@ static PeerRequest *peer_request_new(Definitions *defs, PeerConn *conn, guint64 
     return req;
 }
 
+/* TRUE if the job's answer ends here: kvm-ftd quits, or the job failed (the peer hears why). */
+static gboolean peer_request_ended(PeerRequest *req, const GError *error)
+{
+    if (daemon_quitting(req->defs->d))
+        return TRUE;
+    if (error)
+        daemon_reply_error(req->conn, req->id, "%s", error->message);
+    return error != NULL;
+}
+
 static void peer_request_free(gpointer data)
 {
     PeerRequest *req = data;
@@ -911,12 +921,8 @@ static void on_defined(gpointer data, const GError *error)
     JsonObject *result;
     FtGuest *g;
 
-    if (daemon_quitting(defs->d))
+    if (peer_request_ended(req, error))
         return;
-    if (error) {
-        daemon_reply_error(req->conn, req->id, "%s", error->message);
-        return;
-    }
     if (req->defined)
         log_info(req->name, "none", "defined at the request of %s", req->sender);
     local = parse_paired(req->cfg, g_steal_pointer(&req->text), req->sender, FALSE,
@@ -1007,12 +1013,8 @@ static void on_undefined(gpointer data, const GError *error)
     Definitions *defs = req->defs;
     FtGuest *g;
 
-    if (daemon_quitting(defs->d))
+    if (peer_request_ended(req, error))
         return;
-    if (error) {
-        daemon_reply_error(req->conn, req->id, "%s", error->message);
-        return;
-    }
     g = g_hash_table_lookup(defs->guests, req->name);
     /* Nothing defined here: what a secondary left behind still goes. */
     if (!req->absent || g)
@@ -1109,10 +1111,8 @@ static void on_metadata_updated(gpointer data, const GError *error)
     JsonObject *result = json_object_new();
 
     json_node_take_object(answer, result);
-    if (error) {
-        daemon_reply_error(req->conn, req->id, "%s", error->message);
+    if (peer_request_ended(req, error))
         return;
-    }
     if (req->changed)
         log_info(req->name, role_here(req->defs, req->name), "kvm-ft metadata changed on %s: "
                  "taken here too", req->sender);
