@@ -260,6 +260,8 @@ static char *control(JsonObject *request, JsonNode **result)
 typedef struct {
     const char *line;
     char *reply;
+    char *second;   /* the line after reply, when asked for */
+    gboolean want_second;
     gint done;
 } RawControl;
 
@@ -276,6 +278,8 @@ static gpointer raw_control_thread(gpointer opaque)
                                           r->line, strlen(r->line), NULL, NULL, NULL)) {
         in = g_data_input_stream_new(g_io_stream_get_input_stream(G_IO_STREAM(conn)));
         r->reply = g_data_input_stream_read_line(in, NULL, NULL, NULL);
+        if (r->want_second)
+            r->second = g_data_input_stream_read_line(in, NULL, NULL, NULL);
     }
     g_atomic_int_set(&r->done, 1);
     return NULL;
@@ -617,6 +621,28 @@ START_TEST(protect_refuses_a_path_for_a_name)
     error = control(req, NULL);
     ck_assert_msg(error && strstr(error, "is not a guest name"), "%s",
                   error ? error : "(accepted)");
+}
+END_TEST
+
+/*
+ * protect reads the definition in the libvirt thread and answers later:
+ * a request sent right behind it is answered after it, not before.
+ */
+START_TEST(a_deferred_reply_keeps_the_order_of_requests)
+{
+    RawControl r = { .line = "{\"command\": \"protect\", \"guest\": \"nope\"}\n"
+                             "{\"command\": \"list\"}\n",
+                     .want_second = TRUE };
+
+    start_peer(FALSE);
+    start_daemon();
+    off_the_loop(raw_control_thread, &r, &r.done);
+    ck_assert_msg(r.reply && strstr(r.reply, "\"ok\":false") && strstr(r.reply, "nope"),
+                  "protect of a domain that does not exist: %s", r.reply ? r.reply : "(none)");
+    ck_assert_msg(r.second && strstr(r.second, "\"ok\":true"), "list after it: %s",
+                  r.second ? r.second : "(none)");
+    g_free(r.reply);
+    g_free(r.second);
 }
 END_TEST
 
@@ -1276,6 +1302,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, prepare_secondary_refuses_malformed_copy_params);
     tcase_add_test(tc, prepare_secondary_refuses_another_tls_setting);
     tcase_add_test(tc, protect_refuses_a_path_for_a_name);
+    tcase_add_test(tc, a_deferred_reply_keeps_the_order_of_requests);
     tcase_add_test(tc, detector_since_far_future);
     tcase_add_test(tc, prepare_secondary_vets_the_peer_definition);
     tcase_add_test(tc, requests_from_a_host_that_is_not_the_peer_are_refused);
