@@ -70,6 +70,8 @@ typedef struct {
     JsonObject *define;  /* the last define-guest hostB got */
     JsonObject *prepare; /* the last prepare-secondary hostB got */
     JsonObject *decision; /* the last decision hostB got */
+    guint decisions;      /* how many it got */
+    gboolean answer_decisions; /* "restarting" to the first, null to the others */
     char *extra_conf;    /* appended to kvm-ftd.conf, or NULL */
     GSocketService *etcd; /* a witness that answers every claim the same (fake_etcd()) */
     Daemon *d;
@@ -82,8 +84,6 @@ static Lab lab;
 static void on_peer_request(PeerConn *conn, guint64 id, const char *method,
                             JsonObject *params, gpointer opaque)
 {
-    (void)conn;
-    (void)id;
     (void)opaque;
     if (strcmp(method, "define-guest") == 0) {
         g_clear_pointer(&lab.define, json_object_unref);
@@ -94,6 +94,10 @@ static void on_peer_request(PeerConn *conn, guint64 id, const char *method,
     } else if (strcmp(method, "decision") == 0) {
         g_clear_pointer(&lab.decision, json_object_unref);
         lab.decision = json_object_ref(params);
+        if (lab.answer_decisions && lab.decisions++ == 0)
+            peer_conn_reply_restarting(conn, id, "kvm-ftd on hostB restarted (test)");
+        else if (lab.answer_decisions)
+            peer_conn_reply(conn, id, NULL);
     }
 }
 
@@ -859,7 +863,8 @@ static JsonObject *decision_params(const char *decision)
  * at once, and answers the peer "restarting" about that guest (not
  * refused, not silent, not acted on) while it waits for the QEMU in a
  * thread; when the QMP deadline passes it kills the QEMU and goes on from
- * the journal: the secondary is told to take over.
+ * the journal: the secondary is told to take over, and told again when it
+ * answers that it is restarting itself.
  */
 START_TEST(a_restart_answers_restarting_until_it_has_re_attached)
 {
@@ -874,6 +879,7 @@ START_TEST(a_restart_answers_restarting_until_it_has_re_attached)
     FtGuest *web1;
 
     start_peer(FALSE);
+    lab.answer_decisions = TRUE;
     v = web1_running_as_protected_primary();
     hung = start_hung_qemu();
     start_daemon();
@@ -901,6 +907,10 @@ START_TEST(a_restart_answers_restarting_until_it_has_re_attached)
     ck_assert_msg(lab.decision != NULL, "hostB was not told anything");
     ck_assert_str_eq(json_object_get_string_member(lab.decision, "decision"), "take-over");
     ck_assert_str_eq(json_object_get_string_member(lab.decision, "generation"), WEB1_GENERATION);
+    /* hostB said it was restarting: asked again (every 100 ms) until it answered. */
+    WAIT_FOR(lab.decisions >= 2, 2000);
+    ck_assert_msg(lab.decisions >= 2, "take-over sent %u time(s) to a restarting hostB",
+                  lab.decisions);
 }
 END_TEST
 
