@@ -193,7 +193,7 @@ static gboolean answered_restarting(Daemon *d, PeerConn *conn, guint64 id, FtGue
     return TRUE;
 }
 
-/* A prepare-secondary that came while this host's copy was still stopping. */
+/* A prepare-secondary waiting for QEMU's version, or for this host's copy to stop. */
 typedef struct {
     Daemon *d;
     PeerConn *conn;
@@ -219,38 +219,30 @@ static gboolean prepare_after_stop(gpointer data)
     return G_SOURCE_REMOVE;
 }
 
-static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
-                                     JsonObject *params)
+/* With this host's QEMU version, asked in the libvirt thread. */
+static void prepare_with_version(const char *mine, const GError *error, gpointer data)
 {
-    const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
-    const char *primary = json_object_get_string_member_with_default(params, "primary", NULL);
-    const char *version = json_object_get_string_member_with_default(params, "qemu-version",
-                                                                     NULL);
+    DeferredPrepare *p = data;
+    Daemon *d = p->d;
+    PeerConn *conn = p->conn;
+    guint64 id = p->id;
+    JsonObject *params = p->params;
+    const char *xml = json_object_get_string_member(params, "domain-xml");
+    const char *primary = json_object_get_string_member(params, "primary");
     const char *sender = peer_conn_get_peer_host(conn);
     g_autoptr(GError) err = NULL;
     g_autoptr(FtDef) def = NULL;
     g_autofree char *why = NULL;
     FtGuest *g;
 
-    if (!xml || !primary || !version) {
-        daemon_reply_error(conn, id, "prepare-secondary needs domain-xml, primary and "
-                           "qemu-version");
-        return;
-    }
-    if (!copy_params_valid(params)) {
-        daemon_reply_error(conn, id, "prepare-secondary: disk-bytes must be a list of "
-                           "positive sizes, wait-ms a number of milliseconds, generation "
-                           "a UUID");
-        return;
-    }
-    why = replication_tls_mismatch(d, params, sender);
-    if (why) {
-        daemon_reply_error(conn, id, "%s", why);
+    if (error) {
+        daemon_reply_error(conn, id, "%s", error->message);
         return;
     }
     /* The secondary loads the primary's state: the same QEMU must run both. */
-    def = definitions_from_peer(d->defs, xml, version, sender, &err);
-    if (!def) {
+    if (!definitions_same_qemu(d->cfg, json_object_get_string_member(params, "qemu-version"),
+                               mine, sender, &err) ||
+        !(def = definitions_from_peer(d->defs, xml, sender, &err))) {
         daemon_reply_error(conn, id, "%s", err->message);
         return;
     }
@@ -265,10 +257,10 @@ static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
         return;
     if (g && guest_state(g) == GUEST_STOPPING) {
         /* Its last copy is being destroyed here (seconds at most): then the answer. */
-        DeferredPrepare *p = g_new0(DeferredPrepare, 1);
+        DeferredPrepare *later = g_new0(DeferredPrepare, 1);
 
-        *p = (DeferredPrepare){ d, peer_conn_ref(conn), id, json_object_ref(params) };
-        guest_when_stopped(g, prepare_after_stop, p, deferred_prepare_free);
+        *later = (DeferredPrepare){ d, peer_conn_ref(conn), id, json_object_ref(params) };
+        guest_when_stopped(g, prepare_after_stop, later, deferred_prepare_free);
         return;
     }
     if (g && guest_is_busy(g)) {
@@ -280,6 +272,37 @@ static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
     g_hash_table_replace(d->guests, g_strdup(guest_name(g)), g);
     definitions_forget_refusal(d->defs, guest_name(g));
     guest_prepare_secondary(g, conn, id, params);
+}
+
+static void handle_prepare_secondary(Daemon *d, PeerConn *conn, guint64 id,
+                                     JsonObject *params)
+{
+    const char *xml = json_object_get_string_member_with_default(params, "domain-xml", NULL);
+    const char *primary = json_object_get_string_member_with_default(params, "primary", NULL);
+    const char *version = json_object_get_string_member_with_default(params, "qemu-version",
+                                                                     NULL);
+    g_autofree char *why = NULL;
+    DeferredPrepare *p;
+
+    if (!xml || !primary || !version) {
+        daemon_reply_error(conn, id, "prepare-secondary needs domain-xml, primary and "
+                           "qemu-version");
+        return;
+    }
+    if (!copy_params_valid(params)) {
+        daemon_reply_error(conn, id, "prepare-secondary: disk-bytes must be a list of "
+                           "positive sizes, wait-ms a number of milliseconds, generation "
+                           "a UUID");
+        return;
+    }
+    why = replication_tls_mismatch(d, params, peer_conn_get_peer_host(conn));
+    if (why) {
+        daemon_reply_error(conn, id, "%s", why);
+        return;
+    }
+    p = g_new0(DeferredPrepare, 1);
+    *p = (DeferredPrepare){ d, peer_conn_ref(conn), id, json_object_ref(params) };
+    definitions_qemu_version(d->defs, prepare_with_version, p, deferred_prepare_free);
 }
 
 /*

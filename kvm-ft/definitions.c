@@ -361,12 +361,11 @@ static gboolean peer_definition_allowed(Definitions *defs, const FtDef *def,
     return TRUE;
 }
 
-FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *version,
-                             const char *sender, GError **err)
+FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *sender,
+                             GError **err)
 {
     g_autoptr(FtDef) def = ftdef_parse(xml, err);
     g_autofree char *why = NULL;
-    g_autofree char *mine = NULL;
 
     if (!def) {
         g_prefix_error(err, "invalid FT guest definition: ");
@@ -379,16 +378,63 @@ FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *ver
     }
     if (!peer_definition_allowed(defs, def, sender, err))
         return NULL;
-    mine = virt_qemu_version(defs->virt, err);
-    if (!mine)
-        return NULL;
-    if (strcmp(mine, version) != 0) {
-        g_set_error(err, DEFINITIONS_ERROR, 0,
-                    "QEMU %s on %s but %s on %s: both copies of a guest must run the "
-                    "same QEMU", version, sender, mine, defs->cfg->host_name);
-        return NULL;
-    }
     return g_steal_pointer(&def);
+}
+
+gboolean definitions_same_qemu(const FtConfig *cfg, const char *theirs, const char *mine,
+                               const char *sender, GError **err)
+{
+    if (strcmp(mine, theirs) == 0)
+        return TRUE;
+    g_set_error(err, DEFINITIONS_ERROR, 0, "QEMU %s on %s but %s on %s: both copies of a "
+                "guest must run the same QEMU", theirs, sender, mine, cfg->host_name);
+    return FALSE;
+}
+
+typedef struct {
+    char *version;
+    DefinitionsVersionFunc then;
+    Definitions *defs;
+    gpointer data;
+    GDestroyNotify free_data;
+} VersionAsk;
+
+static void version_ask_free(gpointer data)
+{
+    VersionAsk *ask = data;
+
+    if (ask->free_data)
+        ask->free_data(ask->data);
+    g_free(ask->version);
+    g_free(ask);
+}
+
+static gboolean version_in_thread(Virt *v, gpointer data, GError **err)
+{
+    VersionAsk *ask = data;
+
+    ask->version = virt_qemu_version(v, err);
+    return ask->version != NULL;
+}
+
+static void on_version(gpointer data, const GError *error)
+{
+    VersionAsk *ask = data;
+
+    if (!daemon_quitting(ask->defs->d))
+        ask->then(ask->version, error, ask->data);
+}
+
+void definitions_qemu_version(Definitions *defs, DefinitionsVersionFunc then, gpointer data,
+                              GDestroyNotify free_data)
+{
+    VersionAsk *ask = g_new0(VersionAsk, 1);
+
+    ask->defs = defs;
+    ask->then = then;
+    ask->data = data;
+    ask->free_data = free_data;
+    virt_run(defs->virt, version_in_thread, on_version, ask, version_ask_free);
 }
 
 /* ---- following libvirt's domain events -------------------------------------- */
@@ -824,6 +870,7 @@ typedef struct {
     char *sender;
     char *name;
     char *xml;           /* define-guest's, update-metadata's: the peer's definition */
+    char *version;       /* define-guest: the QEMU the peer runs */
     char *text;          /* define-guest: this host's definition once defined */
     gboolean active;     /* define-guest: whether it runs here */
     gboolean defined;    /* define-guest: defined now */
@@ -864,6 +911,7 @@ static void peer_request_free(gpointer data)
     g_free(req->sender);
     g_free(req->name);
     g_free(req->xml);
+    g_free(req->version);
     g_free(req->text);
     g_free(req);
 }
@@ -891,14 +939,17 @@ static char *define_refusal(Definitions *defs, const FtDef *def)
 
 /*
  * In the libvirt thread: libvirtd's first define may probe QEMU for
- * seconds (4 s seen).  Whatever had the name here already must be the
+ * seconds (4 s seen), and a hung libvirtd holds even the version's call.  Whatever had the name here already must be the
  * same pair's guest, stopped: its definition is read back.
  */
 static gboolean define_in_thread(Virt *v, gpointer data, GError **err)
 {
     PeerRequest *req = data;
+    g_autofree char *mine = virt_qemu_version(v, err);
 
-    if (!virt_domain_define_missing(v, req->name, req->xml, &req->defined, err))
+    /* The secondary loads the primary's state: the same QEMU must run both. */
+    if (!mine || !definitions_same_qemu(req->cfg, req->version, mine, req->sender, err) ||
+        !virt_domain_define_missing(v, req->name, req->xml, &req->defined, err))
         return FALSE;
     req->text = read_definition(v, req->cfg, req->name, err);
     if (!req->text || !virt_domain_is_active(v, req->name, &req->active, err)) {
@@ -968,12 +1019,13 @@ static void handle_define_guest(Definitions *defs, PeerConn *conn, guint64 id,
     g_autoptr(GError) err = NULL;
     g_autoptr(FtDef) def = NULL;
     g_autofree char *refusal = NULL;
+    PeerRequest *req;
 
     if (!xml || !version) {
         daemon_reply_error(conn, id, "define-guest needs domain-xml and qemu-version");
         return;
     }
-    def = definitions_from_peer(defs, xml, version, peer_conn_get_peer_host(conn), &err);
+    def = definitions_from_peer(defs, xml, peer_conn_get_peer_host(conn), &err);
     if (!def) {
         daemon_reply_error(conn, id, "%s", err->message);
         return;
@@ -983,8 +1035,9 @@ static void handle_define_guest(Definitions *defs, PeerConn *conn, guint64 id,
         daemon_reply_error(conn, id, "%s", refusal);
         return;
     }
-    virt_run(defs->virt, define_in_thread, on_defined,
-             peer_request_new(defs, conn, id, def->name, xml), peer_request_free);
+    req = peer_request_new(defs, conn, id, def->name, xml);
+    req->version = g_strdup(version);
+    virt_run(defs->virt, define_in_thread, on_defined, req, peer_request_free);
 }
 
 /* Never a domain that is not this pair's guest. */

@@ -102,13 +102,30 @@ FtDef *definitions_read_started(Definitions *defs, const char *name, char **xml,
 FtDef *definitions_read_ha(Definitions *defs, const char *name, GError **err);
 
 /*
- * The guest whose definition (xml) the peer host sender sent, saying it
- * runs QEMU version: valid, pairing this host with sender, and this host
- * runs the same QEMU (the two copies of a guest must).  Else NULL, and why
- * not, as the answer to sender's request.
+ * The guest whose definition (xml) the peer host sender sent: valid,
+ * pairing this host with sender, and what this host's administrator allows
+ * a peer to run.  Else NULL, and why not, as the answer to sender's request.
  */
-FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *version,
-                             const char *sender, GError **err);
+FtDef *definitions_from_peer(Definitions *defs, const char *xml, const char *sender,
+                             GError **err);
+
+/*
+ * Whether this host runs the QEMU version (mine, libvirt's) that the peer
+ * sender says it runs (theirs): the two copies of a guest must.  Else
+ * FALSE, and why not.
+ */
+gboolean definitions_same_qemu(const FtConfig *cfg, const char *theirs, const char *mine,
+                               const char *sender, GError **err);
+
+/*
+ * This host's QEMU version, asked of libvirt in kvm-ftd's libvirt thread:
+ * then gets it, or the error, on the main loop unless kvm-ftd quits first;
+ * free_data runs either way.
+ */
+typedef void (*DefinitionsVersionFunc)(const char *version, const GError *error,
+                                       gpointer data);
+void definitions_qemu_version(Definitions *defs, DefinitionsVersionFunc then, gpointer data,
+                              GDestroyNotify free_data);
 
 /* Why the guest of that name is refused here; NULL if it is not. */
 const char *definitions_refusal(Definitions *defs, const char *name);
