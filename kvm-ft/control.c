@@ -44,6 +44,7 @@ struct ControlClient {
     gboolean closing;           /* stop reading; close once outbuf is sent */
     gboolean dead;              /* sources gone; freed by the reaper */
     ControlReply *awaiting;     /* a deferred reply: nothing is read until it is sent */
+    gboolean read_all;          /* the client has sent everything: close once answered */
 };
 
 struct ControlServer {
@@ -309,6 +310,15 @@ static void client_handle_line(ControlClient *c, const char *line, gsize len)
     client_reply(c, result, NULL);
 }
 
+/* A client that sent everything is closed once its last reply is out, not before. */
+static void client_close_when_answered(ControlClient *c)
+{
+    if (c->dead || c->awaiting || !c->read_all)
+        return;
+    c->closing = TRUE;
+    client_flush(c);
+}
+
 static void client_process(ControlClient *c)
 {
     while (!c->dead && !c->closing && !c->awaiting) {
@@ -355,12 +365,10 @@ static gboolean client_in_cb(GSocket *sock, GIOCondition cond, gpointer data)
         /* The client is done sending: a last unterminated line still counts. */
         if (c->inbuf->len > 0 && c->inbuf->len <= CONTROL_MAX_LINE)
             g_byte_array_append(c->inbuf, (const guint8 *)"\n", 1);
+        c->read_all = TRUE;
+        drop_source(&c->in_source);
         client_process(c);
-        if (!c->dead) {
-            c->closing = TRUE;
-            drop_source(&c->in_source);
-            client_flush(c);
-        }
+        client_close_when_answered(c);
         return G_SOURCE_REMOVE;
     }
     c->last_activity = g_get_monotonic_time();
@@ -401,8 +409,10 @@ void control_reply_finish(ControlReply *reply, JsonNode *result, const GError *e
     client_reply(c, error ? NULL : result, error ? error->message : NULL);
     if (c->dead || c->closing)
         return;
-    client_read(c);
+    if (!c->read_all)
+        client_read(c);
     client_process(c);
+    client_close_when_answered(c);
 }
 
 /* ------------------------------------------------------------------ */

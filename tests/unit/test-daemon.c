@@ -266,6 +266,7 @@ typedef struct {
     char *reply;
     char *second;   /* the line after reply, when asked for */
     gboolean want_second;
+    gboolean shut_write; /* says it has sent everything, as `echo ... | socat` would */
     gint done;
 } RawControl;
 
@@ -279,7 +280,9 @@ static gpointer raw_control_thread(gpointer opaque)
     g_autoptr(GDataInputStream) in = NULL;
 
     if (conn && g_output_stream_write_all(g_io_stream_get_output_stream(G_IO_STREAM(conn)),
-                                          r->line, strlen(r->line), NULL, NULL, NULL)) {
+                                          r->line, strlen(r->line), NULL, NULL, NULL) &&
+        (!r->shut_write || g_socket_shutdown(g_socket_connection_get_socket(conn), FALSE, TRUE,
+                                             NULL))) {
         in = g_data_input_stream_new(g_io_stream_get_input_stream(G_IO_STREAM(conn)));
         r->reply = g_data_input_stream_read_line(in, NULL, NULL, NULL);
         if (r->want_second)
@@ -647,6 +650,25 @@ START_TEST(a_deferred_reply_keeps_the_order_of_requests)
                   r.second ? r.second : "(none)");
     g_free(r.reply);
     g_free(r.second);
+}
+END_TEST
+
+/*
+ * A client that sends its last request without a newline and says it has
+ * sent everything (`printf ... | socat`): the request counts, and the
+ * connection stays open until its deferred answer is out.
+ */
+START_TEST(a_deferred_reply_reaches_a_client_that_sent_everything)
+{
+    RawControl r = { .line = "{\"command\": \"protect\", \"guest\": \"nope\"}",
+                     .shut_write = TRUE };
+
+    start_peer(FALSE);
+    start_daemon();
+    off_the_loop(raw_control_thread, &r, &r.done);
+    ck_assert_msg(r.reply && strstr(r.reply, "\"ok\":false") && strstr(r.reply, "nope"),
+                  "protect, then end of input: %s", r.reply ? r.reply : "(no answer)");
+    g_free(r.reply);
 }
 END_TEST
 
@@ -1313,6 +1335,7 @@ static Suite *daemon_suite(void)
     tcase_add_test(tc, prepare_secondary_refuses_another_tls_setting);
     tcase_add_test(tc, protect_refuses_a_path_for_a_name);
     tcase_add_test(tc, a_deferred_reply_keeps_the_order_of_requests);
+    tcase_add_test(tc, a_deferred_reply_reaches_a_client_that_sent_everything);
     tcase_add_test(tc, detector_since_far_future);
     tcase_add_test(tc, prepare_secondary_vets_the_peer_definition);
     tcase_add_test(tc, requests_from_a_host_that_is_not_the_peer_are_refused);
