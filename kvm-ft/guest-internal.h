@@ -57,6 +57,8 @@ struct FtGuest {
     ResyncPlan resync_plan;   /* none, incremental or full */
     ResyncSince resync_since; /* what an incremental copy moves */
     gboolean resync_running;
+    /* A re-protection given up, while its copy's jobs end: why (NULL: none under way). */
+    char *abort_reason;
     ResyncProgress resync;
     guint64 disk_bytes;
     gint64 resync_started_us; /* wall clock */

@@ -84,6 +84,8 @@ void guest_stop_polling(FtGuest *g)
         g_source_remove(g->poll_id);
         g->poll_id = 0;
     }
+    /* An abort's poll is its last step: stopped, the abort is over. */
+    g_clear_pointer(&g->abort_reason, g_free);
 }
 
 /* Lets go of this host's QEMU without touching it. */
@@ -313,7 +315,8 @@ static void mark_closed_cleanly(FtGuest *g)
  * running guest goes, the secondary too, and the guest runs on alone as
  * before.  The next attempt comes by itself.
  */
-void guest_abort_rejoin(FtGuest *g, const char *reason)
+/* The rest of a failed re-protection, once the copy's jobs have ended (or will not). */
+static void end_rejoin(FtGuest *g, const char *reason)
 {
     EngineLink link = guest_engine_link(g);
     g_autoptr(GError) err = NULL;
@@ -321,6 +324,47 @@ void guest_abort_rejoin(FtGuest *g, const char *reason)
                                            "on alone, next attempt in %d s", reason,
                                            REJOIN_BACKOFF_S);
 
+    g->resync_running = FALSE;
+    if (!engine_primary_drop_secondary(g->qmp, &link, &err))
+        log_warn(g->def->name, guest_role_name(g), "removing the replication: %s", err->message);
+    resync_release_targets(g->qmp, &link);
+    guest_tell_peer_to_stop(g, reason);
+    g_free(g->error);
+    g->error = g_strdup(why);
+    g->rejoin = FALSE;
+    g->rejoin_after_us = g_get_monotonic_time() + REJOIN_BACKOFF_S * G_USEC_PER_SEC;
+    guest_transition(g, GUEST_DEGRADED, why);
+}
+
+static gboolean poll_abort_end(gpointer opaque)
+{
+    FtGuest *g = opaque;
+    g_autoptr(GError) err = NULL;
+    EngineLink link = guest_quick_link(g);
+    gboolean ended = FALSE;
+    g_autofree char *reason = NULL;
+
+    resync_cancel_poll(g->qmp, &link, &ended, &err);
+    if (!ended && g_get_monotonic_time() < g->deadline_us)
+        return G_SOURCE_CONTINUE;
+    g->poll_id = 0;
+    if (!ended)
+        log_warn(g->def->name, guest_role_name(g), "the given-up disk copy's jobs did not end "
+                 "within %d ms (%s): the next attempt removes them", JOB_END_TIMEOUT_MS,
+                 err ? err->message : "still running");
+    reason = g_steal_pointer(&g->abort_reason);
+    end_rejoin(g, reason);
+    return G_SOURCE_REMOVE;
+}
+
+void guest_abort_rejoin(FtGuest *g, const char *reason)
+{
+    EngineLink link = guest_engine_link(g);
+    g_autoptr(GError) err = NULL;
+
+    /* Under way already: failure detection says it again every round. */
+    if (g->abort_reason)
+        return;
     guest_stop_polling(g);
     /*
      * Every connection to the peer first, out of band, the disk copy's
@@ -336,18 +380,15 @@ void guest_abort_rejoin(FtGuest *g, const char *reason)
     /* A first sync still running would otherwise enter COLO after all. */
     if (!engine_cancel_first_sync(g->qmp, &link, &err))
         g_clear_error(&err);
-    if (g->resync_running)
-        resync_abort(g->qmp, &link);
-    g->resync_running = FALSE;
-    if (!engine_primary_drop_secondary(g->qmp, &link, &err))
-        log_warn(g->def->name, guest_role_name(g), "removing the replication: %s", err->message);
-    resync_release_targets(g->qmp, &link);
-    guest_tell_peer_to_stop(g, reason);
-    g_free(g->error);
-    g->error = g_strdup(why);
-    g->rejoin = FALSE;
-    g->rejoin_after_us = g_get_monotonic_time() + REJOIN_BACKOFF_S * G_USEC_PER_SEC;
-    guest_transition(g, GUEST_DEGRADED, why);
+    if (!g->resync_running) {
+        end_rejoin(g, reason);
+        return;
+    }
+    /* The copy's jobs end by themselves once cancelled: looked at, not waited for. */
+    resync_cancel(g->qmp, &link);
+    g->abort_reason = g_strdup(reason);
+    g->deadline_us = g_get_monotonic_time() + JOB_END_TIMEOUT_MS * 1000;
+    g->poll_id = g_timeout_add(JOB_END_POLL_MS, poll_abort_end, g);
 }
 
 void guest_fail(FtGuest *g, const char *fmt, ...)

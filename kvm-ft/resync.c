@@ -318,10 +318,22 @@ gboolean resync_connect_targets(Qmp *q, const EngineLink *link, EngineDoneFunc d
     /*
      * A copy given up while its target was dying may have left its jobs and
      * target nodes behind (QEMU did not answer while the dead connection
-     * drained): they would refuse this copy's names.
+     * drained, or its jobs had not ended when the attempt gave up): they
+     * would refuse this copy's names.  Jobs end by themselves once
+     * cancelled; nobody waits for them here.
      */
-    if (leftovers(q, link))
-        resync_abort(q, link);
+    if (leftovers(q, link)) {
+        gboolean ended;
+
+        resync_cancel(q, link);
+        resync_cancel_poll(q, link, &ended, NULL);
+        resync_release_targets(q, link);
+        if (leftovers(q, link)) {
+            g_set_error(err, QMP_ERROR, QMP_ERROR_COMMAND, "an earlier disk copy's jobs are "
+                        "still ending; the next attempt finds them gone");
+            return FALSE;
+        }
+    }
     /* The targets are NBD clients of the secondary's export: on TLS unless configured off. */
     if (!engine_add_tls_creds(q, link, err))
         return FALSE;
@@ -429,31 +441,6 @@ static gboolean job_end_step(Qmp *q, const EngineLink *link, JsonArray *jobs, co
     return TRUE;
 }
 
-/* Waits until the job has concluded, then dismisses it. */
-static gboolean end_job(Qmp *q, const EngineLink *link, const char *id, GError **err)
-{
-    LOOPWAIT_SCOPE("waiting for a block job to end", NULL);
-    gint64 deadline = g_get_monotonic_time() + JOB_END_TIMEOUT_MS * 1000;
-
-    for (;;) {
-        g_autoptr(JsonNode) holder = NULL;
-        JsonArray *jobs = block_jobs(q, link, &holder, err);
-        gboolean ended;
-
-        if (!jobs || !job_end_step(q, link, jobs, id, &ended, err))
-            return FALSE;
-        if (ended)
-            return TRUE;
-        if (g_get_monotonic_time() > deadline) {
-            g_set_error(err, QMP_ERROR, QMP_ERROR_TIMEOUT,
-                        "block job %s did not end within %d ms (status %s)", id,
-                        JOB_END_TIMEOUT_MS, job_status(find_job(jobs, id)));
-            return FALSE;
-        }
-        g_usleep(JOB_END_POLL_MS * 1000);
-    }
-}
-
 static gboolean del_node(Qmp *q, const EngineLink *link, const char *job, GError **err)
 {
     g_autofree char *node = target_node(job);
@@ -524,39 +511,53 @@ void resync_cut_targets(Qmp *q, const EngineLink *link)
     }
 }
 
-static void abort_job(Qmp *q, const EngineLink *link, const char *job)
-{
-    g_autoptr(GError) e = NULL;
-    JsonObject *args = engine_arg("device", job);
-
-    json_object_set_boolean_member(args, "force", TRUE);
-    if (!engine_run(q, link, "block-job-cancel", args, &e))
-        g_clear_error(&e);
-    if (!end_job(q, link, job, &e)) {
-        log_warn(link->def->name, "primary", "giving up the disk copy: %s", e->message);
-        g_clear_error(&e);
-    }
-    if (!del_node(q, link, job, &e) && !strstr(e->message, "not found") &&
-        !strstr(e->message, "Cannot find") && !strstr(e->message, "Failed to find node"))
-        log_warn(link->def->name, "primary", "giving up the disk copy: %s", e->message);
-}
-
-void resync_abort(Qmp *q, const EngineLink *link)
+void resync_cancel(Qmp *q, const EngineLink *link)
 {
     /*
-     * Every connection to the dead target is cut before any job is waited
-     * for: a mirror's write-blocking writes hold the guest's I/O, and QEMU's
-     * main loop, until its own connection is gone (measured: ~15 s of a
-     * frozen guest when the mirror's turn came after the copy's).
+     * Every connection to the dead target is cut before any job is
+     * cancelled: a mirror's write-blocking writes hold the guest's I/O, and
+     * QEMU's main loop, until its own connection is gone (measured: ~15 s
+     * of a frozen guest when the mirror's turn came after the copy's).
      */
     resync_cut_targets(q, link);
     for (guint i = 0; i < link->def->disks->len; i++) {
         g_autofree char *mirror = mirror_job(i);
         g_autofree char *copy = copy_job(i);
+        const char *const jobs[] = { copy, mirror };
 
-        abort_job(q, link, copy);
-        abort_job(q, link, mirror);
+        for (gsize j = 0; j < G_N_ELEMENTS(jobs); j++) {
+            JsonObject *args = engine_arg("device", jobs[j]);
+
+            json_object_set_boolean_member(args, "force", TRUE);
+            engine_run(q, link, "block-job-cancel", args, NULL);
+        }
     }
+}
+
+gboolean resync_cancel_poll(Qmp *q, const EngineLink *link, gboolean *ended, GError **err)
+{
+    g_autoptr(JsonNode) holder = NULL;
+    JsonArray *jobs = block_jobs(q, link, &holder, err);
+
+    *ended = jobs != NULL;
+    for (guint i = 0; jobs && i < link->def->disks->len; i++) {
+        g_autofree char *mirror = mirror_job(i);
+        g_autofree char *copy = copy_job(i);
+        const char *const ids[] = { copy, mirror };
+
+        for (gsize j = 0; j < G_N_ELEMENTS(ids); j++) {
+            JsonObject *job = find_job(jobs, ids[j]);
+
+            if (!job)
+                continue;
+            /* Cancelled, it concludes with an error: that is its end here. */
+            if (strcmp(job_status(job), "concluded") == 0)
+                engine_run(q, link, "job-dismiss", engine_arg("id", ids[j]), NULL);
+            else
+                *ended = FALSE;
+        }
+    }
+    return jobs != NULL;
 }
 
 void resync_release_targets(Qmp *q, const EngineLink *link)

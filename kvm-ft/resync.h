@@ -106,11 +106,18 @@ void resync_cut_targets(Qmp *q, const EngineLink *link);
 void resync_release_targets(Qmp *q, const EngineLink *link);
 
 /*
- * Gives up a copy in progress, whatever state it is in.  The peer may be
- * dead: its connections are yanked first, or the guest's writes, which the
- * mirror carries synchronously, would wait on them.
+ * Gives up a copy in progress, whatever state it is in, without waiting:
+ * its jobs are cancelled.  The peer may be dead: its connections are
+ * yanked first, or the guest's writes, which the mirror carries
+ * synchronously, would wait on them.
  */
-void resync_abort(Qmp *q, const EngineLink *link);
+void resync_cancel(Qmp *q, const EngineLink *link);
+/*
+ * One look at the cancelled jobs: those that concluded are dismissed;
+ * *ended once none is left.  FALSE with err if QEMU did not say.  Their
+ * target nodes then go with resync_release_targets().
+ */
+gboolean resync_cancel_poll(Qmp *q, const EngineLink *link, gboolean *ended, GError **err);
 
 /* What a host's generation file says of its disks besides the generation. */
 typedef enum {
