@@ -453,7 +453,7 @@ def kill_daemon_taking_over(lab):
         log("kill-daemon-taking-over: hostB's kvm-ftd said before the kill:\n  %s" %
             "\n  ".join(f.read().splitlines()[-6:]))
     lab.lab("daemon-start", "B")
-    restarted = wait_log_line(daemon_log, offset, "kvm-ftd restarted", 30)
+    restarted = wait_log_line(daemon_log, offset, "re-attaching -> ", 30)
     log("kill-daemon-taking-over: the restarted kvm-ftd: %s" % restarted.split(": ", 1)[-1])
     return t
 

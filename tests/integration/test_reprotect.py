@@ -493,14 +493,16 @@ def scenario_mid_resync(lab):
 
 def restart_daemon(lab, host):
     """SIGKILLs host's kvm-ftd and starts it again; returns the log line in which the
-    restarted daemon says what it made of the QEMU it found running (a stopped guest's
-    status is made anew from its definition, without the reason)."""
+    restarted daemon says what it made of the QEMU it found running: its transition out
+    of re-attaching (a stopped guest's status is made anew from its definition, without
+    the reason)."""
     since = time.time()
     lab.lab("daemon-kill", host[-1])
     lab.lab("daemon-start", host[-1])
+    # Its first transition, into re-attaching, says only that it connects to that QEMU.
     said = wait_for("%s's restarted kvm-ftd to take up the QEMU it found running" % host,
                     lambda: [l for l in lab.daemon_log_since(host, since)
-                             if "kvm-ftd restarted" in l], timeout=60)
+                             if "re-attaching -> " in l], timeout=60)
     log("%s: %s" % (host, said[0]))
     return said[0]
 
