@@ -385,6 +385,8 @@ void guest_abort_rejoin(FtGuest *g, const char *reason)
         return;
     }
     /* The copy's jobs end by themselves once cancelled: looked at, not waited for. */
+    log_warn(g->def->name, guest_role_name(g), "giving the re-protection up (%s): the disk "
+             "copy is cancelled; its jobs end, then the guest runs on alone", reason);
     resync_cancel(g->qmp, &link);
     g->abort_reason = g_strdup(reason);
     g->deadline_us = g_get_monotonic_time() + JOB_END_TIMEOUT_MS * 1000;
