@@ -1150,7 +1150,6 @@ static void reattach_guests(Daemon *d)
 static void reattach_gone_guests(Daemon *d)
 {
     g_autoptr(GPtrArray) names = journal_list(d->cfg->state_dir);
-
     g_autofree char *gone = g_strdup_printf("QEMU on %s exited while kvm-ftd was down",
                                             d->cfg->host_name);
 

@@ -1041,11 +1041,19 @@ static gboolean undo_interrupted_setup(FtGuest *g, const JournalEntry *was)
     return TRUE;
 }
 
-void guest_reattach_lost(FtGuest *g, const char *reason)
+/* What the journal said before the restart: the decision that ends re-attaching takes it. */
+static JournalEntry take_journaled(FtGuest *g)
 {
-    g_auto(JournalEntry) was = g->journaled;
+    JournalEntry was = g->journaled;
 
     memset(&g->journaled, 0, sizeof(g->journaled));
+    return was;
+}
+
+void guest_reattach_lost(FtGuest *g, const char *reason)
+{
+    g_auto(JournalEntry) was = take_journaled(g);
+
     detach(g);
     guest_reattach_gone(g, &was, reason);
 }
@@ -1083,8 +1091,7 @@ static void reattach_decide(FtGuest *g, JsonNode *answer, const GError *error)
         guest_reattach_lost(g, why);
         return;
     }
-    was = g->journaled;
-    memset(&g->journaled, 0, sizeof(g->journaled));
+    was = take_journaled(g);
     if (g_strcmp0(was.state, guest_state_name(GUEST_STOPPING)) == 0) {
         /* Decided before the restart, whatever the copy is doing now: it goes. */
         g->role = was.role;
